@@ -1,0 +1,269 @@
+"""Criteria and metrics as pure functions over record tables.
+
+The same functions score the twin and the testbed: both produce a *requests*
+table (one row per process execution: ``process, pid, t_arrive, t_end,
+deadline_s``) and a *visits* table (one row per instance visit, see
+``twin.sim.VISIT_COLUMNS``). Times are seconds.
+
+Placement criteria (all minimised), per the MLOps-optimizer concept:
+``time_mean_s`` expected process execution time, ``time_var_s2`` its
+variance, ``overruns`` expected number of deadline overruns over the horizon,
+``cost`` rental cost of the machines used over the horizon.
+
+Pipeline metrics, per the inference-pipeline paper: V (Σ accuracy), C
+(Σ f·c), T (throughput, req/s, minimum over stages), L (latency, s, Σ over
+stages), E (offered load minus capacity, req/s), Q (eq. 3), the objective
+Q − λC (eq. 4) and the reward Q − β'C − γ'B (eq. 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from twin.deployment import stage_config
+from twin.spec import Deployment, QoSWeights, Scenario
+
+CRITERIA = ("time_mean_s", "time_var_s2", "overruns", "cost")
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def durations(requests: pd.DataFrame, end_s: float) -> pd.Series:
+    """Execution time of each request (s); unfinished ones are censored at ``end_s``."""
+    t_end = requests["t_end"].fillna(end_s)
+    return (t_end - requests["t_arrive"]).clip(lower=0.0)
+
+
+def deployment_cost(scenario: Scenario, deployment: Deployment, horizon_s: float) -> float:
+    """Rental of every machine that hosts at least one instance, over the horizon."""
+    servers = scenario.server_of()
+    used = {m for per in deployment.allocation.values() for m, n in per.items() if n > 0}
+    return sum(servers[m].price_per_hour for m in used if m in servers) * horizon_s / 3600.0
+
+
+def placement_criteria(
+    requests: pd.DataFrame,
+    scenario: Scenario,
+    deployment: Deployment,
+    horizon_s: float,
+    end_s: float,
+) -> dict[str, float]:
+    """The four placement criteria of one replication, plus counts for the report.
+
+    Time criteria are the weighted average over processes (``Process.weight``)
+    of each process's mean and variance of execution time, so a frequent
+    inference request does not drown a daily training run.
+    """
+    weights = {p.name: p.weight for p in scenario.processes}
+    t = durations(requests, end_s)
+    means, variances, w = [], [], []
+    overruns = 0
+    by_process = t.groupby(requests["process"], observed=True)
+    for name, times in by_process:
+        if len(times) == 0 or weights.get(str(name), 0.0) == 0.0:
+            continue
+        means.append(times.mean())
+        variances.append(times.var(ddof=1) if len(times) > 1 else 0.0)
+        w.append(weights[str(name)])
+    deadline = requests["deadline_s"]
+    overruns = int(((t > deadline) & deadline.notna()).sum())
+    wsum = float(np.sum(w))
+    return {
+        "time_mean_s": float(np.dot(w, means) / wsum) if wsum else float("nan"),
+        "time_var_s2": float(np.dot(w, variances) / wsum) if wsum else float("nan"),
+        "overruns": float(overruns),
+        "cost": deployment_cost(scenario, deployment, horizon_s),
+        "executions": float(len(requests)),
+        "unfinished": float(requests["t_end"].isna().sum()),
+    }
+
+
+def latency_percentiles(
+    requests: pd.DataFrame, quantiles: tuple[float, ...] = (50, 95, 99), end_s: float | None = None
+) -> dict[str, float]:
+    """Mean and percentiles of request latency (s) of finished requests, or censored at end_s."""
+    t = durations(requests, end_s) if end_s is not None else durations(
+        requests.dropna(subset=["t_end"]), 0.0
+    )  # fmt: skip
+    out = {"mean": float(t.mean()) if len(t) else float("nan")}
+    for q in quantiles:
+        out[f"p{q:g}"] = float(np.percentile(t, q)) if len(t) else float("nan")
+    return out
+
+
+def per_second(requests: pd.DataFrame, horizon_s: float) -> pd.DataFrame:
+    """Per-second arrivals, completions and p50/p95 latency of requests finishing that second."""
+    n = int(np.ceil(horizon_s))
+    bins = np.arange(n + 1, dtype=float)
+    arrived = np.histogram(requests["t_arrive"], bins)[0]
+    done = requests.dropna(subset=["t_end"])
+    completed = np.histogram(done["t_end"], bins)[0]
+    lat = done["t_end"] - done["t_arrive"]
+    second = np.floor(done["t_end"]).astype(int)
+    grouped = lat.groupby(second)
+    p50 = grouped.quantile(0.5).reindex(range(n))
+    p95 = grouped.quantile(0.95).reindex(range(n))
+    return pd.DataFrame(
+        {
+            "second": np.arange(n),
+            "arrivals": arrived,
+            "completions": completed,
+            "p50_s": p50.to_numpy(),
+            "p95_s": p95.to_numpy(),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- replications
+
+
+def confidence_interval(
+    values: np.ndarray | list[float], level: float = 0.95
+) -> tuple[float, float]:
+    """Mean and Student-t half-width over replications (half-width 0 for one value)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), 0.0
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def summarise(per_replication: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Mean, CI half-width and sd of every numeric column over replications."""
+    rows = {}
+    for col in per_replication.columns:
+        if col == "replication" or not np.issubdtype(per_replication[col].dtype, np.number):
+            continue
+        mean, half = confidence_interval(per_replication[col].to_numpy(), level)
+        rows[col] = {
+            "mean": mean,
+            "ci": half,
+            "sd": float(per_replication[col].std(ddof=1)) if len(per_replication) > 1 else 0.0,
+            "n": int(per_replication[col].notna().sum()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+@dataclass(frozen=True)
+class PipelineMetrics:
+    """The pipeline paper's quantities over one window (rates in req/s, times in s)."""
+
+    V: float
+    C: float
+    T: float
+    L: float
+    E: float
+    B: int
+    Q: float
+    objective: float
+    reward: float
+    offered_rps: float
+    capacity_rps: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def stage_components(scenario: Scenario, process: str) -> list[str]:
+    """Stage components of a request pipeline, in step order, without repeats."""
+    names = [s.component for s in scenario.process(process).steps]
+    return list(dict.fromkeys(n for n in names if scenario.component(n).is_stage))
+
+
+def stage_capacity_rps(scenario: Scenario, deployment: Deployment, component: str) -> float:
+    """Largest sustainable rate of one stage: Σ over replicas of b / t(b) · speed (req/s)."""
+    c = scenario.component(component)
+    cfg = stage_config(deployment, c)
+    batch = cfg.batch
+    t_s = c.variant(cfg.variant).service_time.batch_mean_ms(batch) / 1e3
+    servers = scenario.server_of()
+    speed = sum(
+        n * servers[m].cpu_speed for m, n in deployment.allocation.get(component, {}).items()
+    )
+    return speed * batch / t_s if t_s > 0 else float("inf")
+
+
+def pipeline_capacity_rps(scenario: Scenario, deployment: Deployment, process: str) -> float:
+    """Capacity of the pipeline: its slowest stage (req/s)."""
+    stages = stage_components(scenario, process)
+    return min((stage_capacity_rps(scenario, deployment, c) for c in stages), default=0.0)
+
+
+def qos(V: float, T: float, L: float, E: float, w: QoSWeights) -> float:
+    """Eq. 3: αV + βT − L − γE when load is unmet (E ≥ 0), else αV + βT − L − δ(−E)."""
+    base = w.alpha * V + w.beta * T - w.latency_weight * L
+    return base - w.gamma * E if E >= 0 else base - w.delta * (-E)
+
+
+def pipeline_config_terms(
+    scenario: Scenario, deployment: Deployment, process: str
+) -> tuple[float, float, int]:
+    """V (Σ accuracy), C (Σ f·c) and B (largest batch) of a configuration."""
+    V = C = 0.0
+    B = 1
+    for name in stage_components(scenario, process):
+        c = scenario.component(name)
+        cfg = stage_config(deployment, c)
+        v = c.variant(cfg.variant)
+        V += v.accuracy
+        C += deployment.instances(name) * v.replica_cost
+        B = max(B, cfg.batch)
+    return V, C, B
+
+
+def pipeline_metrics(
+    visits: pd.DataFrame,
+    scenario: Scenario,
+    deployment: Deployment,
+    process: str,
+    t0: float,
+    t1: float,
+    offered_rps: float,
+) -> PipelineMetrics:
+    """Measured pipeline metrics over the window [t0, t1) from a visits table.
+
+    T is the smallest per-stage completion rate in the window, L the sum of
+    per-stage mean sojourn times of visits finishing in it (the window length
+    when a stage finished nothing: nothing got through), E the offered rate
+    minus the configuration's capacity.
+    """
+    if t1 <= t0:
+        raise ValueError(f"empty window [{t0}, {t1})")
+    V, C, B = pipeline_config_terms(scenario, deployment, process)
+    window = visits[
+        (visits["process"] == process) & (visits["t_end"] >= t0) & (visits["t_end"] < t1)
+    ]
+    steps = [s.name for s in scenario.process(process).steps]
+    rates, latency = [], 0.0
+    by_step = dict(tuple(window.groupby("step", observed=True)))
+    for s in steps:
+        rows = by_step.get(s)
+        if rows is None or rows.empty:
+            rates.append(0.0)
+            latency += t1 - t0
+            continue
+        parts = rows["part"].max() + 1
+        rates.append(len(rows) / parts / (t1 - t0))
+        latency += float((rows["t_end"] - rows["t_arrive"]).mean())
+    T = min(rates) if rates else 0.0
+    capacity = pipeline_capacity_rps(scenario, deployment, process)
+    E = offered_rps - capacity
+    w = scenario.settings.qos
+    Q = qos(V, T, latency, E, w)
+    return PipelineMetrics(
+        V=V, C=C, T=T, L=latency, E=E, B=B, Q=Q,
+        objective=Q - w.lambda_cost * C,
+        reward=Q - w.reward_cost * C - w.reward_batch * B,
+        offered_rps=offered_rps, capacity_rps=capacity,
+    )  # fmt: skip

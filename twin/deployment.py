@@ -1,0 +1,324 @@
+"""Deployments: the K×S allocation matrix, per-stage config, constraints, repair.
+
+Rows K are the scenario's components in file order, columns S its machines
+(server types expanded by ``count``) in file order. A deployment is feasible
+when every machine's CPU and RAM hold the instances placed on it, every
+component has at least one instance, replicas and batch sizes are within their
+maxima and each pipeline's Σ w·f stays within its W_max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.spec import Component, Deployment, Scenario, StageConfig
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken constraint: what, where, and by how much."""
+
+    constraint: str
+    subject: str
+    excess: float
+    message: str
+
+
+class InfeasibleDeployment(ValueError):
+    """A deployment that breaks constraints; the message lists each one."""
+
+    def __init__(self, violations: list[Violation]):
+        self.violations = violations
+        lines = [f"infeasible deployment ({len(violations)} violated constraint(s)):"]
+        lines += [f"  {v.constraint}: {v.message}" for v in violations[:30]]
+        if len(violations) > 30:
+            lines.append(f"  … and {len(violations) - 30} more")
+        super().__init__("\n".join(lines))
+
+
+def stage_config(deployment: Deployment, component: Component) -> StageConfig:
+    """The stage's configuration, defaulting to the first variant and batch 1."""
+    return deployment.stages.get(component.name, StageConfig())
+
+
+def instance_demand(component: Component, config: StageConfig | None = None) -> tuple[float, float]:
+    """CPU (cores) and RAM (GB) one instance reserves on its machine.
+
+    An always-on instance reserves its keep-alive load plus the cores it works
+    with; an on-demand one only the latter. A stage's working cores and memory
+    are those of its chosen variant (w_n(z)).
+    """
+    keep_cpu = component.keepalive_cpu_cores if component.always_on else 0.0
+    keep_ram = component.keepalive_ram_gb
+    if component.is_stage:
+        v = component.variant(config.variant if config else None)
+        return keep_cpu + v.cpu_cores, keep_ram + v.ram_gb
+    return keep_cpu + component.cpu_cores, keep_ram
+
+
+def step_ram(scenario: Scenario) -> dict[str, float]:
+    """Largest working memory of any step on each component (GB)."""
+    out: dict[str, float] = {}
+    for p in scenario.processes:
+        for s in p.steps:
+            out[s.component] = max(out.get(s.component, 0.0), s.ram_gb)
+    return out
+
+
+def demand_vectors(scenario: Scenario, deployment: Deployment) -> tuple[np.ndarray, np.ndarray]:
+    """Per-component CPU (cores) and RAM (GB) per instance, in component order."""
+    extra_ram = step_ram(scenario)
+    cpu, ram = [], []
+    for c in scenario.components:
+        cfg = deployment.stages.get(c.name) if c.is_stage else None
+        ci, ri = instance_demand(c, cfg)
+        cpu.append(ci)
+        ram.append(ri + extra_ram.get(c.name, 0.0))
+    return np.array(cpu), np.array(ram)
+
+
+def capacity_vectors(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """Per-machine reservable CPU (cores, after overcommit) and RAM (GB), in machine order."""
+    servers = scenario.server_of()
+    names = scenario.server_instances()
+    overcommit = scenario.settings.cpu_overcommit
+    return (
+        np.array([servers[n].cpu_cores * overcommit for n in names]),
+        np.array([servers[n].ram_gb for n in names]),
+    )
+
+
+def allocation_matrix(scenario: Scenario, deployment: Deployment) -> np.ndarray:
+    """The K×S integer matrix of instances; unknown names raise ValueError."""
+    comps = [c.name for c in scenario.components]
+    machines = scenario.server_instances()
+    col = {m: j for j, m in enumerate(machines)}
+    row = {c: i for i, c in enumerate(comps)}
+    x = np.zeros((len(comps), len(machines)), dtype=np.int64)
+    for c, per_machine in deployment.allocation.items():
+        if c not in row:
+            raise ValueError(
+                f"allocation: unknown component {c!r} (components: {', '.join(comps)})"
+            )
+        for m, n in per_machine.items():
+            if m not in col:
+                raise ValueError(
+                    f"allocation.{c}: unknown machine {m!r} (machines: {', '.join(machines)})"
+                )
+            x[row[c], col[m]] = n
+    return x
+
+
+def with_matrix(
+    scenario: Scenario, matrix: np.ndarray, base: Deployment | None = None
+) -> Deployment:
+    """A deployment with ``matrix`` as allocation and ``base``'s other settings."""
+    comps = [c.name for c in scenario.components]
+    machines = scenario.server_instances()
+    m = np.asarray(matrix, dtype=np.int64).reshape(len(comps), len(machines))
+    allocation = {
+        c: {machines[j]: int(m[i, j]) for j in np.flatnonzero(m[i])} for i, c in enumerate(comps)
+    }
+    if base is None:
+        return Deployment(allocation=allocation)
+    return base.model_copy(update={"allocation": allocation})
+
+
+def check(scenario: Scenario, deployment: Deployment) -> list[Violation]:
+    """Every constraint the deployment breaks (empty when feasible)."""
+    out: list[Violation] = []
+    try:
+        x = allocation_matrix(scenario, deployment)
+    except ValueError as exc:
+        return [Violation("names", "allocation", 1.0, str(exc))]
+    out += _check_config(scenario, deployment)
+    if any(v.constraint == "names" for v in out):
+        return out
+    out += _check_matrix(scenario, deployment, x)
+    return out
+
+
+def _check_config(scenario: Scenario, deployment: Deployment) -> list[Violation]:
+    out: list[Violation] = []
+    comps = {c.name: c for c in scenario.components}
+    for name, cfg in deployment.stages.items():
+        c = comps.get(name)
+        if c is None or not c.is_stage:
+            stages = ", ".join(n for n, cc in comps.items() if cc.is_stage) or "none"
+            out.append(
+                Violation("names", name, 1.0, f"stages.{name}: not an inference stage ({stages})")
+            )
+            continue
+        try:
+            c.variant(cfg.variant)
+        except ValueError as exc:
+            out.append(Violation("names", name, 1.0, f"stages.{name}.variant: {exc}"))
+        if cfg.batch > c.max_batch:
+            out.append(
+                Violation(
+                    "batch ≤ max_batch",
+                    name,
+                    cfg.batch - c.max_batch,
+                    f"stage {name}: batch {cfg.batch} > max_batch {c.max_batch} "
+                    f"(over by {cfg.batch - c.max_batch})",
+                )
+            )
+    for key, n in deployment.parallelism.items():
+        pname, _, sname = key.partition(".")
+        try:
+            step = scenario.process(pname).step(sname)
+        except KeyError:
+            out.append(Violation("names", key, 1.0, f"parallelism.{key}: no such process.step"))
+            continue
+        if n > step.max_parallel:
+            out.append(
+                Violation(
+                    "parallelism ≤ max_parallel",
+                    key,
+                    n - step.max_parallel,
+                    f"step {key}: parallelism {n} > max_parallel {step.max_parallel}",
+                )
+            )
+    return out
+
+
+def _check_matrix(scenario: Scenario, deployment: Deployment, x: np.ndarray) -> list[Violation]:
+    out: list[Violation] = []
+    cpu, ram = demand_vectors(scenario, deployment)
+    cap_cpu, cap_ram = capacity_vectors(scenario)
+    machines = scenario.server_instances()
+    use_cpu, use_ram = cpu @ x, ram @ x
+    for j, m in enumerate(machines):
+        if use_cpu[j] > cap_cpu[j] + EPS:
+            over = use_cpu[j] - cap_cpu[j]
+            out.append(
+                Violation(
+                    "server CPU",
+                    m,
+                    over,
+                    f"machine {m}: {use_cpu[j]:g} cores requested > {cap_cpu[j]:g} available "
+                    f"(over by {over:g} cores)",
+                )
+            )
+        if use_ram[j] > cap_ram[j] + EPS:
+            over = use_ram[j] - cap_ram[j]
+            out.append(
+                Violation(
+                    "server RAM",
+                    m,
+                    over,
+                    f"machine {m}: {use_ram[j]:g} GB requested > {cap_ram[j]:g} GB available "
+                    f"(over by {over:g} GB)",
+                )
+            )
+    replicas = x.sum(axis=1)
+    for i, c in enumerate(scenario.components):
+        if replicas[i] < 1:
+            out.append(
+                Violation(
+                    "≥ 1 instance", c.name, 1.0, f"component {c.name}: no instance on any machine"
+                )
+            )
+        elif replicas[i] > c.max_replicas:
+            over = int(replicas[i] - c.max_replicas)
+            out.append(
+                Violation(
+                    "replicas ≤ max_replicas",
+                    c.name,
+                    over,
+                    f"component {c.name}: {replicas[i]} instances > max_replicas "
+                    f"{c.max_replicas} (over by {over})",
+                )
+            )
+    index = {c.name: i for i, c in enumerate(scenario.components)}
+    for p in scenario.processes:
+        if p.resource_budget_cores is None:
+            continue
+        stages = {s.component for s in p.steps}
+        used = 0.0
+        for name in stages:
+            c = scenario.component(name)
+            if c.is_stage:
+                w = c.variant(stage_config(deployment, c).variant).cpu_cores
+                used += w * replicas[index[name]]
+        if used > p.resource_budget_cores + EPS:
+            over = used - p.resource_budget_cores
+            out.append(
+                Violation(
+                    "Σ w·f ≤ W_max",
+                    p.name,
+                    over,
+                    f"pipeline {p.name}: Σ w·f = {used:g} cores > W_max "
+                    f"{p.resource_budget_cores:g} (over by {over:g})",
+                )
+            )
+    return out
+
+
+def require_feasible(scenario: Scenario, deployment: Deployment) -> None:
+    """Raise InfeasibleDeployment naming every violated constraint."""
+    violations = check(scenario, deployment)
+    if violations:
+        raise InfeasibleDeployment(violations)
+
+
+def is_feasible_matrix(scenario: Scenario, matrix: np.ndarray, base: Deployment) -> bool:
+    """Fast capacity / ≥1 / max-replica check of a matrix under ``base``'s stage config."""
+    cpu, ram = demand_vectors(scenario, base)
+    cap_cpu, cap_ram = capacity_vectors(scenario)
+    x = np.asarray(matrix)
+    replicas = x.sum(axis=1)
+    maxr = np.array([c.max_replicas for c in scenario.components])
+    return bool(
+        np.all(cpu @ x <= cap_cpu + EPS)
+        and np.all(ram @ x <= cap_ram + EPS)
+        and np.all(replicas >= 1)
+        and np.all(replicas <= maxr)
+        and np.all(x >= 0)
+    )
+
+
+def repair(
+    scenario: Scenario, matrix: np.ndarray, base: Deployment, rng: np.random.Generator
+) -> np.ndarray:
+    """Nearest feasible matrix: clip replicas, shed overload, then give every component one.
+
+    Overloaded machines lose instances of components that have others
+    elsewhere first (largest CPU demand first); a component left with none is
+    placed on the machine with the most room. Raises ValueError when the
+    scenario cannot hold even one instance of everything.
+    """
+    cpu, ram = demand_vectors(scenario, base)
+    cap_cpu, cap_ram = capacity_vectors(scenario)
+    x = np.clip(np.asarray(matrix, dtype=np.int64).copy(), 0, None)
+    for i, c in enumerate(scenario.components):
+        while x[i].sum() > c.max_replicas:
+            j = rng.choice(np.flatnonzero(x[i]))
+            x[i, j] -= 1
+    order = np.argsort(-cpu, kind="stable")
+    for j in range(x.shape[1]):
+        while cpu @ x[:, j] > cap_cpu[j] + EPS or ram @ x[:, j] > cap_ram[j] + EPS:
+            placed = [i for i in order if x[i, j] > 0]
+            shared = [i for i in placed if x[i].sum() > 1]
+            i = (shared or placed)[0]
+            x[i, j] -= 1
+    for i in range(x.shape[0]):
+        if x[i].sum() >= 1:
+            continue
+        room_cpu = cap_cpu - cpu @ x
+        room_ram = cap_ram - ram @ x
+        fits = np.flatnonzero((room_cpu >= cpu[i] - EPS) & (room_ram >= ram[i] - EPS))
+        if fits.size == 0:
+            name = scenario.components[i].name
+            raise ValueError(
+                f"cannot place component {name}: no machine has {cpu[i]:g} cores and "
+                f"{ram[i]:g} GB free after the others"
+            )
+        # Spread: prefer the machine with the most free CPU, ties broken at random.
+        best = fits[room_cpu[fits] >= room_cpu[fits].max() - EPS]
+        x[i, rng.choice(best)] += 1
+    return x
