@@ -1,0 +1,40 @@
+# The two commands of the README: `make testbed` (the main job) and `make test`.
+# Both create or reuse .venv and install the project into it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export ORT_DISABLE_TELEMETRY := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv test test-fast lint testbed benchmark clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	# torch is pinned to 2.13.0 in pyproject: the CPU wheel that lies on disk here.
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: venv lint
+	$(PY) -m pytest -m "not benchmark" --timeout=900
+
+test-fast: venv
+	$(PY) -m pytest -m "not benchmark and not slow and not docker" -q
+
+testbed: venv
+	$(PY) -m twin.main_job
+
+benchmark: venv
+	$(PY) benchmarks/twin_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
