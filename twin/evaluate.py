@@ -105,7 +105,7 @@ def evaluate(
     rows, visits, requests = [], [], []
     events = 0
     for r in range(replications):
-        res = simulate_replication(scenario, deployment, w, horizon_s, seed, r)
+        res = simulate_replication(scenario, deployment, w, horizon_s, seed, r, visits=keep_records)
         events += res.events
         row = placement_criteria(res.requests, scenario, deployment, horizon_s, res.end_s)
         row["replication"] = r
