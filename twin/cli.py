@@ -32,6 +32,7 @@ err = Console(stderr=True)
 # name → (module, attribute holding a typer.Typer). Packages register here.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, attribute, one-line help shown by --help without importing)
+    "load": ("loadgen.cli", "app", "Open-loop Locust load runs against the testbed's gateway."),
 }
 
 
