@@ -1,0 +1,190 @@
+"""The compose backend's rendered Compose file: structure, hardening, limits.
+
+These run everywhere (no Docker engine needed); the file is also checked by the
+installed Compose tool (`config -q`) when one exists. The end-to-end run is in
+test_compose_e2e.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed.backends import compose
+from testbed.backends.base import CPU_PERIOD_US, SERVICES, Capacity, NodeCapacity
+from twin.load import load_deployment, load_scenario
+from twin.spec import Scenario
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FACTOR = 0.25
+GATEWAY_PORT = 18080
+
+
+def capacity(scenario: Scenario, factor: float = FACTOR) -> Capacity:
+    """Every machine scaled by ``factor`` cores per emulated core (RAM unscaled)."""
+    nodes = tuple(
+        NodeCapacity(
+            name=m, cpu_cores=s.cpu_cores * factor, ram_gb=s.ram_gb, spec_cpu_cores=s.cpu_cores
+        )
+        for m, s in scenario.server_of().items()
+    )
+    return Capacity(factor=factor, host_cores=2.0, reserve_cores=0.5, nodes=nodes)
+
+
+@pytest.fixture(scope="module", params=["digits-pipeline", "edge-cloud"])
+def case(request: pytest.FixtureRequest) -> tuple[Scenario, dict]:
+    scenario = load_scenario(EXAMPLES / f"{request.param}.yaml")
+    deployment = load_deployment(EXAMPLES / f"{request.param}.deployment.yaml")
+    doc = compose.render(scenario, deployment, capacity(scenario), GATEWAY_PORT)
+    return scenario, doc
+
+
+def node_services(doc: dict) -> dict[str, dict]:
+    return {k: v for k, v in doc["services"].items() if v["labels"][compose.ROLE_LABEL] == "node"}
+
+
+def test_compose_spec_form_without_version(case):
+    _, doc = case
+    assert "version" not in doc
+    assert set(doc) == {"services", "networks"}
+    # Round-trips through YAML unchanged (what the backend writes is what we test).
+    assert yaml.safe_load(yaml.safe_dump(doc)) == doc
+
+
+def test_one_container_per_machine_plus_platform(case):
+    scenario, doc = case
+    machines = scenario.server_instances()
+    assert set(doc["services"]) == {compose.service_key(m) for m in machines} | {
+        "registry",
+        "features",
+        "gateway",
+    }
+    for m in machines:
+        svc = doc["services"][compose.service_key(m)]
+        assert svc["labels"][compose.MACHINE_LABEL] == m
+        argv = svc["command"]
+        assert argv[:3] == [compose.VENV_PYTHON, "-m", SERVICES["node"]]
+        assert argv[argv.index("--name") + 1] == m
+        assert argv[argv.index("--host") + 1] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("factor", [0.1, 0.25, 1.0 / 3.0])
+def test_cpu_quota_is_spec_cores_times_factor(factor):
+    scenario = load_scenario(EXAMPLES / "edge-cloud.yaml")
+    deployment = load_deployment(EXAMPLES / "edge-cloud.deployment.yaml")
+    doc = compose.render(scenario, deployment, capacity(scenario, factor), GATEWAY_PORT)
+    for m, server in scenario.server_of().items():
+        svc = doc["services"][compose.service_key(m)]
+        assert svc["cpu_period"] == CPU_PERIOD_US == 10_000
+        assert svc["cpu_quota"] == pytest.approx(server.cpu_cores * factor * CPU_PERIOD_US, abs=1)
+        assert svc["mem_limit"] == f"{round(server.ram_gb * 1024)}m"
+        assert float(svc["labels"]["org.mlops-twin.cpu-factor"]) == pytest.approx(factor, rel=1e-5)
+        argv = svc["command"]
+        assert float(argv[argv.index("--cpu-cores") + 1]) == pytest.approx(
+            server.cpu_cores * factor, rel=1e-5
+        )
+
+
+def test_every_service_is_hardened(case):
+    _, doc = case
+    for name, svc in doc["services"].items():
+        assert svc["user"] == "10001:10001", name
+        assert svc["read_only"] is True, name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert svc["security_opt"] == ["no-new-privileges:true"], name
+        assert svc["image"] == compose.IMAGE, name
+        assert svc["environment"]["ORT_DISABLE_TELEMETRY"] == "1", name
+        assert svc["environment"]["PYTHONDONTWRITEBYTECODE"] == "1", name
+        # HOME must be writable although the root fs is not.
+        home = svc["environment"]["HOME"]
+        assert any(home.startswith(t.split(":")[0] + "/") for t in svc["tmpfs"]), name
+        assert "mem_limit" in svc, name
+        assert "privileged" not in svc and "cap_add" not in svc, name
+
+
+def test_healthchecks_use_the_venv_python(case):
+    _, doc = case
+    for name, svc in doc["services"].items():
+        hc = svc["healthcheck"]
+        assert hc["test"][:2] == ["CMD", compose.VENV_PYTHON], name
+        assert "start_interval" not in hc, name  # needs Docker 25+
+        port = svc["command"][svc["command"].index("--port") + 1]
+        assert f"127.0.0.1:{port}/healthz" in hc["test"][-1], name
+
+
+def test_only_the_gateway_is_published_and_only_on_loopback(case):
+    _, doc = case
+    published = {k: v["ports"] for k, v in doc["services"].items() if "ports" in v}
+    assert published == {"gateway": [f"127.0.0.1:{GATEWAY_PORT}:{compose.PORTS['gateway']}"]}
+    assert not any("expose" in v or "network_mode" in v for v in doc["services"].values())
+
+
+def test_backend_network_is_internal_and_gateway_bridges_it(case):
+    _, doc = case
+    assert doc["networks"]["backend"]["internal"] is True
+    assert not doc["networks"]["frontend"].get("internal", False)
+    for name, svc in doc["services"].items():
+        expected = ["backend", "frontend"] if name == "gateway" else ["backend"]
+        assert svc["networks"] == expected, name
+
+
+def test_gateway_targets_every_node_and_the_platform(case):
+    scenario, doc = case
+    argv = doc["services"]["gateway"]["command"]
+    targets = dict(t.split("=", 1) for t in argv[argv.index("--targets") + 1].split(","))
+    assert set(targets) == set(scenario.server_instances()) | {"registry", "features"}
+    for m in scenario.server_instances():
+        assert targets[m] == f"http://{compose.service_key(m)}:{compose.PORTS['node']}"
+    endpoints = compose.endpoints_for(scenario, GATEWAY_PORT)
+    assert endpoints.gateway == f"http://127.0.0.1:{GATEWAY_PORT}"
+    assert set(endpoints.nodes) == set(targets) - {"registry", "features"}
+    assert all(u.startswith(f"{endpoints.gateway}/admin/proxy/") for u in endpoints.nodes.values())
+    assert endpoints.instance_url(scenario.server_instances()[0], 9000).endswith(":9000")
+
+
+def test_image_is_built_once_offline(case):
+    _, doc = case
+    builds = [svc["build"] for svc in doc["services"].values() if "build" in svc]
+    assert len(builds) == 1
+    assert builds[0]["network"] == "none"
+    assert (Path(builds[0]["context"]) / builds[0]["dockerfile"]).is_file()
+
+
+def test_clashing_machine_names_are_refused():
+    scenario = load_scenario(EXAMPLES / "edge-cloud.yaml")
+    deployment = load_deployment(EXAMPLES / "edge-cloud.deployment.yaml")
+    data = scenario.model_dump()
+    data["servers"][0]["name"] = "Gateway"
+    data["servers"][0]["count"] = 1
+    bad = Scenario.model_validate(data)
+    with pytest.raises(ValueError, match="clash"):
+        compose.render(bad, deployment, capacity(bad), GATEWAY_PORT)
+
+
+def test_project_name_is_stable_per_state_dir_and_valid(tmp_path):
+    a, b = compose.project_name(tmp_path / "a"), compose.project_name(tmp_path / "b")
+    assert a != b and a == compose.project_name(tmp_path / "a")
+    assert a.isalnum() and a.islower()
+
+
+def test_installed_compose_accepts_the_file(case, tmp_path):
+    """`docker compose config -q` / `docker-compose config -q` validate against the
+    compose-spec schema of the installed version."""
+    try:
+        command = compose.compose_command()
+    except compose.BackendUnavailable as e:
+        pytest.skip(f"no Compose tool installed: {e}")
+    _, doc = case
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = subprocess.run(
+        [*command, "-p", "validate", "-f", str(path), "config", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
