@@ -266,8 +266,31 @@ def require_feasible(scenario: Scenario, deployment: Deployment) -> None:
         raise InfeasibleDeployment(violations)
 
 
+def budget_rows(scenario: Scenario, base: Deployment) -> list[tuple[float, np.ndarray]]:
+    """Each pipeline's W_max with a per-component weight vector w (0 off the pipeline).
+
+    Σ w·f ≤ W_max is then ``w @ x.sum(axis=1) <= W_max`` for a matrix x.
+    """
+    out = []
+    index = {c.name: i for i, c in enumerate(scenario.components)}
+    for p in scenario.processes:
+        if p.resource_budget_cores is None:
+            continue
+        w = np.zeros(len(scenario.components))
+        for s in p.steps:
+            c = scenario.component(s.component)
+            if c.is_stage:
+                w[index[c.name]] = c.variant(stage_config(base, c).variant).cpu_cores
+        out.append((p.resource_budget_cores, w))
+    return out
+
+
 def is_feasible_matrix(scenario: Scenario, matrix: np.ndarray, base: Deployment) -> bool:
-    """Fast capacity / ≥1 / max-replica check of a matrix under ``base``'s stage config."""
+    """Fast check of every matrix constraint under ``base``'s stage configuration.
+
+    Capacity (CPU, RAM), ≥ 1 instance, max replicas and each pipeline's
+    Σ w·f ≤ W_max.
+    """
     cpu, ram = demand_vectors(scenario, base)
     cap_cpu, cap_ram = capacity_vectors(scenario)
     x = np.asarray(matrix)
@@ -279,6 +302,7 @@ def is_feasible_matrix(scenario: Scenario, matrix: np.ndarray, base: Deployment)
         and np.all(replicas >= 1)
         and np.all(replicas <= maxr)
         and np.all(x >= 0)
+        and all(w @ replicas <= cap + EPS for cap, w in budget_rows(scenario, base))
     )
 
 
@@ -287,6 +311,8 @@ def repair(
 ) -> np.ndarray:
     """Nearest feasible matrix: clip replicas, shed overload, then give every component one.
 
+    Replicas beyond max_replicas and beyond a pipeline's W_max are dropped
+    (W_max: the heaviest stage that has more than one replica first).
     Overloaded machines lose instances of components that have others
     elsewhere first (largest CPU demand first); a component left with none is
     placed on the machine with the most room. Raises ValueError when the
@@ -299,13 +325,45 @@ def repair(
         while x[i].sum() > c.max_replicas:
             j = rng.choice(np.flatnonzero(x[i]))
             x[i, j] -= 1
+    budgets = budget_rows(scenario, base)
     order = np.argsort(-cpu, kind="stable")
+    # Shedding can empty a component and placing it can break a budget again:
+    # a few rounds settle every case a feasible scenario allows.
+    for _ in range(4):
+        _shed_budget(x, budgets, rng)
+        _shed_overload(x, cpu, ram, cap_cpu, cap_ram, order)
+        _place_missing(scenario, x, cpu, ram, cap_cpu, cap_ram, rng)
+        if is_feasible_matrix(scenario, x, base):
+            return x
+    raise ValueError(
+        "cannot repair the allocation: the pipelines' W_max and the machines' "
+        "capacity leave no room for one instance of every component"
+    )
+
+
+def _shed_budget(x: np.ndarray, budgets: list[tuple[float, np.ndarray]],
+                 rng: np.random.Generator) -> None:  # fmt: skip
+    for cap, w in budgets:
+        while w @ x.sum(axis=1) > cap + EPS:
+            shrinkable = np.flatnonzero((w > 0) & (x.sum(axis=1) > 1))
+            if shrinkable.size == 0:
+                return  # one replica each already exceeds W_max: check() reports it
+            i = shrinkable[np.argmax(w[shrinkable])]
+            x[i, rng.choice(np.flatnonzero(x[i]))] -= 1
+
+
+def _shed_overload(x: np.ndarray, cpu: np.ndarray, ram: np.ndarray, cap_cpu: np.ndarray,
+                   cap_ram: np.ndarray, order: np.ndarray) -> None:  # fmt: skip
     for j in range(x.shape[1]):
         while cpu @ x[:, j] > cap_cpu[j] + EPS or ram @ x[:, j] > cap_ram[j] + EPS:
             placed = [i for i in order if x[i, j] > 0]
             shared = [i for i in placed if x[i].sum() > 1]
-            i = (shared or placed)[0]
-            x[i, j] -= 1
+            x[(shared or placed)[0], j] -= 1
+
+
+def _place_missing(scenario: Scenario, x: np.ndarray, cpu: np.ndarray, ram: np.ndarray,
+                   cap_cpu: np.ndarray, cap_ram: np.ndarray,
+                   rng: np.random.Generator) -> None:  # fmt: skip
     for i in range(x.shape[0]):
         if x[i].sum() >= 1:
             continue
@@ -321,4 +379,3 @@ def repair(
         # Spread: prefer the machine with the most free CPU, ties broken at random.
         best = fits[room_cpu[fits] >= room_cpu[fits].max() - EPS]
         x[i, rng.choice(best)] += 1
-    return x
