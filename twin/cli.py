@@ -33,6 +33,8 @@ err = Console(stderr=True)
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, attribute, one-line help shown by --help without importing)
     "load": ("loadgen.cli", "app", "Open-loop Locust load runs against the testbed's gateway."),
+    "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
+    "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
 }
 
 
@@ -101,7 +103,10 @@ def validate(
             text = f"OK: deployment {dep.name!r} (schema only; pass --scenario to check limits)"
             if scenario is not None:
                 sc = load_scenario(scenario)
-                require_feasible(sc, dep)
+                try:
+                    require_feasible(sc, dep)
+                except InfeasibleDeployment as exc:
+                    raise SpecError(f"{file}: {exc}") from None
                 info["checked_against"] = sc.name
                 text = f"OK: deployment {dep.name!r} is feasible on scenario {sc.name!r}"
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
@@ -140,12 +145,17 @@ def simulate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Simulate a deployment and print the four criteria with 95% confidence intervals."""
+    from twin.deployment import require_feasible
     from twin.evaluate import evaluate
     from twin.load import load_deployment, load_scenario
 
     try:
         sc = load_scenario(scenario)
         dep = load_deployment(deployment)
+        try:
+            require_feasible(sc, dep)
+        except InfeasibleDeployment as exc:
+            raise SpecError(f"{deployment}: {exc}") from None
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

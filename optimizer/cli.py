@@ -1,0 +1,250 @@
+"""``mlops-twin optimize`` and ``mlops-twin decide``.
+
+Results go to stdout (``--json`` for machines); the per-generation progress
+bar (with the current hypervolume) and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from optimizer.decide import METHODS
+from twin.criteria import CRITERIA
+from twin.deployment import InfeasibleDeployment
+from twin.load import SpecError
+
+out = Console()
+err = Console(stderr=True)
+
+optimize_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+decide_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """``"1,1,0.5,2"`` → a list of 4 floats (one per criterion); None stays None."""
+    if text is None or not text.strip():
+        return None
+    try:
+        w = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--weights must be comma-separated numbers, got {text!r}") from None
+    if len(w) != len(CRITERIA):
+        raise ValueError(
+            f"--weights needs {len(CRITERIA)} numbers ({', '.join(CRITERIA)}), got {len(w)}"
+        )
+    return w
+
+
+@optimize_app.command()
+def optimize(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML.")],
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="Workload name from the scenario, or 'none'.")
+    ] = "none",
+    algorithm: Annotated[str, typer.Option(help="nsga2, nsga3 or smsemoa.")] = "nsga2",
+    operators: Annotated[
+        str, typer.Option(help="custom (matrix operators) or stock (rounded SBX + PM).")
+    ] = "custom",
+    pop: Annotated[int, typer.Option(help="Population size.", min=4)] = 100,
+    gens: Annotated[int, typer.Option(help="Generations (including the initial one).", min=1)] = 50,
+    max_evals: Annotated[
+        int | None, typer.Option(help="Stop after this many simulated allocations.", min=1)
+    ] = None,
+    max_time: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds of search.", min=0)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search and of every simulation.")] = 1,
+    horizon: Annotated[
+        float, typer.Option(help="Simulated time per candidate during search (s).", min=1e-6)
+    ] = 900.0,
+    replications: Annotated[int, typer.Option(help="Replications per candidate.", min=1)] = 1,
+    final_horizon: Annotated[
+        float, typer.Option(help="Simulated time when re-scoring the front (s).", min=1e-6)
+    ] = 3600.0,
+    final_replications: Annotated[
+        int, typer.Option(help="Replications when re-scoring the front.", min=1)
+    ] = 3,
+    final_max: Annotated[
+        int, typer.Option(help="Re-score at most this many front allocations.", min=1)
+    ] = 20,
+    base: Annotated[
+        Path | None,
+        typer.Option(help="Deployment whose stage configs and parallelism are kept."),
+    ] = None,
+    method: Annotated[str, typer.Option(help=f"Decision method: {', '.join(METHODS)}.")] = "ideal",
+    weights: Annotated[
+        str | None, typer.Option(help="Comma-separated weights, one per criterion.")
+    ] = None,
+    max_instances: Annotated[
+        int | None, typer.Option(help="Most instances per component when sampling.", min=1)
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder to write.")] = Path(
+        "runs/optimize"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue the run checkpointed for --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Search allocation matrices with a genetic algorithm scored by the twin."""
+    from optimizer.distributed import evaluation_client
+    from optimizer.evaluation import Fidelity
+    from optimizer.ga import SearchConfig
+    from optimizer.report import run_settings, write_run
+    from optimizer.run import optimize as run_optimize
+    from twin.evaluate import resolve_workload
+    from twin.load import load_deployment, load_scenario
+
+    try:
+        sc = load_scenario(scenario)
+        base_dep = load_deployment(base) if base is not None else None
+        w = None if workload == "none" else workload
+        resolve_workload(sc, w)
+        config = SearchConfig(
+            algorithm=algorithm, operators=operators, pop_size=pop, n_gen=gens,
+            max_evals=max_evals, max_time_s=max_time, seed=seed, max_instances=max_instances,
+        )  # fmt: skip
+        search_fid = Fidelity(w, horizon, replications, seed)
+        final_fid = Fidelity(w, final_horizon, final_replications, seed)
+        wts = parse_weights(weights)
+        if method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        with (
+            evaluation_client(workers, scheduler) as client,
+            Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                TextColumn("gen {task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            ) as progress,
+        ):
+            task = progress.add_task(f"{algorithm}", total=gens, info="")
+
+            def tick(row) -> None:
+                progress.update(
+                    task, completed=row.gen,
+                    info=f"HV {row.hv:.4f}  front {row.front_size}  sims {row.simulations}",
+                )  # fmt: skip
+
+            result = run_optimize(
+                sc, base_dep, config, search_fid, final_fid, out=out_dir, resume=resume,
+                client=client, method=method, weights=wts, on_generation=tick,
+                final_max=final_max,
+            )  # fmt: skip
+        write_run(out_dir, scenario, result, out_dir.name)
+    except (SpecError, InfeasibleDeployment, ValueError) as exc:
+        _fail(str(exc))
+        return
+    settings = run_settings(result, scenario)
+    if as_json:
+        print(json.dumps({"run": str(out_dir), **settings}))
+        return
+    table = Table(title=f"{sc.name}: chosen by {method} ({out_dir}/chosen.yaml)")
+    table.add_column("criterion")
+    table.add_column("chosen", justify="right")
+    table.add_column("± 95% CI", justify="right")
+    table.add_column("greedy", justify="right")
+    i = result.chosen
+    for c, name in enumerate(CRITERIA):
+        table.add_row(
+            name, f"{result.F[i, c]:.5g}", f"{result.CI[i, c]:.3g}", f"{result.greedy_F[c]:.5g}"
+        )
+    out.print(table)
+    err.print(
+        f"{settings['generations']} generations, {settings['simulations']} simulations, "
+        f"{settings['search_time_s']:.1f} s; front {settings['front_size']}; run folder {out_dir}",
+        highlight=False,
+    )
+
+
+@decide_app.command()
+def decide(
+    run: Annotated[Path, typer.Argument(help="A run folder written by 'mlops-twin optimize'.")],
+    method: Annotated[
+        str, typer.Option(help=f"{', '.join(METHODS)} or optima (one per criterion).")
+    ] = "ideal",
+    weights: Annotated[
+        str | None, typer.Option(help="Comma-separated weights, one per criterion.")
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the chosen deployment YAML here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Choose a deployment from a run's Pareto front."""
+    from optimizer.decide import choose, per_criterion_optima
+    from twin.load import dump_yaml, load_deployment
+
+    try:
+        table = _read_pareto(run)
+        front = table[table["non_dominated"]].reset_index(drop=True)
+        F = front[list(CRITERIA)].to_numpy(dtype=float)
+        wts = parse_weights(weights)
+        if method == "optima":
+            picks = {f"best {c}": i for c, i in per_criterion_optima(F).items()}
+        elif method in METHODS:
+            picks = {method: choose(F, method, wts)}
+        else:
+            raise ValueError(
+                f"--method must be one of {', '.join(METHODS)} or optima, got {method!r}"
+            )
+        if out_file is not None:
+            first = next(iter(picks.values()))
+            base = load_deployment(run / "inputs" / "base.yaml")
+            dep = base.model_copy(
+                update={
+                    "name": f"{run.name}-{method}",
+                    "allocation": json.loads(front.loc[first, "allocation"]),
+                }
+            )
+            out_file.write_text(dump_yaml(dep))
+    except (SpecError, ValueError, OSError, KeyError) as exc:
+        _fail(str(exc))
+        return
+    rows = [
+        {"pick": label, "id": int(front.loc[i, "id"]),
+         "allocation": json.loads(front.loc[i, "allocation"]),
+         **{c: float(front.loc[i, c]) for c in CRITERIA}}
+        for label, i in picks.items()
+    ]  # fmt: skip
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table(title=f"{run}: {method}")
+    t.add_column("pick")
+    t.add_column("id", justify="right")
+    for c in CRITERIA:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(r["pick"], str(r["id"]), *(f"{r[c]:.5g}" for c in CRITERIA))
+    out.print(t)
+    if out_file is not None:
+        err.print(f"deployment written to {out_file}", highlight=False)
+
+
+def _read_pareto(run: Path):
+    import pandas as pd
+
+    for name in ("pareto.parquet", "pareto.csv"):
+        p = run / name
+        if p.is_file():
+            return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    raise ValueError(f"{run}: no pareto.parquet — is it a run folder of 'mlops-twin optimize'?")

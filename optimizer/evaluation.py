@@ -1,0 +1,148 @@
+"""Scoring allocations with the twin: a pure per-candidate function and a caching evaluator.
+
+Every candidate is simulated with the same seed, so replication r of every
+candidate sees the same arrivals and service draws (common random numbers):
+differences between candidates are not seed noise. The evaluator keeps a
+cache keyed by the allocation matrix, so an individual that reappears (the
+GA revisits good allocations often) is never simulated twice, and a log of
+every distinct allocation it simulated (for audits and baselines).
+
+Evaluations run inline, or on Dask workers when a ``distributed.Client`` is
+given. Results are gathered in submission order and the cache is filled in
+that order, so the same seed gives the same numbers in every mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optimizer.genome import Genome
+from twin.criteria import CRITERIA
+from twin.evaluate import evaluate
+from twin.spec import Deployment, Scenario
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How a candidate is simulated: workload, horizon (s), replications, seed."""
+
+    workload: str | None = None
+    horizon_s: float = 3600.0
+    replications: int = 10
+    seed: int = 1
+
+    def describe(self) -> str:
+        """One line for reports."""
+        w = self.workload or "processes' own arrivals"
+        return (
+            f"{self.horizon_s:g} s × {self.replications} replication(s), seed {self.seed}, "
+            f"workload {w}"
+        )
+
+
+@dataclass(frozen=True)
+class Score:
+    """Criteria means and 95% CI half-widths (``CRITERIA`` order) of one allocation."""
+
+    mean: tuple[float, ...]
+    ci: tuple[float, ...]
+    wall_s: float
+
+
+def evaluate_matrix(
+    scenario: Scenario, base: Deployment, matrix: np.ndarray, fidelity: Fidelity
+) -> Score:
+    """Simulate one allocation (pure and picklable: runs in a Dask worker as well).
+
+    The twin checks every constraint first and raises InfeasibleDeployment
+    otherwise, so nothing infeasible is ever scored.
+    """
+    genome = Genome(scenario, base)
+    dep = genome.deployment(genome.encode(matrix))
+    ev = evaluate(
+        scenario, dep, fidelity.workload, fidelity.horizon_s, fidelity.replications, fidelity.seed
+    )
+    summary = ev.summary
+    mean = tuple(float(summary.loc[c, "mean"]) for c in CRITERIA)
+    ci = tuple(float(np.nan_to_num(summary.loc[c, "ci"])) for c in CRITERIA)
+    return Score(mean=mean, ci=ci, wall_s=ev.wall_s)
+
+
+class Evaluator:
+    """Scores batches of allocations with a cache keyed by the matrix.
+
+    ``client`` (a ``distributed.Client``) sends cache misses to Dask workers;
+    None runs them inline. The client is not pickled with the evaluator
+    (checkpoints hold the cache, not the connection): reattach it with
+    :meth:`attach`.
+    """
+
+    def __init__(self, genome: Genome, fidelity: Fidelity, client: Any | None = None) -> None:
+        self.genome = genome
+        self.fidelity = fidelity
+        self.client = client
+        self.cache: dict[bytes, Score] = {}
+        self.order: list[bytes] = []  # keys in order of first simulation
+        self.lookups = 0
+        self.sim_wall_s = 0.0
+
+    @property
+    def simulations(self) -> int:
+        """Distinct allocations simulated so far (the real cost of a search)."""
+        return len(self.order)
+
+    def attach(self, client: Any | None) -> None:
+        """Use ``client`` (or inline evaluation when None) from now on."""
+        self.client = client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["client"] = None
+        return state
+
+    def evaluate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Criteria means and CIs (n×4 each) of the n flat vectors in ``X``."""
+        X = np.atleast_2d(np.asarray(X))
+        keys = [self.genome.key(x) for x in X]
+        self.lookups += len(keys)
+        missing: list[bytes] = []
+        seen: set[bytes] = set()
+        for k in keys:
+            if k not in self.cache and k not in seen:
+                missing.append(k)
+                seen.add(k)
+        if missing:
+            matrices = [
+                np.frombuffer(k, dtype=np.int64).reshape(self.genome.shape) for k in missing
+            ]
+            for k, score in zip(missing, self._run(matrices), strict=True):
+                self.cache[k] = score
+                self.order.append(k)
+                self.sim_wall_s += score.wall_s
+        F = np.array([self.cache[k].mean for k in keys], dtype=float)
+        CI = np.array([self.cache[k].ci for k in keys], dtype=float)
+        return F, CI
+
+    def _run(self, matrices: list[np.ndarray]) -> list[Score]:
+        scenario, base, fid = self.genome.scenario, self.genome.base, self.fidelity
+        if self.client is None:
+            return [evaluate_matrix(scenario, base, m, fid) for m in matrices]
+        # Ship the scenario once per batch rather than once per task.
+        sc, bs = self.client.scatter([scenario, base], broadcast=True)
+        futures = [
+            self.client.submit(evaluate_matrix, sc, bs, m, fid, pure=False) for m in matrices
+        ]
+        return self.client.gather(futures)
+
+    def evaluated(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every distinct allocation simulated (n×K·S), with criteria means and CIs."""
+        if not self.order:
+            n = self.genome.n_var
+            return np.empty((0, n), dtype=np.int64), np.empty((0, 4)), np.empty((0, 4))
+        X = np.array([np.frombuffer(k, dtype=np.int64) for k in self.order])
+        F = np.array([self.cache[k].mean for k in self.order], dtype=float)
+        CI = np.array([self.cache[k].ci for k in self.order], dtype=float)
+        return X, F, CI
