@@ -70,8 +70,8 @@ class LoadProfile:
     workload: Workload
     duration_s: float
     drain_s: float = 10.0
-    concurrency_s: float = 1.0
-    min_users: int = 4
+    concurrency_s: float = 0.5
+    min_users: int = 8
     max_users: int = 1000
     lookahead_s: float = 5.0
     spawn_rate: float = 100.0  # Locust warns above 100/s; the pool grows ahead (lookahead)

@@ -58,8 +58,8 @@ class LoadRun:
     inputs: InputKind = "image"
     workers: int = 1
     drain_s: float = 10.0
-    concurrency_s: float = 1.0
-    min_users: int = 4
+    concurrency_s: float = 0.5
+    min_users: int = 8
     max_users: int = 1000
     timeout_s: float = 30.0
     metrics_targets: dict[str, str] = field(default_factory=dict)
