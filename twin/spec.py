@@ -17,12 +17,23 @@ import itertools
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+def _number(value: object) -> object:
+    # YAML reads `yes`/`no`/`on` as booleans and quoted digits as strings; in
+    # pydantic's lax mode `count: yes` would quietly become one machine.
+    if isinstance(value, bool | str):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+    return value
+
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Int = Annotated[int, BeforeValidator(_number)]
+Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
 
 
 class Frozen(BaseModel):
@@ -109,7 +120,7 @@ class TableServiceTime(Frozen):
 
     kind: Literal["table"]
     dist: Literal["constant", "lognormal", "gamma"] = "lognormal"
-    points: dict[int, TablePoint] = Field(
+    points: dict[Int, TablePoint] = Field(
         min_length=1, description="Batch size → mean (ms) and cv at cpu_speed 1."
     )
 
@@ -159,10 +170,10 @@ class Server(Frozen):
     """A server type; ``count`` identical machines of it exist."""
 
     name: Name
-    count: int = Field(1, ge=1, le=1000, description="Identical machines of this type.")
+    count: Int = Field(1, ge=1, le=1000, description="Identical machines of this type.")
     cpu_cores: PositiveFloat = Field(description="Cores per machine.")
     cpu_speed: PositiveFloat = Field(1.0, description="Core speed relative to the reference.")
-    gpus: int = Field(0, ge=0, description="GPUs per machine.")
+    gpus: Int = Field(0, ge=0, description="GPUs per machine.")
     gpu_speed: PositiveFloat = Field(1.0, description="GPU speed relative to the reference.")
     ram_gb: PositiveFloat = Field(description="Memory per machine (GB).")
     bandwidth_mbps: PositiveFloat = Field(1000.0, description="Network bandwidth (Mbit/s).")
@@ -183,7 +194,7 @@ class Variant(Frozen):
     """One model variant of an inference stage (pipeline paper: z_i of task n)."""
 
     name: Name
-    accuracy: float = Field(ge=0, le=1, description="Measured accuracy v_n(z) in [0, 1].")
+    accuracy: Float = Field(ge=0, le=1, description="Measured accuracy v_n(z) in [0, 1].")
     cpu_cores: PositiveFloat = Field(description="Resource use w_n(z) per replica (cores).")
     cost: NonNegFloat | None = Field(
         None, description="Cost c_n(z) per replica; defaults to cpu_cores as in the paper."
@@ -219,8 +230,8 @@ class Component(Frozen):
         "'shared_queue': idle instances pull from one FIFO queue (a broker-fed worker pool), "
         "fetching their input when they start.",
     )
-    max_batch: int = Field(1, ge=1, le=4096, description="Largest batch an instance forms.")
-    max_replicas: int = Field(64, ge=1, le=10000, description="Most instances allowed (F_max).")
+    max_batch: Int = Field(1, ge=1, le=4096, description="Largest batch an instance forms.")
+    max_replicas: Int = Field(64, ge=1, le=10000, description="Most instances allowed (F_max).")
 
     @model_validator(mode="after")
     def _unique_variants(self) -> Component:
@@ -287,7 +298,7 @@ class Step(Frozen):
     )
     ram_gb: NonNegFloat = Field(0.0, description="Working memory of the step per instance (GB).")
     data_out_mb: NonNegFloat = Field(0.0, description="Data passed on to dependent steps (MB).")
-    max_parallel: int = Field(
+    max_parallel: Int = Field(
         1, ge=1, le=1024, description="Most instances the step's work may be split across."
     )
     depends_on: list[Name] = Field(default_factory=list)
@@ -363,7 +374,7 @@ def topological_order(process: Process) -> list[str] | None:
 class Burst(Frozen):
     at_s: NonNegFloat
     duration_s: PositiveFloat
-    extra_per_s: float = Field(description="Rate added during the burst (may be negative).")
+    extra_per_s: Float = Field(description="Rate added during the burst (may be negative).")
 
 
 class SteadyWorkload(Frozen):
@@ -386,7 +397,7 @@ class FluctuatingWorkload(Frozen):
     noise_sd_per_s: NonNegFloat = 0.0
     bursts: list[Burst] = Field(default_factory=list)
     min_rate_per_s: NonNegFloat = 0.1
-    seed: int = Field(0, description="Seed of the noise, so twin and testbed see one curve.")
+    seed: Int = Field(0, description="Seed of the noise, so twin and testbed see one curve.")
     processes: list[Name] = Field(default_factory=list)
 
 
@@ -440,7 +451,7 @@ class QoSWeights(Frozen):
 
 
 class Settings(Frozen):
-    cpu_overcommit: Annotated[float, Field(ge=1.0, le=100.0)] = Field(
+    cpu_overcommit: Annotated[Float, Field(ge=1.0, le=100.0)] = Field(
         1.0,
         description="Reserved cores may exceed a machine's cores by this factor; above 1 the "
         "instances then contend for cores in the simulator.",
@@ -542,7 +553,7 @@ class StageConfig(Frozen):
     """Per-stage configuration: the variant and the batching of its replicas."""
 
     variant: Name | None = Field(None, description="Variant name; None: the first one.")
-    batch: int = Field(1, ge=1, le=4096, description="Batch size b_n.")
+    batch: Int = Field(1, ge=1, le=4096, description="Batch size b_n.")
     batch_timeout_ms: NonNegFloat | None = Field(
         None, description="Most time the first item waits for a batch to fill."
     )
@@ -557,10 +568,10 @@ class Deployment(Frozen):
     """
 
     name: Name = "deployment"
-    allocation: dict[Name, dict[Name, Annotated[int, Field(ge=0, le=10000)]]] = Field(
+    allocation: dict[Name, dict[Name, Annotated[Int, Field(ge=0, le=10000)]]] = Field(
         description="component → machine → instances"
     )
-    parallelism: dict[str, Annotated[int, Field(ge=1, le=1024)]] = Field(
+    parallelism: dict[str, Annotated[Int, Field(ge=1, le=1024)]] = Field(
         default_factory=dict, description="'process.step' → instances the step is split over."
     )
     stages: dict[Name, StageConfig] = Field(
