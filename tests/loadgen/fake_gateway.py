@@ -13,7 +13,13 @@ import threading
 import time
 
 import uvicorn
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -37,6 +43,7 @@ STAGES = (
 
 def make_app(fail_every: int = 0) -> Starlette:
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory
     served = Counter("gateway_requests", "requests answered", ["status"], registry=registry)
     queue = Gauge("gateway_queue_length", "requests in flight", registry=registry)
     count = {"n": 0}

@@ -1,0 +1,322 @@
+"""The whole local experiment: testbed up → three workloads → twin → report → testbed down.
+
+``mlops-twin experiment`` (and ``make testbed``) runs, from a fresh clone:
+
+1. set-up and model build (``mlops-twin testbed build-models``),
+2. ``mlops-twin testbed up`` with the local backend,
+3. steady-low, fluctuating and steady-high back to back with :mod:`loadgen`
+   (open-loop Poisson arrivals, the twin's own arrival stream), scraping every
+   service's ``/metrics``,
+4. ``mlops-twin testbed down`` — always, also on error or Ctrl-C,
+5. the same deployment and workloads in the twin
+   (``twin.evaluate.evaluate(..., keep_records=True)``; replication 0 sees the
+   very arrival instants the testbed saw),
+6. ``runs/<name>/report.md`` with a table and plots (RPS over time, latency
+   percentiles over time, latency CDFs twin vs testbed per workload, CPU per
+   server), each workload's load-run folder, and ``summary.json``.
+
+The testbed is driven through a small :class:`Testbed` interface; the default
+implementation calls the testbed's CLI in subprocesses, so this process never
+hosts a service (and never imports Locust).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from loadgen.metrics import rate
+from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
+from loadgen.profile import scale_workload
+from loadgen.run import LoadResult, LoadRun, execute, write_result
+from twin.criteria import latency_percentiles, per_second
+from twin.evaluate import Evaluation, evaluate
+from twin.load import load_deployment, load_scenario
+from twin.runs import atomic_dir, write_table
+from twin.spec import Deployment, Scenario
+
+WORKLOADS = ("steady-low", "fluctuating", "steady-high")
+SATURATED = 0.95  # achieved/offered below this: the testbed could not keep up
+
+
+@dataclass
+class Targets:
+    """What a running testbed offers the load generator (URLs without trailing slash)."""
+
+    gateway: str
+    metrics: dict[str, str] = field(default_factory=dict)  # scrape target → base URL
+    server_of: dict[str, str] = field(default_factory=dict)  # scrape target → emulated server
+    replica_nodes: dict[str, str] = field(default_factory=dict)  # gateway replica → server
+    factor: float | None = None  # host cores per emulated core, as the testbed recorded it
+    notes: list[str] = field(default_factory=list)
+
+
+class Testbed(Protocol):
+    """The part of the testbed the experiment drives."""
+
+    def build_models(self) -> None: ...
+
+    def up(self, scenario: Path, deployment: Path) -> Targets: ...
+
+    def down(self) -> None: ...
+
+
+@dataclass
+class ExperimentConfig:
+    scenario: Path
+    deployment: Path
+    workloads: tuple[str, ...] = WORKLOADS
+    duration_s: float = 100.0
+    rate_scale: float = 1.0
+    seed: int = 1
+    replications: int = 5
+    drain_s: float = 5.0
+    scrape_interval_s: float = 1.0
+
+    @classmethod
+    def preset(cls, scenario: Path, deployment: Path, mode: str = "default") -> ExperimentConfig:
+        """``default`` (≤ 10 min), ``quick`` (≤ 3 min) or ``ci`` (≤ 2 min) lengths."""
+        lengths = {"default": (100.0, 5), "quick": (30.0, 3), "ci": (12.0, 2)}
+        if mode not in lengths:
+            raise ValueError(f"unknown mode {mode!r} (use {', '.join(lengths)})")
+        duration, reps = lengths[mode]
+        return cls(scenario, deployment, duration_s=duration, replications=reps)
+
+
+@dataclass
+class WorkloadOutcome:
+    name: str
+    load: LoadResult
+    twin: Evaluation | None = None
+
+
+def run_workloads(
+    cfg: ExperimentConfig,
+    sc: Scenario,
+    targets: Targets,
+    folder: Path,
+    say: Callable[[str], None] = lambda _m: None,
+) -> list[WorkloadOutcome]:
+    """Offer each workload in turn to the running testbed; each gets a load-run folder."""
+    outcomes = []
+    for name in cfg.workloads:
+        w = scale_workload(sc.workload(name), cfg.rate_scale)
+        run = LoadRun(
+            sc, w, targets.gateway, cfg.duration_s, seed=cfg.seed, drain_s=cfg.drain_s,
+            metrics_targets=targets.metrics, scrape_interval_s=cfg.scrape_interval_s,
+            replica_nodes=targets.replica_nodes or None,
+        )  # fmt: skip
+        say(f"load: {name} for {cfg.duration_s:g} s")
+        sub = folder / "load" / name
+        result = execute(run, sub / "raw")
+        write_result(run, result, sub)
+        s = result.summary
+        say(
+            f"  {name}: offered {s['offered_rps']:.1f}/s, achieved/offered "
+            f"{s['achieved_over_offered']:.3f}, p99 {1e3 * s['p99_s']:.1f} ms"
+        )
+        outcomes.append(WorkloadOutcome(name, result))
+    return outcomes
+
+
+def simulate(
+    cfg: ExperimentConfig, sc: Scenario, dep: Deployment, outcomes: list[WorkloadOutcome]
+) -> None:
+    """The twin on the same deployment and (scaled) workloads, same seed and horizon."""
+    for o in outcomes:
+        w = scale_workload(sc.workload(o.name), cfg.rate_scale)
+        o.twin = evaluate(sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed, keep_records=True)
+
+
+def _process_requests(o: WorkloadOutcome) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    req = o.load.requests
+    proc = str(req["process"].iloc[0]) if len(req) else ""
+    tb = req[req["process"] == proc]
+    tw = None
+    if o.twin is not None and o.twin.requests is not None:
+        tw = o.twin.requests[o.twin.requests["process"] == proc]
+    return tb, tw
+
+
+def table(outcomes: list[WorkloadOutcome]) -> pd.DataFrame:
+    """One row per workload: offered/achieved, testbed and twin latency percentiles (ms)."""
+    rows = []
+    for o in outcomes:
+        s = o.load.summary
+        _, tw = _process_requests(o)
+        twin = latency_percentiles(tw) if tw is not None and len(tw) else {}
+        row = {
+            "workload": o.name,
+            "offered_rps": s["offered_rps"],
+            "achieved_over_offered": s["achieved_over_offered"],
+            "failures": int(s["failures"]),
+            "testbed_p50_ms": 1e3 * s["p50_s"],
+            "testbed_p95_ms": 1e3 * s["p95_s"],
+            "testbed_p99_ms": 1e3 * s["p99_s"],
+            "twin_p50_ms": 1e3 * twin.get("p50", np.nan),
+            "twin_p95_ms": 1e3 * twin.get("p95", np.nan),
+            "twin_p99_ms": 1e3 * twin.get("p99", np.nan),
+            "accuracy": s.get("accuracy", np.nan),
+        }
+        per = o.load.per_second
+        # the most the testbed answered, over 5-s windows (for the saturation note)
+        row["max_answered_rps_5s"] = float(per["rps"].rolling(5, min_periods=1).mean().max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cpu_per_server(outcomes: list[WorkloadOutcome], targets: Targets) -> pd.DataFrame:
+    """Cores in use per emulated server over the experiment's time axis (``t, target, rate``).
+
+    Sums ``process_cpu_seconds_total`` rates of the scrape targets on each server.
+    """
+    parts, offset = [], 0.0
+    for o in outcomes:
+        r = rate(o.load.metrics, "process_cpu_seconds_total")
+        if len(r):
+            r = r.assign(t=r["t"] + offset, target=r["target"].astype(str))
+            r["target"] = r["target"].map(lambda x: targets.server_of.get(x, x))
+            r["t"] = r["t"].round()
+            parts.append(r.groupby(["t", "target"], as_index=False)["rate"].sum())
+        offset += len(o.load.per_second)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["t", "target", "rate"]
+    )  # fmt: skip
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "–" if not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def write_report(
+    cfg: ExperimentConfig,
+    sc: Scenario,
+    dep: Deployment,
+    targets: Targets,
+    outcomes: list[WorkloadOutcome],
+    folder: Path,
+    wall_s: float,
+) -> pd.DataFrame:
+    """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table."""
+    segments = []
+    for o in outcomes:
+        tb, tw = _process_requests(o)
+        ok = tb[tb["ok"]]
+        twin_ps = twin_lat = None
+        if tw is not None:
+            rep0 = tw[tw["replication"] == 0] if "replication" in tw else tw
+            twin_ps = per_second(rep0, cfg.duration_s)
+            done = tw.dropna(subset=["t_end"])
+            twin_lat = (done["t_end"] - done["t_arrive"]).to_numpy()
+        segments.append(
+            Segment(
+                o.name,
+                o.load.per_second,
+                (ok["t_end"] - ok["t_arrive"]).to_numpy(),
+                twin_ps,
+                twin_lat,
+            )
+        )
+    plot_rps(segments, folder / "rps.png")
+    plot_latency(segments, folder / "latency.png")
+    plot_cdfs(segments, folder / "latency_cdf.png")
+    cpu = cpu_per_server(outcomes, targets)
+    bounds, x = [], 0.0
+    for o in outcomes:
+        bounds.append((o.name, x))
+        x += len(o.load.per_second)
+    plot_cpu(cpu, folder / "cpu.png", bounds)
+    write_table(cpu, folder / "cpu")
+
+    tab = table(outcomes)
+    tab.to_csv(folder / "table.csv", index=False)
+    lines = [
+        f"# Experiment: {sc.name} / {dep.name}",
+        "",
+        f"- workloads back to back: {', '.join(cfg.workloads)}; {cfg.duration_s:g} s each, "
+        f"rates × {cfg.rate_scale:g}, seed {cfg.seed} (open-loop Poisson; the twin's "
+        "replication 0 has the same arrival instants)",
+        f"- twin: {cfg.replications} replications per workload",
+        f"- testbed: local backend, gateway {targets.gateway}, "
+        f"capacity factor {targets.factor if targets.factor is not None else 'not reported'}"
+        " (host cores per emulated core)",
+        f"- wall time {wall_s / 60:.1f} min",
+        *[f"- {n}" for n in targets.notes],
+        "",
+        "| workload | offered (req/s) | achieved/offered | failures | testbed p50 / p95 / p99 "
+        "(ms) | twin p50 / p95 / p99 (ms) | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in tab.itertuples():
+        lines.append(
+            f"| {r.workload} | {r.offered_rps:.1f} | {r.achieved_over_offered:.3f} | "
+            f"{r.failures} | {_fmt(r.testbed_p50_ms)} / {_fmt(r.testbed_p95_ms)} / "
+            f"{_fmt(r.testbed_p99_ms)} | {_fmt(r.twin_p50_ms)} / {_fmt(r.twin_p95_ms)} / "
+            f"{_fmt(r.twin_p99_ms)} | {_fmt(r.accuracy, 3)} |"
+        )
+    lines.append("")
+    for r in tab.itertuples():
+        if r.achieved_over_offered < SATURATED:
+            lines.append(
+                f"**{r.workload}: the testbed saturated** — it answered at most "
+                f"{r.max_answered_rps_5s:.0f} req/s (5-s mean) of {r.offered_rps:.0f} req/s "
+                f"offered (achieved/offered {r.achieved_over_offered:.3f})."
+            )
+    lines += [
+        "",
+        "## Requests per second",
+        "![RPS](rps.png)",
+        "",
+        "## Latency percentiles over time",
+        "![latency](latency.png)",
+        "",
+        "## Latency CDFs, twin vs testbed",
+        "![CDFs](latency_cdf.png)",
+        "",
+        "## CPU per server",
+        "![CPU](cpu.png)",
+        "",
+        "Each workload's raw request log, per-stage visits, per-second table, scraped "
+        "metrics and `prometheus.yml` are under `load/<workload>/`.",
+    ]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    (folder / "summary.json").write_text(
+        json.dumps({"wall_s": wall_s, "table": json.loads(tab.to_json(orient="records"))}, indent=2)
+    )
+    return tab
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    testbed: Testbed,
+    out_dir: Path,
+    say: Callable[[str], None] = lambda _m: None,
+    build: bool = True,
+) -> pd.DataFrame:
+    """The whole loop (module doc); the testbed is brought down whatever happens."""
+    started = time.perf_counter()
+    sc = load_scenario(cfg.scenario)
+    dep = load_deployment(cfg.deployment)
+    for name in cfg.workloads:
+        sc.workload(name)  # fail before anything starts when a workload is missing
+    with atomic_dir(out_dir) as folder:
+        if build:
+            say("building models")
+            testbed.build_models()
+        say("testbed up")
+        try:
+            targets = testbed.up(cfg.scenario, cfg.deployment)
+            outcomes = run_workloads(cfg, sc, targets, folder, say)
+        finally:
+            say("testbed down")
+            testbed.down()
+        say("twin: simulating the same deployment and workloads")
+        simulate(cfg, sc, dep, outcomes)
+        return write_report(cfg, sc, dep, targets, outcomes, folder, time.perf_counter() - started)

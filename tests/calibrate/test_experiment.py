@@ -1,0 +1,92 @@
+"""The experiment loop against a stand-in testbed (a fake gateway honouring testbed.api)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
+from fake_gateway import FakeGateway
+
+from calibrate.experiment import ExperimentConfig, Targets, run_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
+DEPLOYMENT = ROOT / "examples" / "digits-pipeline.deployment.yaml"
+
+
+class FakeTestbed:
+    """Records the calls; ``fail_on_up`` makes ``up`` start the gateway and then fail."""
+
+    def __init__(self, fail_on_up: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_on_up = fail_on_up
+        self.gateway: FakeGateway | None = None
+
+    def build_models(self) -> None:
+        self.calls.append("build")
+
+    def up(self, scenario: Path, deployment: Path) -> Targets:
+        self.calls.append("up")
+        self.gateway = FakeGateway().__enter__()
+        if self.fail_on_up:
+            raise RuntimeError("node agent did not become healthy")
+        url = self.gateway.url
+        return Targets(
+            gateway=url,
+            metrics={"gateway": url},
+            server_of={"gateway": "host"},
+            replica_nodes={"denoise-0": "node-1", "encoder-0": "node-2"},
+            factor=0.5,
+        )
+
+    def down(self) -> None:
+        self.calls.append("down")
+        if self.gateway is not None:
+            self.gateway.__exit__(None, None, None)
+            self.gateway = None
+
+
+def test_experiment_writes_report_with_table_and_plots(tmp_path):
+    cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, duration_s=4, rate_scale=0.2, replications=2,
+                           drain_s=2, scrape_interval_s=0.5)  # fmt: skip
+    testbed = FakeTestbed()
+    out = tmp_path / "exp"
+    tab = run_experiment(cfg, testbed, out)
+    assert testbed.calls == ["build", "up", "down"]
+    assert list(tab["workload"]) == ["steady-low", "fluctuating", "steady-high"]
+    assert (tab["achieved_over_offered"] == 1.0).all()
+    # the fake gateway answers in ~ms; the twin's digits pipeline too: both finite
+    assert tab[["testbed_p99_ms", "twin_p99_ms"]].notna().all().all()
+    # offered rates follow the scaled workloads: steady-high (150/s) ≫ steady-low (30/s)
+    assert tab.loc[2, "offered_rps"] > 3 * tab.loc[0, "offered_rps"]
+    for png in ("rps.png", "latency.png", "latency_cdf.png", "cpu.png"):
+        assert (out / png).stat().st_size > 5000
+    report = (out / "report.md").read_text()
+    assert "| steady-high |" in report and "capacity factor 0.5" in report
+    assert "saturated" not in report
+    for w in cfg.workloads:
+        visits = pd.read_parquet(out / "load" / w / "visits.parquet")
+        assert set(visits["machine"].astype(str)) == {"node-1", "node-2", "classifier-0"}
+    cpu = pd.read_parquet(out / "cpu.parquet")
+    assert set(cpu["target"]) == {"host"} and (cpu["rate"] >= 0).all()
+
+
+def test_testbed_goes_down_when_anything_fails(tmp_path):
+    cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, duration_s=2)
+    testbed = FakeTestbed(fail_on_up=True)
+    with pytest.raises(RuntimeError, match="healthy"):
+        run_experiment(cfg, testbed, tmp_path / "exp", build=False)
+    assert testbed.calls == ["up", "down"]
+    assert not (tmp_path / "exp").exists()  # no half-written run folder
+
+
+def test_unknown_workload_fails_before_the_testbed_starts(tmp_path):
+    cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, workloads=("steady-low", "nope"))
+    testbed = FakeTestbed()
+    with pytest.raises(KeyError):
+        run_experiment(cfg, testbed, tmp_path / "exp")
+    assert testbed.calls == []
