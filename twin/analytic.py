@@ -65,9 +65,7 @@ def queue_scenario(
         {
             "name": "textbook-queue",
             "servers": [{"name": "host", "cpu_cores": servers * stations, "ram_gb": 64}],
-            "components": [
-                {"name": n, "cpu_cores": 1, "dispatch": "shared_queue"} for n in names
-            ],
+            "components": [{"name": n, "cpu_cores": 1, "dispatch": "shared_queue"} for n in names],
             "processes": [
                 {
                     "name": "customer",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -139,6 +140,9 @@ def simulate(
     horizon: Annotated[float, typer.Option(help="Simulated time (s).", min=1e-6)] = 3600.0,
     replications: Annotated[int, typer.Option(help="Independent runs.", min=1)] = 10,
     seed: Annotated[int, typer.Option(help="Seed of all random streams.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes for replications (0: one per core).", min=0)
+    ] = 0,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write a run folder (records, report).")
     ] = None,
@@ -175,6 +179,7 @@ def simulate(
                 seed,
                 keep_records=out_dir is not None,
                 on_replication=lambda _r: progress.advance(task),
+                workers=workers or (os.cpu_count() or 1),
             )
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
         fail(str(exc))

@@ -8,15 +8,18 @@ random numbers), so differences between candidates are not seed noise.
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from twin.criteria import CRITERIA, placement_criteria, summarise
 from twin.deployment import require_feasible
-from twin.sim import simulate_replication
+from twin.sim import ReplicationResult, simulate_replication
 from twin.spec import Deployment, Scenario, Workload
 
 
@@ -65,6 +68,24 @@ def _clean(v: object) -> object:
     return v
 
 
+def _replicate(args: tuple) -> tuple[dict[str, float], ReplicationResult]:
+    scenario, deployment, w, horizon_s, seed, r, keep = args
+    res = simulate_replication(scenario, deployment, w, horizon_s, seed, r, visits=keep)
+    row = placement_criteria(res.requests, scenario, deployment, horizon_s, res.end_s)
+    row["replication"] = r
+    return row, res
+
+
+def _map(fn: Callable, items: list, workers: int) -> Iterator:
+    """``map`` inline, or over a process pool (results in order either way)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(fn, items)
+
+
 def resolve_workload(scenario: Scenario, workload: str | Workload | None) -> Workload | None:
     """A workload object from its name (None and 'none' mean the processes' own arrivals)."""
     if workload is None or workload == "none":
@@ -88,6 +109,7 @@ def evaluate(
     keep_records: bool = False,
     check: bool = True,
     on_replication: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> Evaluation:
     """Simulate ``replications`` runs and score the deployment.
 
@@ -95,6 +117,9 @@ def evaluate(
     names each violated constraint). ``keep_records`` returns the visit and
     request tables with a ``replication`` column. ``on_replication`` is called
     after each replication (for progress bars); it does not affect results.
+    ``workers`` > 1 runs replications in that many processes; every
+    replication has its own random streams, so the numbers are identical.
+    Leave it at 1 inside a Dask worker, which already is the parallelism.
     """
     if replications < 1:
         raise ValueError(f"replications must be ≥ 1, got {replications}")

@@ -55,3 +55,14 @@ def test_evaluation_pickles(edge_cloud) -> None:
     back = pickle.loads(pickle.dumps(e))
     assert back.criteria() == pytest.approx(e.criteria(), nan_ok=True)
     assert pickle.loads(pickle.dumps(sc)) == sc
+
+
+def test_parallel_replications_give_identical_numbers(edge_cloud) -> None:
+    sc, dep = edge_cloud
+    inline = evaluate(sc, dep, "fluctuating", 600, replications=4, seed=3, keep_records=True)
+    pooled = evaluate(
+        sc, dep, "fluctuating", 600, replications=4, seed=3, keep_records=True, workers=2
+    )
+    pd.testing.assert_frame_equal(inline.per_replication, pooled.per_replication)
+    pd.testing.assert_frame_equal(inline.visits, pooled.visits)
+    assert inline.events == pooled.events
