@@ -1,0 +1,100 @@
+"""The twin's commands as a user runs them: results on stdout, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from twin.cli import app
+from twin.load import dump_yaml, load_deployment, load_scenario
+
+from .conftest import EXAMPLES
+
+runner = CliRunner()
+SCENARIO = str(EXAMPLES / "edge-cloud.yaml")
+DEPLOYMENT = str(EXAMPLES / "edge-cloud.deployment.yaml")
+
+
+def test_simulate_json_matches_the_library(tmp_path: Path) -> None:
+    from twin.evaluate import evaluate
+
+    args = ["simulate", SCENARIO, "-d", DEPLOYMENT, "-w", "steady-high", "--horizon", "600",
+            "--replications", "3", "--seed", "4", "--workers", "1", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    direct = evaluate(
+        load_scenario(SCENARIO), load_deployment(DEPLOYMENT), "steady-high", 600, 3, 4
+    )
+    for name, value in zip(("time_mean_s", "time_var_s2", "overruns", "cost"),
+                           direct.criteria(), strict=True):  # fmt: skip
+        assert data["criteria"][name]["mean"] == value
+    assert data["workload"] == "steady-high" and data["replications"] == 3
+
+
+def test_simulate_writes_a_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "sim"
+    args = ["simulate", SCENARIO, "-d", DEPLOYMENT, "--horizon", "900", "--replications", "2",
+            "--workers", "1", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {
+        "inputs", "results.parquet", "visits.parquet", "requests.parquet", "report.md",
+        "latency_cdf.png",
+    }  # fmt: skip
+    results = pd.read_parquet(out / "results.parquet")
+    assert list(results["replication"]) == [0, 1]
+    assert "| time_mean_s |" in (out / "report.md").read_text()
+    assert not list(tmp_path.joinpath("runs").glob(".sim.*")), "temporary folder left behind"
+
+
+def test_simulated_deployment_yaml_round_trips(tmp_path: Path) -> None:
+    dep = load_deployment(DEPLOYMENT)
+    path = tmp_path / "again.yaml"
+    path.write_text(dump_yaml(dep))
+    assert load_deployment(path) == dep
+
+
+def test_infeasible_deployment_is_refused_by_simulate(tmp_path: Path) -> None:
+    bad = load_deployment(DEPLOYMENT).model_copy(
+        update={"allocation": dict(load_deployment(DEPLOYMENT).allocation) | {"trainer": {}}}
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(dump_yaml(bad))
+    result = runner.invoke(app, ["simulate", SCENARIO, "-d", str(path)])
+    assert result.exit_code == 2
+    assert "component trainer: no instance" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_workload_names_the_known_ones() -> None:
+    result = runner.invoke(app, ["simulate", SCENARIO, "-d", DEPLOYMENT, "-w", "tsunami"])
+    assert result.exit_code == 2 and "steady-low" in result.output
+
+
+def test_schema_is_json_schema_of_the_spec() -> None:
+    result = runner.invoke(app, ["schema"])
+    schema = json.loads(result.stdout)
+    assert set(schema["required"]) >= {"name", "servers", "components", "processes"}
+    assert "Server" in schema["$defs"]
+    dep = json.loads(runner.invoke(app, ["schema", "--deployment"]).stdout)
+    assert "allocation" in dep["properties"]
+
+
+def test_console_script_help_lists_commands_fast() -> None:
+    # The umbrella command must not import the heavy packages to print --help.
+    code = (
+        "import sys; sys.argv=['mlops-twin','--help']\n"
+        "from twin.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'pymoo', 'locust', 'dask') "
+        "if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "simulate" in out.stdout and "validate" in out.stdout
+    assert "HEAVY []" in out.stdout
