@@ -35,8 +35,9 @@ def evaluation_client(workers: int = 0, scheduler: str | None = None) -> Iterato
             client.close()
         return
     # Leave `host` out: LocalCluster(processes=..., host=...) fails on these machines.
+    # Its HTTP server still starts: bind it to loopback on a free port.
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
     )
     client = Client(cluster)
     try:

@@ -66,9 +66,19 @@ def evaluate_matrix(
         scenario, dep, fidelity.workload, fidelity.horizon_s, fidelity.replications, fidelity.seed
     )
     summary = ev.summary
-    mean = tuple(float(summary.loc[c, "mean"]) for c in CRITERIA)
-    ci = tuple(float(np.nan_to_num(summary.loc[c, "ci"])) for c in CRITERIA)
+    mean = tuple(_round(summary.loc[c, "mean"]) for c in CRITERIA)
+    ci = tuple(_round(np.nan_to_num(summary.loc[c, "ci"])) for c in CRITERIA)
     return Score(mean=mean, ci=ci, wall_s=ev.wall_s)
+
+
+def _round(v: float) -> float:
+    """``v`` to 12 significant digits.
+
+    Worker processes have their own string-hash seeds, so sums over sets
+    (e.g. machine prices) can add in another order and differ in the last
+    bit; rounding keeps a comparison in selection from flipping on that.
+    """
+    return float(f"{float(v):.12g}")
 
 
 class Evaluator:
@@ -130,10 +140,12 @@ class Evaluator:
         scenario, base, fid = self.genome.scenario, self.genome.base, self.fidelity
         if self.client is None:
             return [evaluate_matrix(scenario, base, m, fid) for m in matrices]
-        # Ship the scenario once per batch rather than once per task.
-        sc, bs = self.client.scatter([scenario, base], broadcast=True)
+        # The scenario travels with each task (a few kB). Scattering it instead
+        # re-uses one content-hashed key across batches, and a released batch
+        # then cancels the next one's tasks ("lost dependencies").
         futures = [
-            self.client.submit(evaluate_matrix, sc, bs, m, fid, pure=False) for m in matrices
+            self.client.submit(evaluate_matrix, scenario, base, m, fid, pure=False)
+            for m in matrices
         ]
         return self.client.gather(futures)
 

@@ -1,0 +1,125 @@
+"""The optimize and decide commands, and the run folder they leave."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optimizer.cli import decide_app, optimize_app
+from tests.optimizer.conftest import SMALL
+from twin.cli import app as twin_app
+from twin.criteria import CRITERIA
+from twin.deployment import require_feasible
+from twin.load import load_deployment, load_scenario
+
+runner = CliRunner()
+FAST = ["--pop", "8", "--gens", "3", "--horizon", "120", "--final-horizon", "240",
+        "--final-replications", "2", "--final-max", "4", "--seed", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "small"
+    res = runner.invoke(optimize_app, [str(SMALL), *FAST, "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["generations"] == 3 and info["simulations"] >= 8
+    return out
+
+
+def test_run_folder_contents(run_dir: Path) -> None:
+    for name in ("pareto.parquet", "history.parquet", "evaluated.parquet", "chosen.yaml",
+                 "pareto.png", "convergence.png", "report.md", "run.json", "checkpoint.pkl",
+                 "inputs/base.yaml", "inputs/small-placement.yaml"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir.parent / ".small.checkpoint.pkl").exists()
+    pareto = pd.read_parquet(run_dir / "pareto.parquet")
+    for c in CRITERIA:
+        assert c in pareto and f"{c}_ci" in pareto
+    assert pareto["chosen"].sum() == 1 and pareto.loc[pareto["chosen"], "non_dominated"].all()
+    history = pd.read_parquet(run_dir / "history.parquet")
+    assert list(history["gen"]) == [1, 2, 3] and history["hv"].notna().all()
+    report = (run_dir / "report.md").read_text()
+    assert "Chosen vs greedy" in report and "search fidelity: 120 s" in report
+
+
+def test_chosen_yaml_is_accepted_by_simulate(run_dir: Path) -> None:
+    dep = load_deployment(run_dir / "chosen.yaml")
+    require_feasible(load_scenario(SMALL), dep)  # what the testbed's controller checks
+    res = runner.invoke(
+        twin_app,
+        ["simulate", str(SMALL), "-d", str(run_dir / "chosen.yaml"), "--horizon", "60",
+         "--replications", "1", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["deployment"] == "small-chosen"
+
+
+def test_decide_methods(run_dir: Path, tmp_path: Path) -> None:
+    pareto = pd.read_parquet(run_dir / "pareto.parquet")
+    front = pareto[pareto["non_dominated"]]
+    res = runner.invoke(decide_app, [str(run_dir), "--method", "optima", "--json"])
+    assert res.exit_code == 0, res.output
+    picks = json.loads(res.stdout)
+    assert len(picks) == 4
+    for p, c in zip(picks, CRITERIA, strict=True):
+        assert p[c] == pytest.approx(front[c].min())
+    out = tmp_path / "cheap.yaml"
+    res = runner.invoke(
+        decide_app,
+        [str(run_dir), "--method", "weights", "--weights", "0,0,0,1", "--out", str(out), "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["cost"] == pytest.approx(front["cost"].min())
+    require_feasible(load_scenario(SMALL), load_deployment(out))
+    res = runner.invoke(decide_app, [str(run_dir), "--method", "ideal", "--json"])
+    chosen = pareto[pareto["chosen"]].iloc[0]
+    assert json.loads(res.stdout)[0]["id"] == int(chosen["id"])
+
+
+def test_errors_are_one_paragraph(run_dir: Path, tmp_path: Path) -> None:
+    res = runner.invoke(decide_app, [str(tmp_path), "--method", "ideal"])
+    assert res.exit_code == 2 and "no pareto.parquet" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(decide_app, [str(run_dir), "--method", "weights", "--weights", "1,2"])
+    assert res.exit_code == 2 and "needs 4 numbers" in res.output
+    res = runner.invoke(optimize_app, [str(SMALL), *FAST, "--algorithm", "moead",
+                                       "--out", str(tmp_path / "x")])  # fmt: skip
+    assert res.exit_code == 2 and "nsga2" in res.output
+    res = runner.invoke(optimize_app, [str(SMALL), "--workload", "nope", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_resume_continues_a_finished_run(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "small"
+    shutil.copytree(run_dir, copy)
+    args = [a if a != "3" else "5" for a in FAST]  # --gens 5
+    res = runner.invoke(optimize_app, [str(SMALL), *args, "--out", str(copy), "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    resumed = pd.read_parquet(copy / "history.parquet")
+    first = pd.read_parquet(run_dir / "history.parquet")
+    assert list(resumed["gen"]) == [1, 2, 3, 4, 5]
+    assert np.allclose(resumed["hv"][:3], first["hv"])
+    fresh = tmp_path / "fresh"
+    res = runner.invoke(optimize_app, [str(SMALL), *args, "--out", str(fresh), "--json"])
+    assert res.exit_code == 0, res.output
+    a = pd.read_parquet(fresh / "pareto.parquet")
+    b = pd.read_parquet(copy / "pareto.parquet")
+    assert list(a["allocation"]) == list(b["allocation"])
+
+
+def test_umbrella_lists_the_commands() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "twin.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0
+    assert "optimize" in res.stdout and "decide" in res.stdout
