@@ -57,6 +57,9 @@ def run_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the arrival stream (as the twin's).")] = 1,
     process: Annotated[str | None, typer.Option(help="Request process, if several.")] = None,
     inputs: Annotated[str, typer.Option(help="'image' (8×8 digits) or 'entity' ids.")] = "image",
+    inputs_file: Annotated[
+        Path | None, typer.Option(help=".npz with x (n×64) and y, e.g. the noisy test set.")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Load-generator processes.", min=1)] = 1,
     drain: Annotated[float, typer.Option(help="Seconds to wait for answers after.")] = 10.0,
     concurrency: Annotated[
@@ -102,6 +105,7 @@ def run_cmd(
             seed=seed,
             process=process,
             inputs=inputs,  # type: ignore[arg-type]
+            inputs_file=inputs_file,
             workers=workers,
             drain_s=drain,
             concurrency_s=concurrency,

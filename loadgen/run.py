@@ -32,7 +32,7 @@ import pandas as pd
 from pydantic import TypeAdapter
 
 from loadgen.batch import BatchHook, BatchTrigger, batch_schedule
-from loadgen.inputs import InputKind
+from loadgen.inputs import InputKind, n_inputs
 from loadgen.metrics import Scraper, prometheus_config
 from loadgen.profile import LoadProfile
 from loadgen.records import per_second_table, requests_table, run_summary, visits_table
@@ -56,6 +56,7 @@ class LoadRun:
     seed: int = 1
     process: str | None = None
     inputs: InputKind = "image"
+    inputs_file: Path | None = None  # .npz with x (n×64), y; default scikit-learn's digits
     workers: int = 1
     drain_s: float = 10.0
     concurrency_s: float = 0.5
@@ -110,6 +111,7 @@ class LoadRun:
             "index": index,
             "count": self.workers,
             "inputs": self.inputs,
+            "inputs_file": str(self.inputs_file) if self.inputs_file else None,
             "target": self.target.rstrip("/"),
             "timeout_s": self.timeout_s,
             "raw_out": str(raw_out),
@@ -199,6 +201,8 @@ def execute(
     """Run the load; raw logs go to ``raw_dir``. Workers are stopped on any error."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     process = run.request_process()
+    if run.inputs_file is not None:
+        n_inputs(str(run.inputs_file))  # a bad file fails here, before any worker starts
     started = time.perf_counter()
     procs = _start_workers(run, raw_dir)
     scraper: Scraper | None = None
@@ -285,6 +289,7 @@ def write_result(run: LoadRun, result: LoadResult, folder: Path) -> None:
         "duration_s": run.duration_s,
         "seed": run.seed,
         "inputs": run.inputs,
+        "inputs_file": str(run.inputs_file) if run.inputs_file else None,
         "workers": run.workers,
         "t0_unix_s": result.t0,
         "metrics_targets": run.metrics_targets,

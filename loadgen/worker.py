@@ -116,6 +116,7 @@ class PipelineUser(FastHttpUser):
     connection_timeout = 5.0
     queue: ClassVar[Queue]
     input_kind: ClassVar[str] = "image"
+    inputs_file: ClassVar[str | None] = None
     t0: ClassVar[float] = 0.0
 
     @task
@@ -126,7 +127,10 @@ class PipelineUser(FastHttpUser):
             return
         context = {"pid": pid, "input": inp, "t_release": time.time() - self.t0}
         self.client.post(
-            INFER_PATH, json=payload(self.input_kind, inp, pid), name="infer", context=context
+            INFER_PATH,
+            json=payload(self.input_kind, inp, pid, self.inputs_file),
+            name="infer",
+            context=context,
         )
 
 
@@ -154,8 +158,9 @@ def run(config: dict, t0: float | None = None) -> pd.DataFrame:
     profile = LoadProfile(workload, **config["profile"])
     times = arrival_schedule(workload, config["process"], profile.duration_s, config["seed"])
     pids, mine = partition(times, config["index"], config["count"])
-    inputs = input_order(n_inputs(), times.size, config["seed"])[pids]
-    payload(config["inputs"], 0, 0)  # load the input set before the clock starts
+    source = config.get("inputs_file")
+    inputs = input_order(n_inputs(source), times.size, config["seed"])[pids]
+    payload(config["inputs"], 0, 0, source)  # load the input set before the clock starts
 
     if t0 is None:
         print("READY", flush=True)
@@ -163,11 +168,17 @@ def run(config: dict, t0: float | None = None) -> pd.DataFrame:
         t0 = float(line) if line.strip() else time.time() + 0.5
 
     releaser = Releaser(pids, mine, inputs, t0)
-    recorder = Recorder(t0, digits()[1])
+    recorder = Recorder(t0, digits(source)[1])
     user = type(
         "DigitsUser",
         (PipelineUser,),
-        {"abstract": False, "queue": releaser.queue, "input_kind": config["inputs"], "t0": t0},
+        {
+            "abstract": False,
+            "queue": releaser.queue,
+            "input_kind": config["inputs"],
+            "t0": t0,
+            "inputs_file": source,
+        },
     )
     user.network_timeout = config.get("timeout_s", 30.0)
     shape = WorkloadShape(profile, t0, 1.0 / config["count"])

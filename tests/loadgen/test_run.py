@@ -26,12 +26,14 @@ CLI = [sys.executable, "-c", "from twin.cli import main; main()"]
 
 def test_cli_run_logs_every_request_and_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
+    images = np.arange(5 * 64, dtype=float).reshape(5, 64) % 17
+    np.savez(tmp_path / "inputs.npz", x=images, y=np.array([4, 3, 2, 1, 0]))
     with FakeGateway(fail_every=25) as gw:
         res = subprocess.run(
             [*CLI, "load", "run", "-s", str(SCENARIO), "--shape", "fluctuating",
              "--duration", "6", "--rate-scale", "0.4", "--target", gw.url, "--out", str(out),
              "--seed", "5", "--drain", "5", "--metrics", f"gateway={gw.url}",
-             "--scrape-interval", "0.5", "--json"],
+             "--scrape-interval", "0.5", "--inputs-file", str(tmp_path / "inputs.npz"), "--json"],
             capture_output=True, text=True, timeout=180,
             env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"},
         )  # fmt: skip
@@ -53,6 +55,9 @@ def test_cli_run_logs_every_request_and_writes_the_run_folder(tmp_path):
     assert summary["failures"] == failed and summary["ok"] == len(req) - failed
     ok = req[req["ok"]]
     assert (ok["t_end"] > ok["t_arrive"]).all()
+    # the file's images were sent: the fake labels each by its pixel sum, truth comes from y
+    assert (ok["label"] == images.sum(axis=1)[ok["input"]].astype(int) % 10).all()
+    assert (ok["truth"] == 4 - ok["input"]).all() and set(ok["input"]) == set(range(5))
     assert ok["lag_s"].median() < 0.05  # released on time (loose: the machine is shared)
 
     visits = pd.read_parquet(out / "visits.parquet")

@@ -56,3 +56,19 @@ def test_input_order_is_seeded_and_cycles_through_every_input():
     assert np.array_equal(a, input_order(10, 25, seed=1))
     assert not np.array_equal(a, input_order(10, 25, seed=2))
     assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))
+
+
+def test_inputs_come_from_scikit_learn_or_a_checked_file(tmp_path):
+    from loadgen.inputs import digits, n_inputs, payload
+
+    assert n_inputs() == 1797
+    body = payload("image", 3, 17)
+    assert body["id"] == "17" and len(body["image"]) == 64 and max(body["image"]) <= 16
+    assert payload("entity", 3, 17) == {"id": "17", "entity_id": 3}
+    np.savez(tmp_path / "ok.npz", x=np.ones((2, 64)), y=np.array([1, 2]))
+    assert n_inputs(str(tmp_path / "ok.npz")) == 2
+    np.savez(tmp_path / "bad.npz", x=np.ones((2, 8)), y=np.array([1, 2]))
+    with pytest.raises(ValueError, match="n×64"):
+        digits(str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="inputs file"):
+        digits(str(tmp_path / "missing.npz"))
