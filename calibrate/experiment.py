@@ -23,26 +23,32 @@ hosts a service (and never imports Locust).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import numpy as np
 import pandas as pd
+import typer
+from rich.console import Console
 
 from loadgen.metrics import rate
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.profile import scale_workload
-from loadgen.run import LoadResult, LoadRun, execute, write_result
+from loadgen.run import LoadResult, LoadRun, LoadRunError, execute, write_result
 from twin.criteria import latency_percentiles, per_second
 from twin.evaluate import Evaluation, evaluate
-from twin.load import load_deployment, load_scenario
+from twin.load import SpecError, load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario
 
 WORKLOADS = ("steady-low", "fluctuating", "steady-high")
+TESTSET = Path("data/models/digits-test.npz")  # written by `mlops-twin testbed build-models`
 SATURATED = 0.95  # achieved/offered below this: the testbed could not keep up
 
 
@@ -79,11 +85,13 @@ class ExperimentConfig:
     replications: int = 5
     drain_s: float = 5.0
     scrape_interval_s: float = 1.0
+    # images sent: the model zoo's noisy held-out set when built, else scikit-learn's digits
+    inputs_file: Path | None = None
 
     @classmethod
     def preset(cls, scenario: Path, deployment: Path, mode: str = "default") -> ExperimentConfig:
         """``default`` (≤ 10 min), ``quick`` (≤ 3 min) or ``ci`` (≤ 2 min) lengths."""
-        lengths = {"default": (100.0, 5), "quick": (30.0, 3), "ci": (12.0, 2)}
+        lengths = {"default": (100.0, 5), "quick": (30.0, 3), "ci": (10.0, 2)}
         if mode not in lengths:
             raise ValueError(f"unknown mode {mode!r} (use {', '.join(lengths)})")
         duration, reps = lengths[mode]
@@ -111,7 +119,7 @@ def run_workloads(
         run = LoadRun(
             sc, w, targets.gateway, cfg.duration_s, seed=cfg.seed, drain_s=cfg.drain_s,
             metrics_targets=targets.metrics, scrape_interval_s=cfg.scrape_interval_s,
-            replica_nodes=targets.replica_nodes or None,
+            replica_nodes=targets.replica_nodes or None, inputs_file=cfg.inputs_file,
         )  # fmt: skip
         say(f"load: {name} for {cfg.duration_s:g} s")
         sub = folder / "load" / name
@@ -244,6 +252,7 @@ def write_report(
         f"rates × {cfg.rate_scale:g}, seed {cfg.seed} (open-loop Poisson; the twin's "
         "replication 0 has the same arrival instants)",
         f"- twin: {cfg.replications} replications per workload",
+        f"- inputs: {cfg.inputs_file or 'scikit-learn digits (clean)'}",
         f"- testbed: local backend, gateway {targets.gateway}, "
         f"capacity factor {targets.factor if targets.factor is not None else 'not reported'}"
         " (host cores per emulated core)",
@@ -310,6 +319,8 @@ def run_experiment(
         if build:
             say("building models")
             testbed.build_models()
+        if cfg.inputs_file is None and TESTSET.is_file():
+            cfg.inputs_file = TESTSET
         say("testbed up")
         try:
             targets = testbed.up(cfg.scenario, cfg.deployment)
@@ -320,3 +331,113 @@ def run_experiment(
         say("twin: simulating the same deployment and workloads")
         simulate(cfg, sc, dep, outcomes)
         return write_report(cfg, sc, dep, targets, outcomes, folder, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- the real testbed
+
+
+class CliTestbed:
+    """The testbed driven through ``mlops-twin testbed …`` in subprocesses (local backend).
+
+    Services run in their own processes whatever happens here; ``down`` is safe to
+    call when ``up`` failed half-way (the testbed's own ``down`` cleans up by state).
+    """
+
+    def __init__(
+        self, backend: str = "local", state_dir: Path | None = None, log: Path | None = None
+    ) -> None:
+        self.backend, self.state_dir, self.log = backend, state_dir, log
+
+    def _cli(self, *args: str, timeout_s: float = 900.0) -> str:
+        argv = [sys.executable, "-c", "from twin.cli import main; main()", "testbed", *args]
+        if self.state_dir is not None and args[0] in ("up", "down", "status"):
+            argv += ["--state-dir", str(self.state_dir)]
+        env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(f"$ mlops-twin testbed {' '.join(args)}\n{res.stdout}{res.stderr}\n")
+        if res.returncode != 0:
+            message = (res.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"mlops-twin testbed {args[0]} failed: {message}")
+        return res.stdout
+
+    def build_models(self) -> None:
+        self._cli("build-models")
+
+    def up(self, scenario: Path, deployment: Path) -> Targets:
+        self._cli("up", str(scenario), "--deployment", str(deployment), "--backend", self.backend)
+        return targets_from_status(json.loads(self._cli("status", "--json")))
+
+    def down(self) -> None:
+        self._cli("down", timeout_s=120.0)
+
+
+def targets_from_status(status: dict) -> Targets:
+    """Scrape targets and replica → server map from ``testbed status --json``."""
+    gateway = status["gateway"].rstrip("/")
+    metrics = {"gateway": gateway}
+    server_of = {"gateway": "platform"}
+    replica_nodes = {}
+    host = gateway.split("//", 1)[-1].rsplit(":", 1)[0]
+    for inst in status.get("instances", []):
+        metrics[inst["name"]] = f"http://{host}:{inst['port']}"
+        server_of[inst["name"]] = inst["node"]
+        replica_nodes[inst["name"]] = inst["node"]
+    for name, url in (status.get("services") or {}).items():
+        metrics.setdefault(name, url.rstrip("/"))
+        server_of.setdefault(name, "platform")
+    for node in status.get("nodes", []):
+        if node.get("url"):
+            metrics[f"agent:{node['name']}"] = node["url"].rstrip("/")
+            server_of[f"agent:{node['name']}"] = f"{node['name']} (agent)"
+    return Targets(
+        gateway=gateway,
+        metrics=metrics,
+        server_of=server_of,
+        replica_nodes=replica_nodes,
+        factor=status.get("factor"),
+        notes=[f"backend {status.get('backend', '?')}"],
+    )
+
+
+# --------------------------------------------------------------------------- the command
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def experiment(
+    scenario: Annotated[Path, typer.Option(help="Scenario YAML.")] = Path(
+        "examples/digits-pipeline.yaml"
+    ),
+    deployment: Annotated[Path, typer.Option(help="Deployment YAML.")] = Path(
+        "examples/digits-pipeline.deployment.yaml"
+    ),
+    name: Annotated[str, typer.Option(help="Run folder name under runs/.")] = "",
+    quick: Annotated[bool, typer.Option(help="30 s per workload (≤ 3 min).")] = False,
+    ci: Annotated[bool, typer.Option(help="10 s per workload (≤ 2 min), for CI.")] = False,
+    duration: Annotated[float, typer.Option(help="Override seconds per workload.")] = 0.0,
+    rate_scale: Annotated[float, typer.Option(help="Multiply every rate by this.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of arrivals (testbed and twin).")] = 1,
+    backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
+    skip_build: Annotated[bool, typer.Option(help="Reuse the built model zoo.")] = False,
+) -> None:
+    """Testbed up → steady-low, fluctuating, steady-high → twin → runs/<name>/report.md → down."""
+    err = Console(stderr=True)
+    mode = "ci" if ci else "quick" if quick else "default"
+    cfg = ExperimentConfig.preset(scenario, deployment, mode)
+    cfg.rate_scale, cfg.seed = rate_scale, seed
+    if duration > 0:
+        cfg.duration_s = duration
+    out = Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    testbed = CliTestbed(backend, log=out.parent / f".{out.name}.testbed.log")
+    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    try:
+        tab = run_experiment(cfg, testbed, out, say, build=not skip_build)
+    except (RuntimeError, ValueError, KeyError, SpecError, LoadRunError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    print((out / "report.md").read_text().split("\n## ")[0])
+    err.print(f"report: {out / 'report.md'} ({len(tab)} workloads)", highlight=False)

@@ -90,3 +90,24 @@ def test_unknown_workload_fails_before_the_testbed_starts(tmp_path):
     with pytest.raises(KeyError):
         run_experiment(cfg, testbed, tmp_path / "exp")
     assert testbed.calls == []
+
+
+def test_targets_from_testbed_status():
+    from calibrate.experiment import targets_from_status
+
+    status = {
+        "backend": "local",
+        "factor": 0.25,
+        "gateway": "http://127.0.0.1:8000/",
+        "nodes": [{"name": "node-1", "url": "http://127.0.0.1:8101"}, {"name": "node-2"}],
+        "instances": [
+            {"name": "denoise-0", "component": "denoise", "node": "node-1", "port": 9001},
+            {"name": "encoder-0", "component": "encoder", "node": "node-2", "port": 9002},
+        ],
+    }
+    t = targets_from_status(status)
+    assert t.gateway == "http://127.0.0.1:8000" and t.factor == 0.25
+    assert t.metrics["encoder-0"] == "http://127.0.0.1:9002"
+    assert t.metrics["agent:node-1"] == "http://127.0.0.1:8101"
+    assert t.replica_nodes == {"denoise-0": "node-1", "encoder-0": "node-2"}
+    assert t.server_of["denoise-0"] == "node-1" and t.server_of["gateway"] == "platform"
