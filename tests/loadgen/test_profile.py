@@ -105,3 +105,14 @@ def test_locust_shape_tick_is_the_profile_at_patched_run_time(scenario):
         else:
             assert tick == [max(1, int(np.ceil(expected[0] * 0.5))), expected[1]], t
     assert ticks["105"] is None and ticks["104.9"] is not None
+
+
+def test_the_orchestrating_side_never_imports_locust():
+    code = (
+        "import sys, loadgen, loadgen.cli, loadgen.run, calibrate.experiment\n"
+        "bad = sorted(m for m in ('locust', 'gevent') if m in sys.modules)\n"
+        "print(','.join(bad))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ""  # gevent would monkeypatch the CLI/testbed process
