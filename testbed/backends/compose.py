@@ -343,11 +343,19 @@ class ComposeBackend(Backend):
         )
         self.timings = {}
         try:
-            self._timed("base_image_and_wheels_s", self.prepare_image_inputs)
-            self._timed("build_s", lambda: self._compose(command, "build", timeout=900))
-            self._timed("up_s", lambda: self._compose(command, "up", "-d", "--no-build"))
-            self._timed("healthy_s", self.wait_healthy)
-            self._timed("deploy_s", lambda: self._deploy(endpoints, scenario, scale, deployment))
+            self._timed("inputs_s", "base image and wheelhouse", self.prepare_image_inputs)
+            self._timed(
+                "build_s", "image (offline)", lambda: self._compose(command, "build", timeout=900)
+            )
+            self._timed(
+                "up_s", "containers", lambda: self._compose(command, "up", "-d", "--no-build")
+            )
+            self._timed("healthy_s", "health checks", self.wait_healthy)
+            self._timed(
+                "deploy_s",
+                f"deployment {deployment.name}",
+                lambda: self._deploy(endpoints, scenario, scale, deployment),
+            )
         except BaseException:
             self.down()
             raise
@@ -475,10 +483,13 @@ class ComposeBackend(Backend):
             raise RuntimeError(f"`{' '.join(argv)}` failed: " + _tail(done.stderr or done.stdout))
         return done
 
-    def _timed(self, phase: str, step: Any) -> None:
+    def _timed(self, phase: str, what: str, step: Any) -> None:
+        """Run one step of ``up``, say what it is on stderr and keep its duration (s)."""
+        _say(f"{what} ...")
         t0 = time.perf_counter()
         step()
         self.timings[phase] = time.perf_counter() - t0
+        _say(f"{what}: done in {self.timings[phase]:.1f} s")
 
     def _require_engine(self) -> None:
         from testbed.backends import docker_answers
