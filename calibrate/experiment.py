@@ -415,6 +415,9 @@ def experiment(
         "examples/digits-pipeline.deployment.yaml"
     ),
     name: Annotated[str, typer.Option(help="Run folder name under runs/.")] = "",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (instead of runs/<name>).")
+    ] = None,
     quick: Annotated[bool, typer.Option(help="30 s per workload (≤ 3 min).")] = False,
     ci: Annotated[bool, typer.Option(help="10 s per workload (≤ 2 min), for CI.")] = False,
     duration: Annotated[float, typer.Option(help="Override seconds per workload.")] = 0.0,
@@ -430,7 +433,7 @@ def experiment(
     cfg.rate_scale, cfg.seed = rate_scale, seed
     if duration > 0:
         cfg.duration_s = duration
-    out = Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))
+    out = out_dir or Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))
     out.parent.mkdir(parents=True, exist_ok=True)
     testbed = CliTestbed(backend, log=out.parent / f".{out.name}.testbed.log")
     say = lambda m: err.print(m, highlight=False)  # noqa: E731
