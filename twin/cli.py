@@ -35,6 +35,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, attribute, one-line help shown by --help without importing)
     "load": ("loadgen.cli", "app", "Open-loop Locust load runs against the testbed's gateway."),
     "experiment": ("calibrate.experiment", "app", "Testbed vs twin on three workloads: report."),
+    "calibrate": ("calibrate.cli", "app", "Profile the testbed, fit the twin, validate both."),
     "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
     "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
 }

@@ -1,0 +1,159 @@
+"""``mlops-twin calibrate fit|apply|profile|validate``.
+
+Results go to stdout (``--json`` for machines), progress and errors to stderr;
+errors are one paragraph without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from twin.load import SpecError, load_scenario
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Profile the testbed, fit the twin's service times, validate twin vs testbed.",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def read_samples(source: Path, cpu_share: float | None) -> tuple[pd.DataFrame, dict]:
+    """Samples and measured overheads from a profile folder, a load-run folder or a table.
+
+    A profile folder holds ``samples.parquet`` and ``manifest.json``; a load-run
+    folder (``mlops-twin load run``) holds ``visits.parquet`` and
+    ``requests.parquet``; a file is a samples table (parquet or CSV).
+    """
+    from calibrate.samples import overheads, testbed_samples
+
+    if source.is_dir() and (source / "samples.parquet").is_file():
+        manifest = source / "manifest.json"
+        ov = json.loads(manifest.read_text()).get("overheads", {}) if manifest.is_file() else {}
+        return pd.read_parquet(source / "samples.parquet"), ov
+    if source.is_dir() and (source / "visits.parquet").is_file():
+        visits = pd.read_parquet(source / "visits.parquet")
+        requests = pd.read_parquet(source / "requests.parquet")
+        share = cpu_share
+        if share is None:
+            _fail(f"{source} is a load run: give the stages' CPU share with --cpu-share")
+        return testbed_samples(visits, float(share)), overheads(requests, visits)
+    if source.is_file():
+        frame = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
+        if cpu_share is not None or "cpu_share" not in frame:
+            frame = frame.assign(cpu_share=cpu_share or 1.0)
+        return frame, {}
+    _fail(f"{source}: not a profile folder, a load-run folder or a samples table")
+    raise AssertionError  # unreachable: _fail exits
+
+
+@app.command()
+def fit(
+    sources: Annotated[list[Path], typer.Argument(help="Profile folders, load runs or tables.")],
+    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")] = (
+        Path("calibration.yaml")
+    ),
+    scenario_out: Annotated[
+        Path | None, typer.Option(help="Also write the calibrated scenario YAML here.")
+    ] = None,
+    cpu_share: Annotated[
+        float | None,
+        typer.Option(
+            help="CPU share (host cores) of load-run sources; and of the calibrated "
+            "scenario's stages (default: the most-sampled share)."
+        ),
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="Held-out fraction for model choice.")] = 0.3,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Fit per stage × variant × CPU share a service-time model; write a calibration file."""
+    from calibrate import calibration as cal
+    from calibrate.fit import fit_samples
+
+    try:
+        sc = load_scenario(scenario)
+        frames, ovs = [], []
+        for s in sources:
+            frame, ov = read_samples(s, cpu_share)
+            frames.append(frame)
+            if ov:
+                ovs.append(ov)
+        samples = pd.concat(frames, ignore_index=True)
+        fits = fit_samples(samples, holdout=holdout, seed=seed)
+        ov = _pool_overheads(ovs)
+        doc = cal.build(fits, sc, cal.file_sha256(scenario), ", ".join(map(str, sources)), ov)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(cal.dump(doc))
+        if scenario_out is not None:
+            new, _ = cal.calibrated_scenario(sc, doc, cpu_share)
+            scenario_out.parent.mkdir(parents=True, exist_ok=True)
+            scenario_out.write_text(cal.dump_model(new, exclude_defaults=True))
+    except (SpecError, ValueError, KeyError, OSError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        print(json.dumps(doc.model_dump(mode="json"), indent=2))
+        return
+    table = Table(title=f"calibration → {out_file}")
+    for col in ("stage", "variant", "share", "n", "batches", "model", "mean b=1 ms", "cv b=1"):
+        table.add_column(col)
+    for f in doc.fits:
+        st = f.service_time
+        table.add_row(f.component, f.variant, f"{f.cpu_share:g}", str(f.n),
+                      ",".join(map(str, f.batches)), f"{f.dist}/{f.structure}",
+                      f"{st.batch_mean_ms(1):.4g}", f"{st.batch_cv(1):.3f}")  # fmt: skip
+    out.print(table)
+    if scenario_out is not None:
+        err.print(f"calibrated scenario: {scenario_out}", highlight=False)
+
+
+def _pool_overheads(ovs: list[dict]) -> dict[str, float] | None:
+    """Request-weighted means of several runs' overheads."""
+    ovs = [o for o in ovs if o.get("n_requests")]
+    if not ovs:
+        return None
+    n = sum(o["n_requests"] for o in ovs)
+    pooled = {k: sum(o[k] * o["n_requests"] for o in ovs) / n for k in ("hop_ms", "request_ms")}
+    return {**pooled, "n_requests": n}
+
+
+@app.command()
+def apply(
+    calibration_file: Annotated[Path, typer.Argument(help="Calibration file (calibrate fit).")],
+    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Calibrated scenario YAML.")],
+    cpu_share: Annotated[
+        float | None, typer.Option(help="CPU share (host cores) of the stages.")
+    ] = None,
+) -> None:
+    """Write the scenario with profiled variants' service times replaced by the fitted ones."""
+    from calibrate import calibration as cal
+
+    try:
+        sc = load_scenario(scenario)
+        doc = cal.load(calibration_file)
+        new, untouched = cal.calibrated_scenario(sc, doc, cpu_share)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(cal.dump_model(new, exclude_defaults=True))
+    except (SpecError, ValueError, KeyError, OSError) as exc:
+        _fail(str(exc))
+        return
+    print(str(out_file))
+    if untouched:
+        err.print(f"not profiled (kept as in the scenario): {', '.join(untouched)}")

@@ -1,0 +1,109 @@
+"""From raw visit records to one service-time sample per batch execution.
+
+Both the twin's visits (``t_start``/``t_end`` of each visit) and the testbed's
+(the gateway's per-stage ``service_s``, rebuilt by :mod:`loadgen.records`)
+have one row per *request* visit, so a batch of b requests appears b times
+with the same service time. Fitting those rows as they are would weigh each
+batch b times and understate the variance; a batch execution is one sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from calibrate.fit import SAMPLE_COLUMNS
+from twin.deployment import stage_config
+from twin.spec import Deployment, Scenario
+
+
+def _stage_rows(visits: pd.DataFrame, scenario: Scenario) -> pd.DataFrame:
+    stages = {c.name for c in scenario.components if c.is_stage}
+    rows = visits[visits["component"].astype(str).isin(stages)]
+    return rows[np.isfinite(rows["t_end"].to_numpy(dtype=float))]
+
+
+def twin_samples(
+    visits: pd.DataFrame, scenario: Scenario, deployment: Deployment, cpu_share: float = 1.0
+) -> pd.DataFrame:
+    """Samples from the twin's visits: service time (ms) at cpu_speed 1 per batch execution.
+
+    A visit's ``t_end − t_start`` is the batch's service time divided by its
+    machine's ``cpu_speed`` (no core contention: ``cpu_overcommit`` 1), so it
+    is multiplied back. The variant is the deployment's for the stage.
+    """
+    rows = _stage_rows(visits, scenario)
+    speed = {m: s.cpu_speed for m, s in scenario.server_of().items()}
+    rows = rows.drop_duplicates(["component", "machine", "replica", "t_start", "batch"])
+    component = rows["component"].astype(str)
+    variant = component.map(
+        lambda c: (
+            scenario.component(c)
+            .variant(stage_config(deployment, scenario.component(c)).variant)
+            .name
+        )
+    )
+    factor = rows["machine"].astype(str).map(speed).to_numpy(dtype=float)
+    out = pd.DataFrame(
+        {
+            "component": component.to_numpy(),
+            "variant": variant.to_numpy(),
+            "batch": rows["batch"].to_numpy(dtype=np.int64),
+            "cpu_share": float(cpu_share),
+            "service_ms": (rows["t_end"] - rows["t_start"]).to_numpy(dtype=float) * 1e3 * factor,
+        }
+    )
+    return out[list(SAMPLE_COLUMNS)].reset_index(drop=True)
+
+
+def testbed_samples(visits: pd.DataFrame, cpu_share: float) -> pd.DataFrame:
+    """Samples from a load run's ``visits.parquet`` (in-server ``service_s`` per visit).
+
+    Requests served in one batch carry the same in-server time from the same
+    replica; they are collapsed to one row (times are rounded to 0.1 µs on the
+    wire, so two different batches colliding is negligible).
+    """
+    need = {"component", "variant", "batch", "service_s", "replica_name"}
+    missing = sorted(need - set(visits.columns))
+    if missing:
+        raise ValueError(f"visits lack the testbed's columns {missing}; is this a load run?")
+    rows = visits.assign(_ms=(visits["service_s"] * 1e3).round(4))
+    rows = rows.drop_duplicates(["component", "replica_name", "batch", "_ms"])
+    out = pd.DataFrame(
+        {
+            "component": rows["component"].astype(str).to_numpy(),
+            "variant": rows["variant"].astype(str).to_numpy(),
+            "batch": rows["batch"].to_numpy(dtype=np.int64),
+            "cpu_share": float(cpu_share),
+            "service_ms": rows["_ms"].to_numpy(dtype=float),
+        }
+    )
+    return out[out["service_ms"] > 0].reset_index(drop=True)
+
+
+def overheads(requests: pd.DataFrame, visits: pd.DataFrame) -> dict[str, float]:
+    """Gateway/network overheads of a load run (ms): per stage hop and per request rest.
+
+    ``hop_ms`` is a stage visit's HTTP round trip beyond queue and service;
+    ``request_ms`` is what remains of client-observed latency after all stage
+    visits (client ↔ gateway, gateway's own work). Means, sds and counts.
+    """
+    if "hop_s" not in visits or "t_send" not in requests:
+        raise ValueError("overheads need a testbed load run (hop_s and t_send columns)")
+    hop = visits["hop_s"].to_numpy(dtype=float) * 1e3
+    inside = (
+        (visits["queue_s"] + visits["service_s"] + visits["hop_s"]).groupby(visits["pid"]).sum()
+    )
+    ok = requests[requests["ok"]].set_index("pid")
+    pids = ok.index.intersection(inside.index)
+    rest = (ok.loc[pids, "t_response"] - ok.loc[pids, "t_send"] - inside.loc[pids]) * 1e3
+    rest = rest.to_numpy(dtype=float)
+    stages = visits.groupby("pid").size().reindex(pids)
+    return {
+        "hop_ms": float(np.nanmean(hop)) if hop.size else float("nan"),
+        "hop_sd_ms": float(np.nanstd(hop)) if hop.size else float("nan"),
+        "request_ms": float(np.nanmean(rest)) if rest.size else float("nan"),
+        "request_sd_ms": float(np.nanstd(rest)) if rest.size else float("nan"),
+        "stages_per_request": float(stages.mean()) if len(stages) else float("nan"),
+        "n_requests": float(rest.size),
+    }

@@ -1,0 +1,108 @@
+"""Calibration files: fit → file → calibrated scenario that the twin runs unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from calibrate import calibration as cal
+from calibrate.cli import app
+from calibrate.fit import fit_samples
+from calibrate.samples import twin_samples
+from twin.evaluate import evaluate
+from twin.load import load_deployment, load_scenario
+from twin.sim import simulate_replication
+from twin.spec import LognormalServiceTime, TableServiceTime
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
+DEPLOYMENT = ROOT / "examples" / "digits-pipeline.deployment.yaml"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def samples() -> pd.DataFrame:
+    """Twin-generated samples of the example deployment's three stage variants."""
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)
+    res = simulate_replication(sc, dep, sc.workload("steady-low"), 120.0, 5)
+    return twin_samples(res.visits, sc, dep, cpu_share=0.5)
+
+
+def test_cli_fit_writes_a_file_and_a_calibrated_scenario(tmp_path, samples):
+    table = tmp_path / "samples.parquet"
+    samples.to_parquet(table)
+    calib, scen = tmp_path / "cal.yaml", tmp_path / "calibrated.yaml"
+    args = ["fit", str(table), "-s", str(SCENARIO), "-o", str(calib),
+            "--scenario-out", str(scen), "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {(f["component"], f["variant"]) for f in data["fits"]} == {
+        ("denoise", "d-small"), ("encoder", "e-medium"), ("classifier", "c-mlp"),
+    }  # fmt: skip
+    doc = cal.load(calib)
+    assert doc.scenario_sha256 == cal.file_sha256(SCENARIO)
+    new = load_scenario(scen)
+    old = load_scenario(SCENARIO)
+    for f in doc.fits:
+        fitted = new.component(f.component).variant(f.variant).service_time
+        truth = old.component(f.component).variant(f.variant).service_time
+        assert fitted == f.service_time
+        # The example's deployment batches, so b=1 is rare: compare where data is.
+        b = max(f.batches, key=lambda x: (samples["batch"] == x).sum())
+        assert fitted.batch_mean_ms(b) == pytest.approx(truth.batch_mean_ms(b), rel=0.1)
+    # Unprofiled variants keep their service time.
+    assert new.component("denoise").variant("d-tiny") == old.component("denoise").variant("d-tiny")
+    # and the twin runs the calibrated scenario unchanged
+    ev = evaluate(new, load_deployment(DEPLOYMENT), "steady-low", 30.0, 1, 1)
+    assert ev.criteria()[0] > 0
+
+
+def test_cli_fit_refuses_fits_for_unknown_variants(tmp_path, samples):
+    bad = samples.assign(variant="nope")
+    table = tmp_path / "samples.csv"
+    bad.to_csv(table, index=False)
+    result = runner.invoke(app, ["fit", str(table), "-s", str(SCENARIO),
+                                 "-o", str(tmp_path / "c.yaml")])  # fmt: skip
+    assert result.exit_code == 2
+    assert "not in scenario" in result.output and "Traceback" not in result.output
+
+
+def test_share_scaling_and_overheads(samples):
+    sc = load_scenario(SCENARIO)
+    two = pd.concat([samples, samples.assign(cpu_share=1.0, service_ms=samples.service_ms / 2)])
+    doc = cal.build(fit_samples(two), sc, overheads={"hop_ms": 0.3, "request_ms": 1.0,
+                                                     "n_requests": 50})  # fmt: skip
+    assert doc.share_exponent["encoder/e-medium"] == pytest.approx(1.0, abs=1e-6)
+    at_half = cal.service_time_at(doc, "encoder", "e-medium", 0.5)
+    at_quarter = cal.service_time_at(doc, "encoder", "e-medium", 0.25)
+    assert at_quarter.batch_mean_ms(4) == pytest.approx(2 * at_half.batch_mean_ms(4))
+    new, untouched = cal.calibrated_scenario(sc, doc, {"encoder": 0.25})
+    assert "encoder/e-small" in untouched and "encoder/e-medium" not in untouched
+    assert new.settings.network.intra_zone_latency_ms == 0.0
+    assert cal.request_overhead_ms(doc, 3) == pytest.approx(1.9)
+    # round trip through YAML keeps every model exactly
+    assert cal.Calibration.model_validate(cal.yaml.safe_load(cal.dump(doc))) == doc
+
+
+def test_scale_service_time_keeps_cv():
+    ln = LognormalServiceTime(kind="lognormal", mean_ms=2, per_item_ms=1, cv=0.4)
+    tb = TableServiceTime(kind="table", points={1: {"mean_ms": 1, "cv": 0.2}, 4: {"mean_ms": 3}})
+    for m in (ln, tb):
+        s = cal.scale_service_time(m, 3.0)
+        assert s.batch_mean_ms(3) == pytest.approx(3 * m.batch_mean_ms(3))
+        assert s.batch_cv(3) == pytest.approx(m.batch_cv(3))
+
+
+def test_registered_in_the_umbrella_command():
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", "from twin.cli import main; main()", "calibrate", "--help"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "fit" in res.stdout and "apply" in res.stdout
