@@ -37,6 +37,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from loadgen.batch import BatchHook, command_hook
 from loadgen.metrics import rate
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.profile import scale_workload
@@ -62,6 +63,7 @@ class Targets:
     replica_nodes: dict[str, str] = field(default_factory=dict)  # gateway replica → server
     factor: float | None = None  # host cores per emulated core, as the testbed recorded it
     notes: list[str] = field(default_factory=list)
+    batch_hook: BatchHook | None = None  # runs one batch-process execution (e.g. the trainer)
 
 
 class Testbed(Protocol):
@@ -120,6 +122,7 @@ def run_workloads(
             sc, w, targets.gateway, cfg.duration_s, seed=cfg.seed, drain_s=cfg.drain_s,
             metrics_targets=targets.metrics, scrape_interval_s=cfg.scrape_interval_s,
             replica_nodes=targets.replica_nodes or None, inputs_file=cfg.inputs_file,
+            batch_hook=targets.batch_hook,
         )  # fmt: skip
         say(f"load: {name} for {cfg.duration_s:g} s")
         sub = folder / "load" / name
@@ -391,6 +394,14 @@ def targets_from_status(status: dict) -> Targets:
         if node.get("url"):
             metrics[f"agent:{node['name']}"] = node["url"].rstrip("/")
             server_of[f"agent:{node['name']}"] = f"{node['name']} (agent)"
+    services = status.get("services") or {}
+    hook = None
+    if "registry" in services and "features" in services:
+        # the scenario's batch processes (retraining) run the testbed's trainer job
+        hook = command_hook(
+            [sys.executable, "-m", "testbed.services.trainer", "--registry",
+             services["registry"], "--features", services["features"], "--steps", "50"]
+        )  # fmt: skip
     return Targets(
         gateway=gateway,
         metrics=metrics,
@@ -398,6 +409,7 @@ def targets_from_status(status: dict) -> Targets:
         replica_nodes=replica_nodes,
         factor=status.get("factor"),
         notes=[f"backend {status.get('backend', '?')}"],
+        batch_hook=hook,
     )
 
 
