@@ -191,12 +191,14 @@ def cpu_per_server(outcomes: list[WorkloadOutcome], targets: Targets) -> pd.Data
     parts, offset = [], 0.0
     for o in outcomes:
         r = rate(o.load.metrics, "process_cpu_seconds_total")
+        span = len(o.load.per_second)
+        r = r[(r["t"] >= 0) & (r["t"] < span)]  # the drain is not on the shared time axis
         if len(r):
             r = r.assign(t=r["t"] + offset, target=r["target"].astype(str))
             r["target"] = r["target"].map(lambda x: targets.server_of.get(x, x))
             r["t"] = r["t"].round()
             parts.append(r.groupby(["t", "target"], as_index=False)["rate"].sum())
-        offset += len(o.load.per_second)
+        offset += span
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["t", "target", "rate"]
     )  # fmt: skip

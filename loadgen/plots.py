@@ -137,7 +137,7 @@ def plot_cpu(cpu: pd.DataFrame, path: Path, boundaries: list[tuple[str, float]] 
     """Cores in use per server over time (``cpu``: columns ``t, target, rate``)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    for target, g in cpu.groupby("target", observed=True):
+    for target, g in cpu.sort_values("t").groupby("target", observed=True):
         ax.plot(g["t"], g["rate"], lw=1, label=str(target))
     for name, x in boundaries:
         ax.axvline(x, color="grey", lw=0.6, ls=":")
