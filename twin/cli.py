@@ -33,9 +33,11 @@ err = Console(stderr=True)
 # name → (module, attribute holding a typer.Typer). Packages register here.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, attribute, one-line help shown by --help without importing)
+    "testbed": ("testbed.cli", "app", "Emulated servers running real model stages."),
     "load": ("loadgen.cli", "app", "Open-loop Locust load runs against the testbed's gateway."),
     "experiment": ("calibrate.experiment", "app", "Testbed vs twin on three workloads: report."),
     "calibrate": ("calibrate.cli", "app", "Profile the testbed, fit the twin, validate both."),
+    "export": ("calibrate.export_k8s", "app", "Kubernetes manifests for a deployment."),
     "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
     "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
 }
