@@ -115,9 +115,10 @@ class _Queue:
         self.timer_at = _NAN
 
     def put(self, job: list[Any]) -> None:
-        job[_T_ARRIVE] = self.env.now
+        job[_T_ARRIVE] = self.env._now
         self.items.append(job)
-        self.kick()
+        if self.idle:
+            self.kick()
 
     def kick(self) -> None:
         """Start idle instances while there is work they are willing to take."""
@@ -175,29 +176,41 @@ class _Instance:
         if not q:
             return False
         env = self.env
-        if self.batch > 1 and len(q) < self.batch and self.timeout_s > 0 and not self.retired:
+        now = env._now  # the property costs a call; this runs once or twice per visit
+        batch = self.batch
+        if batch > 1 and len(q) < batch and self.timeout_s > 0 and not self.retired:
             # Dynamic batching: serve when the batch is full or the oldest
             # job has waited timeout_s, whichever comes first.
             deadline = q[0][_T_ARRIVE] + self.timeout_s
-            if env.now < deadline - 1e-12:
+            if now < deadline - 1e-12:
                 self.queue.arm(deadline)
                 return False
-        n = min(self.batch, len(q))
-        jobs = [q.popleft() for _ in range(n)]
-        now = env.now
-        for j in jobs:
-            j[_T_START] = now
-            j[_BATCH] = n
-        self.current = jobs
-        if self.sampler is not None:
-            self.cpu_s, self.gpu_s = self.sampler(n), 0.0
-        else:
-            self.cpu_s = sum(j[_CPU] for j in jobs)
-            self.gpu_s = sum(j[_GPU] for j in jobs)
         m = self.machine
-        if self.gpu_s > 0 and m.gpu is None:
-            self.cpu_s += self.gpu_s * m.slowdown
-            self.gpu_s = 0.0
+        if batch == 1 or len(q) == 1:
+            job = q.popleft()
+            job[_T_START] = now
+            job[_BATCH] = 1
+            jobs = [job]
+            if self.sampler is not None:
+                cpu_s, gpu_s = self.sampler(1), 0.0
+            else:
+                cpu_s, gpu_s = job[_CPU], job[_GPU]
+        else:
+            n = min(batch, len(q))
+            jobs = [q.popleft() for _ in range(n)]
+            for j in jobs:
+                j[_T_START] = now
+                j[_BATCH] = n
+            if self.sampler is not None:
+                cpu_s, gpu_s = self.sampler(n), 0.0
+            else:
+                cpu_s = sum(j[_CPU] for j in jobs)
+                gpu_s = sum(j[_GPU] for j in jobs)
+        self.current = jobs
+        if gpu_s > 0 and m.gpu is None:
+            cpu_s += gpu_s * m.slowdown
+            gpu_s = 0.0
+        self.cpu_s, self.gpu_s = cpu_s, gpu_s
         if self.fetch is not None:
             for j in jobs:
                 j[_MACHINE] = m.code
@@ -206,6 +219,10 @@ class _Instance:
             if delay > 0:
                 env.timeout(delay).callbacks.append(self._compute)
                 return True
+        if m.cpu is None and gpu_s == 0 and cpu_s > 0:
+            # The common case — own cores, no GPU: one event for the service.
+            env.timeout(cpu_s / m.speed).callbacks.append(self._after_cpu)
+            return True
         self._compute()
         return True
 
@@ -241,13 +258,18 @@ class _Instance:
         self._finish()
 
     def _finish(self) -> None:
-        jobs, now = self.current, self.env.now
+        jobs, now = self.current, self.env._now
         self.current = []
         self.outstanding -= len(jobs)
-        for j in jobs:
-            j[_T_END] = now
-        for j in jobs:
-            j[_EXEC].part_done(j)
+        if len(jobs) == 1:
+            job = jobs[0]
+            job[_T_END] = now
+            job[_EXEC].part_done(job)
+        else:
+            for j in jobs:
+                j[_T_END] = now
+            for j in jobs:
+                j[_EXEC].part_done(j)
         if self.retired and (self.fetch is not None or not self.queue.items):
             return  # a retired worker leaves once it owes nothing
         if not self.try_start():
