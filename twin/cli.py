@@ -40,6 +40,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("calibrate.export_k8s", "app", "Kubernetes manifests for a deployment."),
     "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
     "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
+    "rl": ("optimizer.rl.cli", "app", "Online pipeline configuration: PPO vs Random/Greedy/IPA."),
 }
 
 

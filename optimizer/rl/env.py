@@ -196,6 +196,10 @@ class PipelineEnv(gym.Env):
         return self.space.stages[self.k].index(self._expert_plan[self.k])
 
     # -- observation --------------------------------------------------------------------------
+    def observation(self) -> np.ndarray:
+        """The observation of the current state (what ``step`` and ``reset`` return)."""
+        return self._obs()
+
     def _obs(self) -> np.ndarray:
         sp, L = self.space, self.load_scale
         n = sp.n_stages
