@@ -157,3 +157,61 @@ def apply(
     print(str(out_file))
     if untouched:
         err.print(f"not profiled (kept as in the scenario): {', '.join(untouched)}")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(f"expected comma-separated numbers, got {text!r}")
+        raise AssertionError from None  # unreachable: _fail exits
+
+
+def default_shares(scenario_file: Path) -> tuple[tuple[float, ...], float | None]:
+    """The CPU shares the testbed gives this scenario's servers (and 1 core), and its factor."""
+    try:
+        from testbed.capacity import plan_capacity
+
+        cap = plan_capacity(load_scenario(scenario_file))
+    except (ImportError, ValueError):
+        return (0.5, 1.0), None
+    shares = sorted({round(n.cpu_cores, 4) for n in cap.nodes} | {1.0})
+    return tuple(shares), cap.factor
+
+
+@app.command()
+def profile(
+    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML.")] = Path(
+        "examples/digits-pipeline.yaml"
+    ),
+    batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4,8",
+    shares: Annotated[
+        str, typer.Option(help="CPU shares (host cores); default: the testbed's quotas and 1.")
+    ] = "",
+    stages: Annotated[str, typer.Option(help="Only these stages (comma-separated).")] = "",
+    variants: Annotated[str, typer.Option(help="Only these variants (comma-separated).")] = "",
+    samples: Annotated[int, typer.Option(help="Batch executions per cell.")] = 40,
+    models: Annotated[Path, typer.Option(help="Model zoo folder.")] = Path("data/models"),
+    out_root: Annotated[Path, typer.Option("--out-root", help="Profiles folder.")] = Path(
+        "data/profiles"
+    ),
+) -> None:
+    """Measure in-server service times per stage × variant × batch × CPU share."""
+    from calibrate.profile import Grid, run_profile
+
+    try:
+        sh, factor = default_shares(scenario)
+        grid = Grid(
+            batches=tuple(int(b) for b in _floats(batches)),
+            shares=_floats(shares) if shares else sh,
+            stages=tuple(filter(None, stages.split(","))),
+            variants=tuple(filter(None, variants.split(","))),
+            samples=samples,
+        )
+        sc = load_scenario(scenario)
+        say = lambda m: err.print(m, highlight=False)  # noqa: E731
+        folder = run_profile(sc, scenario, grid, models, out_root, factor, say)
+    except (SpecError, ValueError, KeyError, OSError, RuntimeError, TimeoutError) as exc:
+        _fail(str(exc))
+        return
+    print(folder)
