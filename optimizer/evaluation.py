@@ -14,6 +14,7 @@ that order, so the same seed gives the same numbers in every mode.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class Score:
     mean: tuple[float, ...]
     ci: tuple[float, ...]
     wall_s: float
+    cpu_s: float = 0.0  # CPU time of the simulation in the process that ran it
 
 
 def evaluate_matrix(
@@ -60,6 +62,7 @@ def evaluate_matrix(
     The twin checks every constraint first and raises InfeasibleDeployment
     otherwise, so nothing infeasible is ever scored.
     """
+    cpu0 = time.process_time()
     genome = Genome(scenario, base)
     dep = genome.deployment(genome.encode(matrix))
     ev = evaluate(
@@ -68,7 +71,7 @@ def evaluate_matrix(
     summary = ev.summary
     mean = tuple(_round(summary.loc[c, "mean"]) for c in CRITERIA)
     ci = tuple(_round(np.nan_to_num(summary.loc[c, "ci"])) for c in CRITERIA)
-    return Score(mean=mean, ci=ci, wall_s=ev.wall_s)
+    return Score(mean=mean, ci=ci, wall_s=ev.wall_s, cpu_s=time.process_time() - cpu0)
 
 
 def _round(v: float) -> float:
@@ -98,6 +101,7 @@ class Evaluator:
         self.order: list[bytes] = []  # keys in order of first simulation
         self.lookups = 0
         self.sim_wall_s = 0.0
+        self.sim_cpu_s = 0.0
 
     @property
     def simulations(self) -> int:
@@ -132,6 +136,7 @@ class Evaluator:
                 self.cache[k] = score
                 self.order.append(k)
                 self.sim_wall_s += score.wall_s
+                self.sim_cpu_s += score.cpu_s
         F = np.array([self.cache[k].mean for k in keys], dtype=float)
         CI = np.array([self.cache[k].ci for k in keys], dtype=float)
         return F, CI

@@ -201,11 +201,21 @@ def pareto_plot(result: RunResult, path: Path) -> None:
         ax.scatter(F[i, a], F[i, b], marker="*", s=200, c="tab:red", label="chosen")
         ax.set_xlabel(LABELS[CRITERIA[a]])
         ax.set_ylabel(LABELS[CRITERIA[b]])
+        # Times and variances can span decades across a front: log axes then.
+        if _wide(F[:, a]):
+            ax.set_xscale("log")
+        if _wide(F[:, b]):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _wide(v: np.ndarray) -> bool:
+    v = v[np.isfinite(v)]
+    return bool(v.size and v.min() > 0 and v.max() / v.min() > 100)
 
 
 def convergence_plot(result: RunResult, path: Path) -> None:
