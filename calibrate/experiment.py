@@ -186,11 +186,17 @@ def table(outcomes: list[WorkloadOutcome]) -> pd.DataFrame:
 def cpu_per_server(outcomes: list[WorkloadOutcome], targets: Targets) -> pd.DataFrame:
     """Cores in use per emulated server over the experiment's time axis (``t, target, rate``).
 
-    Sums ``process_cpu_seconds_total`` rates of the scrape targets on each server.
+    A server's node agent reports the whole server's CPU (``node_cpu_seconds``);
+    servers without one (the platform: gateway, registry, feature store) sum their
+    processes' ``process_cpu_seconds_total``.
     """
     parts, offset = [], 0.0
     for o in outcomes:
-        r = rate(o.load.metrics, "process_cpu_seconds_total")
+        nodes = rate(o.load.metrics, "node_cpu_seconds")
+        procs = rate(o.load.metrics, "process_cpu_seconds_total")
+        covered = {targets.server_of.get(str(t), str(t)) for t in nodes["target"]}
+        procs = procs[~procs["target"].astype(str).map(targets.server_of).isin(covered)]
+        r = pd.concat([nodes, procs], ignore_index=True)
         span = len(o.load.per_second)
         r = r[(r["t"] >= 0) & (r["t"] < span)]  # the drain is not on the shared time axis
         if len(r):
@@ -371,15 +377,25 @@ class CliTestbed:
         self._cli("build-models")
 
     def up(self, scenario: Path, deployment: Path) -> Targets:
-        self._cli("up", str(scenario), "--deployment", str(deployment), "--backend", self.backend)
-        return targets_from_status(json.loads(self._cli("status", "--json")))
+        up = json.loads(
+            self._cli(
+                "up", str(scenario), "-d", str(deployment), "--backend", self.backend, "--json"
+            )
+        )
+        status = json.loads(self._cli("status", "--json"))
+        return targets_from_status(status, up.get("endpoints"))
 
     def down(self) -> None:
         self._cli("down", timeout_s=120.0)
 
 
-def targets_from_status(status: dict) -> Targets:
-    """Scrape targets and replica → server map from ``testbed status --json``."""
+def targets_from_status(status: dict, endpoints: dict | None = None) -> Targets:
+    """Scrape targets, replica → server map and trainer hook of a running testbed.
+
+    ``status``: ``testbed status --json``; ``endpoints``: the ``endpoints`` of
+    ``testbed up --json`` (node agents, registry, feature store), when known.
+    """
+    endpoints = endpoints or {}
     gateway = status["gateway"].rstrip("/")
     metrics = {"gateway": gateway}
     server_of = {"gateway": "platform"}
@@ -389,20 +405,19 @@ def targets_from_status(status: dict) -> Targets:
         metrics[inst["name"]] = f"http://{host}:{inst['port']}"
         server_of[inst["name"]] = inst["node"]
         replica_nodes[inst["name"]] = inst["node"]
-    for name, url in (status.get("services") or {}).items():
-        metrics.setdefault(name, url.rstrip("/"))
-        server_of.setdefault(name, "platform")
-    for node in status.get("nodes", []):
-        if node.get("url"):
-            metrics[f"agent:{node['name']}"] = node["url"].rstrip("/")
-            server_of[f"agent:{node['name']}"] = f"{node['name']} (agent)"
-    services = status.get("services") or {}
+    for service in ("registry", "features"):
+        if endpoints.get(service):
+            metrics[service] = endpoints[service].rstrip("/")
+            server_of[service] = "platform"
+    for node, url in (endpoints.get("nodes") or {}).items():
+        metrics[f"agent:{node}"] = url.rstrip("/")
+        server_of[f"agent:{node}"] = node
     hook = None
-    if "registry" in services and "features" in services:
+    if endpoints.get("registry") and endpoints.get("features"):
         # the scenario's batch processes (retraining) run the testbed's trainer job
         hook = command_hook(
             [sys.executable, "-m", "testbed.services.trainer", "--registry",
-             services["registry"], "--features", services["features"], "--steps", "50"]
+             endpoints["registry"], "--features", endpoints["features"], "--steps", "50"]
         )  # fmt: skip
     return Targets(
         gateway=gateway,

@@ -99,15 +99,49 @@ def test_targets_from_testbed_status():
         "backend": "local",
         "factor": 0.25,
         "gateway": "http://127.0.0.1:8000/",
-        "nodes": [{"name": "node-1", "url": "http://127.0.0.1:8101"}, {"name": "node-2"}],
+        "nodes": [{"name": "node-1"}, {"name": "node-2"}],
         "instances": [
             {"name": "denoise-0", "component": "denoise", "node": "node-1", "port": 9001},
             {"name": "encoder-0", "component": "encoder", "node": "node-2", "port": 9002},
         ],
     }
-    t = targets_from_status(status)
+    endpoints = {
+        "gateway": "http://127.0.0.1:8000",
+        "registry": "http://127.0.0.1:8001",
+        "features": "http://127.0.0.1:8002",
+        "nodes": {"node-1": "http://127.0.0.1:8101", "node-2": "http://127.0.0.1:8102"},
+    }
+    t = targets_from_status(status, endpoints)
     assert t.gateway == "http://127.0.0.1:8000" and t.factor == 0.25
     assert t.metrics["encoder-0"] == "http://127.0.0.1:9002"
     assert t.metrics["agent:node-1"] == "http://127.0.0.1:8101"
+    assert t.metrics["registry"] == "http://127.0.0.1:8001"
     assert t.replica_nodes == {"denoise-0": "node-1", "encoder-0": "node-2"}
-    assert t.server_of["denoise-0"] == "node-1" and t.server_of["gateway"] == "platform"
+    assert t.server_of["denoise-0"] == "node-1" and t.server_of["agent:node-2"] == "node-2"
+    assert t.server_of["gateway"] == "platform" and t.batch_hook is not None
+    assert targets_from_status(status).batch_hook is None  # no trainer without endpoints
+
+
+def test_cpu_per_server_prefers_node_agents_over_process_sums():
+    from calibrate.experiment import WorkloadOutcome, cpu_per_server
+    from loadgen.run import LoadResult
+
+    rows = []
+    for t in (0.0, 1.0, 2.0):
+        rows += [
+            (t, "agent:node-1", "node_cpu_seconds", "{}", 0.5 * t),
+            (t, "denoise-0", "process_cpu_seconds_total", "{}", 0.4 * t),
+            (t, "gateway", "process_cpu_seconds_total", "{}", 0.1 * t),
+        ]
+    metrics = pd.DataFrame(rows, columns=["t", "target", "metric", "labels", "value"])
+    per = pd.DataFrame({"second": range(3)})
+    empty = pd.DataFrame()
+    load = LoadResult(0.0, empty, empty, per, metrics, empty, {}, 0.0)
+    targets = Targets(
+        "http://x",
+        server_of={"agent:node-1": "node-1", "denoise-0": "node-1", "gateway": "platform"},
+    )
+    cpu = cpu_per_server([WorkloadOutcome("w", load)], targets)
+    by = cpu.groupby("target")["rate"].mean()
+    assert by["node-1"] == pytest.approx(0.5)  # the agent's figure, not 0.5 + 0.4
+    assert by["platform"] == pytest.approx(0.1)
