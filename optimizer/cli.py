@@ -90,6 +90,10 @@ def optimize(
     max_instances: Annotated[
         int | None, typer.Option(help="Most instances per component when sampling.", min=1)
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Known front (parquet/CSV with the criteria columns) for IGD."),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -121,6 +125,7 @@ def optimize(
         search_fid = Fidelity(w, horizon, replications, seed)
         final_fid = Fidelity(w, final_horizon, final_replications, seed)
         wts = parse_weights(weights)
+        ref_F = read_front(reference) if reference is not None else None
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         with (
@@ -147,7 +152,7 @@ def optimize(
             result = run_optimize(
                 sc, base_dep, config, search_fid, final_fid, out=out_dir, resume=resume,
                 client=client, method=method, weights=wts, on_generation=tick,
-                final_max=final_max,
+                final_max=final_max, reference_F=ref_F,
             )  # fmt: skip
         write_run(out_dir, scenario, result, out_dir.name)
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
@@ -238,6 +243,21 @@ def decide(
     out.print(t)
     if out_file is not None:
         err.print(f"deployment written to {out_file}", highlight=False)
+
+
+def read_front(path: Path):
+    """Criteria columns of a front file (parquet or CSV) as an n×4 array."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise ValueError(f"{path}: reference front file not found")
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = [c for c in CRITERIA if c not in frame]
+    if missing:
+        raise ValueError(f"{path}: reference front lacks column(s) {', '.join(missing)}")
+    if "non_dominated" in frame:
+        frame = frame[frame["non_dominated"]]
+    return frame[list(CRITERIA)].to_numpy(dtype=float)
 
 
 def _read_pareto(run: Path):

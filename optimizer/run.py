@@ -164,9 +164,14 @@ def optimize(
     weights: list[float] | None = None,
     on_generation: Callable[[Generation], None] | None = None,
     final_max: int | None = None,
+    reference_F: np.ndarray | None = None,
 ) -> RunResult:
-    """Search, re-score and decide (no files written except the checkpoint)."""
+    """Search, re-score and decide (no files written except the checkpoint).
+
+    ``reference_F`` (raw criteria of a known front, e.g. exhaustive) adds IGD
+    to the history.
+    """
     genome = Genome(scenario, base)
-    search = start_or_resume(genome, config, search_fidelity, out, resume, client)
+    search = start_or_resume(genome, config, search_fidelity, out, resume, client, reference_F)
     search.run(on_generation)
     return finish(search, final_fidelity, client, method, weights, final_max=final_max)

@@ -123,3 +123,14 @@ def test_umbrella_lists_the_commands() -> None:
     )
     assert res.returncode == 0
     assert "optimize" in res.stdout and "decide" in res.stdout
+
+
+def test_reference_front_gives_igd(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "igd"
+    args = [str(SMALL), *FAST, "--out", str(out), "--reference", str(run_dir / "pareto.parquet")]
+    res = runner.invoke(optimize_app, args)
+    assert res.exit_code == 0, res.output
+    history = pd.read_parquet(out / "history.parquet")
+    assert history["igd"].notna().all() and (history["igd"] >= 0).all()
+    res = runner.invoke(optimize_app, [str(SMALL), "--reference", str(tmp_path / "none.csv")])
+    assert res.exit_code == 2 and "not found" in res.output
