@@ -47,7 +47,8 @@ Node-agent API (what the controller calls; JSON bodies)
     ``POST /instances`` ``{"name", "service", "args": {opt: value}}`` starts
     ``python -m <module of service> --port <free port> --host <agent host> --opt value``
     and returns ``{"name", "port", "pid"}``; ``DELETE /instances/{name}`` stops it
-    (SIGTERM, then SIGKILL after 5 s); ``GET /instances`` lists them with
+    (SIGTERM, then SIGKILL after 5 s); ``* /instances/{name}/http/{path}`` forwards
+    to the instance; ``GET /instances`` lists them with
     ``alive``/``port``/``rss_bytes``; ``GET /usage`` returns the node's
     ``cpu_seconds`` (cumulative), ``memory_bytes`` and its limits.
 Control path
@@ -55,7 +56,9 @@ Control path
     URLs in :class:`Endpoints`. A backend whose services are not reachable from the
     host (Compose: internal network) sets them to the gateway's proxy
     ``{gateway}/admin/proxy/<target>`` where ``<target>`` is a node name,
-    ``registry`` or ``features`` (the gateway's ``--targets``).
+    ``registry`` or ``features`` (the gateway's ``--targets``). An instance's own
+    API (``/healthz``, ``/admin/config``) is reached through its node agent:
+    ``{node URL}/instances/<name>/http/<path>``.
 
 Lifecycle
     A backend module exposes its class as ``BACKEND`` (``testbed.backends.get_backend``
@@ -189,6 +192,10 @@ class Endpoints:
         """URL at which the gateway reaches an instance listening on ``port`` on ``node``."""
         return f"http://{self.node_hosts.get(node, '127.0.0.1')}:{port}"
 
+    def admin_url(self, node: str, instance: str) -> str:
+        """URL at which the host reaches an instance's own API (through its node agent)."""
+        return f"{self.nodes[node]}/instances/{instance}/http"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -212,6 +219,7 @@ class NodeStatus:
     ram_gb: float
     cpu_seconds: float | None = None
     memory_bytes: int | None = None
+    url: str = ""  # node agent (its /metrics and /usage)
 
 
 @dataclass
@@ -224,6 +232,7 @@ class TestbedStatus:
     gateway_healthy: bool
     nodes: list[NodeStatus]
     instances: list[InstanceStatus]
+    services: dict[str, str] = field(default_factory=dict)  # registry, features → URL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,250 @@
+"""The local backend (default): emulated servers as node-agent processes, cgroups as root.
+
+Layout of a running testbed, all on 127.0.0.1:
+    registry, feature store, gateway    unconfined, in the host's reserve
+    node-agent per machine              in its own cgroup (cpu quota = the machine's
+                                        scaled cores with a 10 ms period, memory
+                                        limit = its RAM) when running as root;
+                                        unconfined, with a warning, otherwise
+    stage instances                     children of their node agent (same cgroup)
+
+``.testbed/local.json`` records every process (PID and start time, so a reused PID is
+never killed) and cgroup; ``down`` stops them all and removes the cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from testbed import cgroups
+from testbed.backends.base import (
+    Backend,
+    Capacity,
+    Endpoints,
+    TestbedStatus,
+    service_argv,
+)
+from testbed.backends.procs import ProcRecord, spawn, stop
+from testbed.controller import Controller
+from testbed.services.common import wait_healthy
+from testbed.services.node_agent import free_port
+from testbed.zoo.build import DEFAULT_DIR
+from twin.spec import Deployment, Scenario
+
+STATE = "local.json"
+HOST = "127.0.0.1"
+
+
+class Unconfined(UserWarning):
+    """Emulated servers run without CPU or memory limits (not root, or no cgroups)."""
+
+
+class AlreadyUp(RuntimeError):
+    """A testbed recorded in the state directory is still running."""
+
+
+class LocalBackend(Backend):
+    """Processes and cgroups on this host (see module doc)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: Path = Path(".testbed"),
+        model_dir: Path = DEFAULT_DIR,
+        confine: bool | None = None,
+    ):
+        super().__init__(state_dir)
+        self.model_dir = Path(model_dir)
+        self.confine = confine  # None: whenever cgroups are available
+        self.procs: list[ProcRecord] = []
+        self.cgroups: list[cgroups.Cgroup] = []
+        self._popen: list[subprocess.Popen] = []  # reaped in down() when we are the parent
+
+    # ------------------------------------------------------------------ state
+
+    def _state_path(self) -> Path:
+        return self.state_dir / STATE
+
+    def _save(self, extra: dict[str, Any] | None = None) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "procs": [p.to_dict() for p in self.procs],
+            "cgroups": [
+                {"name": c.name, "version": c.version, "paths": list(c.paths)} for c in self.cgroups
+            ],
+            **(extra or {}),
+        }
+        tmp = self._state_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self._state_path())
+
+    def _load(self) -> bool:
+        path = self._state_path()
+        if not path.exists():
+            return False
+        s = json.loads(path.read_text())
+        self.procs = [
+            ProcRecord(p["name"], p["pid"], p["create_time"], tuple(p["argv"])) for p in s["procs"]
+        ]
+        self.cgroups = [
+            cgroups.Cgroup(c["name"], c["version"], tuple(c["paths"])) for c in s["cgroups"]
+        ]
+        return True
+
+    def running(self) -> list[str]:
+        """Names of recorded processes still alive."""
+        return [p.name for p in self.procs if p.process() is not None]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def up(self, scenario: Scenario, deployment: Deployment, scale: Capacity) -> Endpoints:
+        if self._load() and self.running():
+            raise AlreadyUp(
+                f"a testbed is already up in {self.state_dir} ({', '.join(self.running())}); "
+                "run `mlops-twin testbed down` first"
+            )
+        self.procs, self.cgroups = [], []
+        confine = cgroups.available() if self.confine is None else self.confine
+        if not confine:
+            warnings.warn(
+                "running the emulated servers unconfined (no root or no writable cgroups): "
+                "CPU and memory limits are not enforced",
+                Unconfined,
+                stacklevel=2,
+            )
+        logs = self.state_dir / "logs"
+        try:
+            ports = {n: free_port(HOST) for n in ("registry", "features", "gateway")}
+            urls = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
+            node_ports = {n.name: free_port(HOST) for n in scale.nodes}
+            node_urls = {n: f"http://{HOST}:{p}" for n, p in node_ports.items()}
+            self._spawn(
+                "registry",
+                service_argv(
+                    "registry",
+                    ports["registry"],
+                    HOST,
+                    sys.executable,
+                    root=self.state_dir / "registry",
+                ),
+                logs,
+            )
+            self._spawn(
+                "features",
+                service_argv(
+                    "features",
+                    ports["features"],
+                    HOST,
+                    sys.executable,
+                    db=self.state_dir / "features.sqlite",
+                ),
+                logs,
+            )
+            targets = ",".join(f"{n}={u}" for n, u in node_urls.items())
+            self._spawn(
+                "gateway",
+                service_argv(
+                    "gateway",
+                    ports["gateway"],
+                    HOST,
+                    sys.executable,
+                    registry=urls["registry"],
+                    features=urls["features"],
+                    targets=targets,
+                ),
+                logs,
+            )
+            for node in scale.nodes:
+                procs_files: list[str] = []
+                cg_name = None
+                if confine:
+                    cg = cgroups.Cgroup.create(
+                        f"{self._tag()}-{node.name}", node.cpu_cores, node.ram_gb
+                    )
+                    self.cgroups.append(cg)
+                    self._save()
+                    procs_files = [str(Path(p) / "cgroup.procs") for p in cg.paths]
+                    cg_name = cg.name
+                argv = service_argv(
+                    "node",
+                    node_ports[node.name],
+                    HOST,
+                    sys.executable,
+                    name=node.name,
+                    cpu_cores=node.cpu_cores,
+                    ram_gb=node.ram_gb,
+                    cgroup=cg_name,
+                )
+                self._spawn(f"node:{node.name}", argv, logs, procs_files)
+            for name, url in {**urls, **node_urls}.items():
+                rec = next(p for p in self.procs if p.name in (name, f"node:{name}"))
+                wait_healthy(url, 60.0, is_alive=lambda r=rec: r.process() is not None)
+            endpoints = Endpoints(urls["gateway"], urls["registry"], urls["features"], node_urls)
+            self._save({"endpoints": endpoints.to_dict(), "confined": confine})
+            controller = Controller(endpoints, scenario, scale, self.state_dir, self.model_dir)
+            controller.deploy(deployment)
+            return endpoints
+        except BaseException:
+            self.down()
+            raise
+
+    def _tag(self) -> str:
+        """Short id of the state directory: cgroup names of two testbeds never clash."""
+        digest = hashlib.sha1(str(self.state_dir.resolve()).encode()).hexdigest()
+        return f"tb-{digest[:8]}"
+
+    def _spawn(self, name: str, argv: list[str], logs: Path, cgroup_procs: list[str] = ()) -> None:
+        record, popen = spawn(name, argv, logs / f"{name.replace(':', '-')}.log", cgroup_procs)
+        self.procs.append(record)
+        self._popen.append(popen)
+        self._save()
+
+    def apply(self, deployment: Deployment) -> None:
+        Controller.load(self.state_dir).deploy(deployment)
+
+    def status(self) -> TestbedStatus:
+        return Controller.load(self.state_dir).status(self.name)
+
+    def down(self) -> None:
+        """Stop every recorded process (nodes first: they stop their instances), drop cgroups."""
+        if not self.procs and not self._load():
+            return
+        nodes = [p for p in self.procs if p.name.startswith("node:")]
+        others = [p for p in self.procs if not p.name.startswith("node:")]
+        left = stop(nodes) + stop(others)
+        for cg in self.cgroups:  # anything still in a group was started by our node agents
+            for pid in cg.pids():
+                _kill(pid)
+        errors = []
+        for cg in self.cgroups:
+            try:
+                cg.remove()
+            except RuntimeError as e:
+                errors.append(str(e))
+        for p in self._popen:  # reap our own children (no zombies, no ResourceWarning)
+            p.wait(5)
+        self._popen = []
+        if left or errors:
+            raise RuntimeError(f"testbed down left processes {left} or cgroups: {errors}")
+        for f in (self._state_path(), self.state_dir / "controller.json"):
+            f.unlink(missing_ok=True)
+        self.procs, self.cgroups = [], []
+
+
+def _kill(pid: int) -> None:
+    import os
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+BACKEND = LocalBackend

@@ -1,0 +1,167 @@
+"""CPU and memory confinement of an emulated server with Linux cgroups (v1 or v2).
+
+Needs root and a writable cgroup hierarchy; :func:`available` says whether this
+host has one. Every group lives under one parent (``mlops-twin``) so a left-over
+group is easy to find (:func:`leftovers`) and remove.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.backends.base import CPU_PERIOD_US
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "mlops-twin"
+
+
+def version() -> int | None:
+    """2 for the unified hierarchy, 1 for v1 with cpu and memory controllers, else None."""
+    if (ROOT / "cgroup.controllers").exists():
+        return 2
+    if (ROOT / "cpu").is_dir() and (ROOT / "memory").is_dir():
+        return 1
+    return None
+
+
+def available() -> bool:
+    """Whether groups can be created here (root and a writable hierarchy)."""
+    v = version()
+    if v is None or os.geteuid() != 0:
+        return False
+    probe = ROOT / ("cpu" if v == 1 else "") / PARENT
+    try:
+        probe.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(probe, os.W_OK)
+
+
+@dataclass(frozen=True)
+class Cgroup:
+    """One emulated server's group; ``paths`` are the directories it was created in."""
+
+    name: str
+    version: int
+    paths: tuple[str, ...]
+
+    @classmethod
+    def create(cls, name: str, cpu_cores: float, ram_gb: float) -> Cgroup:
+        """Make the group with a quota of ``cpu_cores`` (10 ms period) and ``ram_gb`` of memory."""
+        v = version()
+        if v is None:
+            raise RuntimeError("no cgroup v1 (cpu, memory) or v2 hierarchy under /sys/fs/cgroup")
+        quota = max(round(cpu_cores * CPU_PERIOD_US), 1000)
+        mem = int(ram_gb * 1024**3)
+        if v == 2:
+            parent = ROOT / PARENT
+            parent.mkdir(exist_ok=True)
+            _write(parent / "cgroup.subtree_control", "+cpu +memory", ok_fail=True)
+            path = parent / name
+            path.mkdir(exist_ok=True)
+            _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(path / "memory.max", str(mem))
+            return cls(name, 2, (str(path),))
+        paths = _v1_paths(name)
+        for p in paths:
+            p.mkdir(parents=True, exist_ok=True)
+        cpu, memory = paths[0], paths[1]
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(quota))
+        _write(memory / "memory.limit_in_bytes", str(mem))
+        return cls(name, 1, tuple(str(p) for p in paths))
+
+    @classmethod
+    def open(cls, name: str) -> Cgroup:
+        v = version()
+        if v == 2:
+            return cls(name, 2, (str(ROOT / PARENT / name),))
+        return cls(name, 1, tuple(str(p) for p in _v1_paths(name)))
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (and its future children) into the group."""
+        for p in self.paths:
+            _write(Path(p) / "cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for p in self.paths:
+            f = Path(p) / "cgroup.procs"
+            if f.exists():
+                out |= {int(x) for x in f.read_text().split()}
+        return sorted(out)
+
+    def cpu_seconds(self) -> float | None:
+        """Cumulative CPU time of the group (s)."""
+        if self.version == 2:
+            stat = Path(self.paths[0]) / "cpu.stat"
+            for line in stat.read_text().splitlines():
+                if line.startswith("usage_usec"):
+                    return int(line.split()[1]) / 1e6
+            return None
+        for p in self.paths:
+            acct = Path(p) / "cpuacct.usage"
+            if acct.exists():
+                return int(acct.read_text()) / 1e9
+        return None
+
+    def memory_bytes(self) -> int | None:
+        f = Path(self.paths[0] if self.version == 2 else self.paths[1])
+        f = f / ("memory.current" if self.version == 2 else "memory.usage_in_bytes")
+        return int(f.read_text()) if f.exists() else None
+
+    def throttled_s(self) -> float | None:
+        """Time the group spent throttled by its CPU quota (s)."""
+        name = "throttled_usec" if self.version == 2 else "throttled_time"
+        f = Path(self.paths[0]) / "cpu.stat"
+        if not f.exists():
+            return None
+        for line in f.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == name:
+                return int(v) / (1e6 if self.version == 2 else 1e9)
+        return None
+
+    def remove(self, timeout_s: float = 5.0) -> None:
+        """Delete the group once its processes are gone (rmdir fails while busy)."""
+        deadline = time.monotonic() + timeout_s
+        for p in self.paths:
+            path = Path(p)
+            while path.exists():
+                try:
+                    path.rmdir()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"cgroup {path} still busy: pids {self.pids()}"
+                        ) from None
+                    time.sleep(0.05)
+
+
+def _v1_paths(name: str) -> list[Path]:
+    """cpu, memory and — where it is mounted on its own — cpuacct directories."""
+    paths = [ROOT / "cpu" / PARENT / name, ROOT / "memory" / PARENT / name]
+    separate_acct = (ROOT / "cpuacct").is_dir() and not (ROOT / "cpu" / "cpuacct.usage").exists()
+    if separate_acct:
+        paths.append(ROOT / "cpuacct" / PARENT / name)
+    return paths
+
+
+def leftovers() -> list[str]:
+    """Groups under the ``mlops-twin`` parent that still exist."""
+    v = version()
+    if v is None:
+        return []
+    parents = [ROOT / PARENT] if v == 2 else [p.parent for p in _v1_paths("x")]
+    return sorted(str(c) for p in parents if p.is_dir() for c in p.iterdir() if c.is_dir())
+
+
+def _write(path: Path, value: str, ok_fail: bool = False) -> None:
+    try:
+        path.write_text(value)
+    except OSError as e:
+        if not ok_fail:
+            raise RuntimeError(f"cannot write {value!r} to {path}: {e}") from e

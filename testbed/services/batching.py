@@ -1,0 +1,169 @@
+"""Dynamic batching: items wait until ``max_batch`` are queued or ``max_wait_ms`` passes.
+
+The batcher owns one worker task and one inference thread. Its model function
+and limits can be swapped at any time (:meth:`DynamicBatcher.configure`): the
+batch being computed finishes with the old model, the next uses the new one, and
+no queued item is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One item's output row and what it went through inside the server (ms)."""
+
+    output: np.ndarray
+    queue_ms: float
+    service_ms: float
+    batch: int
+    tag: str
+
+
+@dataclass
+class _Item:
+    row: np.ndarray
+    t_enqueue: float
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    """Forms batches from single items; runs ``run_batch`` in a worker thread.
+
+    ``observe(batch_size, service_s, queue_s_list)`` is called after each batch
+    (for metrics). ``tag`` names the current model (e.g. its variant) and is
+    reported with each result.
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch: int,
+        max_wait_ms: float,
+        tag: str = "",
+        observe: Callable[[int, float, list[float]], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self._run = run_batch
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        self.tag = tag
+        self._observe = observe
+        self._clock = clock
+        self._queue: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self.batches = 0
+
+    def configure(
+        self,
+        run_batch: RunBatch | None = None,
+        max_batch: int | None = None,
+        max_wait_ms: float | None = None,
+        tag: str | None = None,
+    ) -> None:
+        """Swap model and limits; takes effect from the next batch."""
+        if max_batch is not None:
+            if max_batch < 1:
+                raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
+            self.max_batch = max_batch
+        if max_wait_ms is not None:
+            if max_wait_ms < 0:
+                raise ValueError(f"max_wait_ms must be ≥ 0, got {max_wait_ms}")
+            self.max_wait_ms = max_wait_ms
+        if run_batch is not None:
+            self._run = run_batch
+        if tag is not None:
+            self.tag = tag
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._worker())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("server stopping"))
+        self._queue.clear()
+        self._pool.shutdown(wait=False)
+
+    async def submit(self, rows: np.ndarray) -> list[ItemResult]:
+        """Queue each row of ``rows`` (n × d); return their results in order."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        items = [_Item(r, now, loop.create_future()) for r in rows]
+        self._queue.extend(items)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return list(await asyncio.gather(*(i.future for i in items)))
+
+    async def _worker(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # wait for a full batch, at most max_wait after the oldest item arrived
+            while len(self._queue) < self.max_batch:
+                left = self._queue[0].t_enqueue + self.max_wait_ms / 1000 - self._clock()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except TimeoutError:
+                    break
+            n = min(self.max_batch, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            run, tag = self._run, self.tag
+            t_start = self._clock()
+            try:
+                out = await loop.run_in_executor(
+                    self._pool, _run_timed, run, np.stack([i.row for i in batch])
+                )
+            except Exception as e:  # a failing model fails its batch, not the server
+                for i in batch:
+                    if not i.future.done():
+                        i.future.set_exception(e)
+                continue
+            outputs, service_s = out
+            self.batches += 1
+            queue_s = [t_start - i.t_enqueue for i in batch]
+            for i, q, row in zip(batch, queue_s, outputs, strict=True):
+                if not i.future.done():
+                    i.future.set_result(ItemResult(row, q * 1000, service_s * 1000, n, tag))
+            if self._observe is not None:
+                self._observe(n, service_s, queue_s)
+
+
+def _run_timed(run: RunBatch, x: np.ndarray) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    y = run(x)
+    return y, time.perf_counter() - t0

@@ -1,0 +1,346 @@
+"""Gateway: the pipeline's entry (implements :mod:`testbed.api`).
+
+Each request goes through the stages in order; at every stage the gateway picks
+the replica with the fewest outstanding requests, and when a replica cannot be
+reached (dead, reset) it marks it dead for a moment and retries the item on
+another replica — inference is idempotent, so an item that was lost inside a
+killed replica is retried too. Only when no replica of a stage answers does the
+request fail (503); a stage timeout is 504.
+
+Control API (JSON):
+    POST /admin/routes   {"stages": [{"name", "replicas": [{"name", "url"}, ...]}, ...]}
+                         replaces the pipeline atomically; replicas keep their counters
+    GET  /admin/routes   the same, with outstanding counts and failures
+    *    /admin/proxy/{target}/{path}  forwards to a ``--targets`` service (node agents,
+                         registry, feature store) for backends whose services are only
+                         reachable through the gateway
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+import aiohttp
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from testbed.api import IMAGE_SIZE, INFER_PATH, TIMINGS_HEADER, StageTiming, encode_timings
+from testbed.services.common import base_parser, common_routes, error, serve
+from testbed.services.routing import Picker, Replica, StageRoute
+from testbed.services.stage_client import ReplicaClient, ReplicaUnreachable, StageError
+
+BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class NoReplica(RuntimeError):
+    """Every replica of a stage failed or none is configured."""
+
+
+class Gateway:
+    """Routes, replica clients, metrics; the part of the gateway tests drive directly."""
+
+    def __init__(
+        self,
+        features_url: str | None = None,
+        targets: dict[str, str] | None = None,
+        stage_timeout_s: float = 10.0,
+        dead_s: float = 1.0,
+    ):
+        self.features_url = features_url
+        self.targets = dict(targets or {})
+        self.stage_timeout_s = stage_timeout_s
+        self.picker = Picker(dead_s=dead_s)
+        self.routes: list[StageRoute] = []
+        self.clients: dict[str, ReplicaClient] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.reg = CollectorRegistry()
+        self.m_latency = Histogram(
+            "gateway_request_latency_seconds",
+            "End-to-end latency",
+            buckets=BUCKETS,
+            registry=self.reg,
+        )
+        self.m_requests = Counter(
+            "gateway_requests", "Requests by status", ["code"], registry=self.reg
+        )
+        self.m_retries = Counter(
+            "gateway_retries", "Items retried on another replica", ["stage"], registry=self.reg
+        )
+        self.m_hop = Histogram(
+            "gateway_stage_seconds",
+            "Round trip to a stage",
+            ["stage"],
+            buckets=BUCKETS,
+            registry=self.reg,
+        )
+        self.m_inflight = Gauge("gateway_inflight", "Requests in progress", registry=self.reg)
+        self.m_replicas = Gauge(
+            "gateway_replicas", "Replicas per stage", ["stage"], registry=self.reg
+        )
+
+    async def open(self) -> None:
+        if self.session is None:
+            conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            self.session = aiohttp.ClientSession(connector=conn)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def set_routes(self, stages: list[dict[str, Any]]) -> None:
+        """Replace the pipeline; replicas already known keep their counters."""
+        assert self.session is not None
+        old = {(r.name, r.url): r for s in self.routes for r in s.replicas}
+        routes = []
+        for s in stages:
+            reps = []
+            for r in s["replicas"]:
+                rep = old.get((r["name"], r["url"])) or Replica(r["name"], r["url"])
+                reps.append(rep)
+                if rep.url not in self.clients:
+                    self.clients[rep.url] = ReplicaClient(
+                        self.session, rep.url, self.stage_timeout_s
+                    )
+            routes.append(StageRoute(s["name"], reps))
+            self.m_replicas.labels(s["name"]).set(len(reps))
+        self.routes = routes  # one assignment: a request sees the old or the new pipeline
+
+    def routes_json(self) -> dict[str, Any]:
+        return {
+            "stages": [
+                {
+                    "name": s.name,
+                    "replicas": [
+                        {
+                            "name": r.name,
+                            "url": r.url,
+                            "outstanding": r.outstanding,
+                            "failures": r.failures,
+                        }
+                        for r in s.replicas
+                    ],
+                }
+                for s in self.routes
+            ]
+        }
+
+    async def run_stage(self, route: StageRoute, row: np.ndarray) -> tuple[np.ndarray, StageTiming]:
+        """Send ``row`` through one stage, retrying on other replicas when one is unreachable."""
+        tried: set[str] = set()
+        while True:
+            rep = self.picker.pick(route, tried)
+            if rep is None:
+                raise NoReplica(f"no replica of stage {route.name!r} answered")
+            tried.add(rep.name)
+            rep.outstanding += 1
+            t0 = time.perf_counter()
+            try:
+                res = await self.clients[rep.url].call(row)
+            except ReplicaUnreachable:
+                self.picker.mark_dead(rep)
+                self.m_retries.labels(route.name).inc()
+                continue
+            finally:
+                rep.outstanding -= 1
+            rt_ms = (time.perf_counter() - t0) * 1000
+            self.picker.mark_alive(rep)
+            self.m_hop.labels(route.name).observe(rt_ms / 1000)
+            hop = max(rt_ms - res.queue_ms - res.service_ms, 0.0)
+            timing = StageTiming(
+                route.name, rep.name, res.variant, res.batch, res.queue_ms, res.service_ms, hop
+            )
+            return res.output, timing
+
+    async def infer(self, image: np.ndarray) -> tuple[int, list[StageTiming]]:
+        """Run the pipeline on one image; the label is the argmax of the last output."""
+        x = image
+        timings = []
+        for route in self.routes:
+            x, t = await self.run_stage(route, x)
+            timings.append(t)
+        return int(np.argmax(x)), timings
+
+    async def lookup(self, entity_id: int) -> np.ndarray:
+        """The entity's image from the feature store (KeyError if unknown)."""
+        if not self.features_url or self.session is None:
+            raise KeyError("no feature store configured")
+        async with self.session.get(f"{self.features_url}/entities/{entity_id}") as r:
+            if r.status == 404:
+                raise KeyError(f"unknown entity {entity_id}")
+            r.raise_for_status()
+            data = await r.json()
+        return np.asarray(data["features"], dtype=np.float32)
+
+
+def parse_request(body: Any) -> tuple[str, np.ndarray | None, int | None]:
+    """Validate an inference request; ValueError with the reason otherwise."""
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    rid = str(body.get("id", ""))
+    if "image" in body:
+        img = body["image"]
+        if not isinstance(img, list) or len(img) != IMAGE_SIZE:
+            raise ValueError(f"image must be a list of {IMAGE_SIZE} numbers")
+        try:
+            arr = np.asarray(img, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"image must be numbers: {e}") from None
+        return rid, arr, None
+    if "entity_id" in body:
+        try:
+            return rid, None, int(body["entity_id"])
+        except (TypeError, ValueError):
+            raise ValueError("entity_id must be an integer") from None
+    raise ValueError("give 'image' (64 numbers) or 'entity_id'")
+
+
+def create_app(gw: Gateway) -> Starlette:
+    async def infer(req: Request) -> Response:
+        t0 = time.perf_counter()
+        gw.m_inflight.inc()
+        try:
+            try:
+                rid, image, entity = parse_request(json.loads(await req.body()))
+            except (ValueError, json.JSONDecodeError) as e:
+                gw.m_requests.labels("400").inc()
+                return error(str(e))
+            if image is None:
+                try:
+                    image = await gw.lookup(entity)  # type: ignore[arg-type]
+                except KeyError as e:
+                    gw.m_requests.labels("404").inc()
+                    return error(str(e), 404)
+            try:
+                label, timings = await gw.infer(image)
+            except NoReplica as e:
+                gw.m_requests.labels("503").inc()
+                return error(str(e), 503)
+            except TimeoutError:
+                gw.m_requests.labels("504").inc()
+                return error("stage timeout", 504)
+            except StageError as e:
+                gw.m_requests.labels("502").inc()
+                return error(str(e), 502)
+            gw_ms = (time.perf_counter() - t0) * 1000
+            body = {
+                "id": rid,
+                "label": label,
+                "stages": [t.__dict__ for t in timings],
+                "gateway_ms": gw_ms,
+            }
+            gw.m_requests.labels("200").inc()
+            gw.m_latency.observe(gw_ms / 1000)
+            return JSONResponse(body, headers={TIMINGS_HEADER: encode_timings(timings)})
+        finally:
+            gw.m_inflight.dec()
+
+    async def get_routes(_req: Request) -> Response:
+        return JSONResponse(gw.routes_json())
+
+    async def set_routes(req: Request) -> Response:
+        try:
+            stages = (await req.json())["stages"]
+            gw.set_routes(stages)
+        except (KeyError, TypeError, ValueError) as e:
+            return error(f"bad routes: {e}")
+        return JSONResponse(gw.routes_json())
+
+    async def proxy(req: Request) -> Response:
+        target, path = req.path_params["target"], req.path_params["path"]
+        base = gw.targets.get(target)
+        if base is None or gw.session is None:
+            return error(f"unknown proxy target {target!r}", 404)
+        headers = {
+            k: v
+            for k, v in req.headers.items()
+            if k.lower() == "content-type" or k.lower().startswith("x-")
+        }
+        try:
+            async with gw.session.request(
+                req.method,
+                f"{base}/{path}",
+                data=await req.body(),
+                headers=headers,
+                params=dict(req.query_params),
+            ) as r:
+                body = await r.read()
+                out = {k: v for k, v in r.headers.items() if k.lower().startswith("x-")}
+                return Response(
+                    body,
+                    status_code=r.status,
+                    headers=out,
+                    media_type=r.headers.get("content-type"),
+                )
+        except aiohttp.ClientError as e:
+            return error(f"proxy to {target}: {e}", 502)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+        await gw.open()
+        yield
+        await gw.close()
+
+    routes = [
+        *common_routes(gw.reg, lambda: gw.session is not None),
+        Route(INFER_PATH, infer, methods=["POST"]),
+        Route("/admin/routes", get_routes, methods=["GET"]),
+        Route("/admin/routes", set_routes, methods=["POST"]),
+        Route("/admin/proxy/{target}/{path:path}", proxy, methods=["GET", "POST", "PUT", "DELETE"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def parse_targets(text: str | None) -> dict[str, str]:
+    """``name=url,name=url`` → dict."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        name, _, url = part.partition("=")
+        if not url:
+            raise ValueError(f"bad target {part!r}: expected name=url")
+        out[name.strip()] = url.strip().rstrip("/")
+    return out
+
+
+def main() -> None:
+    p = base_parser("Gateway: the pipeline's entry.")
+    p.add_argument("--registry", default=None, help="(kept for the proxy; not used to route)")
+    p.add_argument("--features", default=None)
+    p.add_argument("--targets", default="")
+    p.add_argument("--stage-timeout-s", type=float, default=10.0)
+    p.add_argument("--routes", default=None, help="initial routes as JSON (as POST /admin/routes)")
+    a = p.parse_args()
+    targets = parse_targets(a.targets)
+    if a.registry:
+        targets.setdefault("registry", a.registry.rstrip("/"))
+    if a.features:
+        targets.setdefault("features", a.features.rstrip("/"))
+    gw = Gateway(a.features, targets, a.stage_timeout_s)
+    app = create_app(gw)
+    if a.routes:
+        stages = json.loads(a.routes)["stages"]
+
+        async def _init() -> None:
+            gw.set_routes(stages)
+
+        orig = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def with_routes(a_: Starlette):  # type: ignore[no-untyped-def]
+            async with orig(a_):
+                await _init()
+                yield
+
+        app.router.lifespan_context = with_routes
+    serve(app, a.host, a.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Node agent: one per emulated server; starts and stops instances, reports usage.
+
+API (JSON):
+    POST   /instances         {"name", "service", "args": {opt: value}} → starts
+                              ``python -m <module> --port <free port> --host <agent host> ...``;
+                              answers {"name", "port", "pid"} (409 if the name is taken)
+    GET    /instances         [{"name", "service", "port", "pid", "alive", "exit_code",
+                              "rss_bytes", "args"}]
+    DELETE /instances/{name}  SIGTERM, SIGKILL after 5 s; answers the exit code
+    *      /instances/{name}/http/{path}  forwards to the instance's own API (health,
+                              admin), so the controller needs to reach only the agent
+    GET    /usage             {"node", "cpu_seconds", "memory_bytes", "cpu_cores", "ram_gb",
+                              "throttled_s", "confined"}
+
+Instances are children of the agent, so they share its cgroup or container; each
+is asked to die with the agent (PR_SET_PDEATHSIG), so no instance outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Gauge
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from testbed.backends.base import SERVICES, service_argv, service_env
+from testbed.services.common import base_parser, common_routes, error, serve
+
+STOP_GRACE_S = 5.0
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the agent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Instance:
+    name: str
+    service: str
+    port: int
+    proc: subprocess.Popen
+    args: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def info(self) -> dict[str, Any]:
+        code = self.proc.poll()
+        rss = None
+        if code is None:
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(self.proc.pid).memory_info().rss
+        return {
+            "name": self.name,
+            "service": self.service,
+            "port": self.port,
+            "pid": self.proc.pid,
+            "alive": code is None,
+            "exit_code": code,
+            "rss_bytes": rss,
+            "args": self.args,
+        }
+
+
+class NodeAgent:
+    """The instances of one emulated server."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        cpu_cores: float | None,
+        ram_gb: float | None,
+        cgroup: str | None = None,
+    ):
+        self.name = name
+        self.host = host
+        self.cpu_cores = cpu_cores
+        self.ram_gb = ram_gb
+        self.instances: dict[str, Instance] = {}
+        self.cgroup = None
+        if cgroup:
+            from testbed.cgroups import Cgroup
+
+            self.cgroup = Cgroup.open(cgroup)
+        self.reg = CollectorRegistry()
+        Gauge("node_instances", "Running instances", registry=self.reg).set_function(
+            lambda: sum(1 for i in self.instances.values() if i.proc.poll() is None)
+        )
+        Gauge(
+            "node_cpu_seconds", "Cumulative CPU time of the node", registry=self.reg
+        ).set_function(lambda: self.usage()["cpu_seconds"] or 0.0)
+        Gauge("node_memory_bytes", "Memory in use by the node", registry=self.reg).set_function(
+            lambda: self.usage()["memory_bytes"] or 0
+        )
+
+    def start(self, name: str, service: str, args: dict[str, Any]) -> Instance:
+        if service not in SERVICES or service == "node":
+            raise ValueError(f"unknown service {service!r} (known: {', '.join(SERVICES)})")
+        old = self.instances.get(name)
+        if old is not None and old.proc.poll() is None:
+            raise FileExistsError(f"instance {name!r} is already running")
+        port = free_port(self.host)
+        argv = service_argv(service, port, self.host, sys.executable, **args)
+        proc = subprocess.Popen(
+            argv, env=service_env(), preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
+        )
+        inst = Instance(name, service, port, proc, args)
+        self.instances[name] = inst
+        return inst
+
+    def stop(self, name: str, grace_s: float = STOP_GRACE_S) -> int | None:
+        inst = self.instances.pop(name)
+        return _terminate(inst.proc, grace_s)
+
+    def stop_all(self) -> None:
+        for name in list(self.instances):
+            self.stop(name, grace_s=2.0)
+
+    def usage(self) -> dict[str, Any]:
+        cpu = mem = throttled = None
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError, ValueError):
+                cpu = self.cgroup.cpu_seconds()
+                mem = self.cgroup.memory_bytes()
+                throttled = self.cgroup.throttled_s()
+        if cpu is None:  # unconfined: the agent and its children
+            cpu, mem = 0.0, 0
+            me = psutil.Process()
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+                    mem += p.memory_info().rss
+        return {
+            "node": self.name,
+            "cpu_seconds": cpu,
+            "memory_bytes": mem,
+            "cpu_cores": self.cpu_cores,
+            "ram_gb": self.ram_gb,
+            "throttled_s": throttled,
+            "confined": self.cgroup is not None,
+        }
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float) -> int | None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def create_app(agent: NodeAgent) -> Starlette:
+    async def start(req: Request) -> Response:
+        try:
+            body = await req.json()
+            inst = agent.start(str(body["name"]), str(body["service"]), dict(body.get("args", {})))
+        except FileExistsError as e:
+            return error(str(e), 409)
+        except (KeyError, TypeError, ValueError) as e:
+            return error(f"bad instance: {e}")
+        return JSONResponse(
+            {"name": inst.name, "port": inst.port, "pid": inst.proc.pid}, status_code=201
+        )
+
+    async def listing(_req: Request) -> Response:
+        return JSONResponse([i.info() for i in agent.instances.values()])
+
+    async def stop(req: Request) -> Response:
+        name = req.path_params["name"]
+        if name not in agent.instances:
+            return error(f"no instance {name!r}", 404)
+        code = await asyncio.to_thread(agent.stop, name)
+        return JSONResponse({"name": name, "exit_code": code})
+
+    async def forward(req: Request) -> Response:
+        inst = agent.instances.get(req.path_params["name"])
+        if inst is None:
+            return error(f"no instance {req.path_params['name']!r}", 404)
+        import httpx
+
+        url = f"http://{_loopback(agent.host)}:{inst.port}/{req.path_params['path']}"
+        headers = {k: v for k, v in req.headers.items() if k.lower() == "content-type"}
+        try:
+            async with httpx.AsyncClient(timeout=60) as client:
+                r = await client.request(req.method, url, content=await req.body(), headers=headers)
+        except httpx.HTTPError as e:
+            return error(f"instance {inst.name} unreachable: {type(e).__name__}", 502)
+        return Response(
+            r.content, status_code=r.status_code, media_type=r.headers.get("content-type")
+        )
+
+    async def usage(_req: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(agent.usage))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+        yield
+        await asyncio.to_thread(agent.stop_all)
+
+    routes = [
+        *common_routes(agent.reg, lambda: True),
+        Route("/instances", start, methods=["POST"]),
+        Route("/instances", listing, methods=["GET"]),
+        Route("/instances/{name}", stop, methods=["DELETE"]),
+        Route("/instances/{name}/http/{path:path}", forward, methods=["GET", "POST"]),
+        Route("/usage", usage),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def main() -> None:
+    p = base_parser("Node agent of one emulated server.")
+    p.add_argument("--name", required=True)
+    p.add_argument("--cpu-cores", type=float, default=None)
+    p.add_argument("--ram-gb", type=float, default=None)
+    p.add_argument("--cgroup", default=None, help="name of the cgroup it runs in (for usage)")
+    a = p.parse_args()
+    agent = NodeAgent(a.name, a.host, a.cpu_cores, a.ram_gb, a.cgroup)
+    # SIGTERM → uvicorn's graceful shutdown → lifespan stops the instances
+    try:
+        serve(create_app(agent), a.host, a.port)
+    finally:
+        agent.stop_all()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

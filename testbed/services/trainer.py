@@ -1,0 +1,151 @@
+"""Trainer: a batch job that retrains a model from the feature store and registers it.
+
+Reads every labelled entity from the feature store, trains a small MLP
+(64 → hidden → 10) for ``--steps`` Adam steps in torch (fixed seed), exports it to
+ONNX (opset 17), checks the export against torch, and registers it in the model
+registry as ``--name`` with the next integer version. Prints one JSON line
+(version, sha256, held-out accuracy, seconds) and exits; ``--port``/``--host`` are
+accepted so the node agent can start it like any other service, and unused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import numpy as np
+
+
+def fetch_features(features_url: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled feature vectors (n × d float32) and labels from the feature store."""
+    import httpx
+
+    r = httpx.get(f"{features_url}/export", timeout=60)
+    r.raise_for_status()
+    rows = [e for e in r.json()["entities"] if e.get("label") is not None]
+    if not rows:
+        raise RuntimeError("the feature store holds no labelled entities to train on")
+    x = np.asarray([e["features"] for e in rows], dtype=np.float32)
+    y = np.asarray([e["label"] for e in rows], dtype=np.int64)
+    return x, y
+
+
+def train(x: np.ndarray, y: np.ndarray, steps: int, seed: int, hidden: int = 128) -> dict[str, Any]:
+    """Train on 80 % of the rows, score on the rest; returns the model, ONNX bytes, accuracy."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    perm = torch.randperm(len(y), generator=gen)
+    n_tr = max(int(0.8 * len(y)), 1)
+    xt, yt = torch.from_numpy(x / 16.0), torch.from_numpy(y)
+    tr, te = perm[:n_tr], perm[n_tr:]
+    model = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        idx = tr[torch.randint(len(tr), (64,), generator=gen)]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+        opt.step()
+    model.eval()
+
+    class Scaled(nn.Module):  # the served model takes raw 0..16 pixels like the pipeline
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return self.m(v / 16.0)
+
+    with torch.no_grad():
+        acc = float((model(xt[te]).argmax(1) == yt[te]).float().mean()) if len(te) else float("nan")
+    buf = io.BytesIO()
+    torch.onnx.export(
+        Scaled(),
+        (torch.zeros(1, x.shape[1]),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
+    return {
+        "onnx": buf.getvalue(),
+        "accuracy": acc,
+        "train_rows": n_tr,
+        "test_rows": len(te),
+        "torch_model": Scaled(),
+    }
+
+
+def next_version(registry_url: str, name: str) -> str:
+    import httpx
+
+    r = httpx.get(f"{registry_url}/models/{name}", timeout=30)
+    r.raise_for_status()
+    numbers = [int(v["version"]) for v in r.json()["versions"] if str(v["version"]).isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def run(registry_url: str, features_url: str, name: str, steps: int, seed: int) -> dict[str, Any]:
+    """The whole job; returns its summary."""
+    from testbed.services.registry import upload_model
+    from testbed.zoo.build import ort_session
+
+    t0 = time.perf_counter()
+    x, y = fetch_features(features_url)
+    out = train(x, y, steps, seed)
+    # the exported model must compute what torch computed
+    import torch
+
+    sess = ort_session(out["onnx"])
+    probe = x[: min(len(x), 32)]
+    with torch.no_grad():
+        ref = out["torch_model"](torch.from_numpy(probe)).numpy()
+    got = sess.run(None, {"x": probe})[0]
+    if not np.allclose(ref, got, atol=1e-4):
+        raise RuntimeError("ONNX export differs from the torch model")
+    version = next_version(registry_url, name)
+    meta = upload_model(registry_url, name, version, out["onnx"])
+    return {
+        "name": name,
+        "version": version,
+        "sha256": meta["sha256"],
+        "accuracy": out["accuracy"],
+        "train_rows": out["train_rows"],
+        "test_rows": out["test_rows"],
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Retrain a model from the feature store.")
+    p.add_argument("--port", type=int, default=0, help="unused (uniform service interface)")
+    p.add_argument("--host", default="127.0.0.1", help="unused")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--features", required=True)
+    p.add_argument("--name", default="digits-retrain")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    try:
+        summary = run(a.registry.rstrip("/"), a.features.rstrip("/"), a.name, a.steps, a.seed)
+    except Exception as e:
+        print(f"trainer failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
