@@ -101,14 +101,29 @@ class GreedyPolicy:
 
 @dataclass
 class IPAPolicy:
-    """Exact maximiser of the predicted reward under the budget (OR-Tools CP-SAT)."""
+    """Exact maximiser of the predicted reward under the budget (OR-Tools CP-SAT).
+
+    ``cache_rps > 0`` rounds the load to that resolution and reuses earlier
+    answers (for the expert during training, where the same loads recur);
+    0 solves every decision afresh (evaluation, decision-time measurements).
+    """
 
     interval_s: float = 10.0
     time_limit_s: float = 10.0
+    cache_rps: float = 0.0
     name: str = "ipa"
     last_status: str = ""
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def decide(self, space: ConfigSpace, load_rps: float, weights: QoSWeights) -> list[Option]:
+        if self.cache_rps <= 0:
+            return self._solve(space, load_rps, weights)
+        key = (id(space), round(load_rps / self.cache_rps))
+        if key not in self._cache:
+            self._cache[key] = self._solve(space, key[1] * self.cache_rps, weights)
+        return list(self._cache[key])
+
+    def _solve(self, space: ConfigSpace, load_rps: float, weights: QoSWeights) -> list[Option]:
         from ortools.sat.python import cp_model
 
         m = cp_model.CpModel()

@@ -81,7 +81,7 @@ class PipelineEnv(gym.Env):
         self.decisions = math.ceil(cycle_s / interval_s)
         self.load_scale, self.reward_scale = load_scale_rps, reward_scale
         self.expert_every = expert_every
-        self.expert = expert or IPAPolicy(interval_s=interval_s)
+        self.expert = expert or IPAPolicy(interval_s=interval_s, cache_rps=0.5)
         self.backend_name = backend
         self.backend = BACKENDS[backend](self.space, process, cycle_s)
         n = self.space.n_stages
