@@ -21,11 +21,13 @@ import hashlib
 import math
 from pathlib import Path
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from calibrate.fit import VariantFit, share_exponent
 from twin.load import parse, read_yaml
+from twin.service import make_sampler
 from twin.spec import (
     GammaServiceTime,
     LognormalServiceTime,
@@ -60,6 +62,11 @@ class Overheads(_Model):
     hop_ms: float = Field(0.0, ge=0, description="Mean HTTP round trip of one stage visit.")
     request_ms: float = Field(0.0, ge=0, description="Mean client↔gateway time per request.")
     n_requests: int = 0
+    per_request: ServiceTime | None = Field(
+        None,
+        description="Fitted distribution of a request's whole overhead (ms): latency minus "
+        "its stages' queue and service time (client lag, gateway, every HTTP hop).",
+    )
 
 
 class Calibration(_Model):
@@ -84,6 +91,7 @@ def build(
     scenario_sha256: str = "",
     source: str = "",
     overheads: dict[str, float] | None = None,
+    per_request: ServiceTime | None = None,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads)."""
     known = {(c.name, v.name) for c in scenario.components for v in c.variants}
@@ -114,7 +122,9 @@ def build(
         source=source,
         fits=records,
         share_exponent=eta,
-        overheads=Overheads(**clean, n_requests=int(ov.get("n_requests", 0) or 0)),
+        overheads=Overheads(
+            **clean, n_requests=int(ov.get("n_requests", 0) or 0), per_request=per_request
+        ),
     )
 
 
@@ -212,3 +222,16 @@ def request_overhead_ms(calibration: Calibration, stage_visits: int) -> float:
     """Constant latency (ms) the testbed adds beyond what the calibrated twin simulates."""
     ov = calibration.overheads
     return ov.request_ms + stage_visits * ov.hop_ms
+
+
+def overhead_ms(calibration: Calibration, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` independent draws of the per-request overhead (ms) to add to twin latencies.
+
+    From the fitted distribution when there is one, else the constant mean
+    (hops of every stage of a chain, see :func:`request_overhead_ms`).
+    """
+    model = calibration.overheads.per_request
+    if model is None:
+        return np.zeros(n)
+    sample = make_sampler(model, rng)
+    return np.array([sample(1) for _ in range(n)]) * 1e3

@@ -215,3 +215,55 @@ def profile(
         _fail(str(exc))
         return
     print(folder)
+
+
+@app.command()
+def validate(
+    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML.")] = Path(
+        "examples/digits-pipeline.yaml"
+    ),
+    deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")] = (
+        Path("examples/digits-pipeline.deployment.yaml")
+    ),
+    workloads: Annotated[str, typer.Option(help="Held-out workloads, comma-separated.")] = (
+        "steady-low,fluctuating,steady-high"
+    ),
+    near_saturation: Annotated[str, typer.Option(help="Reported separately.")] = "steady-high",
+    duration: Annotated[float, typer.Option(help="Seconds per held-out workload.")] = 60.0,
+    fit_workload: Annotated[str, typer.Option(help="Workload of the fit run.")] = "steady-low",
+    fit_rate_scale: Annotated[float, typer.Option(help="Rate multiplier of the fit run.")] = 2.0,
+    fit_duration: Annotated[float, typer.Option(help="Seconds of the fit run.")] = 40.0,
+    replications: Annotated[int, typer.Option(help="Twin replications per workload.")] = 3,
+    seed: Annotated[int, typer.Option(help="Arrival seed of the held-out runs.")] = 1,
+    profile_dir: Annotated[
+        Path | None, typer.Option("--profile", help="Profile folder for unexercised variants.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
+    name: Annotated[str, typer.Option(help="Run folder name under runs/.")] = "",
+) -> None:
+    """Same deployment and workloads on the testbed and in the calibrated twin; report."""
+    import time
+
+    from calibrate.experiment import CliTestbed
+    from calibrate.validate import ValidateConfig, run_validation
+
+    cfg = ValidateConfig(
+        scenario, deployment, workloads=tuple(filter(None, workloads.split(","))),
+        near_saturation=tuple(filter(None, near_saturation.split(","))),
+        fit_workload=fit_workload, fit_rate_scale=fit_rate_scale, fit_duration_s=fit_duration,
+        duration_s=duration, seed=seed, replications=replications, profile=profile_dir,
+    )  # fmt: skip
+    out_dir = Path("runs") / (name or time.strftime("validate-%Y%m%d-%H%M%S"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # its own state folder: a testbed someone else runs from .testbed/ is left alone
+    state = out_dir.parent / f".{out_dir.name}.testbed"
+    testbed = CliTestbed(backend, state, log=out_dir.parent / f".{out_dir.name}.testbed.log")
+    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    try:
+        run_validation(cfg, testbed, out_dir, say)
+    except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+        return
+    text = (out_dir / "report.md").read_text()
+    print(text[text.find("## Fidelity") :] if "## Fidelity" in text else text)
+    err.print(f"report: {out_dir / 'report.md'}", highlight=False)

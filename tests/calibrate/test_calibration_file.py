@@ -106,3 +106,17 @@ def test_registered_in_the_umbrella_command():
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "fit" in res.stdout and "apply" in res.stdout
+
+
+def test_testbed_rows_collapse_to_one_sample_per_batch_execution():
+    from calibrate.samples import testbed_samples
+
+    # two batches of 3 with the same (fixed) timing, then one batch of 1
+    visits = pd.DataFrame({
+        "component": ["c"] * 7, "variant": ["v"] * 7, "replica_name": ["r"] * 7,
+        "batch": [3, 3, 3, 3, 3, 3, 1], "service_s": [0.002] * 6 + [0.001],
+        "t_start": [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0],
+    })  # fmt: skip
+    s = testbed_samples(visits, 0.5)
+    assert sorted(s["batch"]) == [1, 3, 3]
+    assert (s["cpu_share"] == 0.5).all()

@@ -1,0 +1,356 @@
+"""``mlops-twin calibrate validate``: one deployment on the testbed and in the calibrated twin.
+
+1. ``testbed up`` with the deployment;
+2. a **fit run** at a load level used for nothing else (the scenario's
+   ``fit_workload`` × ``fit_rate_scale``, its own arrival seed): its raw
+   per-visit rows give each deployed stage's service time at the CPU share it
+   really had, and its per-request rows the overhead distribution (latency
+   minus stage queue and service: client lag, gateway, HTTP hops);
+3. the **held-out runs**: the validation workloads, other rates, other seed;
+4. ``testbed down`` (always);
+5. fit (:mod:`calibrate.fit`; a profile folder fills in what the fit run did
+   not exercise), write the calibration file and the calibrated scenario;
+6. the calibrated twin on the same deployment and workloads (replication 0
+   sees the testbed's very arrival instants); each twin request's latency gets
+   an independent draw of the fitted overhead;
+7. ``report.md`` with a table per workload level — mean, p50, p95, p99
+   latency, throughput, CPU use: twin, testbed, error % — and CDF overlays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibrate import calibration as cal
+from calibrate.experiment import (
+    ExperimentConfig,
+    Targets,
+    Testbed,
+    WorkloadOutcome,
+    cpu_per_server,
+    run_workloads,
+)
+from calibrate.fit import fit_samples, fit_variant
+from calibrate.samples import overheads, request_overheads_ms, testbed_samples
+from loadgen.profile import scale_workload
+from loadgen.run import LoadResult, LoadRun, execute, write_result
+from twin.evaluate import Evaluation, evaluate
+from twin.load import load_deployment, load_scenario
+from twin.runs import atomic_dir, write_table
+from twin.spec import Deployment, Scenario
+
+METRICS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "cpu_cores")
+
+
+@dataclass
+class ValidateConfig:
+    scenario: Path
+    deployment: Path
+    workloads: tuple[str, ...] = ("steady-low", "fluctuating", "steady-high")
+    near_saturation: tuple[str, ...] = ("steady-high",)  # reported separately
+    fit_workload: str = "steady-low"
+    fit_rate_scale: float = 2.0  # the fit level: not one of the validation levels
+    fit_duration_s: float = 40.0
+    fit_seed: int = 101
+    duration_s: float = 60.0
+    seed: int = 1
+    replications: int = 3
+    drain_s: float = 5.0
+    profile: Path | None = None
+    shares: dict[str, float] = field(default_factory=dict)  # component → host cores
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def stage_shares(scenario: Scenario, deployment: Deployment, factor: float) -> dict[str, float]:
+    """Host cores of the emulated server each stage runs on (its cgroup quota).
+
+    ``cpu_cores × cpu_speed × factor`` of the machine with the stage's first
+    instance, as the testbed's capacity plan gives it.
+    """
+    server_of = scenario.server_of()
+    out = {}
+    for c in scenario.components:
+        row = {m: n for m, n in deployment.allocation.get(c.name, {}).items() if n > 0}
+        if c.is_stage and row:
+            s = server_of[next(iter(row))]
+            out[c.name] = round(s.cpu_cores * s.cpu_speed * factor, 4)
+    return out
+
+
+def fit_run_calibration(
+    scenario: Scenario,
+    scenario_file: Path,
+    fit: LoadResult,
+    shares: dict[str, float],
+    profile: Path | None = None,
+) -> cal.Calibration:
+    """Calibration from the fit run's raw rows (plus a profile for what it lacks)."""
+    parts = []
+    for component, share in shares.items():
+        rows = fit.visits[fit.visits["component"].astype(str) == component]
+        if len(rows):
+            parts.append(testbed_samples(rows, share))
+    samples = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if profile is not None:
+        prof = pd.read_parquet(profile / "samples.parquet")
+        have = set(zip(samples.get("component", []), samples.get("variant", []), strict=False))
+        keep = [(c, v) not in have for c, v in zip(prof["component"], prof["variant"], strict=True)]
+        samples = pd.concat([samples, prof[keep]], ignore_index=True)
+    fits = fit_samples(samples)
+    over = request_overheads_ms(fit.requests, fit.visits)
+    model = fit_variant(np.ones(over.size, dtype=int), over, component="overhead").service_time
+    return cal.build(
+        fits,
+        scenario,
+        cal.file_sha256(scenario_file),
+        source="fit run" + (f" + profile {profile}" if profile else ""),
+        overheads=overheads(fit.requests, fit.visits),
+        per_request=model,
+    )
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _latency_stats(lat_s: np.ndarray) -> dict[str, float]:
+    if lat_s.size == 0:
+        return {k: math.nan for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")}
+    ms = lat_s * 1e3
+    return {
+        "mean_ms": float(ms.mean()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def testbed_latency_s(o: WorkloadOutcome) -> np.ndarray:
+    req = o.load.requests
+    ok = req[req["ok"]]
+    return (ok["t_end"] - ok["t_arrive"]).to_numpy(dtype=float)
+
+
+def twin_latency_s(ev: Evaluation, calibration: cal.Calibration, seed: int) -> np.ndarray:
+    """Finished twin requests' latency plus an independent overhead draw each (s)."""
+    req = ev.requests.dropna(subset=["t_end"]) if ev.requests is not None else pd.DataFrame()
+    lat = (req["t_end"] - req["t_arrive"]).to_numpy(dtype=float)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    return lat + cal.overhead_ms(calibration, lat.size, rng) / 1e3
+
+
+def twin_cpu_cores(ev: Evaluation, scenario: Scenario, duration_s: float) -> float:
+    """Cores the stages' batches kept busy, summed over machines (compute only)."""
+    v = ev.visits
+    if v is None or v.empty:
+        return math.nan
+    stages = {c.name for c in scenario.components if c.is_stage}
+    v = v[v["component"].astype(str).isin(stages)].dropna(subset=["t_end"])
+    v = v.drop_duplicates(["replication", "component", "machine", "replica", "t_start"])
+    return float((v["t_end"] - v["t_start"]).sum() / ev.replications / duration_s)
+
+
+def testbed_cpu_cores(outcome: WorkloadOutcome, targets: Targets, servers: set[str]) -> float:
+    """Mean cores the emulated servers used during the run (all processes on them)."""
+    cpu = cpu_per_server([outcome], targets)
+    cpu = cpu[cpu["target"].astype(str).isin(servers)]
+    if cpu.empty:
+        return math.nan
+    return float(cpu.groupby("t")["rate"].sum().mean())
+
+
+def error_pct(twin: float, testbed: float) -> float:
+    if not (math.isfinite(twin) and math.isfinite(testbed)) or testbed == 0:
+        return math.nan
+    return 100.0 * (twin - testbed) / testbed
+
+
+def comparison(
+    cfg: ValidateConfig,
+    calibrated: Scenario,
+    dep: Deployment,
+    outcomes: list[WorkloadOutcome],
+    calibration: cal.Calibration,
+    targets: Targets,
+) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Long table (workload, metric, twin, testbed, error_pct) and latencies for the CDFs."""
+    rows, lat = [], {}
+    servers = set(calibrated.server_instances())
+    for o in outcomes:
+        w = scale_workload(calibrated.workload(o.name), 1.0)
+        ev = evaluate(calibrated, dep, w, cfg.duration_s, cfg.replications, cfg.seed,
+                      keep_records=True)  # fmt: skip
+        o.twin = ev
+        tb_lat, tw_lat = testbed_latency_s(o), twin_latency_s(ev, calibration, cfg.seed)
+        lat[o.name] = (tb_lat, tw_lat)
+        tb = _latency_stats(tb_lat)
+        tw = _latency_stats(tw_lat)
+        tb["throughput_rps"] = tb_lat.size / cfg.duration_s
+        tw["throughput_rps"] = tw_lat.size / ev.replications / cfg.duration_s
+        tb["cpu_cores"] = testbed_cpu_cores(o, targets, servers)
+        tw["cpu_cores"] = twin_cpu_cores(ev, calibrated, cfg.duration_s)
+        level = "near saturation" if o.name in cfg.near_saturation else "held-out"
+        for m in METRICS:
+            rows.append({"workload": o.name, "level": level, "metric": m, "twin": tw[m],
+                         "testbed": tb[m], "error_pct": error_pct(tw[m], tb[m])})  # fmt: skip
+    return pd.DataFrame(rows), lat
+
+
+# --------------------------------------------------------------------------- report
+
+
+def plot_cdfs(lat: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(lat), figsize=(4.5 * len(lat), 3.6), squeeze=False)
+    for ax, (name, (tb, tw)) in zip(axes[0], lat.items(), strict=True):
+        for data, label in ((tb, "testbed"), (tw, "calibrated twin")):
+            x = np.sort(data * 1e3)
+            if x.size:
+                ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=label)
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of requests")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _f(x: float, digits: int = 2) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def report_text(
+    cfg: ValidateConfig,
+    sc: Scenario,
+    dep: Deployment,
+    calibration: cal.Calibration,
+    tab: pd.DataFrame,
+    fit_summary: dict[str, float],
+    targets: Targets,
+    wall_s: float,
+) -> str:
+    lines = [
+        f"# Validation: {sc.name} / {dep.name} — testbed vs calibrated twin",
+        "",
+        f"- fit run: {cfg.fit_workload} × {cfg.fit_rate_scale:g} "
+        f"({fit_summary.get('offered_rps', math.nan):.1f} req/s offered), "
+        f"{cfg.fit_duration_s:g} s, arrival seed {cfg.fit_seed}",
+        f"- held-out runs: {', '.join(cfg.workloads)}; {cfg.duration_s:g} s each, arrival "
+        f"seed {cfg.seed}; twin: {cfg.replications} replications (replication 0 has the "
+        "testbed's arrival instants)",
+        f"- capacity factor {targets.factor}; stage CPU shares (host cores): "
+        + ", ".join(f"{k} {v:g}" for k, v in cfg.shares.items()),
+        f"- overheads from the fit run: hop {calibration.overheads.hop_ms:.2f} ms/stage, "
+        f"client↔gateway {calibration.overheads.request_ms:.2f} ms; per-request overhead "
+        f"model {_model_text(calibration.overheads.per_request)}",
+        "- CPU use: testbed = all processes on the emulated servers (scraped); twin = the "
+        "stages' batch compute only (the twin does not model HTTP handling)",
+        f"- wall time {wall_s / 60:.1f} min",
+        "",
+        "## Fitted service times",
+        "",
+        "| stage | variant | share | n | model | mean b=1 (ms) | cv |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for f in calibration.fits:
+        st = f.service_time
+        lines.append(
+            f"| {f.component} | {f.variant} | {f.cpu_share:g} | {f.n} | {f.dist}/{f.structure}"
+            f" | {st.batch_mean_ms(1):.3f} | {st.batch_cv(1):.2f} |"
+        )
+    for w, rows in tab.groupby("workload", sort=False):
+        level = rows["level"].iloc[0]
+        lines += ["", f"## {w} ({level})", "", "| metric | twin | testbed | error % |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        for r in rows.itertuples():
+            lines.append(f"| {r.metric} | {_f(r.twin)} | {_f(r.testbed)} | {_f(r.error_pct, 1)} |")
+    held = tab[(tab["level"] == "held-out") & tab["metric"].isin(["p50_ms", "p95_ms"])]
+    if len(held):
+        lines += ["", "## Fidelity on held-out runs", ""]
+        lines += ["| workload | p50 error % | p95 error % | goal |", "|---|---:|---:|---|"]
+        for w, rows in held.groupby("workload", sort=False):
+            e = rows.set_index("metric")["error_pct"]
+            ok = abs(e.get("p50_ms", math.nan)) <= 10 and abs(e.get("p95_ms", math.nan)) <= 15
+            lines.append(
+                f"| {w} | {_f(e.get('p50_ms', math.nan), 1)} | {_f(e.get('p95_ms', math.nan), 1)}"
+                f" | {'met' if ok else 'not met'} (p50 ≤ 10%, p95 ≤ 15%) |"
+            )
+    lines += ["", "## Latency CDFs", "", "![CDFs](latency_cdf.png)", ""]
+    return "\n".join(lines)
+
+
+def _model_text(model: object) -> str:
+    if model is None:
+        return "none"
+    return f"{model.kind} mean {model.batch_mean_ms(1):.2f} ms, cv {model.batch_cv(1):.2f}"  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_validation(
+    cfg: ValidateConfig,
+    testbed: Testbed,
+    folder: Path,
+    say: Callable[[str], None] = lambda _m: None,
+) -> pd.DataFrame:
+    """Testbed up → fit run → held-out runs → down → fit → twin → report; the long table."""
+    started = time.perf_counter()
+    sc, dep = load_scenario(cfg.scenario), load_deployment(cfg.deployment)
+    with atomic_dir(folder) as tmp:
+        say("testbed up")
+        try:
+            targets = testbed.up(cfg.scenario, cfg.deployment)
+            if not cfg.shares:
+                cfg.shares = stage_shares(sc, dep, targets.factor or 1.0)
+            fit_w = scale_workload(sc.workload(cfg.fit_workload), cfg.fit_rate_scale)
+            fit_w = fit_w.model_copy(update={"name": f"fit-{cfg.fit_workload}"})
+            run = LoadRun(
+                sc, fit_w, targets.gateway, cfg.fit_duration_s, seed=cfg.fit_seed,
+                drain_s=cfg.drain_s, metrics_targets=targets.metrics,
+                replica_nodes=targets.replica_nodes or None,
+            )  # fmt: skip
+            say(f"fit run: {fit_w.name} for {cfg.fit_duration_s:g} s")
+            fit = execute(run, tmp / "load" / "fit" / "raw")
+            write_result(run, fit, tmp / "load" / "fit")
+            exp = ExperimentConfig(cfg.scenario, cfg.deployment, workloads=cfg.workloads,
+                                   duration_s=cfg.duration_s, seed=cfg.seed,
+                                   replications=cfg.replications, drain_s=cfg.drain_s)  # fmt: skip
+            outcomes = run_workloads(exp, sc, targets, tmp, say)
+        finally:
+            say("testbed down")
+            testbed.down()
+        say("fitting")
+        calibration = fit_run_calibration(sc, cfg.scenario, fit, cfg.shares, cfg.profile)
+        (tmp / "calibration.yaml").write_text(cal.dump(calibration))
+        calibrated, _ = cal.calibrated_scenario(sc, calibration, cfg.shares)
+        (tmp / "calibrated-scenario.yaml").write_text(
+            cal.dump_model(calibrated, exclude_defaults=True)
+        )
+        say("twin: calibrated scenario on the same deployment and workloads")
+        tab, lat = comparison(cfg, calibrated, dep, outcomes, calibration, targets)
+        write_table(tab, tmp / "comparison")
+        tab.to_csv(tmp / "comparison.csv", index=False)
+        plot_cdfs(lat, tmp / "latency_cdf.png")
+        text = report_text(cfg, sc, dep, calibration, tab, fit.summary, targets,
+                           time.perf_counter() - started)  # fmt: skip
+        (tmp / "report.md").write_text(text)
+        meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+        (tmp / "validate.json").write_text(json.dumps(meta, indent=2, default=str))
+    return tab

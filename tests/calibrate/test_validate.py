@@ -1,0 +1,84 @@
+"""The validation loop against a stand-in testbed (a fake gateway honouring testbed.api)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
+from fake_gateway import STAGES, FakeGateway
+
+from calibrate import calibration as cal
+from calibrate.experiment import Targets
+from calibrate.validate import METRICS, ValidateConfig, error_pct, run_validation, stage_shares
+from twin.load import load_deployment, load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
+DEPLOYMENT = ROOT / "examples" / "digits-pipeline.deployment.yaml"
+
+
+class FakeTestbed:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.gateway: FakeGateway | None = None
+
+    def build_models(self) -> None:
+        self.calls.append("build")
+
+    def up(self, scenario: Path, deployment: Path) -> Targets:
+        self.calls.append("up")
+        self.gateway = FakeGateway().__enter__()
+        url = self.gateway.url
+        return Targets(gateway=url, metrics={"gateway": url}, server_of={"gateway": "node-1"},
+                       factor=0.5)  # fmt: skip
+
+    def down(self) -> None:
+        self.calls.append("down")
+        if self.gateway is not None:
+            self.gateway.__exit__(None, None, None)
+            self.gateway = None
+
+
+def test_stage_shares_follow_the_capacity_plan():
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)
+    assert stage_shares(sc, dep, 0.25) == {"denoise": 0.5, "encoder": 0.5, "classifier": 0.5}
+
+
+def test_error_pct():
+    assert error_pct(110.0, 100.0) == pytest.approx(10.0)
+    assert np.isnan(error_pct(1.0, 0.0)) and np.isnan(error_pct(np.nan, 1.0))
+
+
+@pytest.mark.slow
+def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
+    cfg = ValidateConfig(SCENARIO, DEPLOYMENT, workloads=("steady-low", "fluctuating"),
+                         near_saturation=(), fit_duration_s=3, duration_s=3, replications=1,
+                         drain_s=2)  # fmt: skip
+    testbed = FakeTestbed()
+    out = tmp_path / "val"
+    tab = run_validation(cfg, testbed, out)
+    assert testbed.calls == ["up", "down"]
+    assert set(tab["workload"]) == {"steady-low", "fluctuating"}
+    assert set(tab["metric"]) == set(METRICS)
+    # the fake gateway's fixed in-server times come back out of the fit
+    doc = cal.load(out / "calibration.yaml")
+    fitted = {f.component: f.service_time.batch_mean_ms(1) for f in doc.fits}
+    for st in STAGES:
+        assert fitted[st.stage] == pytest.approx(st.service_ms, rel=1e-3)
+    assert {f.cpu_share for f in doc.fits} == {1.0}  # node 2 cores × factor 0.5
+    assert doc.overheads.per_request is not None and doc.overheads.n_requests > 0
+    # the twin answers everything the fake answered, at the offered rate
+    thr = tab[tab["metric"] == "throughput_rps"]
+    assert (thr["error_pct"].abs() < 35).all(), thr
+    report = (out / "report.md").read_text()
+    assert "## steady-low (held-out)" in report and "## Fidelity on held-out runs" in report
+    assert (out / "latency_cdf.png").stat().st_size > 5000
+    assert len(pd.read_parquet(out / "load" / "fit" / "requests.parquet")) > 0
+    assert (
+        load_scenario(out / "calibrated-scenario.yaml").settings.network.intra_zone_latency_ms == 0
+    )
