@@ -304,8 +304,11 @@ class ComposeBackend(Backend):
 
     name = "compose"
 
-    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR):
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, model_dir: Path | None = None):
         super().__init__(state_dir)
+        # The zoo (built on the host) is uploaded to the registry container by the
+        # controller; None = the zoo's default folder.
+        self.model_dir = model_dir
         self.project = project_name(self.state_dir)
         self.compose_file = self.state_dir / "compose" / COMPOSE_FILE
         self.timings: dict[str, float] = {}  # phase → seconds, of the last up/down
@@ -357,6 +360,7 @@ class ComposeBackend(Backend):
                 lambda: self._deploy(endpoints, scenario, scale, deployment),
             )
         except BaseException:
+            self.save_logs()
             self.down()
             raise
         return endpoints
@@ -407,7 +411,8 @@ class ComposeBackend(Backend):
         still += project_networks(self.project)
         if still:
             raise RuntimeError(f"compose down left {still} behind; remove them with docker rm")
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        for name in (STATE_FILE, "controller.json"):
+            (self.state_dir / name).unlink(missing_ok=True)
         shutil.rmtree(compose_file.parent, ignore_errors=True)
         self.timings["down_s"] = time.perf_counter() - t0
 
@@ -460,12 +465,24 @@ class ComposeBackend(Backend):
                 raise TimeoutError(f"containers not healthy after {timeout_s:.0f} s: {waiting}")
             time.sleep(0.5)
 
+    def save_logs(self) -> Path:
+        """Copy every container's output to ``state_dir/logs/<service>.log``; the folder."""
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for c in project_containers(self.project):
+            service = c["Config"]["Labels"].get("com.docker.compose.service", c["Id"][:12])
+            done = _docker("logs", "--timestamps", c["Id"])
+            (logs / f"{service}.log").write_text(done.stdout + done.stderr)
+        return logs
+
     def _deploy(
         self, endpoints: Endpoints, scenario: Scenario, scale: Capacity, deployment: Deployment
     ) -> None:
         from testbed.controller import Controller
+        from testbed.zoo.build import DEFAULT_DIR
 
-        Controller(endpoints, scenario, scale, self.state_dir).deploy(deployment)
+        model_dir = Path(self.model_dir or DEFAULT_DIR)
+        Controller(endpoints, scenario, scale, self.state_dir, model_dir).deploy(deployment)
 
     # -- helpers -----------------------------------------------------------------
 
