@@ -38,6 +38,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "experiment": ("calibrate.experiment", "app", "Testbed vs twin on three workloads: report."),
     "calibrate": ("calibrate.cli", "app", "Profile the testbed, fit the twin, validate both."),
     "export": ("calibrate.export_k8s", "app", "Kubernetes manifests for a deployment."),
+    "validate-deployment": ("calibrate.deploy_back", "app", "Chosen vs greedy, on the testbed."),
     "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
     "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
     "rl": ("optimizer.rl.cli", "app", "Online pipeline configuration: PPO vs Random/Greedy/IPA."),

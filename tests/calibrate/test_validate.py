@@ -10,38 +10,17 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
-from fake_gateway import STAGES, FakeGateway
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_gateway import STAGES
+from fake_testbed import FakeTestbed
 
 from calibrate import calibration as cal
-from calibrate.experiment import Targets
 from calibrate.validate import METRICS, ValidateConfig, error_pct, run_validation, stage_shares
 from twin.load import load_deployment, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
 DEPLOYMENT = ROOT / "examples" / "digits-pipeline.deployment.yaml"
-
-
-class FakeTestbed:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.gateway: FakeGateway | None = None
-
-    def build_models(self) -> None:
-        self.calls.append("build")
-
-    def up(self, scenario: Path, deployment: Path) -> Targets:
-        self.calls.append("up")
-        self.gateway = FakeGateway().__enter__()
-        url = self.gateway.url
-        return Targets(gateway=url, metrics={"gateway": url}, server_of={"gateway": "node-1"},
-                       factor=0.5)  # fmt: skip
-
-    def down(self) -> None:
-        self.calls.append("down")
-        if self.gateway is not None:
-            self.gateway.__exit__(None, None, None)
-            self.gateway = None
 
 
 def test_stage_shares_follow_the_capacity_plan():

@@ -1,0 +1,72 @@
+"""Deploy-back: an optimize run's chosen and greedy deployments, predicted vs measured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from calibrate.deploy_back import DeployBackConfig, agree, read_optimize_run, run_deploy_back
+from twin.criteria import CRITERIA
+from twin.evaluate import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_testbed import FakeTestbed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def optimize_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("opt") / "run"
+    argv = [sys.executable, "-c", "from twin.cli import main; main()", "optimize",
+            str(ROOT / "examples" / "digits-pipeline.yaml"), "-w", "steady-low",
+            "--base", str(ROOT / "examples" / "digits-pipeline.deployment.yaml"),
+            "--pop", "8", "--gens", "2", "--horizon", "10", "--final-horizon", "10",
+            "--final-replications", "1", "--final-max", "3", "--max-instances", "2",
+            "--workers", "1", "--out", str(out)]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_greedy_is_rebuilt_exactly_as_the_run_scored_it(optimize_run):
+    opt = read_optimize_run(optimize_run)
+    assert opt.workload == "steady-low"
+    for label, dep in (("chosen", opt.chosen), ("greedy", opt.greedy)):
+        ev = evaluate(opt.scenario, dep, opt.workload, 10.0, 1, 1)
+        for c, v in zip(CRITERIA, ev.criteria(), strict=True):
+            assert v == pytest.approx(opt.predicted[label][c], rel=1e-9, abs=1e-12), (label, c)
+
+
+def test_agree_compares_signs():
+    twin = {"time_mean_s": -1.0, "time_var_s2": 2.0, "overruns": 0.0, "cost": 1.0}
+    tb = {"time_mean_s": -3.0, "time_var_s2": -1.0, "overruns": 5.0, "cost": 2.0}
+    assert agree(twin, tb) == {"time_mean_s": True, "time_var_s2": False, "overruns": None,
+                               "cost": True}  # fmt: skip
+
+
+def test_not_an_optimize_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"chosen\.yaml"):
+        read_optimize_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_deploy_back_against_a_stand_in_testbed(optimize_run, tmp_path):
+    testbed = FakeTestbed()
+    cfg = DeployBackConfig(optimize_run, duration_s=3, replications=1, drain_s=2)
+    tab = run_deploy_back(cfg, testbed, tmp_path / "back")
+    assert testbed.calls == ["up", "down", "up", "down"]
+    assert set(tab["deployment"]) == {"chosen", "greedy"} and set(tab["criterion"]) == set(CRITERIA)
+    # cost is the rental of the machines used: identical for twin and testbed
+    cost = tab[tab["criterion"] == "cost"]
+    assert (cost["twin"] == cost["testbed"]).all()
+    # the fake answers every request in a few ms: finite, positive mean times
+    t = tab[tab["criterion"] == "time_mean_s"]
+    assert (t["testbed"] > 0).all() and (t["testbed"] < 1).all()
+    report = (tmp_path / "back" / "report.md").read_text()
+    assert "same order?" in report and "ranking holds on" in report
+    assert len(pd.read_csv(tmp_path / "back" / "criteria.csv")) == 8
