@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.backends.base import DEFAULT_STATE_DIR
-from testbed.zoo.build import DEFAULT_DIR
+from testbed.zoo.manifest import DEFAULT_DIR
 
 app = typer.Typer(
     help="Emulated servers running real model stages.",

@@ -26,7 +26,7 @@ from testbed.backends.base import (
     NodeStatus,
     TestbedStatus,
 )
-from testbed.zoo.build import DEFAULT_DIR, load_manifest, load_testset
+from testbed.zoo.manifest import DEFAULT_DIR, load_manifest, load_testset
 from twin.load import parse
 from twin.spec import Deployment, Scenario, topological_order
 

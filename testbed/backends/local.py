@@ -35,7 +35,7 @@ from testbed.backends.procs import ProcRecord, spawn, stop
 from testbed.controller import Controller
 from testbed.services.common import wait_healthy
 from testbed.services.node_agent import free_port
-from testbed.zoo.build import DEFAULT_DIR
+from testbed.zoo.manifest import DEFAULT_DIR
 from twin.spec import Deployment, Scenario
 
 STATE = "local.json"

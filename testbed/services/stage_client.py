@@ -1,13 +1,18 @@
-"""The gateway's client of one stage replica: coalesces concurrent items into one call.
+"""The gateway's client of one stage replica: adaptive coalescing of items into calls.
 
-Items submitted in the same event-loop turn go out as one ``POST /v1/batch`` (at
-most ``max_items``), so HTTP costs per call, not per item, at the stage server;
-nothing waits for a timer, so an item alone is sent at once.
+At most ``max_inflight`` calls (``POST /v1/batch``) are outstanding per replica.
+Items that arrive while those are busy wait in the gateway and leave together, up
+to ``max_items`` per call, as soon as a call returns. An item that finds a free
+slot leaves at once (no timer), so at low load nothing waits; at high load the
+stage server parses one HTTP request per many items instead of one per item.
+The time an item waits here is added to its ``queue_ms`` (it is queueing for the
+stage); the server's dynamic batching then forms batches of the configured size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,42 +34,75 @@ class StageError(RuntimeError):
 @dataclass(frozen=True)
 class StageResult:
     output: np.ndarray
-    queue_ms: float
+    queue_ms: float  # waiting at the gateway for a call slot + in the server for a batch
     service_ms: float
     batch: int
     variant: str
 
 
+@dataclass
+class _Pending:
+    row: np.ndarray
+    future: asyncio.Future
+    t_enqueue: float
+
+
 class ReplicaClient:
-    """Sends items to one replica URL, coalescing those that arrive together."""
+    """Sends items to one replica URL (see module doc)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, timeout_s: float, max_items: int = 64
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        timeout_s: float,
+        max_items: int = 64,
+        max_inflight: int = 2,
     ):
         self.session = session
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.max_items = max_items
-        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.max_inflight = max_inflight
+        self._pending: list[_Pending] = []
+        self._inflight = 0
         self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()
         self.calls = 0
 
     async def call(self, row: np.ndarray) -> StageResult:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-        self._pending.append((row, fut))
+        item = _Pending(row, loop.create_future(), time.perf_counter())
+        self._pending.append(item)
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return await fut
+            loop.call_soon(self._flush)  # items of this loop turn leave together
+        return await item.future
 
     def _flush(self) -> None:
-        items, self._pending, self._scheduled = self._pending, [], False
-        for i in range(0, len(items), self.max_items):
-            asyncio.get_running_loop().create_task(self._send(items[i : i + self.max_items]))
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._pending and self._inflight < self.max_inflight:
+            chunk, self._pending = (
+                self._pending[: self.max_items],
+                self._pending[self.max_items :],
+            )
+            self._inflight += 1
+            task = loop.create_task(self._send(chunk))
+            self._tasks.add(task)  # keep a reference until done (tasks are weakly held)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, items: list[tuple[np.ndarray, asyncio.Future]]) -> None:
-        rows = np.stack([r for r, _ in items]).astype(np.float32)
+    async def _send(self, items: list[_Pending]) -> None:
+        t_send = time.perf_counter()
+        try:
+            await self._post(items, t_send)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _post(self, items: list[_Pending], t_send: float) -> None:
+        rows = np.stack([i.row for i in items]).astype(np.float32)
         self.calls += 1
         try:
             async with self.session.post(
@@ -83,19 +121,19 @@ class ReplicaClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             _fail(items, ReplicaUnreachable(f"{self.url}: {type(e).__name__}: {e}"))
             return
-        except TimeoutError as e:
+        except Exception as e:  # timeout, StageError, malformed answer: these items fail
             _fail(items, e)
             return
-        except Exception as e:  # StageError or malformed answer: fail these items only
-            _fail(items, e)
-            return
-        for (_, fut), row, t in zip(items, out, timings, strict=True):
+        for item, row, t in zip(items, out, timings, strict=True):
             q, s, b = t.split(",")
-            if not fut.done():
-                fut.set_result(StageResult(row, float(q), float(s), int(b), variant))
+            waited_ms = (t_send - item.t_enqueue) * 1000
+            if not item.future.done():
+                item.future.set_result(
+                    StageResult(row, waited_ms + float(q), float(s), int(b), variant)
+                )
 
 
-def _fail(items: list[tuple[np.ndarray, asyncio.Future]], exc: BaseException) -> None:
-    for _, fut in items:
-        if not fut.done():
-            fut.set_exception(exc)
+def _fail(items: list[_Pending], exc: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)

@@ -52,7 +52,7 @@ class StageConfig:
 
 def make_runner(model_bytes: bytes, threads: int) -> Any:
     """A function rows → outputs over an onnxruntime session with ``threads`` threads."""
-    from testbed.zoo.build import ort_session
+    from testbed.zoo.manifest import ort_session
 
     sess = ort_session(model_bytes, threads)
     in_name = sess.get_inputs()[0].name

@@ -100,7 +100,7 @@ def next_version(registry_url: str, name: str) -> str:
 def run(registry_url: str, features_url: str, name: str, steps: int, seed: int) -> dict[str, Any]:
     """The whole job; returns its summary."""
     from testbed.services.registry import upload_model
-    from testbed.zoo.build import ort_session
+    from testbed.zoo.manifest import ort_session
 
     t0 = time.perf_counter()
     x, y = fetch_features(features_url)

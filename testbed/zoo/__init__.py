@@ -1,5 +1,8 @@
-"""The model zoo: stage models for the digits pipeline, built locally (torch → ONNX)."""
+"""The model zoo: stage models for the digits pipeline, built locally (torch → ONNX).
 
-from testbed.zoo.build import DEFAULT_DIR, build, load_manifest, load_testset, pipeline_key
+Importing this package does not import torch; ``testbed.zoo.build`` does.
+"""
 
-__all__ = ["DEFAULT_DIR", "build", "load_manifest", "load_testset", "pipeline_key"]
+from testbed.zoo.manifest import DEFAULT_DIR, load_manifest, load_testset, pipeline_key
+
+__all__ = ["DEFAULT_DIR", "load_manifest", "load_testset", "pipeline_key"]

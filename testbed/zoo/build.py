@@ -15,7 +15,6 @@ thread on this machine (ms per batch, median of repeated runs).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -29,34 +28,19 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import numpy as np
 
 from testbed.zoo.data import NOISE_SD, PATCH, load_split
+from testbed.zoo.manifest import (
+    DEFAULT_DIR,
+    MANIFEST,
+    TESTSET,
+    load_manifest,
+    load_testset,
+    ort_session,
+    pipeline_key,
+    sha256_file,
+)
 from testbed.zoo.models import DIMS, REFERENCE, STAGES, VARIANTS, count_macs
 
-DEFAULT_DIR = Path("data/models")
 BATCHES = (1, 2, 4, 8, 16, 32)
-MANIFEST = "manifest.json"
-TESTSET = "digits-test.npz"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def ort_session(path: Path | bytes, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (no spinning)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    src = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def measure_latency(sess: Any, input_dim: int, budget_s: float = 0.25) -> dict[int, dict]:
@@ -79,17 +63,20 @@ def measure_latency(sess: Any, input_dim: int, budget_s: float = 0.25) -> dict[i
     return out
 
 
-def fit_service_time(latency: dict[int, dict]) -> dict[str, float]:
+def fit_service_time(latency: dict[int, dict], max_batch: int = 8) -> dict[str, float]:
     """``t(b) = mean_ms + per_item_ms·(b−1)`` through the batch-1 time (ms).
 
-    The slope is least squares with the intercept fixed at the measured batch-1
-    median, so the twin's batch-1 time is exact and larger batches fit on average.
+    The slope is least squares over batches 2..``max_batch`` with the intercept
+    fixed at the measured batch-1 median, so the twin's batch-1 time is exact.
+    Batches above ``max_batch`` are left out of the fit: on this machine their
+    activations fall out of cache and the time per item jumps (``latency_ms`` in
+    the manifest keeps every batch for a table model).
     """
     t1 = float(latency[1]["median_ms"])
-    b = np.array([k for k in sorted(latency) if k > 1], dtype=float)
+    b = np.array([k for k in sorted(latency) if 1 < k <= max_batch], dtype=float)
     t = np.array([latency[int(k)]["median_ms"] for k in b])
     slope = float(np.sum((b - 1) * (t - t1)) / np.sum((b - 1) ** 2)) if len(b) else 0.0
-    cv = float(np.median([v["cv"] for v in latency.values()]))
+    cv = float(np.median([v["cv"] for k, v in latency.items() if k <= max_batch]))
     return {"mean_ms": t1, "per_item_ms": max(slope, 0.0), "cv": min(max(cv, 0.05), 1.0)}
 
 
@@ -124,11 +111,6 @@ def _pipeline_accuracy(sessions: dict, x: np.ndarray, y: np.ndarray) -> dict[str
                 pred = run("classifier", c, ze).argmax(axis=1)
                 acc[f"{d}/{e}/{c}"] = float((pred == y).mean())
     return acc
-
-
-def pipeline_key(variants: dict[str, str]) -> str:
-    """Key of ``manifest['pipelines']`` for stage → variant."""
-    return "/".join(variants[s] for s in STAGES)
 
 
 def build(
@@ -203,23 +185,19 @@ def build(
     return manifest
 
 
-def load_manifest(model_dir: Path = DEFAULT_DIR) -> dict[str, Any]:
-    """The manifest a previous :func:`build` wrote; FileNotFoundError says how to build."""
-    path = Path(model_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no model zoo at {model_dir} (missing {MANIFEST}); "
-            "run `mlops-twin testbed build-models`"
-        )
-    return json.loads(path.read_text())
-
-
-def load_testset(model_dir: Path = DEFAULT_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out noisy images (n×64 float32, 0..16) and labels."""
-    data = np.load(Path(model_dir) / TESTSET)
-    return data["x"].astype(np.float32), data["y"].astype(np.int64)
-
-
 def combos() -> list[dict[str, str]]:
     """Every stage → variant combination."""
     return [dict(zip(STAGES, c, strict=True)) for c in itertools.product(*VARIANTS.values())]
+
+
+__all__ = [
+    "DEFAULT_DIR",
+    "build",
+    "fit_service_time",
+    "load_manifest",
+    "load_testset",
+    "measure_latency",
+    "ort_session",
+    "pipeline_key",
+    "sha256_file",
+]

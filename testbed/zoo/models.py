@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from testbed.zoo.manifest import STAGES
+
 UPSCALE = 4  # 8×8 → 32×32: makes compute, not HTTP, dominate a stage
 FEATURES = (32, 8, 8)
 DIMS = {"denoise": (64, 1024), "encoder": (1024, 2048), "classifier": (2048, 10)}
@@ -118,7 +120,7 @@ VARIANTS: dict[str, dict[str, object]] = {
         "c-deep": lambda: Classifier("deep"),
     },
 }
-STAGES = tuple(VARIANTS)
+assert tuple(VARIANTS) == STAGES
 REFERENCE = {stage: list(v)[-1] for stage, v in VARIANTS.items()}
 
 

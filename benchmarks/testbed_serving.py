@@ -1,0 +1,107 @@
+"""Serving overhead: gateway + stage server throughput vs raw onnxruntime, batch 8.
+
+Run: .venv/bin/python benchmarks/testbed_serving.py [--quota 0.1] [--requests 3000]
+
+One emulated server (local backend) runs the heaviest denoise variant with
+dynamic batching at batch 8; a bounded closed loop of single-image requests goes
+through the gateway (the client and the gateway run outside the emulated server,
+as in every testbed run). The reference is a bare onnxruntime loop over batches
+of 8 with one thread, in its own cgroup with the same CPU quota. Goal: ≥ 0.8.
+Without root (no cgroups) both run unconfined and the gateway, not the stage, may
+be the bottleneck; the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, markdown_table, write_result
+from testbed_load import closed_loop, ensure_zoo, one_stage, raw_throughput, test_images
+
+from testbed import cgroups
+from testbed.backends.local import LocalBackend
+from testbed.capacity import plan_capacity
+from testbed.zoo.manifest import DEFAULT_DIR
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quota", type=float, default=0.1, help="host cores of the stage's server")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--variant", default="d-large")
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    a = ap.parse_args()
+    manifest = ensure_zoo(DEFAULT_DIR)
+    entry = manifest["models"]["denoise"][a.variant]
+    model_file = DEFAULT_DIR / entry["file"]
+    confined = cgroups.available()
+    sc, dep = one_stage("denoise", a.variant, a.quota, a.batch, 2.0, manifest)
+    cap = plan_capacity(sc, factor=1.0)
+
+    procs: list[str] = []
+    cg = None
+    if confined:
+        cg = cgroups.Cgroup.create("bench-serving-raw", a.quota, 2.0)
+        procs = [str(Path(p) / "cgroup.procs") for p in cg.paths]
+    try:
+        n_batches = max(a.requests // a.batch, 50)
+        raw = raw_throughput(model_file, DEFAULT_DIR, a.batch, n_batches, procs)
+    finally:
+        if cg is not None:
+            cg.remove()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = LocalBackend(state_dir=Path(tmp) / "tb", model_dir=DEFAULT_DIR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            endpoints = backend.up(sc, dep, cap)
+        try:
+            images = test_images(DEFAULT_DIR)
+            closed_loop(endpoints.gateway, images, 200, a.concurrency)  # warm-up
+            res = closed_loop(endpoints.gateway, images, a.requests, a.concurrency)
+        finally:
+            backend.down()
+    served = res.throughput()
+    ratio = served / raw
+    lat = np.array(res.latency_s) * 1000
+    rows = [
+        ["raw onnxruntime (1 thread, batches of 8)", raw, "", ""],
+        [
+            "gateway + stage server (single-image requests)",
+            served,
+            f"{np.percentile(lat, 50):.1f}",
+            f"{np.percentile(lat, 99):.1f}",
+        ],
+    ]
+    text = "\n".join(
+        [
+            "# Testbed serving overhead",
+            "",
+            f"{machine_line()}",
+            "",
+            f"Model denoise/{a.variant} ({entry['macs']:,} MACs/item), batch {a.batch}, "
+            f"CPU quota {a.quota:g} core ({'cgroup, 10 ms period' if confined else 'UNCONFINED'}), "
+            f"{a.requests} requests, {a.concurrency} concurrent clients, loopback.",
+            "",
+            markdown_table(["path", "items/s", "p50 ms", "p99 ms"], rows),
+            "",
+            f"**throughput ratio served / raw = {ratio:.3f}** (goal ≥ 0.8); "
+            f"failed requests: {res.failed}.",
+            "",
+            f"Command: `.venv/bin/python benchmarks/testbed_serving.py --quota {a.quota:g} "
+            f"--batch {a.batch} --requests {a.requests} --concurrency {a.concurrency}`",
+        ]
+    )
+    write_result("testbed_serving", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Fixtures for testbed tests: the model zoo (built once per session or reused)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built model zoo: ``data/models`` when it is complete and intact, else a fresh build."""
+    from testbed.zoo.build import DEFAULT_DIR, build, load_manifest, sha256_file
+
+    with contextlib.suppress(FileNotFoundError, KeyError, OSError):
+        manifest = load_manifest(DEFAULT_DIR)
+        files = [e for v in manifest["models"].values() for e in v.values()]
+        if files and all(sha256_file(DEFAULT_DIR / e["file"]) == e["sha256"] for e in files):
+            return DEFAULT_DIR
+    out = tmp_path_factory.mktemp("zoo")
+    build(out)
+    return out
