@@ -10,7 +10,8 @@ Response 200 (JSON):
     {"id": ..., "label": <int>, "stages": [StageTiming, ...], "gateway_ms": <float>}
 and the same stage timings, compact, in the header ``x-mlops-timings``:
     "<stage>:<replica>:<variant>:<batch>:<queue_ms>:<service_ms>:<hop_ms>;..."
-where queue_ms is time waiting for a batch inside the stage server,
+where queue_ms is time waiting for a batch (inside the stage server, plus any
+wait for a call slot in the gateway's per-replica queue under load),
 service_ms the in-server compute time of the batch, hop_ms the gateway-side
 round trip minus the two (HTTP + serialisation). Times are milliseconds.
 
