@@ -46,12 +46,8 @@ def infer_all(gateway: str, images: np.ndarray, workers: int = 8) -> list[httpx.
 def test_digits_pipeline_on_compose(tmp_path, zoo):
     if not docker_answers():
         pytest.skip("no Docker engine answers `docker info` (compose/ensure-docker.sh starts one)")
-    from testbed.backends.compose import (
-        MACHINE_LABEL,
-        ComposeBackend,
-        project_containers,
-        project_networks,
-    )
+    from testbed.backends.compose import ComposeBackend, project_containers, project_networks
+    from testbed.backends.compose_file import MACHINE_LABEL, ROLE_LABEL
     from testbed.capacity import plan_capacity
     from testbed.zoo import load_manifest, load_testset, pipeline_key
 
@@ -75,7 +71,7 @@ def test_digits_pipeline_on_compose(tmp_path, zoo):
             assert hc["CapDrop"] == ["ALL"], name
             assert "no-new-privileges:true" in hc["SecurityOpt"], name
             ports = {p: b for p, b in (hc["PortBindings"] or {}).items() if b}
-            if c["Config"]["Labels"]["org.mlops-twin.role"] == "gateway":
+            if c["Config"]["Labels"][ROLE_LABEL] == "gateway":
                 assert [b["HostIp"] for bs in ports.values() for b in bs] == ["127.0.0.1"]
             else:
                 assert not ports, name
