@@ -30,8 +30,8 @@ test: venv lint
 test-fast: venv
 	$(PY) -m pytest -m "not benchmark and not slow and not docker" -q
 
-testbed: venv
-	$(PY) -m twin.main_job
+testbed: venv  # the whole local experiment (≤ 10 min); make testbed ARGS=--quick for ≤ 3 min
+	$(VENV)/bin/mlops-twin experiment $(ARGS)
 
 benchmark: venv
 	$(PY) benchmarks/twin_speed.py

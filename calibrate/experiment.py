@@ -38,12 +38,13 @@ import typer
 from rich.console import Console
 
 from loadgen.batch import BatchHook, command_hook
+from loadgen.compare import WorkloadOutcome, process_requests, stage_table, table
 from loadgen.metrics import rate
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.profile import scale_workload
-from loadgen.run import LoadResult, LoadRun, LoadRunError, execute, write_result
-from twin.criteria import latency_percentiles, per_second
-from twin.evaluate import Evaluation, evaluate
+from loadgen.run import LoadRun, LoadRunError, execute, write_result
+from twin.criteria import per_second
+from twin.evaluate import evaluate
 from twin.load import SpecError, load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario
@@ -100,13 +101,6 @@ class ExperimentConfig:
         return cls(scenario, deployment, duration_s=duration, replications=reps)
 
 
-@dataclass
-class WorkloadOutcome:
-    name: str
-    load: LoadResult
-    twin: Evaluation | None = None
-
-
 def run_workloads(
     cfg: ExperimentConfig,
     sc: Scenario,
@@ -146,41 +140,15 @@ def simulate(
         o.twin = evaluate(sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed, keep_records=True)
 
 
-def _process_requests(o: WorkloadOutcome) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    req = o.load.requests
-    proc = str(req["process"].iloc[0]) if len(req) else ""
-    tb = req[req["process"] == proc]
-    tw = None
-    if o.twin is not None and o.twin.requests is not None:
-        tw = o.twin.requests[o.twin.requests["process"] == proc]
-    return tb, tw
-
-
-def table(outcomes: list[WorkloadOutcome]) -> pd.DataFrame:
-    """One row per workload: offered/achieved, testbed and twin latency percentiles (ms)."""
-    rows = []
-    for o in outcomes:
-        s = o.load.summary
-        _, tw = _process_requests(o)
-        twin = latency_percentiles(tw) if tw is not None and len(tw) else {}
-        row = {
-            "workload": o.name,
-            "offered_rps": s["offered_rps"],
-            "achieved_over_offered": s["achieved_over_offered"],
-            "failures": int(s["failures"]),
-            "testbed_p50_ms": 1e3 * s["p50_s"],
-            "testbed_p95_ms": 1e3 * s["p95_s"],
-            "testbed_p99_ms": 1e3 * s["p99_s"],
-            "twin_p50_ms": 1e3 * twin.get("p50", np.nan),
-            "twin_p95_ms": 1e3 * twin.get("p95", np.nan),
-            "twin_p99_ms": 1e3 * twin.get("p99", np.nan),
-            "accuracy": s.get("accuracy", np.nan),
-        }
-        per = o.load.per_second
-        # the most the testbed answered, over 5-s windows (for the saturation note)
-        row["max_answered_rps_5s"] = float(per["rps"].rolling(5, min_periods=1).mean().max())
-        rows.append(row)
-    return pd.DataFrame(rows)
+def manifest_accuracy(dep: Deployment, sc: Scenario, models: Path = Path("data/models")) -> float:
+    """Held-out accuracy the model zoo's manifest lists for the deployed variants (or NaN)."""
+    try:
+        pipelines = json.loads((models / "manifest.json").read_text())["pipelines"]
+        steps = next(p for p in sc.processes if p.kind == "request").steps
+        key = "/".join(dep.stages[s.component].variant for s in steps)
+        return float(pipelines[key])
+    except (OSError, KeyError, StopIteration, ValueError, AttributeError):
+        return float("nan")
 
 
 def cpu_per_server(outcomes: list[WorkloadOutcome], targets: Targets) -> pd.DataFrame:
@@ -226,7 +194,7 @@ def write_report(
     """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table."""
     segments = []
     for o in outcomes:
-        tb, tw = _process_requests(o)
+        tb, tw = process_requests(o)
         ok = tb[tb["ok"]]
         twin_ps = twin_lat = None
         if tw is not None:
@@ -281,6 +249,31 @@ def write_report(
             f"{_fmt(r.testbed_p99_ms)} | {_fmt(r.twin_p50_ms)} / {_fmt(r.twin_p95_ms)} / "
             f"{_fmt(r.twin_p99_ms)} | {_fmt(r.accuracy, 3)} |"
         )
+    expected = manifest_accuracy(dep, sc)
+    if np.isfinite(expected):
+        lines += [
+            "",
+            f"Accuracy the model zoo's manifest lists for these variants: {expected:.3f}.",
+        ]
+    stages = stage_table(outcomes)
+    write_table(stages, folder / "stages")
+    if len(stages):
+        lines += [
+            "",
+            "Per stage, mean (ms): testbed queue / service / HTTP hop vs twin queue / service; "
+            "mean batch testbed / twin.",
+            "",
+            "| workload | stage | testbed q / s / hop | twin q / s | batch tb / twin |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for r in stages.itertuples():
+            tq, ts = getattr(r, "twin_queue_ms", np.nan), getattr(r, "twin_service_ms", np.nan)
+            lines.append(
+                f"| {r.workload} | {r.stage} | {_fmt(r.testbed_queue_ms, 2)} / "
+                f"{_fmt(r.testbed_service_ms, 2)} / {_fmt(r.testbed_hop_ms, 2)} | "
+                f"{_fmt(tq, 2)} / {_fmt(ts, 2)} | {_fmt(r.testbed_batch, 1)} / "
+                f"{_fmt(getattr(r, 'twin_batch', np.nan), 1)} |"
+            )
     lines.append("")
     for r in tab.itertuples():
         if r.achieved_over_offered < SATURATED:
@@ -453,7 +446,12 @@ def experiment(
     rate_scale: Annotated[float, typer.Option(help="Multiply every rate by this.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of arrivals (testbed and twin).")] = 1,
     backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
-    skip_build: Annotated[bool, typer.Option(help="Reuse the built model zoo.")] = False,
+    state_dir: Annotated[
+        Path, typer.Option(help="Testbed state folder (one per running testbed).")
+    ] = Path(".testbed"),
+    rebuild: Annotated[
+        bool, typer.Option(help="Rebuild the model zoo even when data/models has one.")
+    ] = False,
 ) -> None:
     """Testbed up → steady-low, fluctuating, steady-high → twin → runs/<name>/report.md → down."""
     err = Console(stderr=True)
@@ -464,10 +462,12 @@ def experiment(
         cfg.duration_s = duration
     out = out_dir or Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    testbed = CliTestbed(backend, log=out.parent / f".{out.name}.testbed.log")
-    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    testbed = CliTestbed(backend, state_dir, log=out.parent / f".{out.name}.testbed.log")
+    t_start = time.monotonic()
+    say = lambda m: err.print(f"[{time.monotonic() - t_start:5.0f} s] {m}", highlight=False)  # noqa: E731
     try:
-        tab = run_experiment(cfg, testbed, out, say, build=not skip_build)
+        build = rebuild or not (TESTSET.parent / "manifest.json").is_file()
+        tab = run_experiment(cfg, testbed, out, say, build=build)
     except (RuntimeError, ValueError, KeyError, SpecError, LoadRunError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

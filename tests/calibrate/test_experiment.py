@@ -123,7 +123,7 @@ def test_targets_from_testbed_status():
 
 
 def test_cpu_per_server_prefers_node_agents_over_process_sums():
-    from calibrate.experiment import WorkloadOutcome, cpu_per_server
+    from calibrate.experiment import WorkloadOutcome, cpu_per_server  # re-exported
     from loadgen.run import LoadResult
 
     rows = []

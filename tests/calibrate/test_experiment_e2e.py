@@ -22,22 +22,31 @@ pytestmark = [
 ]
 
 
-def _leftovers() -> set[int]:
-    """PIDs of testbed service processes running now."""
-    res = subprocess.run(["pgrep", "-f", "testbed.services"], capture_output=True, text=True)
-    return {int(p) for p in res.stdout.split()}
+def _leftovers(ports: set[int], marker: str) -> list[str]:
+    """Testbed service processes still running that this run started.
+
+    Other work on the machine may run testbeds too, so only processes listening on
+    one of this run's ports or naming its state folder count.
+    """
+    res = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True)
+    mine = []
+    for line in res.stdout.splitlines():
+        if "testbed.services" not in line:
+            continue
+        args = line.split()
+        port = args[args.index("--port") + 1] if "--port" in args[:-1] else ""
+        if (port.isdigit() and int(port) in ports) or marker in line:
+            mine.append(line)
+    return mine
 
 
 def test_experiment_ci_runs_end_to_end(tmp_path):
-    before = _leftovers()
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
     out = tmp_path / "exp"
-    # the model zoo is built once per checkout (data/models); reuse it when it is there
-    built = (ROOT / "data" / "models" / "manifest.json").is_file()
     res = subprocess.run(
         [sys.executable, "-c", "from twin.cli import main; main()", "experiment", "--ci",
-         "--out", str(out), "--rate-scale", "0.5", *(["--skip-build"] if built else [])],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, env=env,
+         "--out", str(out), "--rate-scale", "0.5", "--state-dir", str(tmp_path / "state")],
+        cwd=ROOT, capture_output=True, text=True, timeout=480, env=env,  # + a zoo build if none
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| steady-high |" in res.stdout
@@ -51,4 +60,8 @@ def test_experiment_ci_runs_end_to_end(tmp_path):
     assert set(visits["component"].astype(str)) == {"denoise", "encoder", "classifier"}
     for png in ("rps.png", "latency.png", "latency_cdf.png", "cpu.png"):
         assert (out / png).is_file()
-    assert _leftovers() <= before  # testbed down left nothing running
+    # testbed down left nothing running: every service this run scraped is gone
+    meta = json.loads((out / "load" / "steady-low" / "run.json").read_text())
+    ports = {int(u.rsplit(":", 1)[1].split("/")[0]) for u in meta["metrics_targets"].values()}
+    assert len(ports) >= 7  # gateway, registry, features, 3 node agents, ≥ 3 stages
+    assert _leftovers(ports, str(tmp_path / "state")) == []
