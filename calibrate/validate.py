@@ -2,7 +2,8 @@
 
 1. ``testbed up`` with the deployment;
 2. a **fit run** at a load level used for nothing else (the scenario's
-   ``fit_workload`` × ``fit_rate_scale``, its own arrival seed): its raw
+   ``fit_workload`` × ``fit_rate_scale``, its own arrival seed; half before
+   and half after the held-out runs, so host drift cannot favour one): its raw
    per-visit rows give each deployed stage's service time at the CPU share it
    really had, and its per-request rows the overhead distribution (latency
    minus stage queue and service: client lag, gateway, HTTP hops);
@@ -90,31 +91,37 @@ def stage_shares(scenario: Scenario, deployment: Deployment, factor: float) -> d
 def fit_run_calibration(
     scenario: Scenario,
     scenario_file: Path,
-    fit: LoadResult,
+    fits: list[LoadResult],
     shares: dict[str, float],
     profile: Path | None = None,
 ) -> cal.Calibration:
-    """Calibration from the fit run's raw rows (plus a profile for what it lacks)."""
+    """Calibration from the fit runs' raw rows (plus a profile for what they lack)."""
     parts = []
-    for component, share in shares.items():
-        rows = fit.visits[fit.visits["component"].astype(str) == component]
-        if len(rows):
-            parts.append(testbed_samples(rows, share))
+    for fit in fits:
+        for component, share in shares.items():
+            rows = fit.visits[fit.visits["component"].astype(str) == component]
+            if len(rows):
+                parts.append(testbed_samples(rows, share))
     samples = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if profile is not None:
         prof = pd.read_parquet(profile / "samples.parquet")
         have = set(zip(samples.get("component", []), samples.get("variant", []), strict=False))
         keep = [(c, v) not in have for c, v in zip(prof["component"], prof["variant"], strict=True)]
         samples = pd.concat([samples, prof[keep]], ignore_index=True)
-    fits = fit_samples(samples)
-    over = request_overheads_ms(fit.requests, fit.visits)
+    models = fit_samples(samples)
+    # pids restart at 0 in every run: overheads are computed run by run, then pooled
+    over = np.concatenate([request_overheads_ms(f.requests, f.visits) for f in fits])
     model = fit_variant(np.ones(over.size, dtype=int), over, component="overhead").service_time
+    per_run = [overheads(f.requests, f.visits) for f in fits]
+    n = sum(o["n_requests"] for o in per_run)
+    pooled = {k: sum(o[k] * o["n_requests"] for o in per_run) / max(n, 1)
+              for k in ("hop_ms", "request_ms")}  # fmt: skip
     return cal.build(
-        fits,
+        models,
         scenario,
         cal.file_sha256(scenario_file),
-        source="fit run" + (f" + profile {profile}" if profile else ""),
-        overheads=overheads(fit.requests, fit.visits),
+        source=f"{len(fits)} fit run(s)" + (f" + profile {profile}" if profile else ""),
+        overheads={**pooled, "n_requests": n},
         per_request=model,
     )
 
@@ -248,9 +255,10 @@ def report_text(
     lines = [
         f"# Validation: {sc.name} / {dep.name} — testbed vs calibrated twin",
         "",
-        f"- fit run: {cfg.fit_workload} × {cfg.fit_rate_scale:g} "
+        f"- fit runs: {cfg.fit_workload} × {cfg.fit_rate_scale:g} "
         f"({fit_summary.get('offered_rps', math.nan):.1f} req/s offered), "
-        f"{cfg.fit_duration_s:g} s, arrival seed {cfg.fit_seed}",
+        f"2 × {cfg.fit_duration_s / 2:g} s before and after the held-out runs, arrival seeds "
+        f"{cfg.fit_seed} and {cfg.fit_seed + 1}",
         f"- held-out runs: {', '.join(cfg.workloads)}; {cfg.duration_s:g} s each, arrival "
         f"seed {cfg.seed}; twin: {cfg.replications} replications (replication 0 has the "
         "testbed's arrival instants)",
@@ -321,23 +329,32 @@ def run_validation(
                 cfg.shares = stage_shares(sc, dep, targets.factor or 1.0)
             fit_w = scale_workload(sc.workload(cfg.fit_workload), cfg.fit_rate_scale)
             fit_w = fit_w.model_copy(update={"name": f"fit-{cfg.fit_workload}"})
-            run = LoadRun(
-                sc, fit_w, targets.gateway, cfg.fit_duration_s, seed=cfg.fit_seed,
-                drain_s=cfg.drain_s, metrics_targets=targets.metrics,
-                replica_nodes=targets.replica_nodes or None,
-            )  # fmt: skip
-            say(f"fit run: {fit_w.name} for {cfg.fit_duration_s:g} s")
-            fit = execute(run, tmp / "load" / "fit" / "raw")
-            write_result(run, fit, tmp / "load" / "fit")
+            half = cfg.fit_duration_s / 2
+
+            def fit_run(i: int) -> LoadResult:
+                # Two halves bracket the held-out runs, so a drift of the host's
+                # background load during the session biases neither side.
+                run = LoadRun(
+                    sc, fit_w, targets.gateway, half, seed=cfg.fit_seed + i,
+                    drain_s=cfg.drain_s, metrics_targets=targets.metrics,
+                    replica_nodes=targets.replica_nodes or None,
+                )  # fmt: skip
+                say(f"fit run {i + 1}/2: {fit_w.name} for {half:g} s")
+                result = execute(run, tmp / "load" / f"fit-{i + 1}" / "raw")
+                write_result(run, result, tmp / "load" / f"fit-{i + 1}")
+                return result
+
+            fits = [fit_run(0)]
             exp = ExperimentConfig(cfg.scenario, cfg.deployment, workloads=cfg.workloads,
                                    duration_s=cfg.duration_s, seed=cfg.seed,
                                    replications=cfg.replications, drain_s=cfg.drain_s)  # fmt: skip
             outcomes = run_workloads(exp, sc, targets, tmp, say)
+            fits.append(fit_run(1))
         finally:
             say("testbed down")
             testbed.down()
         say("fitting")
-        calibration = fit_run_calibration(sc, cfg.scenario, fit, cfg.shares, cfg.profile)
+        calibration = fit_run_calibration(sc, cfg.scenario, fits, cfg.shares, cfg.profile)
         (tmp / "calibration.yaml").write_text(cal.dump(calibration))
         calibrated, _ = cal.calibrated_scenario(sc, calibration, cfg.shares)
         (tmp / "calibrated-scenario.yaml").write_text(
@@ -348,7 +365,7 @@ def run_validation(
         write_table(tab, tmp / "comparison")
         tab.to_csv(tmp / "comparison.csv", index=False)
         plot_cdfs(lat, tmp / "latency_cdf.png")
-        text = report_text(cfg, sc, dep, calibration, tab, fit.summary, targets,
+        text = report_text(cfg, sc, dep, calibration, tab, fits[0].summary, targets,
                            time.perf_counter() - started)  # fmt: skip
         (tmp / "report.md").write_text(text)
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
