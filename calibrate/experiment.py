@@ -90,6 +90,8 @@ class ExperimentConfig:
     scrape_interval_s: float = 1.0
     # images sent: the model zoo's noisy held-out set when built, else scikit-learn's digits
     inputs_file: Path | None = None
+    # the twin's scenario, e.g. a calibrated one (`calibrate apply`); default: ``scenario``
+    twin_scenario: Path | None = None
 
     @classmethod
     def preset(cls, scenario: Path, deployment: Path, mode: str = "default") -> ExperimentConfig:
@@ -190,8 +192,12 @@ def write_report(
     outcomes: list[WorkloadOutcome],
     folder: Path,
     wall_s: float,
+    load: tuple[float, float, float] = (float("nan"),) * 3,
 ) -> pd.DataFrame:
-    """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table."""
+    """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table.
+
+    ``load``: the host's load average when the experiment started.
+    """
     segments = []
     for o in outcomes:
         tb, tw = process_requests(o)
@@ -230,24 +236,26 @@ def write_report(
         f"- workloads back to back: {', '.join(cfg.workloads)}; {cfg.duration_s:g} s each, "
         f"rates × {cfg.rate_scale:g}, seed {cfg.seed} (open-loop Poisson; the twin's "
         "replication 0 has the same arrival instants)",
-        f"- twin: {cfg.replications} replications per workload",
+        f"- twin: {cfg.replications} replications per workload of "
+        f"{cfg.twin_scenario or cfg.scenario}",
         f"- inputs: {cfg.inputs_file or 'scikit-learn digits (clean)'}",
         f"- testbed: local backend, gateway {targets.gateway}, "
         f"capacity factor {targets.factor if targets.factor is not None else 'not reported'}"
         " (host cores per emulated core)",
-        f"- wall time {wall_s / 60:.1f} min",
+        f"- wall time {wall_s / 60:.1f} min; host load average {load[0]:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores, shared)",
         *[f"- {n}" for n in targets.notes],
         "",
         "| workload | offered (req/s) | achieved/offered | failures | testbed p50 / p95 / p99 "
-        "(ms) | twin p50 / p95 / p99 (ms) | accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "(ms) | twin p50 / p95 / p99 (ms) | accuracy | loadgen lag p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in tab.itertuples():
         lines.append(
             f"| {r.workload} | {r.offered_rps:.1f} | {r.achieved_over_offered:.3f} | "
             f"{r.failures} | {_fmt(r.testbed_p50_ms)} / {_fmt(r.testbed_p95_ms)} / "
             f"{_fmt(r.testbed_p99_ms)} | {_fmt(r.twin_p50_ms)} / {_fmt(r.twin_p95_ms)} / "
-            f"{_fmt(r.twin_p99_ms)} | {_fmt(r.accuracy, 3)} |"
+            f"{_fmt(r.twin_p99_ms)} | {_fmt(r.accuracy, 3)} | {_fmt(r.loadgen_lag_p99_ms)} |"
         )
     expected = manifest_accuracy(dep, sc)
     if np.isfinite(expected):
@@ -314,7 +322,7 @@ def run_experiment(
     build: bool = True,
 ) -> pd.DataFrame:
     """The whole loop (module doc); the testbed is brought down whatever happens."""
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()
     sc = load_scenario(cfg.scenario)
     dep = load_deployment(cfg.deployment)
     for name in cfg.workloads:
@@ -333,8 +341,10 @@ def run_experiment(
             say("testbed down")
             testbed.down()
         say("twin: simulating the same deployment and workloads")
-        simulate(cfg, sc, dep, outcomes)
-        return write_report(cfg, sc, dep, targets, outcomes, folder, time.perf_counter() - started)
+        twin_sc = load_scenario(cfg.twin_scenario) if cfg.twin_scenario else sc
+        simulate(cfg, twin_sc, dep, outcomes)
+        wall_s = time.perf_counter() - started
+        return write_report(cfg, sc, dep, targets, outcomes, folder, wall_s, load)
 
 
 # --------------------------------------------------------------------------- the real testbed
@@ -449,6 +459,9 @@ def experiment(
     state_dir: Annotated[
         Path, typer.Option(help="Testbed state folder (one per running testbed).")
     ] = Path(".testbed"),
+    twin_scenario: Annotated[
+        Path | None, typer.Option(help="Scenario the twin simulates (e.g. a calibrated one).")
+    ] = None,
     rebuild: Annotated[
         bool, typer.Option(help="Rebuild the model zoo even when data/models has one.")
     ] = False,
@@ -457,7 +470,7 @@ def experiment(
     err = Console(stderr=True)
     mode = "ci" if ci else "quick" if quick else "default"
     cfg = ExperimentConfig.preset(scenario, deployment, mode)
-    cfg.rate_scale, cfg.seed = rate_scale, seed
+    cfg.rate_scale, cfg.seed, cfg.twin_scenario = rate_scale, seed, twin_scenario
     if duration > 0:
         cfg.duration_s = duration
     out = out_dir or Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))

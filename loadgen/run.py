@@ -210,10 +210,13 @@ def execute(
     try:
         _await_ready(procs, raw_dir)
         t0 = time.time() + START_LEAD_S
-        for p in procs:
+        for i, p in enumerate(procs):
             assert p.stdin is not None
-            p.stdin.write(f"{t0!r}\n")
-            p.stdin.close()
+            try:
+                p.stdin.write(f"{t0!r}\n")
+                p.stdin.close()
+            except BrokenPipeError:
+                raise LoadRunError(f"load worker {i} died: {_tail(raw_dir, i)}") from None
         scraper = Scraper(run.metrics_targets, run.scrape_interval_s, t0).start()
         if run.batch_hook is not None:
             deadlines = {p.name: p.deadline_s for p in run.scenario.processes}
