@@ -10,6 +10,7 @@ Skips only when no Docker engine answers (``compose/ensure-docker.sh`` starts on
 
 from __future__ import annotations
 
+import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,28 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 STAGES = ["denoise", "encoder", "classifier"]
+# Run with the venv's python inside a node container; prints what it could do.
+CONTAINER_PROBE = r"""
+import json, os, socket
+from pathlib import Path
+cg = Path("/sys/fs/cgroup")
+if (cg / "cpu.max").exists():  # cgroup v2
+    q, p = (cg / "cpu.max").read_text().split()
+else:
+    q, p = ((cg / "cpu" / f).read_text() for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+out = {"quota_us": int(q), "period_us": int(p), "uid": os.getuid()}
+try:
+    open("/opt/venv/probe", "w")
+    out["write"] = "written"
+except OSError as e:
+    out["write"] = e.strerror
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=2).close()
+    out["egress"] = "connected"
+except OSError as e:
+    out["egress"] = str(e)
+print(json.dumps(out))
+"""
 # `zoo` (tests/testbed/conftest.py): the built model zoo; the controller uploads it
 # to the registry container.
 
@@ -81,14 +104,22 @@ def test_digits_pipeline_on_compose(tmp_path, zoo):
                 want = capacity.node(machine).cpu_cores * CPU_PERIOD_US
                 assert abs(hc["CpuQuota"] - want) <= 1, name
                 assert hc["Memory"] == round(capacity.node(machine).ram_gb * 1024) * 2**20
+        # Inside a node container: the kernel enforces the quota, the root fs is
+        # read-only and the internal network has no way out.
         node = next(c for c in containers if c["Config"]["Labels"].get(MACHINE_LABEL))
-        write = subprocess.run(
-            ["docker", "exec", node["Id"], "sh", "-c", "touch /opt/venv/x"],
+        probe = subprocess.run(
+            ["docker", "exec", node["Id"], "/opt/venv/bin/python", "-c", CONTAINER_PROBE],
             capture_output=True,
             text=True,
-            check=False,
+            check=True,
         )
-        assert write.returncode != 0 and "Read-only" in write.stderr
+        seen = json.loads(probe.stdout)
+        machine = node["Config"]["Labels"][MACHINE_LABEL]
+        assert seen["quota_us"] == round(capacity.node(machine).cpu_cores * CPU_PERIOD_US)
+        assert seen["period_us"] == CPU_PERIOD_US
+        assert "Read-only" in seen["write"]
+        assert seen["egress"] != "connected"
+        assert seen["uid"] == 10001
 
         # Real digits through the gateway: every request answered, the three stages
         # visited in order with the deployed variants, the manifest's accuracy.
