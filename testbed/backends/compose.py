@@ -17,6 +17,7 @@ image with ``network: none``). Works with ``docker compose`` (v2) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,7 +76,11 @@ def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 def project_containers(project: str) -> list[dict[str, Any]]:
     """``docker inspect`` of every container (running or not) of a Compose project."""
-    ids = _docker("ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={project}").stdout.split()
+    listing = _docker("ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={project}")
+    if listing.returncode != 0:
+        # Never report "nothing left" when the engine could not be asked.
+        raise RuntimeError(f"`docker ps` failed: {_tail(listing.stderr)}")
+    ids = listing.stdout.split()
     if not ids:
         return []
     done = _docker("inspect", *ids)
@@ -85,7 +90,7 @@ def project_containers(project: str) -> list[dict[str, Any]]:
 
 def project_networks(project: str) -> list[str]:
     """Names of the networks a Compose project created."""
-    out = _docker(
+    listing = _docker(
         "network",
         "ls",
         "-q",
@@ -93,8 +98,10 @@ def project_networks(project: str) -> list[str]:
         f"label={PROJECT_LABEL}={project}",
         "--format",
         "{{.Name}}",
-    ).stdout
-    return out.split()
+    )
+    if listing.returncode != 0:
+        raise RuntimeError(f"`docker network ls` failed: {_tail(listing.stderr)}")
+    return listing.stdout.split()
 
 
 def _say(msg: str) -> None:
@@ -162,7 +169,9 @@ class ComposeBackend(Backend):
                 lambda: self._deploy(endpoints, scenario, scale, deployment),
             )
         except BaseException:
-            self.save_logs()
+            # Keep the containers' output for the post-mortem, then leave nothing behind.
+            with contextlib.suppress(Exception):
+                self.save_logs()
             self.down()
             raise
         return endpoints
@@ -275,7 +284,7 @@ class ComposeBackend(Backend):
         self, endpoints: Endpoints, scenario: Scenario, scale: Capacity, deployment: Deployment
     ) -> None:
         from testbed.controller import Controller
-        from testbed.zoo.build import DEFAULT_DIR
+        from testbed.zoo import DEFAULT_DIR  # torch-free
 
         model_dir = Path(self.model_dir or DEFAULT_DIR)
         Controller(endpoints, scenario, scale, self.state_dir, model_dir).deploy(deployment)
