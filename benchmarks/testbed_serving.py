@@ -14,11 +14,15 @@ be the bottleneck; the report says so.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +32,26 @@ from testbed_load import closed_loop, ensure_zoo, one_stage, raw_throughput, tes
 from testbed import cgroups
 from testbed.backends.local import LocalBackend
 from testbed.capacity import plan_capacity
+from testbed.controller import Controller
 from testbed.zoo.manifest import DEFAULT_DIR
+
+
+def stage_counters(stage_url: str, node_url: str) -> dict[str, float]:
+    """Cumulative CPU of the node, compute time, items, calls and batches of the stage."""
+    text = httpx.get(stage_url + "/metrics").text
+
+    def total(name: str) -> float:
+        pat = rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
+        return sum(float(v) for v in re.findall(pat, text, re.M))
+
+    return {
+        "t": time.perf_counter(),
+        "cpu_s": httpx.get(node_url + "/usage").json()["cpu_seconds"],
+        "service_s": total("stage_service_seconds_sum"),
+        "items": total("stage_items_total"),
+        "calls": total("stage_calls_total"),
+        "batches": total("stage_batch_size_count"),
+    }
 
 
 def main() -> None:
@@ -64,11 +87,25 @@ def main() -> None:
             warnings.simplefilter("ignore")
             endpoints = backend.up(sc, dep, cap)
         try:
+            for f in backend.reserve_procs():  # the client is the load generator: reserve
+                Path(f).write_text(str(os.getpid()))
             images = test_images(DEFAULT_DIR)
             closed_loop(endpoints.gateway, images, 200, a.concurrency)  # warm-up
+            (inst,) = Controller.load(backend.state_dir).instances.values()
+            stage_url = endpoints.instance_url(inst.node, inst.port)
+            before = stage_counters(stage_url, endpoints.nodes[inst.node])
             res = closed_loop(endpoints.gateway, images, a.requests, a.concurrency)
+            after = stage_counters(stage_url, endpoints.nodes[inst.node])
         finally:
+            if confined:
+                cgroups.leave(os.getpid())
             backend.down()
+    d = {k: after[k] - before[k] for k in after}
+    # CPU per item: raw saturates its quota; served is what the server's cgroup used
+    raw_cpu_ms = 1000 * a.quota / raw
+    served_cpu_ms = 1000 * d["cpu_s"] / d["items"]
+    per_call = d["items"] / d["calls"] if d["calls"] else float("nan")
+    util = d["cpu_s"] / (d["t"] * a.quota)
     served = res.throughput()
     ratio = served / raw
     lat = np.array(res.latency_s) * 1000
@@ -95,6 +132,14 @@ def main() -> None:
             "",
             f"**throughput ratio served / raw = {ratio:.3f}** (goal ≥ 0.8); "
             f"failed requests: {res.failed}.",
+            "",
+            f"Inside the emulated server during the run: CPU used {util:.0%} of its quota; "
+            f"CPU per item {served_cpu_ms:.3f} ms served vs {raw_cpu_ms:.3f} ms raw, so the "
+            f"stage's own serving efficiency is {raw_cpu_ms / served_cpu_ms:.2f} (HTTP, "
+            f"batching and the node agent cost the rest); {per_call:.1f} items per "
+            f"gateway→stage call, mean batch {d['items'] / max(d['batches'], 1):.1f}. Quota "
+            "use well below 100 % means the stage was starved (client or gateway short of "
+            "CPU on this shared host).",
             "",
             f"Command: `.venv/bin/python benchmarks/testbed_serving.py --quota {a.quota:g} "
             f"--batch {a.batch} --requests {a.requests} --concurrency {a.concurrency}`",

@@ -49,30 +49,47 @@ class Cgroup:
     paths: tuple[str, ...]
 
     @classmethod
-    def create(cls, name: str, cpu_cores: float, ram_gb: float) -> Cgroup:
-        """Make the group with a quota of ``cpu_cores`` (10 ms period) and ``ram_gb`` of memory."""
+    def create(
+        cls, name: str, cpu_cores: float | None, ram_gb: float | None, weight: float = 1.0
+    ) -> Cgroup:
+        """Make the group: a quota of ``cpu_cores`` (10 ms period), ``ram_gb`` of memory.
+
+        ``None`` leaves that resource unlimited; ``weight`` scales the group's share
+        of contended CPU relative to a default group (1.0), e.g. 4.0 for the
+        reserve that the gateway and the load generator run in.
+        """
         v = version()
         if v is None:
             raise RuntimeError("no cgroup v1 (cpu, memory) or v2 hierarchy under /sys/fs/cgroup")
-        quota = max(round(cpu_cores * CPU_PERIOD_US), 1000)
-        mem = int(ram_gb * 1024**3)
+        quota = None if cpu_cores is None else max(round(cpu_cores * CPU_PERIOD_US), 1000)
+        mem = None if ram_gb is None else int(ram_gb * 1024**3)
         if v == 2:
             parent = ROOT / PARENT
             parent.mkdir(exist_ok=True)
             _write(parent / "cgroup.subtree_control", "+cpu +memory", ok_fail=True)
             path = parent / name
             path.mkdir(exist_ok=True)
-            _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
-            _write(path / "memory.max", str(mem))
+            if quota is not None:
+                _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            if mem is not None:
+                _write(path / "memory.max", str(mem))
+            _write(path / "cpu.weight", str(min(max(round(100 * weight), 1), 10000)))
             return cls(name, 2, (str(path),))
         paths = _v1_paths(name)
         for p in paths:
             p.mkdir(parents=True, exist_ok=True)
         cpu, memory = paths[0], paths[1]
-        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-        _write(cpu / "cpu.cfs_quota_us", str(quota))
-        _write(memory / "memory.limit_in_bytes", str(mem))
+        if quota is not None:
+            _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(cpu / "cpu.cfs_quota_us", str(quota))
+        if mem is not None:
+            _write(memory / "memory.limit_in_bytes", str(mem))
+        _write(cpu / "cpu.shares", str(max(round(1024 * weight), 2)))
         return cls(name, 1, tuple(str(p) for p in paths))
+
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files a process writes its PID into to join the group."""
+        return [str(Path(p) / "cgroup.procs") for p in self.paths]
 
     @classmethod
     def open(cls, name: str) -> Cgroup:
@@ -148,6 +165,14 @@ def _v1_paths(name: str) -> list[Path]:
     if separate_acct:
         paths.append(ROOT / "cpuacct" / PARENT / name)
     return paths
+
+
+def leave(pid: int) -> None:
+    """Move ``pid`` back to the root groups (so the group it was in can be removed)."""
+    v = version()
+    roots = [ROOT] if v == 2 else [p.parent.parent for p in _v1_paths("x")]
+    for r in roots:
+        _write(r / "cgroup.procs", str(pid), ok_fail=True)
 
 
 def leftovers() -> list[str]:

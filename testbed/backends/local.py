@@ -1,7 +1,9 @@
 """The local backend (default): emulated servers as node-agent processes, cgroups as root.
 
 Layout of a running testbed, all on 127.0.0.1:
-    registry, feature store, gateway    unconfined, in the host's reserve
+    registry, feature store, gateway    in the host's reserve: as root a cgroup without
+                                        quota but with 4× the CPU weight, so a busy
+                                        host does not starve the gateway
     node-agent per machine              in its own cgroup (cpu quota = the machine's
                                         scaled cores with a 10 ms period, memory
                                         limit = its RAM) when running as root;
@@ -39,6 +41,9 @@ from testbed.zoo.manifest import DEFAULT_DIR
 from twin.spec import Deployment, Scenario
 
 STATE = "local.json"
+# CPU weight of the reserve (gateway, registry, feature store, and a load generator
+# that joins it) relative to any other group or process on a contended host
+PLATFORM_WEIGHT = 4.0
 HOST = "127.0.0.1"
 
 
@@ -126,6 +131,14 @@ class LocalBackend(Backend):
             urls = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
             node_ports = {n.name: free_port(HOST) for n in scale.nodes}
             node_urls = {n: f"http://{HOST}:{p}" for n, p in node_ports.items()}
+            reserve: list[str] = []
+            if confine:  # the host's reserve: no quota, a larger share when CPU is contended
+                platform = cgroups.Cgroup.create(
+                    f"{self._tag()}-platform", None, None, weight=PLATFORM_WEIGHT
+                )
+                self.cgroups.append(platform)
+                self._save()
+                reserve = platform.procs_files()
             self._spawn(
                 "registry",
                 service_argv(
@@ -136,6 +149,7 @@ class LocalBackend(Backend):
                     root=self.state_dir / "registry",
                 ),
                 logs,
+                reserve,
             )
             self._spawn(
                 "features",
@@ -147,6 +161,7 @@ class LocalBackend(Backend):
                     db=self.state_dir / "features.sqlite",
                 ),
                 logs,
+                reserve,
             )
             targets = ",".join(f"{n}={u}" for n, u in node_urls.items())
             self._spawn(
@@ -161,6 +176,7 @@ class LocalBackend(Backend):
                     targets=targets,
                 ),
                 logs,
+                reserve,
             )
             for node in scale.nodes:
                 procs_files: list[str] = []
@@ -171,7 +187,7 @@ class LocalBackend(Backend):
                     )
                     self.cgroups.append(cg)
                     self._save()
-                    procs_files = [str(Path(p) / "cgroup.procs") for p in cg.paths]
+                    procs_files = cg.procs_files()
                     cg_name = cg.name
                 argv = service_argv(
                     "node",
@@ -195,6 +211,14 @@ class LocalBackend(Backend):
         except BaseException:
             self.down()
             raise
+
+    def reserve_procs(self) -> list[str]:
+        """``cgroup.procs`` files of the host's reserve, for a load generator to join
+        (empty when unconfined); call :func:`testbed.cgroups.leave` before ``down``."""
+        for cg in self.cgroups:
+            if cg.name.endswith("-platform"):
+                return cg.procs_files()
+        return []
 
     def _tag(self) -> str:
         """Short id of the state directory: cgroup names of two testbeds never clash."""

@@ -1,9 +1,12 @@
 """Dynamic batching: items wait until ``max_batch`` are queued or ``max_wait_ms`` passes.
 
-The batcher owns one worker task and one inference thread. Its model function
-and limits can be swapped at any time (:meth:`DynamicBatcher.configure`): the
-batch being computed finishes with the old model, the next uses the new one, and
-no queued item is dropped.
+The batcher owns one worker task. Its model function and limits can be swapped
+at any time (:meth:`DynamicBatcher.configure`): the batch being computed
+finishes with the old model, the next uses the new one, and no queued item is
+dropped. The model runs inline on the event loop by default — on a CPU-limited
+server a hand-off to a worker thread costs more than it overlaps — or in one
+worker thread (``inline=False``), which keeps the loop answering while a slow
+batch runs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,14 +36,24 @@ class ItemResult:
 
 
 @dataclass
+class _Call:
+    """The items of one ``submit``: answered together when the last one is done."""
+
+    future: asyncio.Future
+    results: list[ItemResult | None]
+    left: int
+
+
+@dataclass
 class _Item:
     row: np.ndarray
     t_enqueue: float
-    future: asyncio.Future
+    call: _Call
+    index: int = field(default=0)
 
 
 class DynamicBatcher:
-    """Forms batches from single items; runs ``run_batch`` in a worker thread.
+    """Forms batches from single items and runs ``run_batch`` on them (see module doc).
 
     ``observe(batch_size, service_s, queue_s_list)`` is called after each batch
     (for metrics). ``tag`` names the current model (e.g. its variant) and is
@@ -55,6 +68,7 @@ class DynamicBatcher:
         tag: str = "",
         observe: Callable[[int, float, list[float]], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        inline: bool = True,
     ):
         self._run = run_batch
         self.max_batch = max_batch
@@ -65,7 +79,7 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._pool = None if inline else ThreadPoolExecutor(1, thread_name_prefix="infer")
         self.batches = 0
 
     def configure(
@@ -107,60 +121,74 @@ class DynamicBatcher:
                 await self._task
             self._task = None
         for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("server stopping"))
+            if not item.call.future.done():
+                item.call.future.set_exception(RuntimeError("server stopping"))
         self._queue.clear()
-        self._pool.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     async def submit(self, rows: np.ndarray) -> list[ItemResult]:
         """Queue each row of ``rows`` (n × d); return their results in order."""
         self.start()
-        loop = asyncio.get_running_loop()
         now = self._clock()
-        items = [_Item(r, now, loop.create_future()) for r in rows]
-        self._queue.extend(items)
+        call = _Call(asyncio.get_running_loop().create_future(), [None] * len(rows), len(rows))
+        if not len(rows):
+            return []
+        self._queue.extend(_Item(r, now, call, k) for k, r in enumerate(rows))
         assert self._wakeup is not None
         self._wakeup.set()
-        return list(await asyncio.gather(*(i.future for i in items)))
+        return await call.future
+
+    async def _wait_for_batch(self) -> None:
+        """Until the queue holds a full batch or its oldest item waited ``max_wait_ms``."""
+        assert self._wakeup is not None
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        loop = asyncio.get_running_loop()
+        while len(self._queue) < self.max_batch:
+            left = self._queue[0].t_enqueue + self.max_wait_ms / 1000 - self._clock()
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            timer = loop.call_later(left, self._wakeup.set)  # cheaper than wait_for
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     async def _worker(self) -> None:
-        assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            # wait for a full batch, at most max_wait after the oldest item arrived
-            while len(self._queue) < self.max_batch:
-                left = self._queue[0].t_enqueue + self.max_wait_ms / 1000 - self._clock()
-                if left <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), left)
-                except TimeoutError:
-                    break
+            await self._wait_for_batch()
             n = min(self.max_batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
             run, tag = self._run, self.tag
             t_start = self._clock()
+            x = np.stack([i.row for i in batch])
             try:
-                out = await loop.run_in_executor(
-                    self._pool, _run_timed, run, np.stack([i.row for i in batch])
-                )
-            except Exception as e:  # a failing model fails its batch, not the server
+                if self._pool is None:
+                    outputs, service_s = _run_timed(run, x)
+                else:
+                    outputs, service_s = await loop.run_in_executor(self._pool, _run_timed, run, x)
+            except Exception as e:  # a failing model fails its batch's calls, not the server
                 for i in batch:
-                    if not i.future.done():
-                        i.future.set_exception(e)
+                    if not i.call.future.done():
+                        i.call.future.set_exception(e)
                 continue
-            outputs, service_s = out
             self.batches += 1
             queue_s = [t_start - i.t_enqueue for i in batch]
+            service_ms = service_s * 1000
             for i, q, row in zip(batch, queue_s, outputs, strict=True):
-                if not i.future.done():
-                    i.future.set_result(ItemResult(row, q * 1000, service_s * 1000, n, tag))
+                call = i.call
+                call.results[i.index] = ItemResult(row, q * 1000, service_ms, n, tag)
+                call.left -= 1
+                if call.left == 0 and not call.future.done():
+                    call.future.set_result(call.results)
             if self._observe is not None:
                 self._observe(n, service_s, queue_s)
+            if self._pool is None:
+                await asyncio.sleep(0)  # let the loop read new requests between batches
 
 
 def _run_timed(run: RunBatch, x: np.ndarray) -> tuple[np.ndarray, float]:

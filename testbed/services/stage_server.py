@@ -106,6 +106,7 @@ class StageServer:
             "stage_batch_size", "Items per batch", lab, buckets=BATCH_BUCKETS, registry=self.reg
         )
         self.m_items = Counter("stage_items", "Items served", lab, registry=self.reg)
+        self.m_calls = Counter("stage_calls", "HTTP calls to /v1/batch", registry=self.reg)
         self.m_qlen = Gauge("stage_queue_length", "Items waiting for a batch", registry=self.reg)
         self.m_switch = Counter(
             "stage_config_changes", "Live configuration changes", registry=self.reg
@@ -171,6 +172,7 @@ def create_app(server: StageServer) -> Starlette:
             rows = np.frombuffer(await req.body(), dtype=np.float32).reshape(n, d)
         except (KeyError, ValueError) as e:
             return error(f"bad batch: {e}")
+        server.m_calls.inc()
         assert server.batcher is not None
         try:
             results = await server.batcher.submit(rows)

@@ -68,17 +68,10 @@ def train(x: np.ndarray, y: np.ndarray, steps: int, seed: int, hidden: int = 128
 
     with torch.no_grad():
         acc = float((model(xt[te]).argmax(1) == yt[te]).float().mean()) if len(te) else float("nan")
+    from testbed.zoo.build import export_onnx
+
     buf = io.BytesIO()
-    torch.onnx.export(
-        Scaled(),
-        (torch.zeros(1, x.shape[1]),),
-        buf,
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-    )
+    export_onnx(Scaled(), x.shape[1], buf)
     return {
         "onnx": buf.getvalue(),
         "accuracy": acc,

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,20 +81,30 @@ def fit_service_time(latency: dict[int, dict], max_batch: int = 8) -> dict[str, 
     return {"mean_ms": t1, "per_item_ms": max(slope, 0.0), "cv": min(max(cv, 0.05), 1.0)}
 
 
-def _export(model: Any, input_dim: int, path: Path) -> None:
+def export_onnx(model: Any, input_dim: int, dest: Path | Any) -> None:
+    """Export ``model`` (float32 (batch, input_dim) → (batch, out)) to ONNX, opset 17.
+
+    The classic TorchScript exporter (``dynamo=False``) needs no onnxscript; its
+    deprecation notices are silenced here, and only here.
+    """
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, input_dim),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-    )
+    if isinstance(dest, Path):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = str(dest)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"testbed\.")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, input_dim),),
+            dest,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )
 
 
 def _pipeline_accuracy(sessions: dict, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -145,7 +156,7 @@ def build(
         d_in, d_out = DIMS[stage]
         for variant, model in variants.items():
             path = out_dir / stage / f"{variant}.onnx"
-            _export(model, d_in, path)
+            export_onnx(model, d_in, path)
             sessions[stage][variant] = ort_session(path)
             entries[stage][variant] = {
                 "file": f"{stage}/{variant}.onnx",

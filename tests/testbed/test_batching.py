@@ -60,7 +60,7 @@ def test_live_switch_drops_nothing_and_tags_match_outputs() -> None:
         return x + 1000
 
     async def go() -> list:
-        b = DynamicBatcher(old, max_batch=2, max_wait_ms=0.0, tag="old")
+        b = DynamicBatcher(old, max_batch=2, max_wait_ms=0.0, tag="old", inline=False)
         tasks = [asyncio.ensure_future(b.submit(rows(1) + i)) for i in range(7)]
         await asyncio.sleep(0)  # let the worker pick the first batch
         while b.batches == 0 and b.queue_length == 7:
