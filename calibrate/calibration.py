@@ -65,7 +65,9 @@ class Overheads(_Model):
     per_request: ServiceTime | None = Field(
         None,
         description="Fitted distribution of a request's whole overhead (ms): latency minus "
-        "its stages' queue and service time (client lag, gateway, every HTTP hop).",
+        "its stages' queue and service time (client lag, gateway, every HTTP hop). Its "
+        "'batch size' axis is the offered rate (req/s, rounded) when the request arrived: "
+        "on a shared host the gateway's and servers' CPU contention grows with load.",
     )
 
 
@@ -224,14 +226,17 @@ def request_overhead_ms(calibration: Calibration, stage_visits: int) -> float:
     return ov.request_ms + stage_visits * ov.hop_ms
 
 
-def overhead_ms(calibration: Calibration, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` independent draws of the per-request overhead (ms) to add to twin latencies.
+def overhead_ms(
+    calibration: Calibration, rates_per_s: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One independent draw of the per-request overhead (ms) per request.
 
-    From the fitted distribution when there is one, else the constant mean
-    (hops of every stage of a chain, see :func:`request_overhead_ms`).
+    ``rates_per_s`` is the offered rate when each request arrived (the
+    model's covariate). Zeros when the calibration has no overhead model.
     """
+    rates = np.maximum(np.rint(np.asarray(rates_per_s, dtype=float)), 1).astype(int)
     model = calibration.overheads.per_request
     if model is None:
-        return np.zeros(n)
+        return np.zeros(rates.size)
     sample = make_sampler(model, rng)
-    return np.array([sample(1) for _ in range(n)]) * 1e3
+    return np.array([sample(int(r)) for r in rates]) * 1e3

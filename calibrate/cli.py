@@ -231,7 +231,9 @@ def validate(
     near_saturation: Annotated[str, typer.Option(help="Reported separately.")] = "steady-high",
     duration: Annotated[float, typer.Option(help="Seconds per held-out workload.")] = 60.0,
     fit_workload: Annotated[str, typer.Option(help="Workload of the fit run.")] = "steady-low",
-    fit_rate_scale: Annotated[float, typer.Option(help="Rate multiplier of the fit run.")] = 2.0,
+    fit_rate_scales: Annotated[
+        str, typer.Option(help="Rate multipliers of the fit runs (load levels), comma-separated.")
+    ] = "0.5,3",
     fit_duration: Annotated[float, typer.Option(help="Seconds of the fit run.")] = 40.0,
     replications: Annotated[int, typer.Option(help="Twin replications per workload.")] = 3,
     seed: Annotated[int, typer.Option(help="Arrival seed of the held-out runs.")] = 1,
@@ -250,7 +252,8 @@ def validate(
     cfg = ValidateConfig(
         scenario, deployment, workloads=tuple(filter(None, workloads.split(","))),
         near_saturation=tuple(filter(None, near_saturation.split(","))),
-        fit_workload=fit_workload, fit_rate_scale=fit_rate_scale, fit_duration_s=fit_duration,
+        fit_workload=fit_workload, fit_rate_scales=_floats(fit_rate_scales),
+        fit_duration_s=fit_duration,
         duration_s=duration, seed=seed, replications=replications, profile=profile_dir,
     )  # fmt: skip
     out_dir = Path("runs") / (name or time.strftime("validate-%Y%m%d-%H%M%S"))

@@ -33,7 +33,8 @@ from twin.criteria import CRITERIA, placement_criteria
 from twin.evaluate import evaluate
 from twin.load import load_deployment, load_scenario
 from twin.runs import atomic_dir
-from twin.spec import Deployment, Scenario
+from twin.spec import Deployment, Scenario, Workload
+from twin.workload import rate_at
 
 
 @dataclass
@@ -153,7 +154,7 @@ def run_deploy_back(
                           keep_records=calibration is not None)  # fmt: skip
             twin = dict(zip(CRITERIA, ev.criteria(), strict=True))
             if calibration is not None and ev.requests is not None:
-                twin = _with_overhead(ev.requests, twin_sc, dep, cfg, calibration)
+                twin = _with_overhead(ev.requests, twin_sc, dep, w, cfg, calibration)
             for c in CRITERIA:
                 rows.append({"deployment": label, "criterion": c,
                              "optimizer": opt.predicted.get(label, {}).get(c, math.nan),
@@ -168,6 +169,7 @@ def _with_overhead(
     requests: pd.DataFrame,
     sc: Scenario,
     dep: Deployment,
+    workload: Workload,
     cfg: DeployBackConfig,
     calibration: cal.Calibration,
 ) -> dict[str, float]:
@@ -175,7 +177,8 @@ def _with_overhead(
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(8,)))
     per = []
     for _, rep in requests.groupby("replication"):
-        extra = cal.overhead_ms(calibration, len(rep), rng) / 1e3
+        rates = np.array([rate_at(workload, t) for t in rep["t_arrive"]])
+        extra = cal.overhead_ms(calibration, rates, rng) / 1e3
         rep = rep.assign(t_end=rep["t_end"] + extra)
         per.append(placement_criteria(rep, sc, dep, cfg.duration_s, cfg.duration_s + cfg.drain_s))
     return {c: float(np.mean([p[c] for p in per])) for c in CRITERIA}

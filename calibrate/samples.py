@@ -14,7 +14,8 @@ import pandas as pd
 
 from calibrate.fit import SAMPLE_COLUMNS
 from twin.deployment import stage_config
-from twin.spec import Deployment, Scenario
+from twin.spec import Deployment, Scenario, Workload
+from twin.workload import rate_at
 
 
 def _stage_rows(visits: pd.DataFrame, scenario: Scenario) -> pd.DataFrame:
@@ -115,15 +116,21 @@ def overheads(requests: pd.DataFrame, visits: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def request_overheads_ms(requests: pd.DataFrame, visits: pd.DataFrame) -> np.ndarray:
-    """Per answered request: latency minus its stages' queue and service time (ms).
+def request_overheads(
+    requests: pd.DataFrame, visits: pd.DataFrame, workload: Workload
+) -> pd.DataFrame:
+    """Per answered request: offered rate at arrival and latency minus stage time (ms).
 
-    What is left is everything the twin's stage queues do not simulate: the
+    The overhead is everything the twin's stage queues do not simulate: the
     client's send lag, client ↔ gateway, the gateway's own work and every
-    stage's HTTP hop. Latency is from the *scheduled* arrival, as in the twin.
+    stage's HTTP hop. Latency is from the *scheduled* arrival, as in the
+    twin. ``rate_per_s`` is ``workload``'s offered rate at that instant.
     """
     inside = (visits["queue_s"] + visits["service_s"]).groupby(visits["pid"]).sum()
     ok = requests[requests["ok"]].set_index("pid")
     pids = ok.index.intersection(inside.index)
-    total = ok.loc[pids, "t_end"] - ok.loc[pids, "t_arrive"]
-    return ((total - inside.loc[pids]) * 1e3).clip(lower=1e-3).to_numpy(dtype=float)
+    arrive = ok.loc[pids, "t_arrive"].to_numpy(dtype=float)
+    total = ok.loc[pids, "t_end"].to_numpy(dtype=float) - arrive
+    over = ((total - inside.loc[pids].to_numpy(dtype=float)) * 1e3).clip(min=1e-3)
+    rates = np.array([rate_at(workload, t) for t in arrive], dtype=float)
+    return pd.DataFrame({"rate_per_s": rates, "overhead_ms": over})

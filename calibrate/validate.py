@@ -1,12 +1,14 @@
 """``mlops-twin calibrate validate``: one deployment on the testbed and in the calibrated twin.
 
 1. ``testbed up`` with the deployment;
-2. a **fit run** at a load level used for nothing else (the scenario's
-   ``fit_workload`` × ``fit_rate_scale``, its own arrival seed; half before
-   and half after the held-out runs, so host drift cannot favour one): its raw
+2. **fit runs** at two load levels used for nothing else (the scenario's
+   ``fit_workload`` × each of ``fit_rate_scales``, their own arrival seeds;
+   half before and half after the held-out runs, so a drift of the host's
+   background load cannot favour either side): their raw
    per-visit rows give each deployed stage's service time at the CPU share it
-   really had, and its per-request rows the overhead distribution (latency
-   minus stage queue and service: client lag, gateway, HTTP hops);
+   really had, and their per-request rows the overhead distribution
+   (latency minus stage queue and service: client lag, gateway, HTTP hops) as
+   a function of the offered rate (two levels: mean and cv interpolate);
 3. the **held-out runs**: the validation workloads, other rates, other seed;
 4. ``testbed down`` (always);
 5. fit (:mod:`calibrate.fit`; a profile folder fills in what the fit run did
@@ -40,13 +42,14 @@ from calibrate.experiment import (
     run_workloads,
 )
 from calibrate.fit import fit_samples, fit_variant
-from calibrate.samples import overheads, request_overheads_ms, testbed_samples
+from calibrate.samples import overheads, request_overheads, testbed_samples
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
 from twin.evaluate import Evaluation, evaluate
 from twin.load import load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
-from twin.spec import Deployment, Scenario
+from twin.spec import Deployment, Scenario, Workload
+from twin.workload import rate_at
 
 METRICS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "cpu_cores")
 
@@ -58,7 +61,7 @@ class ValidateConfig:
     workloads: tuple[str, ...] = ("steady-low", "fluctuating", "steady-high")
     near_saturation: tuple[str, ...] = ("steady-high",)  # reported separately
     fit_workload: str = "steady-low"
-    fit_rate_scale: float = 2.0  # the fit level: not one of the validation levels
+    fit_rate_scales: tuple[float, ...] = (0.5, 3.0)  # fit levels: not validation levels
     fit_duration_s: float = 40.0
     fit_seed: int = 101
     duration_s: float = 60.0
@@ -91,13 +94,13 @@ def stage_shares(scenario: Scenario, deployment: Deployment, factor: float) -> d
 def fit_run_calibration(
     scenario: Scenario,
     scenario_file: Path,
-    fits: list[LoadResult],
+    fits: list[tuple[LoadResult, Workload]],
     shares: dict[str, float],
     profile: Path | None = None,
 ) -> cal.Calibration:
     """Calibration from the fit runs' raw rows (plus a profile for what they lack)."""
     parts = []
-    for fit in fits:
+    for fit, _ in fits:
         for component, share in shares.items():
             rows = fit.visits[fit.visits["component"].astype(str) == component]
             if len(rows):
@@ -110,9 +113,10 @@ def fit_run_calibration(
         samples = pd.concat([samples, prof[keep]], ignore_index=True)
     models = fit_samples(samples)
     # pids restart at 0 in every run: overheads are computed run by run, then pooled
-    over = np.concatenate([request_overheads_ms(f.requests, f.visits) for f in fits])
-    model = fit_variant(np.ones(over.size, dtype=int), over, component="overhead").service_time
-    per_run = [overheads(f.requests, f.visits) for f in fits]
+    over = pd.concat([request_overheads(f.requests, f.visits, w) for f, w in fits])
+    rates = np.maximum(np.rint(over["rate_per_s"].to_numpy()), 1).astype(int)
+    model = fit_variant(rates, over["overhead_ms"].to_numpy(), component="overhead").service_time
+    per_run = [overheads(f.requests, f.visits) for f, _ in fits]
     n = sum(o["n_requests"] for o in per_run)
     pooled = {k: sum(o[k] * o["n_requests"] for o in per_run) / max(n, 1)
               for k in ("hop_ms", "request_ms")}  # fmt: skip
@@ -147,12 +151,16 @@ def testbed_latency_s(o: WorkloadOutcome) -> np.ndarray:
     return (ok["t_end"] - ok["t_arrive"]).to_numpy(dtype=float)
 
 
-def twin_latency_s(ev: Evaluation, calibration: cal.Calibration, seed: int) -> np.ndarray:
+def twin_latency_s(
+    ev: Evaluation, calibration: cal.Calibration, workload: Workload, seed: int
+) -> np.ndarray:
     """Finished twin requests' latency plus an independent overhead draw each (s)."""
     req = ev.requests.dropna(subset=["t_end"]) if ev.requests is not None else pd.DataFrame()
-    lat = (req["t_end"] - req["t_arrive"]).to_numpy(dtype=float)
+    arrive = req["t_arrive"].to_numpy(dtype=float)
+    lat = req["t_end"].to_numpy(dtype=float) - arrive
+    rates = np.array([rate_at(workload, t) for t in arrive])
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
-    return lat + cal.overhead_ms(calibration, lat.size, rng) / 1e3
+    return lat + cal.overhead_ms(calibration, rates, rng) / 1e3
 
 
 def twin_cpu_cores(ev: Evaluation, scenario: Scenario, duration_s: float) -> float:
@@ -197,7 +205,7 @@ def comparison(
         ev = evaluate(calibrated, dep, w, cfg.duration_s, cfg.replications, cfg.seed,
                       keep_records=True)  # fmt: skip
         o.twin = ev
-        tb_lat, tw_lat = testbed_latency_s(o), twin_latency_s(ev, calibration, cfg.seed)
+        tb_lat, tw_lat = testbed_latency_s(o), twin_latency_s(ev, calibration, w, cfg.seed)
         lat[o.name] = (tb_lat, tw_lat)
         tb = _latency_stats(tb_lat)
         tw = _latency_stats(tw_lat)
@@ -248,17 +256,18 @@ def report_text(
     dep: Deployment,
     calibration: cal.Calibration,
     tab: pd.DataFrame,
-    fit_summary: dict[str, float],
+    fit_rates: list[float],
     targets: Targets,
     wall_s: float,
 ) -> str:
     lines = [
         f"# Validation: {sc.name} / {dep.name} — testbed vs calibrated twin",
         "",
-        f"- fit runs: {cfg.fit_workload} × {cfg.fit_rate_scale:g} "
-        f"({fit_summary.get('offered_rps', math.nan):.1f} req/s offered), "
-        f"2 × {cfg.fit_duration_s / 2:g} s before and after the held-out runs, arrival seeds "
-        f"{cfg.fit_seed} and {cfg.fit_seed + 1}",
+        f"- fit runs: {cfg.fit_workload} × "
+        + " and × ".join(f"{x:g}" for x in cfg.fit_rate_scales)
+        + f" ({', '.join(f'{r:.1f}' for r in fit_rates)} req/s offered), each "
+        f"{cfg.fit_duration_s / 2 / len(cfg.fit_rate_scales):g} s before and as long after "
+        f"the held-out runs, arrival seeds from {cfg.fit_seed}",
         f"- held-out runs: {', '.join(cfg.workloads)}; {cfg.duration_s:g} s each, arrival "
         f"seed {cfg.seed}; twin: {cfg.replications} replications (replication 0 has the "
         "testbed's arrival instants)",
@@ -327,29 +336,32 @@ def run_validation(
             targets = testbed.up(cfg.scenario, cfg.deployment)
             if not cfg.shares:
                 cfg.shares = stage_shares(sc, dep, targets.factor or 1.0)
-            fit_w = scale_workload(sc.workload(cfg.fit_workload), cfg.fit_rate_scale)
-            fit_w = fit_w.model_copy(update={"name": f"fit-{cfg.fit_workload}"})
-            half = cfg.fit_duration_s / 2
+            base = sc.workload(cfg.fit_workload)
+            levels = [
+                scale_workload(base, x).model_copy(update={"name": f"fit-{x:g}x"})
+                for x in cfg.fit_rate_scales
+            ]
+            part = cfg.fit_duration_s / 2 / len(levels)
 
-            def fit_run(i: int) -> LoadResult:
-                # Two halves bracket the held-out runs, so a drift of the host's
-                # background load during the session biases neither side.
+            def fit_run(w: Workload, i: int) -> tuple[LoadResult, Workload]:
                 run = LoadRun(
-                    sc, fit_w, targets.gateway, half, seed=cfg.fit_seed + i,
+                    sc, w, targets.gateway, part, seed=cfg.fit_seed + i,
                     drain_s=cfg.drain_s, metrics_targets=targets.metrics,
                     replica_nodes=targets.replica_nodes or None,
                 )  # fmt: skip
-                say(f"fit run {i + 1}/2: {fit_w.name} for {half:g} s")
-                result = execute(run, tmp / "load" / f"fit-{i + 1}" / "raw")
-                write_result(run, result, tmp / "load" / f"fit-{i + 1}")
-                return result
+                say(f"fit run: {w.name} for {part:g} s")
+                sub = tmp / "load" / f"{w.name}-{i}"
+                result = execute(run, sub / "raw")
+                write_result(run, result, sub)
+                return result, w
 
-            fits = [fit_run(0)]
+            # Both levels before and, in reverse order, after the held-out runs.
+            fits = [fit_run(w, i) for i, w in enumerate(levels)]
             exp = ExperimentConfig(cfg.scenario, cfg.deployment, workloads=cfg.workloads,
                                    duration_s=cfg.duration_s, seed=cfg.seed,
                                    replications=cfg.replications, drain_s=cfg.drain_s)  # fmt: skip
             outcomes = run_workloads(exp, sc, targets, tmp, say)
-            fits.append(fit_run(1))
+            fits += [fit_run(w, len(levels) + i) for i, w in enumerate(reversed(levels))]
         finally:
             say("testbed down")
             testbed.down()
@@ -365,7 +377,8 @@ def run_validation(
         write_table(tab, tmp / "comparison")
         tab.to_csv(tmp / "comparison.csv", index=False)
         plot_cdfs(lat, tmp / "latency_cdf.png")
-        text = report_text(cfg, sc, dep, calibration, tab, fits[0].summary, targets,
+        fit_rates = [f.summary.get("offered_rps", math.nan) for f, _ in fits[: len(levels)]]
+        text = report_text(cfg, sc, dep, calibration, tab, fit_rates, targets,
                            time.perf_counter() - started)  # fmt: skip
         (tmp / "report.md").write_text(text)
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

@@ -120,3 +120,29 @@ def test_testbed_rows_collapse_to_one_sample_per_batch_execution():
     s = testbed_samples(visits, 0.5)
     assert sorted(s["batch"]) == [1, 3, 3]
     assert (s["cpu_share"] == 0.5).all()
+
+
+def test_overhead_draws_follow_the_offered_rate(samples):
+    import numpy as np
+
+    sc = load_scenario(SCENARIO)
+    model = LognormalServiceTime(kind="lognormal", mean_ms=10.0, per_item_ms=0.5, cv=0.2)
+    doc = cal.build(fit_samples(samples), sc, per_request=model)
+    rng = np.random.default_rng(0)
+    low = cal.overhead_ms(doc, np.full(4000, 1.0), rng)
+    high = cal.overhead_ms(doc, np.full(4000, 101.0), rng)
+    assert low.mean() == pytest.approx(10.0, rel=0.03)
+    assert high.mean() == pytest.approx(60.0, rel=0.03)
+
+
+def test_request_overheads_subtract_stage_time():
+    from calibrate.samples import request_overheads
+    from twin.spec import SteadyWorkload
+
+    requests = pd.DataFrame({"pid": [0, 1], "ok": [True, False], "t_arrive": [1.0, 2.0],
+                             "t_end": [1.050, float("nan")]})  # fmt: skip
+    visits = pd.DataFrame({"pid": [0, 0], "queue_s": [0.002, 0.003], "service_s": [0.001, 0.004]})
+    w = SteadyWorkload(kind="steady", name="w", rate_per_s=42)
+    out = request_overheads(requests, visits, w)
+    assert out["overhead_ms"].tolist() == pytest.approx([40.0])
+    assert out["rate_per_s"].tolist() == [42.0]

@@ -1,0 +1,91 @@
+"""Fidelity of the calibrated twin on held-out runs of the real testbed.
+
+Runs ``calibrate.validate.run_validation`` on the digits pipeline (local
+backend): a fit run at steady-low × 2 (two halves bracketing the rest), then
+steady-low, fluctuating and steady-high as held-out runs; the calibrated twin
+predicts each. Prints and saves the error table (p50/p95 goal: ≤ 10% / ≤ 15%
+at steady-low and fluctuating; steady-high is reported separately as near
+saturation) and the machine's load, which on a shared 2-core host dominates
+the testbed's latency. The run folder (report, CDFs, calibration file, raw
+request logs) is kept under ``runs/``.
+
+Usage::
+
+    .venv/bin/python benchmarks/calibrate_fidelity.py [--duration 60] [--fit-duration 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, markdown_table, write_result
+
+from calibrate.experiment import CliTestbed
+from calibrate.validate import ValidateConfig, run_validation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="s per held-out workload")
+    ap.add_argument("--fit-duration", type=float, default=60.0, help="s of fit runs in all")
+    ap.add_argument("--replications", type=int, default=3)
+    ap.add_argument("--name", default="calibrate-fidelity")
+    a = ap.parse_args()
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    cfg = ValidateConfig(
+        ROOT / "examples" / "digits-pipeline.yaml",
+        ROOT / "examples" / "digits-pipeline.deployment.yaml",
+        duration_s=a.duration, fit_duration_s=a.fit_duration, replications=a.replications,
+    )  # fmt: skip
+    out = ROOT / "runs" / a.name
+    out.parent.mkdir(exist_ok=True)
+    testbed = CliTestbed(
+        "local", out.parent / f".{a.name}.testbed", log=out.parent / f".{a.name}.log"
+    )
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    tab = run_validation(cfg, testbed, out, lambda m: print(m, file=sys.stderr))
+    wall = time.perf_counter() - started
+    rows = [
+        [r.workload, r.level, r.metric, r.twin, r.testbed, r.error_pct] for r in tab.itertuples()
+    ]
+    held = tab[(tab["level"] == "held-out") & tab["metric"].isin(["p50_ms", "p95_ms"])]
+    fid = held.pivot(index="workload", columns="metric", values="error_pct")
+    fid_rows = [[w, r["p50_ms"], r["p95_ms"],
+                 "met" if abs(r["p50_ms"]) <= 10 and abs(r["p95_ms"]) <= 15 else "not met"]
+                for w, r in fid.iterrows()]  # fmt: skip
+    text = "\n".join(
+        [
+            "# Calibrated twin vs testbed (digits pipeline, local backend)",
+            "",
+            f"- {machine_line()} (load average {load_before:.1f} when the run began)",
+            f"- command: `.venv/bin/python benchmarks/calibrate_fidelity.py --duration "
+            f"{a.duration:g} --fit-duration {a.fit_duration:g}`; wall {wall / 60:.1f} min; "
+            f"run folder `runs/{a.name}/` (report.md, latency_cdf.png, calibration.yaml)",
+            "- fit: steady-low × 2 in two halves before/after; held out: the three workloads "
+            f"below, {a.duration:g} s each, other seed; twin {a.replications} replications + "
+            "per-request overhead drawn from the fit runs' fitted distribution",
+            "",
+            "## Fidelity (error % = (twin − testbed) / testbed)",
+            "",
+            markdown_table(
+                ["workload", "p50 error %", "p95 error %", "goal p50 ≤ 10, p95 ≤ 15"], fid_rows
+            ),
+            "",
+            "## All figures",
+            "",
+            markdown_table(["workload", "level", "metric", "twin", "testbed", "error %"], rows),
+        ]
+    )
+    write_result("calibrate_fidelity", text)
+
+
+if __name__ == "__main__":
+    main()
