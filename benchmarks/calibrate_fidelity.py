@@ -1,8 +1,9 @@
 """Fidelity of the calibrated twin on held-out runs of the real testbed.
 
 Runs ``calibrate.validate.run_validation`` on the digits pipeline (local
-backend): a fit run at steady-low × 2 (two halves bracketing the rest), then
-steady-low, fluctuating and steady-high as held-out runs; the calibrated twin
+backend): fit runs at steady-low × 0.5 and × 3 (15 and 90 req/s; half before,
+half after the rest), then steady-low, fluctuating and steady-high as held-out
+runs (other levels, other arrival seed); the calibrated twin
 predicts each. Prints and saves the error table (p50/p95 goal: ≤ 10% / ≤ 15%
 at steady-low and fluctuating; steady-high is reported separately as near
 saturation) and the machine's load, which on a shared 2-core host dominates
@@ -11,7 +12,7 @@ request logs) is kept under ``runs/``.
 
 Usage::
 
-    .venv/bin/python benchmarks/calibrate_fidelity.py [--duration 60] [--fit-duration 60]
+    .venv/bin/python benchmarks/calibrate_fidelity.py [--duration 60] [--fit-duration 80]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=60.0, help="s per held-out workload")
-    ap.add_argument("--fit-duration", type=float, default=60.0, help="s of fit runs in all")
+    ap.add_argument("--fit-duration", type=float, default=80.0, help="s of fit runs in all")
     ap.add_argument("--replications", type=int, default=3)
     ap.add_argument("--name", default="calibrate-fidelity")
     a = ap.parse_args()
@@ -69,7 +70,7 @@ def main() -> None:
             f"- command: `.venv/bin/python benchmarks/calibrate_fidelity.py --duration "
             f"{a.duration:g} --fit-duration {a.fit_duration:g}`; wall {wall / 60:.1f} min; "
             f"run folder `runs/{a.name}/` (report.md, latency_cdf.png, calibration.yaml)",
-            "- fit: steady-low × 2 in two halves before/after; held out: the three workloads "
+            "- fit: steady-low × 0.5 and × 3, half before and half after; held out: the workloads "
             f"below, {a.duration:g} s each, other seed; twin {a.replications} replications + "
             "per-request overhead drawn from the fit runs' fitted distribution",
             "",
