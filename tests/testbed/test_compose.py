@@ -187,3 +187,78 @@ def test_installed_compose_accepts_the_file(case, tmp_path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def _fake_tools(tmp_path: Path, docker_compose_v2: bool, v1: bool) -> str:
+    """A PATH with stand-in ``docker`` (answering ``compose version`` or not) and
+    optionally ``docker-compose``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    rc = 0 if docker_compose_v2 else 1
+    (bin_dir / "docker").write_text(f'#!/bin/sh\n[ "$1" = compose ] && exit {rc}\nexit 0\n')
+    if v1:
+        (bin_dir / "docker-compose").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        (True, True, ["docker", "compose"]),
+        (True, False, ["docker", "compose"]),
+        (False, True, ["docker-compose"]),
+        (False, False, None),
+    ],
+)
+def test_compose_command_prefers_v2(tmp_path, monkeypatch, v2, v1, expected):
+    monkeypatch.setenv("PATH", _fake_tools(tmp_path, v2, v1))
+    if expected is None:
+        with pytest.raises(BackendUnavailable, match="ensure-docker"):
+            compose_command()
+    else:
+        assert compose_command() == expected
+
+
+FAKE_DOCKER = r"""#!/bin/sh
+# A stand-in engine: containers and networks listed in files; rm deletes them
+# unless STUCK is set. Every call is appended to calls.log.
+S={state}
+echo "$*" >> $S/calls.log
+case "$1 $2" in
+  "ps -a") cat $S/containers ;;
+  "inspect "*) printf '[{{"Id": "c1", "Name": "/p_node-1_1"}}]' ;;
+  "rm -f") [ -n "$STUCK" ] || : > $S/containers ;;
+  "network ls") cat $S/networks ;;
+  "network rm") [ -n "$STUCK" ] || : > $S/networks ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("stuck", [False, True])
+def test_down_removes_leftovers_by_label_and_verifies(tmp_path, monkeypatch, stuck):
+    from testbed.backends.compose import ComposeBackend
+
+    state = tmp_path / "engine"
+    state.mkdir()
+    (state / "containers").write_text("c1\n")
+    (state / "networks").write_text("p_backend\np_frontend\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER.format(state=state))
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # the fake first; cat from /bin
+    monkeypatch.setenv("STUCK", "1" if stuck else "")
+    backend = ComposeBackend(state_dir=tmp_path / "tb")  # no compose file: a half-made project
+    if stuck:
+        with pytest.raises(RuntimeError, match="left"):
+            backend.down()
+    else:
+        backend.down()
+    calls = (state / "calls.log").read_text()
+    label = f"label=com.docker.compose.project={backend.project}"
+    assert f"ps -a -q --filter {label}" in calls
+    assert "rm -f -v c1" in calls
+    assert "network rm p_backend p_frontend" in calls
