@@ -16,6 +16,7 @@
 #        mirror read from the apt sources).
 # Prints one line per step with its duration (s) on stderr.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # debootstrap, dockerd live in sbin
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)

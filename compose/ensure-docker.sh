@@ -6,6 +6,7 @@
 # build-base-image.sh) and starts one dockerd in the background.
 # Exit status: 0 when an engine answers, 1 when it cannot be had (with a reason).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # debootstrap, dockerd live in sbin
 
 LOG=${DOCKERD_LOG:-/var/log/dockerd-mlops-twin.log}
 TIMEOUT_S=${DOCKERD_TIMEOUT_S:-60}
@@ -24,18 +25,21 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+{ command -v dockerd || [ -x /usr/sbin/dockerd ]; } >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker >/dev/null 2>&1 || missing+=(docker.io)
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi
-command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+{ command -v debootstrap || [ -x /usr/sbin/debootstrap ]; } >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   # Sort out duplicates (docker.io may be listed twice).
   mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
-  say "installing ${pkgs[*]} with apt-get"
+  apt_log=${APT_LOG:-/var/log/ensure-docker-apt.log}
+  say "installing ${pkgs[*]} with apt-get (log: $apt_log)"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get update -qq >&2 || ! apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2; then
+  if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } \
+      >"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
     say "apt-get could not install ${pkgs[*]}."
     exit 1
   fi
@@ -48,7 +52,8 @@ if ! pgrep -x dockerd >/dev/null 2>&1; then
   mkdir -p "$(dirname "$LOG")"
   # setsid detaches it from this script's process group so CI's clean-up of the
   # script does not take the engine down with it.
-  setsid dockerd >>"$LOG" 2>&1 </dev/null &
+  dockerd_bin=$(command -v dockerd || echo /usr/sbin/dockerd)  # sbin may be off PATH
+  setsid "$dockerd_bin" >>"$LOG" 2>&1 </dev/null &
 fi
 
 deadline=$((SECONDS + TIMEOUT_S))
