@@ -64,7 +64,7 @@ def run_cmd(
     drain: Annotated[float, typer.Option(help="Seconds to wait for answers after.")] = 10.0,
     concurrency: Annotated[
         float, typer.Option(help="Sender pool per request/s (s): Little's-law headroom.")
-    ] = 0.5,
+    ] = 1.0,
     metrics: Annotated[
         list[str] | None, typer.Option(help="Scrape target NAME=URL (repeatable).")
     ] = None,

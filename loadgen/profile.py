@@ -5,9 +5,14 @@ workload definition (scaled by ``rate_scale``), so the twin and the testbed see
 one curve. Locust's knob is the number of *users*, not a rate: in our open-loop
 design (see :mod:`loadgen.schedule`) users are only a pool of senders that take
 pre-generated Poisson arrivals off a queue, so the pool must be large enough to
-hold every request in flight. It is sized by Little's law over a short
-look-ahead: ``users(t) = ceil(max rate in [t, t + lookahead] × concurrency_s) +
-min_users``. Idle users cost nothing (they block on the queue).
+hold every request in flight. It is sized by Little's law over a short look-ahead:
+``users(t) = ceil(max rate in [t, t + lookahead] × concurrency_s) + min_users``.
+Idle users cost nothing (they block on the queue). When the system's latency
+exceeds ``concurrency_s`` at full rate, every sender is busy and arrivals wait in
+the queue: that wait is recorded (``lag_s``) and counted in each request's
+latency (measured from its scheduled time), so latency stays open-loop-correct,
+but the system then sees less than the offered rate — the run's
+achieved/offered ratio says so.
 
 This module imports no Locust, so it is testable in any process; the Locust
 wrapper is ``loadgen.worker.WorkloadShape``.
@@ -70,11 +75,11 @@ class LoadProfile:
     workload: Workload
     duration_s: float
     drain_s: float = 10.0
-    concurrency_s: float = 0.5
+    concurrency_s: float = 1.0
     min_users: int = 8
     max_users: int = 1000
     lookahead_s: float = 5.0
-    spawn_rate: float = 100.0  # Locust warns above 100/s; the pool grows ahead (lookahead)
+    spawn_rate: float = 250.0  # users/s; the pool grows ahead of the rate (lookahead)
 
     def __post_init__(self) -> None:
         if not self.duration_s > 0:
@@ -94,7 +99,12 @@ class LoadProfile:
         return max((self.rate(k) for k in range(lo, hi + 1)), default=0.0)
 
     def users(self, t_s: float) -> int:
-        """Senders needed at ``t_s``: Little's law over the look-ahead, clamped."""
+        """Senders needed at ``t_s``: Little's law over the look-ahead, clamped.
+
+        During the drain the pool stays as it was in the last second of arrivals, so a
+        backlog built up under overload is still sent and answered.
+        """
+        t_s = min(t_s, self.duration_s - 1.0)
         peak = self.peak_rate(t_s, t_s + self.lookahead_s)
         return min(self.max_users, math.ceil(peak * self.concurrency_s) + self.min_users)
 

@@ -59,7 +59,7 @@ class LoadRun:
     inputs_file: Path | None = None  # .npz with x (n×64), y; default scikit-learn's digits
     workers: int = 1
     drain_s: float = 10.0
-    concurrency_s: float = 0.5
+    concurrency_s: float = 1.0
     min_users: int = 8
     max_users: int = 1000
     timeout_s: float = 30.0

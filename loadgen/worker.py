@@ -189,7 +189,7 @@ def run(config: dict, t0: float | None = None) -> pd.DataFrame:
     runner = env.create_local_runner()
     env.events.request.add_listener(recorder.on_request)
 
-    lead = t0 - 1.5 - time.time()  # spawn the pool (≤ 100 users/s) before the first arrival
+    lead = t0 - 1.5 - time.time()  # spawn the pool (250 users/s) before the first arrival
     if lead > 0:
         gevent.sleep(lead)
     runner.start_shape()

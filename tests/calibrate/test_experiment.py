@@ -51,18 +51,21 @@ class FakeTestbed:
 
 
 def test_experiment_writes_report_with_table_and_plots(tmp_path):
-    cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, duration_s=4, rate_scale=0.2, replications=2,
-                           drain_s=2, scrape_interval_s=0.5)  # fmt: skip
+    # two of the three workloads keep the test short; the CLI runs all three
+    cfg = ExperimentConfig(
+        SCENARIO, DEPLOYMENT, ("steady-low", "steady-high"), duration_s=4, rate_scale=0.2,
+        replications=2, drain_s=2, scrape_interval_s=0.5,
+    )  # fmt: skip
     testbed = FakeTestbed()
     out = tmp_path / "exp"
     tab = run_experiment(cfg, testbed, out)
     assert testbed.calls == ["build", "up", "down"]
-    assert list(tab["workload"]) == ["steady-low", "fluctuating", "steady-high"]
+    assert list(tab["workload"]) == ["steady-low", "steady-high"]
     assert (tab["achieved_over_offered"] == 1.0).all()
     # the fake gateway answers in ~ms; the twin's digits pipeline too: both finite
     assert tab[["testbed_p99_ms", "twin_p99_ms"]].notna().all().all()
     # offered rates follow the scaled workloads: steady-high (150/s) ≫ steady-low (30/s)
-    assert tab.loc[2, "offered_rps"] > 3 * tab.loc[0, "offered_rps"]
+    assert tab.loc[1, "offered_rps"] > 3 * tab.loc[0, "offered_rps"]
     for png in ("rps.png", "latency.png", "latency_cdf.png", "cpu.png"):
         assert (out / png).stat().st_size > 5000
     report = (out / "report.md").read_text()
