@@ -30,7 +30,7 @@ from _report import machine_line, markdown_table, write_result
 from testbed_load import closed_loop, ensure_zoo, one_stage, raw_throughput, test_images
 
 from testbed import cgroups
-from testbed.backends.local import LocalBackend
+from testbed.backends.local import PLATFORM_WEIGHT, LocalBackend
 from testbed.capacity import plan_capacity
 from testbed.controller import Controller
 from testbed.zoo.manifest import DEFAULT_DIR
@@ -72,7 +72,8 @@ def main() -> None:
     procs: list[str] = []
     cg = None
     if confined:
-        cg = cgroups.Cgroup.create("bench-serving-raw", a.quota, 2.0)
+        # same quota and weight as an emulated server of the local backend
+        cg = cgroups.Cgroup.create("bench-serving-raw", a.quota, 2.0, weight=PLATFORM_WEIGHT)
         procs = [str(Path(p) / "cgroup.procs") for p in cg.paths]
     try:
         n_batches = max(a.requests // a.batch, 50)

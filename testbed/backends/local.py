@@ -182,8 +182,13 @@ class LocalBackend(Backend):
                 procs_files: list[str] = []
                 cg_name = None
                 if confine:
+                    # the weight makes the quota hold on a busy host too (it is a cap
+                    # otherwise, and neighbours would take part of it)
                     cg = cgroups.Cgroup.create(
-                        f"{self._tag()}-{node.name}", node.cpu_cores, node.ram_gb
+                        f"{self._tag()}-{node.name}",
+                        node.cpu_cores,
+                        node.ram_gb,
+                        weight=PLATFORM_WEIGHT,
                     )
                     self.cgroups.append(cg)
                     self._save()
