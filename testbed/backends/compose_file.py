@@ -182,9 +182,8 @@ def render(
     # gateway also joins `frontend`.
     gateway["networks"] = ["backend", "frontend"]
     gateway["ports"] = [f"127.0.0.1:{gateway_port}:{PORTS['gateway']}"]
-    gateway["depends_on"] = {
-        name: {"condition": "service_healthy"} for name in ("registry", "features")
-    }
+    # No depends_on: the gateway uses registry and feature store only per request,
+    # and the backend waits for every container to be healthy; so all start at once.
     services["gateway"] = gateway
 
     return {
