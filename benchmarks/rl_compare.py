@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--twin-steps", type=int, default=3600, help="then PPO steps in the twin")
     ap.add_argument("--expert-every", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gamma", type=float, default=0.9, help="PPO discount per stage step")
+    ap.add_argument("--ent-coef", type=float, default=0.01)
     ap.add_argument("--policy", type=Path, help="skip training: evaluate this policy zip")
     ap.add_argument("--quick", action="store_true", help="tiny training, 120-s cycles")
     args = ap.parse_args()
@@ -63,7 +65,8 @@ def main() -> None:
     if args.policy is None:
         started = time.perf_counter()
         env = make_env(sc, "pipeline", ws, "analytic", pred, expert_every=args.expert_every)
-        model, writer = agent.make_agent(env, seed=args.seed)
+        model, writer = agent.make_agent(env, seed=args.seed, gamma=args.gamma,
+                                         ent_coef=args.ent_coef)  # fmt: skip
         curves = agent.train(model, writer, steps)
         curves["backend"] = "analytic"
         if twin_steps:
@@ -82,7 +85,8 @@ def main() -> None:
         first = curves.dropna(subset=["value_loss"]).iloc[0]
         curves_note = (
             f"Training: {steps} steps on the analytic backend + {twin_steps} in the twin, "
-            f"expert every {args.expert_every} episodes, seed {args.seed}, {train_s:.0f} s. "
+            f"expert every {args.expert_every} episodes, γ = {args.gamma}, entropy coefficient "
+            f"{args.ent_coef}, seed {args.seed}, {train_s:.0f} s. "
             f"Mean episode reward {curves['ep_reward_mean'].iloc[0]:.1f} → "
             f"{curves['ep_reward_mean'].iloc[-1]:.1f}; value loss {first['value_loss']:.3g} → "
             f"{last['value_loss']:.3g}; loss {first['loss']:.3g} → {last['loss']:.3g} "

@@ -175,6 +175,10 @@ class PipelineEnv(gym.Env):
         }  # fmt: skip
         return self._obs(), float(w.reward / self.reward_scale), False, truncated, info
 
+    def predict_load(self) -> float:
+        """Predicted peak load (req/s) of the next 20 s from the load history."""
+        return self._predict()
+
     def _predict(self) -> float:
         if self.predictor is None:
             return float(self.history[-HORIZON_S:].max())

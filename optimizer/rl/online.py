@@ -1,0 +1,168 @@
+"""Online control of a running testbed (issue 7, item 6).
+
+Every second the controller scrapes the gateway's Prometheus metrics
+(``gateway_requests_total`` by code, ``gateway_inflight`` and the per-stage
+round-trip histogram ``gateway_stage_seconds``); every adaptation interval
+it turns the last interval into the pipeline state the twin's environment
+uses (offered load, per-stage latency and throughput, the LSTM's predicted
+peak), lets a policy decide, and applies the new configuration through
+``apply`` (the CLI passes ``mlops-twin testbed apply``). QoS and cost of each
+interval are measured as in the twin: V, C, B from the configuration, T the
+completed requests per second, L the sum of per-stage mean round trips, E the
+offered load minus the configuration's capacity, Q by eq. 3.
+
+Clock, sleep, scrape and apply are injected, so the loop is tested without
+servers and without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
+
+from optimizer.rl.agent import GuidedMaskablePPO, act
+from optimizer.rl.backends import Window
+from optimizer.rl.baselines import Policy
+from optimizer.rl.env import PipelineEnv
+from optimizer.rl.predictor import HISTORY_S
+from optimizer.rl.space import Option
+from twin.criteria import pipeline_capacity_rps, pipeline_config_terms, qos
+from twin.spec import Deployment
+
+
+@dataclass(frozen=True)
+class GatewaySample:
+    """Counters of one scrape: requests by outcome, in flight, per-stage round trips."""
+
+    answered: float
+    ok: float
+    inflight: float
+    stage_count: dict[str, float] = field(default_factory=dict)
+    stage_sum_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def arrived(self) -> float:
+        """Requests that reached the gateway so far (answered or still in flight)."""
+        return self.answered + self.inflight
+
+
+def parse_gateway(text: str) -> GatewaySample:
+    """A :class:`GatewaySample` from the gateway's ``/metrics`` text."""
+    answered = ok = inflight = 0.0
+    count: dict[str, float] = {}
+    total: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "gateway_requests_total":
+                answered += s.value
+                if s.labels.get("code") == "200":
+                    ok += s.value
+            elif s.name == "gateway_inflight":
+                inflight = s.value
+            elif s.name == "gateway_stage_seconds_count":
+                count[s.labels["stage"]] = s.value
+            elif s.name == "gateway_stage_seconds_sum":
+                total[s.labels["stage"]] = s.value
+    return GatewaySample(answered, ok, inflight, count, total)
+
+
+class OnlineController:
+    """Scrape every second, decide and apply every ``interval_s``; one row per interval."""
+
+    def __init__(
+        self,
+        env: PipelineEnv,
+        decider: GuidedMaskablePPO | Policy,
+        scrape: Callable[[], str],
+        apply: Callable[[Deployment], None],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        initial: list[Option] | None = None,
+    ) -> None:
+        self.env, self.decider = env, decider
+        self.scrape, self.apply, self.clock, self.sleep = scrape, apply, clock, sleep
+        self.space = env.space
+        self.current = initial or env.current
+        self.rows: list[dict] = []
+
+    def run(self, duration_s: float) -> pd.DataFrame:
+        env, interval = self.env, self.env.interval_s
+        start = self.clock()
+        prev = parse_gateway(self.scrape())
+        window_start = prev
+        arrivals: list[float] = []
+        history = np.asarray(env.history, dtype=float)
+        tick = 1
+        t0 = 0.0
+        while tick <= int(duration_s):
+            self.sleep(max(0.0, start + tick - self.clock()))
+            now = parse_gateway(self.scrape())
+            arrivals.append(max(now.arrived - prev.arrived, 0.0))
+            prev = now
+            if tick % int(interval) == 0:
+                w = self._window(t0, float(tick), np.array(arrivals), window_start, now)
+                history = np.concatenate([history, w.arrivals])[-HISTORY_S:]
+                self._decide(w, history, float(tick))
+                window_start, arrivals, t0 = now, [], float(tick)
+            tick += 1
+        return pd.DataFrame(self.rows)
+
+    def _window(self, t0: float, t1: float, arrivals: np.ndarray, a: GatewaySample,
+                b: GatewaySample) -> Window:  # fmt: skip
+        sp, w = self.space, self.env.weights
+        span = t1 - t0
+        dep = sp.deployment(self.current)
+        V, C, B = pipeline_config_terms(sp.scenario, dep, self.env.process)
+        lat, thr = [], []
+        for s in sp.stages:
+            n = b.stage_count.get(s.name, 0.0) - a.stage_count.get(s.name, 0.0)
+            total = b.stage_sum_s.get(s.name, 0.0) - a.stage_sum_s.get(s.name, 0.0)
+            lat.append(total / n if n > 0 else span)  # nothing got through: the whole window
+            thr.append(n / span)
+        T = (b.ok - a.ok) / span
+        L = float(sum(lat))
+        offered = float(arrivals.mean()) if len(arrivals) else 0.0
+        capacity = pipeline_capacity_rps(sp.scenario, dep, self.env.process)
+        E = offered - capacity
+        Q = qos(V, T, L, E, w)
+        return Window(
+            t0=t0, t1=t1, arrivals=arrivals, V=V, C=C, T=T, L=L, E=E, B=B, Q=Q,
+            objective=Q - w.lambda_cost * C, reward=Q - w.reward_cost * C - w.reward_batch * B,
+            capacity_rps=capacity, stage_latency_s=np.array(lat),
+            stage_throughput_rps=np.array(thr),
+        )  # fmt: skip
+
+    def _decide(self, w: Window, history: np.ndarray, t: float) -> None:
+        env = self.env
+        env.history, env.t, env.last, env.current = history, t, w, self.current
+        env.predicted = env.predict_load()
+        started = time.perf_counter()
+        if isinstance(self.decider, GuidedMaskablePPO):
+            chosen: list[Option] = []
+            for k in range(self.space.n_stages):
+                env.k, env.pending = k, chosen
+                a = act(self.decider, env.observation(), env.action_masks())
+                chosen = [*chosen, self.space.stages[k].option(a)]
+            env.k, env.pending = 0, []
+        else:
+            chosen = self.decider.decide(self.space, env.predicted, env.weights)
+        decision_ms = (time.perf_counter() - started) * 1e3
+        applied_s = 0.0
+        if chosen != self.current:
+            started = time.perf_counter()
+            self.apply(self.space.deployment(chosen, name=f"rl-t{int(t)}"))
+            applied_s = time.perf_counter() - started
+        self.rows.append({
+            "t_s": w.t0, "offered_rps": w.offered_rps, "predicted_rps": env.predicted,
+            "V": w.V, "C": w.C, "T": w.T, "L": w.L, "E": w.E, "B": w.B, "Q": w.Q,
+            "objective": w.objective, "reward": w.reward, "capacity_rps": w.capacity_rps,
+            "decision_ms": decision_ms, "apply_s": applied_s,
+            "config": " ".join(f"{s.variants[o.variant].name}×{o.replicas}/b{o.batch}"
+                               for s, o in zip(self.space.stages, self.current, strict=True)),
+        })  # fmt: skip
+        self.current = chosen
