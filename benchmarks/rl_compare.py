@@ -14,7 +14,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/rl_compare.py [--steps 60000] [--twin-steps 3600] [--quick]
+    .venv/bin/python benchmarks/rl_compare.py [--steps 36000] [--twin-steps 0] [--quick]
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ WORKLOADS = ["steady-low", "fluctuating", "steady-high"]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=60_000, help="PPO steps on the analytic backend")
-    ap.add_argument("--twin-steps", type=int, default=3600, help="then PPO steps in the twin")
+    ap.add_argument("--steps", type=int, default=36_000, help="PPO steps on the analytic backend")
+    ap.add_argument("--twin-steps", type=int, default=0, help="then PPO steps in the twin")
     ap.add_argument("--expert-every", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--gamma", type=float, default=0.9, help="PPO discount per stage step")
+    ap.add_argument("--gamma", type=float, default=0.99, help="PPO discount per stage step")
     ap.add_argument("--ent-coef", type=float, default=0.01)
     ap.add_argument("--policy", type=Path, help="skip training: evaluate this policy zip")
     ap.add_argument("--quick", action="store_true", help="tiny training, 120-s cycles")

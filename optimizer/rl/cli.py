@@ -406,7 +406,8 @@ def control(
             if load_proc.poll() is not None or parse_gateway(scrape()).arrived > 0:
                 break
             time.sleep(1.0)
-        ctl = OnlineController(env, decider, scrape, apply)
+        factor = float(status.get("factor", 1.0))
+        ctl = OnlineController(env, decider, scrape, apply, capacity_factor=factor)
         err.print(f"controlling with {policy} for {duration:g} s …", highlight=False)
         rows = ctl.run(duration)
         load_out, load_err = load_proc.communicate(timeout=duration + 300)
@@ -429,7 +430,7 @@ def control(
             "scenario": sc.name, "policy": policy, "shape": shape, "duration_s": duration,
             "Q_mean": float(rows["Q"].mean()), "C_mean": float(rows["C"].mean()),
             "reward_mean": float(rows["reward"].mean()), "T_mean": float(rows["T"].mean()),
-            "L_mean": float(rows["L"].mean()), "decisions": len(rows),
+            "L_mean": float(rows["L"].mean()), "decisions": len(rows), "cpu_factor": factor,
             "reconfigurations": int((rows["apply_s"] > 0).sum()),
             "load_run": load_summary,
         }  # fmt: skip

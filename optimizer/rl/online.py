@@ -83,12 +83,15 @@ class OnlineController:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         initial: list[Option] | None = None,
+        capacity_factor: float = 1.0,
     ) -> None:
         self.env, self.decider = env, decider
         self.scrape, self.apply, self.clock, self.sleep = scrape, apply, clock, sleep
         self.space = env.space
         self.current = initial or env.current
         self.rows: list[dict] = []
+        # The testbed runs servers at a fraction of their cores; the modelled capacity too.
+        self.capacity_factor = capacity_factor
 
     def run(self, duration_s: float) -> pd.DataFrame:
         env, interval = self.env, self.env.interval_s
@@ -127,7 +130,7 @@ class OnlineController:
         T = (b.ok - a.ok) / span
         L = float(sum(lat))
         offered = float(arrivals.mean()) if len(arrivals) else 0.0
-        capacity = pipeline_capacity_rps(sp.scenario, dep, self.env.process)
+        capacity = pipeline_capacity_rps(sp.scenario, dep, self.env.process) * self.capacity_factor
         E = offered - capacity
         Q = qos(V, T, L, E, w)
         return Window(
