@@ -96,8 +96,14 @@ def one_stage(
     timeout_ms: float,
     manifest: dict,
     replicas: int = 1,
+    servers: dict[str, float] | None = None,
 ) -> tuple[Scenario, Deployment]:
-    """A scenario with one emulated server running one stage of the zoo, and its deployment."""
+    """A scenario with one emulated server running one stage of the zoo, and its deployment.
+
+    ``servers`` (name → cores) replaces the single server ``node``; each then runs
+    ``replicas`` instances of the stage.
+    """
+    servers = servers or {"node": cpu_cores}
     variants = []
     for name, e in manifest["models"][stage].items():
         st = e["service_time"]
@@ -118,7 +124,7 @@ def one_stage(
         Scenario,
         {
             "name": f"bench-{stage}",
-            "servers": [{"name": "node", "cpu_cores": cpu_cores, "ram_gb": 2}],
+            "servers": [{"name": n, "cpu_cores": c, "ram_gb": 2} for n, c in servers.items()],
             "components": [{"name": stage, "max_batch": 64, "variants": variants}],
             "processes": [
                 {"name": "p", "kind": "request", "steps": [{"name": "s", "component": stage}]}
@@ -130,7 +136,7 @@ def one_stage(
         Deployment,
         {
             "name": "bench",
-            "allocation": {stage: {"node": replicas}},
+            "allocation": {stage: dict.fromkeys(servers, replicas)},
             "stages": {stage: {"variant": variant, "batch": batch, "batch_timeout_ms": timeout_ms}},
         },
         "benchmark",
