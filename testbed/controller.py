@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,13 @@ class Controller:
         machines = set(self.scenario.server_instances())
         out: dict[str, dict[str, Any]] = {}
         self.skipped = [c for c in deployment.allocation if c not in stages]
+        if self.skipped:
+            warnings.warn(
+                f"components {', '.join(self.skipped)} are not stages of the served pipeline; "
+                "the testbed places no instances for them",
+                UserWarning,
+                stacklevel=3,
+            )
         for stage in stages:
             comp = self.scenario.component(stage)
             cfg = deployment.stages.get(stage)
