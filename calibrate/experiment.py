@@ -42,6 +42,7 @@ from loadgen.compare import WorkloadOutcome, process_requests, stage_table, tabl
 from loadgen.metrics import rate
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.profile import scale_workload
+from loadgen.records import ON_TIME_S
 from loadgen.run import LoadRun, LoadRunError, execute, write_result
 from twin.criteria import per_second
 from twin.evaluate import evaluate
@@ -289,6 +290,15 @@ def write_report(
                 f"**{r.workload}: the testbed saturated** — it answered at most "
                 f"{r.max_answered_rps_5s:.0f} req/s (5-s mean) of {r.offered_rps:.0f} req/s "
                 f"offered (achieved/offered {r.achieved_over_offered:.3f})."
+            )
+        elif r.sent_on_time < SATURATED:
+            lines.append(
+                f"**{r.workload}: requests were answered but not offered on time** — only "
+                f"{100 * r.sent_on_time:.0f}% left the load generator within "
+                f"{1e3 * ON_TIME_S:.0f} ms of their scheduled time (lag p99 "
+                f"{r.loadgen_lag_p99_ms:.0f} ms): every sender was waiting on a slow answer "
+                "(the testbed saturated near this rate) or the host was CPU-starved (see its "
+                "load average); latencies still count from the scheduled times."
             )
     lines += [
         "",

@@ -56,6 +56,7 @@ def table(outcomes: list[WorkloadOutcome]) -> pd.DataFrame:
             "twin_p99_ms": 1e3 * twin.get("p99", np.nan),
             "accuracy": s.get("accuracy", np.nan),
             "loadgen_lag_p99_ms": 1e3 * s.get("lag_p99_s", np.nan),
+            "sent_on_time": s.get("on_time", np.nan),
         }
         per = o.load.per_second
         # the most the testbed answered, over 5-s windows (for the saturation note)

@@ -26,6 +26,7 @@ import pandas as pd
 from testbed.api import decode_timings
 from twin.spec import Process
 
+ON_TIME_S = 0.05  # a request released later than this after its scheduled time is late
 REQUEST_EXTRA = ("t_send", "t_response", "status", "error", "ok", "lag_s", "input", "label")
 VISIT_COLUMNS = (
     "process",
@@ -191,6 +192,8 @@ def run_summary(requests: pd.DataFrame, duration_s: float, expected: float) -> d
         "ok": float(len(ok)),
         "failures": float(len(requests) - len(ok)),
         "lag_p99_s": float(np.nanpercentile(requests["lag_s"], 99)) if sent.any() else np.nan,
+        # sent within ON_TIME_S of its scheduled time (unsent requests count as late)
+        "on_time": float((requests["lag_s"] <= ON_TIME_S).mean()) if len(requests) else np.nan,
     }
     for q in (50, 95, 99):
         out[f"p{q}_s"] = float(np.percentile(latency, q)) if latency.size else float("nan")

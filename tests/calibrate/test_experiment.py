@@ -70,7 +70,7 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
         assert (out / png).stat().st_size > 5000
     report = (out / "report.md").read_text()
     assert "| steady-high |" in report and "capacity factor 0.5" in report
-    assert "saturated" not in report
+    assert "saturated" not in report and "not offered on time" not in report
     for w in cfg.workloads:
         visits = pd.read_parquet(out / "load" / w / "visits.parquet")
         assert set(visits["machine"].astype(str)) == {"node-1", "node-2", "classifier-0"}

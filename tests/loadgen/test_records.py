@@ -63,6 +63,7 @@ def test_requests_table_has_the_twin_columns_and_every_scheduled_request():
     assert req["truth"].tolist() == [5, 6, -1, 7]
     summary = run_summary(req, duration_s=1.0, expected=4.0)
     assert summary["failures"] == 2 and summary["achieved_over_offered"] == 0.5
+    assert summary["on_time"] == 0.75  # lags 1, 1, 2 ms; the unsent one is late
     assert summary["accuracy"] == 0.0  # labels 3 and 9 vs truth 5 and 7
 
 
