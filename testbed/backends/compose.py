@@ -18,12 +18,14 @@ image with ``network: none``). Works with ``docker compose`` (v2) and
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +158,11 @@ class ComposeBackend(Backend):
         )
         self.timings = {}
         try:
-            self._timed("inputs_s", "base image and wheelhouse", self.prepare_image_inputs)
-            self._timed("build_s", "image (offline)", lambda: self._build(command))
+            # One build at a time per checkout: a second testbed's wheelhouse refresh
+            # must not change the build context under this one's `compose build`.
+            with _build_lock():
+                self._timed("inputs_s", "base image and wheelhouse", self.prepare_image_inputs)
+                self._timed("build_s", "image (offline)", lambda: self._build(command))
             self._timed(
                 "up_s", "containers", lambda: self._compose(command, "up", "-d", "--no-build")
             )
@@ -336,6 +341,19 @@ class ComposeBackend(Backend):
     def _load_state(self) -> dict[str, Any] | None:
         path = self.state_dir / STATE_FILE
         return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Exclusive lock on ``compose/wheels/.lock`` (git-ignored) for the image build."""
+    lock = compose_dir() / "wheels" / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _tail(text: str, lines: int = 15) -> str:
