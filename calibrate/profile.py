@@ -292,7 +292,8 @@ def run_profile(
     rows = []
     started = time.perf_counter()
     with atomic_dir(target) as tmp:
-        log = tmp / "servers.log"
+        (tmp / "raw").mkdir()
+        log = tmp / "raw" / "servers.log"  # raw/ is not committed (.gitignore)
         for component, variant in todo:
             model_file = models / zoo["models"][component][variant]["file"]
             x = stage_inputs(zoo, component, variant)

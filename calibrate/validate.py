@@ -338,7 +338,7 @@ def run_validation(
                 cfg.shares = stage_shares(sc, dep, targets.factor or 1.0)
             base = sc.workload(cfg.fit_workload)
             levels = [
-                scale_workload(base, x).model_copy(update={"name": f"fit-{x:g}x"})
+                scale_workload(base, x).model_copy(update={"name": f"fit-x{x:g}".replace(".", "p")})
                 for x in cfg.fit_rate_scales
             ]
             part = cfg.fit_duration_s / 2 / len(levels)

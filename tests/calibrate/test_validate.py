@@ -36,7 +36,7 @@ def test_error_pct():
 @pytest.mark.slow
 def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
     cfg = ValidateConfig(SCENARIO, DEPLOYMENT, workloads=("fluctuating",), near_saturation=(),
-                         fit_rate_scales=(2.0,), fit_duration_s=4, duration_s=3,
+                         fit_rate_scales=(2.5,), fit_duration_s=4, duration_s=3,
                          replications=1, drain_s=2)  # fmt: skip
     testbed = FakeTestbed()
     out = tmp_path / "val"
@@ -57,7 +57,7 @@ def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
     report = (out / "report.md").read_text()
     assert "## fluctuating (held-out)" in report and "## Fidelity on held-out runs" in report
     assert (out / "latency_cdf.png").stat().st_size > 5000
-    for part in ("fit-2x-0", "fit-2x-1"):  # before and after the held-out run
+    for part in ("fit-x2p5-0", "fit-x2p5-1"):  # before and after the held-out run
         assert len(pd.read_parquet(out / "load" / part / "requests.parquet")) > 0
     assert (
         load_scenario(out / "calibrated-scenario.yaml").settings.network.intra_zone_latency_ms == 0
