@@ -155,10 +155,10 @@ b, n = int(sys.argv[3]), int(sys.argv[4])
 batches = [x[i:i + b] for i in range(0, len(x) - b + 1, b)]
 for xb in batches[:20]:
     sess.run(None, {"x": xb})
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 for i in range(n):
     sess.run(None, {"x": batches[i % len(batches)]})
-print(n * b / (time.perf_counter() - t0))
+print(n * b / (time.perf_counter() - t0), (time.process_time() - c0) / (n * b))
 """
 
 
@@ -188,7 +188,8 @@ def raw_throughput(
         preexec_fn=enter if cgroup_procs else None,
         env={**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"},
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu)
 
 
 def test_images(model_dir: Path = DEFAULT_DIR) -> np.ndarray:

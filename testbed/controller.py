@@ -260,6 +260,7 @@ class Controller:
         stages = [
             {
                 "name": stage,
+                "batch": max((i.batch for i in self._of(stage)), default=1),
                 "replicas": [
                     {"name": i.name, "url": self.endpoints.instance_url(i.node, i.port)}
                     for i in self._of(stage)

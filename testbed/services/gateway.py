@@ -8,7 +8,7 @@ killed replica is retried too. Only when no replica of a stage answers does the
 request fail (503); a stage timeout is 504.
 
 Control API (JSON):
-    POST /admin/routes   {"stages": [{"name", "replicas": [{"name", "url"}, ...]}, ...]}
+    POST /admin/routes   {"stages": [{"name", "batch"?, "replicas": [{"name", "url"}, ...]}]}
                          replaces the pipeline atomically; replicas keep their counters
     GET  /admin/routes   the same, with outstanding counts and failures
     *    /admin/proxy/{target}/{path}  forwards to a ``--targets`` service (node agents,
@@ -109,6 +109,7 @@ class Gateway:
                     self.clients[rep.url] = ReplicaClient(
                         self.session, rep.url, self.stage_timeout_s
                     )
+                self.clients[rep.url].batch = max(int(s.get("batch", 1)), 1)
             routes.append(StageRoute(s["name"], reps))
             self.m_replicas.labels(s["name"]).set(len(reps))
         self.routes = routes  # one assignment: a request sees the old or the new pipeline

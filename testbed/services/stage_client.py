@@ -2,9 +2,11 @@
 
 At most ``max_inflight`` calls (``POST /v1/batch``) are outstanding per replica.
 Items that arrive while those are busy wait in the gateway and leave together, up
-to ``max_items`` per call, as soon as a call returns. An item that finds a free
-slot leaves at once (no timer), so at low load nothing waits; at high load the
-stage server parses one HTTP request per many items instead of one per item.
+to ``max_items`` per call, as soon as a call returns; while a call is in flight,
+only whole multiples of the stage's ``batch`` leave, so the server forms full
+batches. An item that finds the replica idle leaves at once (no timer), so at
+low load nothing waits; at high load the stage server parses one HTTP request
+per many items instead of one per item.
 The time an item waits here is added to its ``queue_ms`` (it is queueing for the
 stage); the server's dynamic batching then forms batches of the configured size.
 """
@@ -57,12 +59,14 @@ class ReplicaClient:
         timeout_s: float,
         max_items: int = 64,
         max_inflight: int = 2,
+        batch: int = 1,
     ):
         self.session = session
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.max_items = max_items
         self.max_inflight = max_inflight
+        self.batch = max(int(batch), 1)  # the stage's batch size, when the controller says
         self._pending: list[_Pending] = []
         self._inflight = 0
         self._scheduled = False
@@ -82,10 +86,12 @@ class ReplicaClient:
         self._scheduled = False
         loop = asyncio.get_running_loop()
         while self._pending and self._inflight < self.max_inflight:
-            chunk, self._pending = (
-                self._pending[: self.max_items],
-                self._pending[self.max_items :],
-            )
+            n = min(len(self._pending), self.max_items)
+            if self._inflight:  # busy: send whole batches only, the rest goes next
+                n -= n % self.batch
+                if n == 0:
+                    break  # the call in flight flushes again when it returns
+            chunk, self._pending = self._pending[:n], self._pending[n:]
             self._inflight += 1
             task = loop.create_task(self._send(chunk))
             self._tasks.add(task)  # keep a reference until done (tasks are weakly held)
