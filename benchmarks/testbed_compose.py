@@ -7,8 +7,9 @@ digit requests through the gateway (latency percentiles, accuracy), ``down``.
 
 ``--fresh`` removes the base image, the serving image and the wheelhouse first,
 so the figures are those of a new machine that already has a Docker engine
-(``compose/ensure-docker.sh``). The machine is shared: its load average is
-printed with the figures. Usage::
+(``compose/ensure-docker.sh``); it holds the backend's build lock meanwhile, but
+a testbed already up keeps running on an untagged image. The machine is shared:
+its load average is printed with the figures. Usage::
 
     .venv/bin/python benchmarks/testbed_compose.py [--fresh] [--requests 300]
 """
@@ -72,13 +73,19 @@ def main() -> None:
     from testbed.zoo import DEFAULT_DIR, load_testset
     from twin.load import load_deployment, load_scenario
 
-    if args.fresh:
-        images = [compose_file.IMAGE, compose_file.BASE_IMAGE]
-        subprocess.run(["docker", "rmi", "-f", *images], check=False, capture_output=True)
-        shutil.rmtree(ROOT / "compose" / "wheels", ignore_errors=True)
     rows: list[tuple[str, str]] = []
-    rows.append(("base image (debootstrap + import)", f"{_run_script('base'):.1f} s"))
-    rows.append(("wheelhouse (pip download + project wheel)", f"{_run_script('wheels'):.1f} s"))
+    # Under the backend's build lock: a testbed being built meanwhile waits.
+    with compose.build_lock():
+        if args.fresh:
+            images = [compose_file.IMAGE, compose_file.BASE_IMAGE]
+            subprocess.run(["docker", "rmi", "-f", *images], check=False, capture_output=True)
+            for old in (ROOT / "compose" / "wheels").glob("*"):
+                if old.is_dir():
+                    shutil.rmtree(old)
+                elif old.name != ".lock":
+                    old.unlink()
+        rows.append(("base image (debootstrap + import)", f"{_run_script('base'):.1f} s"))
+        rows.append(("wheelhouse (pip download + project wheel)", f"{_run_script('wheels'):.1f} s"))
 
     scenario = load_scenario(ROOT / "examples" / "digits-pipeline.yaml")
     deployment = load_deployment(ROOT / "examples" / "digits-pipeline.deployment.yaml")

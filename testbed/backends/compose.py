@@ -160,7 +160,7 @@ class ComposeBackend(Backend):
         try:
             # One build at a time per checkout: a second testbed's wheelhouse refresh
             # must not change the build context under this one's `compose build`.
-            with _build_lock():
+            with build_lock():
                 self._timed("inputs_s", "base image and wheelhouse", self.prepare_image_inputs)
                 self._timed("build_s", "image (offline)", lambda: self._build(command))
             self._timed(
@@ -344,7 +344,7 @@ class ComposeBackend(Backend):
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def build_lock() -> Iterator[None]:
     """Exclusive lock on ``compose/wheels/.lock`` (git-ignored) for the image build."""
     lock = compose_dir() / "wheels" / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
