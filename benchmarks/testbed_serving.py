@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--variant", default="d-large")
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--max-inflight", type=int, default=2, help="gateway calls per replica")
     a = ap.parse_args()
     manifest = ensure_zoo(DEFAULT_DIR)
     entry = manifest["models"]["denoise"][a.variant]
@@ -83,7 +84,11 @@ def main() -> None:
             cg.remove()
 
     with tempfile.TemporaryDirectory() as tmp:
-        backend = LocalBackend(state_dir=Path(tmp) / "tb", model_dir=DEFAULT_DIR)
+        backend = LocalBackend(
+            state_dir=Path(tmp) / "tb",
+            model_dir=DEFAULT_DIR,
+            gateway_options={"max_inflight": a.max_inflight},
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             endpoints = backend.up(sc, dep, cap)
@@ -155,7 +160,8 @@ def main() -> None:
             reserve_line,
             "",
             f"Command: `.venv/bin/python benchmarks/testbed_serving.py --quota {a.quota:g} "
-            f"--batch {a.batch} --requests {a.requests} --concurrency {a.concurrency}`",
+            f"--batch {a.batch} --requests {a.requests} --concurrency {a.concurrency} "
+            f"--max-inflight {a.max_inflight}`",
         ]
     )
     write_result("testbed_serving", text)

@@ -65,9 +65,11 @@ class LocalBackend(Backend):
         state_dir: Path = Path(".testbed"),
         model_dir: Path = DEFAULT_DIR,
         confine: bool | None = None,
+        gateway_options: dict[str, object] | None = None,
     ):
         super().__init__(state_dir)
         self.model_dir = Path(model_dir)
+        self.gateway_options = dict(gateway_options or {})  # extra gateway command options
         self.confine = confine  # None: whenever cgroups are available
         self.procs: list[ProcRecord] = []
         self.cgroups: list[cgroups.Cgroup] = []
@@ -174,6 +176,7 @@ class LocalBackend(Backend):
                     registry=urls["registry"],
                     features=urls["features"],
                     targets=targets,
+                    **self.gateway_options,
                 ),
                 logs,
                 reserve,

@@ -52,8 +52,10 @@ class Gateway:
         targets: dict[str, str] | None = None,
         stage_timeout_s: float = 10.0,
         dead_s: float = 1.0,
+        max_inflight: int = 2,
     ):
         self.features_url = features_url
+        self.max_inflight = max_inflight  # calls outstanding per replica
         self.targets = dict(targets or {})
         self.stage_timeout_s = stage_timeout_s
         self.picker = Picker(dead_s=dead_s)
@@ -107,7 +109,10 @@ class Gateway:
                 reps.append(rep)
                 if rep.url not in self.clients:
                     self.clients[rep.url] = ReplicaClient(
-                        self.session, rep.url, self.stage_timeout_s
+                        self.session,
+                        rep.url,
+                        self.stage_timeout_s,
+                        max_inflight=self.max_inflight,
                     )
                 self.clients[rep.url].batch = max(int(s.get("batch", 1)), 1)
             routes.append(StageRoute(s["name"], reps))
@@ -316,6 +321,7 @@ def main() -> None:
     p.add_argument("--features", default=None)
     p.add_argument("--targets", default="")
     p.add_argument("--stage-timeout-s", type=float, default=10.0)
+    p.add_argument("--max-inflight", type=int, default=2, help="calls outstanding per replica")
     p.add_argument("--routes", default=None, help="initial routes as JSON (as POST /admin/routes)")
     a = p.parse_args()
     targets = parse_targets(a.targets)
@@ -323,7 +329,7 @@ def main() -> None:
         targets.setdefault("registry", a.registry.rstrip("/"))
     if a.features:
         targets.setdefault("features", a.features.rstrip("/"))
-    gw = Gateway(a.features, targets, a.stage_timeout_s)
+    gw = Gateway(a.features, targets, a.stage_timeout_s, max_inflight=a.max_inflight)
     app = create_app(gw)
     if a.routes:
         stages = json.loads(a.routes)["stages"]
