@@ -133,16 +133,23 @@ def main() -> None:
             f"4 concurrent, {how}.",
             "",
             markdown_table(
-                ["emulated server", "host cores", "items/s", "quota used"],
+                ["emulated server", "host cores", "items/s", "quota used", "items per CPU-s"],
                 [
-                    ["full share", a.quota, full, f"{full_use:.0%}"],
-                    ["half share", a.quota / 2, half, f"{half_use:.0%}"],
+                    ["full share", a.quota, full, f"{full_use:.0%}", full / (a.quota * full_use)],
+                    [
+                        "half share",
+                        a.quota / 2,
+                        half,
+                        f"{half_use:.0%}",
+                        half / (a.quota / 2 * half_use),
+                    ],
                 ],
             ),
             "",
             f"**ratio half / full = {ratio:.3f}** (ideal 0.5). A server that used well under "
             "100 % of its quota was short of CPU (or of work) on this busy host; the ratio then "
-            "mixes the limit with that shortage.",
+            "mixes the limit with that shortage, while items per CPU-second used show "
+            "whether the work done per unit of CPU stays the same under either quota.",
             "",
             f"Command: `.venv/bin/python benchmarks/testbed_cpu_limits.py --quota {a.quota:g} "
             f"--calls {a.calls}`",
