@@ -294,7 +294,7 @@ def write_report(
         elif r.sent_on_time < SATURATED:
             lines.append(
                 f"**{r.workload}: requests were answered but not offered on time** — only "
-                f"{100 * r.sent_on_time:.0f}% left the load generator within "
+                f"{100 * r.sent_on_time:.1f}% left the load generator within "
                 f"{1e3 * ON_TIME_S:.0f} ms of their scheduled time (lag p99 "
                 f"{r.loadgen_lag_p99_ms:.0f} ms): every sender was waiting on a slow answer "
                 "(the testbed saturated near this rate) or the host was CPU-starved (see its "

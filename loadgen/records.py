@@ -27,7 +27,9 @@ from testbed.api import decode_timings
 from twin.spec import Process
 
 ON_TIME_S = 0.05  # a request released later than this after its scheduled time is late
-REQUEST_EXTRA = ("t_send", "t_response", "status", "error", "ok", "lag_s", "input", "label")
+REQUEST_EXTRA = (
+    "t_send", "t_response", "status", "error", "ok", "lag_s", "input", "label", "attempts",
+)  # fmt: skip
 VISIT_COLUMNS = (
     "process",
     "pid",
@@ -62,6 +64,11 @@ def requests_table(
             "t_arrive": schedule.astype(float),
         }
     )
+    attempts = raw.groupby("pid").size()
+    if "attempt" in raw:  # a resent request: its answer is the last attempt's, sent at the first
+        first_send = raw.groupby("pid")["t_send"].min()
+        raw = raw.sort_values("attempt").drop_duplicates("pid", keep="last")
+        raw = raw.assign(t_send=raw["pid"].map(first_send))
     raw = raw.drop_duplicates("pid").set_index("pid").reindex(frame["pid"])
     status = raw["status"].fillna(-1).astype(np.int32).to_numpy()
     error = raw["error"].fillna("not sent or not answered before the run ended").to_numpy()
@@ -76,6 +83,7 @@ def requests_table(
     frame["lag_s"] = frame["t_send"] - frame["t_arrive"]
     frame["input"] = raw["input"].fillna(-1).astype(np.int64).to_numpy()
     frame["label"] = raw["label"].fillna(-1).astype(np.int64).to_numpy()
+    frame["attempts"] = attempts.reindex(frame["pid"]).fillna(0).astype(np.int32).to_numpy()
     if "truth" in raw:
         frame["truth"] = raw["truth"].fillna(-1).astype(np.int64).to_numpy()
     return frame

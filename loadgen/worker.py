@@ -36,8 +36,11 @@ from twin.spec import Workload
 
 RAW_COLUMNS = (
     "pid", "input", "t_release", "t_send", "t_recv", "status", "error", "timings", "label",
-    "truth",
+    "truth", "attempt",
 )  # fmt: skip
+# A keep-alive connection the server closed while idle fails before the request reached it;
+# the POST is sent once more on a fresh connection (the client library never retries POSTs).
+_STALE = {"HTTPConnectionClosed", "ConnectionResetError", "BrokenPipeError"}
 _POLL_S = 0.5  # a user blocked on the empty queue re-checks this often, so stops are prompt
 
 
@@ -100,6 +103,7 @@ class Recorder:
                 timings,
                 label,
                 int(self.truth[ctx["input"]]) if self.truth is not None else -1,
+                ctx.get("attempt", 0),
             )
         )
 
@@ -125,13 +129,13 @@ class PipelineUser(FastHttpUser):
             pid, inp, _t = self.queue.get(timeout=_POLL_S)
         except Empty:
             return
-        context = {"pid": pid, "input": inp, "t_release": time.time() - self.t0}
-        self.client.post(
-            INFER_PATH,
-            json=payload(self.input_kind, inp, pid, self.inputs_file),
-            name="infer",
-            context=context,
-        )
+        body = payload(self.input_kind, inp, pid, self.inputs_file)
+        t_release = time.time() - self.t0
+        for attempt in (0, 1):
+            context = {"pid": pid, "input": inp, "t_release": t_release, "attempt": attempt}
+            resp = self.client.post(INFER_PATH, json=body, name="infer", context=context)
+            if resp.status_code != 0 or type(getattr(resp, "error", None)).__name__ not in _STALE:
+                return
 
 
 class WorkloadShape(LoadTestShape):

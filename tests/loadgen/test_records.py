@@ -96,6 +96,19 @@ def test_twin_criteria_score_a_loadgen_table(scenario):
     assert latency_percentiles(req)["p50"] == pytest.approx(0.025)
 
 
+def test_a_resent_request_keeps_its_first_send_and_last_answer():
+    raw = _raw()
+    retry = raw.iloc[[1]].assign(
+        attempt=1, t_send=0.205, t_recv=0.23, status=200, error="", timings=_header(), label=6
+    )
+    raw = pd.concat([raw.assign(attempt=0), retry], ignore_index=True)
+    raw.loc[1, "error"] = "HTTPConnectionClosed: connection closed."
+    req = requests_table(raw, np.array([0.1, 0.2, 0.3, 0.4]), "digits", None)
+    assert req["ok"].tolist() == [True, True, False, True]
+    assert req.loc[1, "t_send"] == pytest.approx(0.201) and req.loc[1, "t_end"] == 0.23
+    assert req["attempts"].tolist() == [1, 2, 0, 1]
+
+
 def test_per_second_counts_add_up():
     req = requests_table(_raw(), np.array([0.1, 0.2, 0.3, 1.4]), "digits", None)
     req.loc[3, ["t_send", "t_end", "t_response"]] = [1.402, 1.43, 1.43]
