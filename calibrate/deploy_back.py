@@ -31,7 +31,7 @@ from loadgen.profile import scale_workload
 from loadgen.run import LoadRun, execute, write_result
 from twin.criteria import CRITERIA, placement_criteria
 from twin.evaluate import evaluate
-from twin.load import load_deployment, load_scenario
+from twin.load import load_deployment, parse, read_yaml, resolve_paths
 from twin.runs import atomic_dir
 from twin.spec import Deployment, Scenario, Workload
 from twin.workload import rate_at
@@ -60,12 +60,12 @@ def read_optimize_run(folder: Path) -> OptimizeRun:
     scenario_files = [p for p in inputs.glob("*.yaml") if p.name != "base.yaml"]
     if len(scenario_files) != 1:
         raise ValueError(f"expected one scenario in {inputs}, found {len(scenario_files)}")
-    # The original file when it is still there: the copy's relative trace paths
-    # point next to the original, not into inputs/.
+    # The copy is what was optimised; its relative trace paths point next to
+    # the original file, not into inputs/.
     original = Path(meta.get("scenario", ""))
-    same = original.is_file() and original.read_bytes() == scenario_files[0].read_bytes()
-    scenario_file = original if same else scenario_files[0]
-    sc = load_scenario(scenario_file)
+    base_dir = original.resolve().parent if original.is_file() else inputs
+    scenario_file = scenario_files[0]
+    sc = resolve_paths(parse(Scenario, read_yaml(scenario_file), str(scenario_file)), base_dir)
     base = load_deployment(inputs / "base.yaml")
     genome = Genome(sc, base)
     strategy = meta.get("search", {}).get("greedy_strategy", "best_fit")
@@ -128,12 +128,14 @@ def run_deploy_back(
         twin_sc, _ = cal.calibrated_scenario(sc, calibration)
     rows = []
     with atomic_dir(folder) as tmp:
+        scenario_file = tmp / "scenario.yaml"  # trace paths made absolute
+        scenario_file.write_text(cal.dump_model(sc, exclude_defaults=True))
         for label, dep in (("chosen", opt.chosen), ("greedy", opt.greedy)):
             dep_file = tmp / f"{label}.yaml"
             dep_file.write_text(cal.dump_model(dep, exclude_defaults=True))
             say(f"{label}: testbed up")
             try:
-                targets = testbed.up(opt.scenario_file, dep_file)
+                targets = testbed.up(scenario_file, dep_file)
                 run = LoadRun(
                     sc, w, targets.gateway, cfg.duration_s, seed=cfg.seed, drain_s=cfg.drain_s,
                     metrics_targets=targets.metrics,
