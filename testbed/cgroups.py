@@ -16,6 +16,10 @@ from testbed.backends.base import CPU_PERIOD_US
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "mlops-twin"
+# Weights are hierarchical: every group here shares the parent's weight against the
+# rest of the host, so the parent gets a large one or quotas would not hold on a
+# busy host (the groups' own quotas still cap what each can take).
+PARENT_WEIGHT = 16.0
 
 
 def version() -> int | None:
@@ -67,6 +71,7 @@ class Cgroup:
             parent = ROOT / PARENT
             parent.mkdir(exist_ok=True)
             _write(parent / "cgroup.subtree_control", "+cpu +memory", ok_fail=True)
+            _write(parent / "cpu.weight", str(round(100 * PARENT_WEIGHT)), ok_fail=True)
             path = parent / name
             path.mkdir(exist_ok=True)
             if quota is not None:
@@ -79,6 +84,7 @@ class Cgroup:
         for p in paths:
             p.mkdir(parents=True, exist_ok=True)
         cpu, memory = paths[0], paths[1]
+        _write(cpu.parent / "cpu.shares", str(round(1024 * PARENT_WEIGHT)), ok_fail=True)
         if quota is not None:
             _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(cpu / "cpu.cfs_quota_us", str(quota))

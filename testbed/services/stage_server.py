@@ -1,7 +1,8 @@
 """Stage server: one ONNX model variant behind dynamic batching.
 
 API:
-    POST /v1/batch      body = float32 rows (C order), header ``x-shape: n,d``; answers the
+    POST /v1/batch      body = rows (C order), header ``x-shape: n,d`` and ``x-dtype``
+                        (float32, the default, or float16 to halve the bytes); answers the
                         output rows the same way, with ``x-item-timings``
                         ``queue_ms,service_ms,batch;...`` (one per row) and ``x-variant``
     GET  /admin/config  {"variant", "model", "version", "batch", "batch_timeout_ms"}
@@ -35,6 +36,8 @@ from starlette.routing import Route
 from testbed.services.batching import DynamicBatcher
 from testbed.services.common import base_parser, common_routes, error, serve
 
+# element types accepted on the wire; answers use the request's type
+WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -169,19 +172,21 @@ def create_app(server: StageServer) -> Starlette:
     async def batch(req: Request) -> Response:
         try:
             n, d = (int(v) for v in req.headers["x-shape"].split(","))
-            rows = np.frombuffer(await req.body(), dtype=np.float32).reshape(n, d)
+            dtype = WIRE_DTYPES[req.headers.get("x-dtype", "float32")]
+            rows = np.frombuffer(await req.body(), dtype=dtype).reshape(n, d)
         except (KeyError, ValueError) as e:
-            return error(f"bad batch: {e}")
+            return error(f"bad batch: {e!r}")
         server.m_calls.inc()
         assert server.batcher is not None
         try:
             results = await server.batcher.submit(rows)
         except Exception as e:  # model error (e.g. wrong input width)
             return error(f"inference failed: {e}", 500)
-        out = np.stack([r.output for r in results]).astype(np.float32)
+        out = np.stack([r.output for r in results]).astype(dtype)
         timings = ";".join(f"{r.queue_ms:.4f},{r.service_ms:.4f},{r.batch}" for r in results)
         headers = {
             "x-shape": f"{out.shape[0]},{int(np.prod(out.shape[1:]))}",
+            "x-dtype": out.dtype.name,
             "x-item-timings": timings,
             "x-variant": results[-1].tag,
         }
