@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("--ent-coef", type=float, default=0.01)
     ap.add_argument("--policy", type=Path, help="skip training: evaluate this policy zip")
     ap.add_argument("--quick", action="store_true", help="tiny training, 120-s cycles")
+    ap.add_argument("--suffix", default="", help="results as rl_compare<suffix>.md/png")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    name = "rl_compare" + ("_quick" if args.quick else "")
+    name = "rl_compare" + args.suffix + ("_quick" if args.quick else "")
     sc = load_scenario(SCENARIO)
     ws = [sc.workload(w) for w in WORKLOADS]
     pred = LoadPredictor.load(DEFAULT_PREDICTOR) if DEFAULT_PREDICTOR.is_file() else None
@@ -152,8 +153,9 @@ def report(name, avg, curves_note, eval_s, cycle_s, lstm) -> str:
         lines += ["", "## Acceptance (issue 7), as measured", "",
                   "| criterion | measured ratio | met |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {c} | {v} | {'yes' if ok else 'NO'} |" for c, ok, v in checks]
+    argv = " ".join(sys.argv[1:])
     lines += ["", "Plots: " + ", ".join(f"`{name}_{w}.png`" for w in WORKLOADS), "",
-              "Reproduce: `.venv/bin/python benchmarks/rl_compare.py`"]  # fmt: skip
+              f"Reproduce: `.venv/bin/python benchmarks/rl_compare.py {argv}`"]  # fmt: skip
     return "\n".join(lines)
 
 
