@@ -68,7 +68,8 @@ def main() -> None:
             "",
             f"- {machine_line()} (load average {load_before:.1f} when the run began)",
             f"- command: `.venv/bin/python benchmarks/calibrate_fidelity.py --duration "
-            f"{a.duration:g} --fit-duration {a.fit_duration:g}`; wall {wall / 60:.1f} min; "
+            f"{a.duration:g} --fit-duration {a.fit_duration:g} --name {a.name}`; "
+            f"wall {wall / 60:.1f} min; "
             f"run folder `runs/{a.name}/` (report.md, latency_cdf.png, calibration.yaml)",
             "- fit: steady-low × 0.5 and × 3, half before and half after; held out: the workloads "
             f"below, {a.duration:g} s each, other seed; twin {a.replications} replications + "
