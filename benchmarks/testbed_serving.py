@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--variant", default="d-large")
     ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-inflight", type=int, default=2, help="gateway calls per replica")
     a = ap.parse_args()
     manifest = ensure_zoo(DEFAULT_DIR)

@@ -116,16 +116,22 @@ class StageServer:
         )
         self.m_qlen.set_function(lambda: self.batcher.queue_length if self.batcher else 0)
         self.batcher: DynamicBatcher | None = None
+        self._children: dict[str, tuple] = {}
         self._switch_lock = asyncio.Lock()
 
     def _observe(self, n: int, service_s: float, queue_s: list[float]) -> None:
         v = self.batcher.tag if self.batcher else ""
-        self.m_batch.labels(v).observe(n)
-        self.m_service.labels(v).observe(service_s)
-        self.m_items.labels(v).inc(n)
+        children = self._children.get(v)
+        if children is None:  # labels() per item costs as much as the observation
+            metrics = (self.m_batch, self.m_service, self.m_items, self.m_queue, self.m_latency)
+            children = self._children[v] = tuple(m.labels(v) for m in metrics)
+        batch, service, items, queue, latency = children
+        batch.observe(n)
+        service.observe(service_s)
+        items.inc(n)
         for q in queue_s:
-            self.m_queue.labels(v).observe(q)
-            self.m_latency.labels(v).observe(q + service_s)
+            queue.observe(q)
+            latency.observe(q + service_s)
 
     def load_bytes(self, model: str, version: str) -> bytes:
         if self.model_file is not None and self.registry_url is None:
