@@ -317,6 +317,7 @@ class Controller:
                     nc.ram_gb,
                     usage.get("cpu_seconds"),
                     usage.get("memory_bytes"),
+                    url or "",
                 )
             )
         insts = []
@@ -346,6 +347,7 @@ class Controller:
             gw_ok,
             nodes,
             insts,
+            {"registry": self.endpoints.registry, "features": self.endpoints.features},
         )
 
     # ------------------------------------------------------------------ state

@@ -124,6 +124,9 @@ def test_local_backend_end_to_end(zoo: Path, tmp_path: Path) -> None:
         status = backend.status()
         assert sum(i.component == "denoise" for i in status.instances) == 2
         assert all(i.healthy for i in status.instances) and status.gateway_healthy
+        assert status.services == {"registry": endpoints.registry, "features": endpoints.features}
+        assert [n.url for n in status.nodes] == [endpoints.nodes[n.name] for n in status.nodes]
+        assert all(n.healthy and n.cpu_seconds is not None for n in status.nodes)
         agents = [rec.process() for rec in backend.procs]
         pids += [c.pid for a in agents if a is not None for c in a.children(recursive=True)]
         assert replicas <= {i.name for i in status.instances if i.component == "denoise"}
