@@ -85,8 +85,8 @@ def main() -> None:
         f"{a.seeds} seeds per row; held-out fraction 0.3",
         "- command: `.venv/bin/python benchmarks/calibrate_recovery.py`",
         "",
-        markdown_table(["family", "batch executions per size", "mean |err| of batch means %",
-                        "max |err| %", "mean |err| of cv %", "family chosen right"], rows),
+        markdown_table(["family", "batch executions per size", "mean abs. error of means %",
+                        "max abs. error %", "mean abs. error of cv %", "family right"], rows),
     ])  # fmt: skip
     write_result("calibrate_recovery", text)
 
