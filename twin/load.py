@@ -136,7 +136,11 @@ def load_deployment(path: str | Path) -> Deployment:
 
 
 def dump_yaml(model: BaseModel) -> str:
-    """A model as YAML, omitting defaults, readable by the matching loader."""
+    """A model as YAML, omitting defaults, readable by the matching loader.
+
+    Python mode, not JSON mode: a table service time's batch sizes are int
+    keys, and JSON mode would turn them into strings the spec refuses.
+    """
     return yaml.safe_dump(
-        model.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True
+        model.model_dump(mode="python", exclude_defaults=True), sort_keys=False, allow_unicode=True
     )

@@ -98,3 +98,25 @@ def test_console_script_help_lists_commands_fast() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "simulate" in out.stdout and "validate" in out.stdout
     assert "HEAVY []" in out.stdout
+
+
+def test_scenario_with_a_fitted_table_round_trips(tmp_path: Path) -> None:
+    from twin.load import load_scenario as load
+
+    sc = load(EXAMPLES / "digits-pipeline.yaml")
+    stage = sc.components[0]
+    table = {
+        "kind": "table",
+        "dist": "gamma",
+        "points": {1: {"mean_ms": 1.0, "cv": 0.2}, 8: {"mean_ms": 3.5, "cv": 0.1}},
+    }
+    variant = stage.variants[0].model_copy(update={"service_time": None})
+    fitted = type(stage.variants[0]).model_validate(
+        variant.model_dump(exclude={"service_time"}) | {"service_time": table}
+    )
+    comp = stage.model_copy(update={"variants": [fitted, *stage.variants[1:]]})
+    sc2 = sc.model_copy(update={"components": [comp, *sc.components[1:]]})
+    path = tmp_path / "fitted.yaml"
+    path.write_text(dump_yaml(sc2))
+    back = load(path)
+    assert back.components[0].variants[0].service_time.points[8].mean_ms == 3.5
