@@ -5,7 +5,8 @@ Runs ``mlops-twin rl control`` once per policy on ``examples/digits-pipeline.yam
 every 10 s: gateway metrics → LSTM → policy → ``testbed apply`` → testbed
 down) and puts the measured means side by side. The PPO policy must have been
 trained on the digits scenario first (``mlops-twin rl train
-examples/digits-pipeline.yaml --out runs/rl-train-digits``).
+examples/digits-pipeline.yaml --steps 21600 --gamma 0.99 --out runs/rl-train-digits``,
+the policy of the committed result).
 
 Usage::
 
@@ -74,8 +75,9 @@ def main() -> None:
         "",
         "Run folders: " + "; ".join(loads),
         "",
-        "Reproduce: train `mlops-twin rl train examples/digits-pipeline.yaml --out "
-        "runs/rl-train-digits`, then `.venv/bin/python benchmarks/rl_testbed.py`",
+        "Reproduce: train `mlops-twin rl train examples/digits-pipeline.yaml --steps 21600 "
+        "--gamma 0.99 --out runs/rl-train-digits`, then `.venv/bin/python "
+        "benchmarks/rl_testbed.py`",
     ])  # fmt: skip
     write_result("rl_testbed", text)
 

@@ -117,6 +117,7 @@ def train(
     ] = "analytic",
     expert_every: Annotated[int, typer.Option(help="Every f-th episode the solver acts.")] = 4,
     seed: Annotated[int, typer.Option()] = 0,
+    gamma: Annotated[float, typer.Option(help="Discount per stage step.")] = 0.9,
     predictor: Annotated[str, typer.Option(help="LSTM weights, or 'none'.")] = str(
         DEFAULT_PREDICTOR
     ),
@@ -136,7 +137,7 @@ def train(
     proc = _process(sc, process)
     ws = _workloads(sc, workloads)
     env = make_env(sc, proc, ws, backend, _predictor(predictor), expert_every=expert_every)
-    model, writer = agent.make_agent(env, seed=seed)
+    model, writer = agent.make_agent(env, seed=seed, gamma=gamma)
     if init is not None:
         loaded = agent.load(init)
         model.policy.load_state_dict(loaded.policy.state_dict())
@@ -154,7 +155,7 @@ def train(
         shutil.copy(scenario_file, tmp / "inputs" / scenario_file.name)
         summary = {
             "scenario": sc.name, "process": proc, "backend": backend, "steps": steps,
-            "expert_every": expert_every, "seed": seed, "wall_s": round(wall, 1),
+            "expert_every": expert_every, "seed": seed, "gamma": gamma, "wall_s": round(wall, 1),
             "final_ep_reward_mean": _last(curves, "ep_reward_mean"),
             "final_value_loss": _last(curves, "value_loss"),
             "policy": str(target / "policy.zip"),
