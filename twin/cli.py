@@ -148,7 +148,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of all random streams.")] = 1,
     workers: Annotated[
         int, typer.Option(help="Processes for replications (0: one per core).", min=0)
-    ] = 0,
+    ] = 1,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write a run folder (records, report).")
     ] = None,

@@ -43,7 +43,9 @@ def deployment_cost(scenario: Scenario, deployment: Deployment, horizon_s: float
     """Rental of every machine that hosts at least one instance, over the horizon."""
     servers = scenario.server_of()
     used = {m for per in deployment.allocation.values() for m, n in per.items() if n > 0}
-    return sum(servers[m].price_per_hour for m in used if m in servers) * horizon_s / 3600.0
+    # Sorted: summing in set order would make the last bit of the cost depend
+    # on the process's string-hash seed (Dask workers differ).
+    return sum(servers[m].price_per_hour for m in sorted(used) if m in servers) * horizon_s / 3600.0
 
 
 def placement_criteria(
