@@ -45,6 +45,7 @@ from calibrate.fit import fit_samples, fit_variant
 from calibrate.samples import overheads, request_overheads, testbed_samples
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
+from twin.criteria import latency_summary
 from twin.evaluate import Evaluation, evaluate
 from twin.load import load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
@@ -134,15 +135,7 @@ def fit_run_calibration(
 
 
 def _latency_stats(lat_s: np.ndarray) -> dict[str, float]:
-    if lat_s.size == 0:
-        return {k: math.nan for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")}
-    ms = lat_s * 1e3
-    return {
-        "mean_ms": float(ms.mean()),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
+    return {f"{k}_ms": v for k, v in latency_summary(np.asarray(lat_s) * 1e3).items()}
 
 
 def testbed_latency_s(o: WorkloadOutcome) -> np.ndarray:

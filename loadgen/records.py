@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from testbed.api import decode_timings
+from twin.criteria import latency_summary
 from twin.spec import Process
 
 ON_TIME_S = 0.05  # a request released later than this after its scheduled time is late
@@ -203,9 +204,7 @@ def run_summary(requests: pd.DataFrame, duration_s: float, expected: float) -> d
         # sent within ON_TIME_S of its scheduled time (unsent requests count as late)
         "on_time": float((requests["lag_s"] <= ON_TIME_S).mean()) if len(requests) else np.nan,
     }
-    for q in (50, 95, 99):
-        out[f"p{q}_s"] = float(np.percentile(latency, q)) if latency.size else float("nan")
-    out["mean_s"] = float(latency.mean()) if latency.size else float("nan")
+    out |= {f"{k}_s": v for k, v in latency_summary(latency).items()}
     if "truth" in ok and len(ok):
         out["accuracy"] = float((ok["label"] == ok["truth"]).mean())
     return out

@@ -92,9 +92,21 @@ def latency_percentiles(
     t = durations(requests, end_s) if end_s is not None else durations(
         requests.dropna(subset=["t_end"]), 0.0
     )  # fmt: skip
-    out = {"mean": float(t.mean()) if len(t) else float("nan")}
+    return latency_summary(t.to_numpy(), quantiles)
+
+
+def latency_summary(
+    latencies_s: np.ndarray, quantiles: tuple[float, ...] = (50, 95, 99)
+) -> dict[str, float]:
+    """``{"mean", "p50", "p95", …}`` of latencies (s); NaN each when there are none.
+
+    The one definition of latency percentiles (numpy's linear interpolation),
+    for the twin's records and the testbed's measurements alike.
+    """
+    t = np.asarray(latencies_s, dtype=float)
+    out = {"mean": float(t.mean()) if t.size else float("nan")}
     for q in quantiles:
-        out[f"p{q:g}"] = float(np.percentile(t, q)) if len(t) else float("nan")
+        out[f"p{q:g}"] = float(np.percentile(t, q)) if t.size else float("nan")
     return out
 
 
