@@ -287,7 +287,7 @@ class _StepPlan:
     cpu: Sampler | None
     gpu: Sampler | None
     dependents: list[int]
-    n_deps: int
+    depends_on: list[int]
 
 
 @dataclass
@@ -306,7 +306,7 @@ class _Execution:
     def __init__(self, sim: Simulation, plan: _ProcessPlan, pid: int) -> None:
         self.sim, self.plan, self.pid = sim, plan, pid
         n = len(plan.steps)
-        self.deps_left = [sp.n_deps for sp in plan.steps]
+        self.deps_left = [len(sp.depends_on) for sp in plan.steps]
         self.parts_left = [0] * n
         self.jobs: list[list[list[Any]] | None] = [None] * n
         self.steps_left = n
@@ -338,14 +338,13 @@ class _Execution:
             self.deps_left[d] -= 1
             if self.deps_left[d] == 0:
                 dep = steps[d]
-                sources = outputs if dep.n_deps == 1 else self._sources(dep)
+                sources = outputs if len(dep.depends_on) == 1 else self._sources(dep)
                 self.sim.launch(self, dep, sources)
 
     def _sources(self, sp: _StepPlan) -> list[tuple[_Machine, float]]:
         machines, steps = self.sim.machine_list, self.plan.steps
         out = []
-        for name in sp.step.depends_on:
-            k = next(s.index for s in steps if s.step.name == name)
+        for k in sp.depends_on:
             jobs = self.jobs[k] or []
             mb = steps[k].step.data_out_mb / max(len(jobs), 1)
             out += [(machines[j[_MACHINE]], mb) for j in jobs]
@@ -450,12 +449,11 @@ class Simulation:
                         if s.cpu_work and not comp.is_stage else None,
                         gpu=make_sampler(s.gpu_work, rng) if s.gpu_work else None,
                         dependents=[j for j, t in enumerate(p.steps) if s.name in t.depends_on],
-                        n_deps=len(s.depends_on),
+                        depends_on=[index[d] for d in s.depends_on],
                     )
                 )  # fmt: skip
                 self.step_names.append(s.name)
             roots = [i for i, s in enumerate(p.steps) if not s.depends_on]
-            assert all(d in index for s in p.steps for d in s.depends_on)  # spec guarantees
             self.plans.append(_ProcessPlan(p_code, p, steps, roots))
 
     def _apply_allocation(self, dep: Deployment) -> None:
