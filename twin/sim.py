@@ -639,6 +639,7 @@ class Simulation:
         self._service_rngs: dict[int, np.random.Generator] = {}
         self.visits: list[list[Any]] = []
         self.requests: list[list[Any]] = []
+        self._cursors = [(-math.inf, 0), (-math.inf, 0)]  # visits, requests: (since_s, row)
         self.in_flight = 0
         self.drained = self.env.event()
         self._build()
@@ -688,9 +689,34 @@ class Simulation:
     def _needed(self, k: int) -> bool:
         return any(sp.component == k for plan in self.plans for sp in plan.steps)
 
-    def records(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Visit and request tables of everything so far (unfinished rows have NaN times)."""
-        return self._visit_frame(), self._request_frame()
+    def records(self, since_s: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Visit and request tables so far (unfinished rows have NaN times).
+
+        ``since_s`` (s) keeps only rows not finished before that time: what
+        was in flight at ``since_s`` or arrived later. A controller that reads
+        one adaptation interval after another passes each interval's start;
+        with non-decreasing ``since_s`` each call skips the finished prefix
+        it skipped before, so reading a whole run window by window costs
+        about as much as reading it once.
+        """
+        if since_s is None:
+            return self._visit_frame(), self._request_frame()
+        v = self._unfinished(self.visits, 9, 0, since_s)
+        r = self._unfinished(self.requests, 3, 1, since_s)
+        return self._visit_frame(v), self._request_frame(r)
+
+    def _unfinished(self, rows: list[list[Any]], end: int, slot: int, since_s: float
+                    ) -> list[list[Any]]:  # fmt: skip
+        # Rows are appended in launch order and never removed; the cursor marks a
+        # prefix of rows all finished before the last since_s asked for.
+        last_since, i = self._cursors[slot]
+        if since_s < last_since:
+            i = 0
+        n = len(rows)
+        while i < n and rows[i][end] < since_s:  # NaN (unfinished) compares False
+            i += 1
+        self._cursors[slot] = (since_s, i)
+        return [r for r in rows[i:] if not r[end] < since_s]
 
     def run(self, visits: bool = True) -> ReplicationResult:
         """Simulate arrivals over the horizon, then drain for up to ``drain_s``.
@@ -708,8 +734,8 @@ class Simulation:
             return ReplicationResult(self._visit_frame(), self._request_frame(), events, env.now)
 
     # -- collect -------------------------------------------------------------------------------
-    def _visit_frame(self) -> pd.DataFrame:
-        rows = self.visits
+    def _visit_frame(self, rows: list[list[Any]] | None = None) -> pd.DataFrame:
+        rows = self.visits if rows is None else rows
         cols: list[Any] = list(zip(*[r[:11] for r in rows], strict=True)) if rows else [()] * 11
         return pd.DataFrame(
             {
@@ -727,8 +753,8 @@ class Simulation:
             }
         )
 
-    def _request_frame(self) -> pd.DataFrame:
-        rows = self.requests
+    def _request_frame(self, rows: list[list[Any]] | None = None) -> pd.DataFrame:
+        rows = self.requests if rows is None else rows
         cols: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * 5
         return pd.DataFrame(
             {

@@ -199,3 +199,29 @@ def test_unfinished_executions_are_recorded_as_such() -> None:
     r = simulate_replication(sc, dep, None, 20, seed=1, drain_s=1)
     assert r.requests["t_end"].isna().sum() > 100
     assert r.end_s == pytest.approx(21)
+
+
+def test_records_since_reads_each_window_like_a_filtered_full_read() -> None:
+    sc = one_stage()
+    dep = Deployment(allocation={"stage": {"m": 1}}, stages={"stage": StageConfig(variant="slow")})
+    sim = Simulation(sc, dep, None, 120, seed=6)
+    windows = []
+    for t in range(10, 130, 10):
+        sim.advance(t)
+        windows.append((t - 10, *sim.records(since_s=t - 10)))
+    full_visits, full_requests = sim.records()
+    for t0, visits, requests in windows:
+        # Only rows already finished before t0 are left out, whatever finished later.
+        assert not (visits["t_end"] < t0).any()
+        assert not (requests["t_end"] < t0).any()
+        # Every row finished in [t0, t0 + 10) is in the window read at t0 + 10.
+        done = full_visits[(full_visits["t_end"] >= t0) & (full_visits["t_end"] < t0 + 10)]
+        assert set(done["pid"]) <= set(visits["pid"])
+        arrived = full_requests[
+            (full_requests["t_arrive"] >= t0) & (full_requests["t_arrive"] < t0 + 10)
+        ]
+        assert set(arrived["pid"]) <= set(requests["pid"])
+    assert len(full_requests) > 100
+    # Going back in time re-reads from the start rather than trusting the cursor.
+    again, _ = sim.records(since_s=0)
+    assert len(again) == len(full_visits)
