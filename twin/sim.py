@@ -56,7 +56,7 @@ _T_ARRIVE, _T_START, _T_END, _BATCH = 7, 8, 9, 10
 _EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP = 11, 12, 13, 14, 15, 16
 _NAN = float("nan")
 
-STREAM_ARRIVALS, STREAM_SERVICE, STREAM_ROUTING = 0, 1, 2
+STREAM_ARRIVALS, STREAM_SERVICE, STREAM_ROUTING, STREAM_OVERHEAD = 0, 1, 2, 3
 
 
 def stream(seed: int, replication: int, purpose: int, name: str = "") -> np.random.Generator:
@@ -296,6 +296,7 @@ class _ProcessPlan:
     process: Process
     steps: list[_StepPlan]
     roots: list[int]
+    overhead: Sampler | None = None
 
 
 class _Execution:
@@ -314,6 +315,15 @@ class _Execution:
 
     def start(self) -> None:
         self.sim.requests.append(self.record)
+        overhead = self.plan.overhead
+        if overhead is not None:
+            delay = overhead(1)
+            if delay > 0:
+                self.sim.env.timeout(delay).callbacks.append(self._launch_roots)
+                return
+        self._launch_roots()
+
+    def _launch_roots(self, _e: Any = None) -> None:
         for i in self.plan.roots:
             self.sim.launch(self, self.plan.steps[i], ())
 
@@ -454,7 +464,11 @@ class Simulation:
                 )  # fmt: skip
                 self.step_names.append(s.name)
             roots = [i for i, s in enumerate(p.steps) if not s.depends_on]
-            self.plans.append(_ProcessPlan(p_code, p, steps, roots))
+            overhead = None
+            if p.request_overhead is not None:
+                rng = stream(self.seed, self.replication, STREAM_OVERHEAD, p.name)
+                overhead = make_sampler(p.request_overhead, rng)
+            self.plans.append(_ProcessPlan(p_code, p, steps, roots, overhead))
 
     def _apply_allocation(self, dep: Deployment) -> None:
         """Bring instances, samplers and batching in line with ``dep``."""

@@ -320,6 +320,12 @@ class Process(Frozen):
     resource_budget_cores: PositiveFloat | None = Field(
         None, description="W_max: bound on Σ w·f over the pipeline's stages (cores)."
     )
+    request_overhead: ServiceTime | None = Field(
+        None,
+        description="Time each execution spends outside its steps, at batch size 1 (ms): "
+        "client↔gateway transfer, (de)serialisation, the HTTP hop to each stage. Drawn "
+        "once per execution and spent before its first step; it holds no capacity.",
+    )
 
     @model_validator(mode="after")
     def _check_dag(self) -> Process:
