@@ -1,18 +1,22 @@
 """The calibration file and the calibrated scenario it yields.
 
-A calibration file (YAML, ``kind: mlops-twin-calibration``) holds, per stage ×
-variant × CPU share, a fitted service time *in the spec's own format* (a
-``lognormal``/``gamma`` model with ``per_item_ms``, or a ``table``), the
-held-out log-likelihood of every candidate, the share exponent η, and the
-testbed's gateway/network overheads. :func:`calibrated_scenario` turns it
-into a scenario whose variants carry the fitted service times, which
-``mlops-twin simulate`` and every other command consume unchanged.
+A calibration file (YAML, ``kind: mlops-twin-calibration``, ``version: 2``)
+holds, per stage × variant × CPU share, a fitted service time *in the spec's
+own format* (a ``lognormal``/``gamma`` model with ``per_item_ms``, or a
+``table``), the held-out log-likelihood of every candidate, the share
+exponent η, and the testbed's per-request overhead: everything a request's
+latency holds beyond its stages' queue and service time (client ↔ gateway,
+the gateway's own work, the HTTP hop of *every* stage visit), fitted as one
+lognormal or gamma distribution. :func:`calibrated_scenario` turns it into a
+scenario whose variants carry the fitted service times and whose request
+processes carry the overhead as ``Process.request_overhead``, which
+``mlops-twin simulate`` and every other command consume unchanged. Because
+the overhead already holds the HTTP hops, the calibrated scenario's network
+latencies are 0.
 
-What the spec cannot express (yet) is a fixed per-request overhead: the
-testbed's client ↔ gateway time and the HTTP hop of *every* stage visit
-(the twin adds network latency only between different machines). The
-calibrated scenario therefore sets the twin's network latencies to zero and
-:func:`request_overhead_ms` gives the constant to add to the twin's latency.
+Format 1 (before ``Process.request_overhead``) modelled the overhead with the
+offered rate as a 'batch size' axis and added draws to the twin's latencies
+after the fact; :func:`load` refuses it with a request to refit.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from calibrate.fit import VariantFit, share_exponent
-from twin.load import parse, read_yaml
-from twin.service import make_sampler
+from twin.load import SpecError, parse, read_yaml
 from twin.spec import (
     GammaServiceTime,
     LognormalServiceTime,
@@ -38,6 +42,7 @@ from twin.spec import (
 )
 
 KIND = "mlops-twin-calibration"
+FORMAT = 2  # version of the file layout; see the module doc
 
 
 class _Model(BaseModel):
@@ -58,21 +63,37 @@ class FitRecord(_Model):
     )
 
 
+class RateLevel(_Model):
+    """The measured overhead at one offered rate of the fit runs (how much it moves with load)."""
+
+    rate_per_s: float
+    n: int
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+
+
 class Overheads(_Model):
     hop_ms: float = Field(0.0, ge=0, description="Mean HTTP round trip of one stage visit.")
     request_ms: float = Field(0.0, ge=0, description="Mean client↔gateway time per request.")
     n_requests: int = 0
     per_request: ServiceTime | None = Field(
         None,
-        description="Fitted distribution of a request's whole overhead (ms): latency minus "
-        "its stages' queue and service time (client lag, gateway, every HTTP hop). Its "
-        "'batch size' axis is the offered rate (req/s, rounded) when the request arrived: "
-        "on a shared host the gateway's and servers' CPU contention grows with load.",
+        description="Fitted distribution of a request's whole overhead at batch size 1 (ms): "
+        "latency minus its stages' queue and service time (client lag, gateway, every HTTP "
+        "hop). The calibrated scenario's request processes carry it as request_overhead.",
+    )
+    heldout_loglik: dict[str, float] = Field(
+        default_factory=dict, description="Family → mean held-out log-likelihood (nats)."
+    )
+    by_rate: list[RateLevel] = Field(
+        default_factory=list, description="The measured overhead per offered rate of the fit."
     )
 
 
 class Calibration(_Model):
     kind: str = KIND
+    version: int = Field(FORMAT, ge=FORMAT, le=FORMAT, description="File layout version.")
     scenario: str
     scenario_sha256: str = ""
     source: str = ""
@@ -94,8 +115,14 @@ def build(
     source: str = "",
     overheads: dict[str, float] | None = None,
     per_request: ServiceTime | None = None,
+    heldout_loglik: dict[str, float] | None = None,
+    by_rate: list[RateLevel] | None = None,
 ) -> Calibration:
-    """A calibration document from fitted variants (and measured overheads)."""
+    """A calibration document from fitted variants (and measured overheads).
+
+    ``overheads``: mean ``hop_ms``/``request_ms`` and ``n_requests``;
+    ``per_request``: the fitted overhead distribution (ms, batch size 1).
+    """
     known = {(c.name, v.name) for c in scenario.components for v in c.variants}
     unknown = sorted({f"{f.component}/{f.variant}" for f in fits} - {f"{c}/{v}" for c, v in known})
     if unknown:
@@ -125,7 +152,11 @@ def build(
         fits=records,
         share_exponent=eta,
         overheads=Overheads(
-            **clean, n_requests=int(ov.get("n_requests", 0) or 0), per_request=per_request
+            **clean,
+            n_requests=int(ov.get("n_requests", 0) or 0),
+            per_request=per_request,
+            heldout_loglik=heldout_loglik or {},
+            by_rate=by_rate or [],
         ),
     )
 
@@ -148,7 +179,15 @@ def dump(calibration: Calibration) -> str:
 
 def load(path: str | Path) -> Calibration:
     """Read and validate a calibration file (errors name the file and field)."""
-    return parse(Calibration, read_yaml(path), str(path))
+    data = read_yaml(path)
+    if isinstance(data, dict) and data.get("kind") == KIND and "version" not in data:
+        raise SpecError(
+            f"{path}: a format-1 calibration file (per-request overhead by offered rate, "
+            f"added outside the twin); this calibrate reads format {FORMAT}, which puts the "
+            "overhead into the scenario's request processes: refit it (calibrate fit or "
+            "calibrate validate)"
+        )
+    return parse(Calibration, data, str(path))
 
 
 def scale_service_time(model: ServiceTime, factor: float) -> ServiceTime:
@@ -189,9 +228,11 @@ def calibrated_scenario(
 
     ``shares`` gives the CPU share (host cores) each stage runs with on the
     testbed — one number for all, or per component; None: the most-sampled
-    share of each variant. With measured overheads the twin's network
-    latencies are set to 0 (see the module doc). Returns the new scenario and
-    the 'component/variant' names that kept their original service time.
+    share of each variant. With a fitted per-request overhead every request
+    process gets it as ``request_overhead`` and the network latencies are set
+    to 0 (the overhead holds the HTTP hops; see the module doc). Returns the
+    new scenario and the 'component/variant' names that kept their original
+    service time.
     """
     untouched: list[str] = []
     components = []
@@ -209,34 +250,45 @@ def calibrated_scenario(
             else:
                 variants.append(v.model_copy(update={"service_time": st}))
         components.append(c.model_copy(update={"variants": variants}))
-    settings = scenario.settings
-    if calibration.overheads.n_requests > 0:
+    settings, processes = scenario.settings, scenario.processes
+    overhead = calibration.overheads.per_request
+    if overhead is not None:
+        processes = [
+            p.model_copy(update={"request_overhead": overhead}) if p.kind == "request" else p
+            for p in processes
+        ]
         net = settings.network.model_copy(
             update={"intra_zone_latency_ms": 0.0, "inter_zone_latency_ms": 0.0}
         )
         settings = settings.model_copy(update={"network": net})
-    new = scenario.model_copy(update={"components": components, "settings": settings})
+    new = scenario.model_copy(
+        update={"components": components, "processes": processes, "settings": settings}
+    )
     # Re-validate: a fitted model must still be a valid spec model.
     return Scenario.model_validate(new.model_dump()), untouched
 
 
-def request_overhead_ms(calibration: Calibration, stage_visits: int) -> float:
-    """Constant latency (ms) the testbed adds beyond what the calibrated twin simulates."""
-    ov = calibration.overheads
-    return ov.request_ms + stage_visits * ov.hop_ms
+def overhead_levels(over: pd.DataFrame, max_levels: int = 6) -> list[RateLevel]:
+    """The measured overhead (ms) per offered rate (``samples.request_overheads`` rows).
 
-
-def overhead_ms(
-    calibration: Calibration, rates_per_s: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """One independent draw of the per-request overhead (ms) per request.
-
-    ``rates_per_s`` is the offered rate when each request arrived (the
-    model's covariate). Zeros when the calibration has no overhead model.
+    One level per distinct rate (rounded to 0.1 req/s) when there are at most
+    ``max_levels``, else quantile bins of the rate; none without rates.
     """
-    rates = np.maximum(np.rint(np.asarray(rates_per_s, dtype=float)), 1).astype(int)
-    model = calibration.overheads.per_request
-    if model is None:
-        return np.zeros(rates.size)
-    sample = make_sampler(model, rng)
-    return np.array([sample(int(r)) for r in rates]) * 1e3
+    rows = over.dropna(subset=["rate_per_s"])
+    if rows.empty:
+        return []
+    rate = rows["rate_per_s"].round(1)
+    key = rate if rate.nunique() <= max_levels else pd.qcut(rate, 4, duplicates="drop")
+    levels = []
+    for _, g in rows.groupby(key, observed=True, sort=True):
+        x = g["overhead_ms"].to_numpy(dtype=float)
+        levels.append(
+            RateLevel(
+                rate_per_s=round(float(g["rate_per_s"].mean()), 2),
+                n=int(x.size),
+                mean_ms=float(np.mean(x)),
+                p50_ms=float(np.percentile(x, 50)),
+                p95_ms=float(np.percentile(x, 95)),
+            )
+        )
+    return levels

@@ -32,31 +32,39 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def read_samples(source: Path, cpu_share: float | None) -> tuple[pd.DataFrame, dict]:
-    """Samples and measured overheads from a profile folder, a load-run folder or a table.
+def read_samples(
+    source: Path, cpu_share: float | None
+) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
+    """Samples, mean overheads and per-request overheads from a profile, load run or table.
 
     A profile folder holds ``samples.parquet`` and ``manifest.json``; a load-run
     folder (``mlops-twin load run``) holds ``visits.parquet`` and
-    ``requests.parquet``; a file is a samples table (parquet or CSV).
+    ``requests.parquet``, whose per-request overheads (ms) come back as a
+    table (None for the other sources); a file is a samples table (parquet or CSV).
     """
-    from calibrate.samples import overheads, testbed_samples
+    from calibrate.samples import overheads, request_overheads, testbed_samples
 
     if source.is_dir() and (source / "samples.parquet").is_file():
         manifest = source / "manifest.json"
         ov = json.loads(manifest.read_text()).get("overheads", {}) if manifest.is_file() else {}
-        return pd.read_parquet(source / "samples.parquet"), ov
+        return pd.read_parquet(source / "samples.parquet"), ov, None
     if source.is_dir() and (source / "visits.parquet").is_file():
         visits = pd.read_parquet(source / "visits.parquet")
         requests = pd.read_parquet(source / "requests.parquet")
         share = cpu_share
         if share is None:
             _fail(f"{source} is a load run: give the stages' CPU share with --cpu-share")
-        return testbed_samples(visits, float(share)), overheads(requests, visits)
+        rows = requests[requests["process"].astype(str).isin(visits["process"].astype(str))]
+        return (
+            testbed_samples(visits, float(share)),
+            overheads(rows, visits),
+            request_overheads(rows, visits),
+        )
     if source.is_file():
         frame = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
         if cpu_share is not None or "cpu_share" not in frame:
             frame = frame.assign(cpu_share=cpu_share or 1.0)
-        return frame, {}
+        return frame, {}, None
     _fail(f"{source}: not a profile folder, a load-run folder or a samples table")
     raise AssertionError  # unreachable: _fail exits
 
@@ -82,22 +90,36 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Fit per stage × variant × CPU share a service-time model; write a calibration file."""
+    """Fit per stage × variant × CPU share a service-time model; write a calibration file.
+
+    Load-run sources also give the per-request overhead distribution, which
+    the calibrated scenario's request processes carry (``request_overhead``).
+    """
     from calibrate import calibration as cal
-    from calibrate.fit import fit_samples
+    from calibrate.fit import fit_overhead, fit_samples
 
     try:
         sc = load_scenario(scenario)
-        frames, ovs = [], []
+        frames, ovs, per_request = [], [], []
         for s in sources:
-            frame, ov = read_samples(s, cpu_share)
+            frame, ov, over = read_samples(s, cpu_share)
             frames.append(frame)
             if ov:
                 ovs.append(ov)
+            if over is not None and len(over):
+                per_request.append(over)
         samples = pd.concat(frames, ignore_index=True)
         fits = fit_samples(samples, holdout=holdout, seed=seed)
         ov = _pool_overheads(ovs)
-        doc = cal.build(fits, sc, cal.file_sha256(scenario), ", ".join(map(str, sources)), ov)
+        model, scores = None, {}
+        if per_request:
+            model, scores = fit_overhead(
+                pd.concat(per_request)["overhead_ms"].to_numpy(), holdout=holdout, seed=seed
+            )
+        doc = cal.build(
+            fits, sc, cal.file_sha256(scenario), ", ".join(map(str, sources)), ov,
+            per_request=model, heldout_loglik=scores,
+        )  # fmt: skip
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump(doc))
         if scenario_out is not None:

@@ -5,10 +5,10 @@ rebuilds the greedy baseline's deployment the run compared against, deploys
 each in turn on the testbed, offers both the same load (same workload, same
 arrival seed) and scores the testbed's request log with the twin's own
 ``placement_criteria``. The twin predicts the same runs (same horizon and
-seed; with ``--calibration``, the calibrated scenario plus the measured
-per-request overhead). The report shows predicted vs measured criteria of
-both deployments and, per criterion, whether the twin and the testbed rank
-chosen vs greedy the same way.
+seed; with ``--calibration``, the calibrated scenario, whose request
+processes carry the measured per-request overhead). The report shows
+predicted vs measured criteria of both deployments and, per criterion,
+whether the twin and the testbed rank chosen vs greedy the same way.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from twin.criteria import CRITERIA, placement_criteria
 from twin.evaluate import evaluate
 from twin.load import load_deployment, parse, read_yaml, resolve_paths
 from twin.runs import atomic_dir
-from twin.spec import Deployment, Scenario, Workload
-from twin.workload import rate_at
+from twin.spec import Deployment, Scenario
 
 
 @dataclass
@@ -152,11 +151,8 @@ def run_deploy_back(
             measured = placement_criteria(
                 req, sc, dep, cfg.duration_s, cfg.duration_s + cfg.drain_s
             )
-            ev = evaluate(twin_sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed,
-                          keep_records=calibration is not None)  # fmt: skip
+            ev = evaluate(twin_sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed)
             twin = dict(zip(CRITERIA, ev.criteria(), strict=True))
-            if calibration is not None and ev.requests is not None:
-                twin = _with_overhead(ev.requests, twin_sc, dep, w, cfg, calibration)
             for c in CRITERIA:
                 rows.append({"deployment": label, "criterion": c,
                              "optimizer": opt.predicted.get(label, {}).get(c, math.nan),
@@ -165,25 +161,6 @@ def run_deploy_back(
         tab.to_csv(tmp / "criteria.csv", index=False)
         (tmp / "report.md").write_text(report_text(cfg, opt, name, tab, calibration is not None))
     return tab
-
-
-def _with_overhead(
-    requests: pd.DataFrame,
-    sc: Scenario,
-    dep: Deployment,
-    workload: Workload,
-    cfg: DeployBackConfig,
-    calibration: cal.Calibration,
-) -> dict[str, float]:
-    """Twin criteria with each request's measured overhead added (mean over replications)."""
-    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(8,)))
-    per = []
-    for _, rep in requests.groupby("replication"):
-        rates = np.array([rate_at(workload, t) for t in rep["t_arrive"]])
-        extra = cal.overhead_ms(calibration, rates, rng) / 1e3
-        rep = rep.assign(t_end=rep["t_end"] + extra)
-        per.append(placement_criteria(rep, sc, dep, cfg.duration_s, cfg.duration_s + cfg.drain_s))
-    return {c: float(np.mean([p[c] for p in per])) for c in CRITERIA}
 
 
 def report_text(
@@ -197,7 +174,7 @@ def report_text(
         "",
         f"- scenario {opt.scenario.name}; workload {workload}, {cfg.duration_s:g} s, arrival "
         f"seed {cfg.seed}; twin {cfg.replications} replications at the same horizon"
-        + (" (calibrated, with measured overhead)" if calibrated else " (uncalibrated spec)"),
+        + (" (calibrated, overhead in the scenario)" if calibrated else " (uncalibrated spec)"),
         "- 'optimizer' is what the optimize run predicted at its own horizon (overruns and "
         "cost scale with the horizon); 'twin' re-predicts the testbed's run",
         f"- generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",

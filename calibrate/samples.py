@@ -117,14 +117,15 @@ def overheads(requests: pd.DataFrame, visits: pd.DataFrame) -> dict[str, float]:
 
 
 def request_overheads(
-    requests: pd.DataFrame, visits: pd.DataFrame, workload: Workload
+    requests: pd.DataFrame, visits: pd.DataFrame, workload: Workload | None = None
 ) -> pd.DataFrame:
     """Per answered request: offered rate at arrival and latency minus stage time (ms).
 
     The overhead is everything the twin's stage queues do not simulate: the
     client's send lag, client ↔ gateway, the gateway's own work and every
     stage's HTTP hop. Latency is from the *scheduled* arrival, as in the
-    twin. ``rate_per_s`` is ``workload``'s offered rate at that instant.
+    twin. ``rate_per_s`` is ``workload``'s offered rate at that instant (NaN
+    without a workload); it only says how the overhead moves with load.
     """
     inside = (visits["queue_s"] + visits["service_s"]).groupby(visits["pid"]).sum()
     ok = requests[requests["ok"]].set_index("pid")
@@ -132,5 +133,8 @@ def request_overheads(
     arrive = ok.loc[pids, "t_arrive"].to_numpy(dtype=float)
     total = ok.loc[pids, "t_end"].to_numpy(dtype=float) - arrive
     over = ((total - inside.loc[pids].to_numpy(dtype=float)) * 1e3).clip(min=1e-3)
-    rates = np.array([rate_at(workload, t) for t in arrive], dtype=float)
+    if workload is None:
+        rates = np.full(arrive.size, np.nan)
+    else:
+        rates = np.array([rate_at(workload, t) for t in arrive], dtype=float)
     return pd.DataFrame({"rate_per_s": rates, "overhead_ms": over})

@@ -7,15 +7,17 @@
    background load cannot favour either side): their raw
    per-visit rows give each deployed stage's service time at the CPU share it
    really had, and their per-request rows the overhead distribution
-   (latency minus stage queue and service: client lag, gateway, HTTP hops) as
-   a function of the offered rate (two levels: mean and cv interpolate);
+   (latency minus stage queue and service: client lag, gateway, HTTP hops;
+   one lognormal or gamma, with its measured level per offered rate reported)
+   — see :mod:`calibrate.fitruns`;
 3. the **held-out runs**: the validation workloads, other rates, other seed;
 4. ``testbed down`` (always);
 5. fit (:mod:`calibrate.fit`; a profile folder fills in what the fit run did
    not exercise), write the calibration file and the calibrated scenario;
 6. the calibrated twin on the same deployment and workloads (replication 0
-   sees the testbed's very arrival instants); each twin request's latency gets
-   an independent draw of the fitted overhead;
+   sees the testbed's very arrival instants); the calibrated scenario's
+   request processes carry the fitted overhead (``Process.request_overhead``),
+   so the twin's latencies hold it;
 7. ``report.md`` with a table per workload level — mean, p50, p95, p99
    latency, throughput, CPU use: twin, testbed, error % — and CDF overlays.
 """
@@ -41,16 +43,20 @@ from calibrate.experiment import (
     cpu_per_server,
     run_workloads,
 )
-from calibrate.fit import fit_samples, fit_variant
-from calibrate.samples import overheads, request_overheads, testbed_samples
+from calibrate.fitruns import (
+    fit_levels,
+    fit_run,
+    fit_run_calibration,
+    overhead_text,
+    stage_shares,
+)
 from loadgen.profile import scale_workload
-from loadgen.run import LoadResult, LoadRun, execute, write_result
+from loadgen.run import LoadResult
 from twin.criteria import latency_summary
 from twin.evaluate import Evaluation, evaluate
 from twin.load import load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario, Workload
-from twin.workload import rate_at
 
 METRICS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "cpu_cores")
 
@@ -73,64 +79,6 @@ class ValidateConfig:
     shares: dict[str, float] = field(default_factory=dict)  # component → host cores
 
 
-# --------------------------------------------------------------------------- fitting
-
-
-def stage_shares(scenario: Scenario, deployment: Deployment, factor: float) -> dict[str, float]:
-    """Host cores of the emulated server each stage runs on (its cgroup quota).
-
-    ``cpu_cores × cpu_speed × factor`` of the machine with the stage's first
-    instance, as the testbed's capacity plan gives it.
-    """
-    server_of = scenario.server_of()
-    out = {}
-    for c in scenario.components:
-        row = {m: n for m, n in deployment.allocation.get(c.name, {}).items() if n > 0}
-        if c.is_stage and row:
-            s = server_of[next(iter(row))]
-            out[c.name] = round(s.cpu_cores * s.cpu_speed * factor, 4)
-    return out
-
-
-def fit_run_calibration(
-    scenario: Scenario,
-    scenario_file: Path,
-    fits: list[tuple[LoadResult, Workload]],
-    shares: dict[str, float],
-    profile: Path | None = None,
-) -> cal.Calibration:
-    """Calibration from the fit runs' raw rows (plus a profile for what they lack)."""
-    parts = []
-    for fit, _ in fits:
-        for component, share in shares.items():
-            rows = fit.visits[fit.visits["component"].astype(str) == component]
-            if len(rows):
-                parts.append(testbed_samples(rows, share))
-    samples = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if profile is not None:
-        prof = pd.read_parquet(profile / "samples.parquet")
-        have = set(zip(samples.get("component", []), samples.get("variant", []), strict=False))
-        keep = [(c, v) not in have for c, v in zip(prof["component"], prof["variant"], strict=True)]
-        samples = pd.concat([samples, prof[keep]], ignore_index=True)
-    models = fit_samples(samples)
-    # pids restart at 0 in every run: overheads are computed run by run, then pooled
-    over = pd.concat([request_overheads(f.requests, f.visits, w) for f, w in fits])
-    rates = np.maximum(np.rint(over["rate_per_s"].to_numpy()), 1).astype(int)
-    model = fit_variant(rates, over["overhead_ms"].to_numpy(), component="overhead").service_time
-    per_run = [overheads(f.requests, f.visits) for f, _ in fits]
-    n = sum(o["n_requests"] for o in per_run)
-    pooled = {k: sum(o[k] * o["n_requests"] for o in per_run) / max(n, 1)
-              for k in ("hop_ms", "request_ms")}  # fmt: skip
-    return cal.build(
-        models,
-        scenario,
-        cal.file_sha256(scenario_file),
-        source=f"{len(fits)} fit run(s)" + (f" + profile {profile}" if profile else ""),
-        overheads={**pooled, "n_requests": n},
-        per_request=model,
-    )
-
-
 # --------------------------------------------------------------------------- comparison
 
 
@@ -144,16 +92,13 @@ def testbed_latency_s(o: WorkloadOutcome) -> np.ndarray:
     return (ok["t_end"] - ok["t_arrive"]).to_numpy(dtype=float)
 
 
-def twin_latency_s(
-    ev: Evaluation, calibration: cal.Calibration, workload: Workload, seed: int
-) -> np.ndarray:
-    """Finished twin requests' latency plus an independent overhead draw each (s)."""
-    req = ev.requests.dropna(subset=["t_end"]) if ev.requests is not None else pd.DataFrame()
-    arrive = req["t_arrive"].to_numpy(dtype=float)
-    lat = req["t_end"].to_numpy(dtype=float) - arrive
-    rates = np.array([rate_at(workload, t) for t in arrive])
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
-    return lat + cal.overhead_ms(calibration, rates, rng) / 1e3
+def twin_latency_s(ev: Evaluation, process: str | None = None) -> np.ndarray:
+    """Finished twin requests' latency (s), the calibrated overhead included by the twin."""
+    req = ev.requests if ev.requests is not None else pd.DataFrame(columns=["t_end"])
+    req = req.dropna(subset=["t_end"])
+    if process is not None and "process" in req:
+        req = req[req["process"].astype(str) == process]
+    return (req["t_end"] - req["t_arrive"]).to_numpy(dtype=float)
 
 
 def twin_cpu_cores(ev: Evaluation, scenario: Scenario, duration_s: float) -> float:
@@ -165,6 +110,10 @@ def twin_cpu_cores(ev: Evaluation, scenario: Scenario, duration_s: float) -> flo
     v = v[v["component"].astype(str).isin(stages)].dropna(subset=["t_end"])
     v = v.drop_duplicates(["replication", "component", "machine", "replica", "t_start"])
     return float((v["t_end"] - v["t_start"]).sum() / ev.replications / duration_s)
+
+
+def _request_process(sc: Scenario) -> str | None:
+    return next((p.name for p in sc.processes if p.kind == "request"), None)
 
 
 def testbed_cpu_cores(outcome: WorkloadOutcome, targets: Targets, servers: set[str]) -> float:
@@ -187,7 +136,6 @@ def comparison(
     calibrated: Scenario,
     dep: Deployment,
     outcomes: list[WorkloadOutcome],
-    calibration: cal.Calibration,
     targets: Targets,
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Long table (workload, metric, twin, testbed, error_pct) and latencies for the CDFs."""
@@ -198,7 +146,8 @@ def comparison(
         ev = evaluate(calibrated, dep, w, cfg.duration_s, cfg.replications, cfg.seed,
                       keep_records=True)  # fmt: skip
         o.twin = ev
-        tb_lat, tw_lat = testbed_latency_s(o), twin_latency_s(ev, calibration, w, cfg.seed)
+        process = _request_process(calibrated)
+        tb_lat, tw_lat = testbed_latency_s(o), twin_latency_s(ev, process)
         lat[o.name] = (tb_lat, tw_lat)
         tb = _latency_stats(tb_lat)
         tw = _latency_stats(tw_lat)
@@ -266,9 +215,8 @@ def report_text(
         "testbed's arrival instants)",
         f"- capacity factor {targets.factor}; stage CPU shares (host cores): "
         + ", ".join(f"{k} {v:g}" for k, v in cfg.shares.items()),
-        f"- overheads from the fit run: hop {calibration.overheads.hop_ms:.2f} ms/stage, "
-        f"client↔gateway {calibration.overheads.request_ms:.2f} ms; per-request overhead "
-        f"model {_model_text(calibration.overheads.per_request)}",
+        f"- from the fit runs: {overhead_text(calibration)}; the calibrated scenario's "
+        "request process carries it as `request_overhead`",
         "- CPU use: testbed = all processes on the emulated servers (scraped); twin = the "
         "stages' batch compute only (the twin does not model HTTP handling)",
         f"- wall time {wall_s / 60:.1f} min",
@@ -305,12 +253,6 @@ def report_text(
     return "\n".join(lines)
 
 
-def _model_text(model: object) -> str:
-    if model is None:
-        return "none"
-    return f"{model.kind} mean {model.batch_mean_ms(1):.2f} ms, cv {model.batch_cv(1):.2f}"  # type: ignore[attr-defined]
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -329,32 +271,20 @@ def run_validation(
             targets = testbed.up(cfg.scenario, cfg.deployment)
             if not cfg.shares:
                 cfg.shares = stage_shares(sc, dep, targets.factor or 1.0)
-            base = sc.workload(cfg.fit_workload)
-            levels = [
-                scale_workload(base, x).model_copy(update={"name": f"fit-x{x:g}".replace(".", "p")})
-                for x in cfg.fit_rate_scales
-            ]
+            levels = fit_levels(sc, cfg.fit_workload, cfg.fit_rate_scales)
             part = cfg.fit_duration_s / 2 / len(levels)
 
-            def fit_run(w: Workload, i: int) -> tuple[LoadResult, Workload]:
-                run = LoadRun(
-                    sc, w, targets.gateway, part, seed=cfg.fit_seed + i,
-                    drain_s=cfg.drain_s, metrics_targets=targets.metrics,
-                    replica_nodes=targets.replica_nodes or None,
-                )  # fmt: skip
-                say(f"fit run: {w.name} for {part:g} s")
+            def one(w: Workload, i: int) -> tuple[LoadResult, Workload]:
                 sub = tmp / "load" / f"{w.name}-{i}"
-                result = execute(run, sub / "raw")
-                write_result(run, result, sub)
-                return result, w
+                return fit_run(sc, w, targets, part, cfg.fit_seed + i, sub, cfg.drain_s, say)
 
             # Both levels before and, in reverse order, after the held-out runs.
-            fits = [fit_run(w, i) for i, w in enumerate(levels)]
+            fits = [one(w, i) for i, w in enumerate(levels)]
             exp = ExperimentConfig(cfg.scenario, cfg.deployment, workloads=cfg.workloads,
                                    duration_s=cfg.duration_s, seed=cfg.seed,
                                    replications=cfg.replications, drain_s=cfg.drain_s)  # fmt: skip
             outcomes = run_workloads(exp, sc, targets, tmp, say)
-            fits += [fit_run(w, len(levels) + i) for i, w in enumerate(reversed(levels))]
+            fits += [one(w, len(levels) + i) for i, w in enumerate(reversed(levels))]
         finally:
             say("testbed down")
             testbed.down()
@@ -366,7 +296,7 @@ def run_validation(
             cal.dump_model(calibrated, exclude_defaults=True)
         )
         say("twin: calibrated scenario on the same deployment and workloads")
-        tab, lat = comparison(cfg, calibrated, dep, outcomes, calibration, targets)
+        tab, lat = comparison(cfg, calibrated, dep, outcomes, targets)
         write_table(tab, tmp / "comparison")
         tab.to_csv(tmp / "comparison.csv", index=False)
         plot_cdfs(lat, tmp / "latency_cdf.png")

@@ -14,9 +14,9 @@ from calibrate.cli import app
 from calibrate.fit import fit_samples
 from calibrate.samples import twin_samples
 from twin.evaluate import evaluate
-from twin.load import load_deployment, load_scenario
+from twin.load import SpecError, load_deployment, load_scenario
 from twin.sim import simulate_replication
-from twin.spec import LognormalServiceTime, TableServiceTime
+from twin.spec import GammaServiceTime, LognormalServiceTime, TableServiceTime
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
@@ -77,14 +77,16 @@ def test_share_scaling_and_overheads(samples):
     two = pd.concat([samples, samples.assign(cpu_share=1.0, service_ms=samples.service_ms / 2)])
     doc = cal.build(fit_samples(two), sc, overheads={"hop_ms": 0.3, "request_ms": 1.0,
                                                      "n_requests": 50})  # fmt: skip
+    assert doc.version == cal.FORMAT and doc.overheads.per_request is None
     assert doc.share_exponent["encoder/e-medium"] == pytest.approx(1.0, abs=1e-6)
     at_half = cal.service_time_at(doc, "encoder", "e-medium", 0.5)
     at_quarter = cal.service_time_at(doc, "encoder", "e-medium", 0.25)
     assert at_quarter.batch_mean_ms(4) == pytest.approx(2 * at_half.batch_mean_ms(4))
     new, untouched = cal.calibrated_scenario(sc, doc, {"encoder": 0.25})
     assert "encoder/e-small" in untouched and "encoder/e-medium" not in untouched
-    assert new.settings.network.intra_zone_latency_ms == 0.0
-    assert cal.request_overhead_ms(doc, 3) == pytest.approx(1.9)
+    # no fitted overhead distribution: the scenario's network and processes stay as they were
+    assert new.settings.network == sc.settings.network
+    assert all(p.request_overhead is None for p in new.processes)
     # round trip through YAML keeps every model exactly
     assert cal.Calibration.model_validate(cal.yaml.safe_load(cal.dump(doc))) == doc
 
@@ -122,17 +124,45 @@ def test_testbed_rows_collapse_to_one_sample_per_batch_execution():
     assert (s["cpu_share"] == 0.5).all()
 
 
-def test_overhead_draws_follow_the_offered_rate(samples):
+def test_calibrated_scenario_carries_the_overhead_and_the_twin_spends_it(samples, tmp_path):
     import numpy as np
 
-    sc = load_scenario(SCENARIO)
-    model = LognormalServiceTime(kind="lognormal", mean_ms=10.0, per_item_ms=0.5, cv=0.2)
-    doc = cal.build(fit_samples(samples), sc, per_request=model)
-    rng = np.random.default_rng(0)
-    low = cal.overhead_ms(doc, np.full(4000, 1.0), rng)
-    high = cal.overhead_ms(doc, np.full(4000, 101.0), rng)
-    assert low.mean() == pytest.approx(10.0, rel=0.03)
-    assert high.mean() == pytest.approx(60.0, rel=0.03)
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)
+    model = GammaServiceTime(kind="gamma", mean_ms=12.0, cv=0.3)
+    doc = cal.build(fit_samples(samples), sc, overheads={"n_requests": 10}, per_request=model)
+    new, _ = cal.calibrated_scenario(sc, doc)
+    request = [p for p in new.processes if p.kind == "request"]
+    assert request and all(p.request_overhead == model for p in request)
+    assert all(p.request_overhead is None for p in new.processes if p.kind != "request")
+    assert new.settings.network.intra_zone_latency_ms == 0.0  # the overhead holds the hops
+    # the calibrated scenario round-trips through its YAML, overhead included
+    path = tmp_path / "calibrated.yaml"
+    path.write_text(cal.dump_model(new, exclude_defaults=True))
+    assert load_scenario(path) == new
+    # the twin's latencies hold the overhead: ≈ 12 ms more than without it
+    without, _ = cal.calibrated_scenario(sc, doc.model_copy(update={"overheads": cal.Overheads()}))
+    lat = []
+    for s in (new, without):
+        ev = evaluate(s, dep, "steady-low", 30.0, 1, 4, keep_records=True)
+        r = ev.requests[ev.requests["process"].astype(str) == request[0].name].dropna()
+        lat.append(float(np.mean(r["t_end"] - r["t_arrive"])) * 1e3)
+    assert lat[0] - lat[1] == pytest.approx(12.0, abs=1.0)
+
+
+def test_format_1_files_are_refused_with_a_hint(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("kind: mlops-twin-calibration\nscenario: s\nfits: []\n")
+    with pytest.raises(SpecError, match=r"format-1.*refit"):
+        cal.load(path)
+
+
+def test_overhead_levels_by_offered_rate():
+    over = pd.DataFrame({"rate_per_s": [15.0] * 4 + [90.0] * 4,
+                         "overhead_ms": [10, 10, 10, 10, 20, 20, 20, 20]})  # fmt: skip
+    levels = cal.overhead_levels(over)
+    assert [lv.rate_per_s for lv in levels] == [15.0, 90.0]
+    assert [lv.mean_ms for lv in levels] == [10.0, 20.0]
+    assert cal.overhead_levels(over.assign(rate_per_s=float("nan"))) == []
 
 
 def test_request_overheads_subtract_stage_time():

@@ -169,3 +169,31 @@ def test_share_exponent_of_a_quota_scaled_stage():
         isinstance(f.service_time, GammaServiceTime | LognormalServiceTime | TableServiceTime)
         for f in fits
     )
+
+
+@pytest.mark.parametrize(("kind", "mean_ms", "cv"), [("gamma", 8.0, 0.4), ("lognormal", 5.0, 0.7)])
+def test_request_overhead_recovered_from_twin_records(kind, mean_ms, cv):
+    """The twin with a known ``request_overhead``; the testbed's subtraction and fit get it back."""
+    from calibrate.fit import fit_overhead
+    from calibrate.samples import request_overheads
+
+    sc = one_stage({"kind": "lognormal", "mean_ms": 1.0, "per_item_ms": 0.2, "cv": 0.3})
+    data = sc.model_dump()
+    data["processes"][0]["request_overhead"] = {"kind": kind, "mean_ms": mean_ms, "cv": cv}
+    sc = Scenario.model_validate(data)
+    dep = Deployment(
+        allocation={"stage": {"node": 1}},
+        stages={"stage": StageConfig(variant="v", batch=4, batch_timeout_ms=2)},
+    )
+    res = simulate_replication(sc, dep, sc.workload("w"), 20.0, 5)
+    v = res.visits.dropna(subset=["t_end"])
+    visits = pd.DataFrame({"pid": v["pid"], "queue_s": v["t_start"] - v["t_arrive"],
+                           "service_s": v["t_end"] - v["t_start"]})  # fmt: skip
+    requests = res.requests.assign(ok=np.isfinite(res.requests["t_end"]))
+    over = request_overheads(requests, visits)
+    model, scores = fit_overhead(over["overhead_ms"].to_numpy(), seed=3)
+    n = len(over)
+    assert n > 3000
+    assert model.kind == kind, scores
+    assert abs(model.batch_mean_ms(1) - mean_ms) <= mean_tolerance(mean_ms, cv, n)
+    assert abs(model.batch_cv(1) - cv) <= cv_tolerance(cv, n)
