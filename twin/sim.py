@@ -32,11 +32,13 @@ import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import simpy
+from simpy.events import NORMAL, Timeout
 
 from twin.deployment import stage_config
 from twin.service import Sampler, make_sampler
@@ -57,6 +59,24 @@ _EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP = 11, 12, 13, 14, 15, 16
 _NAN = float("nan")
 
 STREAM_ARRIVALS, STREAM_SERVICE, STREAM_ROUTING, STREAM_OVERHEAD = 0, 1, 2, 3
+
+
+class _Wake(Timeout):
+    """A timeout born with its one callback.
+
+    Same event as ``env.timeout(delay)`` plus ``.callbacks.append(callback)``,
+    scheduled as SimPy's own ``Timeout.__init__`` and ``Environment.schedule``
+    do, without the two calls in between: the engine creates one per event, and
+    this is a tenth of its time. Delays here are never negative.
+    """
+
+    def __init__(self, env: simpy.Environment, delay: float, callback: Any) -> None:
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), self))  # type: ignore[attr-defined]
 
 
 def stream(seed: int, replication: int, purpose: int, name: str = "") -> np.random.Generator:
@@ -133,8 +153,7 @@ class _Queue:
         if self.timer_at <= at:  # an earlier or equal timer is pending (NaN compares False)
             return
         self.timer_at = at
-        t = self.env.timeout(at - self.env.now)
-        t.callbacks.append(lambda _e, a=at: self._fire(a))
+        _Wake(self.env, at - self.env._now, lambda _e, a=at: self._fire(a))
 
     def _fire(self, at: float) -> None:
         if self.timer_at == at:
@@ -217,11 +236,11 @@ class _Instance:
                 j[_REPLICA] = self.replica
             delay = max(self.fetch(j, m) for j in jobs)
             if delay > 0:
-                env.timeout(delay).callbacks.append(self._compute)
+                _Wake(env, delay, self._compute)
                 return True
         if m.cpu is None and gpu_s == 0 and cpu_s > 0:
             # The common case — own cores, no GPU: one event for the service.
-            env.timeout(cpu_s / m.speed).callbacks.append(self._after_cpu)
+            _Wake(env, cpu_s / m.speed, self._after_cpu)
             return True
         self._compute()
         return True
@@ -232,12 +251,12 @@ class _Instance:
             if m.cpu is not None:
                 m.cpu.get(self.cores).callbacks.append(self._cpu_granted)
             else:
-                self.env.timeout(self.cpu_s / m.speed).callbacks.append(self._after_cpu)
+                _Wake(self.env, self.cpu_s / m.speed, self._after_cpu)
         else:
             self._after_cpu()
 
     def _cpu_granted(self, _e: Any) -> None:
-        self.env.timeout(self.cpu_s / self.machine.speed).callbacks.append(self._release_cpu)
+        _Wake(self.env, self.cpu_s / self.machine.speed, self._release_cpu)
 
     def _release_cpu(self, _e: Any) -> None:
         self.machine.cpu.put(self.cores)  # type: ignore[union-attr]
@@ -251,7 +270,7 @@ class _Instance:
             self._finish()
 
     def _gpu_granted(self, _e: Any) -> None:
-        self.env.timeout(self.gpu_s / self.machine.gpu_speed).callbacks.append(self._gpu_done)
+        _Wake(self.env, self.gpu_s / self.machine.gpu_speed, self._gpu_done)
 
     def _gpu_done(self, _e: Any) -> None:
         self.machine.gpu.release(self.gpu_req)  # type: ignore[union-attr]
@@ -319,7 +338,7 @@ class _Execution:
         if overhead is not None:
             delay = overhead(1)
             if delay > 0:
-                self.sim.env.timeout(delay).callbacks.append(self._launch_roots)
+                _Wake(self.sim.env, delay, self._launch_roots)
                 return
         self._launch_roots()
 
@@ -372,7 +391,7 @@ class _Source:
     def schedule(self) -> None:
         if self.k < len(self.times):
             env = self.sim.env
-            env.timeout(max(self.times[self.k] - env.now, 0.0)).callbacks.append(self.fire)
+            _Wake(env, max(self.times[self.k] - env.now, 0.0), self.fire)
         else:
             self.sim.source_done()
 
@@ -624,7 +643,7 @@ class Simulation:
                        _NAN, _NAN, _NAN, 0, ex, cpu_s, gpu_s, None, n, sp.index]  # fmt: skip
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
                 if delay > 0:
-                    env.timeout(delay).callbacks.append(lambda _e, i=inst, j=job: i.put(j))
+                    _Wake(env, delay, lambda _e, i=inst, j=job: i.put(j))
                 else:
                     inst.put(job)
             self.visits.append(job)
@@ -737,15 +756,30 @@ class Simulation:
 
         ``visits=False`` skips building the visit table (it is then empty),
         which saves a fifth of the time when only request-level criteria count.
+        The records move into the result: :meth:`records` is empty afterwards.
         """
         self.start()
         env = self.env
         with _gc_paused():
             env.run(until=env.any_of([self.drained, env.timeout(self.horizon_s + self.drain_s)]))
             events = next(env._eid)  # type: ignore[attr-defined]  # simpy numbers each event
-            if not visits:
-                self.visits = []
-            return ReplicationResult(self._visit_frame(), self._request_frame(), events, env.now)
+            result = ReplicationResult(
+                self._visit_frame() if visits else self._visit_frame([]),
+                self._request_frame(),
+                events,
+                env.now,
+            )
+            self._release_rows()
+            return result
+
+    def _release_rows(self) -> None:
+        # Job rows and their executions reference each other, so only the cyclic
+        # collector could free them: it would then traverse every row of the run
+        # (a seventh of an evaluation's time). Cutting the engine fields breaks the
+        # cycles, and the rows die by reference counting while collection is off.
+        for row in self.visits:
+            del row[11:]
+        self.visits, self.requests = [], []
 
     # -- collect -------------------------------------------------------------------------------
     def _visit_frame(self, rows: list[list[Any]] | None = None) -> pd.DataFrame:
