@@ -129,11 +129,11 @@ def evaluate(
     started = time.perf_counter()
     rows, visits, requests = [], [], []
     events = 0
-    for r in range(replications):
-        res = simulate_replication(scenario, deployment, w, horizon_s, seed, r, visits=keep_records)
+    jobs = [
+        (scenario, deployment, w, horizon_s, seed, r, keep_records) for r in range(replications)
+    ]
+    for r, (row, res) in enumerate(_map(_replicate, jobs, min(workers, replications))):
         events += res.events
-        row = placement_criteria(res.requests, scenario, deployment, horizon_s, res.end_s)
-        row["replication"] = r
         rows.append(row)
         if keep_records:
             visits.append(res.visits.assign(replication=r))

@@ -57,12 +57,24 @@ def test_evaluation_pickles(edge_cloud) -> None:
     assert pickle.loads(pickle.dumps(sc)) == sc
 
 
-def test_parallel_replications_give_identical_numbers(edge_cloud) -> None:
+def test_parallel_replications_give_identical_numbers(edge_cloud, monkeypatch) -> None:
+    import twin.evaluate as twin_evaluate
+
+    pools: list[int] = []
+
+    class CountingPool(twin_evaluate.ProcessPoolExecutor):
+        def __init__(self, max_workers: int, **kw: object) -> None:
+            pools.append(max_workers)
+            super().__init__(max_workers=max_workers, **kw)
+
+    monkeypatch.setattr(twin_evaluate, "ProcessPoolExecutor", CountingPool)
     sc, dep = edge_cloud
     inline = evaluate(sc, dep, "fluctuating", 600, replications=4, seed=3, keep_records=True)
+    assert pools == []
     pooled = evaluate(
         sc, dep, "fluctuating", 600, replications=4, seed=3, keep_records=True, workers=2
     )
+    assert pools == [2], "workers=2 did not run the replications in a process pool"
     pd.testing.assert_frame_equal(inline.per_replication, pooled.per_replication)
     pd.testing.assert_frame_equal(inline.visits, pooled.visits)
     assert inline.events == pooled.events
