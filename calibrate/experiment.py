@@ -4,16 +4,25 @@
 
 1. set-up and model build (``mlops-twin testbed build-models``),
 2. ``mlops-twin testbed up`` with the local backend,
-3. steady-low, fluctuating and steady-high back to back with :mod:`loadgen`
+3. short **fit runs** (steady-low × 0.5 and × 3, own arrival seeds; half
+   before and, reversed, half after step 4 — :mod:`calibrate.fitruns`),
+4. steady-low, fluctuating and steady-high back to back with :mod:`loadgen`
    (open-loop Poisson arrivals, the twin's own arrival stream), scraping every
    service's ``/metrics``,
-4. ``mlops-twin testbed down`` — always, also on error or Ctrl-C,
-5. the same deployment and workloads in the twin
+5. ``mlops-twin testbed down`` — always, also on error or Ctrl-C,
+6. **calibration** from the fit runs' raw rows only (service time per stage at
+   its CPU share, per-request overhead): ``calibration.yaml`` and
+   ``calibrated-scenario.yaml`` in the run folder,
+7. the same deployment and workloads in the *calibrated* twin
    (``twin.evaluate.evaluate(..., keep_records=True)``; replication 0 sees the
-   very arrival instants the testbed saw),
-6. ``runs/<name>/report.md`` with a table and plots (RPS over time, latency
+   very arrival instants the testbed saw) — held out: no row of step 4 went
+   into the fit; the uncalibrated scenario once more for contrast,
+8. ``runs/<name>/report.md`` with a table, the fidelity table (p50/p95/p99
+   error % of the calibrated twin) and plots (RPS over time, latency
    percentiles over time, latency CDFs twin vs testbed per workload, CPU per
-   server), each workload's load-run folder, and ``summary.json``.
+   server), each run's load-run folder, and ``summary.json``.
+
+``--no-calibrate`` (or ``--twin-scenario``) skips steps 3 and 6.
 
 The testbed is driven through a small :class:`Testbed` interface; the default
 implementation calls the testbed's CLI in subprocesses, so this process never
@@ -37,6 +46,14 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from calibrate import calibration as cal
+from calibrate.fitruns import (
+    fit_levels,
+    fit_run,
+    fit_run_calibration,
+    overhead_text,
+    stage_shares,
+)
 from loadgen.batch import BatchHook, command_hook
 from loadgen.compare import WorkloadOutcome, process_requests, stage_table, table
 from loadgen.metrics import rate
@@ -44,11 +61,11 @@ from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.profile import scale_workload
 from loadgen.records import ON_TIME_S
 from loadgen.run import LoadRun, LoadRunError, execute, write_result
-from twin.criteria import per_second
+from twin.criteria import latency_summary, per_second
 from twin.evaluate import evaluate
 from twin.load import SpecError, load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
-from twin.spec import Deployment, Scenario
+from twin.spec import Deployment, Scenario, Workload
 
 WORKLOADS = ("steady-low", "fluctuating", "steady-high")
 TESTSET = Path("data/models/digits-test.npz")  # written by `mlops-twin testbed build-models`
@@ -93,15 +110,25 @@ class ExperimentConfig:
     inputs_file: Path | None = None
     # the twin's scenario, e.g. a calibrated one (`calibrate apply`); default: ``scenario``
     twin_scenario: Path | None = None
+    # calibrate → validate: fit runs (not validation levels) calibrate the twin it compares
+    calibrate: bool = True
+    fit_workload: str = "steady-low"
+    fit_rate_scales: tuple[float, ...] = (0.5, 3.0)
+    fit_duration_s: float = 40.0  # all fit runs together (s), half before and half after
+    fit_seed: int = 101
 
     @classmethod
     def preset(cls, scenario: Path, deployment: Path, mode: str = "default") -> ExperimentConfig:
         """``default`` (≤ 10 min), ``quick`` (≤ 3 min) or ``ci`` (≤ 2 min) lengths."""
-        lengths = {"default": (100.0, 5), "quick": (30.0, 3), "ci": (10.0, 2)}
+        lengths = {"default": (100.0, 5, 40.0), "quick": (30.0, 3, 20.0), "ci": (10.0, 2, 12.0)}
         if mode not in lengths:
             raise ValueError(f"unknown mode {mode!r} (use {', '.join(lengths)})")
-        duration, reps = lengths[mode]
-        return cls(scenario, deployment, duration_s=duration, replications=reps)
+        duration, reps, fit = lengths[mode]
+        return cls(scenario, deployment, duration_s=duration, replications=reps, fit_duration_s=fit)
+
+    @property
+    def calibrating(self) -> bool:
+        return self.calibrate and self.twin_scenario is None
 
 
 def run_workloads(
@@ -194,10 +221,14 @@ def write_report(
     folder: Path,
     wall_s: float,
     load: tuple[float, float, float] = (float("nan"),) * 3,
+    calibration: cal.Calibration | None = None,
+    spec: dict[str, dict[str, float]] | None = None,
 ) -> pd.DataFrame:
     """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table.
 
-    ``load``: the host's load average when the experiment started.
+    ``load``: the host's load average when the experiment started;
+    ``calibration``: what the twin was calibrated with (adds the fidelity
+    section); ``spec``: the uncalibrated twin's latency percentiles (ms).
     """
     segments = []
     for o in outcomes:
@@ -238,7 +269,11 @@ def write_report(
         f"rates × {cfg.rate_scale:g}, seed {cfg.seed} (open-loop Poisson; the twin's "
         "replication 0 has the same arrival instants)",
         f"- twin: {cfg.replications} replications per workload of "
-        f"{cfg.twin_scenario or cfg.scenario}",
+        + (
+            "the scenario calibrated on this run's fit runs (`calibrated-scenario.yaml`)"
+            if calibration is not None
+            else f"{cfg.twin_scenario or cfg.scenario}"
+        ),
         f"- inputs: {cfg.inputs_file or 'scikit-learn digits (clean)'}",
         f"- testbed: local backend, gateway {targets.gateway}, "
         f"capacity factor {targets.factor if targets.factor is not None else 'not reported'}"
@@ -300,6 +335,8 @@ def write_report(
                 "(the testbed saturated near this rate) or the host was CPU-starved (see its "
                 "load average); latencies still count from the scheduled times."
             )
+    if calibration is not None:
+        lines += fidelity_lines(cfg, tab, calibration, spec or {})
     lines += [
         "",
         "## Requests per second",
@@ -319,7 +356,14 @@ def write_report(
     ]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     (folder / "summary.json").write_text(
-        json.dumps({"wall_s": wall_s, "table": json.loads(tab.to_json(orient="records"))}, indent=2)
+        json.dumps(
+            {
+                "wall_s": wall_s,
+                "calibrated": calibration is not None,
+                "table": json.loads(tab.to_json(orient="records")),
+            },
+            indent=2,
+        )
     )
     return tab
 
@@ -337,6 +381,10 @@ def run_experiment(
     dep = load_deployment(cfg.deployment)
     for name in cfg.workloads:
         sc.workload(name)  # fail before anything starts when a workload is missing
+    levels = []
+    if cfg.calibrating:
+        levels = [scale_workload(w, cfg.rate_scale)
+                  for w in fit_levels(sc, cfg.fit_workload, cfg.fit_rate_scales)]  # fmt: skip
     with atomic_dir(out_dir) as folder:
         if build:
             say("building models")
@@ -344,17 +392,107 @@ def run_experiment(
         if cfg.inputs_file is None and TESTSET.is_file():
             cfg.inputs_file = TESTSET
         say("testbed up")
+        fits = []
         try:
             targets = testbed.up(cfg.scenario, cfg.deployment)
+            part = cfg.fit_duration_s / 2 / max(len(levels), 1)
+
+            def one(w: Workload, i: int) -> None:
+                sub = folder / "load" / f"{w.name}-{i}"
+                fits.append(fit_run(sc, w, targets, part, cfg.fit_seed + i, sub, 2.0, say))
+
+            for i, w in enumerate(levels):
+                one(w, i)
             outcomes = run_workloads(cfg, sc, targets, folder, say)
+            for i, w in enumerate(reversed(levels)):
+                one(w, len(levels) + i)
         finally:
             say("testbed down")
             testbed.down()
-        say("twin: simulating the same deployment and workloads")
+        calibration, spec = None, {}
         twin_sc = load_scenario(cfg.twin_scenario) if cfg.twin_scenario else sc
+        if cfg.calibrating:
+            say("calibrating the twin from the fit runs")
+            shares = stage_shares(sc, dep, targets.factor or 1.0)
+            calibration = fit_run_calibration(sc, cfg.scenario, fits, shares)
+            (folder / "calibration.yaml").write_text(cal.dump(calibration))
+            twin_sc, _ = cal.calibrated_scenario(sc, calibration, shares)
+            (folder / "calibrated-scenario.yaml").write_text(
+                cal.dump_model(twin_sc, exclude_defaults=True)
+            )
+            spec = spec_latencies(cfg, sc, dep)
+        say("twin: simulating the same deployment and workloads")
         simulate(cfg, twin_sc, dep, outcomes)
         wall_s = time.perf_counter() - started
-        return write_report(cfg, sc, dep, targets, outcomes, folder, wall_s, load)
+        return write_report(
+            cfg, sc, dep, targets, outcomes, folder, wall_s, load, calibration, spec
+        )
+
+
+def spec_latencies(
+    cfg: ExperimentConfig, sc: Scenario, dep: Deployment
+) -> dict[str, dict[str, float]]:
+    """The uncalibrated scenario's request latency percentiles (ms) per workload, for contrast."""
+    out = {}
+    request = next((p.name for p in sc.processes if p.kind == "request"), None)
+    for name in cfg.workloads:
+        w = scale_workload(sc.workload(name), cfg.rate_scale)
+        ev = evaluate(sc, dep, w, cfg.duration_s, 1, cfg.seed, keep_records=True)
+        req = ev.requests if ev.requests is not None else pd.DataFrame(columns=["t_end"])
+        req = req.dropna(subset=["t_end"])
+        req = req[req["process"].astype(str) == request] if request else req
+        out[name] = latency_summary(1e3 * (req["t_end"] - req["t_arrive"]).to_numpy())
+    return out
+
+
+def error_pct(twin: float, testbed: float) -> float:
+    """(twin − testbed) / testbed in % (NaN when either is missing or testbed is 0)."""
+    if not (np.isfinite(twin) and np.isfinite(testbed)) or testbed == 0:
+        return float("nan")
+    return 100.0 * (twin - testbed) / testbed
+
+
+def fidelity_lines(
+    cfg: ExperimentConfig,
+    tab: pd.DataFrame,
+    calibration: cal.Calibration,
+    spec: dict[str, dict[str, float]],
+) -> list[str]:
+    """The report's calibrated-twin section: how it was fitted and its error per workload."""
+    lines = [
+        "",
+        "## Calibrated twin vs testbed (held-out workloads)",
+        "",
+        f"- fit runs (their rows only, not the workloads above): {cfg.fit_workload} × "
+        + " and × ".join(f"{x * cfg.rate_scale:g}" for x in cfg.fit_rate_scales)
+        + f", {cfg.fit_duration_s / 2 / len(cfg.fit_rate_scales):g} s each before and as long "
+        f"after the workloads, arrival seeds from {cfg.fit_seed} (workloads: seed {cfg.seed})",
+        "- fitted service times (mean at batch 1): "
+        + ", ".join(
+            f"{f.component}/{f.variant} {f.service_time.batch_mean_ms(1):.3f} ms "
+            f"({f.dist}/{f.structure}, share {f.cpu_share:g}, n {f.n})"
+            for f in calibration.fits
+        ),
+        f"- {overhead_text(calibration)}",
+        "- the twin above is this calibrated scenario (`calibrated-scenario.yaml`, from "
+        "`calibration.yaml`); the uncalibrated spec's p50 is shown for contrast",
+        "",
+        "| workload | level | p50 error % | p95 error % | p99 error % | goal (p50 ≤ 10%, "
+        "p95 ≤ 15%) | uncalibrated p50 (ms) |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for r in tab.itertuples():
+        err = {q: error_pct(getattr(r, f"twin_{q}_ms"), getattr(r, f"testbed_{q}_ms"))
+               for q in ("p50", "p95", "p99")}  # fmt: skip
+        near = r.workload == "steady-high"
+        ok = abs(err["p50"]) <= 10 and abs(err["p95"]) <= 15
+        goal = "reported separately" if near else ("met" if ok else "not met")
+        lines.append(
+            f"| {r.workload} | {'near saturation' if near else 'held-out'} | "
+            f"{_fmt(err['p50'])} | {_fmt(err['p95'])} | {_fmt(err['p99'])} | {goal} | "
+            f"{_fmt(spec.get(r.workload, {}).get('p50', np.nan))} |"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- the real testbed
@@ -475,12 +613,17 @@ def experiment(
     rebuild: Annotated[
         bool, typer.Option(help="Rebuild the model zoo even when data/models has one.")
     ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(help="Fit runs first; the twin compared is the one calibrated on them."),
+    ] = True,
 ) -> None:
-    """Testbed up → steady-low, fluctuating, steady-high → twin → runs/<name>/report.md → down."""
+    """Testbed up → fit runs and three workloads → down → calibrated twin → report.md."""
     err = Console(stderr=True)
     mode = "ci" if ci else "quick" if quick else "default"
     cfg = ExperimentConfig.preset(scenario, deployment, mode)
     cfg.rate_scale, cfg.seed, cfg.twin_scenario = rate_scale, seed, twin_scenario
+    cfg.calibrate = calibrate
     if duration > 0:
         cfg.duration_s = duration
     out = out_dir or Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))
@@ -494,5 +637,9 @@ def experiment(
     except (RuntimeError, ValueError, KeyError, SpecError, LoadRunError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    print((out / "report.md").read_text().split("\n## ")[0])
+    sections = (out / "report.md").read_text().split("\n## ")
+    print(sections[0])  # the table; and the calibrated twin's fidelity when there is one
+    for part in sections[1:]:
+        if part.startswith("Calibrated twin"):
+            print("## " + part.rstrip())
     err.print(f"report: {out / 'report.md'} ({len(tab)} workloads)", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
-from fake_gateway import FakeGateway
+from fake_gateway import STAGES, FakeGateway
 
-from calibrate.experiment import ExperimentConfig, Targets, run_experiment
+from calibrate import calibration as cal
+from calibrate.experiment import ExperimentConfig, Targets, run_experiment, spec_latencies
+from twin.load import load_deployment, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
@@ -54,7 +57,8 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
     # two of the three workloads keep the test short; the CLI runs all three
     cfg = ExperimentConfig(
         SCENARIO, DEPLOYMENT, ("steady-low", "steady-high"), duration_s=4, rate_scale=0.2,
-        replications=2, drain_s=2, scrape_interval_s=0.5,
+        replications=2, drain_s=2, scrape_interval_s=0.5, fit_rate_scales=(2.0,),
+        fit_duration_s=6,
     )  # fmt: skip
     testbed = FakeTestbed()
     out = tmp_path / "exp"
@@ -76,6 +80,36 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
         assert set(visits["machine"].astype(str)) == {"node-1", "node-2", "classifier-0"}
     cpu = pd.read_parquet(out / "cpu.parquet")
     assert set(cpu["target"]) == {"host"} and (cpu["rate"] >= 0).all()
+    # calibrate → validate: fit runs before and after, the twin calibrated on them only
+    for part in ("fit-x2-0", "fit-x2-1"):
+        assert len(pd.read_parquet(out / "load" / part / "requests.parquet")) > 0
+    doc = cal.load(out / "calibration.yaml")
+    fitted = {f.component: f.service_time.batch_mean_ms(1) for f in doc.fits}
+    for st in STAGES:  # the fake gateway's fixed in-server times come back out of the fit
+        assert fitted[st.stage] == pytest.approx(st.service_ms, rel=1e-3)
+    calibrated = load_scenario(out / "calibrated-scenario.yaml")
+    assert calibrated.processes[0].request_overhead == doc.overheads.per_request
+    assert "## Calibrated twin vs testbed (held-out workloads)" in report
+    fidelity = report.split("## Calibrated twin vs testbed")[1]
+    assert "| steady-low | held-out |" in fidelity
+    assert "| steady-high | near saturation |" in fidelity
+    # the twin compared is the calibrated one: the fake's fixed in-server times (3.5 ms per
+    # request against the spec's ~0.3; the fake answers faster than its timings say, so the
+    # fitted overhead is ~0) lift p50 about 3 ms above the uncalibrated spec's
+    spec = spec_latencies(cfg, load_scenario(SCENARIO), load_deployment(DEPLOYMENT))
+    for r in tab.itertuples():
+        assert r.twin_p50_ms > spec[r.workload]["p50"] + 2.0, (r, spec)
+    assert json.loads((out / "summary.json").read_text())["calibrated"] is True
+
+
+def test_report_without_calibration_has_no_fidelity_section(tmp_path):
+    cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, ("steady-low",), duration_s=2, rate_scale=0.2,
+                           replications=1, drain_s=1, calibrate=False)  # fmt: skip
+    out = tmp_path / "exp"
+    run_experiment(cfg, FakeTestbed(), out, build=False)
+    assert not (out / "calibration.yaml").exists()
+    assert "Calibrated twin" not in (out / "report.md").read_text()
+    assert not any(p.name.startswith("fit-") for p in (out / "load").iterdir())
 
 
 def test_testbed_goes_down_when_anything_fails(tmp_path):

@@ -60,6 +60,14 @@ def test_experiment_ci_runs_end_to_end(tmp_path):
     assert set(visits["component"].astype(str)) == {"denoise", "encoder", "classifier"}
     for png in ("rps.png", "latency.png", "latency_cdf.png", "cpu.png"):
         assert (out / png).is_file()
+    # calibrate → validate: the twin compared is the one fitted on the fit runs
+    assert summary["calibrated"] is True
+    assert (
+        "## Calibrated twin vs testbed (held-out workloads)"
+        in res.stdout + (out / "report.md").read_text()
+    )
+    calibrated = (out / "calibrated-scenario.yaml").read_text()
+    assert "request_overhead" in calibrated
     # testbed down left nothing running: every service this run scraped is gone
     meta = json.loads((out / "load" / "steady-low" / "run.json").read_text())
     ports = {int(u.rsplit(":", 1)[1].split("/")[0]) for u in meta["metrics_targets"].values()}
