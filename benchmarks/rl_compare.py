@@ -48,6 +48,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gamma", type=float, default=0.99, help="PPO discount per stage step")
     ap.add_argument("--ent-coef", type=float, default=0.01)
+    ap.add_argument(
+        "--reward-cost",
+        type=float,
+        default=None,
+        help="PPO's reward cost weight β' (eq. 7); default: the scenario's",
+    )
+    ap.add_argument(
+        "--ipa-paper",
+        action="store_true",
+        help="also run IPA with its own objective ([13]: accuracy − cost − batch)",
+    )
     ap.add_argument("--policy", type=Path, help="skip training: evaluate this policy zip")
     ap.add_argument("--quick", action="store_true", help="tiny training, 120-s cycles")
     ap.add_argument("--suffix", default="", help="results as rl_compare<suffix>.md/png")
@@ -58,20 +69,22 @@ def main() -> None:
     ws = [sc.workload(w) for w in WORKLOADS]
     pred = LoadPredictor.load(DEFAULT_PREDICTOR) if DEFAULT_PREDICTOR.is_file() else None
     cycle_s = 120.0 if args.quick else 1200.0
-    steps, twin_steps = (720, 0) if args.quick else (args.steps, args.twin_steps)
+    steps, twin_steps = (4320, 0) if args.quick else (args.steps, args.twin_steps)
     run_dir = ROOT / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_s = 0.0
     curves_note = ""
     if args.policy is None:
         started = time.perf_counter()
-        env = make_env(sc, "pipeline", ws, "analytic", pred, expert_every=args.expert_every)
+        env = make_env(sc, "pipeline", ws, "analytic", pred, expert_every=args.expert_every,
+                       reward_cost=args.reward_cost)  # fmt: skip
         model, writer = agent.make_agent(env, seed=args.seed, gamma=args.gamma,
                                          ent_coef=args.ent_coef)  # fmt: skip
         curves = agent.train(model, writer, steps)
         curves["backend"] = "analytic"
         if twin_steps:
-            twin_env = make_env(sc, "pipeline", ws, "twin", pred, expert_every=args.expert_every)
+            twin_env = make_env(sc, "pipeline", ws, "twin", pred, expert_every=args.expert_every,
+                                reward_cost=args.reward_cost)  # fmt: skip
             model.set_env(agent.DummyVecEnv([lambda: agent.Monitor(twin_env)]))
             more = agent.train(model, writer, twin_steps)
             curves = more.assign(backend=["analytic"] * len(curves) + ["twin"] * (len(more)
@@ -98,21 +111,35 @@ def main() -> None:
     ppo = agent.load(policy_path)
     deciders = {"ppo": ppo, "ipa": IPAPolicy(), "greedy": GreedyPolicy(),
                 "random": RandomPolicy(seed=args.seed)}  # fmt: skip
+    if args.ipa_paper:
+        deciders["ipa-paper"] = IPAPolicy(target="ipa-paper", name="ipa-paper")
     started = time.perf_counter()
-    rows = experiments.compare(lambda: make_env(sc, "pipeline", ws, "twin", pred, cycle_s),
+    rows = experiments.compare(lambda: make_env(sc, "pipeline", ws, "twin", pred, cycle_s,
+                                                reward_cost=args.reward_cost),
                                deciders, WORKLOADS, seed=1)  # fmt: skip
     eval_s = time.perf_counter() - started
     rows.to_csv(run_dir / "decisions.csv", index=False)
     avg = experiments.averages(rows)
     for w in WORKLOADS:
         experiments.plot_over_time(rows, w, RESULTS / f"{name}_{w}.png")
-    text = report(name, avg, curves_note, eval_s, cycle_s, pred is not None)
+    w = sc.settings.qos
+    beta = w.reward_cost if args.reward_cost is None else args.reward_cost
+    weights_note = (
+        f"Q is eq. 3 with α={w.alpha}, β={w.beta}, γ={w.gamma}, δ={w.delta} (E in req/s), "
+        f"C = Σ f·c (cores). IPA maximises eq. 4's Q − λ·C with λ = {w.lambda_cost}; PPO "
+        f"is trained on eq. 7's reward Q − β'·C − γ'·B with β' = {beta:g} (the operator's "
+        f"choice; see `rl_reward_weight.md`) and γ' = {w.reward_batch}, and its expert is "
+        f"the exact solver of that reward; the reward column is eq. 7 with this β'."
+    )
+    text = report(name, avg, curves_note, eval_s, cycle_s, pred is not None, weights_note)
     write_result(name, text)
 
 
-def report(name, avg, curves_note, eval_s, cycle_s, lstm) -> str:
+def report(name, avg, curves_note, eval_s, cycle_s, lstm, weights_note) -> str:
     rel_ipa = experiments.relative(avg, "ppo", "ipa").set_index("workload")
     rel_greedy = experiments.relative(avg, "ppo", "greedy").set_index("workload")
+    rel_paper = experiments.relative(avg, "ppo", "ipa-paper")
+    rel_paper = rel_paper.set_index("workload") if len(rel_paper) else rel_paper
     lines = [
         "# Online pipeline configuration in the twin: PPO vs IPA-style vs Greedy vs Random",
         "",
@@ -122,8 +149,7 @@ def report(name, avg, curves_note, eval_s, cycle_s, lstm) -> str:
         f"batch 1–32, W_max = 9 cores). One {cycle_s:g}-s cycle per workload, a decision every "
         f"10 s with the {'LSTM' if lstm else 'last-20-s peak'} predicted load; the twin's "
         f"discrete-event simulation measures every interval (same arrivals for all "
-        f"policies). Q is eq. 3, C = Σ f·c (cores), reward = Q − 0.1·C − 0.01·B. "
-        f"Evaluation took {eval_s:.0f} s.",
+        f"policies). {weights_note} Evaluation took {eval_s:.0f} s.",
         "",
         curves_note,
         "",
@@ -133,15 +159,20 @@ def report(name, avg, curves_note, eval_s, cycle_s, lstm) -> str:
         "",
         "## PPO relative to the baselines",
         "",
-        "| workload | Q PPO/IPA | C PPO/IPA | Q PPO/Greedy | C PPO/Greedy |",
-        "|---|---|---|---|---|",
+        "| workload | Q PPO/IPA | C PPO/IPA | Q PPO/Greedy | C PPO/Greedy"
+        + (" | Q PPO/IPA-paper | C PPO/IPA-paper |" if len(rel_paper) else " |"),
+        "|---|---|---|---|---|" + ("---|---|" if len(rel_paper) else ""),
     ]
     for w in rel_ipa.index:
         a, g = rel_ipa.loc[w], rel_greedy.loc[w]
-        lines.append(
+        line = (
             f"| {w} | {a['Q_ratio']:.3f} | {a['C_ratio']:.3f} "
             f"| {g['Q_ratio']:.3f} | {g['C_ratio']:.3f} |"
         )
+        if w in rel_paper.index:
+            p = rel_paper.loc[w]
+            line += f" {p['Q_ratio']:.3f} | {p['C_ratio']:.3f} |"
+        lines.append(line)
     if "fluctuating" in rel_ipa.index:
         q_ipa, c_ipa = rel_ipa.loc["fluctuating", "Q_ratio"], rel_ipa.loc["fluctuating", "C_ratio"]
         q_g = rel_greedy.loc["fluctuating", "Q_ratio"]

@@ -10,26 +10,68 @@ feasible (Σ w·f ≤ W_max and it packs onto the machines).
   meets the predicted load (cost is separable, so per stage the cheapest
   sufficient option); where none fits, the allowed option with the most
   capacity.
-- :class:`IPAPolicy` maximises the predicted reward Q − β'C − γ'B
-  (``optimizer.rl.model``) under the budget with OR-Tools CP-SAT, the
-  resource-aware IPA variant of the paper; :func:`exhaustive` enumerates the
-  same problem for small pipelines (tests check both agree).
+- :class:`IPAPolicy` maximises, under the budget and with OR-Tools CP-SAT,
+  the predicted objective Q − λC of eq. 4 (``target="objective"``: the
+  IPA-style baseline, the resource-aware IPA variant of the paper) or the
+  agent's reward Q − β'C − γ'B of eq. 7 (``target="reward"``: the expert
+  that guides PPO's training); :func:`exhaustive` enumerates the same
+  problems for small pipelines (tests check both agree).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from optimizer.rl.model import estimate, mean_speed, stage_estimate
+from optimizer.rl.model import PipelineEstimate, estimate, mean_speed, stage_estimate
 from optimizer.rl.space import ConfigSpace, Option
 from twin.spec import QoSWeights
 
 OBJECTIVE_SCALE = 1e5  # CP-SAT needs integers: objective units of 1e-5
 RATE_SCALE = 100.0  # capacities in units of 0.01 req/s
+TARGETS = ("objective", "reward", "ipa-paper")
+
+
+def cost_batch_weights(weights: QoSWeights, target: str) -> tuple[float, float]:
+    """Cost and batch weights: eq. 4 (λ, 0), eq. 7 (β', γ'), IPA's own (λ, γ' per Σ b)."""
+    if target == "objective":
+        return weights.lambda_cost, 0.0
+    if target in ("reward", "ipa-paper"):
+        return weights.reward_cost, weights.reward_batch
+    raise ValueError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
+
+
+def target_value(
+    est: PipelineEstimate, target: str, options: list[Option] | None = None,
+    space: ConfigSpace | None = None, weights: QoSWeights | None = None,
+) -> float:  # fmt: skip
+    """The estimate's eq. 4 objective, eq. 7 reward, or IPA's own objective.
+
+    IPA's own (Ghafouri et al., the paper's [13]) is α·V − λ·C − γ'·Σ b, and
+    −inf where a stage cannot carry the load or Σ l exceeds the deadline;
+    it needs ``options``, ``space`` and ``weights``.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
+    if target == "objective":
+        return est.metrics.objective
+    if target == "reward":
+        return est.metrics.reward
+    assert options is not None and space is not None and weights is not None
+    if min(e.capacity_rps for e in est.stages) < est.metrics.offered_rps:
+        return -np.inf
+    if space.deadline_s < est.metrics.L:  # over the SLA
+        return -np.inf
+    m = est.metrics
+    return (
+        weights.alpha * m.V
+        - weights.lambda_cost * m.C
+        - weights.reward_batch * sum(o.batch for o in options)
+    )
 
 
 class Policy(Protocol):
@@ -101,7 +143,7 @@ class GreedyPolicy:
 
 @dataclass
 class IPAPolicy:
-    """Exact maximiser of the predicted reward under the budget (OR-Tools CP-SAT).
+    """Exact maximiser of eq. 4's Q − λC (or eq. 7's reward) under the budget (CP-SAT).
 
     ``cache_rps > 0`` rounds the load to that resolution and reuses earlier
     answers (for the expert during training, where the same loads recur);
@@ -111,9 +153,14 @@ class IPAPolicy:
     interval_s: float = 10.0
     time_limit_s: float = 10.0
     cache_rps: float = 0.0
+    target: str = "objective"
     name: str = "ipa"
     last_status: str = ""
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r} (known: {', '.join(TARGETS)})")
 
     def decide(self, space: ConfigSpace, load_rps: float, weights: QoSWeights) -> list[Option]:
         if self.cache_rps <= 0:
@@ -124,10 +171,13 @@ class IPAPolicy:
         return list(self._cache[key])
 
     def _solve(self, space: ConfigSpace, load_rps: float, weights: QoSWeights) -> list[Option]:
+        if self.target == "ipa-paper":
+            return self._solve_ipa_paper(space, load_rps, weights)
         from ortools.sat.python import cp_model
 
         m = cp_model.CpModel()
         S, R = OBJECTIVE_SCALE, RATE_SCALE
+        cost_w, batch_w = cost_batch_weights(weights, self.target)
         load = round(load_rps * R)
         budget = round(space.budget * 1000) if np.isfinite(space.budget) else None
         xs: list[list[tuple[cp_model.IntVar, Option]]] = []
@@ -141,7 +191,7 @@ class IPAPolicy:
                 row.append((x, o))
                 v = s.variants[o.variant]
                 value = weights.alpha * v.accuracy - weights.latency_weight * lat
-                value -= weights.reward_cost * s.cost(o)
+                value -= cost_w * s.cost(o)
                 terms.append(round(value * S) * x)
                 caps.append((k, round(min(cap, 1e7) * R), x))
                 batches.append((k, o.batch, x))
@@ -176,7 +226,7 @@ class IPAPolicy:
             + round(weights.beta * rate_coef) * thr
             - round(weights.gamma * rate_coef) * over
             - round(weights.delta * rate_coef) * spare
-            - round(weights.reward_batch * S) * batch_max
+            - round(batch_w * S) * batch_max
         )
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = 1  # deterministic, and the machine is shared
@@ -190,6 +240,59 @@ class IPAPolicy:
             # Σ w·f fits but the machines do not: take the best packable one stage by stage.
             return _repair(space, chosen)
         return chosen
+
+    def _eq4(self, space: ConfigSpace, load_rps: float, weights: QoSWeights) -> list[Option]:
+        return IPAPolicy(self.interval_s, self.time_limit_s)._solve(space, load_rps, weights)
+
+    def _solve_ipa_paper(
+        self, space: ConfigSpace, load_rps: float, weights: QoSWeights
+    ) -> list[Option]:
+        """IPA's own integer program ([13]), with the budget the paper adds.
+
+        Maximise α·Σ v − λ·Σ f·c − γ'·Σ b subject to every stage's capacity
+        ≥ the predicted load, Σ stage latency ≤ the pipeline's deadline and
+        Σ w·f ≤ W_max. Throughput, latency and excess load are constraints
+        here, not terms of Q. When no configuration meets them (the load is
+        beyond the budget), the eq. 4 optimum is returned instead.
+        """
+        from ortools.sat.python import cp_model
+
+        m = cp_model.CpModel()
+        S = OBJECTIVE_SCALE
+        xs: list[list[tuple[cp_model.IntVar, Option]]] = []
+        cores, lats, terms = [], [], []
+        for k, s in enumerate(space.stages):
+            row = []
+            for o, cap, lat in _stage_table(space, k, load_rps, self.interval_s):
+                if cap < load_rps or not space.alone_fits(k, o):
+                    continue
+                x = m.new_bool_var(f"x{k}_{len(row)}")
+                row.append((x, o))
+                value = weights.alpha * s.variants[o.variant].accuracy
+                value -= weights.lambda_cost * s.cost(o) + weights.reward_batch * o.batch
+                terms.append(round(value * S) * x)
+                cores.append(round(s.cores(o) * 1000) * x)
+                lats.append(round(lat * 1e6) * x)
+            if not row:
+                return IPAPolicy(self.interval_s, self.time_limit_s)._solve(
+                    space, load_rps, weights
+                )
+            m.add_exactly_one(x for x, _ in row)
+            xs.append(row)
+        if np.isfinite(space.budget):
+            m.add(sum(cores) <= round(space.budget * 1000))
+        if np.isfinite(space.deadline_s):
+            m.add(sum(lats) <= round(space.deadline_s * 1e6))
+        m.maximize(sum(terms))
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.max_time_in_seconds = self.time_limit_s
+        status = solver.solve(m)
+        self.last_status = solver.status_name(status)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return self._eq4(space, load_rps, weights)
+        chosen = [next(o for x, o in row if solver.boolean_value(x)) for row in xs]
+        return chosen if space.place(chosen) is not None else _repair(space, chosen)
 
 
 def _repair(space: ConfigSpace, options: list[Option]) -> list[Option]:
@@ -206,15 +309,20 @@ def _repair(space: ConfigSpace, options: list[Option]) -> list[Option]:
 
 
 def exhaustive(
-    space: ConfigSpace, load_rps: float, weights: QoSWeights, interval_s: float = 10.0
+    space: ConfigSpace,
+    load_rps: float,
+    weights: QoSWeights,
+    interval_s: float = 10.0,
+    target: str = "objective",
 ) -> tuple[list[Option], float]:
-    """Best feasible configuration by enumeration, and its predicted reward (small spaces)."""
+    """Best feasible configuration by enumeration and its predicted objective or reward."""
     best, best_r = None, -np.inf
     for combo in itertools.product(*(space.options_of(k) for k in range(space.n_stages))):
         opts = list(combo)
         if space.cores(opts) > space.budget + 1e-9 or space.place(opts) is None:
             continue
-        r = estimate(space, opts, load_rps, weights, interval_s).reward
+        est = estimate(space, opts, load_rps, weights, interval_s)
+        r = target_value(est, target, opts, space, weights)
         if r > best_r:
             best, best_r = opts, r
     if best is None:
@@ -222,4 +330,10 @@ def exhaustive(
     return best, float(best_r)
 
 
-POLICIES = {"random": RandomPolicy, "greedy": GreedyPolicy, "ipa": IPAPolicy}
+POLICIES = {
+    "random": RandomPolicy,
+    "greedy": GreedyPolicy,
+    "ipa": IPAPolicy,
+    # IPA's own objective ([13]: accuracy − cost − batch, load and SLA as constraints).
+    "ipa-paper": functools.partial(IPAPolicy, target="ipa-paper", name="ipa-paper"),
+}

@@ -81,14 +81,20 @@ def _predictor(path: str):
 
 
 def make_env(scenario: Scenario, process: str, workloads: list, backend: str, predictor,
-             cycle_s: float = 1200.0, expert_every: int = 0):  # fmt: skip
-    """The environment every command uses (so training and evaluation see one state)."""
+             cycle_s: float = 1200.0, expert_every: int = 0,
+             reward_cost: float | None = None):  # fmt: skip
+    """The environment every command uses (so training and evaluation see one state).
+
+    ``reward_cost`` is the agent's reward cost weight β' (eq. 7); None keeps the
+    scenario's ``settings.qos.reward_cost``.
+    """
     from optimizer.rl.env import PipelineEnv
 
     peak = max(_peak(w, cycle_s) for w in workloads)
     return PipelineEnv(scenario, process, workloads, backend=backend, predictor=predictor,
                        cycle_s=cycle_s, expert_every=expert_every,
-                       load_scale_rps=max(10.0, round(peak, -1)))  # fmt: skip
+                       load_scale_rps=max(10.0, round(peak, -1)),
+                       reward_cost=reward_cost)  # fmt: skip
 
 
 def _peak(workload, cycle_s: float) -> float:
@@ -122,6 +128,9 @@ def train(
         DEFAULT_PREDICTOR
     ),
     init: Annotated[Path | None, typer.Option(help="Continue from a saved policy zip.")] = None,
+    reward_cost: Annotated[
+        float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -136,7 +145,8 @@ def train(
     sc = _scenario(scenario_file)
     proc = _process(sc, process)
     ws = _workloads(sc, workloads)
-    env = make_env(sc, proc, ws, backend, _predictor(predictor), expert_every=expert_every)
+    env = make_env(sc, proc, ws, backend, _predictor(predictor), expert_every=expert_every,
+                   reward_cost=reward_cost)  # fmt: skip
     model, writer = agent.make_agent(env, seed=seed, gamma=gamma)
     if init is not None:
         loaded = agent.load(init)
@@ -156,6 +166,7 @@ def train(
         summary = {
             "scenario": sc.name, "process": proc, "backend": backend, "steps": steps,
             "expert_every": expert_every, "seed": seed, "gamma": gamma, "wall_s": round(wall, 1),
+            "reward_cost": env.weights.reward_cost,
             "final_ep_reward_mean": _last(curves, "ep_reward_mean"),
             "final_value_loss": _last(curves, "value_loss"),
             "policy": str(target / "policy.zip"),
@@ -189,6 +200,9 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="twin or analytic.")] = "twin",
     cycle_s: Annotated[float, typer.Option(help="Length of one cycle (s).")] = 1200.0,
     seed: Annotated[int, typer.Option()] = 1,
+    reward_cost: Annotated[
+        float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
+    ] = None,
     predictor: Annotated[str, typer.Option(help="LSTM weights, or 'none'.")] = str(
         DEFAULT_PREDICTOR
     ),
@@ -221,7 +235,7 @@ def evaluate(
     with _progress() as bar:
         task = bar.add_task(f"{total} cycles of {cycle_s:g} s ({backend})", total=total)
         rows = experiments.compare(
-            lambda: make_env(sc, proc, ws, backend, pred, cycle_s),
+            lambda: make_env(sc, proc, ws, backend, pred, cycle_s, reward_cost=reward_cost),
             deciders, [w.name for w in ws], seed,
             on_cycle=lambda *_: bar.advance(task),
         )  # fmt: skip

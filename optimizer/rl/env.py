@@ -33,7 +33,7 @@ from gymnasium import spaces
 
 from optimizer.rl.backends import BACKENDS, Window
 from optimizer.rl.baselines import IPAPolicy, Policy
-from optimizer.rl.model import estimate
+from optimizer.rl.model import estimate, with_reward_cost
 from optimizer.rl.predictor import HISTORY_S, HORIZON_S, LoadPredictor
 from optimizer.rl.space import ConfigSpace, Option
 from twin.spec import Deployment, Scenario, Workload
@@ -65,6 +65,7 @@ class PipelineEnv(gym.Env):
         base: Deployment | None = None,
         max_replicas: int = 4,
         batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+        reward_cost: float | None = None,
     ) -> None:
         super().__init__()
         if not workloads:
@@ -73,6 +74,8 @@ class PipelineEnv(gym.Env):
             raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         if cycle_s < interval_s or interval_s <= 0:
             raise ValueError(f"need 0 < interval_s ≤ cycle_s, got {interval_s}, {cycle_s}")
+        # β' of the reward (eq. 7) is the operator's choice; the twin then scores with it too.
+        scenario = with_reward_cost(scenario, reward_cost)
         self.scenario, self.process, self.workloads = scenario, process, list(workloads)
         self.space = ConfigSpace(scenario, process, base, max_replicas, batches)
         self.weights = scenario.settings.qos
@@ -81,7 +84,8 @@ class PipelineEnv(gym.Env):
         self.decisions = math.ceil(cycle_s / interval_s)
         self.load_scale, self.reward_scale = load_scale_rps, reward_scale
         self.expert_every = expert_every
-        self.expert = expert or IPAPolicy(interval_s=interval_s, cache_rps=0.5)
+        # The expert solves the agent's own reward (β', γ'), not the IPA baseline's eq. 4.
+        self.expert = expert or IPAPolicy(interval_s=interval_s, cache_rps=0.5, target="reward")
         self.backend_name = backend
         self.backend = BACKENDS[backend](self.space, process, cycle_s)
         n = self.space.n_stages
@@ -163,17 +167,17 @@ class PipelineEnv(gym.Env):
         t1 = min(self.t + self.interval_s, self.cycle_s)
         w = self.backend.run(self.deployment, self.current, t1)
         self.last = w
+        m = w.metrics
         self.history = np.concatenate([self.history, w.arrivals])[-HISTORY_S:]
         self.t = t1
         self.predicted = self._predict()
         truncated = self.t >= self.cycle_s - 1e-9
         info = {
-            "t_s": w.t0, "offered_rps": w.offered_rps, "predicted_rps": self.predicted,
-            "V": w.V, "C": w.C, "T": w.T, "L": w.L, "E": w.E, "B": w.B, "Q": w.Q,
-            "objective": w.objective, "reward": w.reward, "capacity_rps": w.capacity_rps,
+            "t_s": w.t0, "predicted_rps": self.predicted,
+            **m.as_dict(),
             "workload": self.workload.name, "decision_done": True,
         }  # fmt: skip
-        return self._obs(), float(w.reward / self.reward_scale), False, truncated, info
+        return self._obs(), float(m.reward / self.reward_scale), False, truncated, info
 
     def predict_load(self) -> float:
         """Predicted peak load (req/s) of the next 20 s from the load history."""

@@ -7,9 +7,15 @@ an M/D/1 queueing wait at utilisation ρ = λ/K (capped at the adaptation
 interval when ρ → 1). Pipeline terms follow the paper: V = Σ v, C = Σ f·c,
 T = min(λ, min K), L = Σ l, E = λ − min K, B = max b, Q by eq. 3
 (``twin.criteria.qos``), objective Q − λ_c·C (eq. 4) and reward
-Q − β'C − γ'B (eq. 7). Greedy, the IPA-style solver and the analytic
-training backend all use these numbers, so they optimise the same thing
-the twin measures, only predicted instead of simulated.
+Q − β'C − γ'B (eq. 7), held in the twin's own ``PipelineMetrics``.
+Greedy, the IPA-style solver and the analytic training backend all use
+these numbers, so they optimise the same thing the twin measures, only
+predicted instead of simulated.
+
+The weights are the scenario's ``settings.qos``; :func:`with_reward_cost`
+gives the agent a reward cost weight β' of its own (the operator's
+choice: eq. 7's β is separate from eq. 4's λ, which the IPA-style solver
+keeps).
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.rl.space import ConfigSpace, Option, StageSpace
-from twin.criteria import qos
-from twin.spec import QoSWeights
+from twin.criteria import PipelineMetrics, qos
+from twin.spec import QoSWeights, Scenario
 
 RHO_MAX = 0.98  # beyond this utilisation the M/D/1 wait is replaced by the cap
 
@@ -34,17 +40,21 @@ class StageEstimate:
 
 @dataclass(frozen=True)
 class PipelineEstimate:
-    V: float
-    C: float
-    T: float
-    L: float
-    E: float
-    B: int
-    Q: float
-    objective: float
-    reward: float
-    capacity_rps: float
+    """Predicted pipeline metrics (the twin's type) and the per-stage estimates behind them."""
+
+    metrics: PipelineMetrics
     stages: tuple[StageEstimate, ...]
+
+
+def with_reward_cost(scenario: Scenario, reward_cost: float | None) -> Scenario:
+    """The scenario with the reward's cost weight β' (eq. 7) replaced; None keeps it."""
+    if reward_cost is None:
+        return scenario
+    if reward_cost < 0:
+        raise ValueError(f"reward cost weight must be ≥ 0, got {reward_cost}")
+    qos_w = scenario.settings.qos.model_copy(update={"reward_cost": float(reward_cost)})
+    settings = scenario.settings.model_copy(update={"qos": qos_w})
+    return scenario.model_copy(update={"settings": settings})
 
 
 def mean_speed(space: ConfigSpace) -> float:
@@ -102,9 +112,10 @@ def estimate(
     L = sum(e.latency_s for e in stages)
     E = load_rps - K
     Q = qos(V, T, L, E, weights)
-    return PipelineEstimate(
+    metrics = PipelineMetrics(
         V=V, C=C, T=T, L=L, E=E, B=B, Q=Q,
         objective=Q - weights.lambda_cost * C,
         reward=Q - weights.reward_cost * C - weights.reward_batch * B,
-        capacity_rps=K, stages=stages,
+        offered_rps=load_rps, capacity_rps=K,
     )  # fmt: skip
+    return PipelineEstimate(metrics, stages)

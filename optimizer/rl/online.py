@@ -31,7 +31,7 @@ from optimizer.rl.baselines import Policy
 from optimizer.rl.env import PipelineEnv
 from optimizer.rl.predictor import HISTORY_S
 from optimizer.rl.space import Option
-from twin.criteria import pipeline_capacity_rps, pipeline_config_terms, qos
+from twin.criteria import PipelineMetrics, pipeline_capacity_rps, pipeline_config_terms, qos
 from twin.spec import Deployment
 
 
@@ -133,12 +133,13 @@ class OnlineController:
         capacity = pipeline_capacity_rps(sp.scenario, dep, self.env.process) * self.capacity_factor
         E = offered - capacity
         Q = qos(V, T, L, E, w)
-        return Window(
-            t0=t0, t1=t1, arrivals=arrivals, V=V, C=C, T=T, L=L, E=E, B=B, Q=Q,
+        m = PipelineMetrics(
+            V=V, C=C, T=T, L=L, E=E, B=B, Q=Q,
             objective=Q - w.lambda_cost * C, reward=Q - w.reward_cost * C - w.reward_batch * B,
-            capacity_rps=capacity, stage_latency_s=np.array(lat),
-            stage_throughput_rps=np.array(thr),
+            offered_rps=offered, capacity_rps=capacity,
         )  # fmt: skip
+        return Window(t0=t0, t1=t1, arrivals=arrivals, metrics=m, stage_latency_s=np.array(lat),
+                      stage_throughput_rps=np.array(thr))  # fmt: skip
 
     def _decide(self, w: Window, history: np.ndarray, t: float) -> None:
         env = self.env
@@ -161,9 +162,8 @@ class OnlineController:
             self.apply(self.space.deployment(chosen, name=f"rl-t{int(t)}"))
             applied_s = time.perf_counter() - started
         self.rows.append({
-            "t_s": w.t0, "offered_rps": w.offered_rps, "predicted_rps": env.predicted,
-            "V": w.V, "C": w.C, "T": w.T, "L": w.L, "E": w.E, "B": w.B, "Q": w.Q,
-            "objective": w.objective, "reward": w.reward, "capacity_rps": w.capacity_rps,
+            "t_s": w.t0, "predicted_rps": env.predicted,
+            **w.metrics.as_dict(),
             "decision_ms": decision_ms, "apply_s": applied_s,
             "config": " ".join(f"{s.variants[o.variant].name}×{o.replicas}/b{o.batch}"
                                for s, o in zip(self.space.stages, self.current, strict=True)),

@@ -114,6 +114,7 @@ class ConfigSpace:
         if not names:
             raise ValueError(f"pipeline {process!r} has no inference stage (no variants)")
         self.budget = proc.resource_budget_cores or float("inf")
+        self.deadline_s = proc.deadline_s or float("inf")  # end-to-end SLA (s)
         stages = []
         for n in names:
             c = scenario.component(n)

@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from optimizer.rl.baselines import GreedyPolicy, IPAPolicy, RandomPolicy, exhaustive
+from optimizer.rl.baselines import (
+    GreedyPolicy,
+    IPAPolicy,
+    RandomPolicy,
+    exhaustive,
+    target_value,
+)
 from optimizer.rl.model import estimate
 from optimizer.rl.space import ConfigSpace
 
@@ -19,26 +25,54 @@ def small(chain):
 
 
 @pytest.mark.parametrize("load", [5.0, 40.0, 90.0, 150.0, 400.0])
-def test_ipa_matches_exhaustive_search(small, chain, load):
-    w = chain.settings.qos
-    got = IPAPolicy().decide(small, load, w)
-    _, best_reward = exhaustive(small, load, w)
+@pytest.mark.parametrize("target", ["objective", "reward", "ipa-paper"])
+def test_ipa_matches_exhaustive_search(small, chain, load, target):
+    # A reward cost weight β' unlike eq. 4's λ, so the targets differ.
+    w = chain.settings.qos.model_copy(update={"reward_cost": 0.6})
+    got = IPAPolicy(target=target).decide(small, load, w)
+    _, best = exhaustive(small, load, w, target=target)
     assert small.deployment(got)
+    value = target_value(estimate(small, got, load, w), target, got, small, w)
     # Same optimum up to CP-SAT's integer rounding of the coefficients (1e-5 units).
-    assert estimate(small, got, load, w).reward == pytest.approx(best_reward, abs=1e-3)
+    assert value == pytest.approx(best, abs=1e-3)
+
+
+def test_ipa_paper_objective_meets_load_and_deadline(chain):
+    space = ConfigSpace(chain, "pipeline")
+    w = chain.settings.qos
+    for load in (15.0, 90.0):
+        got = IPAPolicy(target="ipa-paper").decide(space, load, w)
+        est = estimate(space, got, load, w)
+        assert min(e.capacity_rps for e in est.stages) >= load
+        assert est.metrics.L <= space.deadline_s
+
+
+def test_a_dearer_reward_cost_weight_buys_cheaper_configurations(chain):
+    space = ConfigSpace(chain, "pipeline")
+    w = chain.settings.qos.model_copy(update={"reward_cost": 1.0})
+    for load in (15.0, 50.0, 90.0):
+        ipa = estimate(space, IPAPolicy().decide(space, load, w), load, w).metrics
+        lean = estimate(space, IPAPolicy(target="reward").decide(space, load, w), load, w).metrics
+        assert lean.C < ipa.C
+        assert lean.objective <= ipa.objective + 1e-6  # eq. 4 is what IPA maximises
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(ValueError, match="unknown target"):
+        IPAPolicy(target="accuracy")
 
 
 @pytest.mark.parametrize("load", [10.0, 60.0, 120.0])
 def test_greedy_is_the_cheapest_config_meeting_load(small, chain, load):
     w = chain.settings.qos
     got = GreedyPolicy().decide(small, load, w)
-    est = estimate(small, got, load, w)
+    est = estimate(small, got, load, w).metrics
     assert est.capacity_rps >= load
     cheapest = min(
         sum(s.cost(o) for s, o in zip(small.stages, combo, strict=True))
         for combo in itertools.product(*(small.options_of(k) for k in range(small.n_stages)))
         if small.cores(list(combo)) <= small.budget
-        and estimate(small, list(combo), load, w).capacity_rps >= load
+        and estimate(small, list(combo), load, w).metrics.capacity_rps >= load
     )
     assert est.C == pytest.approx(cheapest)
 
@@ -60,11 +94,11 @@ def test_random_is_feasible_and_seeded(small, chain):
         assert small.deployment(list(combo))
 
 
-def test_ipa_beats_greedy_on_predicted_reward(chain):
+def test_ipa_beats_greedy_on_predicted_objective(chain):
     space = ConfigSpace(chain, "pipeline")
     w = chain.settings.qos
     for load in (15.0, 50.0, 90.0):
-        r_ipa = estimate(space, IPAPolicy().decide(space, load, w), load, w).reward
-        r_greedy = estimate(space, GreedyPolicy().decide(space, load, w), load, w).reward
+        r_ipa = estimate(space, IPAPolicy().decide(space, load, w), load, w).metrics.objective
+        r_greedy = estimate(space, GreedyPolicy().decide(space, load, w), load, w).metrics.objective
         assert r_ipa >= r_greedy - 1e-6
     assert np.isfinite(r_ipa)

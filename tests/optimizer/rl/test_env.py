@@ -136,3 +136,29 @@ def test_twin_window_equals_pipeline_metrics_on_full_records(chain):
     assert info["T"] == pytest.approx(m.T)
     assert info["L"] == pytest.approx(m.L)
     assert info["reward"] == pytest.approx(m.reward)
+
+
+@pytest.mark.parametrize("backend", ["analytic", "twin"])
+def test_reward_cost_weight_is_the_agents_own(chain, backend):
+    """β' changes the reward (eq. 7) the env pays, not Q, C or eq. 4's objective."""
+    infos = {}
+    for beta in (None, 0.7):
+        env = _env(chain, backend, cycle_s=20.0, reward_cost=beta)
+        env.reset(seed=3, options={"workload": "fluctuating"})
+        for _ in range(env.space.n_stages):
+            _, r, _, _, info = env.step(int(np.flatnonzero(env.action_masks())[-1]))
+        infos[beta] = (info, r, env)
+    (base, _, env0), (lean, r, env) = infos[None], infos[0.7]
+    w = chain.settings.qos
+    assert env0.weights == w and env.weights.reward_cost == 0.7
+    assert env.weights.lambda_cost == w.lambda_cost
+    assert lean["Q"] == pytest.approx(base["Q"]) and lean["C"] == pytest.approx(base["C"])
+    assert lean["objective"] == pytest.approx(base["objective"])
+    assert lean["reward"] == pytest.approx(lean["Q"] - 0.7 * lean["C"] - w.reward_batch * lean["B"])
+    assert r == pytest.approx(lean["reward"] / env.reward_scale)
+    assert env.expert.target == "reward"  # the expert solves the agent's reward
+
+
+def test_negative_reward_cost_weight_is_refused(chain):
+    with pytest.raises(ValueError, match="reward cost weight"):
+        _env(chain, reward_cost=-0.1)
