@@ -7,6 +7,12 @@ dropped. The model runs inline on the event loop by default — on a CPU-limited
 server a hand-off to a worker thread costs more than it overlaps — or in one
 worker thread (``inline=False``), which keeps the loop answering while a slow
 batch runs.
+
+Items are queued as slices of the arrays they were submitted in, not one object
+per row: a batch is one slice (no copy) when a call's rows fill it, or the
+concatenation of a few; results go back into one array per call. Per-item
+Python work made up a large share of the stage server's own CPU at batch 8
+(profiled), and this keeps the work per batch and per call.
 """
 
 from __future__ import annotations
@@ -17,11 +23,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+# observe(batch size, compute time of the batch in s, [(queue time in s, items), ...]):
+# the items of one queued slice share their queue time
+# inline batches run back to back at most this many times before the loop gets a turn
+MAX_BATCHES_WITHOUT_YIELD = 4
+Observe = Callable[[int, float, list[tuple[float, int]]], None]
 
 
 @dataclass(frozen=True)
@@ -35,29 +46,91 @@ class ItemResult:
     tag: str
 
 
+@dataclass(frozen=True)
+class Run:
+    """``count`` consecutive rows of a call that went through the same batch (ms)."""
+
+    count: int
+    queue_ms: float
+    service_ms: float
+    batch: int
+    tag: str
+
+
 @dataclass
+class CallResult:
+    """The answers to one :meth:`DynamicBatcher.submit_array`: output row k for input
+    row k, and what the rows went through, as runs of rows that shared a batch."""
+
+    outputs: np.ndarray
+    runs: list[Run]
+
+    def per_row(self, field: str) -> np.ndarray:
+        """One value of a :class:`Run` field per row, e.g. ``per_row("queue_ms")``."""
+        return np.repeat([getattr(r, field) for r in self.runs], [r.count for r in self.runs])
+
+    def items(self) -> list[ItemResult]:
+        """The same answers as one :class:`ItemResult` per row."""
+        rows = iter(self.outputs)
+        return [
+            ItemResult(next(rows), r.queue_ms, r.service_ms, r.batch, r.tag)
+            for r in self.runs
+            for _ in range(r.count)
+        ]
+
+
 class _Call:
-    """The items of one ``submit``: answered together when the last one is done."""
+    """The rows of one submit: answered together when the last one is computed."""
 
-    future: asyncio.Future
-    results: list[ItemResult | None]
-    left: int
+    __slots__ = ("future", "left", "n", "outputs", "runs")
+
+    def __init__(self, future: asyncio.Future, n: int):
+        self.future = future
+        self.n = n
+        self.left = n
+        self.outputs: np.ndarray | None = None  # allocated when the first batch returns
+        self.runs: list[Run] = []  # batches are formed in queue order, so runs are too
+
+    def fill(
+        self, start: int, rows: np.ndarray, q_ms: float, s_ms: float, n: int, tag: str
+    ) -> None:
+        """Rows ``start..`` computed in a batch of ``n`` by model ``tag`` (times in ms)."""
+        k = len(rows)
+        if k == self.n:  # the whole call in one batch: the batch's rows are its answer
+            self.outputs = rows
+        else:
+            if self.outputs is None:
+                self.outputs = np.empty((self.n, *rows.shape[1:]), dtype=rows.dtype)
+            self.outputs[start : start + k] = rows
+        self.runs.append(Run(k, q_ms, s_ms, n, tag))
+        self.left -= k
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(CallResult(self.outputs, self.runs))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
-@dataclass
-class _Item:
-    row: np.ndarray
-    t_enqueue: float
-    call: _Call
-    index: int = field(default=0)
+class _Segment:
+    """Rows ``start..start+len(rows)`` of a call, still waiting for a batch."""
+
+    __slots__ = ("call", "rows", "start", "t_enqueue")
+
+    def __init__(self, call: _Call, rows: np.ndarray, start: int, t_enqueue: float):
+        self.call = call
+        self.rows = rows
+        self.start = start
+        self.t_enqueue = t_enqueue
 
 
 class DynamicBatcher:
-    """Forms batches from single items and runs ``run_batch`` on them (see module doc).
+    """Forms batches from queued rows and runs ``run_batch`` on them (see module doc).
 
-    ``observe(batch_size, service_s, queue_s_list)`` is called after each batch
-    (for metrics). ``tag`` names the current model (e.g. its variant) and is
-    reported with each result.
+    ``observe(batch_size, service_s, waits)`` is called after each batch (for
+    metrics; ``waits`` lists ``(queue_s, items)`` per queued slice in the batch).
+    ``tag`` names the current model (e.g. its variant) and is reported with each
+    result.
     """
 
     def __init__(
@@ -66,7 +139,7 @@ class DynamicBatcher:
         max_batch: int,
         max_wait_ms: float,
         tag: str = "",
-        observe: Callable[[int, float, list[float]], None] | None = None,
+        observe: Observe | None = None,
         clock: Callable[[], float] = time.perf_counter,
         inline: bool = True,
     ):
@@ -76,7 +149,8 @@ class DynamicBatcher:
         self.tag = tag
         self._observe = observe
         self._clock = clock
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Segment] = deque()
+        self._queued = 0  # rows in the queue
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._pool = None if inline else ThreadPoolExecutor(1, thread_name_prefix="infer")
@@ -107,7 +181,7 @@ class DynamicBatcher:
 
     @property
     def queue_length(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     def start(self) -> None:
         if self._task is None:
@@ -120,33 +194,38 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for item in self._queue:
-            if not item.call.future.done():
-                item.call.future.set_exception(RuntimeError("server stopping"))
+        for seg in self._queue:
+            seg.call.fail(RuntimeError("server stopping"))
         self._queue.clear()
+        self._queued = 0
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    async def submit(self, rows: np.ndarray) -> list[ItemResult]:
-        """Queue each row of ``rows`` (n × d); return their results in order."""
+    async def submit_array(self, rows: np.ndarray) -> CallResult:
+        """Queue the rows of ``rows`` (n × d); return their results as arrays, in order."""
         self.start()
-        now = self._clock()
-        call = _Call(asyncio.get_running_loop().create_future(), [None] * len(rows), len(rows))
+        loop = asyncio.get_running_loop()
+        call = _Call(loop.create_future(), len(rows))
         if not len(rows):
-            return []
-        self._queue.extend(_Item(r, now, call, k) for k, r in enumerate(rows))
+            return CallResult(rows[:0], [])
+        self._queue.append(_Segment(call, rows, 0, self._clock()))
+        self._queued += len(rows)
         assert self._wakeup is not None
         self._wakeup.set()
         return await call.future
 
+    async def submit(self, rows: np.ndarray) -> list[ItemResult]:
+        """Queue each row of ``rows`` (n × d); return one result per row, in order."""
+        return (await self.submit_array(rows)).items()
+
     async def _wait_for_batch(self) -> None:
         """Until the queue holds a full batch or its oldest item waited ``max_wait_ms``."""
         assert self._wakeup is not None
-        while not self._queue:
+        while not self._queued:
             self._wakeup.clear()
             await self._wakeup.wait()
         loop = asyncio.get_running_loop()
-        while len(self._queue) < self.max_batch:
+        while self._queued < self.max_batch:
             left = self._queue[0].t_enqueue + self.max_wait_ms / 1000 - self._clock()
             if left <= 0:
                 return
@@ -157,38 +236,69 @@ class DynamicBatcher:
             finally:
                 timer.cancel()
 
+    def _take(self, n: int) -> list[_Segment]:
+        """The first ``n`` queued rows, as segments (the last one split if needed)."""
+        taken: list[_Segment] = []
+        while n:
+            seg = self._queue[0]
+            k = len(seg.rows)
+            if k <= n:
+                taken.append(self._queue.popleft())
+            else:  # split: the head of the segment leaves, the tail keeps its place
+                taken.append(_Segment(seg.call, seg.rows[:n], seg.start, seg.t_enqueue))
+                seg.rows, seg.start, k = seg.rows[n:], seg.start + n, n
+            n -= k
+        return taken
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
+        skipped = 0  # batches since the loop last had a turn
         while True:
             await self._wait_for_batch()
-            n = min(self.max_batch, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+            n = min(self.max_batch, self._queued)
+            segs = self._take(n)
+            self._queued -= n
             run, tag = self._run, self.tag
             t_start = self._clock()
-            x = np.stack([i.row for i in batch])
+            x = segs[0].rows if len(segs) == 1 else np.concatenate([s.rows for s in segs])
             try:
                 if self._pool is None:
                     outputs, service_s = _run_timed(run, x)
                 else:
                     outputs, service_s = await loop.run_in_executor(self._pool, _run_timed, run, x)
+                if len(outputs) != n:
+                    raise ValueError(f"model answered {len(outputs)} rows for {n}")
             except Exception as e:  # a failing model fails its batch's calls, not the server
-                for i in batch:
-                    if not i.call.future.done():
-                        i.call.future.set_exception(e)
+                for s in segs:
+                    s.call.fail(e)
                 continue
             self.batches += 1
-            queue_s = [t_start - i.t_enqueue for i in batch]
             service_ms = service_s * 1000
-            for i, q, row in zip(batch, queue_s, outputs, strict=True):
-                call = i.call
-                call.results[i.index] = ItemResult(row, q * 1000, service_ms, n, tag)
-                call.left -= 1
-                if call.left == 0 and not call.future.done():
-                    call.future.set_result(call.results)
+            waits = []
+            answered = False
+            at = 0
+            for seg in segs:
+                k = len(seg.rows)
+                q = t_start - seg.t_enqueue
+                waits.append((q, k))
+                try:
+                    seg.call.fill(seg.start, outputs[at : at + k], q * 1000, service_ms, n, tag)
+                except ValueError as e:  # e.g. a switch mid-call changed the output width
+                    seg.call.fail(e)
+                answered = answered or seg.call.left == 0
+                at += k
             if self._observe is not None:
-                self._observe(n, service_s, queue_s)
-            if self._pool is None:
-                await asyncio.sleep(0)  # let the loop read new requests between batches
+                self._observe(n, service_s, waits)
+            # Let the loop send answers and read new requests between batches. With a
+            # full batch queued and nobody answered it has nothing to do that would
+            # change the next batch, and each loop turn costs CPU; it still gets a
+            # turn every few batches (health checks, admin calls).
+            skipped += 1
+            if self._pool is None and (
+                answered or self._queued < self.max_batch or skipped >= MAX_BATCHES_WITHOUT_YIELD
+            ):
+                skipped = 0
+                await asyncio.sleep(0)
 
 
 def _run_timed(run: RunBatch, x: np.ndarray) -> tuple[np.ndarray, float]:

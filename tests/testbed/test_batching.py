@@ -108,3 +108,31 @@ def test_bad_limits_are_refused() -> None:
         b.configure(max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         b.configure(max_wait_ms=-1)
+
+
+def test_calls_split_across_batches_keep_order_and_runs() -> None:
+    """Rows of several calls are cut into batches and put back together per call."""
+    waits: list[list[tuple[float, int]]] = []
+
+    async def go() -> list:
+        b = DynamicBatcher(
+            lambda x: x * 10,
+            max_batch=4,
+            max_wait_ms=1000.0,
+            observe=lambda n, s, w: waits.append(w),
+        )
+        calls = [rows(3), rows(6) + 100, rows(3) + 200]  # 12 rows: batches 3+1, 4, 1+3
+        out = await asyncio.gather(*(b.submit_array(c) for c in calls))
+        await b.stop()
+        return calls, out
+
+    calls, out = asyncio.run(go())
+    for sent, got in zip(calls, out, strict=True):
+        np.testing.assert_array_equal(got.outputs, sent * 10)
+        assert sum(r.count for r in got.runs) == len(sent)
+        assert all(r.batch == 4 for r in got.runs)
+        assert len(got.per_row("queue_ms")) == len(sent)
+    assert [r.count for r in out[1].runs] == [1, 4, 1]
+    assert [[k for _, k in w] for w in waits] == [[3, 1], [4], [1, 3]]
+    items = out[1].items()
+    assert [i.output[0] for i in items] == [1000.0 + 10 * i for i in range(6)]
