@@ -71,12 +71,19 @@ class RateLevel(_Model):
     mean_ms: float
     p50_ms: float
     p95_ms: float
+    dispatch_lag_ms: float = Field(0.0, description="Mean batch dispatch lag it holds.")
 
 
 class Overheads(_Model):
     hop_ms: float = Field(0.0, ge=0, description="Mean HTTP round trip of one stage visit.")
     request_ms: float = Field(0.0, ge=0, description="Mean client↔gateway time per request.")
     n_requests: int = 0
+    dispatch_lag_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Mean per request of the stages' batch dispatch lag (ms): queue time "
+        "the twin's batching does not produce (timer and event-loop lag), held in per_request.",
+    )
     per_request: ServiceTime | None = Field(
         None,
         description="Fitted distribution of a request's whole overhead at batch size 1 (ms): "
@@ -117,6 +124,7 @@ def build(
     per_request: ServiceTime | None = None,
     heldout_loglik: dict[str, float] | None = None,
     by_rate: list[RateLevel] | None = None,
+    dispatch_lag_ms: float = 0.0,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads).
 
@@ -157,6 +165,7 @@ def build(
             per_request=per_request,
             heldout_loglik=heldout_loglik or {},
             by_rate=by_rate or [],
+            dispatch_lag_ms=max(float(dispatch_lag_ms), 0.0),
         ),
     )
 
@@ -289,6 +298,7 @@ def overhead_levels(over: pd.DataFrame, max_levels: int = 6) -> list[RateLevel]:
                 mean_ms=float(np.mean(x)),
                 p50_ms=float(np.percentile(x, 50)),
                 p95_ms=float(np.percentile(x, 95)),
+                dispatch_lag_ms=float(g["lag_ms"].mean()) if "lag_ms" in g else 0.0,
             )
         )
     return levels

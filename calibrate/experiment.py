@@ -414,7 +414,7 @@ def run_experiment(
         if cfg.calibrating:
             say("calibrating the twin from the fit runs")
             shares = stage_shares(sc, dep, targets.factor or 1.0)
-            calibration = fit_run_calibration(sc, cfg.scenario, fits, shares)
+            calibration = fit_run_calibration(sc, cfg.scenario, fits, shares, deployment=dep)
             (folder / "calibration.yaml").write_text(cal.dump(calibration))
             twin_sc, _ = cal.calibrated_scenario(sc, calibration, shares)
             (folder / "calibrated-scenario.yaml").write_text(

@@ -20,7 +20,7 @@ import pandas as pd
 
 from calibrate import calibration as cal
 from calibrate.fit import fit_overhead, fit_samples
-from calibrate.samples import overheads, request_overheads, testbed_samples
+from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
 from twin.spec import Deployment, Scenario, Workload
@@ -81,12 +81,15 @@ def fit_run_calibration(
     fits: list[tuple[LoadResult, Workload]],
     shares: dict[str, float],
     profile: Path | None = None,
+    deployment: Deployment | None = None,
 ) -> cal.Calibration:
     """Calibration from the fit runs' raw rows (plus a profile for what they lack).
 
     Service times per stage × variant at the stage's CPU share (``shares``:
     component → host cores); one per-request overhead distribution over all
-    fit runs, with its measured mean/p50/p95 per offered rate.
+    fit runs, with its measured mean/p50/p95 per offered rate. With the
+    ``deployment`` the runs had, the overhead also holds each stage's batch
+    dispatch lag (:func:`calibrate.samples.dispatch_lag`).
     """
     parts = []
     for result, _ in fits:
@@ -102,7 +105,17 @@ def fit_run_calibration(
         samples = pd.concat([samples, prof[keep]], ignore_index=True)
     models = fit_samples(samples)
     # pids restart at 0 in every run: overheads are computed run by run, then pooled
-    over = pd.concat([request_overheads(r.requests, r.visits, w) for r, w in fits])
+    over = pd.concat(
+        [
+            request_overheads(
+                r.requests,
+                r.visits,
+                w,
+                None if deployment is None else dispatch_lag(r.visits, scenario, deployment),
+            )
+            for r, w in fits
+        ]
+    )
     model, scores = fit_overhead(over["overhead_ms"].to_numpy())
     per_run = [overheads(r.requests, r.visits) for r, _ in fits]
     n = sum(o["n_requests"] for o in per_run)
@@ -117,6 +130,7 @@ def fit_run_calibration(
         per_request=model,
         heldout_loglik=scores,
         by_rate=cal.overhead_levels(over),
+        dispatch_lag_ms=float(over["lag_ms"].mean()),
     )
 
 
@@ -130,7 +144,9 @@ def overhead_text(calibration: cal.Calibration) -> str:
     text = (
         f"per-request overhead {m.kind} mean {m.batch_mean_ms(1):.2f} ms, cv "
         f"{m.batch_cv(1):.2f} (held-out log-likelihood per request: {scores}); "
-        f"HTTP hop {ov.hop_ms:.2f} ms per stage, client↔gateway {ov.request_ms:.2f} ms"
+        f"HTTP hop {ov.hop_ms:.2f} ms per stage, client↔gateway {ov.request_ms:.2f} ms, "
+        f"batch dispatch lag {ov.dispatch_lag_ms:.2f} ms per request (queue time beyond the "
+        "twin's batching: timer and event-loop lag)"
     )
     if len(ov.by_rate) > 1:
         lo, hi = ov.by_rate[0], ov.by_rate[-1]

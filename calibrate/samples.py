@@ -70,12 +70,8 @@ def testbed_samples(visits: pd.DataFrame, cpu_share: float) -> pd.DataFrame:
     missing = sorted(need - set(visits.columns))
     if missing:
         raise ValueError(f"visits lack the testbed's columns {missing}; is this a load run?")
-    keys = ["component", "replica_name", "batch", "_ms"]
-    rows = visits.assign(_ms=(visits["service_s"] * 1e3).round(4))
-    rows = rows.sort_values([*keys, "t_start"], kind="stable")
-    nth = rows.groupby(keys, observed=True, sort=False).cumcount().to_numpy()
-    rows = rows.assign(_exec=nth // rows["batch"].clip(lower=1).to_numpy())
-    rows = rows.drop_duplicates([*keys, "_exec"])
+    rows = _batch_executions(visits)
+    rows = rows.drop_duplicates(["component", "replica_name", "batch", "_ms", "_exec"])
     out = pd.DataFrame(
         {
             "component": rows["component"].astype(str).to_numpy(),
@@ -116,18 +112,69 @@ def overheads(requests: pd.DataFrame, visits: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def _batch_executions(visits: pd.DataFrame) -> pd.DataFrame:
+    """``visits`` with ``_exec``: rows of one batch execution share (component, replica,
+    batch, rounded service time, _exec) — see :func:`testbed_samples`."""
+    keys = ["component", "replica_name", "batch", "_ms"]
+    rows = visits.assign(_ms=(visits["service_s"] * 1e3).round(4))
+    rows = rows.sort_values([*keys, "t_start"], kind="stable")
+    nth = rows.groupby(keys, observed=True, sort=False).cumcount().to_numpy()
+    return rows.assign(_exec=nth // rows["batch"].clip(lower=1).to_numpy())
+
+
+def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deployment) -> pd.Series:
+    """Per stage visit: how much later its batch started than the twin's batching says (s).
+
+    The twin starts a batch when it is full or when its oldest item has waited
+    the batch timeout. On the testbed a batch that was not full started after
+    its oldest item waited ``max queue_s`` (timeout + timer and event-loop
+    lag); a full one after its newest item waited ``min queue_s`` (≈ 0 in the
+    twin). The difference, ≥ 0, holds no capacity; it grows with the host's
+    load. Aligned with ``visits``' index (0 for components that are not stages).
+    """
+    rows = _batch_executions(visits)
+    size, timeout = {}, {}
+    for c in scenario.components:
+        if c.is_stage:
+            cfg = stage_config(deployment, c)
+            size[c.name] = cfg.batch
+            ms = cfg.batch_timeout_ms
+            timeout[c.name] = (scenario.settings.batch_timeout_ms if ms is None else ms) / 1e3
+    component = rows["component"].astype(str)
+    queue = rows.groupby(["component", "replica_name", "batch", "_ms", "_exec"], observed=True,
+                         sort=False)["queue_s"]  # fmt: skip
+    full = rows["batch"].to_numpy() >= component.map(size).fillna(1).to_numpy()
+    late = np.where(
+        full,
+        queue.transform("min").to_numpy(),
+        queue.transform("max").to_numpy() - component.map(timeout).fillna(0).to_numpy(),
+    )
+    late = np.where(component.isin(size).to_numpy(), np.clip(late, 0.0, None), 0.0)
+    return pd.Series(late, index=rows.index).reindex(visits.index)
+
+
 def request_overheads(
-    requests: pd.DataFrame, visits: pd.DataFrame, workload: Workload | None = None
+    requests: pd.DataFrame,
+    visits: pd.DataFrame,
+    workload: Workload | None = None,
+    lag_s: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Per answered request: offered rate at arrival and latency minus stage time (ms).
 
     The overhead is everything the twin's stage queues do not simulate: the
-    client's send lag, client ↔ gateway, the gateway's own work and every
-    stage's HTTP hop. Latency is from the *scheduled* arrival, as in the
-    twin. ``rate_per_s`` is ``workload``'s offered rate at that instant (NaN
-    without a workload); it only says how the overhead moves with load.
+    client's send lag, client ↔ gateway, the gateway's own work, every
+    stage's HTTP hop and — given ``lag_s`` (:func:`dispatch_lag`, per visit)
+    — the part of each queue time the twin's batching does not produce.
+    Latency is from the *scheduled* arrival, as in the twin. ``rate_per_s``
+    is ``workload``'s offered rate at that instant (NaN without a workload);
+    it only says how the overhead moves with load.
     """
-    inside = (visits["queue_s"] + visits["service_s"]).groupby(visits["pid"]).sum()
+    stage = visits["queue_s"] + visits["service_s"]
+    lag = pd.Series(0.0, index=visits.index)
+    if lag_s is not None:
+        lag = lag_s.reindex(visits.index).fillna(0.0)
+    inside = (stage - lag).groupby(visits["pid"]).sum()
+    lag_sum = lag.groupby(visits["pid"]).sum()
     ok = requests[requests["ok"]].set_index("pid")
     pids = ok.index.intersection(inside.index)
     arrive = ok.loc[pids, "t_arrive"].to_numpy(dtype=float)
@@ -137,4 +184,10 @@ def request_overheads(
         rates = np.full(arrive.size, np.nan)
     else:
         rates = np.array([rate_at(workload, t) for t in arrive], dtype=float)
-    return pd.DataFrame({"rate_per_s": rates, "overhead_ms": over})
+    return pd.DataFrame(
+        {
+            "rate_per_s": rates,
+            "overhead_ms": over,
+            "lag_ms": lag_sum.loc[pids].to_numpy(dtype=float) * 1e3,
+        }
+    )

@@ -289,7 +289,9 @@ def run_validation(
             say("testbed down")
             testbed.down()
         say("fitting")
-        calibration = fit_run_calibration(sc, cfg.scenario, fits, cfg.shares, cfg.profile)
+        calibration = fit_run_calibration(
+            sc, cfg.scenario, fits, cfg.shares, cfg.profile, deployment=dep
+        )
         (tmp / "calibration.yaml").write_text(cal.dump(calibration))
         calibrated, _ = cal.calibrated_scenario(sc, calibration, cfg.shares)
         (tmp / "calibrated-scenario.yaml").write_text(

@@ -176,3 +176,25 @@ def test_request_overheads_subtract_stage_time():
     out = request_overheads(requests, visits, w)
     assert out["overhead_ms"].tolist() == pytest.approx([40.0])
     assert out["rate_per_s"].tolist() == [42.0]
+
+
+def test_dispatch_lag_is_queue_time_beyond_the_twins_batching():
+    from calibrate.samples import dispatch_lag, request_overheads
+
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)  # encoder: batch 4, 2 ms
+    # pid 0 alone in a batch (timed out after 2.5 ms); pids 1-4 a full batch of 4
+    visits = pd.DataFrame({
+        "pid": [0, 1, 2, 3, 4], "component": ["encoder"] * 5, "replica_name": ["e-0"] * 5,
+        "batch": [1, 4, 4, 4, 4], "service_s": [0.001, 0.002, 0.002, 0.002, 0.002],
+        "queue_s": [0.0025, 0.003, 0.002, 0.001, 0.0004], "t_start": [0.0, 1.0, 1.0, 1.0, 1.0],
+    })  # fmt: skip
+    lag = dispatch_lag(visits, sc, dep)
+    assert lag.tolist() == pytest.approx([0.0005, 0.0004, 0.0004, 0.0004, 0.0004])
+    requests = pd.DataFrame({"pid": range(5), "ok": [True] * 5, "t_arrive": [0.0] * 5,
+                             "t_end": [0.010] * 5})  # fmt: skip
+    plain = request_overheads(requests, visits)
+    moved = request_overheads(requests, visits, lag_s=lag)
+    assert (moved["overhead_ms"] - plain["overhead_ms"]).tolist() == pytest.approx(
+        [0.5, 0.4, 0.4, 0.4, 0.4]
+    )
+    assert moved["lag_ms"].tolist() == pytest.approx([0.5, 0.4, 0.4, 0.4, 0.4])
