@@ -18,8 +18,12 @@ Observation (all scaled to about [0, 1]):
   options chosen so far for the earlier stages.
 
 ``expert_every = f > 0`` marks every f-th episode as an expert episode:
-:meth:`expert_action` then returns the IPA-style solver's choice, which the
-agent (``optimizer.rl.agent``) executes and learns from instead of its own.
+:meth:`expert_action` then returns the choice of the exact solver of the
+agent's own reward (CP-SAT, ``IPAPolicy(target="reward")``), which the agent
+(``optimizer.rl.agent``) executes and learns from instead of its own.
+
+``reward_cost`` sets the reward's cost weight β' (eq. 7), the operator's
+choice; eq. 4's λ, which the IPA-style baseline maximises with, is kept.
 """
 
 from __future__ import annotations
