@@ -120,7 +120,7 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, scenario: Path, deployment: Path, mode: str = "default") -> ExperimentConfig:
         """``default`` (≤ 10 min), ``quick`` (≤ 3 min) or ``ci`` (≤ 2 min) lengths."""
-        lengths = {"default": (100.0, 5, 40.0), "quick": (30.0, 3, 20.0), "ci": (10.0, 2, 12.0)}
+        lengths = {"default": (100.0, 5, 40.0), "quick": (30.0, 3, 32.0), "ci": (10.0, 2, 12.0)}
         if mode not in lengths:
             raise ValueError(f"unknown mode {mode!r} (use {', '.join(lengths)})")
         duration, reps, fit = lengths[mode]

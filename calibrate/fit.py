@@ -239,29 +239,59 @@ def fit_samples(samples: pd.DataFrame, holdout: float = 0.3, seed: int = 0) -> l
 
 
 def fit_overhead(
-    overhead_ms: np.ndarray, holdout: float = 0.3, seed: int = 0
+    overhead_ms: np.ndarray,
+    levels: np.ndarray | None = None,
+    holdout: float = 0.3,
+    seed: int = 0,
 ) -> tuple[LognormalServiceTime | GammaServiceTime, dict[str, float]]:
     """One distribution of per-request overheads (ms), for ``Process.request_overhead``.
 
     Lognormal and gamma (at batch size 1: a mean and a cv) are fitted by
     maximum likelihood on a seeded training split and scored on the held-out
     ``holdout`` fraction, as for service times; the winner is refitted on all
-    rows. Returns the model and each family's mean held-out log-likelihood.
+    rows. With ``levels`` (one label per row: the load level it was measured
+    at) each level gets its own fit and the result has the levels' mean mean
+    and mean cv: the overhead's level moves with load, and pooling the levels
+    would both let the level with most rows decide the mean and widen the
+    spread by the gap between levels, which no single load shows. Returns the
+    model and each family's mean held-out log-likelihood (nats per row).
     """
     x = np.asarray(overhead_ms, dtype=float)
-    x = x[np.isfinite(x) & (x > 0)]
-    if x.size < 8:
-        raise ValueError(f"{x.size} usable request overheads; need at least 8 (run longer)")
-    ones = np.ones(x.size, dtype=np.int64)
-    test = np.zeros(x.size, dtype=bool)
-    k = max(1, round(holdout * x.size))
-    test[np.random.default_rng(seed).choice(x.size, size=k, replace=False)] = True
-    scores = {
-        dist: float(np.mean(loglik(fit_linear(dist, ones[~test], x[~test]), ones[test], x[test])))
-        for dist in DISTS
-    }
+    lv = np.zeros(x.size, dtype=np.int64) if levels is None else pd.factorize(levels)[0]
+    keep = np.isfinite(x) & (x > 0)
+    x, lv = x[keep], lv[keep]
+    sizes = np.bincount(lv) if x.size else np.array([0])
+    if sizes[sizes > 0].min() < 8:
+        raise ValueError(
+            f"{int(sizes[sizes > 0].min())} usable request overheads at a load level; need at "
+            "least 8 (run longer)"
+        )
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(lv == g) for g in np.unique(lv)]
+    tests = []  # one split per level, the same for every family
+    for idx in groups:
+        test = np.zeros(idx.size, dtype=bool)
+        test[rng.choice(idx.size, size=max(1, round(holdout * idx.size)), replace=False)] = True
+        tests.append(test)
+    scores = {}
+    for dist in DISTS:
+        total, n = 0.0, 0
+        for idx, test in zip(groups, tests, strict=True):
+            xs = x[idx]
+            ones = np.ones(idx.size, dtype=np.int64)
+            model = fit_linear(dist, ones[~test], xs[~test])
+            total += float(np.sum(loglik(model, ones[test], xs[test])))
+            n += int(test.sum())
+        scores[dist] = total / n
     best = max(scores, key=lambda d: scores[d])
-    return fit_linear(best, ones, x), scores
+    fits = [fit_linear(best, np.ones(idx.size, dtype=np.int64), x[idx]) for idx in groups]
+    cls = LognormalServiceTime if best == "lognormal" else GammaServiceTime
+    model = cls(
+        kind=best,  # type: ignore[arg-type]
+        mean_ms=float(np.mean([f.mean_ms for f in fits])),
+        cv=float(np.mean([f.cv for f in fits])),
+    )
+    return model, scores
 
 
 # --------------------------------------------------------------------------- CPU share

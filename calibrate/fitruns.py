@@ -87,7 +87,8 @@ def fit_run_calibration(
 
     Service times per stage × variant at the stage's CPU share (``shares``:
     component → host cores); one per-request overhead distribution over all
-    fit runs, with its measured mean/p50/p95 per offered rate. With the
+    fit runs (the levels' mean mean and cv, :func:`calibrate.fit.fit_overhead`),
+    with its measured mean/p50/p95 per offered rate. With the
     ``deployment`` the runs had, the overhead also holds each stage's batch
     dispatch lag (:func:`calibrate.samples.dispatch_lag`).
     """
@@ -112,11 +113,12 @@ def fit_run_calibration(
                 r.visits,
                 w,
                 None if deployment is None else dispatch_lag(r.visits, scenario, deployment),
-            )
+            ).assign(level=w.name)
             for r, w in fits
-        ]
+        ],
+        ignore_index=True,
     )
-    model, scores = fit_overhead(over["overhead_ms"].to_numpy())
+    model, scores = fit_overhead(over["overhead_ms"].to_numpy(), over["level"].to_numpy())
     per_run = [overheads(r.requests, r.visits) for r, _ in fits]
     n = sum(o["n_requests"] for o in per_run)
     pooled = {k: sum(o[k] * o["n_requests"] for o in per_run) / max(n, 1)

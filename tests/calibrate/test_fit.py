@@ -197,3 +197,23 @@ def test_request_overhead_recovered_from_twin_records(kind, mean_ms, cv):
     assert model.kind == kind, scores
     assert abs(model.batch_mean_ms(1) - mean_ms) <= mean_tolerance(mean_ms, cv, n)
     assert abs(model.batch_cv(1) - cv) <= cv_tolerance(cv, n)
+
+
+def test_overhead_levels_give_their_mean_mean_and_within_level_cv():
+    from calibrate.fit import fit_overhead
+
+    rng = np.random.default_rng(4)
+    s = math.sqrt(math.log1p(0.3**2))
+    low = 5.0 * np.exp(s * rng.standard_normal(400) - s * s / 2)
+    high = 10.0 * np.exp(s * rng.standard_normal(4000) - s * s / 2)
+    x = np.concatenate([low, high])
+    levels = np.array(["low"] * low.size + ["high"] * high.size)
+    model, scores = fit_overhead(x, levels, seed=1)
+    assert model.kind == "lognormal", scores
+    # equal weight per level, whatever their sizes; the spread is one level's, not the mixture's
+    assert model.batch_mean_ms(1) == pytest.approx(7.5, rel=0.03)
+    assert model.batch_cv(1) == pytest.approx(0.3, abs=0.03)
+    pooled, _ = fit_overhead(x, seed=1)
+    assert pooled.batch_mean_ms(1) > 9.0 and pooled.batch_cv(1) > 0.33
+    with pytest.raises(ValueError, match="at least 8"):
+        fit_overhead(np.array([1.0] * 20 + [2.0] * 3), np.array([0] * 20 + [1] * 3))
