@@ -51,6 +51,7 @@ def stage_counters(stage_url: str, node_url: str) -> dict[str, float]:
         "items": total("stage_items_total"),
         "calls": total("stage_calls_total"),
         "batches": total("stage_batch_size_count"),
+        "model_cpu_s": total("stage_compute_cpu_seconds_total"),
     }
 
 
@@ -113,6 +114,7 @@ def main() -> None:
     # CPU per item: the raw loop's own process time; served: what the server's cgroup used
     raw_cpu_ms = 1000 * raw_cpu_s
     served_cpu_ms = 1000 * d["cpu_s"] / d["items"]
+    model_cpu_ms = 1000 * d["model_cpu_s"] / d["items"]
     per_call = d["items"] / d["calls"] if d["calls"] else float("nan")
     util = d["cpu_s"] / (d["t"] * a.quota)
     served = res.throughput()
@@ -151,8 +153,11 @@ def main() -> None:
             "",
             f"Inside the emulated server during the run: CPU used {util:.0%} of its quota; "
             f"CPU per item {served_cpu_ms:.3f} ms served vs {raw_cpu_ms:.3f} ms raw, so the "
-            f"stage's own serving efficiency is {raw_cpu_ms / served_cpu_ms:.2f} (HTTP, "
-            f"batching and the node agent cost the rest); {per_call:.1f} items per "
+            f"stage's own serving efficiency is {raw_cpu_ms / served_cpu_ms:.2f}. Of the "
+            f"served CPU per item, the model runs took {model_cpu_ms:.3f} ms (thread CPU "
+            f"clock around each run) and everything else in the server's cgroup (HTTP, "
+            f"batching, metrics, the node agent) {served_cpu_ms - model_cpu_ms:.3f} ms, "
+            f"{(served_cpu_ms - model_cpu_ms) * per_call:.2f} ms per call; {per_call:.1f} items per "
             f"gateway→stage call, mean batch {d['items'] / max(d['batches'], 1):.1f}. Quota "
             "use well below 100 % means the stage was starved (client or gateway short of "
             "CPU on this shared host).",

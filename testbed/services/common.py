@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -42,6 +43,44 @@ def error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+# uvicorn polls for an exit request every 0.1 s; see quiet_server
+IDLE_TICK_S = 2.0
+
+
+def quiet_server(config: object) -> object:
+    """A uvicorn server that wakes on an exit signal instead of polling for one.
+
+    uvicorn's main loop wakes ten times a second to check whether it should exit.
+    An emulated server pays those wake-ups from its CPU quota in each of its
+    processes (the node agent and every instance): an idle node agent used
+    ~1.4 ms of CPU per second, 1.4 % of a 0.1-core server (serving benchmark).
+    This one sleeps until the exit signal, or ``IDLE_TICK_S`` at most.
+    """
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def main_loop(self) -> None:
+            self._wake = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+            counter = 0
+            should_exit = await self.on_tick(counter)
+            while not should_exit:
+                counter = (counter + 10) % 864000  # each turn counts as uvicorn's 1 s tick
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_TICK_S)
+                should_exit = await self.on_tick(counter)
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            loop = getattr(self, "_loop", None)
+            if loop is not None:  # called as a signal handler: wake the loop safely
+                loop.call_soon_threadsafe(self._wake.set)
+
+    return Server(config)  # type: ignore[arg-type]
+
+
 def serve(app: object, host: str, port: int) -> None:
     """Run ``app`` with uvicorn (uvloop + httptools when installed), no access log.
 
@@ -50,7 +89,7 @@ def serve(app: object, host: str, port: int) -> None:
     """
     import uvicorn
 
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -63,6 +102,7 @@ def serve(app: object, host: str, port: int) -> None:
         server_header=False,
         date_header=False,
     )
+    quiet_server(config).run()  # type: ignore[attr-defined]
 
 
 def wait_healthy(
