@@ -98,6 +98,21 @@ class Overheads(_Model):
     )
 
 
+class CpuModel(_Model):
+    """Host CPU of one emulated server beyond its stages' batch compute (fitted on the fit runs).
+
+    cores = idle_cores + per_visit_ms / 1000 × stage visits per second: the
+    stage servers' HTTP handling, (de)serialisation, node agent and runtime —
+    work the twin's stages do not simulate. The twin's CPU use is its batch
+    compute plus this.
+    """
+
+    server: str
+    idle_cores: float
+    per_visit_ms: float
+    rates: list[float] = Field(default_factory=list, description="Visits/s of the fit runs.")
+
+
 class Calibration(_Model):
     kind: str = KIND
     version: int = Field(FORMAT, ge=FORMAT, le=FORMAT, description="File layout version.")
@@ -109,6 +124,9 @@ class Calibration(_Model):
         default_factory=dict, description="'component/variant' → η in mean ∝ share^(−η)."
     )
     overheads: Overheads = Overheads()
+    cpu: list[CpuModel] = Field(
+        default_factory=list, description="Per emulated server: CPU beyond batch compute."
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -125,6 +143,7 @@ def build(
     heldout_loglik: dict[str, float] | None = None,
     by_rate: list[RateLevel] | None = None,
     dispatch_lag_ms: float = 0.0,
+    cpu: list[CpuModel] | None = None,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads).
 
@@ -167,6 +186,7 @@ def build(
             by_rate=by_rate or [],
             dispatch_lag_ms=max(float(dispatch_lag_ms), 0.0),
         ),
+        cpu=cpu or [],
     )
 
 

@@ -53,6 +53,7 @@ from calibrate.fitruns import (
     fit_run_calibration,
     overhead_text,
     stage_shares,
+    twin_cpu_cores,
 )
 from loadgen.batch import BatchHook, command_hook
 from loadgen.compare import WorkloadOutcome, process_requests, stage_table, table
@@ -336,7 +337,8 @@ def write_report(
                 "load average); latencies still count from the scheduled times."
             )
     if calibration is not None:
-        lines += fidelity_lines(cfg, tab, calibration, spec or {})
+        cpu = cpu_cores(outcomes, targets, sc, cfg.duration_s, calibration)
+        lines += fidelity_lines(cfg, tab, calibration, spec or {}, cpu)
     lines += [
         "",
         "## Requests per second",
@@ -399,7 +401,8 @@ def run_experiment(
 
             def one(w: Workload, i: int) -> None:
                 sub = folder / "load" / f"{w.name}-{i}"
-                fits.append(fit_run(sc, w, targets, part, cfg.fit_seed + i, sub, 2.0, say))
+                fits.append(fit_run(sc, w, targets, part, cfg.fit_seed + i, sub, 2.0, say,
+                                    cfg.inputs_file))  # fmt: skip
 
             for i, w in enumerate(levels):
                 one(w, i)
@@ -414,7 +417,9 @@ def run_experiment(
         if cfg.calibrating:
             say("calibrating the twin from the fit runs")
             shares = stage_shares(sc, dep, targets.factor or 1.0)
-            calibration = fit_run_calibration(sc, cfg.scenario, fits, shares, deployment=dep)
+            calibration = fit_run_calibration(
+                sc, cfg.scenario, fits, shares, deployment=dep, targets=targets
+            )
             (folder / "calibration.yaml").write_text(cal.dump(calibration))
             twin_sc, _ = cal.calibrated_scenario(sc, calibration, shares)
             (folder / "calibrated-scenario.yaml").write_text(
@@ -452,13 +457,37 @@ def error_pct(twin: float, testbed: float) -> float:
     return 100.0 * (twin - testbed) / testbed
 
 
+def cpu_cores(
+    outcomes: list[WorkloadOutcome],
+    targets: Targets,
+    sc: Scenario,
+    duration_s: float,
+    calibration: cal.Calibration,
+) -> dict[str, tuple[float, float]]:
+    """Per workload, mean cores on the emulated servers: testbed (scraped) and calibrated twin."""
+    servers = set(sc.server_instances())
+    out = {}
+    for o in outcomes:
+        cpu = cpu_per_server([o], targets)
+        cpu = cpu[cpu["target"].astype(str).isin(servers)]
+        tb = float(cpu.groupby("t")["rate"].sum().mean()) if len(cpu) else float("nan")
+        tw = float("nan")
+        if o.twin is not None:
+            tw = twin_cpu_cores(o.twin.visits, o.twin.replications, duration_s, sc,
+                                calibration.cpu)  # fmt: skip
+        out[o.name] = (tb, tw)
+    return out
+
+
 def fidelity_lines(
     cfg: ExperimentConfig,
     tab: pd.DataFrame,
     calibration: cal.Calibration,
     spec: dict[str, dict[str, float]],
+    cpu: dict[str, tuple[float, float]] | None = None,
 ) -> list[str]:
     """The report's calibrated-twin section: how it was fitted and its error per workload."""
+    cpu = cpu or {}
     lines = [
         "",
         "## Calibrated twin vs testbed (held-out workloads)",
@@ -476,10 +505,19 @@ def fidelity_lines(
         f"- {overhead_text(calibration)}",
         "- the twin above is this calibrated scenario (`calibrated-scenario.yaml`, from "
         "`calibration.yaml`); the uncalibrated spec's p50 is shown for contrast",
+        "- CPU: testbed = every process on the emulated servers (node agents); twin = batch "
+        "compute plus each server's CPU beyond it fitted on the fit runs (idle + per visit): "
+        + (
+            ", ".join(
+                f"{m.server} {m.idle_cores:.3f} cores + {m.per_visit_ms:.3f} ms/visit"
+                for m in calibration.cpu
+            )
+            or "none measured"
+        ),
         "",
         "| workload | level | p50 error % | p95 error % | p99 error % | goal (p50 ≤ 10%, "
-        "p95 ≤ 15%) | uncalibrated p50 (ms) |",
-        "|---|---|---:|---:|---:|---|---:|",
+        "p95 ≤ 15%) | uncalibrated p50 (ms) | CPU cores testbed / twin |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in tab.itertuples():
         err = {q: error_pct(getattr(r, f"twin_{q}_ms"), getattr(r, f"testbed_{q}_ms"))
@@ -490,7 +528,9 @@ def fidelity_lines(
         lines.append(
             f"| {r.workload} | {'near saturation' if near else 'held-out'} | "
             f"{_fmt(err['p50'])} | {_fmt(err['p95'])} | {_fmt(err['p99'])} | {goal} | "
-            f"{_fmt(spec.get(r.workload, {}).get('p50', np.nan))} |"
+            f"{_fmt(spec.get(r.workload, {}).get('p50', np.nan))} | "
+            f"{_fmt(cpu.get(r.workload, (np.nan,) * 2)[0], 3)} / "
+            f"{_fmt(cpu.get(r.workload, (np.nan,) * 2)[1], 3)} |"
         )
     return lines
 

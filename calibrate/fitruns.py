@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from calibrate import calibration as cal
@@ -63,11 +64,13 @@ def fit_run(
     folder: Path,
     drain_s: float = 5.0,
     say: Callable[[str], None] = lambda _m: None,
+    inputs_file: Path | None = None,
 ) -> tuple[LoadResult, Workload]:
     """One fit run of ``duration_s`` (s) into ``folder`` (a load-run folder)."""
     run = LoadRun(
         scenario, workload, targets.gateway, duration_s, seed=seed, drain_s=drain_s,
         metrics_targets=targets.metrics, replica_nodes=targets.replica_nodes or None,
+        inputs_file=inputs_file,
     )  # fmt: skip
     say(f"fit run: {workload.name} for {duration_s:g} s")
     result = execute(run, folder / "raw")
@@ -82,6 +85,7 @@ def fit_run_calibration(
     shares: dict[str, float],
     profile: Path | None = None,
     deployment: Deployment | None = None,
+    targets: Targets | None = None,
 ) -> cal.Calibration:
     """Calibration from the fit runs' raw rows (plus a profile for what they lack).
 
@@ -90,7 +94,9 @@ def fit_run_calibration(
     fit runs (the levels' mean mean and cv, :func:`calibrate.fit.fit_overhead`),
     with its measured mean/p50/p95 per offered rate. With the
     ``deployment`` the runs had, the overhead also holds each stage's batch
-    dispatch lag (:func:`calibrate.samples.dispatch_lag`).
+    dispatch lag (:func:`calibrate.samples.dispatch_lag`); with the
+    ``targets`` that were scraped, each server's CPU beyond batch compute
+    (:func:`fit_cpu`).
     """
     parts = []
     for result, _ in fits:
@@ -133,7 +139,73 @@ def fit_run_calibration(
         heldout_loglik=scores,
         by_rate=cal.overhead_levels(over),
         dispatch_lag_ms=float(over["lag_ms"].mean()),
+        cpu=None if targets is None else fit_cpu(fits, targets, scenario),
     )
+
+
+def fit_cpu(
+    fits: list[tuple[LoadResult, Workload]], targets: Targets, scenario: Scenario
+) -> list[cal.CpuModel]:
+    """Per emulated server, host cores beyond batch compute as a line in stage visits/s.
+
+    Each fit run gives one point per server: the scraped cores (node agent)
+    minus the cores its stages' batches kept busy (in-server service time of
+    each batch execution), against the stage visits it served per second.
+    Least squares over the runs (intercept ≥ 0, slope ≥ 0); one level only: a
+    line through the origin.
+    """
+    from calibrate.experiment import WorkloadOutcome, cpu_per_server  # imports this module
+
+    servers = set(scenario.server_instances())
+    points: dict[str, list[tuple[float, float]]] = {}
+    for result, w in fits:
+        span = max(len(result.per_second), 1)
+        cpu = cpu_per_server([WorkloadOutcome(w.name, result)], targets)
+        cores = cpu.groupby("target")["rate"].mean() if len(cpu) else pd.Series(dtype=float)
+        v = result.visits
+        execs = v.drop_duplicates(["replica_name", "batch", "service_s", "t_start"])
+        busy = execs.groupby(execs["machine"].astype(str))["service_s"].sum() / span
+        visits = v.groupby(v["machine"].astype(str)).size() / span
+        for s in servers & set(cores.index) & set(visits.index):
+            points.setdefault(s, []).append((float(visits[s]), float(cores[s] - busy.get(s, 0.0))))
+    models = []
+    for s, pts in sorted(points.items()):
+        x = np.array([p[0] for p in pts])
+        y = np.array([p[1] for p in pts])
+        if np.ptp(x) > 0 and len(pts) > 1:
+            slope, icpt = np.polyfit(x, y, 1)
+            if icpt < 0:
+                slope, icpt = float(np.sum(x * y) / np.sum(x * x)), 0.0
+        else:
+            slope, icpt = float(np.sum(y) / max(np.sum(x), 1e-9)), 0.0
+        models.append(
+            cal.CpuModel(
+                server=s,
+                idle_cores=max(float(icpt), 0.0),
+                per_visit_ms=max(float(slope), 0.0) * 1e3,
+                rates=[round(float(r), 2) for r in x],
+            )
+        )
+    return models
+
+
+def twin_cpu_cores(visits: pd.DataFrame | None, replications: int, duration_s: float,
+                   scenario: Scenario, cpu: list[cal.CpuModel]) -> float:  # fmt: skip
+    """Cores the twin predicts on the emulated servers: batch compute plus the fitted rest.
+
+    ``visits``: the twin's visit rows (all replications); without ``cpu`` the
+    batch compute alone (what the uncalibrated twin knows).
+    """
+    if visits is None or visits.empty:
+        return float("nan")
+    stages = {c.name for c in scenario.components if c.is_stage}
+    v = visits[visits["component"].astype(str).isin(stages)].dropna(subset=["t_end"])
+    execs = v.drop_duplicates(["replication", "component", "machine", "replica", "t_start"])
+    total = float((execs["t_end"] - execs["t_start"]).sum() / replications / duration_s)
+    rate = v.groupby(v["machine"].astype(str)).size() / replications / duration_s
+    for m in cpu:
+        total += m.idle_cores + m.per_visit_ms / 1e3 * float(rate.get(m.server, 0.0))
+    return total
 
 
 def overhead_text(calibration: cal.Calibration) -> str:

@@ -49,6 +49,7 @@ from calibrate.fitruns import (
     fit_run_calibration,
     overhead_text,
     stage_shares,
+    twin_cpu_cores,
 )
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult
@@ -101,17 +102,6 @@ def twin_latency_s(ev: Evaluation, process: str | None = None) -> np.ndarray:
     return (req["t_end"] - req["t_arrive"]).to_numpy(dtype=float)
 
 
-def twin_cpu_cores(ev: Evaluation, scenario: Scenario, duration_s: float) -> float:
-    """Cores the stages' batches kept busy, summed over machines (compute only)."""
-    v = ev.visits
-    if v is None or v.empty:
-        return math.nan
-    stages = {c.name for c in scenario.components if c.is_stage}
-    v = v[v["component"].astype(str).isin(stages)].dropna(subset=["t_end"])
-    v = v.drop_duplicates(["replication", "component", "machine", "replica", "t_start"])
-    return float((v["t_end"] - v["t_start"]).sum() / ev.replications / duration_s)
-
-
 def _request_process(sc: Scenario) -> str | None:
     return next((p.name for p in sc.processes if p.kind == "request"), None)
 
@@ -137,6 +127,7 @@ def comparison(
     dep: Deployment,
     outcomes: list[WorkloadOutcome],
     targets: Targets,
+    calibration: cal.Calibration,
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Long table (workload, metric, twin, testbed, error_pct) and latencies for the CDFs."""
     rows, lat = [], {}
@@ -154,7 +145,9 @@ def comparison(
         tb["throughput_rps"] = tb_lat.size / cfg.duration_s
         tw["throughput_rps"] = tw_lat.size / ev.replications / cfg.duration_s
         tb["cpu_cores"] = testbed_cpu_cores(o, targets, servers)
-        tw["cpu_cores"] = twin_cpu_cores(ev, calibrated, cfg.duration_s)
+        tw["cpu_cores"] = twin_cpu_cores(
+            ev.visits, ev.replications, cfg.duration_s, calibrated, calibration.cpu
+        )
         level = "near saturation" if o.name in cfg.near_saturation else "held-out"
         for m in METRICS:
             rows.append({"workload": o.name, "level": level, "metric": m, "twin": tw[m],
@@ -192,6 +185,14 @@ def _f(x: float, digits: int = 2) -> str:
     return "–" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _cpu_text(calibration: cal.Calibration) -> str:
+    parts = [
+        f"{m.server} {m.idle_cores:.3f} cores + {m.per_visit_ms:.3f} ms/visit"
+        for m in calibration.cpu
+    ]
+    return ", ".join(parts) or "none measured"
+
+
 def report_text(
     cfg: ValidateConfig,
     sc: Scenario,
@@ -218,7 +219,8 @@ def report_text(
         f"- from the fit runs: {overhead_text(calibration)}; the calibrated scenario's "
         "request process carries it as `request_overhead`",
         "- CPU use: testbed = all processes on the emulated servers (scraped); twin = the "
-        "stages' batch compute only (the twin does not model HTTP handling)",
+        "stages' batch compute plus, per server, the fit runs' measured rest (idle cores + "
+        "CPU per stage visit: HTTP handling, runtime, node agent): " + _cpu_text(calibration),
         f"- wall time {wall_s / 60:.1f} min",
         "",
         "## Fitted service times",
@@ -290,7 +292,7 @@ def run_validation(
             testbed.down()
         say("fitting")
         calibration = fit_run_calibration(
-            sc, cfg.scenario, fits, cfg.shares, cfg.profile, deployment=dep
+            sc, cfg.scenario, fits, cfg.shares, cfg.profile, deployment=dep, targets=targets
         )
         (tmp / "calibration.yaml").write_text(cal.dump(calibration))
         calibrated, _ = cal.calibrated_scenario(sc, calibration, cfg.shares)
@@ -298,7 +300,7 @@ def run_validation(
             cal.dump_model(calibrated, exclude_defaults=True)
         )
         say("twin: calibrated scenario on the same deployment and workloads")
-        tab, lat = comparison(cfg, calibrated, dep, outcomes, targets)
+        tab, lat = comparison(cfg, calibrated, dep, outcomes, targets, calibration)
         write_table(tab, tmp / "comparison")
         tab.to_csv(tmp / "comparison.csv", index=False)
         plot_cdfs(lat, tmp / "latency_cdf.png")

@@ -62,3 +62,39 @@ def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
     assert (
         load_scenario(out / "calibrated-scenario.yaml").settings.network.intra_zone_latency_ms == 0
     )
+
+
+def test_cpu_beyond_batch_compute_is_a_line_in_visits_per_second():
+    from calibrate.experiment import Targets
+    from calibrate.fitruns import fit_cpu, twin_cpu_cores
+    from loadgen.run import LoadResult
+    from twin.spec import SteadyWorkload
+
+    sc = load_scenario(SCENARIO)
+    idle, per_visit_s, service_s, span = 0.01, 0.0003, 0.0002, 10
+
+    def run(rate: int) -> LoadResult:
+        n = rate * span
+        visits = pd.DataFrame({"machine": ["node-1"] * n, "replica_name": ["d-0"] * n,
+                               "batch": [1] * n, "service_s": [service_s] * n,
+                               "t_start": np.arange(n) / rate})  # fmt: skip
+        cores = idle + rate * (per_visit_s + service_s)
+        metrics = pd.DataFrame({"t": np.arange(span + 1.0), "target": "agent:node-1",
+                                "metric": "node_cpu_seconds", "labels": "{}",
+                                "value": cores * np.arange(span + 1.0)})  # fmt: skip
+        per = pd.DataFrame({"second": range(span)})
+        return LoadResult(0.0, pd.DataFrame(), visits, per, metrics, pd.DataFrame(), {}, 0.0)
+
+    w = SteadyWorkload(kind="steady", name="w", rate_per_s=1)
+    targets = Targets("http://x", server_of={"agent:node-1": "node-1"})
+    (model,) = fit_cpu([(run(10), w), (run(50), w)], targets, sc)
+    assert model.server == "node-1" and model.rates == [10.0, 50.0]
+    assert model.idle_cores == pytest.approx(idle, abs=1e-9)
+    assert model.per_visit_ms == pytest.approx(1e3 * per_visit_s, rel=1e-6)
+    # the twin's prediction: its batch compute plus that line at its own visit rate
+    tv = pd.DataFrame({"replication": 0, "component": "denoise", "machine": "node-1",
+                       "replica": 0, "t_start": np.arange(100) / 20.0,
+                       "t_end": np.arange(100) / 20.0 + service_s})  # fmt: skip
+    got = twin_cpu_cores(tv, 1, 5.0, sc, [model])
+    assert got == pytest.approx(20 * service_s + idle + 20 * per_visit_s)
+    assert twin_cpu_cores(tv, 1, 5.0, sc, []) == pytest.approx(20 * service_s)
