@@ -81,11 +81,12 @@ def quiet_server(config: object) -> object:
     return Server(config)  # type: ignore[arg-type]
 
 
-def serve(app: object, host: str, port: int) -> None:
+def serve(app: object, host: str, port: int, http: object = "auto") -> None:
     """Run ``app`` with uvicorn (uvloop + httptools when installed), no access log.
 
     Services talk to each other and to local clients on a private network, so the
     per-request work of proxy-header rewriting and Server/Date headers is left out.
+    ``http`` is uvicorn's protocol (a name or a class, see ``fast_http``).
     """
     import uvicorn
 
@@ -96,7 +97,7 @@ def serve(app: object, host: str, port: int) -> None:
         log_level="warning",
         access_log=False,
         loop="auto",
-        http="auto",
+        http=http,  # type: ignore[arg-type]
         timeout_graceful_shutdown=2,
         proxy_headers=False,
         server_header=False,

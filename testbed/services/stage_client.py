@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
+# aiohttp's default request headers the stage server does not read
+SKIP_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
 
 class ReplicaUnreachable(ConnectionError):
     """The call failed at the transport level (dead replica, reset, refused)."""
@@ -123,6 +126,8 @@ class ReplicaClient:
                     "x-dtype": rows.dtype.name,
                 },
                 timeout=self.timeout,
+                # every header is parsed in Python by the stage, from its CPU quota
+                skip_auto_headers=SKIP_HEADERS,
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:

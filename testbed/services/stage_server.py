@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from testbed.services.batch_metrics import BatchHistogram
 from testbed.services.batching import CallResult, DynamicBatcher
 from testbed.services.common import base_parser, common_routes, error, serve
+from testbed.services.fast_http import fast_protocol
 
 # element types accepted on the wire; answers use the request's type
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -217,11 +218,6 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, message: str, status: int) -> None:
-    body = json.dumps({"error": message}).encode()
-    await _send(send, status, body, [(b"content-type", b"application/json")])
-
-
 def item_timings(result: CallResult) -> str:
     """The ``x-item-timings`` header: ``queue_ms,service_ms,batch`` per row, ``;``-joined.
 
@@ -234,32 +230,34 @@ def item_timings(result: CallResult) -> str:
     return ";".join(parts)
 
 
-async def serve_batch(server: StageServer, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST /v1/batch`` as a bare ASGI handler.
+def _error(message: str, status: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps({"error": message}).encode()
+    return status, [(b"content-type", b"application/json")], body
 
-    It is the only hot path of the stage server: routed before Starlette's
-    middleware, routing and request/response objects, which cost about as much
-    CPU per call as the batching around the model (profiled at batch 8).
+
+async def answer_batch(
+    server: StageServer, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """``POST /v1/batch``: request headers (lower-case names) and body → status,
+    response headers (without content-length) and body.
+
+    Independent of the HTTP layer: served by :mod:`testbed.services.fast_http`
+    in a running stage server, and by the ASGI app (tests, other ASGI servers).
     """
-    body = await _read_body(receive)
-    if body is None:
-        return
     try:
-        headers = dict(scope["headers"])
-        n, d = (int(v) for v in headers[b"x-shape"].split(b","))
-        dtype_name = headers.get(b"x-dtype", b"float32")
+        h = dict(headers)
+        n, d = (int(v) for v in h[b"x-shape"].split(b","))
+        dtype_name = h.get(b"x-dtype", b"float32")
         dtype = WIRE_DTYPES[dtype_name.decode()]
         rows = np.frombuffer(body, dtype=dtype).reshape(n, d)
     except (KeyError, ValueError, UnicodeDecodeError) as e:
-        await _send_error(send, f"bad batch: {e!r}", 400)
-        return
+        return _error(f"bad batch: {e!r}", 400)
     server.m_calls.inc()
     assert server.batcher is not None
     try:
         result = await server.batcher.submit_array(rows)
     except Exception as e:  # model error (e.g. wrong input width)
-        await _send_error(send, f"inference failed: {e}", 500)
-        return
+        return _error(f"inference failed: {e}", 500)
     out = result.outputs.astype(dtype, copy=False)
     out_headers = [
         (b"content-type", b"application/octet-stream"),
@@ -268,7 +266,19 @@ async def serve_batch(server: StageServer, scope: Scope, receive: Receive, send:
         (b"x-item-timings", item_timings(result).encode()),
         (b"x-variant", (result.runs[-1].tag if result.runs else server.config.variant).encode()),
     ]
-    await _send(send, 200, out.tobytes(), out_headers)
+    return 200, out_headers, out.tobytes()
+
+
+async def _asgi_batch(server: StageServer, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v1/batch`` as a bare ASGI handler (routed before Starlette's layers)."""
+    body = await _read_body(receive)
+    if body is None:
+        return
+    try:
+        status, headers, out = await answer_batch(server, scope["headers"], body)
+    except Exception as e:  # what Starlette's error middleware did: a 500, no crash
+        status, headers, out = _error(f"internal error: {type(e).__name__}: {e}", 500)
+    await _send(send, status, out, headers)
 
 
 def create_app(server: StageServer) -> ASGIApp:
@@ -303,12 +313,10 @@ def create_app(server: StageServer) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == BATCH_PATH:
             if scope["method"] != "POST":
-                await _send_error(send, "use POST", 405)
+                status, headers, out = _error("use POST", 405)
+                await _send(send, status, out, headers)
                 return
-            try:
-                await serve_batch(server, scope, receive, send)
-            except Exception as e:  # what Starlette's error middleware did: a 500, no crash
-                await _send_error(send, f"internal error: {type(e).__name__}: {e}", 500)
+            await _asgi_batch(server, scope, receive, send)
             return
         await rest(scope, receive, send)
 
@@ -333,7 +341,13 @@ def main() -> None:
     model = a.model or a.model_file.stem
     config = StageConfig(a.variant or model, model, a.version, a.batch, a.batch_timeout_ms)
     server = StageServer(a.name, config, a.threads, a.registry, a.model_file)
-    serve(create_app(server), a.host, a.port)
+    try:  # /v1/batch without uvicorn's ASGI layer (fast_http); the rest as usual
+        http: object = fast_protocol(
+            {BATCH_PATH.encode(): lambda headers, body: answer_batch(server, headers, body)}
+        )
+    except ImportError:  # no httptools: uvicorn's default protocol, same API
+        http = "auto"
+    serve(create_app(server), a.host, a.port, http=http)
 
 
 if __name__ == "__main__":
