@@ -147,8 +147,8 @@ def make_agent(
     ``gamma`` is per environment step (one stage decision). A configuration
     mostly decides its own interval's reward (the load is exogenous), so a
     short horizon (0.9: ~10 stage steps) learns far faster than 0.99: on
-    chain-3x3 the value loss fell to 0.03 instead of staying near 80
-    (``benchmarks/results/rl_compare_g09.md`` vs ``rl_compare.md``).
+    chain-3x3 the value loss fell to 0.01–0.07 (``benchmarks/results/rl_compare*.md``)
+    where 0.99 kept it near 80 (``rl_compare.md`` as of commit 2721195).
     """
     venv = env if isinstance(env, VecEnv) else DummyVecEnv([lambda: Monitor(env)])
     model = GuidedMaskablePPO(
