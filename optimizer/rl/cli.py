@@ -192,9 +192,9 @@ def _last(curves: pd.DataFrame, key: str) -> float | None:
 def evaluate(
     scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML with a request pipeline.")],
     policy_file: Annotated[Path | None, typer.Option("--policy", help="PPO policy zip.")] = None,
-    baselines: Annotated[str, typer.Option(help="Comma-separated baselines.")] = ",".join(
-        BASELINES
-    ),
+    baselines: Annotated[
+        str, typer.Option(help="Comma-separated baselines: ipa, ipa-paper, greedy, random.")
+    ] = ",".join(BASELINES),
     process: Annotated[str | None, typer.Option(help="Pipeline (default: the first).")] = None,
     workloads: Annotated[str, typer.Option(help="Comma-separated workloads.")] = DEFAULT_WORKLOADS,
     backend: Annotated[str, typer.Option(help="twin or analytic.")] = "twin",

@@ -17,20 +17,23 @@ def test_train_then_evaluate_writes_run_folders(tmp_path):
     runner = CliRunner()
     train_dir = tmp_path / "train"
     res = runner.invoke(app, ["train", CHAIN2, "--steps", "120", "--predictor", "none",
-                              "--out", str(train_dir), "--json"])  # fmt: skip
+                              "--reward-cost", "0.5", "--out", str(train_dir),
+                              "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 120
+    assert summary["reward_cost"] == 0.5
     assert (train_dir / "policy.zip").is_file() and (train_dir / "curves.png").is_file()
     eval_dir = tmp_path / "eval"
     res = runner.invoke(app, ["evaluate", CHAIN2, "--policy", str(train_dir / "policy.zip"),
                               "--workloads", "steady-low,steady-high", "--backend", "analytic",
                               "--cycle-s", "30", "--predictor", "none", "--out", str(eval_dir),
+                              "--baselines", "ipa,ipa-paper,greedy,random",
                               "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout.strip().splitlines()[-1])
-    assert {r["policy"] for r in rows} == {"ppo", "ipa", "greedy", "random"}
-    assert len(rows) == 8
+    assert {r["policy"] for r in rows} == {"ppo", "ipa", "ipa-paper", "greedy", "random"}
+    assert len(rows) == 10
     assert (eval_dir / "over-time-steady-high.png").is_file()
     assert "PPO relative to ipa" in (eval_dir / "report.md").read_text()
 
