@@ -343,7 +343,7 @@ def control(
     scenario_file: Annotated[Path, typer.Argument(help="Scenario the testbed serves.")] = Path(
         "examples/digits-pipeline.yaml"
     ),
-    policy: Annotated[str, typer.Option(help="ppo, greedy, ipa or random.")] = "greedy",
+    policy: Annotated[str, typer.Option(help="ppo, greedy, ipa, ipa-paper or random.")] = "greedy",
     policy_file: Annotated[Path | None, typer.Option(help="PPO policy zip (for ppo).")] = None,
     shape: Annotated[str, typer.Option(help="Workload of the scenario to offer.")] = "fluctuating",
     duration: Annotated[float, typer.Option(help="Seconds of load.")] = 300.0,
@@ -353,6 +353,9 @@ def control(
     ),
     backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
     state_dir: Annotated[Path, typer.Option(help="Testbed state folder.")] = Path(".testbed-rl"),
+    reward_cost: Annotated[
+        float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -383,7 +386,7 @@ def control(
         decider = POLICIES[policy]()
     else:
         _fail(f"unknown policy {policy!r} (ppo, {', '.join(POLICIES)})")
-    env = make_env(sc, proc, ws, "analytic", _predictor(predictor))
+    env = make_env(sc, proc, ws, "analytic", _predictor(predictor), reward_cost=reward_cost)
     env.reset(seed=seed, options={"workload": shape})
     work = Path(tempfile.mkdtemp(prefix="rl-control-"))
     first = work / "initial.deployment.yaml"
