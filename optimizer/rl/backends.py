@@ -11,10 +11,7 @@ pre-training. Both return a :class:`Window`.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,10 +101,7 @@ class TwinBackend:
         t0 = self.sim.now
         self.sim.reconfigure(deployment)
         self.sim.advance(t1)
-        # The collector would rescan the engine's long-lived rows for every batch of
-        # new rows this read makes: 1.5× the cycle's time (the engine pauses it too).
-        with _gc_paused():
-            visits, requests = self.sim.records(since_s=t0)
+        visits, requests = self.sim.records(since_s=t0)
         mine = requests["process"] == self.process
         arrived = requests["t_arrive"].to_numpy()[mine.to_numpy()]
         arrived = arrived[(arrived >= t0) & (arrived < t1)]
@@ -129,17 +123,6 @@ class TwinBackend:
             thr.append(len(rows) / (rows["part"].max() + 1) / (t1 - t0))
         lat_s, thr_rps = np.array(lat), np.array(thr)
         return Window(t0, t1, arrivals, m, stage_latency_s=lat_s, stage_throughput_rps=thr_rps)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 BACKENDS = {"twin": TwinBackend, "analytic": AnalyticBackend}
