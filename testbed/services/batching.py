@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,24 +47,34 @@ class ItemResult:
     tag: str
 
 
-@dataclass(frozen=True)
-class Run:
-    """``count`` consecutive rows of a call that went through the same batch (ms)."""
+class Run(NamedTuple):
+    """``count`` consecutive rows of a call that went through the same batch (ms).
+
+    A named tuple: one is made per batch and call, and a frozen dataclass takes
+    several times longer to build.
+    """
 
     count: int
     queue_ms: float
     service_ms: float
     batch: int
     tag: str
+    outputs: np.ndarray  # the rows' outputs (a view of the batch's output)
 
 
 @dataclass
 class CallResult:
-    """The answers to one :meth:`DynamicBatcher.submit_array`: output row k for input
-    row k, and what the rows went through, as runs of rows that shared a batch."""
+    """The answers to one :meth:`DynamicBatcher.submit_array`: what the rows went
+    through and their outputs, as runs of rows that shared a batch, in row order."""
 
-    outputs: np.ndarray
     runs: list[Run]
+
+    @property
+    def outputs(self) -> np.ndarray:
+        """Output row k for input row k (one array; a copy unless one batch held all)."""
+        if len(self.runs) == 1:
+            return self.runs[0].outputs
+        return np.concatenate([r.outputs for r in self.runs])
 
     def per_row(self, field: str) -> np.ndarray:
         """One value of a :class:`Run` field per row, e.g. ``per_row("queue_ms")``."""
@@ -71,41 +82,32 @@ class CallResult:
 
     def items(self) -> list[ItemResult]:
         """The same answers as one :class:`ItemResult` per row."""
-        rows = iter(self.outputs)
         return [
-            ItemResult(next(rows), r.queue_ms, r.service_ms, r.batch, r.tag)
+            ItemResult(row, r.queue_ms, r.service_ms, r.batch, r.tag)
             for r in self.runs
-            for _ in range(r.count)
+            for row in r.outputs
         ]
 
 
 class _Call:
     """The rows of one submit: answered together when the last one is computed."""
 
-    __slots__ = ("future", "left", "n", "outputs", "runs")
+    __slots__ = ("future", "left", "runs")
 
     def __init__(self, future: asyncio.Future, n: int):
         self.future = future
-        self.n = n
         self.left = n
-        self.outputs: np.ndarray | None = None  # allocated when the first batch returns
-        self.runs: list[Run] = []  # batches are formed in queue order, so runs are too
+        # Batches are formed in queue order, so a call's runs arrive in row order;
+        # outputs stay views of the batch outputs (no copy into a per-call array).
+        self.runs: list[Run] = []
 
-    def fill(
-        self, start: int, rows: np.ndarray, q_ms: float, s_ms: float, n: int, tag: str
-    ) -> None:
-        """Rows ``start..`` computed in a batch of ``n`` by model ``tag`` (times in ms)."""
+    def fill(self, rows: np.ndarray, q_ms: float, s_ms: float, n: int, tag: str) -> None:
+        """The call's next rows, computed in a batch of ``n`` by model ``tag`` (ms)."""
         k = len(rows)
-        if k == self.n:  # the whole call in one batch: the batch's rows are its answer
-            self.outputs = rows
-        else:
-            if self.outputs is None:
-                self.outputs = np.empty((self.n, *rows.shape[1:]), dtype=rows.dtype)
-            self.outputs[start : start + k] = rows
-        self.runs.append(Run(k, q_ms, s_ms, n, tag))
+        self.runs.append(Run(k, q_ms, s_ms, n, tag, rows))
         self.left -= k
         if self.left == 0 and not self.future.done():
-            self.future.set_result(CallResult(self.outputs, self.runs))
+            self.future.set_result(CallResult(self.runs))
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
@@ -126,14 +128,13 @@ class _Batch:
 
 
 class _Segment:
-    """Rows ``start..start+len(rows)`` of a call, still waiting for a batch."""
+    """The next rows of a call still waiting for a batch."""
 
-    __slots__ = ("call", "rows", "start", "t_enqueue")
+    __slots__ = ("call", "rows", "t_enqueue")
 
-    def __init__(self, call: _Call, rows: np.ndarray, start: int, t_enqueue: float):
+    def __init__(self, call: _Call, rows: np.ndarray, t_enqueue: float):
         self.call = call
         self.rows = rows
-        self.start = start
         self.t_enqueue = t_enqueue
 
 
@@ -220,8 +221,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), len(rows))
         if not len(rows):
-            return CallResult(rows[:0], [])
-        self._queue.append(_Segment(call, rows, 0, self._clock()))
+            return CallResult([Run(0, 0.0, 0.0, 0, self.tag, rows[:0])])
+        self._queue.append(_Segment(call, rows, self._clock()))
         self._queued += len(rows)
         assert self._wakeup is not None
         self._wakeup.set()
@@ -258,8 +259,8 @@ class DynamicBatcher:
             if k <= n:
                 taken.append(self._queue.popleft())
             else:  # split: the head of the segment leaves, the tail keeps its place
-                taken.append(_Segment(seg.call, seg.rows[:n], seg.start, seg.t_enqueue))
-                seg.rows, seg.start, k = seg.rows[n:], seg.start + n, n
+                taken.append(_Segment(seg.call, seg.rows[:n], seg.t_enqueue))
+                seg.rows, k = seg.rows[n:], n
             n -= k
         return taken
 
@@ -285,10 +286,7 @@ class DynamicBatcher:
             k = len(seg.rows)
             q = batch.t_start - seg.t_enqueue
             waits.append((q, k))
-            try:
-                seg.call.fill(seg.start, outputs[at : at + k], q * 1000, service_ms, n, batch.tag)
-            except ValueError as e:  # e.g. a switch mid-call changed the output width
-                seg.call.fail(e)
+            seg.call.fill(outputs[at : at + k], q * 1000, service_ms, n, batch.tag)
             at += k
         if self._observe is not None:
             self._observe(n, service_s, waits)

@@ -10,7 +10,8 @@ and headers, then body) — at roughly a quarter of the non-model CPU per call.
 :func:`fast_protocol` returns a subclass of uvicorn's ``HttpToolsProtocol`` in
 which a request to one of ``routes`` (exact path, POST, no ``Expect`` header)
 is parsed by the same httptools parser, handed to an async handler as
-``(headers, body)``, and answered with one ``writelines``. Every other request
+``(headers, body)``, and answered with one ``writelines`` of the status line,
+headers and the handler's body chunks. Every other request
 takes uvicorn's own path unchanged, as do keep-alive, timeouts, graceful
 shutdown and connection accounting (it calls the base class for those).
 
@@ -26,8 +27,10 @@ import json
 from collections.abc import Awaitable, Callable
 
 Headers = list[tuple[bytes, bytes]]
-# handler(request headers, lower-case names; body) → (status, response headers, body)
-FastHandler = Callable[[Headers, bytes], Awaitable[tuple[int, Headers, bytes]]]
+Buffer = bytes | memoryview  # a byte buffer (a memoryview cast to bytes, "B")
+# handler(request headers, lower-case names; body) → (status, response headers, body
+# chunks); the chunks go out with one writelines, without being joined first
+FastHandler = Callable[[Headers, bytes], Awaitable[tuple[int, Headers, list[Buffer]]]]
 
 
 class PipelinedRequest(Exception):
@@ -92,11 +95,11 @@ def fast_protocol(routes: dict[bytes, FastHandler]) -> type:
             self, handler: FastHandler, headers: Headers, body: bytes, keep_alive: bool
         ) -> None:
             try:
-                status, out_headers, out_body = await handler(headers, body)
+                status, out_headers, chunks = await handler(headers, body)
             except Exception as e:  # what an ASGI server does for an app error: a 500
                 status, out_headers = 500, [(b"content-type", b"application/json")]
-                out_body = json.dumps({"error": f"internal error: {type(e).__name__}: {e}"})
-                out_body = out_body.encode()
+                message = json.dumps({"error": f"internal error: {type(e).__name__}: {e}"})
+                chunks = [message.encode()]
             self._fast_busy = False
             if self.transport.is_closing():
                 return
@@ -104,11 +107,11 @@ def fast_protocol(routes: dict[bytes, FastHandler]) -> type:
             head = [STATUS_LINE[status]]
             for name, value in out_headers:
                 head += [name, b": ", value, b"\r\n"]
-            head.append(b"content-length: %d\r\n" % len(out_body))
+            head.append(b"content-length: %d\r\n" % sum(len(c) for c in chunks))
             if not keep_alive:
                 head.append(b"connection: close\r\n")
             head.append(b"\r\n")
-            self.transport.writelines([b"".join(head), out_body])
+            self.transport.writelines([b"".join(head), *chunks])
             if not keep_alive:
                 self.transport.close()
                 return

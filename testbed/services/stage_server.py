@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from testbed.services.batch_metrics import BatchHistogram
 from testbed.services.batching import CallResult, DynamicBatcher
 from testbed.services.common import base_parser, common_routes, error, serve
-from testbed.services.fast_http import fast_protocol
+from testbed.services.fast_http import Buffer, Headers, fast_protocol
 
 # element types accepted on the wire; answers use the request's type
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -230,19 +230,24 @@ def item_timings(result: CallResult) -> str:
     return ";".join(parts)
 
 
-def _error(message: str, status: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"error": message}).encode()
-    return status, [(b"content-type", b"application/json")], body
+def _error(message: str, status: int) -> tuple[int, Headers, list[bytes]]:
+    return (
+        status,
+        [(b"content-type", b"application/json")],
+        [json.dumps({"error": message}).encode()],
+    )
 
 
 async def answer_batch(
-    server: StageServer, headers: list[tuple[bytes, bytes]], body: bytes
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    server: StageServer, headers: Headers, body: bytes
+) -> tuple[int, Headers, list[Buffer]]:
     """``POST /v1/batch``: request headers (lower-case names) and body → status,
-    response headers (without content-length) and body.
+    response headers (without content-length) and the body as a list of buffers.
 
-    Independent of the HTTP layer: served by :mod:`testbed.services.fast_http`
-    in a running stage server, and by the ASGI app (tests, other ASGI servers).
+    The output rows go out as views of the model's batch outputs, not copied into
+    one array and then into bytes. Independent of the HTTP layer: served by
+    :mod:`testbed.services.fast_http` in a running stage server, and by the ASGI
+    app (tests, other ASGI servers).
     """
     try:
         h = dict(headers)
@@ -258,15 +263,19 @@ async def answer_batch(
         result = await server.batcher.submit_array(rows)
     except Exception as e:  # model error (e.g. wrong input width)
         return _error(f"inference failed: {e}", 500)
-    out = result.outputs.astype(dtype, copy=False)
+    runs = result.runs
+    chunks: list[Buffer] = [
+        memoryview(np.ascontiguousarray(r.outputs, dtype=dtype)).cast("B") for r in runs
+    ]
+    width = math.prod(runs[0].outputs.shape[1:])
     out_headers = [
         (b"content-type", b"application/octet-stream"),
-        (b"x-shape", f"{out.shape[0]},{math.prod(out.shape[1:])}".encode()),
+        (b"x-shape", f"{n},{width}".encode()),
         (b"x-dtype", dtype_name),
         (b"x-item-timings", item_timings(result).encode()),
-        (b"x-variant", (result.runs[-1].tag if result.runs else server.config.variant).encode()),
+        (b"x-variant", runs[-1].tag.encode()),
     ]
-    return 200, out_headers, out.tobytes()
+    return 200, out_headers, chunks
 
 
 async def _asgi_batch(server: StageServer, scope: Scope, receive: Receive, send: Send) -> None:
@@ -275,10 +284,10 @@ async def _asgi_batch(server: StageServer, scope: Scope, receive: Receive, send:
     if body is None:
         return
     try:
-        status, headers, out = await answer_batch(server, scope["headers"], body)
+        status, headers, chunks = await answer_batch(server, scope["headers"], body)
     except Exception as e:  # what Starlette's error middleware did: a 500, no crash
-        status, headers, out = _error(f"internal error: {type(e).__name__}: {e}", 500)
-    await _send(send, status, out, headers)
+        status, headers, chunks = _error(f"internal error: {type(e).__name__}: {e}", 500)
+    await _send(send, status, b"".join(chunks), headers)
 
 
 def create_app(server: StageServer) -> ASGIApp:
@@ -313,8 +322,8 @@ def create_app(server: StageServer) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == BATCH_PATH:
             if scope["method"] != "POST":
-                status, headers, out = _error("use POST", 405)
-                await _send(send, status, out, headers)
+                status, headers, chunks = _error("use POST", 405)
+                await _send(send, status, b"".join(chunks), headers)
                 return
             await _asgi_batch(server, scope, receive, send)
             return
