@@ -16,6 +16,7 @@ Usage::
 
     .venv/bin/python benchmarks/rl_compare.py [--steps 36000] [--twin-steps 0]
         [--reward-cost B] [--ipa-paper] [--seed N] [--suffix _x] [--quick]
+        [--pipeline examples/pipelines/ipa-video.yaml]
 
     # the reported run (benchmarks/results/rl_compare.md), ~6 min on a quiet machine:
     .venv/bin/python benchmarks/rl_compare.py --steps 90000 --twin-steps 3600 --reward-cost 0.3
@@ -38,6 +39,7 @@ from optimizer.rl import agent, experiments  # noqa: E402
 from optimizer.rl.baselines import GreedyPolicy, IPAPolicy, RandomPolicy  # noqa: E402
 from optimizer.rl.cli import DEFAULT_PREDICTOR, make_env  # noqa: E402
 from optimizer.rl.predictor import LoadPredictor  # noqa: E402
+from optimizer.rl.space import ConfigSpace  # noqa: E402
 from twin.load import load_scenario  # noqa: E402
 
 SCENARIO = ROOT / "examples" / "pipelines" / "chain-3x3.yaml"
@@ -46,6 +48,7 @@ WORKLOADS = ["steady-low", "fluctuating", "steady-high"]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--pipeline", type=Path, default=SCENARIO, help="scenario YAML (chain-3x3)")
     ap.add_argument("--steps", type=int, default=36_000, help="PPO steps on the analytic backend")
     ap.add_argument("--twin-steps", type=int, default=0, help="then PPO steps in the twin")
     ap.add_argument("--expert-every", type=int, default=4)
@@ -69,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     name = "rl_compare" + args.suffix + ("_quick" if args.quick else "")
-    sc = load_scenario(SCENARIO)
+    sc = load_scenario(args.pipeline)
     ws = [sc.workload(w) for w in WORKLOADS]
     pred = LoadPredictor.load(DEFAULT_PREDICTOR) if DEFAULT_PREDICTOR.is_file() else None
     cycle_s = 120.0 if args.quick else 1200.0
@@ -97,7 +100,7 @@ def main() -> None:
         policy_path = run_dir / "policy.zip"
         model.save(policy_path)
         curves.to_csv(run_dir / "curves.csv", index=False)
-        title = f"PPO on chain-3x3: {steps} analytic + {twin_steps} twin steps"
+        title = f"PPO on {sc.name}: {steps} analytic + {twin_steps} twin steps"
         agent.plot_curves(curves, RESULTS / f"{name}_training.png", title)
         last = curves.dropna(subset=["value_loss"]).iloc[-1]
         first = curves.dropna(subset=["value_loss"]).iloc[0]
@@ -135,11 +138,28 @@ def main() -> None:
         f"choice; see `rl_reward_weight.md`) and γ' = {w.reward_batch}, and its expert is "
         f"the exact solver of that reward; the reward column is eq. 7 with this β'."
     )
-    text = report(name, avg, curves_note, eval_s, cycle_s, pred is not None, weights_note)
+    text = report(name, avg, curves_note, eval_s, cycle_s, pred is not None, weights_note,
+                  describe(sc, args.pipeline))  # fmt: skip
     write_result(name, text)
 
 
-def report(name, avg, curves_note, eval_s, cycle_s, lstm, weights_note) -> str:
+def describe(sc, path: Path) -> str:
+    """One line on the pipeline: its file, stages × variants, replicas, batches and W_max."""
+    space = ConfigSpace(sc, "pipeline")
+    try:
+        shown = path.resolve().relative_to(ROOT)
+    except ValueError:
+        shown = path
+    variants = "/".join(str(len(s.variants)) for s in space.stages)
+    batches = sorted({b for s in space.stages for b in s.batches})
+    reps = sorted({r for s in space.stages for r in s.replicas})
+    return (
+        f"Pipeline `{shown}` ({space.n_stages} stages × {variants} variants, replicas "
+        f"{reps[0]}–{reps[-1]}, batch {batches[0]}–{batches[-1]}, W_max = {space.budget:g} cores)"
+    )
+
+
+def report(name, avg, curves_note, eval_s, cycle_s, lstm, weights_note, pipeline) -> str:
     rel_ipa = experiments.relative(avg, "ppo", "ipa").set_index("workload")
     rel_greedy = experiments.relative(avg, "ppo", "greedy").set_index("workload")
     rel_paper = experiments.relative(avg, "ppo", "ipa-paper")
@@ -149,8 +169,7 @@ def report(name, avg, curves_note, eval_s, cycle_s, lstm, weights_note) -> str:
         "",
         machine_line(),
         "",
-        f"Pipeline `examples/pipelines/chain-3x3.yaml` (3 stages × 3 variants, replicas 1–4, "
-        f"batch 1–32, W_max = 9 cores). One {cycle_s:g}-s cycle per workload, a decision every "
+        f"{pipeline}. One {cycle_s:g}-s cycle per workload, a decision every "
         f"10 s with the {'LSTM' if lstm else 'last-20-s peak'} predicted load; the twin's "
         f"discrete-event simulation measures every interval (same arrivals for all "
         f"policies). {weights_note} Evaluation took {eval_s:.0f} s.",
