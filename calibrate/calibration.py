@@ -250,8 +250,33 @@ def service_time_at(calibration: Calibration, component: str, variant: str, shar
     return scale_service_time(near.service_time, (near.cpu_share / share) ** eta)
 
 
+def overhead_at(calibration: Calibration, rate_per_s: float) -> ServiceTime | None:
+    """The fitted overhead with its mean moved to ``rate_per_s`` (req/s offered); cv kept.
+
+    The mean follows the least-squares line through the fit levels' measured
+    means (``overheads.by_rate``), floored at half the lowest level's; with
+    fewer than two levels the fitted distribution as it is.
+    """
+    model = calibration.overheads.per_request
+    levels = calibration.overheads.by_rate
+    if (
+        model is None
+        or len(levels) < 2
+        or not isinstance(model, LognormalServiceTime | GammaServiceTime)
+    ):
+        return model
+    x = np.array([lv.rate_per_s for lv in levels])
+    y = np.array([lv.mean_ms for lv in levels])
+    slope, icpt = np.polyfit(x, y, 1)
+    mean = max(float(icpt + slope * rate_per_s), 0.5 * float(y.min()))
+    return model.model_copy(update={"mean_ms": mean})
+
+
 def calibrated_scenario(
-    scenario: Scenario, calibration: Calibration, shares: dict[str, float] | float | None = None
+    scenario: Scenario,
+    calibration: Calibration,
+    shares: dict[str, float] | float | None = None,
+    rate_per_s: float | None = None,
 ) -> tuple[Scenario, list[str]]:
     """The scenario with profiled variants' service times replaced; and what stayed as it was.
 
@@ -261,7 +286,9 @@ def calibrated_scenario(
     process gets it as ``request_overhead`` and the network latencies are set
     to 0 (the overhead holds the HTTP hops; see the module doc). Returns the
     new scenario and the 'component/variant' names that kept their original
-    service time.
+    service time. ``rate_per_s``: calibrate the overhead for this offered
+    rate (:func:`overhead_at`) instead of the fit levels' middle — the
+    overhead grows with load and the spec has one distribution per process.
     """
     untouched: list[str] = []
     components = []
@@ -281,6 +308,8 @@ def calibrated_scenario(
         components.append(c.model_copy(update={"variants": variants}))
     settings, processes = scenario.settings, scenario.processes
     overhead = calibration.overheads.per_request
+    if rate_per_s is not None:
+        overhead = overhead_at(calibration, rate_per_s)
     if overhead is not None:
         processes = [
             p.model_copy(update={"request_overhead": overhead}) if p.kind == "request" else p

@@ -163,14 +163,18 @@ def apply(
     cpu_share: Annotated[
         float | None, typer.Option(help="CPU share (host cores) of the stages.")
     ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Set the request overhead for this offered rate (req/s)."),
+    ] = None,
 ) -> None:
-    """Write the scenario with profiled variants' service times replaced by the fitted ones."""
+    """Write the scenario with the fitted service times and per-request overhead."""
     from calibrate import calibration as cal
 
     try:
         sc = load_scenario(scenario)
         doc = cal.load(calibration_file)
-        new, untouched = cal.calibrated_scenario(sc, doc, cpu_share)
+        new, untouched = cal.calibrated_scenario(sc, doc, cpu_share, rate_per_s=rate)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump_model(new, exclude_defaults=True))
     except (SpecError, ValueError, KeyError, OSError) as exc:

@@ -52,6 +52,8 @@ from calibrate.fitruns import (
     fit_run,
     fit_run_calibration,
     overhead_text,
+    rate_aware_errors,
+    rate_aware_lines,
     stage_shares,
     twin_cpu_cores,
 )
@@ -224,6 +226,7 @@ def write_report(
     load: tuple[float, float, float] = (float("nan"),) * 3,
     calibration: cal.Calibration | None = None,
     spec: dict[str, dict[str, float]] | None = None,
+    rate_aware: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table.
 
@@ -339,6 +342,8 @@ def write_report(
     if calibration is not None:
         cpu = cpu_cores(outcomes, targets, sc, cfg.duration_s, calibration)
         lines += fidelity_lines(cfg, tab, calibration, spec or {}, cpu)
+        if rate_aware is not None:
+            lines += rate_aware_lines(rate_aware)
     lines += [
         "",
         "## Requests per second",
@@ -412,7 +417,7 @@ def run_experiment(
         finally:
             say("testbed down")
             testbed.down()
-        calibration, spec = None, {}
+        calibration, spec, rate_aware = None, {}, None
         twin_sc = load_scenario(cfg.twin_scenario) if cfg.twin_scenario else sc
         if cfg.calibrating:
             say("calibrating the twin from the fit runs")
@@ -428,9 +433,12 @@ def run_experiment(
             spec = spec_latencies(cfg, sc, dep)
         say("twin: simulating the same deployment and workloads")
         simulate(cfg, twin_sc, dep, outcomes)
+        if calibration is not None:
+            rate_aware = rate_aware_errors(sc, dep, calibration, shares, outcomes, cfg.duration_s,
+                                           cfg.replications, cfg.seed, cfg.rate_scale)  # fmt: skip
         wall_s = time.perf_counter() - started
         return write_report(
-            cfg, sc, dep, targets, outcomes, folder, wall_s, load, calibration, spec
+            cfg, sc, dep, targets, outcomes, folder, wall_s, load, calibration, spec, rate_aware
         )
 
 

@@ -48,6 +48,8 @@ from calibrate.fitruns import (
     fit_run,
     fit_run_calibration,
     overhead_text,
+    rate_aware_errors,
+    rate_aware_lines,
     stage_shares,
     twin_cpu_cores,
 )
@@ -202,6 +204,7 @@ def report_text(
     fit_rates: list[float],
     targets: Targets,
     wall_s: float,
+    rate_aware: pd.DataFrame | None = None,
 ) -> str:
     lines = [
         f"# Validation: {sc.name} / {dep.name} — testbed vs calibrated twin",
@@ -251,6 +254,8 @@ def report_text(
                 f"| {w} | {_f(e.get('p50_ms', math.nan), 1)} | {_f(e.get('p95_ms', math.nan), 1)}"
                 f" | {'met' if ok else 'not met'} (p50 ≤ 10%, p95 ≤ 15%) |"
             )
+    if rate_aware is not None:
+        lines += rate_aware_lines(rate_aware)
     lines += ["", "## Latency CDFs", "", "![CDFs](latency_cdf.png)", ""]
     return "\n".join(lines)
 
@@ -305,8 +310,11 @@ def run_validation(
         tab.to_csv(tmp / "comparison.csv", index=False)
         plot_cdfs(lat, tmp / "latency_cdf.png")
         fit_rates = [f.summary.get("offered_rps", math.nan) for f, _ in fits[: len(levels)]]
+        rate_aware = rate_aware_errors(sc, dep, calibration, cfg.shares, outcomes,
+                                       cfg.duration_s, cfg.replications, cfg.seed)  # fmt: skip
+        rate_aware.to_csv(tmp / "rate_aware.csv", index=False)
         text = report_text(cfg, sc, dep, calibration, tab, fit_rates, targets,
-                           time.perf_counter() - started)  # fmt: skip
+                           time.perf_counter() - started, rate_aware)  # fmt: skip
         (tmp / "report.md").write_text(text)
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         (tmp / "validate.json").write_text(json.dumps(meta, indent=2, default=str))

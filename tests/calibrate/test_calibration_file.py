@@ -198,3 +198,20 @@ def test_dispatch_lag_is_queue_time_beyond_the_twins_batching():
         [0.5, 0.4, 0.4, 0.4, 0.4]
     )
     assert moved["lag_ms"].tolist() == pytest.approx([0.5, 0.4, 0.4, 0.4, 0.4])
+
+
+def test_overhead_at_a_rate_follows_the_fit_levels_line(samples):
+    sc = load_scenario(SCENARIO)
+    model = GammaServiceTime(kind="gamma", mean_ms=9.0, cv=0.3)
+    levels = [cal.RateLevel(rate_per_s=15, n=100, mean_ms=6.0, p50_ms=6, p95_ms=9),
+              cal.RateLevel(rate_per_s=90, n=600, mean_ms=12.0, p50_ms=11, p95_ms=18)]  # fmt: skip
+    doc = cal.build(fit_samples(samples), sc, overheads={"n_requests": 700}, per_request=model,
+                    by_rate=levels)  # fmt: skip
+    at = cal.overhead_at(doc, 52.5)
+    assert at.batch_mean_ms(1) == pytest.approx(9.0) and at.batch_cv(1) == pytest.approx(0.3)
+    assert cal.overhead_at(doc, 165).batch_mean_ms(1) == pytest.approx(18.0)  # extrapolated
+    assert cal.overhead_at(doc, 0).batch_mean_ms(1) == pytest.approx(4.8)
+    new, _ = cal.calibrated_scenario(sc, doc, rate_per_s=165)
+    assert new.processes[0].request_overhead.batch_mean_ms(1) == pytest.approx(18.0)
+    one = doc.model_copy(update={"overheads": doc.overheads.model_copy(update={"by_rate": []})})
+    assert cal.overhead_at(one, 165) == model  # one level: nothing to follow

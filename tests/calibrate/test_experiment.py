@@ -93,6 +93,7 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
     fidelity = report.split("## Calibrated twin vs testbed")[1]
     assert "| steady-low | held-out |" in fidelity
     assert "| steady-high | near saturation |" in fidelity
+    assert "set for each workload's mean offered rate" in fidelity
     # the twin compared is the calibrated one: the fake's fixed in-server times (3.5 ms per
     # request against the spec's ~0.3; the fake answers faster than its timings say, so the
     # fitted overhead is ~0) lift p50 about 3 ms above the uncalibrated spec's
