@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,9 @@ import numpy as np
 RunBatch = Callable[[np.ndarray], np.ndarray]
 # observe(batch size, compute time of the batch in s, [(queue time in s, items), ...]):
 # the items of one queued slice share their queue time
+log = logging.getLogger(__name__)
+# done(result or exception) of a call
+Done = Callable[["CallResult | BaseException"], None]
 # inline, at most this many full batches run back to back before their answers go out
 MAX_BATCHES_AHEAD = 4
 Observe = Callable[[int, float, list[tuple[float, int]]], None]
@@ -92,10 +96,10 @@ class CallResult:
 class _Call:
     """The rows of one submit: answered together when the last one is computed."""
 
-    __slots__ = ("future", "left", "runs")
+    __slots__ = ("done", "left", "runs")
 
-    def __init__(self, future: asyncio.Future, n: int):
-        self.future = future
+    def __init__(self, done: Done, n: int):
+        self.done: Done | None = done
         self.left = n
         # Batches are formed in queue order, so a call's runs arrive in row order;
         # outputs stay views of the batch outputs (no copy into a per-call array).
@@ -106,12 +110,20 @@ class _Call:
         k = len(rows)
         self.runs.append(Run(k, q_ms, s_ms, n, tag, rows))
         self.left -= k
-        if self.left == 0 and not self.future.done():
-            self.future.set_result(CallResult(self.runs))
+        if self.left == 0:
+            self._finish(CallResult(self.runs))
 
     def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+        self._finish(exc)
+
+    def _finish(self, outcome: CallResult | BaseException) -> None:
+        done, self.done = self.done, None  # answered once: a failed call may have more rows
+        if done is None:
+            return
+        try:
+            done(outcome)
+        except Exception:  # the caller's bug must not stop the worker
+            log.exception("batch call callback failed")
 
 
 class _Batch:
@@ -215,18 +227,35 @@ class DynamicBatcher:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    async def submit_array(self, rows: np.ndarray) -> CallResult:
-        """Queue the rows of ``rows`` (n × d); return their results as arrays, in order."""
+    def submit_nowait(self, rows: np.ndarray, done: Done) -> None:
+        """Queue the rows of ``rows`` (n × d); ``done`` gets their :class:`CallResult`
+        (or the exception that failed them) on the loop, once, when the last is computed.
+
+        No task or future per call: the stage server's HTTP path answers from ``done``.
+        """
         self.start()
-        loop = asyncio.get_running_loop()
-        call = _Call(loop.create_future(), len(rows))
         if not len(rows):
-            return CallResult([Run(0, 0.0, 0.0, 0, self.tag, rows[:0])])
-        self._queue.append(_Segment(call, rows, self._clock()))
+            done(CallResult([Run(0, 0.0, 0.0, 0, self.tag, rows[:0])]))
+            return
+        self._queue.append(_Segment(_Call(done, len(rows)), rows, self._clock()))
         self._queued += len(rows)
         assert self._wakeup is not None
         self._wakeup.set()
-        return await call.future
+
+    async def submit_array(self, rows: np.ndarray) -> CallResult:
+        """Queue the rows of ``rows`` (n × d); return their results as arrays, in order."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(outcome: CallResult | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.submit_nowait(rows, done)
+        return await future
 
     async def submit(self, rows: np.ndarray) -> list[ItemResult]:
         """Queue each row of ``rows`` (n × d); return one result per row, in order."""

@@ -9,9 +9,11 @@ and headers, then body) — at roughly a quarter of the non-model CPU per call.
 
 :func:`fast_protocol` returns a subclass of uvicorn's ``HttpToolsProtocol`` in
 which a request to one of ``routes`` (exact path, POST, no ``Expect`` header)
-is parsed by the same httptools parser, handed to an async handler as
-``(headers, body)``, and answered with one ``writelines`` of the status line,
-headers and the handler's body chunks. Every other request
+is parsed by the same httptools parser and handed to a plain function with
+``(headers, body, respond)``; it calls ``respond`` when the answer is ready
+(the stage server: when its batcher has computed the rows), which writes the
+status line, headers and body chunks with one ``writelines``. No task,
+coroutine or future is made per request. Every other request
 takes uvicorn's own path unchanged, as do keep-alive, timeouts, graceful
 shutdown and connection accounting (it calls the base class for those).
 
@@ -24,13 +26,16 @@ gets a 400 and the connection is closed.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 Headers = list[tuple[bytes, bytes]]
 Buffer = bytes | memoryview  # a byte buffer (a memoryview cast to bytes, "B")
-# handler(request headers, lower-case names; body) → (status, response headers, body
-# chunks); the chunks go out with one writelines, without being joined first
-FastHandler = Callable[[Headers, bytes], Awaitable[tuple[int, Headers, list[Buffer]]]]
+# respond(status, response headers, body chunks): the chunks go out with the status line
+# and headers in one writelines, without being joined first
+Respond = Callable[[int, Headers, list[Buffer]], None]
+# handler(request headers with lower-case names, body, respond): calls respond once,
+# now or later on the loop
+FastHandler = Callable[[Headers, bytes, Respond], None]
 
 
 class PipelinedRequest(Exception):
@@ -85,21 +90,22 @@ def fast_protocol(routes: dict[bytes, FastHandler]) -> type:
             body = self._fast_body[0] if len(self._fast_body) == 1 else b"".join(self._fast_body)
             self._fast_busy = True
             self.flow.pause_reading()  # one answer at a time, like uvicorn's pipelining
-            task = self.loop.create_task(
-                self._answer(handler, self.headers, body, self._fast_keep_alive)
-            )
-            self.tasks.add(task)  # graceful shutdown waits for it
-            task.add_done_callback(self.tasks.discard)
+            keep_alive = self._fast_keep_alive
 
-        async def _answer(
-            self, handler: FastHandler, headers: Headers, body: bytes, keep_alive: bool
-        ) -> None:
+            def respond(status: int, headers: Headers, chunks: list[Buffer]) -> None:
+                self._respond(keep_alive, status, headers, chunks)
+
             try:
-                status, out_headers, chunks = await handler(headers, body)
+                handler(self.headers, body, respond)
             except Exception as e:  # what an ASGI server does for an app error: a 500
-                status, out_headers = 500, [(b"content-type", b"application/json")]
                 message = json.dumps({"error": f"internal error: {type(e).__name__}: {e}"})
-                chunks = [message.encode()]
+                respond(500, [(b"content-type", b"application/json")], [message.encode()])
+
+        def _respond(
+            self, keep_alive: bool, status: int, out_headers: Headers, chunks: list[Buffer]
+        ) -> None:
+            if not self._fast_busy:
+                return  # answered already
             self._fast_busy = False
             if self.transport.is_closing():
                 return

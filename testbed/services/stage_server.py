@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from testbed.services.batch_metrics import BatchHistogram
 from testbed.services.batching import CallResult, DynamicBatcher
 from testbed.services.common import base_parser, common_routes, error, serve
-from testbed.services.fast_http import Buffer, Headers, fast_protocol
+from testbed.services.fast_http import Buffer, Headers, Respond, fast_protocol
 
 # element types accepted on the wire; answers use the request's type
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -238,16 +238,15 @@ def _error(message: str, status: int) -> tuple[int, Headers, list[bytes]]:
     )
 
 
-async def answer_batch(
-    server: StageServer, headers: Headers, body: bytes
-) -> tuple[int, Headers, list[Buffer]]:
-    """``POST /v1/batch``: request headers (lower-case names) and body → status,
-    response headers (without content-length) and the body as a list of buffers.
+def start_batch(server: StageServer, headers: Headers, body: bytes, respond: Respond) -> None:
+    """``POST /v1/batch``: request headers (lower-case names) and body; calls
+    ``respond(status, headers without content-length, body buffers)`` once, when
+    the rows are computed (or at once for a bad request).
 
     The output rows go out as views of the model's batch outputs, not copied into
     one array and then into bytes. Independent of the HTTP layer: served by
-    :mod:`testbed.services.fast_http` in a running stage server, and by the ASGI
-    app (tests, other ASGI servers).
+    :mod:`testbed.services.fast_http` in a running stage server (no task per
+    call), and by the ASGI app through :func:`answer_batch`.
     """
     try:
         h = dict(headers)
@@ -256,26 +255,56 @@ async def answer_batch(
         dtype = WIRE_DTYPES[dtype_name.decode()]
         rows = np.frombuffer(body, dtype=dtype).reshape(n, d)
     except (KeyError, ValueError, UnicodeDecodeError) as e:
-        return _error(f"bad batch: {e!r}", 400)
+        respond(*_error(f"bad batch: {e!r}", 400))
+        return
     server.m_calls.inc()
     assert server.batcher is not None
-    try:
-        result = await server.batcher.submit_array(rows)
-    except Exception as e:  # model error (e.g. wrong input width)
-        return _error(f"inference failed: {e}", 500)
+
+    def done(outcome: CallResult | BaseException) -> None:
+        if isinstance(outcome, BaseException):  # model error (e.g. wrong input width)
+            respond(*_error(f"inference failed: {outcome}", 500))
+            return
+        try:
+            answer = _batch_answer(outcome, n, dtype, dtype_name)
+        except Exception as e:  # e.g. a switch mid-call changed the output width
+            answer = _error(f"inference failed: {type(e).__name__}: {e}", 500)
+        respond(*answer)
+
+    server.batcher.submit_nowait(rows, done)
+
+
+def _batch_answer(
+    result: CallResult, n: int, dtype: type, dtype_name: bytes
+) -> tuple[int, Headers, list[Buffer]]:
     runs = result.runs
     chunks: list[Buffer] = [
         memoryview(np.ascontiguousarray(r.outputs, dtype=dtype)).cast("B") for r in runs
     ]
-    width = math.prod(runs[0].outputs.shape[1:])
+    widths = {math.prod(r.outputs.shape[1:]) for r in runs}
+    if len(widths) != 1:
+        raise ValueError(f"rows of one call have output widths {sorted(widths)}")
     out_headers = [
         (b"content-type", b"application/octet-stream"),
-        (b"x-shape", f"{n},{width}".encode()),
+        (b"x-shape", f"{n},{widths.pop()}".encode()),
         (b"x-dtype", dtype_name),
         (b"x-item-timings", item_timings(result).encode()),
         (b"x-variant", runs[-1].tag.encode()),
     ]
     return 200, out_headers, chunks
+
+
+async def answer_batch(
+    server: StageServer, headers: Headers, body: bytes
+) -> tuple[int, Headers, list[Buffer]]:
+    """:func:`start_batch` awaited: status, response headers and body buffers."""
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def respond(status: int, out_headers: Headers, chunks: list[Buffer]) -> None:
+        if not future.done():
+            future.set_result((status, out_headers, chunks))
+
+    start_batch(server, headers, body, respond)
+    return await future
 
 
 async def _asgi_batch(server: StageServer, scope: Scope, receive: Receive, send: Send) -> None:
@@ -352,7 +381,11 @@ def main() -> None:
     server = StageServer(a.name, config, a.threads, a.registry, a.model_file)
     try:  # /v1/batch without uvicorn's ASGI layer (fast_http); the rest as usual
         http: object = fast_protocol(
-            {BATCH_PATH.encode(): lambda headers, body: answer_batch(server, headers, body)}
+            {
+                BATCH_PATH.encode(): lambda headers, body, respond: start_batch(
+                    server, headers, body, respond
+                )
+            }
         )
     except ImportError:  # no httptools: uvicorn's default protocol, same API
         http = "auto"

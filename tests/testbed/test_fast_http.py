@@ -26,7 +26,7 @@ def serve_stage(tmp_path: Path) -> Iterator[str]:
     model.write_bytes(scale_model(2.0))
     cfg = stage_server.StageConfig("double", "double", "1", 4, 1.0)
     server = stage_server.StageServer("s1", cfg, 1, None, model_file=model)
-    routes = {b"/v1/batch": lambda h, b: stage_server.answer_batch(server, h, b)}
+    routes = {b"/v1/batch": lambda h, b, r: stage_server.start_batch(server, h, b, r)}
     port = free_port("127.0.0.1")
     config = uvicorn.Config(
         stage_server.create_app(server),
