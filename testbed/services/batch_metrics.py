@@ -1,9 +1,9 @@
 """Prometheus histograms that take a whole batch of observations in one call.
 
 prometheus-client's ``Histogram.observe`` takes one value per call, under a lock;
-the stage server observes queue time and latency for every item, and profiling it
-under load (yappi, CPU clock) put those per-item calls at about a third of its
-non-inference CPU. :class:`BatchHistogram` keeps the exposition of a
+the stage server observed queue time and latency for every item, and profiling it
+under load (yappi, CPU clock) put those calls first among its own (non-model)
+Python functions. :class:`BatchHistogram` keeps the exposition of a
 prometheus-client histogram (``<name>_bucket{le=...}``, ``_count``, ``_sum``, the
 same labels) and takes a value with a count (the items of one call share their
 queue time in a batch) or a whole array at once.

@@ -14,6 +14,10 @@ Metrics (``/metrics``): per-item latency and queue-time histograms, batch comput
 time and size, items, calls, queue length, config changes, and the CPU time of the
 model runs (``stage_compute_cpu_seconds``) apart from the server's own.
 
+A running server answers ``/v1/batch`` through :mod:`testbed.services.fast_http`
+(uvicorn's parser, no ASGI layer, one socket write, no task per call) and every
+other route through Starlette; ``create_app`` serves all of them as plain ASGI too.
+
 The model comes from the registry (``--registry``, ``--model`` ``--version``) or a
 file (``--model-file``, for benchmarks). onnxruntime runs with ``--threads`` intra-op
 threads (1 by default: under a CPU quota more threads only spin).
