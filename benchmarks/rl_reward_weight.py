@@ -15,6 +15,7 @@ training: seconds per β'.
 Usage::
 
     .venv/bin/python benchmarks/rl_reward_weight.py [--betas 0.1,0.3,0.5,0.7,1.0]
+        [--pipeline examples/pipelines/ipa-video.yaml --suffix _ipa_video]
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ def cycle_means(space, policy, weights, rates) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--betas", default="0.1,0.3,0.5,0.6,0.7,0.8,1.0,1.5")
+    ap.add_argument("--pipeline", type=Path, default=SCENARIO, help="scenario YAML (chain-3x3)")
+    ap.add_argument("--suffix", default="", help="results as rl_reward_weight<suffix>.md")
     args = ap.parse_args()
     betas = [float(b) for b in args.betas.split(",")]
-    sc = load_scenario(SCENARIO)
+    sc = load_scenario(args.pipeline)
     space = ConfigSpace(sc, "pipeline")
     base = sc.settings.qos
     started = time.perf_counter()
@@ -93,7 +96,7 @@ def main() -> None:
         "",
         machine_line(),
         "",
-        f"Pipeline `examples/pipelines/chain-3x3.yaml`, scenario weights α={base.alpha}, "
+        f"Pipeline `{_shown(args.pipeline)}`, scenario weights α={base.alpha}, "
         f"β={base.beta}, γ={base.gamma}, δ={base.delta}, λ={base.lambda_cost}, "
         f"γ'={base.reward_batch}. For each β' the exact maximiser of Q − β'C − γ'B decides "
         f"every {INTERVAL_S} s from the true peak of the next {HORIZON_S} s; each interval is "
@@ -106,9 +109,17 @@ def main() -> None:
         "",
         markdown_table(headers, rows),
         "",
-        f"Reproduce: `.venv/bin/python benchmarks/rl_reward_weight.py --betas {args.betas}`",
+        f"Reproduce: `.venv/bin/python benchmarks/rl_reward_weight.py {' '.join(sys.argv[1:])}`",
     ])  # fmt: skip
-    write_result("rl_reward_weight", text)
+    write_result("rl_reward_weight" + args.suffix, text)
+
+
+def _shown(path: Path) -> Path:
+    """The scenario path relative to the repository when it lies inside it."""
+    try:
+        return path.resolve().relative_to(ROOT)
+    except ValueError:
+        return path
 
 
 if __name__ == "__main__":
