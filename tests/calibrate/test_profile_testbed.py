@@ -14,12 +14,6 @@ from twin.load import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
-MODELS = ROOT / "data" / "models"
-
-needs_zoo = pytest.mark.skipif(
-    not (MODELS / "manifest.json").is_file(),
-    reason="no model zoo (mlops-twin testbed build-models)",
-)
 
 
 def test_profile_id_depends_on_every_input():
@@ -37,11 +31,10 @@ def test_grid_refuses_what_cannot_be_fitted():
 
 
 @pytest.mark.slow
-@needs_zoo
-def test_profile_two_cells_then_fit(tmp_path):
+def test_profile_two_cells_then_fit(tmp_path, zoo):
     grid = Grid(batches=(1, 4), shares=(0.5,), stages=("classifier",), variants=("c-mlp",),
                 samples=12, warmup=2)  # fmt: skip
-    folder = run_profile(load_scenario(SCENARIO), SCENARIO, grid, MODELS, tmp_path)
+    folder = run_profile(load_scenario(SCENARIO), SCENARIO, grid, zoo, tmp_path)
     samples = pd.read_parquet(folder / "samples.parquet")
     assert len(samples) == 24 and set(samples["batch"]) == {1, 4}
     assert (samples["service_ms"] > 0).all()

@@ -1,4 +1,5 @@
-"""Fixtures for testbed tests: the model zoo (built once per session or reused)."""
+"""Fixtures shared by several packages' tests: the model zoo (built once per session or
+reused), which the testbed and the calibration tests both run real stage servers on."""
 
 from __future__ import annotations
 
