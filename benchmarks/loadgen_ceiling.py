@@ -35,8 +35,10 @@ from loadgen.run import LoadRun, execute
 from twin.load import load_scenario
 from twin.spec import SteadyWorkload
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "loadgen_ceiling.md"
 
 TRIVIAL_APP = r"""
 import sys, uvicorn
@@ -153,10 +155,7 @@ def main() -> None:
             )
             print(lines[-1], file=sys.stderr, flush=True)
     lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    write_result("loadgen_ceiling", "\n".join(lines))
 
 
 if __name__ == "__main__":

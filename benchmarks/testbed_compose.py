@@ -32,8 +32,10 @@ import numpy as np
 
 from testbed.api import INFER_PATH
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "testbed_compose.md"
 
 
 def _run_script(step: str) -> float:
@@ -134,10 +136,7 @@ def main() -> None:
         "Reproduce: `.venv/bin/python benchmarks/testbed_compose.py"
         + (" --fresh`" if args.fresh else "`"),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    write_result("testbed_compose", "\n".join(lines))
 
 
 if __name__ == "__main__":
