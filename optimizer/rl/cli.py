@@ -34,6 +34,14 @@ DEFAULT_PREDICTOR = Path(__file__).resolve().parent / "weights" / "lstm.pt"
 DEFAULT_WORKLOADS = "steady-low,fluctuating,steady-high"
 BASELINES = ("ipa", "greedy", "random")
 
+# Options several commands take: one definition each, so their help stays the same.
+PredictorOption = Annotated[str, typer.Option(help="LSTM weights, or 'none'.")]
+RewardCostOption = Annotated[
+    float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
+]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Run folder.")]
+JsonOption = Annotated[bool, typer.Option("--json")]
+
 
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
@@ -124,15 +132,11 @@ def train(
     expert_every: Annotated[int, typer.Option(help="Every f-th episode the solver acts.")] = 4,
     seed: Annotated[int, typer.Option()] = 0,
     gamma: Annotated[float, typer.Option(help="Discount per stage step.")] = 0.9,
-    predictor: Annotated[str, typer.Option(help="LSTM weights, or 'none'.")] = str(
-        DEFAULT_PREDICTOR
-    ),
+    predictor: PredictorOption = str(DEFAULT_PREDICTOR),
     init: Annotated[Path | None, typer.Option(help="Continue from a saved policy zip.")] = None,
-    reward_cost: Annotated[
-        float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
-    ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    reward_cost: RewardCostOption = None,
+    out_dir: OutOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Train the PPO agent (MaskablePPO + residual extractor + expert guidance)."""
     import time
@@ -200,14 +204,10 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="twin or analytic.")] = "twin",
     cycle_s: Annotated[float, typer.Option(help="Length of one cycle (s).")] = 1200.0,
     seed: Annotated[int, typer.Option()] = 1,
-    reward_cost: Annotated[
-        float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
-    ] = None,
-    predictor: Annotated[str, typer.Option(help="LSTM weights, or 'none'.")] = str(
-        DEFAULT_PREDICTOR
-    ),
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    reward_cost: RewardCostOption = None,
+    predictor: PredictorOption = str(DEFAULT_PREDICTOR),
+    out_dir: OutOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run PPO and the baselines over a cycle of each workload; cost and QoS over time."""
     import torch
@@ -282,7 +282,7 @@ def decision_time(
     train_steps: Annotated[int, typer.Option(help="PPO steps when no policy is given.")] = 1440,
     decisions: Annotated[int, typer.Option(help="Decisions per pipeline and policy.")] = 30,
     seed: Annotated[int, typer.Option()] = 0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Time per decision of the IPA-style solver and of PPO, per pipeline size."""
     import numpy as np
@@ -348,16 +348,12 @@ def control(
     shape: Annotated[str, typer.Option(help="Workload of the scenario to offer.")] = "fluctuating",
     duration: Annotated[float, typer.Option(help="Seconds of load.")] = 300.0,
     seed: Annotated[int, typer.Option()] = 1,
-    predictor: Annotated[str, typer.Option(help="LSTM weights, or 'none'.")] = str(
-        DEFAULT_PREDICTOR
-    ),
+    predictor: PredictorOption = str(DEFAULT_PREDICTOR),
     backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
     state_dir: Annotated[Path, typer.Option(help="Testbed state folder.")] = Path(".testbed-rl"),
-    reward_cost: Annotated[
-        float | None, typer.Option(help="Reward cost weight β' (eq. 7); default: the scenario's.")
-    ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    reward_cost: RewardCostOption = None,
+    out_dir: OutOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Bring the testbed up, offer load, reconfigure every 10 s with a policy, measure, down."""
     import os
