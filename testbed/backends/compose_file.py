@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from testbed.backends.base import CPU_PERIOD_US, SERVICES, Capacity, Endpoints
+from testbed.backends.base import CPU_PERIOD_US, Capacity, Endpoints, service_argv
 from twin.spec import Deployment, Scenario
 
 IMAGE = "mlops-twin-node:latest"
@@ -74,13 +74,7 @@ def _healthcheck(port: int) -> dict[str, Any]:
 
 def _argv(service: str, port: int, **options: Any) -> list[str]:
     """Command line of ``service`` inside a container (listens on all interfaces)."""
-    argv = [VENV_PYTHON, "-m", SERVICES[service], "--port", str(port), "--host", "0.0.0.0"]
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
-    return argv
+    return service_argv(service, port, host="0.0.0.0", python=VENV_PYTHON, **options)
 
 
 def _hardened(role: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
