@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
-from fake_gateway import STAGES, FakeGateway
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_gateway import STAGES
+from fake_testbed import FakeTestbed
 
 from calibrate import calibration as cal
 from calibrate.experiment import ExperimentConfig, Targets, run_experiment, spec_latencies
@@ -21,36 +23,10 @@ SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
 DEPLOYMENT = ROOT / "examples" / "digits-pipeline.deployment.yaml"
 
 
-class FakeTestbed:
-    """Records the calls; ``fail_on_up`` makes ``up`` start the gateway and then fail."""
-
-    def __init__(self, fail_on_up: bool = False) -> None:
-        self.calls: list[str] = []
-        self.fail_on_up = fail_on_up
-        self.gateway: FakeGateway | None = None
-
-    def build_models(self) -> None:
-        self.calls.append("build")
-
-    def up(self, scenario: Path, deployment: Path) -> Targets:
-        self.calls.append("up")
-        self.gateway = FakeGateway().__enter__()
-        if self.fail_on_up:
-            raise RuntimeError("node agent did not become healthy")
-        url = self.gateway.url
-        return Targets(
-            gateway=url,
-            metrics={"gateway": url},
-            server_of={"gateway": "host"},
-            replica_nodes={"denoise-0": "node-1", "encoder-0": "node-2"},
-            factor=0.5,
-        )
-
-    def down(self) -> None:
-        self.calls.append("down")
-        if self.gateway is not None:
-            self.gateway.__exit__(None, None, None)
-            self.gateway = None
+def experiment_testbed(fail_on_up: bool = False) -> FakeTestbed:
+    """The shared stand-in, with the gateway on the host and two replicas on two servers."""
+    return FakeTestbed(fail_on_up=fail_on_up, gateway_server="host",
+                      replica_nodes={"denoise-0": "node-1", "encoder-0": "node-2"})  # fmt: skip
 
 
 def test_experiment_writes_report_with_table_and_plots(tmp_path):
@@ -60,7 +36,7 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
         replications=2, drain_s=2, scrape_interval_s=0.5, fit_rate_scales=(2.0,),
         fit_duration_s=6,
     )  # fmt: skip
-    testbed = FakeTestbed()
+    testbed = experiment_testbed()
     out = tmp_path / "exp"
     tab = run_experiment(cfg, testbed, out)
     assert testbed.calls == ["build", "up", "down"]
@@ -107,7 +83,7 @@ def test_report_without_calibration_has_no_fidelity_section(tmp_path):
     cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, ("steady-low",), duration_s=2, rate_scale=0.2,
                            replications=1, drain_s=1, calibrate=False)  # fmt: skip
     out = tmp_path / "exp"
-    run_experiment(cfg, FakeTestbed(), out, build=False)
+    run_experiment(cfg, experiment_testbed(), out, build=False)
     assert not (out / "calibration.yaml").exists()
     assert "Calibrated twin" not in (out / "report.md").read_text()
     assert not any(p.name.startswith("fit-") for p in (out / "load").iterdir())
@@ -115,7 +91,7 @@ def test_report_without_calibration_has_no_fidelity_section(tmp_path):
 
 def test_testbed_goes_down_when_anything_fails(tmp_path):
     cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, duration_s=2)
-    testbed = FakeTestbed(fail_on_up=True)
+    testbed = experiment_testbed(fail_on_up=True)
     with pytest.raises(RuntimeError, match="healthy"):
         run_experiment(cfg, testbed, tmp_path / "exp", build=False)
     assert testbed.calls == ["up", "down"]
@@ -124,7 +100,7 @@ def test_testbed_goes_down_when_anything_fails(tmp_path):
 
 def test_unknown_workload_fails_before_the_testbed_starts(tmp_path):
     cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, workloads=("steady-low", "nope"))
-    testbed = FakeTestbed()
+    testbed = experiment_testbed()
     with pytest.raises(KeyError):
         run_experiment(cfg, testbed, tmp_path / "exp")
     assert testbed.calls == []
