@@ -9,16 +9,18 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def serve_app(app: object) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yield its URL."""
+def serve_app(app: object, **config: object) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yield its URL.
+
+    ``config`` goes to ``uvicorn.Config`` as well (e.g. ``http=`` a protocol class).
+    """
     import uvicorn
 
     from testbed.services.node_agent import free_port
 
     port = free_port("127.0.0.1")
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    options: dict = {"log_level": "warning", "lifespan": "on", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import uvicorn
 
 from testbed.services import stage_server
 from testbed.services.fast_http import fast_protocol
-from testbed.services.node_agent import free_port
+from tests.testbed.helpers import serve_app
 from tests.testbed.test_gateway import scale_model
 
 
@@ -27,26 +24,8 @@ def serve_stage(tmp_path: Path) -> Iterator[str]:
     cfg = stage_server.StageConfig("double", "double", "1", 4, 1.0)
     server = stage_server.StageServer("s1", cfg, 1, None, model_file=model)
     routes = {b"/v1/batch": lambda h, b, r: stage_server.start_batch(server, h, b, r)}
-    port = free_port("127.0.0.1")
-    config = uvicorn.Config(
-        stage_server.create_app(server),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        http=fast_protocol(routes),
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(10)
+    with serve_app(stage_server.create_app(server), http=fast_protocol(routes)) as url:
+        yield url
 
 
 def test_batches_and_other_routes_share_a_keep_alive_connection(tmp_path: Path) -> None:
