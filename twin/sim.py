@@ -56,6 +56,7 @@ REQUEST_COLUMNS = ("process", "pid", "t_arrive", "t_end", "deadline_s")
 _MACHINE, _REPLICA = 4, 5
 _T_ARRIVE, _T_START, _T_END, _BATCH = 7, 8, 9, 10
 _EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP = 11, 12, 13, 14, 15, 16
+_REQUEST_T_END = REQUEST_COLUMNS.index("t_end")
 _NAN = float("nan")
 
 STREAM_ARRIVALS, STREAM_SERVICE, STREAM_ROUTING, STREAM_OVERHEAD = 0, 1, 2, 3
@@ -737,8 +738,8 @@ class Simulation:
         with _gc_paused():
             if since_s is None:
                 return self._visit_frame(), self._request_frame()
-            v = self._unfinished(self.visits, 9, 0, since_s)
-            r = self._unfinished(self.requests, 3, 1, since_s)
+            v = self._unfinished(self.visits, _T_END, 0, since_s)
+            r = self._unfinished(self.requests, _REQUEST_T_END, 1, since_s)
             return self._visit_frame(v), self._request_frame(r)
 
     def _unfinished(self, rows: list[list[Any]], end: int, slot: int, since_s: float
@@ -781,7 +782,7 @@ class Simulation:
         # (a seventh of an evaluation's time). Cutting the engine fields breaks the
         # cycles, and the rows die by reference counting while collection is off.
         for row in self.visits:
-            del row[11:]
+            del row[_EXEC:]
         self.visits, self.requests = [], []
 
     # -- collect -------------------------------------------------------------------------------
