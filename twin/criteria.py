@@ -236,6 +236,29 @@ def pipeline_config_terms(
     return V, C, B
 
 
+def step_window(
+    window: pd.DataFrame, steps: list[str], t0: float, t1: float
+) -> tuple[list[float], list[float]]:
+    """Per step of ``steps``: mean sojourn (s) and completion rate (req/s) of the visits
+    in ``window`` (those finishing in [t0, t1)).
+
+    A step split over parallel parts counts one completion per execution. A
+    step that finished nothing gets the window's length as its sojourn and
+    rate 0: nothing got through.
+    """
+    sojourns, rates = [], []
+    by_step = dict(tuple(window.groupby("step", observed=True))) if len(window) else {}
+    for s in steps:
+        rows = by_step.get(s)
+        if rows is None or rows.empty:
+            sojourns.append(t1 - t0)
+            rates.append(0.0)
+            continue
+        sojourns.append(float((rows["t_end"] - rows["t_arrive"]).mean()))
+        rates.append(len(rows) / (rows["part"].max() + 1) / (t1 - t0))
+    return sojourns, rates
+
+
 def pipeline_metrics(
     visits: pd.DataFrame,
     scenario: Scenario,
@@ -259,17 +282,8 @@ def pipeline_metrics(
         (visits["process"] == process) & (visits["t_end"] >= t0) & (visits["t_end"] < t1)
     ]
     steps = [s.name for s in scenario.process(process).steps]
-    rates, latency = [], 0.0
-    by_step = dict(tuple(window.groupby("step", observed=True)))
-    for s in steps:
-        rows = by_step.get(s)
-        if rows is None or rows.empty:
-            rates.append(0.0)
-            latency += t1 - t0
-            continue
-        parts = rows["part"].max() + 1
-        rates.append(len(rows) / parts / (t1 - t0))
-        latency += float((rows["t_end"] - rows["t_arrive"]).mean())
+    sojourns, rates = step_window(window, steps, t0, t1)
+    latency = sum(sojourns)
     T = min(rates) if rates else 0.0
     capacity = pipeline_capacity_rps(scenario, deployment, process)
     E = offered_rps - capacity

@@ -19,7 +19,7 @@ import numpy as np
 
 from optimizer.rl.model import estimate
 from optimizer.rl.space import ConfigSpace, Option
-from twin.criteria import PipelineMetrics, pipeline_metrics
+from twin.criteria import PipelineMetrics, pipeline_metrics, step_window
 from twin.sim import Simulation
 from twin.spec import Deployment, Workload
 from twin.workload import rate_at
@@ -111,18 +111,9 @@ class TwinBackend:
         window = visits[(visits["t_end"] < t1) & (visits["process"] == self.process)]
         m = pipeline_metrics(window, self.scenario, deployment, self.process, t0, t1,
                              float(arrivals.mean()) if n else 0.0)  # fmt: skip
-        lat, thr = [], []
-        by_step = dict(tuple(window.groupby("step", observed=True))) if len(window) else {}
-        for s in self.steps:
-            rows = by_step.get(s)
-            if rows is None or rows.empty:
-                lat.append(t1 - t0)
-                thr.append(0.0)
-                continue
-            lat.append(float((rows["t_end"] - rows["t_arrive"]).mean()))
-            thr.append(len(rows) / (rows["part"].max() + 1) / (t1 - t0))
-        lat_s, thr_rps = np.array(lat), np.array(thr)
-        return Window(t0, t1, arrivals, m, stage_latency_s=lat_s, stage_throughput_rps=thr_rps)
+        lat, thr = step_window(window, self.steps, t0, t1)
+        return Window(t0, t1, arrivals, m, stage_latency_s=np.array(lat),
+                      stage_throughput_rps=np.array(thr))  # fmt: skip
 
 
 BACKENDS = {"twin": TwinBackend, "analytic": AnalyticBackend}
