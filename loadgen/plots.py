@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close a figure; its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _offsets(segments: list[Segment]) -> list[float]:
@@ -74,10 +83,7 @@ def plot_rps(segments: list[Segment], path: Path) -> Path:
     ax.set_ylabel("requests/s")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.92))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_latency(segments: list[Segment], path: Path) -> Path:
@@ -101,10 +107,7 @@ def plot_latency(segments: list[Segment], path: Path) -> Path:
     ax.set_ylabel("latency (ms)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.92), ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _cdf(ax, x: np.ndarray, **kw) -> None:
@@ -127,10 +130,7 @@ def plot_cdfs(segments: list[Segment], path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("fraction of requests")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_cpu(cpu: pd.DataFrame, path: Path, boundaries: list[tuple[str, float]] = ()) -> Path:
@@ -147,7 +147,4 @@ def plot_cpu(cpu: pd.DataFrame, path: Path, boundaries: list[tuple[str, float]] 
     ax.grid(alpha=0.3)
     if len(cpu):
         ax.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, 0.92))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
