@@ -8,7 +8,9 @@ time zero, ``labels`` as sorted JSON). Like Prometheus, each scrape also adds
 memory, queue lengths, batch-size histograms, instance counts) is kept as is;
 :func:`rate` turns counters such as ``process_cpu_seconds_total`` into
 per-second rates. :func:`prometheus_config` writes the same targets as a
-``prometheus.yml`` a real Prometheus server can scrape.
+``prometheus.yml`` a real Prometheus server can scrape. Each round also records
+the host's own CPU counters (target ``host``, :mod:`loadgen.host`): steal and
+pressure tell a disturbed host from a slow service.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadgen.host import HOST_TARGET, host_samples
 from testbed.api import METRICS_PATH
 
 METRIC_COLUMNS = ("t", "target", "metric", "labels", "value")
@@ -38,20 +41,28 @@ def parse_samples(text: str) -> list[tuple[str, str, float]]:
 
 
 class Scraper:
-    """Scrapes ``targets`` (name → base URL) every ``interval_s`` s in a daemon thread."""
+    """Scrapes ``targets`` (name → base URL) every ``interval_s`` s in a daemon thread.
+
+    ``host=True`` adds the host's counters (target ``host``) to every round.
+    """
 
     def __init__(
-        self, targets: dict[str, str], interval_s: float = 1.0, t0: float | None = None
+        self,
+        targets: dict[str, str],
+        interval_s: float = 1.0,
+        t0: float | None = None,
+        host: bool = True,
     ) -> None:
         self.targets = dict(targets)
         self.interval_s = interval_s
+        self.host = host
         self.t0 = time.time() if t0 is None else t0
         self.rows: list[tuple[float, str, str, str, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def scrape_once(self, client: httpx.Client) -> None:
-        """One round over every target."""
+        """One round over every target, then the host's counters."""
         for name, base in self.targets.items():
             t = time.time() - self.t0
             try:
@@ -63,6 +74,9 @@ class Scraper:
                 continue
             self.rows.append((t, name, "up", "{}", 1.0))
             self.rows.extend((t, name, m, lab, v) for m, lab, v in samples)
+        if self.host:
+            t = time.time() - self.t0
+            self.rows.extend((t, HOST_TARGET, m, lab, v) for m, lab, v in host_samples())
 
     def _loop(self) -> None:
         with httpx.Client(timeout=max(self.interval_s, 0.5)) as client:
@@ -73,7 +87,7 @@ class Scraper:
                 self._stop.wait(max(next_at - time.monotonic(), 0.0))
 
     def start(self) -> Scraper:
-        if self.targets:
+        if self.targets or self.host:
             self._thread = threading.Thread(target=self._loop, name="scraper", daemon=True)
             self._thread.start()
         return self
