@@ -185,6 +185,15 @@ def apply(
         err.print(f"not profiled (kept as in the scenario): {', '.join(untouched)}")
 
 
+# the default is calibrate.host_noise.MAX_STEAL_CORES, written out so that --help stays
+# free of pandas (tests/calibrate/test_host_noise.py checks the two agree)
+MAX_STEAL_DEFAULT = 0.02
+MAX_STEAL_OPTION = typer.Option(
+    help="Fit without the requests of seconds in which the hypervisor stole at least this "
+    "many cores from the host (the report's host table shows them); 0 fits every second."
+)
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -268,6 +277,7 @@ def validate(
     ] = None,
     backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
     name: Annotated[str, typer.Option(help="Run folder name under runs/.")] = "",
+    max_steal: Annotated[float, MAX_STEAL_OPTION] = MAX_STEAL_DEFAULT,
 ) -> None:
     """Same deployment and workloads on the testbed and in the calibrated twin; report."""
     import time
@@ -281,6 +291,7 @@ def validate(
         fit_workload=fit_workload, fit_rate_scales=_floats(fit_rate_scales),
         fit_duration_s=fit_duration,
         duration_s=duration, seed=seed, replications=replications, profile=profile_dir,
+        max_steal_cores=max_steal or None,
     )  # fmt: skip
     out_dir = Path("runs") / (name or time.strftime("validate-%Y%m%d-%H%M%S"))
     out_dir.parent.mkdir(parents=True, exist_ok=True)

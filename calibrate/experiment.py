@@ -57,6 +57,13 @@ from calibrate.fitruns import (
     stage_shares,
     twin_cpu_cores,
 )
+from calibrate.host_noise import (
+    MAX_STEAL_CORES,
+    host_lines,
+    run_host_table,
+    undisturbed_errors,
+    undisturbed_lines,
+)
 from loadgen.batch import BatchHook, command_hook
 from loadgen.compare import WorkloadOutcome, process_requests, stage_table, table
 from loadgen.metrics import rate
@@ -119,6 +126,8 @@ class ExperimentConfig:
     fit_rate_scales: tuple[float, ...] = (0.5, 3.0)
     fit_duration_s: float = 40.0  # all fit runs together (s), half before and half after
     fit_seed: int = 101
+    # fit without seconds of host steal ≥ this (cores); None fits every second
+    max_steal_cores: float | None = MAX_STEAL_CORES
 
     @classmethod
     def preset(cls, scenario: Path, deployment: Path, mode: str = "default") -> ExperimentConfig:
@@ -227,12 +236,16 @@ def write_report(
     calibration: cal.Calibration | None = None,
     spec: dict[str, dict[str, float]] | None = None,
     rate_aware: pd.DataFrame | None = None,
+    host: pd.DataFrame | None = None,
+    clean: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Plots, ``table.csv``, ``summary.json`` and ``report.md``; returns the table.
 
     ``load``: the host's load average when the experiment started;
     ``calibration``: what the twin was calibrated with (adds the fidelity
-    section); ``spec``: the uncalibrated twin's latency percentiles (ms).
+    section); ``spec``: the uncalibrated twin's latency percentiles (ms);
+    ``host``: :func:`calibrate.host_noise.host_table` of the runs (``host.csv``);
+    ``clean``: :func:`calibrate.host_noise.undisturbed_errors` (``undisturbed.csv``).
     """
     segments = []
     for o in outcomes:
@@ -342,8 +355,14 @@ def write_report(
     if calibration is not None:
         cpu = cpu_cores(outcomes, targets, sc, cfg.duration_s, calibration)
         lines += fidelity_lines(cfg, tab, calibration, spec or {}, cpu)
+        if clean is not None and cfg.max_steal_cores is not None:
+            clean.to_csv(folder / "undisturbed.csv", index=False)
+            lines += undisturbed_lines(clean, cfg.max_steal_cores)
         if rate_aware is not None:
             lines += rate_aware_lines(rate_aware)
+    if host is not None:
+        host.to_csv(folder / "host.csv", index=False)
+        lines += host_lines(host)
     lines += [
         "",
         "## Requests per second",
@@ -399,13 +418,14 @@ def run_experiment(
         if cfg.inputs_file is None and TESTSET.is_file():
             cfg.inputs_file = TESTSET
         say("testbed up")
-        fits = []
+        fits, fit_names = [], []
         try:
             targets = testbed.up(cfg.scenario, cfg.deployment)
             part = cfg.fit_duration_s / 2 / max(len(levels), 1)
 
             def one(w: Workload, i: int) -> None:
                 sub = folder / "load" / f"{w.name}-{i}"
+                fit_names.append(sub.name)
                 fits.append(fit_run(sc, w, targets, part, cfg.fit_seed + i, sub, 2.0, say,
                                     cfg.inputs_file))  # fmt: skip
 
@@ -423,8 +443,9 @@ def run_experiment(
             say("calibrating the twin from the fit runs")
             shares = stage_shares(sc, dep, targets.factor or 1.0)
             calibration = fit_run_calibration(
-                sc, cfg.scenario, fits, shares, deployment=dep, targets=targets
-            )
+                sc, cfg.scenario, fits, shares, deployment=dep, targets=targets,
+                max_steal_cores=cfg.max_steal_cores,
+            )  # fmt: skip
             (folder / "calibration.yaml").write_text(cal.dump(calibration))
             twin_sc, _ = cal.calibrated_scenario(sc, calibration, shares)
             (folder / "calibrated-scenario.yaml").write_text(
@@ -437,9 +458,25 @@ def run_experiment(
             rate_aware = rate_aware_errors(sc, dep, calibration, shares, outcomes, cfg.duration_s,
                                            cfg.replications, cfg.seed, cfg.rate_scale)  # fmt: skip
         wall_s = time.perf_counter() - started
-        return write_report(
-            cfg, sc, dep, targets, outcomes, folder, wall_s, load, calibration, spec, rate_aware
-        )
+        host = run_host_table(list(zip(fit_names, fits, strict=True)), outcomes)
+        clean = None
+        if calibration is not None and cfg.max_steal_cores is not None:
+            clean = undisturbed_errors(
+                [(o.name, "near saturation" if o.name == "steady-high" else "held-out", o.load,
+                  twin_latency_s(o)) for o in outcomes],
+                cfg.max_steal_cores,
+            )  # fmt: skip
+        return write_report(cfg, sc, dep, targets, outcomes, folder, wall_s, load, calibration,
+                            spec, rate_aware, host, clean)  # fmt: skip
+
+
+def twin_latency_s(o: WorkloadOutcome) -> np.ndarray:
+    """The twin's finished requests' latency (s) of the workload's request process."""
+    _, tw = process_requests(o)
+    if tw is None or tw.empty:
+        return np.array([])
+    tw = tw.dropna(subset=["t_end"])
+    return (tw["t_end"] - tw["t_arrive"]).to_numpy(dtype=float)
 
 
 def spec_latencies(
@@ -511,6 +548,7 @@ def fidelity_lines(
             for f in calibration.fits
         ),
         f"- {overhead_text(calibration)}",
+        f"- fitted from: {calibration.source}",
         "- the twin above is this calibrated scenario (`calibrated-scenario.yaml`, from "
         "`calibration.yaml`); the uncalibrated spec's p50 is shown for contrast",
         "- CPU: testbed = every process on the emulated servers (node agents); twin = batch "
@@ -665,13 +703,20 @@ def experiment(
         bool,
         typer.Option(help="Fit runs first; the twin compared is the one calibrated on them."),
     ] = True,
+    max_steal: Annotated[
+        float,
+        typer.Option(
+            help="Fit without the requests of seconds in which the hypervisor stole at least "
+            "this many cores from the host; 0 fits every second."
+        ),
+    ] = MAX_STEAL_CORES,
 ) -> None:
     """Testbed up → fit runs and three workloads → down → calibrated twin → report.md."""
     err = Console(stderr=True)
     mode = "ci" if ci else "quick" if quick else "default"
     cfg = ExperimentConfig.preset(scenario, deployment, mode)
     cfg.rate_scale, cfg.seed, cfg.twin_scenario = rate_scale, seed, twin_scenario
-    cfg.calibrate = calibrate
+    cfg.calibrate, cfg.max_steal_cores = calibrate, max_steal or None
     if duration > 0:
         cfg.duration_s = duration
     out = out_dir or Path("runs") / (name or time.strftime(f"experiment-{mode}-%Y%m%d-%H%M%S"))

@@ -12,6 +12,7 @@ host's background load cannot favour either side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ import pandas as pd
 
 from calibrate import calibration as cal
 from calibrate.fit import fit_overhead, fit_samples
+from calibrate.host_noise import undisturbed
 from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
@@ -86,6 +88,7 @@ def fit_run_calibration(
     profile: Path | None = None,
     deployment: Deployment | None = None,
     targets: Targets | None = None,
+    max_steal_cores: float | None = None,
 ) -> cal.Calibration:
     """Calibration from the fit runs' raw rows (plus a profile for what they lack).
 
@@ -96,8 +99,15 @@ def fit_run_calibration(
     ``deployment`` the runs had, the overhead also holds each stage's batch
     dispatch lag (:func:`calibrate.samples.dispatch_lag`); with the
     ``targets`` that were scraped, each server's CPU beyond batch compute
-    (:func:`fit_cpu`).
+    (:func:`fit_cpu`). With ``max_steal_cores``, service times and the overhead
+    are fitted without the requests of seconds in which the hypervisor stole at
+    least that much CPU from the host (:func:`calibrate.host_noise.undisturbed`):
+    the twin models the services, not the neighbours of a shared host. The CPU
+    fit keeps every second (it is a time average).
     """
+    all_fits, left_out = fits, ""
+    if max_steal_cores is not None:
+        fits, left_out = _undisturbed_fits(fits, max_steal_cores)
     parts = []
     for result, _ in fits:
         for component, share in shares.items():
@@ -133,13 +143,43 @@ def fit_run_calibration(
         models,
         scenario,
         cal.file_sha256(scenario_file),
-        source=f"{len(fits)} fit run(s)" + (f" + profile {profile}" if profile else ""),
+        source=f"{len(fits)} fit run(s)" + (f" + profile {profile}" if profile else "") + left_out,
         overheads={**pooled, "n_requests": n},
         per_request=model,
         heldout_loglik=scores,
         by_rate=cal.overhead_levels(over),
         dispatch_lag_ms=float(over["lag_ms"].mean()),
-        cpu=None if targets is None else fit_cpu(fits, targets, scenario),
+        cpu=None if targets is None else fit_cpu(all_fits, targets, scenario),
+    )
+
+
+def _undisturbed_fits(
+    fits: list[tuple[LoadResult, Workload]], max_steal_cores: float
+) -> tuple[list[tuple[LoadResult, Workload]], str]:
+    """The fit runs without disturbed seconds, and a note for the calibration's source.
+
+    A run left with no request is dropped; if every run would be, all are kept
+    as they are (a fit from a disturbed host beats none) and the note says so.
+    """
+    kept, n_all, n_out, measured = [], 0, 0, False
+    for result, w in fits:
+        clean, share = undisturbed(result, max_steal_cores)
+        n = len(result.requests)
+        n_all += n
+        if math.isnan(share):
+            kept.append((result, w))
+            continue
+        measured = True
+        n_out += round(share * n)
+        if len(clean.requests):
+            kept.append((clean, w))
+    if not measured:
+        return fits, ""
+    if not kept:
+        return fits, f"; every fit second had host steal ≥ {max_steal_cores:g} cores: kept all"
+    return kept, (
+        f"; {n_out} of {n_all} requests ({100 * n_out / max(n_all, 1):.1f} %) left out: "
+        f"host steal ≥ {max_steal_cores:g} cores in their second"
     )
 
 

@@ -53,6 +53,13 @@ from calibrate.fitruns import (
     stage_shares,
     twin_cpu_cores,
 )
+from calibrate.host_noise import (
+    MAX_STEAL_CORES,
+    host_lines,
+    run_host_table,
+    undisturbed_errors,
+    undisturbed_lines,
+)
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult
 from twin.criteria import latency_summary
@@ -80,6 +87,8 @@ class ValidateConfig:
     drain_s: float = 5.0
     profile: Path | None = None
     shares: dict[str, float] = field(default_factory=dict)  # component → host cores
+    # fit without seconds of host steal ≥ this (cores); None fits every second
+    max_steal_cores: float | None = MAX_STEAL_CORES
 
 
 # --------------------------------------------------------------------------- comparison
@@ -123,6 +132,10 @@ def error_pct(twin: float, testbed: float) -> float:
     return 100.0 * (twin - testbed) / testbed
 
 
+def _level(cfg: ValidateConfig, workload: str) -> str:
+    return "near saturation" if workload in cfg.near_saturation else "held-out"
+
+
 def comparison(
     cfg: ValidateConfig,
     calibrated: Scenario,
@@ -150,7 +163,7 @@ def comparison(
         tw["cpu_cores"] = twin_cpu_cores(
             ev.visits, ev.replications, cfg.duration_s, calibrated, calibration.cpu
         )
-        level = "near saturation" if o.name in cfg.near_saturation else "held-out"
+        level = _level(cfg, o.name)
         for m in METRICS:
             rows.append({"workload": o.name, "level": level, "metric": m, "twin": tw[m],
                          "testbed": tb[m], "error_pct": error_pct(tw[m], tb[m])})  # fmt: skip
@@ -205,6 +218,8 @@ def report_text(
     targets: Targets,
     wall_s: float,
     rate_aware: pd.DataFrame | None = None,
+    host: pd.DataFrame | None = None,
+    clean: pd.DataFrame | None = None,
 ) -> str:
     lines = [
         f"# Validation: {sc.name} / {dep.name} — testbed vs calibrated twin",
@@ -219,6 +234,7 @@ def report_text(
         "testbed's arrival instants)",
         f"- capacity factor {targets.factor}; stage CPU shares (host cores): "
         + ", ".join(f"{k} {v:g}" for k, v in cfg.shares.items()),
+        f"- fitted from: {calibration.source}",
         f"- from the fit runs: {overhead_text(calibration)}; the calibrated scenario's "
         "request process carries it as `request_overhead`",
         "- CPU use: testbed = all processes on the emulated servers (scraped); twin = the "
@@ -254,8 +270,12 @@ def report_text(
                 f"| {w} | {_f(e.get('p50_ms', math.nan), 1)} | {_f(e.get('p95_ms', math.nan), 1)}"
                 f" | {'met' if ok else 'not met'} (p50 ≤ 10%, p95 ≤ 15%) |"
             )
+    if clean is not None and cfg.max_steal_cores is not None:
+        lines += undisturbed_lines(clean, cfg.max_steal_cores)
     if rate_aware is not None:
         lines += rate_aware_lines(rate_aware)
+    if host is not None:
+        lines += host_lines(host)
     lines += ["", "## Latency CDFs", "", "![CDFs](latency_cdf.png)", ""]
     return "\n".join(lines)
 
@@ -287,18 +307,21 @@ def run_validation(
 
             # Both levels before and, in reverse order, after the held-out runs.
             fits = [one(w, i) for i, w in enumerate(levels)]
+            fit_names = [f"{w.name}-{i}" for i, w in enumerate(levels)]
             exp = ExperimentConfig(cfg.scenario, cfg.deployment, workloads=cfg.workloads,
                                    duration_s=cfg.duration_s, seed=cfg.seed,
                                    replications=cfg.replications, drain_s=cfg.drain_s)  # fmt: skip
             outcomes = run_workloads(exp, sc, targets, tmp, say)
             fits += [one(w, len(levels) + i) for i, w in enumerate(reversed(levels))]
+            fit_names += [f"{w.name}-{len(levels) + i}" for i, w in enumerate(reversed(levels))]
         finally:
             say("testbed down")
             testbed.down()
         say("fitting")
         calibration = fit_run_calibration(
-            sc, cfg.scenario, fits, cfg.shares, cfg.profile, deployment=dep, targets=targets
-        )
+            sc, cfg.scenario, fits, cfg.shares, cfg.profile, deployment=dep, targets=targets,
+            max_steal_cores=cfg.max_steal_cores,
+        )  # fmt: skip
         (tmp / "calibration.yaml").write_text(cal.dump(calibration))
         calibrated, _ = cal.calibrated_scenario(sc, calibration, cfg.shares)
         (tmp / "calibrated-scenario.yaml").write_text(
@@ -313,8 +336,17 @@ def run_validation(
         rate_aware = rate_aware_errors(sc, dep, calibration, cfg.shares, outcomes,
                                        cfg.duration_s, cfg.replications, cfg.seed)  # fmt: skip
         rate_aware.to_csv(tmp / "rate_aware.csv", index=False)
+        host = run_host_table(list(zip(fit_names, fits, strict=True)), outcomes)
+        host.to_csv(tmp / "host.csv", index=False)
+        clean = None
+        if cfg.max_steal_cores is not None:
+            clean = undisturbed_errors(
+                [(o.name, _level(cfg, o.name), o.load, lat[o.name][1]) for o in outcomes],
+                cfg.max_steal_cores,
+            )
+            clean.to_csv(tmp / "undisturbed.csv", index=False)
         text = report_text(cfg, sc, dep, calibration, tab, fit_rates, targets,
-                           time.perf_counter() - started, rate_aware)  # fmt: skip
+                           time.perf_counter() - started, rate_aware, host, clean)  # fmt: skip
         (tmp / "report.md").write_text(text)
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         (tmp / "validate.json").write_text(json.dumps(meta, indent=2, default=str))

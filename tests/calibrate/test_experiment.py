@@ -77,6 +77,17 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
     for r in tab.itertuples():
         assert r.twin_p50_ms > spec[r.workload]["p50"] + 2.0, (r, spec)
     assert json.loads((out / "summary.json").read_text())["calibrated"] is True
+    # every load run has its host row (fits around the workloads, in the order they ran)
+    host = pd.read_csv(out / "host.csv")
+    assert list(host["run"]) == ["fit-x2-0", "steady-low", "steady-high", "fit-x2-1"]
+    assert list(host["role"]) == ["fit", "held-out", "held-out", "fit"]
+    assert (host["busy_cores"] > 0).all() and (host["steal_pct"] >= 0).all()
+    assert "## The host during each run" in report
+    clean = pd.read_csv(out / "undisturbed.csv")
+    assert list(clean["workload"]) == ["steady-low", "steady-high"]
+    assert clean["left_out_pct"].between(0, 100).all()
+    assert "## Fidelity on undisturbed seconds" in report
+    assert "fitted from: 2 fit run(s)" in report
 
 
 def test_report_without_calibration_has_no_fidelity_section(tmp_path):

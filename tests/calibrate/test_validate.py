@@ -57,6 +57,10 @@ def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
     report = (out / "report.md").read_text()
     assert "## fluctuating (held-out)" in report and "## Fidelity on held-out runs" in report
     assert (out / "latency_cdf.png").stat().st_size > 5000
+    host = pd.read_csv(out / "host.csv")
+    assert list(host["run"]) == ["fit-x2p5-0", "fluctuating", "fit-x2p5-1"]
+    assert "## The host during each run" in report
+    assert "## Fidelity on undisturbed seconds" in report
     for part in ("fit-x2p5-0", "fit-x2p5-1"):  # before and after the held-out run
         assert len(pd.read_parquet(out / "load" / part / "requests.parquet")) > 0
     assert (
