@@ -41,6 +41,9 @@ SLOW_PROBE = 1.25
 # two on, the testbed's requests in that second were measured 30-50 % slower at p95
 # (calibrate-fidelity-8: p95 23-28 ms in such seconds against 16.5-19.4 ms elsewhere).
 MAX_STEAL_CORES = 0.02
+# Above this share of a run's requests left out, the undisturbed seconds are too few and
+# too unlike the run to judge the twin on: the report says the host was disturbed.
+MAX_LEFT_OUT_PCT = 50.0
 
 
 def host_table(runs: list[tuple[str, str, LoadResult]]) -> pd.DataFrame:
@@ -207,6 +210,8 @@ def undisturbed_lines(tab: pd.DataFrame, max_steal_cores: float) -> list[str]:
     for r in tab.itertuples():
         ok = abs(r.p50_error_pct) <= 10 and abs(r.p95_error_pct) <= 15
         goal = "reported separately" if r.level != "held-out" else ("met" if ok else "not met")
+        if r.left_out_pct > MAX_LEFT_OUT_PCT:
+            goal = f"not judged: host disturbed (> {MAX_LEFT_OUT_PCT:g} % left out)"
         lines.append(
             f"| {r.workload} | {r.level} | {r.left_out_pct:.1f} | {r.testbed_p50_ms:.1f} / "
             f"{r.testbed_p95_ms:.1f} | {r.twin_p50_ms:.1f} / {r.twin_p95_ms:.1f} | "

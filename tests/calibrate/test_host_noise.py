@@ -16,6 +16,7 @@ from calibrate.host_noise import (
     host_lines,
     host_table,
     undisturbed,
+    undisturbed_lines,
 )
 from loadgen.host import CPU_SECONDS, HOST_TARGET, MODES, PROBE_SECONDS, host_series
 from loadgen.run import LoadResult
@@ -101,3 +102,22 @@ def test_undisturbed_drops_the_requests_and_visits_of_stolen_seconds():
     assert len(clean.visits) == 2 * len(clean.requests)
     # a limit above every second's steal keeps everything
     assert undisturbed(r, 1.0)[1] == 0.0
+
+
+def test_a_run_mostly_left_out_is_not_judged():
+    tab = pd.DataFrame(
+        {
+            "workload": ["steady-low", "fluctuating"],
+            "level": ["held-out", "held-out"],
+            "left_out_pct": [10.0, 80.0],
+            "testbed_p50_ms": [10.0, 10.0],
+            "testbed_p95_ms": [20.0, 20.0],
+            "twin_p50_ms": [10.5, 10.5],
+            "twin_p95_ms": [21.0, 21.0],
+            "p50_error_pct": [5.0, 5.0],
+            "p95_error_pct": [5.0, 5.0],
+        }
+    )
+    rows = [line for line in undisturbed_lines(tab, 0.02) if line.startswith("| ")][1:]
+    assert rows[0].endswith("| met |")
+    assert "not judged: host disturbed" in rows[1]
