@@ -70,3 +70,9 @@ def test_deploy_back_against_a_stand_in_testbed(optimize_run, tmp_path):
     report = (tmp_path / "back" / "report.md").read_text()
     assert "same order?" in report and "ranking holds on" in report
     assert len(pd.read_csv(tmp_path / "back" / "criteria.csv")) == 8
+    # the host was recorded during both runs; the undisturbed ranking is there too
+    tab = pd.read_csv(tmp_path / "back" / "criteria.csv")
+    assert tab["left_out_pct"].between(0, 100).all() and (tab["host_steal_pct"] >= 0).all()
+    cost = tab[tab["criterion"] == "cost"]
+    assert (cost["testbed_undisturbed"] == cost["testbed"]).all()  # cost is not measured
+    assert "## Undisturbed seconds" in report and "On undisturbed seconds" in report
