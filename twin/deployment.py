@@ -370,6 +370,10 @@ def _place_missing(scenario: Scenario, x: np.ndarray, cpu: np.ndarray, ram: np.n
         room_cpu = cap_cpu - cpu @ x
         room_ram = cap_ram - ram @ x
         fits = np.flatnonzero((room_cpu >= cpu[i] - EPS) & (room_ram >= ram[i] - EPS))
+        if fits.size == 0 and _make_room(x, i, cpu, ram, cap_cpu, cap_ram):
+            room_cpu = cap_cpu - cpu @ x
+            room_ram = cap_ram - ram @ x
+            fits = np.flatnonzero((room_cpu >= cpu[i] - EPS) & (room_ram >= ram[i] - EPS))
         if fits.size == 0:
             name = scenario.components[i].name
             raise ValueError(
@@ -379,3 +383,33 @@ def _place_missing(scenario: Scenario, x: np.ndarray, cpu: np.ndarray, ram: np.n
         # Spread: prefer the machine with the most free CPU, ties broken at random.
         best = fits[room_cpu[fits] >= room_cpu[fits].max() - EPS]
         x[i, rng.choice(best)] += 1
+
+
+def _make_room(x: np.ndarray, i: int, cpu: np.ndarray, ram: np.ndarray, cap_cpu: np.ndarray,
+               cap_ram: np.ndarray) -> bool:  # fmt: skip
+    """Free one machine for component ``i`` by dropping replicas that have siblings.
+
+    Picks the machine that needs the fewest replicas dropped (largest CPU demand
+    first, only of components with an instance elsewhere too); False when no
+    machine can be freed that way. Without this, replicas of the others could
+    fill every machine a component with no instance left needs.
+    """
+    order = np.argsort(-cpu, kind="stable")
+    best: np.ndarray | None = None
+    best_drops = 0
+    for j in np.flatnonzero((cap_cpu >= cpu[i] - EPS) & (cap_ram >= ram[i] - EPS)):
+        y, drops = x.copy(), 0
+        while (cap_cpu[j] - cpu @ y[:, j] < cpu[i] - EPS
+               or cap_ram[j] - ram @ y[:, j] < ram[i] - EPS):  # fmt: skip
+            spare = [k for k in order if k != i and y[k, j] > 0 and y[k].sum() > 1]
+            if not spare:
+                break
+            y[spare[0], j] -= 1
+            drops += 1
+        else:
+            if best is None or drops < best_drops:
+                best, best_drops = y, drops
+    if best is None:
+        return False
+    x[:] = best
+    return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -47,8 +47,16 @@ def test_round_trip_edge_and_feasibility_agrees_with_twin(m: np.ndarray) -> None
     assert g.is_feasible(x) == (check(EDGE_SC, dep) == [])
 
 
+# Found by hypothesis in CI: replicas of the model server and the feature store fill
+# both big machines, and the trainer (3 cores, 10 GB) has no instance left.
+CROWDED = np.minimum(
+    np.array([[0, 0, 1], [0, 0, 3], [0, 3, 0], [0, 0, 0]]), Genome(SMALL_SC).cell_bounds()
+)
+
+
 @settings(max_examples=100, deadline=None)
 @given(matrices(Genome(SMALL_SC)), st.integers(0, 2**32 - 1))
+@example(CROWDED, 0)
 def test_repair_gives_feasible(m: np.ndarray, seed: int) -> None:
     g = Genome(SMALL_SC)
     y = g.repair(g.encode(m), np.random.default_rng(seed))
@@ -56,6 +64,15 @@ def test_repair_gives_feasible(m: np.ndarray, seed: int) -> None:
     assert check(SMALL_SC, g.deployment(y)) == []
     if g.is_feasible(g.encode(m)):
         assert np.array_equal(y, g.encode(m))  # feasible input is left alone
+
+
+def test_repair_makes_room_by_dropping_replicas_that_have_siblings() -> None:
+    g = Genome(SMALL_SC)
+    y = g.decode(g.repair(g.encode(CROWDED), np.random.default_rng(0)))
+    assert g.is_feasible(g.encode(y)) and y[3].sum() == 1  # the trainer is placed
+    # only surplus replicas went, and as few as one machine needed
+    assert (y[:3].sum(axis=1) >= 1).all() and (y[:3] <= CROWDED[:3]).all()
+    assert CROWDED.sum() + 1 - y.sum() == 1
 
 
 def test_bounds_are_per_cell_capacity(genome: Genome) -> None:
