@@ -34,7 +34,7 @@ from _report import machine_line, markdown_table, write_result
 from calibrate import calibration as cal
 from calibrate.experiment import CliTestbed
 from calibrate.fitruns import overhead_text
-from calibrate.host_noise import host_lines, undisturbed_lines
+from calibrate.host_noise import MAX_STEAL_CORES, host_lines, undisturbed_lines
 from calibrate.validate import ValidateConfig, run_validation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,10 @@ def main() -> None:
     ap.add_argument("--replications", type=int, default=3)
     ap.add_argument("--name", default="calibrate-fidelity")
     ap.add_argument(
-        "--max-steal", type=float, default=0.02, help="host steal (cores) of a disturbed second"
+        "--max-steal",
+        type=float,
+        default=MAX_STEAL_CORES,
+        help="host steal (cores) of a disturbed second",
     )
     a = ap.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -65,14 +65,20 @@ from calibrate.host_noise import (
     undisturbed_lines,
 )
 from loadgen.batch import BatchHook, command_hook
-from loadgen.compare import WorkloadOutcome, process_requests, stage_table, table
+from loadgen.compare import (
+    WorkloadOutcome,
+    process_requests,
+    request_process,
+    stage_table,
+    table,
+)
 from loadgen.metrics import rate
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.profile import scale_workload
 from loadgen.records import ON_TIME_S
 from loadgen.run import LoadRun, LoadRunError, execute, write_result
 from twin.criteria import latency_summary, per_second
-from twin.evaluate import evaluate
+from twin.evaluate import Evaluation, evaluate
 from twin.load import SpecError, load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario, Workload
@@ -255,8 +261,7 @@ def write_report(
         if tw is not None:
             rep0 = tw[tw["replication"] == 0] if "replication" in tw else tw
             twin_ps = per_second(rep0, cfg.duration_s)
-            done = tw.dropna(subset=["t_end"])
-            twin_lat = (done["t_end"] - done["t_arrive"]).to_numpy()
+            twin_lat = twin_latency_s(o.twin, request_process(o))
         segments.append(
             Segment(
                 o.name,
@@ -418,14 +423,13 @@ def run_experiment(
         if cfg.inputs_file is None and TESTSET.is_file():
             cfg.inputs_file = TESTSET
         say("testbed up")
-        fits, fit_names = [], []
+        fits = []
         try:
             targets = testbed.up(cfg.scenario, cfg.deployment)
             part = cfg.fit_duration_s / 2 / max(len(levels), 1)
 
             def one(w: Workload, i: int) -> None:
                 sub = folder / "load" / f"{w.name}-{i}"
-                fit_names.append(sub.name)
                 fits.append(fit_run(sc, w, targets, part, cfg.fit_seed + i, sub, 2.0, say,
                                     cfg.inputs_file))  # fmt: skip
 
@@ -458,25 +462,25 @@ def run_experiment(
             rate_aware = rate_aware_errors(sc, dep, calibration, shares, outcomes, cfg.duration_s,
                                            cfg.replications, cfg.seed, cfg.rate_scale)  # fmt: skip
         wall_s = time.perf_counter() - started
-        host = run_host_table(list(zip(fit_names, fits, strict=True)), outcomes)
+        host = run_host_table(fits, outcomes)
         clean = None
         if calibration is not None and cfg.max_steal_cores is not None:
             clean = undisturbed_errors(
                 [(o.name, "near saturation" if o.name == "steady-high" else "held-out", o.load,
-                  twin_latency_s(o)) for o in outcomes],
+                  twin_latency_s(o.twin, request_process(o))) for o in outcomes],
                 cfg.max_steal_cores,
             )  # fmt: skip
         return write_report(cfg, sc, dep, targets, outcomes, folder, wall_s, load, calibration,
                             spec, rate_aware, host, clean)  # fmt: skip
 
 
-def twin_latency_s(o: WorkloadOutcome) -> np.ndarray:
-    """The twin's finished requests' latency (s) of the workload's request process."""
-    _, tw = process_requests(o)
-    if tw is None or tw.empty:
-        return np.array([])
-    tw = tw.dropna(subset=["t_end"])
-    return (tw["t_end"] - tw["t_arrive"]).to_numpy(dtype=float)
+def twin_latency_s(ev: Evaluation, process: str | None = None) -> np.ndarray:
+    """Finished twin requests' latency (s), of ``process`` when given (all replications)."""
+    req = ev.requests if ev.requests is not None else pd.DataFrame(columns=["t_end"])
+    req = req.dropna(subset=["t_end"])
+    if process is not None and "process" in req:
+        req = req[req["process"].astype(str) == process]
+    return (req["t_end"] - req["t_arrive"]).to_numpy(dtype=float)
 
 
 def spec_latencies(

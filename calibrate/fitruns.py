@@ -170,7 +170,7 @@ def _undisturbed_fits(
             kept.append((result, w))
             continue
         measured = True
-        n_out += round(share * n)
+        n_out += n - len(clean.requests)
         if len(clean.requests):
             kept.append((clean, w))
     if not measured:

@@ -61,15 +61,15 @@ def host_table(runs: list[tuple[str, str, LoadResult]]) -> pd.DataFrame:
     for name, role, r in runs:
         req = r.requests
         ok = req[req["ok"].astype(bool)] if "ok" in req else req
-        lat = (ok["t_end"] - ok["t_arrive"]).to_numpy() * 1000
+        lat = latency_summary((ok["t_end"] - ok["t_arrive"]).to_numpy(dtype=float) * 1000)
         s = series[name]
         rows.append(
             {
                 "run": name,
                 "role": role,
                 "offered_rps": float(r.summary.get("offered_rps", math.nan)),
-                "p50_ms": float(np.percentile(lat, 50)) if len(lat) else math.nan,
-                "p95_ms": float(np.percentile(lat, 95)) if len(lat) else math.nan,
+                "p50_ms": lat["p50"],
+                "p95_ms": lat["p95"],
                 "busy_cores": float(s["busy_cores"].mean()) if len(s) else math.nan,
                 "steal_pct": 100 * float(s["steal_cores"].mean()) if len(s) else math.nan,
                 "pressure_pct": 100 * float(s["pressure"].mean()) if len(s) else math.nan,
@@ -83,13 +83,17 @@ def host_table(runs: list[tuple[str, str, LoadResult]]) -> pd.DataFrame:
 
 
 def run_host_table(
-    fits: list[tuple[str, tuple[LoadResult, Workload]]], outcomes: list[WorkloadOutcome]
+    fits: list[tuple[LoadResult, Workload]], outcomes: list[WorkloadOutcome]
 ) -> pd.DataFrame:
-    """The host table of every load run, in the order they ran (fits around held-outs)."""
+    """The host table of every load run, in the order they ran (fits around held-outs).
+
+    The k-th fit run is named ``<workload>-<k>``, as its folder under ``load/``.
+    """
+    names = [f"{w.name}-{k}" for k, (_, w) in enumerate(fits)]
     half = len(fits) // 2
-    runs = [(name, "fit", r) for name, (r, _) in fits[:half]]
+    runs = [(name, "fit", r) for name, (r, _) in zip(names[:half], fits[:half], strict=True)]
     runs += [(o.name, "held-out", o.load) for o in outcomes]
-    runs += [(name, "fit", r) for name, (r, _) in fits[half:]]
+    runs += [(name, "fit", r) for name, (r, _) in zip(names[half:], fits[half:], strict=True)]
     return host_table(runs)
 
 

@@ -42,6 +42,7 @@ from calibrate.experiment import (
     WorkloadOutcome,
     cpu_per_server,
     run_workloads,
+    twin_latency_s,
 )
 from calibrate.fitruns import (
     fit_levels,
@@ -63,7 +64,7 @@ from calibrate.host_noise import (
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult
 from twin.criteria import latency_summary
-from twin.evaluate import Evaluation, evaluate
+from twin.evaluate import evaluate
 from twin.load import load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario, Workload
@@ -102,15 +103,6 @@ def testbed_latency_s(o: WorkloadOutcome) -> np.ndarray:
     req = o.load.requests
     ok = req[req["ok"]]
     return (ok["t_end"] - ok["t_arrive"]).to_numpy(dtype=float)
-
-
-def twin_latency_s(ev: Evaluation, process: str | None = None) -> np.ndarray:
-    """Finished twin requests' latency (s), the calibrated overhead included by the twin."""
-    req = ev.requests if ev.requests is not None else pd.DataFrame(columns=["t_end"])
-    req = req.dropna(subset=["t_end"])
-    if process is not None and "process" in req:
-        req = req[req["process"].astype(str) == process]
-    return (req["t_end"] - req["t_arrive"]).to_numpy(dtype=float)
 
 
 def _request_process(sc: Scenario) -> str | None:
@@ -307,13 +299,11 @@ def run_validation(
 
             # Both levels before and, in reverse order, after the held-out runs.
             fits = [one(w, i) for i, w in enumerate(levels)]
-            fit_names = [f"{w.name}-{i}" for i, w in enumerate(levels)]
             exp = ExperimentConfig(cfg.scenario, cfg.deployment, workloads=cfg.workloads,
                                    duration_s=cfg.duration_s, seed=cfg.seed,
                                    replications=cfg.replications, drain_s=cfg.drain_s)  # fmt: skip
             outcomes = run_workloads(exp, sc, targets, tmp, say)
             fits += [one(w, len(levels) + i) for i, w in enumerate(reversed(levels))]
-            fit_names += [f"{w.name}-{len(levels) + i}" for i, w in enumerate(reversed(levels))]
         finally:
             say("testbed down")
             testbed.down()
@@ -336,7 +326,7 @@ def run_validation(
         rate_aware = rate_aware_errors(sc, dep, calibration, cfg.shares, outcomes,
                                        cfg.duration_s, cfg.replications, cfg.seed)  # fmt: skip
         rate_aware.to_csv(tmp / "rate_aware.csv", index=False)
-        host = run_host_table(list(zip(fit_names, fits, strict=True)), outcomes)
+        host = run_host_table(fits, outcomes)
         host.to_csv(tmp / "host.csv", index=False)
         clean = None
         if cfg.max_steal_cores is not None:

@@ -25,10 +25,16 @@ class WorkloadOutcome:
     twin: Evaluation | None = None
 
 
+def request_process(o: WorkloadOutcome) -> str:
+    """The request pipeline the load drove: its rows come first in the testbed's log."""
+    req = o.load.requests
+    return str(req["process"].iloc[0]) if len(req) else ""
+
+
 def process_requests(o: WorkloadOutcome) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The request pipeline's rows: testbed requests and (when simulated) the twin's."""
     req = o.load.requests
-    proc = str(req["process"].iloc[0]) if len(req) else ""
+    proc = request_process(o)
     tb = req[req["process"] == proc]
     tw = None
     if o.twin is not None and o.twin.requests is not None:
