@@ -89,14 +89,78 @@ def read_optimize_run(folder: Path) -> OptimizeRun:
 
 def agree(twin: dict[str, float], testbed: dict[str, float]) -> dict[str, bool | None]:
     """Per criterion: do twin and testbed order chosen vs greedy the same way? (None: a tie)."""
-    out: dict[str, bool | None] = {}
-    for c in CRITERIA:
-        a, b = twin[c], testbed[c]
-        if not (math.isfinite(a) and math.isfinite(b)) or a == 0 or b == 0:
-            out[c] = None
-        else:
-            out[c] = bool(np.sign(a) == np.sign(b))
-    return out
+    return {c: _same_sign(twin[c], testbed[c]) for c in CRITERIA}
+
+
+def _same_sign(a: float, b: float) -> bool | None:
+    if not (math.isfinite(a) and math.isfinite(b)) or a == 0 or b == 0:
+        return None
+    return bool(np.sign(a) == np.sign(b))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Chosen − greedy over paired runs: the mean and its confidence interval."""
+
+    mean: float
+    half_width: float  # of the two-sided interval; NaN with fewer than two pairs
+    n: int
+
+    @property
+    def order(self) -> int:
+        """+1 chosen higher, −1 chosen lower, 0 when the interval holds 0 (can't tell)."""
+        if not math.isfinite(self.mean) or self.mean == 0:
+            return 0
+        if math.isfinite(self.half_width) and abs(self.mean) <= self.half_width:
+            return 0
+        return int(np.sign(self.mean))
+
+    def text(self, fmt: str = ".3g") -> str:
+        if not math.isfinite(self.half_width):
+            return f"{self.mean:+{fmt}}"
+        return f"{self.mean:+{fmt}} ± {self.half_width:{fmt}}"
+
+
+def paired_difference(chosen: np.ndarray, greedy: np.ndarray, level: float = 0.95) -> Difference:
+    """Mean of ``chosen[i] − greedy[i]`` with a Student-t interval over the pairs.
+
+    Pairs share an arrival seed (testbed) or a replication's random streams
+    (twin), so the pairing takes out the load's own noise; what is left is the
+    run-to-run spread, the host's included.
+    """
+    from scipy import stats
+
+    d = np.asarray(chosen, dtype=float) - np.asarray(greedy, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return Difference(math.nan, math.nan, 0)
+    if len(d) == 1:
+        return Difference(float(d[0]), math.nan, 1)
+    sd = float(d.std(ddof=1))
+    hw = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * sd / math.sqrt(len(d)))
+    return Difference(float(d.mean()), hw, len(d))
+
+
+def verdict(twin: Difference, testbed: Difference) -> bool | None:
+    """Does the twin rank chosen vs greedy as the testbed does? None: the testbed can't tell.
+
+    With one run per deployment there is no noise estimate and the signs are
+    compared as they are. With repeats, a difference whose interval holds 0 is
+    a tie: a testbed tie the twin also calls a tie agrees; a testbed tie is
+    otherwise undecided (the testbed says nothing to check against); a real
+    testbed difference the twin calls a tie or orders the other way does not agree.
+    """
+    if testbed.n < 2:
+        return _same_sign(twin.mean, testbed.mean)
+    if testbed.mean == 0 and twin.mean == 0:
+        return None  # nothing differs anywhere (no overruns at all): nothing to rank
+    tb, tw = testbed.order, twin.order
+    if tb == 0:
+        return True if tw == 0 else None
+    return tw == tb
+
+
+VERDICT_TEXT = {True: "yes", False: "**no**", None: "tie"}
 
 
 @dataclass
@@ -109,6 +173,20 @@ class DeployBackConfig:
     drain_s: float = 5.0
     calibration: Path | None = None
     max_steal_cores: float | None = MAX_STEAL_CORES  # None: no undisturbed comparison
+    repeat: int = 1  # runs of each deployment, alternating, seed + k for the k-th pair
+
+
+def run_order(repeat: int) -> list[tuple[int, str]]:
+    """(pair, deployment) in the order they run: chosen-greedy, then greedy-chosen, ...
+
+    Alternating who goes first keeps a drift of the host over the session (it
+    warming up, a neighbour arriving) from landing on one deployment only.
+    """
+    out: list[tuple[int, str]] = []
+    for k in range(repeat):
+        pair = ("chosen", "greedy") if k % 2 == 0 else ("greedy", "chosen")
+        out += [(k, label) for label in pair]
+    return out
 
 
 def run_deploy_back(
@@ -117,7 +195,13 @@ def run_deploy_back(
     folder: Path,
     say: Callable[[str], None] = lambda _m: None,
 ) -> pd.DataFrame:
-    """Both deployments on the testbed and in the twin; the criteria table (long form)."""
+    """Both deployments on the testbed and in the twin; the criteria table (long form).
+
+    One row per pair × deployment × criterion; ``twin_replications.csv`` holds the
+    twin's per-replication criteria, from which its own interval comes.
+    """
+    if cfg.repeat < 1:
+        raise ValueError(f"repeat must be ≥ 1, got {cfg.repeat}")
     opt = read_optimize_run(cfg.run)
     sc = opt.scenario
     name = (
@@ -132,26 +216,29 @@ def run_deploy_back(
     if cfg.calibration is not None:
         calibration = cal.load(cfg.calibration)
         twin_sc, _ = cal.calibrated_scenario(sc, calibration)
-    rows = []
-    with atomic_dir(folder) as tmp:
+    deployments = {"chosen": opt.chosen, "greedy": opt.greedy}
+    rows, twin_rows = [], []
+    with atomic_dir(folder, keep_failed=True) as tmp:
         scenario_file = tmp / "scenario.yaml"  # trace paths made absolute
         scenario_file.write_text(cal.dump_model(sc, exclude_defaults=True))
-        for label, dep in (("chosen", opt.chosen), ("greedy", opt.greedy)):
-            dep_file = tmp / f"{label}.yaml"
-            dep_file.write_text(cal.dump_model(dep, exclude_defaults=True))
-            say(f"{label}: testbed up")
+        for label, dep in deployments.items():
+            (tmp / f"{label}.yaml").write_text(cal.dump_model(dep, exclude_defaults=True))
+        for k, label in run_order(cfg.repeat):
+            dep, seed = deployments[label], cfg.seed + k
+            run_name = label if cfg.repeat == 1 else f"{label}-{k}"
+            say(f"{run_name}: testbed up")
             try:
-                targets = testbed.up(scenario_file, dep_file)
+                targets = testbed.up(scenario_file, tmp / f"{label}.yaml")
                 run = LoadRun(
-                    sc, w, targets.gateway, cfg.duration_s, seed=cfg.seed, drain_s=cfg.drain_s,
+                    sc, w, targets.gateway, cfg.duration_s, seed=seed, drain_s=cfg.drain_s,
                     metrics_targets=targets.metrics,
                     replica_nodes=targets.replica_nodes or None,
                 )  # fmt: skip
-                say(f"{label}: {name} for {cfg.duration_s:g} s")
-                result = execute(run, tmp / "load" / label / "raw")
-                write_result(run, result, tmp / "load" / label)
+                say(f"{run_name}: {name} for {cfg.duration_s:g} s, arrival seed {seed}")
+                result = execute(run, tmp / "load" / run_name / "raw")
+                write_result(run, result, tmp / "load" / run_name)
             finally:
-                say(f"{label}: testbed down")
+                say(f"{run_name}: testbed down")
                 testbed.down()
             measured = _criteria(result, sc, dep, cfg)
             clean, left_out = result, math.nan
@@ -159,18 +246,24 @@ def run_deploy_back(
                 clean, left_out = undisturbed(result, cfg.max_steal_cores)
             measured_clean = _criteria(clean, sc, dep, cfg)
             host = host_summary(result.metrics, 0.0, cfg.duration_s + 1)
-            ev = evaluate(twin_sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed)
+            ev = evaluate(twin_sc, dep, w, cfg.duration_s, cfg.replications, seed)
             twin = dict(zip(CRITERIA, ev.criteria(), strict=True))
+            twin_rows.append(ev.per_replication.assign(deployment=label, pair=k))
             for c in CRITERIA:
-                rows.append({"deployment": label, "criterion": c,
+                rows.append({"pair": k, "seed": seed, "deployment": label, "criterion": c,
                              "optimizer": opt.predicted.get(label, {}).get(c, math.nan),
                              "twin": twin[c], "testbed": measured[c],
                              "testbed_undisturbed": measured_clean[c],
                              "left_out_pct": 100 * left_out,
                              "host_steal_pct": 100 * host["steal_cores"]})  # fmt: skip
+            pd.DataFrame(rows).to_csv(tmp / "criteria.csv", index=False)  # kept on a crash
         tab = pd.DataFrame(rows)
+        twin_reps = pd.concat(twin_rows, ignore_index=True)
         tab.to_csv(tmp / "criteria.csv", index=False)
-        (tmp / "report.md").write_text(report_text(cfg, opt, name, tab, calibration is not None))
+        twin_reps.to_csv(tmp / "twin_replications.csv", index=False)
+        (tmp / "report.md").write_text(
+            report_text(cfg, opt, name, tab, twin_reps, calibration is not None)
+        )
     return tab
 
 
@@ -183,78 +276,148 @@ def _criteria(
     return placement_criteria(req, sc, dep, cfg.duration_s, cfg.duration_s + cfg.drain_s)
 
 
+def differences(tab: pd.DataFrame, twin_reps: pd.DataFrame, column: str) -> dict[str, tuple]:
+    """Per criterion: (twin difference, testbed difference in ``column``), chosen − greedy.
+
+    The testbed's pairs are the runs sharing an arrival seed; the twin's are its
+    replications with the same random streams, over every pair's seed.
+    """
+    out = {}
+    for c in CRITERIA:
+        tb = tab[tab["criterion"] == c].pivot(index="pair", columns="deployment", values=column)
+        tw = twin_reps.pivot_table(index=["pair", "replication"], columns="deployment", values=c)
+        out[c] = (
+            paired_difference(tw["chosen"].to_numpy(), tw["greedy"].to_numpy()),
+            paired_difference(tb["chosen"].to_numpy(), tb["greedy"].to_numpy()),
+        )
+    return out
+
+
 def report_text(
-    cfg: DeployBackConfig, opt: OptimizeRun, workload: str, tab: pd.DataFrame, calibrated: bool
+    cfg: DeployBackConfig,
+    opt: OptimizeRun,
+    workload: str,
+    tab: pd.DataFrame,
+    twin_reps: pd.DataFrame,
+    calibrated: bool,
 ) -> str:
-    wide = tab.pivot(
-        index="criterion", columns="deployment", values=["twin", "testbed", "optimizer"]
-    )
+    means = tab.groupby(["criterion", "deployment"])[["twin", "testbed", "optimizer"]].mean()
+    wide = means.unstack("deployment")
+    pairs = int(tab["pair"].nunique())
     lines = [
         f"# Deploy-back: {cfg.run} on the testbed",
         "",
         f"- scenario {opt.scenario.name}; workload {workload}, {cfg.duration_s:g} s, arrival "
-        f"seed {cfg.seed}; twin {cfg.replications} replications at the same horizon"
+        f"seed {cfg.seed}"
+        + (
+            f" to {cfg.seed + pairs - 1}, {pairs} runs of each deployment alternating "
+            "(chosen first in even pairs, greedy first in odd ones)"
+            if pairs > 1
+            else ""
+        )
+        + f"; twin {cfg.replications} replications per seed at the same horizon"
         + (" (calibrated, overhead in the scenario)" if calibrated else " (uncalibrated spec)"),
         "- 'optimizer' is what the optimize run predicted at its own horizon (overruns and "
-        "cost scale with the horizon); 'twin' re-predicts the testbed's run",
+        "cost scale with the horizon); 'twin' re-predicts the testbed's runs",
         f"- generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| criterion | chosen: twin | chosen: testbed | greedy: twin | greedy: testbed | "
-        "same order? |",
-        "|---|---:|---:|---:|---:|---|",
     ]
-    twin_d = {
-        c: wide.loc[c, ("twin", "chosen")] - wide.loc[c, ("twin", "greedy")] for c in CRITERIA
-    }
-    tb_d = {c: wide.loc[c, ("testbed", "chosen")] - wide.loc[c, ("testbed", "greedy")]
-            for c in CRITERIA}  # fmt: skip
-    same = agree(twin_d, tb_d)
+    diffs = differences(tab, twin_reps, "testbed")
+    if pairs > 1:
+        lines += [
+            "Values are means over the runs; a difference is chosen − greedy with its 95 % "
+            "interval (testbed: over the pairs of runs; twin: over its paired replications). "
+            "An interval holding 0 is a tie.",
+            "",
+        ]
+    head = "| criterion | chosen: twin | chosen: testbed | greedy: twin | greedy: testbed |"
+    rule = "|---|---:|---:|---:|---:|"
+    if pairs > 1:
+        head += " twin: chosen − greedy | testbed: chosen − greedy |"
+        rule += "---:|---:|"
+    lines += [head + " same order? |", rule + "---|"]
+    same = {}
     for c in CRITERIA:
-        verdict = {True: "yes", False: "**no**", None: "tie"}[same[c]]
-        lines.append(
+        tw_d, tb_d = diffs[c]
+        same[c] = verdict(tw_d, tb_d)
+        row = (
             f"| {c} | {wide.loc[c, ('twin', 'chosen')]:.4g} | "
             f"{wide.loc[c, ('testbed', 'chosen')]:.4g} | {wide.loc[c, ('twin', 'greedy')]:.4g} "
-            f"| {wide.loc[c, ('testbed', 'greedy')]:.4g} | {verdict} |"
+            f"| {wide.loc[c, ('testbed', 'greedy')]:.4g} |"
         )
-    decided = [v for v in same.values() if v is not None]
-    lines += ["", f"The twin's ranking holds on {sum(decided)} of {len(decided)} criteria "
-              "that are not tied.", ""]  # fmt: skip
+        if pairs > 1:
+            row += f" {tw_d.text()} | {tb_d.text()} |"
+        lines.append(row + f" {_verdict_text(same[c], tw_d, tb_d)} |")
+    lines += ["", _holds_line("The twin's ranking", same, diffs), ""]
     if "testbed_undisturbed" in tab and tab["left_out_pct"].notna().any():
-        lines += undisturbed_ranking_lines(cfg, tab, twin_d)
+        lines += undisturbed_ranking_lines(cfg, tab, twin_reps)
     return "\n".join(lines)
 
 
+def _verdict_text(v: bool | None, twin: Difference, testbed: Difference) -> str:
+    if testbed.n >= 2 and testbed.order == 0 and (testbed.mean != 0 or twin.mean != 0):
+        return "tie (both)" if v else "testbed can't tell"
+    if v is False and testbed.n >= 2 and twin.order == 0:
+        return "**no** (twin: tie)"
+    return VERDICT_TEXT[v]
+
+
+def _holds_line(lead: str, same: dict[str, bool | None], diffs: dict[str, tuple]) -> str:
+    decided = {c: v for c, v in same.items() if v is not None}
+    text = f"{lead} holds on {sum(decided.values())} of {len(decided)} criteria"
+    both = [c for c, v in same.items() if v and diffs[c][1].n >= 2 and diffs[c][1].order == 0]
+    cant = [c for c, v in same.items() if v is None and diffs[c][1].mean != 0]
+    if both:
+        text += f" ({', '.join(both)}: a tie in both, counted as agreeing)"
+    else:
+        text += " that are not tied"
+    if cant:
+        text += (
+            f"; not counted: {', '.join(cant)}, where the testbed can't tell chosen from "
+            "greedy and the twin can"
+        )
+    return text + "."
+
+
 def undisturbed_ranking_lines(
-    cfg: DeployBackConfig, tab: pd.DataFrame, twin_d: dict[str, float]
+    cfg: DeployBackConfig, tab: pd.DataFrame, twin_reps: pd.DataFrame
 ) -> list[str]:
     """The ranking again over the testbed's undisturbed seconds, with each run's steal."""
-    first = tab.drop_duplicates("deployment").set_index("deployment")
-    wide = tab.pivot(index="criterion", columns="deployment", values="testbed_undisturbed")
-    tb_d = {c: wide.loc[c, "chosen"] - wide.loc[c, "greedy"] for c in CRITERIA}
-    same = agree(twin_d, tb_d)
+    per_dep = tab.drop_duplicates(["pair", "deployment"]).groupby("deployment")
+    steal, left = per_dep["host_steal_pct"].mean(), per_dep["left_out_pct"].mean()
+    wide = tab.groupby(["criterion", "deployment"])["testbed_undisturbed"].mean().unstack()
+    diffs = differences(tab, twin_reps, "testbed_undisturbed")
+    pairs = int(tab["pair"].nunique())
+    runs = "runs" if pairs > 1 else "run"
     lines = [
         "## Undisturbed seconds",
         "",
-        "The two deployments run one after the other on a host the hypervisor shares: "
+        "The deployments run one after the other on a host the hypervisor shares: "
         + ", ".join(
-            f"during {d}'s run it took {first.loc[d, 'host_steal_pct']:.1f} % of a core "
-            f"({first.loc[d, 'left_out_pct']:.0f} % of the requests fell in seconds with "
+            f"during {d}'s {runs} it took {steal[d]:.1f} % of a core "
+            f"({left[d]:.0f} % of the requests fell in seconds with "
             f"steal ≥ {cfg.max_steal_cores:g} cores)"
             for d in ("chosen", "greedy")
         )
+        + (" (means over the runs)" if pairs > 1 else "")
         + ". Without those requests:",
         "",
-        "| criterion | chosen: testbed | greedy: testbed | same order as the twin? |",
-        "|---|---:|---:|---|",
     ]
+    head = "| criterion | chosen: testbed | greedy: testbed |"
+    rule = "|---|---:|---:|"
+    if pairs > 1:
+        head += " testbed: chosen − greedy |"
+        rule += "---:|"
+    lines += [head + " same order as the twin? |", rule + "---|"]
+    same = {}
     for c in CRITERIA:
-        verdict = {True: "yes", False: "**no**", None: "tie"}[same[c]]
-        lines.append(
-            f"| {c} | {wide.loc[c, 'chosen']:.4g} | {wide.loc[c, 'greedy']:.4g} | {verdict} |"
-        )
-    decided = [v for v in same.values() if v is not None]
-    lines += ["", f"On undisturbed seconds the twin's ranking holds on {sum(decided)} of "
-              f"{len(decided)} criteria that are not tied.", ""]  # fmt: skip
+        tw_d, tb_d = diffs[c]
+        same[c] = verdict(tw_d, tb_d)
+        row = f"| {c} | {wide.loc[c, 'chosen']:.4g} | {wide.loc[c, 'greedy']:.4g} |"
+        if pairs > 1:
+            row += f" {tb_d.text()} |"
+        lines.append(row + f" {_verdict_text(same[c], tw_d, tb_d)} |")
+    lines += ["", _holds_line("On undisturbed seconds the twin's ranking", same, diffs), ""]
     return lines
 
 
@@ -269,7 +432,14 @@ def validate_deployment(
     workload: Annotated[str, typer.Option(help="Workload (default: the run's).")] = "",
     duration: Annotated[float, typer.Option(help="Seconds of load per deployment.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Arrival seed (testbed and twin).")] = 1,
-    replications: Annotated[int, typer.Option(help="Twin replications.")] = 3,
+    replications: Annotated[int, typer.Option(help="Twin replications per seed.")] = 3,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            help="Runs of each deployment, alternating who goes first; from 2 on, each "
+            "difference gets a 95 % interval and one holding 0 counts as a tie."
+        ),
+    ] = 1,
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration file for the twin's prediction.")
     ] = None,
@@ -291,7 +461,8 @@ def validate_deployment(
 
     err = Console(stderr=True)
     cfg = DeployBackConfig(run, workload or None, duration, seed, replications,
-                           calibration=calibration, max_steal_cores=max_steal or None)  # fmt: skip
+                           calibration=calibration, max_steal_cores=max_steal or None,
+                           repeat=repeat)  # fmt: skip
     out = Path("runs") / (name or f"{run.name}-deploy-back")
     out.parent.mkdir(parents=True, exist_ok=True)
     state = out.parent / f".{out.name}.testbed"
@@ -300,5 +471,8 @@ def validate_deployment(
         run_deploy_back(cfg, testbed, out, lambda m: err.print(m, highlight=False))
     except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        failed = out.with_name(f"{out.name}.failed")
+        if failed.is_dir():
+            err.print(f"the runs measured so far are in {failed}", highlight=False)
         raise typer.Exit(2) from None
     print((out / "report.md").read_text())

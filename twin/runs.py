@@ -20,15 +20,25 @@ from twin.evaluate import Evaluation
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder that replaces ``path`` when the block succeeds."""
+def atomic_dir(path: str | Path, keep_failed: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``path`` when the block succeeds.
+
+    When the block raises, the folder is removed, or with ``keep_failed`` kept as
+    ``<path>.failed`` (replacing an older one): for runs whose measurements cost
+    minutes and should survive a failure after them.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        failed = target.with_name(f"{target.name}.failed")
+        if keep_failed and any(tmp.iterdir()):
+            shutil.rmtree(failed, ignore_errors=True)
+            tmp.rename(failed)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

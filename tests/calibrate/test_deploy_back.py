@@ -6,10 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.deploy_back import DeployBackConfig, agree, read_optimize_run, run_deploy_back
+from calibrate.deploy_back import (
+    DeployBackConfig,
+    Difference,
+    agree,
+    paired_difference,
+    read_optimize_run,
+    run_deploy_back,
+    run_order,
+    verdict,
+)
 from twin.criteria import CRITERIA
 from twin.evaluate import evaluate
 
@@ -49,6 +59,35 @@ def test_agree_compares_signs():
                                "cost": True}  # fmt: skip
 
 
+def test_paired_difference_interval_is_students_t():
+    chosen = np.array([5.0, 7.0, 6.0, 8.0])
+    greedy = np.array([4.0, 4.0, 4.0, 4.0])
+    d = paired_difference(chosen, greedy)
+    # differences 1, 3, 2, 4: mean 2.5, sd 1.291, t(0.975, 3) = 3.182
+    assert d.n == 4 and d.mean == pytest.approx(2.5)
+    assert d.half_width == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)
+    assert d.order == 1
+    assert paired_difference(np.array([1.0, 3.0]), np.array([2.0, 2.0])).order == 0
+    one = paired_difference(np.array([1.0]), np.array([2.0]))
+    assert one.n == 1 and np.isnan(one.half_width) and one.order == -1
+
+
+def test_verdict_counts_a_testbed_tie_only_when_the_twin_ties_too():
+    up, down, tie = Difference(1.0, 0.5, 4), Difference(-1.0, 0.5, 4), Difference(0.2, 0.5, 4)
+    assert verdict(up, up) is True and verdict(down, up) is False
+    assert verdict(tie, up) is False  # the testbed tells them apart, the twin does not
+    assert verdict(tie, tie) is True and verdict(up, tie) is None
+    zero = Difference(0.0, 0.0, 4)
+    assert verdict(zero, zero) is None  # nothing differs: nothing to rank
+    # one run each: signs only, as before repeats existed
+    assert verdict(Difference(0.1, 9.0, 3), Difference(2.0, float("nan"), 1)) is True
+
+
+def test_run_order_alternates_who_goes_first():
+    assert run_order(3) == [(0, "chosen"), (0, "greedy"), (1, "greedy"), (1, "chosen"),
+                            (2, "chosen"), (2, "greedy")]  # fmt: skip
+
+
 def test_not_an_optimize_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"chosen\.yaml"):
         read_optimize_run(tmp_path)
@@ -76,3 +115,25 @@ def test_deploy_back_against_a_stand_in_testbed(optimize_run, tmp_path):
     cost = tab[tab["criterion"] == "cost"]
     assert (cost["testbed_undisturbed"] == cost["testbed"]).all()  # cost is not measured
     assert "## Undisturbed seconds" in report and "On undisturbed seconds" in report
+
+
+@pytest.mark.slow
+def test_deploy_back_repeats_pair_seeds_and_report_intervals(optimize_run, tmp_path):
+    testbed = FakeTestbed()
+    cfg = DeployBackConfig(optimize_run, duration_s=3, replications=2, drain_s=2, repeat=2)
+    tab = run_deploy_back(cfg, testbed, tmp_path / "back")
+    assert testbed.calls == ["up", "down"] * 4
+    runs = tab.drop_duplicates(["pair", "deployment"])
+    assert list(zip(runs["pair"], runs["deployment"], runs["seed"], strict=True)) == [
+        (0, "chosen", 1), (0, "greedy", 1), (1, "greedy", 2), (1, "chosen", 2)
+    ]  # fmt: skip
+    for name in ("chosen-0", "greedy-0", "greedy-1", "chosen-1"):
+        assert (tmp_path / "back" / "load" / name / "requests.parquet").is_file()
+    reps = pd.read_csv(tmp_path / "back" / "twin_replications.csv")
+    assert len(reps) == 2 * 2 * 2  # pairs × deployments × replications
+    # the twin of each pair is the twin at that pair's seed
+    t = tab[(tab["criterion"] == "time_mean_s") & (tab["deployment"] == "greedy")]
+    assert t["twin"].nunique() == 2
+    report = (tmp_path / "back" / "report.md").read_text()
+    assert "twin: chosen − greedy" in report and "95 % interval" in report
+    assert "2 runs of each deployment alternating" in report
