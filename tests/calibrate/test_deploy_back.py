@@ -70,6 +70,9 @@ def test_paired_difference_interval_is_students_t():
     assert paired_difference(np.array([1.0, 3.0]), np.array([2.0, 2.0])).order == 0
     one = paired_difference(np.array([1.0]), np.array([2.0]))
     assert one.n == 1 and np.isnan(one.half_width) and one.order == -1
+    # the margin is a share of greedy's mean: a difference of 2.5 is within 100 % of 4
+    assert paired_difference(chosen, greedy, tie_within=1.0).order == 0
+    assert paired_difference(chosen / 2, greedy / 2, tie_within=0.5).margin == pytest.approx(1.0)
 
 
 def test_verdict_counts_a_testbed_tie_only_when_the_twin_ties_too():
@@ -79,8 +82,12 @@ def test_verdict_counts_a_testbed_tie_only_when_the_twin_ties_too():
     assert verdict(tie, tie) is True and verdict(up, tie) is None
     zero = Difference(0.0, 0.0, 4)
     assert verdict(zero, zero) is None  # nothing differs: nothing to rank
-    # one run each: signs only, as before repeats existed
-    assert verdict(Difference(0.1, 9.0, 3), Difference(2.0, float("nan"), 1)) is True
+    # one run each: no interval, so the testbed's sign counts unless within the margin
+    assert verdict(Difference(0.1, 0.01, 3), Difference(2.0, float("nan"), 1)) is True
+    assert verdict(Difference(0.1, 0.01, 3), Difference(2.0, float("nan"), 1, 3.0)) is None
+    # a difference smaller than the margin is a tie however narrow its interval
+    small = Difference(0.04, 0.005, 12, margin=0.7)
+    assert small.order == 0 and verdict(small, Difference(0.05, 0.6, 4, 0.7)) is True
 
 
 def test_run_order_alternates_who_goes_first():
