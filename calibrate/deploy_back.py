@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +31,7 @@ import typer
 
 from calibrate import calibration as cal
 from calibrate.experiment import Testbed
-from calibrate.host_noise import MAX_STEAL_CORES, undisturbed
+from calibrate.host_noise import MAX_LEFT_OUT_PCT, MAX_STEAL_CORES, undisturbed
 from loadgen.host import host_summary
 from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
@@ -219,13 +219,7 @@ def run_deploy_back(
         raise ValueError(f"repeat must be ≥ 1, got {cfg.repeat}")
     opt = read_optimize_run(cfg.run)
     sc = opt.scenario
-    name = (
-        cfg.workload
-        or opt.workload
-        or next((w.name for w in sc.workloads if w.kind == "steady"), None)
-    )
-    if name is None:
-        raise ValueError(f"scenario {sc.name!r} has no workload to offer; give --workload")
+    name = _workload_name(cfg, opt)
     w = scale_workload(sc.workload(name), 1.0)
     twin_sc, calibration = sc, None
     if cfg.calibration is not None:
@@ -280,6 +274,36 @@ def run_deploy_back(
             report_text(cfg, opt, name, tab, twin_reps, calibration is not None)
         )
     return tab
+
+
+def _workload_name(cfg: DeployBackConfig, opt: OptimizeRun) -> str:
+    sc = opt.scenario
+    name = (
+        cfg.workload
+        or opt.workload
+        or next((w.name for w in sc.workloads if w.kind == "steady"), None)
+    )
+    if name is None:
+        raise ValueError(f"scenario {sc.name!r} has no workload to offer; give --workload")
+    return name
+
+
+def report_again(cfg: DeployBackConfig, folder: Path) -> str:
+    """Rewrite a finished deploy-back's ``report.md`` from its tables (e.g. another margin).
+
+    ``cfg`` must describe the runs as they were made (run, workload, duration, seed);
+    only the ranking's settings (``tie_within``, ``max_steal_cores``'s rule) may change.
+    """
+    tab_file, reps_file = folder / "criteria.csv", folder / "twin_replications.csv"
+    for f in (tab_file, reps_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{folder} is not a finished deploy-back run (no {f.name})")
+    opt = read_optimize_run(cfg.run)
+    tab, reps = pd.read_csv(tab_file), pd.read_csv(reps_file)
+    cfg = replace(cfg, repeat=int(tab["pair"].nunique()))
+    text = report_text(cfg, opt, _workload_name(cfg, opt), tab, reps, cfg.calibration is not None)
+    (folder / "report.md").write_text(text)
+    return text
 
 
 def _criteria(
@@ -410,11 +434,15 @@ def _holds_line(lead: str, same: dict[str, bool | None], diffs: dict[str, tuple]
 def undisturbed_ranking_lines(
     cfg: DeployBackConfig, tab: pd.DataFrame, twin_reps: pd.DataFrame
 ) -> list[str]:
-    """The ranking again over the testbed's undisturbed seconds, with each run's steal."""
-    per_dep = tab.drop_duplicates(["pair", "deployment"]).groupby("deployment")
+    """The ranking again over the testbed's undisturbed seconds, with each run's steal.
+
+    A pair in which either run had more than ``MAX_LEFT_OUT_PCT`` of its requests
+    in disturbed seconds is left out here, as validate leaves such a run unjudged:
+    what remains of it is too little, and too unlike the run, to rank on.
+    """
+    per_run = tab.drop_duplicates(["pair", "deployment"])
+    per_dep = per_run.groupby("deployment")
     steal, left = per_dep["host_steal_pct"].mean(), per_dep["left_out_pct"].mean()
-    wide = tab.groupby(["criterion", "deployment"])["testbed_undisturbed"].mean().unstack()
-    diffs = differences(tab, twin_reps, "testbed_undisturbed", cfg.tie_within)
     pairs = int(tab["pair"].nunique())
     runs = "runs" if pairs > 1 else "run"
     lines = [
@@ -428,9 +456,30 @@ def undisturbed_ranking_lines(
             for d in ("chosen", "greedy")
         )
         + (" (means over the runs)" if pairs > 1 else "")
-        + ". Without those requests:",
+        + ".",
         "",
     ]
+    worst = per_run.groupby("pair")["left_out_pct"].max()
+    kept = worst.index[worst <= MAX_LEFT_OUT_PCT]
+    dropped = [int(k) for k in worst.index if k not in kept]
+    if len(kept) == 0:
+        lines += [
+            "Not judged: host disturbed (every pair had a run with over "
+            f"{MAX_LEFT_OUT_PCT:g} % of its requests in disturbed seconds).",
+            "",
+        ]
+        return lines
+    if dropped:
+        lines += [
+            f"Pair(s) {', '.join(map(str, dropped))} left out: a run of theirs had over "
+            f"{MAX_LEFT_OUT_PCT:g} % of its requests in disturbed seconds.",
+            "",
+        ]
+    tab = tab[tab["pair"].isin(kept)]
+    twin_reps = twin_reps[twin_reps["pair"].isin(kept)]
+    wide = tab.groupby(["criterion", "deployment"])["testbed_undisturbed"].mean().unstack()
+    diffs = differences(tab, twin_reps, "testbed_undisturbed", cfg.tie_within)
+    lines += [f"Without the requests of disturbed seconds, over {len(kept)} pair(s):", ""]
     head = "| criterion | chosen: testbed | greedy: testbed |"
     rule = "|---|---:|---:|"
     if pairs > 1:
@@ -487,6 +536,13 @@ def validate_deployment(
             "0 skips that comparison."
         ),
     ] = MAX_STEAL_CORES,
+    report_only: Annotated[
+        bool,
+        typer.Option(
+            help="Rank a finished run (runs/<name>) again from its tables, e.g. with another "
+            "--tie-within; give the options it ran with."
+        ),
+    ] = False,
 ) -> None:
     """Deploy an optimize run's chosen and greedy deployments; predicted vs measured."""
     from rich.console import Console
@@ -499,6 +555,13 @@ def validate_deployment(
                            calibration=calibration, max_steal_cores=max_steal or None,
                            repeat=repeat, tie_within=tie_within)  # fmt: skip
     out = Path("runs") / (name or f"{run.name}-deploy-back")
+    if report_only:
+        try:
+            print(report_again(cfg, out))
+        except (SpecError, ValueError, KeyError, OSError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     state = out.parent / f".{out.name}.testbed"
     testbed = CliTestbed(backend, state, log=out.parent / f".{out.name}.testbed.log")

@@ -16,8 +16,10 @@ from calibrate.deploy_back import (
     agree,
     paired_difference,
     read_optimize_run,
+    report_again,
     run_deploy_back,
     run_order,
+    undisturbed_ranking_lines,
     verdict,
 )
 from twin.criteria import CRITERIA
@@ -95,6 +97,37 @@ def test_run_order_alternates_who_goes_first():
                             (2, "chosen"), (2, "greedy")]  # fmt: skip
 
 
+def _pairs_table(left_out: list[tuple[float, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Criteria of pairs whose chosen run is 1 ms slower; (chosen, greedy) left-out % each."""
+    rows, reps = [], []
+    for k, (lc, lg) in enumerate(left_out):
+        for label, left, extra in (("chosen", lc, 0.001), ("greedy", lg, 0.0)):
+            values = {
+                "time_mean_s": 0.014 + extra + 1e-4 * k * k,
+                "time_var_s2": 4e-6,
+                "overruns": 0.0,
+                "cost": 0.0025 if label == "chosen" else 0.00125,
+            }
+            for c, v in values.items():
+                rows.append({"pair": k, "deployment": label, "criterion": c, "twin": v,
+                             "testbed": v, "testbed_undisturbed": v, "left_out_pct": left,
+                             "host_steal_pct": 1.0})  # fmt: skip
+            reps.append(pd.DataFrame([values]).assign(deployment=label, pair=k, replication=0))
+    return pd.DataFrame(rows), pd.concat(reps, ignore_index=True)
+
+
+def test_undisturbed_ranking_leaves_out_pairs_with_a_disturbed_run(tmp_path):
+    cfg = DeployBackConfig(tmp_path, repeat=3)
+    tab, reps = _pairs_table([(10.0, 20.0), (70.0, 5.0), (0.0, 30.0)])
+    text = "\n".join(undisturbed_ranking_lines(cfg, tab, reps))
+    assert "Pair(s) 1 left out" in text and "over 2 pair(s)" in text
+    assert "| time_mean_s | 0.0152 | 0.0142 |" in text  # means over pairs 0 and 2 only
+    assert "holds on 2 of 2 criteria" in text
+    tab, reps = _pairs_table([(60.0, 20.0), (10.0, 90.0)])
+    text = "\n".join(undisturbed_ranking_lines(cfg, tab, reps))
+    assert "Not judged: host disturbed" in text and "same order" not in text
+
+
 def test_not_an_optimize_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"chosen\.yaml"):
         read_optimize_run(tmp_path)
@@ -144,3 +177,8 @@ def test_deploy_back_repeats_pair_seeds_and_report_intervals(optimize_run, tmp_p
     report = (tmp_path / "back" / "report.md").read_text()
     assert "twin: chosen − greedy" in report and "95 % interval" in report
     assert "2 runs of each deployment alternating" in report
+    # ranked again from its tables with a margin no difference reaches: all ties
+    cfg.tie_within = 1e9
+    again = report_again(cfg, tmp_path / "back")
+    assert again == (tmp_path / "back" / "report.md").read_text()
+    assert "| cost |" in again and "**no**" not in again and "| yes |" not in again
