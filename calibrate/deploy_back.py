@@ -175,6 +175,7 @@ def verdict(twin: Difference, testbed: Difference) -> bool | None:
 
 
 VERDICT_TEXT = {True: "yes", False: "**no**", None: "tie"}
+DEPLOYMENTS = ("chosen", "greedy")
 
 
 @dataclass
@@ -380,28 +381,42 @@ def report_text(
             "(--repeat gives intervals).",
             "",
         ]
-    head = "| criterion | chosen: twin | chosen: testbed | greedy: twin | greedy: testbed |"
-    rule = "|---|---:|---:|---:|---:|"
+    columns = ["chosen: twin", "chosen: testbed", "greedy: twin", "greedy: testbed"]
     if pairs > 1:
-        head += " twin: chosen − greedy | testbed: chosen − greedy |"
-        rule += "---:|---:|"
-    lines += [head + " same order? |", rule + "---|"]
-    same = {}
-    for c in CRITERIA:
-        tw_d, tb_d = diffs[c]
-        same[c] = verdict(tw_d, tb_d)
-        row = (
-            f"| {c} | {wide.loc[c, ('twin', 'chosen')]:.4g} | "
-            f"{wide.loc[c, ('testbed', 'chosen')]:.4g} | {wide.loc[c, ('twin', 'greedy')]:.4g} "
-            f"| {wide.loc[c, ('testbed', 'greedy')]:.4g} |"
-        )
-        if pairs > 1:
-            row += f" {tw_d.text()} | {tb_d.text()} |"
-        lines.append(row + f" {_verdict_text(same[c], tw_d, tb_d)} |")
+        columns += ["twin: chosen − greedy", "testbed: chosen − greedy"]
+
+    def cells(c: str, tw: Difference, tb: Difference) -> list[str]:
+        values = [
+            f"{wide.loc[c, (src, d)]:.4g}" for d in DEPLOYMENTS for src in ("twin", "testbed")
+        ]
+        return values + ([tw.text(), tb.text()] if pairs > 1 else [])
+
+    table, same = _ranking_table(diffs, columns, cells, "same order?")
+    lines += table
     lines += ["", _holds_line("The twin's ranking", same, diffs), ""]
     if "testbed_undisturbed" in tab and tab["left_out_pct"].notna().any():
         lines += undisturbed_ranking_lines(cfg, tab, twin_reps)
     return "\n".join(lines)
+
+
+def _ranking_table(
+    diffs: dict[str, tuple[Difference, Difference]],
+    columns: list[str],
+    cells: Callable[[str, Difference, Difference], list[str]],
+    verdict_head: str,
+) -> tuple[list[str], dict[str, bool | None]]:
+    """A markdown table, a row per criterion ending in its verdict; and the verdicts."""
+    lines = [
+        "| criterion | " + " | ".join(columns) + f" | {verdict_head} |",
+        "|---|" + "---:|" * len(columns) + "---|",
+    ]
+    same: dict[str, bool | None] = {}
+    for c in CRITERIA:
+        tw, tb = diffs[c]
+        same[c] = verdict(tw, tb)
+        row = " | ".join([c, *cells(c, tw, tb), _verdict_text(same[c], tw, tb)])
+        lines.append(f"| {row} |")
+    return lines, same
 
 
 def _verdict_text(v: bool | None, twin: Difference, testbed: Difference) -> str:
@@ -453,7 +468,7 @@ def undisturbed_ranking_lines(
             f"during {d}'s {runs} it took {steal[d]:.1f} % of a core "
             f"({left[d]:.0f} % of the requests fell in seconds with "
             f"steal ≥ {cfg.max_steal_cores:g} cores)"
-            for d in ("chosen", "greedy")
+            for d in DEPLOYMENTS
         )
         + (" (means over the runs)" if pairs > 1 else "")
         + ".",
@@ -480,20 +495,15 @@ def undisturbed_ranking_lines(
     wide = tab.groupby(["criterion", "deployment"])["testbed_undisturbed"].mean().unstack()
     diffs = differences(tab, twin_reps, "testbed_undisturbed", cfg.tie_within)
     lines += [f"Without the requests of disturbed seconds, over {len(kept)} pair(s):", ""]
-    head = "| criterion | chosen: testbed | greedy: testbed |"
-    rule = "|---|---:|---:|"
-    if pairs > 1:
-        head += " testbed: chosen − greedy |"
-        rule += "---:|"
-    lines += [head + " same order as the twin? |", rule + "---|"]
-    same = {}
-    for c in CRITERIA:
-        tw_d, tb_d = diffs[c]
-        same[c] = verdict(tw_d, tb_d)
-        row = f"| {c} | {wide.loc[c, 'chosen']:.4g} | {wide.loc[c, 'greedy']:.4g} |"
-        if pairs > 1:
-            row += f" {tb_d.text()} |"
-        lines.append(row + f" {_verdict_text(same[c], tw_d, tb_d)} |")
+    columns = ["chosen: testbed", "greedy: testbed"]
+    columns += ["testbed: chosen − greedy"] if pairs > 1 else []
+
+    def cells(c: str, _tw: Difference, tb: Difference) -> list[str]:
+        values = [f"{wide.loc[c, d]:.4g}" for d in DEPLOYMENTS]
+        return values + ([tb.text()] if pairs > 1 else [])
+
+    table, same = _ranking_table(diffs, columns, cells, "same order as the twin?")
+    lines += table
     lines += ["", _holds_line("On undisturbed seconds the twin's ranking", same, diffs), ""]
     return lines
 
