@@ -30,6 +30,7 @@ import pandas as pd
 import typer
 
 from calibrate import calibration as cal
+from calibrate.deploy_back_plot import plot_ranking
 from calibrate.experiment import Testbed
 from calibrate.host_noise import MAX_LEFT_OUT_PCT, MAX_STEAL_CORES, undisturbed
 from loadgen.host import host_summary
@@ -271,10 +272,22 @@ def run_deploy_back(
         twin_reps = pd.concat(twin_rows, ignore_index=True)
         tab.to_csv(tmp / "criteria.csv", index=False)
         twin_reps.to_csv(tmp / "twin_replications.csv", index=False)
-        (tmp / "report.md").write_text(
-            report_text(cfg, opt, name, tab, twin_reps, calibration is not None)
-        )
+        _write_report(tmp, cfg, opt, name, tab, twin_reps)
     return tab
+
+
+def _write_report(
+    folder: Path,
+    cfg: DeployBackConfig,
+    opt: OptimizeRun,
+    workload: str,
+    tab: pd.DataFrame,
+    twin_reps: pd.DataFrame,
+) -> str:
+    plot_ranking(tab, twin_reps, folder / "ranking.png")
+    text = report_text(cfg, opt, workload, tab, twin_reps, cfg.calibration is not None)
+    (folder / "report.md").write_text(text)
+    return text
 
 
 def _workload_name(cfg: DeployBackConfig, opt: OptimizeRun) -> str:
@@ -302,9 +315,7 @@ def report_again(cfg: DeployBackConfig, folder: Path) -> str:
     opt = read_optimize_run(cfg.run)
     tab, reps = pd.read_csv(tab_file), pd.read_csv(reps_file)
     cfg = replace(cfg, repeat=int(tab["pair"].nunique()))
-    text = report_text(cfg, opt, _workload_name(cfg, opt), tab, reps, cfg.calibration is not None)
-    (folder / "report.md").write_text(text)
-    return text
+    return _write_report(folder, cfg, opt, _workload_name(cfg, opt), tab, reps)
 
 
 def _criteria(
@@ -394,6 +405,13 @@ def report_text(
     table, same = _ranking_table(diffs, columns, cells, "same order?")
     lines += table
     lines += ["", _holds_line("The twin's ranking", same, diffs), ""]
+    lines += [
+        "![every run](ranking.png)",
+        "",
+        "*Every testbed run (a line joins the two runs of a pair) and the twin; filled: the "
+        "run on undisturbed seconds, for the pairs ranked there.*",
+        "",
+    ]
     if "testbed_undisturbed" in tab and tab["left_out_pct"].notna().any():
         lines += undisturbed_ranking_lines(cfg, tab, twin_reps)
     return "\n".join(lines)

@@ -183,6 +183,8 @@ def test_deploy_back_repeats_pair_seeds_and_report_intervals(optimize_run, tmp_p
     report = (tmp_path / "back" / "report.md").read_text()
     assert "twin: chosen − greedy" in report and "95 % interval" in report
     assert "2 runs of each deployment alternating" in report
+    png = (tmp_path / "back" / "ranking.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and "](ranking.png)" in report
     # ranked again from its tables with a margin no difference reaches: all ties
     cfg.tie_within = 1e9
     again = report_again(cfg, tmp_path / "back")
