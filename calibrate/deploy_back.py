@@ -541,15 +541,17 @@ def validate_deployment(
     repeat: Annotated[
         int,
         typer.Option(
+            min=1,
             help="Runs of each deployment, alternating who goes first; from 2 on, each "
-            "difference gets a 95 % interval and one holding 0 counts as a tie."
+            "difference gets a 95 % interval and one holding 0 counts as a tie.",
         ),
     ] = 3,
     tie_within: Annotated[
         float,
         typer.Option(
+            min=0.0,
             help="Relative difference (share of greedy's value) below which chosen and greedy "
-            "count as equal on either side: the twin's own error."
+            "count as equal on either side: the twin's own error.",
         ),
     ] = TIE_WITHIN,
     calibration: Annotated[

@@ -190,3 +190,13 @@ def test_deploy_back_repeats_pair_seeds_and_report_intervals(optimize_run, tmp_p
     again = report_again(cfg, tmp_path / "back")
     assert again == (tmp_path / "back" / "report.md").read_text()
     assert "| cost |" in again and "**no**" not in again and "| yes |" not in again
+
+
+@pytest.mark.parametrize(("option", "value"), [("--repeat", "0"), ("--tie-within", "-0.1")])
+def test_cli_refuses_a_ranking_it_cannot_make(option, value, tmp_path):
+    from typer.testing import CliRunner
+
+    from calibrate.deploy_back import app
+
+    res = CliRunner().invoke(app, [str(tmp_path), option, value])
+    assert res.exit_code == 2 and option in res.output
