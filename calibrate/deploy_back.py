@@ -30,7 +30,7 @@ import pandas as pd
 import typer
 
 from calibrate import calibration as cal
-from calibrate.deploy_back_plot import plot_ranking
+from calibrate.deploy_back_plot import DEPLOYMENTS, plot_ranking
 from calibrate.experiment import Testbed
 from calibrate.host_noise import MAX_LEFT_OUT_PCT, MAX_STEAL_CORES, undisturbed
 from loadgen.host import host_summary
@@ -176,7 +176,6 @@ def verdict(twin: Difference, testbed: Difference) -> bool | None:
 
 
 VERDICT_TEXT = {True: "yes", False: "**no**", None: "tie"}
-DEPLOYMENTS = ("chosen", "greedy")
 
 
 @dataclass
@@ -284,7 +283,7 @@ def _write_report(
     tab: pd.DataFrame,
     twin_reps: pd.DataFrame,
 ) -> str:
-    plot_ranking(tab, twin_reps, folder / "ranking.png")
+    plot_ranking(tab, twin_reps, judged_pairs(tab), folder / "ranking.png")
     text = report_text(cfg, opt, workload, tab, twin_reps, cfg.calibration is not None)
     (folder / "report.md").write_text(text)
     return text
@@ -464,15 +463,20 @@ def _holds_line(lead: str, same: dict[str, bool | None], diffs: dict[str, tuple]
     return text + "."
 
 
+def judged_pairs(tab: pd.DataFrame) -> list[int]:
+    """The pairs ranked on undisturbed seconds: neither run over ``MAX_LEFT_OUT_PCT`` left out.
+
+    Validate leaves such a run unjudged: what remains of it is too little, and
+    too unlike the run, to rank on.
+    """
+    worst = tab.groupby("pair")["left_out_pct"].max()
+    return [int(k) for k in worst.index[worst <= MAX_LEFT_OUT_PCT]]
+
+
 def undisturbed_ranking_lines(
     cfg: DeployBackConfig, tab: pd.DataFrame, twin_reps: pd.DataFrame
 ) -> list[str]:
-    """The ranking again over the testbed's undisturbed seconds, with each run's steal.
-
-    A pair in which either run had more than ``MAX_LEFT_OUT_PCT`` of its requests
-    in disturbed seconds is left out here, as validate leaves such a run unjudged:
-    what remains of it is too little, and too unlike the run, to rank on.
-    """
+    """The ranking again over the testbed's undisturbed seconds (``judged_pairs``)."""
     per_run = tab.drop_duplicates(["pair", "deployment"])
     per_dep = per_run.groupby("deployment")
     steal, left = per_dep["host_steal_pct"].mean(), per_dep["left_out_pct"].mean()
@@ -492,9 +496,8 @@ def undisturbed_ranking_lines(
         + ".",
         "",
     ]
-    worst = per_run.groupby("pair")["left_out_pct"].max()
-    kept = worst.index[worst <= MAX_LEFT_OUT_PCT]
-    dropped = [int(k) for k in worst.index if k not in kept]
+    kept = judged_pairs(tab)
+    dropped = sorted(set(tab["pair"].astype(int)) - set(kept))
     if len(kept) == 0:
         lines += [
             "Not judged: host disturbed (every pair had a run with over "

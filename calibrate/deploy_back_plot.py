@@ -7,12 +7,11 @@ the testbed's runs of one deployment sit apart from the other's, or overlap.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from calibrate.host_noise import MAX_LEFT_OUT_PCT
 
 # criterion → (axis label, factor from the criterion's unit to the axis's)
 PANELS = {
@@ -22,13 +21,14 @@ PANELS = {
 DEPLOYMENTS = ("chosen", "greedy")
 
 
-def plot_ranking(tab: pd.DataFrame, twin_reps: pd.DataFrame, path: Path) -> Path:
+def plot_ranking(
+    tab: pd.DataFrame, twin_reps: pd.DataFrame, judged: Collection[int], path: Path
+) -> Path:
     """Write ``path`` (PNG): per time criterion, every testbed run and the twin's mean.
 
     Hollow markers: a run over every request; filled: the same run on undisturbed
-    seconds, for the pairs the report ranks there (no run over ``MAX_LEFT_OUT_PCT``
-    of its requests in disturbed seconds). The twin's bar is its mean over all
-    replications, ± one standard deviation of them.
+    seconds, for the ``judged`` pairs (those the report ranks there). The twin's
+    bar is its mean over all replications, ± one standard deviation of them.
     """
     import matplotlib
 
@@ -38,12 +38,11 @@ def plot_ranking(tab: pd.DataFrame, twin_reps: pd.DataFrame, path: Path) -> Path
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
     for ax, (criterion, (label, k)) in zip(np.atleast_1d(axes), PANELS.items(), strict=True):
         rows = tab[tab["criterion"] == criterion]
-        worst = rows.groupby("pair")["left_out_pct"].transform("max")
         for column in ("testbed", "testbed_undisturbed"):
             if column not in rows:
                 continue
             filled = column == "testbed_undisturbed"
-            keep = rows[~(worst > MAX_LEFT_OUT_PCT)] if filled else rows
+            keep = rows[rows["pair"].isin(judged)] if filled else rows
             wide = keep.pivot(index="pair", columns="deployment", values=column)
             for _, pair in wide.reindex(columns=list(DEPLOYMENTS)).iterrows():
                 ax.plot(
