@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -267,9 +267,8 @@ def run_deploy_back(
                              "left_out_pct": 100 * left_out,
                              "host_steal_pct": 100 * host["steal_cores"]})  # fmt: skip
             pd.DataFrame(rows).to_csv(tmp / "criteria.csv", index=False)  # kept on a crash
-        tab = pd.DataFrame(rows)
+        tab = pd.DataFrame(rows)  # criteria.csv already holds it, written after each run
         twin_reps = pd.concat(twin_rows, ignore_index=True)
-        tab.to_csv(tmp / "criteria.csv", index=False)
         twin_reps.to_csv(tmp / "twin_replications.csv", index=False)
         _write_report(tmp, cfg, opt, name, tab, twin_reps)
     return tab
@@ -313,7 +312,6 @@ def report_again(cfg: DeployBackConfig, folder: Path) -> str:
             raise FileNotFoundError(f"{folder} is not a finished deploy-back run (no {f.name})")
     opt = read_optimize_run(cfg.run)
     tab, reps = pd.read_csv(tab_file), pd.read_csv(reps_file)
-    cfg = replace(cfg, repeat=int(tab["pair"].nunique()))
     return _write_report(folder, cfg, opt, _workload_name(cfg, opt), tab, reps)
 
 
