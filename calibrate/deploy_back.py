@@ -88,17 +88,6 @@ def read_optimize_run(folder: Path) -> OptimizeRun:
     )
 
 
-def agree(twin: dict[str, float], testbed: dict[str, float]) -> dict[str, bool | None]:
-    """Per criterion: do twin and testbed order chosen vs greedy the same way? (None: a tie)."""
-    return {c: _same_sign(twin[c], testbed[c]) for c in CRITERIA}
-
-
-def _same_sign(a: float, b: float) -> bool | None:
-    if not (math.isfinite(a) and math.isfinite(b)) or a == 0 or b == 0:
-        return None
-    return bool(np.sign(a) == np.sign(b))
-
-
 # Relative difference below which chosen and greedy count as equal, on either side:
 # the twin's own error. Its p50 on held-out steady-low runs was within ±4.6 %
 # (benchmarks/results/calibrate_fidelity_history.md, runs 9-12), so a ranking it

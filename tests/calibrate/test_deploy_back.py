@@ -13,7 +13,6 @@ import pytest
 from calibrate.deploy_back import (
     DeployBackConfig,
     Difference,
-    agree,
     paired_difference,
     read_optimize_run,
     report_again,
@@ -55,11 +54,13 @@ def test_greedy_is_rebuilt_exactly_as_the_run_scored_it(optimize_run):
             assert v == pytest.approx(opt.predicted[label][c], rel=1e-9, abs=1e-12), (label, c)
 
 
-def test_agree_compares_signs():
-    twin = {"time_mean_s": -1.0, "time_var_s2": 2.0, "overruns": 0.0, "cost": 1.0}
-    tb = {"time_mean_s": -3.0, "time_var_s2": -1.0, "overruns": 5.0, "cost": 2.0}
-    assert agree(twin, tb) == {"time_mean_s": True, "time_var_s2": False, "overruns": None,
-                               "cost": True}  # fmt: skip
+def test_one_run_each_compares_signs():
+    def one(x: float) -> Difference:
+        return Difference(x, float("nan"), 1)
+
+    assert verdict(one(-1.0), one(-3.0)) is True and verdict(one(1.0), one(2.0)) is True
+    assert verdict(one(2.0), one(-1.0)) is False
+    assert verdict(one(0.0), one(0.0)) is None  # nothing differs: nothing to rank
 
 
 def test_paired_difference_interval_is_students_t():
