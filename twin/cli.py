@@ -69,6 +69,9 @@ def _detect_kind(data: Any) -> str:
     return "scenario"
 
 
+FORCE_HELP = "Run even above the work budget (expected step executions, horizon)."
+
+
 @app.command()
 def validate(
     file: Annotated[Path, typer.Argument(help="A scenario or deployment YAML file.")],
@@ -76,20 +79,43 @@ def validate(
         Path | None,
         typer.Option("--scenario", "-s", help="Scenario to check a deployment's constraints."),
     ] = None,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            "--workload", "-w", help="Check the work of this workload only ('none': own arrivals)."
+        ),
+    ] = None,
+    horizon: Annotated[float, typer.Option(help="Horizon (s) the work is checked for.")] = 3600.0,
+    replications: Annotated[int, typer.Option(help="Replications checked for.")] = 10,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Check a scenario or deployment file; exit 0 when it is usable."""
+    """Check a scenario or deployment file; exit 0 when it is usable.
+
+    A scenario is checked as ``simulate`` would use it: its trace files are read,
+    and the work of every workload (and of the processes' own arrivals) over
+    ``--horizon`` must fit the budget that ``simulate`` enforces.
+    """
     from twin.deployment import require_feasible
-    from twin.load import load_scenario
+    from twin.evaluate import resolve_workload
+    from twin.limits import check_work
+    from twin.load import load_scenario, resolve_paths
 
     try:
         data = read_yaml(file)
         kind = _detect_kind(data)
         if kind == "scenario":
             sc = parse(Scenario, data, str(file))
-            from twin.load import resolve_paths
-
-            sc = resolve_paths(sc, file.resolve().parent)
+            sc = resolve_paths(sc, file.resolve().parent, source=str(file))
+            names = (
+                [workload] if workload is not None else ["none", *(w.name for w in sc.workloads)]
+            )
+            events = {}
+            for name in names:
+                w = resolve_workload(sc, name)
+                events[name] = check_work(
+                    sc, w, horizon, replications, force=force, source=str(file)
+                )
             info = {
                 "kind": "scenario",
                 "name": sc.name,
@@ -98,6 +124,7 @@ def validate(
                 "components": len(sc.components),
                 "processes": len(sc.processes),
                 "workloads": [w.name for w in sc.workloads],
+                "expected_step_executions": events,
             }
             text = (
                 f"OK: scenario {sc.name!r}: {info['servers']} server types "
@@ -152,6 +179,7 @@ def simulate(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write a run folder (records, report).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Simulate a deployment and print the four criteria with 95% confidence intervals."""
@@ -166,6 +194,15 @@ def simulate(
             require_feasible(sc, dep)
         except InfeasibleDeployment as exc:
             raise SpecError(f"{deployment}: {exc}") from None
+        if out_dir is not None:
+            _check_out_dir(out_dir)
+        from twin.evaluate import resolve_workload
+        from twin.limits import check_work
+
+        check_work(
+            sc, resolve_workload(sc, workload), horizon, replications, force=force,
+            source=str(scenario),
+        )  # fmt: skip
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -186,14 +223,24 @@ def simulate(
                 keep_records=out_dir is not None,
                 on_replication=lambda _r: progress.advance(task),
                 workers=workers or (os.cpu_count() or 1),
+                force=force,
             )
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
         fail(str(exc))
         return
+    except MemoryError:
+        fail(
+            f"{scenario}: the run did not fit in memory (horizon {horizon:g} s, "
+            f"{replications} replications); lower the rates or the horizon"
+        )
+        return
     if out_dir is not None:
         from twin.runs import write_simulation_run
 
-        write_simulation_run(out_dir, scenario, deployment, result)
+        try:
+            write_simulation_run(out_dir, scenario, deployment, result)
+        except OSError as exc:
+            fail(f"--out {out_dir}: cannot write the run folder ({exc.strerror or exc})")
         err.print(f"run folder: {out_dir}", highlight=False)
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -211,6 +258,17 @@ def simulate(
         f"({result.events} events, {rate:,.0f} events/s)",
         highlight=False,
     )
+
+
+def _check_out_dir(path: Path) -> None:
+    """Refuse an ``--out`` folder that cannot be created, before the run starts."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpecError(f"--out {path}: {parent} exists and is not a folder")
+            if not os.access(parent, os.W_OK):
+                raise SpecError(f"--out {path}: cannot write in {parent}")
+            return
 
 
 class LazyGroup(typer.core.TyperGroup):

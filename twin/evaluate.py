@@ -19,6 +19,7 @@ import pandas as pd
 
 from twin.criteria import CRITERIA, placement_criteria, summarise
 from twin.deployment import require_feasible
+from twin.limits import check_work
 from twin.sim import ReplicationResult, simulate_replication
 from twin.spec import Deployment, Scenario, Workload
 
@@ -110,6 +111,7 @@ def evaluate(
     check: bool = True,
     on_replication: Callable[[int], None] | None = None,
     workers: int = 1,
+    force: bool = False,
 ) -> Evaluation:
     """Simulate ``replications`` runs and score the deployment.
 
@@ -120,12 +122,15 @@ def evaluate(
     ``workers`` > 1 runs replications in that many processes; every
     replication has its own random streams, so the numbers are identical.
     Leave it at 1 inside a Dask worker, which already is the parallelism.
+    A run above the work budget of :mod:`twin.limits` raises WorkTooLarge
+    unless ``force``.
     """
     if replications < 1:
         raise ValueError(f"replications must be ≥ 1, got {replications}")
     if check:
         require_feasible(scenario, deployment)
     w = resolve_workload(scenario, workload)
+    check_work(scenario, w, horizon_s, replications, force=force)
     started = time.perf_counter()
     rows, visits, requests = [], [], []
     events = 0

@@ -13,14 +13,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from twin.inputs import SpecError, read_yaml_file
 from twin.spec import Deployment, Scenario
 
+__all__ = ["SpecError", "dump_yaml", "load_deployment", "load_scenario", "parse", "read_yaml"]
+
 M = TypeVar("M", bound=BaseModel)
-MAX_FILE_BYTES = 20 * 1024 * 1024
-
-
-class SpecError(ValueError):
-    """An input file that cannot be used; the message says where and why."""
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -60,29 +58,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; unreadable or malformed files raise SpecError."""
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_FILE_BYTES:
-            raise SpecError(f"{p}: file is larger than {MAX_FILE_BYTES // 2**20} MB")
-        text = p.read_text(encoding="utf-8")
-    except SpecError:
-        raise
-    except FileNotFoundError:
-        raise SpecError(f"{p}: file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{p}: is a directory, expected a YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{p}: cannot read file ({exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{p}: not valid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise SpecError(f"{p}: YAML nesting is too deep") from None
+    """Parse a YAML file within the input limits of :mod:`twin.inputs`; unreadable,
+    oversized, malformed or alias-bomb files raise SpecError."""
+    return read_yaml_file(path)
 
 
 def parse(model: type[M], data: Any, source: str) -> M:
@@ -107,25 +85,50 @@ def load_scenario(path: str | Path) -> Scenario:
     scenario can be handed to a worker process in another directory.
     """
     scenario = parse(Scenario, read_yaml(path), str(path))
-    return resolve_paths(scenario, Path(path).resolve().parent)
+    return resolve_paths(scenario, Path(path).resolve().parent, source=str(path))
 
 
-def resolve_paths(scenario: Scenario, base: Path) -> Scenario:
-    """The scenario with every trace ``path`` made absolute against ``base``."""
+def resolve_paths(scenario: Scenario, base: Path, source: str | None = None) -> Scenario:
+    """The scenario with every trace ``path`` made absolute under ``base``.
 
-    def fix(item: Any) -> Any:
+    A relative path must stay inside the scenario's folder (``base``), so
+    ``../../secrets`` is refused; an absolute path (our own tools write them
+    when they save a loaded scenario elsewhere) must name a ``.csv`` file, which
+    keeps ``/proc/self/environ`` and key files out. Either way the file is read
+    through the bounded reader and no message quotes its contents. Every trace
+    is read and checked now, so ``validate`` fails exactly when a run would.
+    """
+    from twin.workload import read_trace
+
+    where = source or f"scenario {scenario.name!r}"
+    root = base.resolve()
+
+    def fix(item: Any, field: str) -> Any:
         path = getattr(item, "path", None)
-        if isinstance(path, str) and not Path(path).is_absolute():
-            resolved = (base / path).resolve()
-            if not resolved.is_file():
-                raise SpecError(f"trace file {path!r} not found (looked in {base})")
-            return item.model_copy(update={"path": str(resolved)})
-        return item
+        if not isinstance(path, str):
+            return item
+        resolved = (root / path).resolve()  # an absolute path replaces root here
+        if not Path(path).is_absolute() and not resolved.is_relative_to(root):
+            raise SpecError(
+                f"{where}: {field}.path: {path!r} leaves the scenario's folder {root}; "
+                "put the trace file beside the scenario (or in a sub-folder)"
+            )
+        if resolved.suffix.lower() != ".csv":
+            raise SpecError(
+                f"{where}: {field}.path: {path!r} is not a .csv file (trace files are CSV)"
+            )
+        try:
+            read_trace(str(resolved), item.column)
+        except ValueError as exc:
+            raise SpecError(f"{where}: {field}.path: {exc}") from None
+        return item.model_copy(update={"path": str(resolved)})
 
-    workloads = [fix(w) for w in scenario.workloads]
+    workloads = [fix(w, f"workloads[{i}]") for i, w in enumerate(scenario.workloads)]
     processes = [
-        p.model_copy(update={"arrivals": fix(p.arrivals)}) if p.arrivals else p
-        for p in scenario.processes
+        p.model_copy(update={"arrivals": fix(p.arrivals, f"processes[{i}].arrivals")})
+        if p.arrivals
+        else p
+        for i, p in enumerate(scenario.processes)
     ]
     return scenario.model_copy(update={"workloads": workloads, "processes": processes})
 

@@ -33,6 +33,9 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 Int = Annotated[int, BeforeValidator(_number)]
 Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[Float, Field(gt=0)]
+# Most servers, components, processes, steps per process, ... a scenario may
+# list: far above any real system, low enough that checks stay instant.
+MAX_ITEMS = 1000
 NonNegFloat = Annotated[Float, Field(ge=0)]
 
 
@@ -222,7 +225,9 @@ class Component(Frozen):
         1.0, description="Cores one instance uses while it works on a step."
     )
     variants: list[Variant] = Field(
-        default_factory=list, description="Model variants; non-empty for inference stages."
+        default_factory=list,
+        max_length=MAX_ITEMS,
+        description="Model variants; non-empty for inference stages.",
     )
     dispatch: Literal["balanced", "shared_queue"] = Field(
         "balanced",
@@ -273,8 +278,8 @@ class TraceArrivals(Frozen):
     """Per-second arrival rates read from a CSV column; Poisson within each second."""
 
     kind: Literal["trace"]
-    path: str = Field(description="CSV file, relative to the scenario file.")
-    column: str = "rate_per_s"
+    path: str = Field(max_length=4096, description="CSV file, relative to the scenario file.")
+    column: str = Field("rate_per_s", max_length=256)
     scale: PositiveFloat = 1.0
 
 
@@ -301,7 +306,7 @@ class Step(Frozen):
     max_parallel: Int = Field(
         1, ge=1, le=1024, description="Most instances the step's work may be split across."
     )
-    depends_on: list[Name] = Field(default_factory=list)
+    depends_on: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
 
 
 class Process(Frozen):
@@ -311,7 +316,7 @@ class Process(Frozen):
     kind: Literal["batch", "request"] = Field(
         "batch", description="'request' marks an inference pipeline driven by workloads."
     )
-    steps: list[Step] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_ITEMS)
     deadline_s: PositiveFloat | None = Field(None, description="Time limit of one execution.")
     arrivals: Arrivals | None = Field(
         None, description="Own arrivals; workloads override them for request pipelines."
@@ -360,18 +365,29 @@ class Process(Frozen):
 
 
 def topological_order(process: Process) -> list[str] | None:
-    """Step names in an order that respects dependencies, or None on a cycle."""
-    deps = {s.name: list(s.depends_on) for s in process.steps}
+    """Step names in an order that respects dependencies, or None on a cycle.
+
+    Kahn's algorithm, linear in steps + dependencies, in the order the old
+    wave-by-wave scan gave: each wave of ready steps in list order.
+    """
+    waiting = {s.name: len(set(s.depends_on)) for s in process.steps}
+    users: dict[str, list[str]] = {n: [] for n in waiting}
+    for s in process.steps:
+        for d in set(s.depends_on):
+            users[d].append(s.name)
+    position = {s.name: i for i, s in enumerate(process.steps)}
+    wave = [n for n, k in waiting.items() if k == 0]
     order: list[str] = []
-    done: set[str] = set()
-    while len(order) < len(deps):
-        ready = [n for n, d in deps.items() if n not in done and all(x in done for x in d)]
-        if not ready:
-            return None
-        for n in ready:
-            done.add(n)
-            order.append(n)
-    return order
+    while wave:
+        order.extend(wave)
+        following: list[str] = []
+        for n in wave:
+            for u in users[n]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    following.append(u)
+        wave = sorted(following, key=position.__getitem__)
+    return order if len(order) == len(waiting) else None
 
 
 # --------------------------------------------------------------------------- workloads
@@ -401,7 +417,7 @@ class FluctuatingWorkload(Frozen):
     amplitude_per_s: NonNegFloat
     period_s: PositiveFloat = 600.0
     noise_sd_per_s: NonNegFloat = 0.0
-    bursts: list[Burst] = Field(default_factory=list)
+    bursts: list[Burst] = Field(default_factory=list, max_length=MAX_ITEMS)
     min_rate_per_s: NonNegFloat = 0.1
     seed: Int = Field(0, description="Seed of the noise, so twin and testbed see one curve.")
     processes: list[Name] = Field(default_factory=list)
@@ -412,7 +428,7 @@ class StepWorkload(Frozen):
 
     kind: Literal["step"]
     name: Name
-    levels_per_s: list[NonNegFloat] = Field(min_length=1)
+    levels_per_s: list[NonNegFloat] = Field(min_length=1, max_length=100_000)
     step_s: PositiveFloat
     processes: list[Name] = Field(default_factory=list)
 
@@ -422,8 +438,8 @@ class TraceWorkload(Frozen):
 
     kind: Literal["trace"]
     name: Name
-    path: str
-    column: str = "rate_per_s"
+    path: str = Field(max_length=4096, description="CSV file, relative to the scenario file.")
+    column: str = Field("rate_per_s", max_length=256)
     scale: PositiveFloat = 1.0
     loop: bool = True
     processes: list[Name] = Field(default_factory=list)
@@ -478,11 +494,11 @@ class Scenario(Frozen):
     """Servers, components, processes and workloads of one MLOps system."""
 
     name: Name
-    description: str = ""
-    servers: list[Server] = Field(min_length=1)
-    components: list[Component] = Field(min_length=1)
-    processes: list[Process] = Field(min_length=1)
-    workloads: list[Workload] = Field(default_factory=list)
+    description: str = Field("", max_length=100_000)
+    servers: list[Server] = Field(min_length=1, max_length=MAX_ITEMS)
+    components: list[Component] = Field(min_length=1, max_length=MAX_ITEMS)
+    processes: list[Process] = Field(min_length=1, max_length=MAX_ITEMS)
+    workloads: list[Workload] = Field(default_factory=list, max_length=MAX_ITEMS)
     settings: Settings = Settings()
 
     @model_validator(mode="after")

@@ -9,12 +9,14 @@ curve. Arrivals are Poisson with a rate that is constant within each second
 from __future__ import annotations
 
 import functools
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from twin.inputs import MAX_TABLE_BYTES, read_bytes
 from twin.spec import (
     Arrivals,
     FluctuatingWorkload,
@@ -39,22 +41,67 @@ def _noise(seed: int, second: int) -> float:
     return float(_noise_chunk(seed, second // _NOISE_CHUNK)[second % _NOISE_CHUNK])
 
 
+# A trace longer than this many seconds (~116 days) is refused: it is expanded
+# to one float per second.
+MAX_TRACE_SECONDS = 10_000_000
+
+
 @functools.lru_cache(maxsize=32)
 def read_trace(path: str, column: str = "rate_per_s") -> np.ndarray:
-    """Per-second rates from a CSV column (requests/s); errors name the file."""
+    """Rates per whole second from a CSV column (requests/s); errors name the file.
+
+    With a ``second`` column the rows are placed at their seconds, in time order
+    whatever the file order; a second without a row keeps the rate of the
+    previous row (the curve is piecewise constant), and seconds before the
+    first row have rate 0. Negative, fractional or repeated seconds are
+    refused. Without a ``second`` column row k is second k. Messages never
+    quote the file's contents (it may be any file a scenario names).
+    """
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"trace file {p} not found")
+    data = read_bytes(p, MAX_TABLE_BYTES, "a trace CSV file")
     try:
-        frame = pd.read_csv(p)
+        frame = pd.read_csv(io.BytesIO(data))
     except Exception as exc:  # pandas raises many types; all mean "not a usable CSV"
-        raise ValueError(f"trace file {p}: not a readable CSV ({exc})") from None
+        raise ValueError(f"trace file {p}: not a readable CSV ({type(exc).__name__})") from None
     if column not in frame.columns:
-        raise ValueError(f"trace file {p}: no column {column!r} (columns: {list(frame.columns)})")
+        raise ValueError(
+            f"trace file {p}: no column {column!r} (the file has {len(frame.columns)} "
+            "column(s); its first row must name them, e.g. second,rate_per_s)"
+        )
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
     if len(values) == 0 or not np.all(np.isfinite(values)) or np.any(values < 0):
         raise ValueError(f"trace file {p}: column {column!r} must hold finite rates ≥ 0")
-    return values
+    if "second" not in frame.columns:
+        if len(values) > MAX_TRACE_SECONDS:
+            raise ValueError(f"trace file {p}: more than {MAX_TRACE_SECONDS:,} rows")
+        return values
+    return _by_second(p, pd.to_numeric(frame["second"], errors="coerce").to_numpy(float), values)
+
+
+def _by_second(p: Path, seconds: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Rates placed at their ``second`` (see :func:`read_trace`)."""
+    bad = ~np.isfinite(seconds) | (seconds < 0) | (seconds != np.floor(seconds))
+    if bad.any():
+        row = int(np.argmax(bad)) + 2  # 1-based, after the header line
+        raise ValueError(
+            f"trace file {p}: column 'second' must hold whole seconds ≥ 0 (line {row} does not)"
+        )
+    if seconds.max() >= MAX_TRACE_SECONDS:
+        raise ValueError(f"trace file {p}: column 'second' goes past {MAX_TRACE_SECONDS:,} s")
+    order = np.argsort(seconds, kind="stable")
+    seconds, values = seconds[order].astype(np.int64), values[order]
+    dup = np.flatnonzero(np.diff(seconds) == 0)
+    if dup.size:
+        raise ValueError(
+            f"trace file {p}: column 'second' repeats second {int(seconds[dup[0]])}; "
+            "give each second one rate"
+        )
+    out = np.zeros(int(seconds[-1]) + 1)
+    # piecewise constant: each row's rate holds until the next row's second
+    idx = np.searchsorted(seconds, np.arange(len(out)), side="right") - 1
+    have = idx >= 0
+    out[have] = values[idx[have]]
+    return out
 
 
 def rate_at(workload: Workload, t_s: float) -> float:
