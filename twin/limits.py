@@ -73,8 +73,7 @@ def _workload_arrivals(w: Workload, h: float, read_trace) -> float:
             # min_rate; bursts add their extra over the part inside the horizon.
             mean = w.base_per_s + w.min_rate_per_s
             extra = sum(
-                max(b.extra_per_s, 0.0) * max(min(b.duration_s, h - b.at_s), 0.0)
-                for b in w.bursts
+                max(b.extra_per_s, 0.0) * max(min(b.duration_s, h - b.at_s), 0.0) for b in w.bursts
             )
             return mean * h + extra
         case StepWorkload():
