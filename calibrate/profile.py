@@ -208,8 +208,10 @@ def measure_cell(
     """
     import httpx
 
+    from testbed.services.guard import token_headers
+
     out = []
-    with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, headers=token_headers()) as client:
         r = client.post(f"{url}/admin/config", json={"batch": batch, "batch_timeout_ms": 0})
         r.raise_for_status()
         d = rows.shape[1]

@@ -27,6 +27,7 @@ from testbed.backends.base import (
     NodeStatus,
     TestbedStatus,
 )
+from testbed.services.guard import token_headers, use_token
 from testbed.zoo.manifest import DEFAULT_DIR, load_manifest, load_testset
 from twin.load import parse
 from twin.spec import Deployment, Scenario, topological_order
@@ -88,7 +89,7 @@ class Controller:
         self.versions: dict[str, str] = {}  # registry name → version of the zoo build
         self.skipped: list[str] = []
         self._serial = 0
-        self.http = httpx.Client(timeout=60.0)
+        self.http = httpx.Client(timeout=60.0, headers=token_headers())
 
     # ------------------------------------------------------------------ setup
 
@@ -374,6 +375,7 @@ class Controller:
         path = Path(state_dir) / STATE_FILE
         if not path.exists():
             raise FileNotFoundError(f"no testbed is up (no {path}); run `mlops-twin testbed up`")
+        use_token(Path(state_dir))
         s = json.loads(path.read_text())
         cap = s["capacity"]
         capacity = Capacity(

@@ -47,6 +47,7 @@ from testbed.backends.compose_file import (
     project_name,
     render,
 )
+from testbed.services.guard import use_token
 from twin.spec import Deployment, Scenario
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -139,6 +140,7 @@ class ComposeBackend(Backend):
         command = compose_command()
         port = free_port()
         endpoints = endpoints_for(scenario, port)
+        use_token(self.state_dir)  # compose passes it from our environment, not the file
         self.compose_file.parent.mkdir(parents=True, exist_ok=True)
         self.compose_file.write_text(
             "# Rendered by testbed.backends.compose; do not edit.\n"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.backends.base import CPU_PERIOD_US, Capacity, Endpoints, service_argv
+from testbed.services.guard import TOKEN_ENV
 from twin.spec import Deployment, Scenario
 
 IMAGE = "mlops-twin-node:latest"
@@ -88,7 +89,9 @@ def _hardened(role: str, labels: dict[str, str] | None = None) -> dict[str, Any]
         # tini as PID 1 forwards SIGTERM and reaps the node agents' children.
         "init": True,
         "tmpfs": ["/tmp:size=256m,mode=1777"],
-        "environment": dict(CONTAINER_ENV),
+        # the admin token comes from the environment of `docker compose up`, so it
+        # is never written into the file
+        "environment": dict(CONTAINER_ENV) | {TOKEN_ENV: "${" + TOKEN_ENV + ":-}"},
         "labels": {ROLE_LABEL: role, **(labels or {})},
         "stop_grace_period": "5s",
         "networks": ["backend"],

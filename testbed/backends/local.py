@@ -36,6 +36,7 @@ from testbed.backends.base import (
 from testbed.backends.procs import ProcRecord, spawn, stop
 from testbed.controller import Controller
 from testbed.services.common import wait_healthy
+from testbed.services.guard import use_token
 from testbed.services.node_agent import free_port
 from testbed.zoo.manifest import DEFAULT_DIR
 from twin.spec import Deployment, Scenario
@@ -119,6 +120,7 @@ class LocalBackend(Backend):
                 "run `mlops-twin testbed down` first"
             )
         self.procs, self.cgroups = [], []
+        use_token(self.state_dir)  # the services inherit it; admin routes need it
         confine = cgroups.available() if self.confine is None else self.confine
         if not confine:
             warnings.warn(

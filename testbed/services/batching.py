@@ -93,6 +93,14 @@ class CallResult:
         ]
 
 
+class QueueFull(RuntimeError):
+    """The batcher already holds ``max_queue`` rows: answer 503 and let the client retry."""
+
+
+# rows a batcher holds before it refuses more (about 64 full batches of 16)
+DEFAULT_MAX_QUEUE = 1024
+
+
 class _Call:
     """The rows of one submit: answered together when the last one is computed."""
 
@@ -168,6 +176,7 @@ class DynamicBatcher:
         observe: Observe | None = None,
         clock: Callable[[], float] = time.perf_counter,
         inline: bool = True,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self._run = run_batch
         self.max_batch = max_batch
@@ -181,6 +190,8 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._pool = None if inline else ThreadPoolExecutor(1, thread_name_prefix="infer")
         self.batches = 0
+        self.max_queue = max_queue
+        self.restarts = 0  # times the worker died of a bug and was started again
 
     def configure(
         self,
@@ -211,8 +222,20 @@ class DynamicBatcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._wakeup = asyncio.Event()
+            if self._wakeup is None:
+                self._wakeup = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._worker())
+            self._task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task) -> None:
+        """Start the worker again if a bug ended it: queued calls must not hang."""
+        if task.cancelled() or self._task is not task:
+            return
+        exc = task.exception()
+        log.error("batch worker died (%s: %s); restarting", type(exc).__name__, exc)
+        self.restarts += 1
+        self._task = None
+        self.start()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -234,9 +257,13 @@ class DynamicBatcher:
         No task or future per call: the stage server's HTTP path answers from ``done``.
         """
         self.start()
+        if rows.ndim != 2:
+            raise ValueError(f"rows must be a 2-D array (n × d), got {rows.ndim} dimensions")
         if not len(rows):
             done(CallResult([Run(0, 0.0, 0.0, 0, self.tag, rows[:0])]))
             return
+        if self._queued + len(rows) > self.max_queue:
+            raise QueueFull(f"{self._queued} rows queued (limit {self.max_queue})")
         self._queue.append(_Segment(_Call(done, len(rows)), rows, self._clock()))
         self._queued += len(rows)
         assert self._wakeup is not None
@@ -293,13 +320,33 @@ class DynamicBatcher:
             n -= k
         return taken
 
-    def _next_batch(self) -> _Batch:
-        """Take the next batch off the queue (up to ``max_batch`` rows)."""
+    def _next_batch(self) -> _Batch | None:
+        """Take the next batch off the queue (up to ``max_batch`` rows).
+
+        Rows whose shape differs from the batch's first call cannot be stacked
+        with it: those calls are failed on their own and the rest still run.
+        None when every call taken was failed so.
+        """
         n = min(self.max_batch, self._queued)
         segs = self._take(n)
         self._queued -= n
-        x = segs[0].rows if len(segs) == 1 else np.concatenate([s.rows for s in segs])
-        return _Batch(segs, x, self._run, self.tag)
+        if len(segs) == 1:
+            return _Batch(segs, segs[0].rows, self._run, self.tag)
+        shape = segs[0].rows.shape[1:]
+        dtype = segs[0].rows.dtype
+        good = [s for s in segs if s.rows.shape[1:] == shape and s.rows.dtype == dtype]
+        for s in segs:
+            if s.rows.shape[1:] != shape or s.rows.dtype != dtype:
+                s.call.fail(
+                    ValueError(
+                        f"rows of shape {s.rows.shape[1:]} cannot be batched with rows of "
+                        f"shape {shape}"
+                    )
+                )
+        if not good:
+            return None
+        x = good[0].rows if len(good) == 1 else np.concatenate([s.rows for s in good])
+        return _Batch(good, x, self._run, self.tag)
 
     def _answer(self, batch: _Batch, outputs: np.ndarray, service_s: float) -> None:
         """Hand each call its rows of a computed batch; metrics."""
@@ -331,6 +378,8 @@ class DynamicBatcher:
             await self._wait_for_batch()
             if self._pool is not None:
                 batch = self._next_batch()
+                if batch is None:
+                    continue
                 batch.t_start = self._clock()
                 try:
                     outputs, service_s = await loop.run_in_executor(
@@ -339,7 +388,10 @@ class DynamicBatcher:
                 except Exception as e:
                     self._fail(batch, e)
                     continue
-                self._answer(batch, outputs, service_s)
+                try:
+                    self._answer(batch, outputs, service_s)
+                except Exception as e:
+                    self._fail(batch, e)
                 continue
             # Inline: run the full batches already queued back to back, then answer
             # them all and give the loop a turn. Each batch is still one run of at
@@ -347,8 +399,10 @@ class DynamicBatcher:
             # runs (answers, metrics, the loop turn) happens once per few batches,
             # which profiling under a CPU quota showed to be dear after each run.
             done: list[tuple[_Batch, np.ndarray | None, float, Exception | None]] = []
-            while True:
+            while self._queued:
                 batch = self._next_batch()
+                if batch is None:
+                    continue
                 batch.t_start = self._clock()
                 try:
                     outputs, service_s = _run_timed(batch.run, batch.x)
@@ -360,8 +414,11 @@ class DynamicBatcher:
             for batch, outputs, service_s, exc in done:
                 if exc is not None or outputs is None:
                     self._fail(batch, exc or RuntimeError("no output"))
-                else:
+                    continue
+                try:
                     self._answer(batch, outputs, service_s)
+                except Exception as e:  # e.g. outputs of an odd shape: fail the batch only
+                    self._fail(batch, e)
             await asyncio.sleep(0)  # let the loop send answers and read new requests
 
 

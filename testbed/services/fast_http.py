@@ -42,9 +42,10 @@ class PipelinedRequest(Exception):
     """A request arrived on a connection whose fast request is not answered yet."""
 
 
-def fast_protocol(routes: dict[bytes, FastHandler]) -> type:
+def fast_protocol(routes: dict[bytes, FastHandler], max_body_bytes: int = 64 << 20) -> type:
     """An ``HttpToolsProtocol`` subclass answering POSTs to ``routes`` itself (see module
-    doc); pass it to uvicorn as ``http=``."""
+    doc); pass it to uvicorn as ``http=``. A body above ``max_body_bytes`` is not kept:
+    the request gets a 413 and the connection is closed."""
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     class FastHttpToolsProtocol(HttpToolsProtocol):
@@ -71,13 +72,18 @@ def fast_protocol(routes: dict[bytes, FastHandler]) -> type:
                 return
             self._fast = handler
             self._fast_body = []
+            self._fast_size = 0
             self._fast_keep_alive = (
                 self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
             )
 
         def on_body(self, body: bytes) -> None:
             if self._fast is not None:
-                self._fast_body.append(body)
+                self._fast_size += len(body)
+                if self._fast_size <= max_body_bytes:
+                    self._fast_body.append(body)
+                else:
+                    self._fast_body = []
             else:
                 super().on_body(body)
 
@@ -91,6 +97,12 @@ def fast_protocol(routes: dict[bytes, FastHandler]) -> type:
             self._fast_busy = True
             self.flow.pause_reading()  # one answer at a time, like uvicorn's pipelining
             keep_alive = self._fast_keep_alive
+            if self._fast_size > max_body_bytes:
+                message = json.dumps({"error": f"body is larger than {max_body_bytes} bytes"})
+                self._respond(
+                    False, 413, [(b"content-type", b"application/json")], [message.encode()]
+                )
+                return
 
             def respond(status: int, headers: Headers, chunks: list[Buffer]) -> None:
                 self._respond(keep_alive, status, headers, chunks)

@@ -18,11 +18,16 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from testbed.services.common import base_parser, common_routes, error, serve
+from testbed.services.guard import AdminGuard, BodyLimit, admin_token, parse_json, strict_int
+
+# the controller ingests the whole test set in one call
+INGEST_BYTES = 32 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS features (
@@ -113,8 +118,8 @@ def create_app(table: FeatureTable) -> Starlette:
 
     async def ingest(req: Request) -> Response:
         try:
-            n = table.ingest((await req.json())["entities"])
-        except (KeyError, TypeError, ValueError) as e:
+            n = table.ingest(parse_json(await req.body(), max_bytes=INGEST_BYTES)["entities"])
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             ops.labels("ingest", "400").inc()
             return error(f"bad ingestion: {e}")
         ops.labels("ingest", "200").inc()
@@ -123,6 +128,8 @@ def create_app(table: FeatureTable) -> Starlette:
     async def get(req: Request) -> Response:
         try:
             eid = int(req.path_params["id"])
+            if not 0 <= eid < 2**63:
+                raise ValueError
         except ValueError:
             return error("entity id must be an integer")
         row = table.get(eid)
@@ -134,7 +141,8 @@ def create_app(table: FeatureTable) -> Starlette:
 
     async def lookup(req: Request) -> Response:
         try:
-            ids = [int(i) for i in (await req.json())["ids"]]
+            body = parse_json(await req.body())
+            ids = [strict_int(i, "ids[]", 0, 2**63 - 1) for i in body["ids"]]
         except (KeyError, TypeError, ValueError) as e:
             return error(f"bad lookup: {e}")
         ops.labels("lookup", "200").inc()
@@ -142,7 +150,11 @@ def create_app(table: FeatureTable) -> Starlette:
 
     async def export(req: Request) -> Response:
         limit = req.query_params.get("limit")
-        return JSONResponse({"entities": table.export(int(limit) if limit else None)})
+        try:
+            n = strict_int(int(limit), "limit", 0, 10**9) if limit else None
+        except ValueError:
+            return error("limit must be an integer in [0, 1e9]")
+        return JSONResponse({"entities": table.export(n)})
 
     routes = [
         *common_routes(reg, lambda: True),
@@ -151,7 +163,11 @@ def create_app(table: FeatureTable) -> Starlette:
         Route("/lookup", lookup, methods=["POST"]),
         Route("/export", export),
     ]
-    return Starlette(routes=routes)
+    middleware = [
+        Middleware(AdminGuard, token=admin_token(), prefixes=("/ingest",)),
+        Middleware(BodyLimit, max_bytes=INGEST_BYTES),
+    ]
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def main() -> None:

@@ -27,12 +27,23 @@ import aiohttp
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from testbed.api import IMAGE_SIZE, INFER_PATH, TIMINGS_HEADER, StageTiming, encode_timings
 from testbed.services.common import base_parser, common_routes, error, serve
+from testbed.services.guard import (
+    AdminGuard,
+    BadRequest,
+    BodyLimit,
+    admin_token,
+    finite_vector,
+    overloaded,
+    parse_json,
+    strict_int,
+)
 from testbed.services.routing import Picker, Replica, StageRoute
 from testbed.services.stage_client import ReplicaClient, ReplicaUnreachable, StageError
 
@@ -53,9 +64,12 @@ class Gateway:
         stage_timeout_s: float = 10.0,
         dead_s: float = 1.0,
         max_inflight: int = 2,
+        max_pending: int = 4096,
     ):
         self.features_url = features_url
         self.max_inflight = max_inflight  # calls outstanding per replica
+        self.max_pending = max_pending  # requests in the gateway before it answers 503
+        self.pending = 0
         self.targets = dict(targets or {})
         self.stage_timeout_s = stage_timeout_s
         self.picker = Picker(dead_s=dead_s)
@@ -154,6 +168,12 @@ class Gateway:
                 self.picker.mark_dead(rep)
                 self.m_retries.labels(route.name).inc()
                 continue
+            except StageError as e:
+                if e.status != 503:
+                    raise
+                # that replica's queue is full: another replica may have room
+                self.m_retries.labels(route.name).inc()
+                continue
             finally:
                 rep.outstanding -= 1
             rt_ms = (time.perf_counter() - t0) * 1000
@@ -187,37 +207,40 @@ class Gateway:
 
 
 def parse_request(body: Any) -> tuple[str, np.ndarray | None, int | None]:
-    """Validate an inference request; ValueError with the reason otherwise."""
+    """Validate an inference request; BadRequest (a ValueError) with the reason otherwise."""
     if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    rid = str(body.get("id", ""))
+        raise BadRequest("body must be a JSON object")
+    rid = body.get("id", "")
+    if not isinstance(rid, str | int) or isinstance(rid, bool) or len(str(rid)) > 200:
+        raise BadRequest("id must be a string (at most 200 characters) or an integer")
+    rid = str(rid)
     if "image" in body:
-        img = body["image"]
-        if not isinstance(img, list) or len(img) != IMAGE_SIZE:
-            raise ValueError(f"image must be a list of {IMAGE_SIZE} numbers")
-        try:
-            arr = np.asarray(img, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"image must be numbers: {e}") from None
-        return rid, arr, None
+        return rid, finite_vector(body["image"], IMAGE_SIZE, "image"), None
     if "entity_id" in body:
-        try:
-            return rid, None, int(body["entity_id"])
-        except (TypeError, ValueError):
-            raise ValueError("entity_id must be an integer") from None
-    raise ValueError("give 'image' (64 numbers) or 'entity_id'")
+        return rid, None, strict_int(body["entity_id"], "entity_id", 0, 2**31 - 1)
+    raise BadRequest(f"give 'image' ({IMAGE_SIZE} numbers) or 'entity_id'")
 
 
 def create_app(gw: Gateway) -> Starlette:
     async def infer(req: Request) -> Response:
         t0 = time.perf_counter()
+        if gw.pending >= gw.max_pending:
+            gw.m_requests.labels("503").inc()
+            status, headers, body_ = overloaded("gateway")
+            return Response(
+                body_,
+                status,
+                headers={"retry-after": headers[1][1].decode()},
+                media_type="application/json",
+            )
         gw.m_inflight.inc()
+        gw.pending += 1
         try:
             try:
-                rid, image, entity = parse_request(json.loads(await req.body()))
-            except (ValueError, json.JSONDecodeError) as e:
-                gw.m_requests.labels("400").inc()
-                return error(str(e))
+                rid, image, entity = parse_request(parse_json(await req.body()))
+            except BadRequest as e:
+                gw.m_requests.labels(str(e.status)).inc()
+                return error(str(e), e.status)
             if image is None:
                 try:
                     image = await gw.lookup(entity)  # type: ignore[arg-type]
@@ -228,7 +251,7 @@ def create_app(gw: Gateway) -> Starlette:
                 label, timings = await gw.infer(image)
             except NoReplica as e:
                 gw.m_requests.labels("503").inc()
-                return error(str(e), 503)
+                return JSONResponse({"error": str(e)}, 503, headers={"retry-after": "1"})
             except TimeoutError:
                 gw.m_requests.labels("504").inc()
                 return error("stage timeout", 504)
@@ -246,6 +269,7 @@ def create_app(gw: Gateway) -> Starlette:
             gw.m_latency.observe(gw_ms / 1000)
             return JSONResponse(body, headers={TIMINGS_HEADER: encode_timings(timings)})
         finally:
+            gw.pending -= 1
             gw.m_inflight.dec()
 
     async def get_routes(_req: Request) -> Response:
@@ -253,10 +277,14 @@ def create_app(gw: Gateway) -> Starlette:
 
     async def set_routes(req: Request) -> Response:
         try:
-            stages = (await req.json())["stages"]
-            gw.set_routes(stages)
-        except (KeyError, TypeError, ValueError) as e:
-            return error(f"bad routes: {e}")
+            body = parse_json(await req.body())
+            if not isinstance(body, dict) or not isinstance(body.get("stages"), list):
+                raise BadRequest('body must be {"stages": [...]}')
+            gw.set_routes(body["stages"])
+        except BadRequest as e:
+            return error(f"bad routes: {e}", e.status)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return error(f"bad routes: {type(e).__name__}: {e}")
         return JSONResponse(gw.routes_json())
 
     async def proxy(req: Request) -> Response:
@@ -301,7 +329,8 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/admin/routes", set_routes, methods=["POST"]),
         Route("/admin/proxy/{target}/{path:path}", proxy, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(AdminGuard, token=admin_token()), Middleware(BodyLimit)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def parse_targets(text: str | None) -> dict[str, str]:

@@ -33,12 +33,21 @@ from typing import Any
 import psutil
 from prometheus_client import CollectorRegistry, Gauge
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from testbed.backends.base import SERVICES, service_argv, service_env
 from testbed.services.common import base_parser, common_routes, error, serve
+from testbed.services.guard import (
+    MAX_BATCH_BYTES,
+    TOKEN_HEADER,
+    AdminGuard,
+    BodyLimit,
+    admin_token,
+    parse_json,
+)
 
 STOP_GRACE_S = 5.0
 
@@ -185,7 +194,9 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> int | None:
 def create_app(agent: NodeAgent) -> Starlette:
     async def start(req: Request) -> Response:
         try:
-            body = await req.json()
+            body = parse_json(await req.body())
+            if not isinstance(body, dict) or not isinstance(body.get("args", {}), dict):
+                raise ValueError('body must be {"name", "service", "args": {...}}')
             inst = agent.start(str(body["name"]), str(body["service"]), dict(body.get("args", {})))
         except FileExistsError as e:
             return error(str(e), 409)
@@ -212,7 +223,9 @@ def create_app(agent: NodeAgent) -> Starlette:
         import httpx
 
         url = f"http://{_loopback(agent.host)}:{inst.port}/{req.path_params['path']}"
-        headers = {k: v for k, v in req.headers.items() if k.lower() == "content-type"}
+        headers = {
+            k: v for k, v in req.headers.items() if k.lower() in ("content-type", TOKEN_HEADER)
+        }
         try:
             async with httpx.AsyncClient(timeout=60) as client:
                 r = await client.request(req.method, url, content=await req.body(), headers=headers)
@@ -238,7 +251,11 @@ def create_app(agent: NodeAgent) -> Starlette:
         Route("/instances/{name}/http/{path:path}", forward, methods=["GET", "POST"]),
         Route("/usage", usage),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [
+        Middleware(AdminGuard, token=admin_token(), prefixes=("/instances",)),
+        Middleware(BodyLimit, max_bytes=MAX_BATCH_BYTES),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def main() -> None:

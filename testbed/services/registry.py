@@ -23,11 +23,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from testbed.services.common import base_parser, common_routes, error, serve
+from testbed.services.guard import AdminGuard, BodyLimit, admin_token, token_headers
+
+# largest model file accepted (bytes)
+MAX_MODEL_BYTES = 1 << 30
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COLUMNS = ("name", "version", "sha256", "size_bytes")
@@ -175,7 +180,11 @@ def create_app(root: Path) -> Starlette:
         Route("/models/{name}/{version}", put, methods=["PUT"]),
         Route("/models/{name}/{version}", get, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    middleware = [
+        Middleware(AdminGuard, token=admin_token(), prefixes=("/models",), methods=("PUT",)),
+        Middleware(BodyLimit, max_bytes=MAX_MODEL_BYTES),
+    ]
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def fetch_model(
@@ -203,7 +212,7 @@ def upload_model(
     r = httpx.put(
         f"{registry_url}/models/{name}/{version}",
         content=data,
-        headers={"x-sha256": sha},
+        headers={"x-sha256": sha, **token_headers()},
         timeout=timeout_s,
     )
     if r.status_code not in (200, 201):

@@ -47,9 +47,21 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from testbed.services.batch_metrics import BatchHistogram
-from testbed.services.batching import CallResult, DynamicBatcher
+from testbed.services.batching import DEFAULT_MAX_QUEUE, CallResult, DynamicBatcher, QueueFull
 from testbed.services.common import base_parser, common_routes, error, serve
 from testbed.services.fast_http import Buffer, Headers, Respond, fast_protocol
+from testbed.services.guard import (
+    MAX_BATCH_BYTES,
+    MAX_ROWS,
+    AdminGuard,
+    BadRequest,
+    BodyLimit,
+    admin_token,
+    bounded_number,
+    overloaded,
+    parse_json,
+    strict_int,
+)
 
 # element types accepted on the wire; answers use the request's type
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -79,7 +91,8 @@ def make_runner(model_bytes: bytes, threads: int, cpu: Counter | None = None) ->
     from testbed.zoo.manifest import ort_session
 
     sess = ort_session(model_bytes, threads)
-    in_name = sess.get_inputs()[0].name
+    model_input = sess.get_inputs()[0]
+    in_name = model_input.name
     clock = time.thread_time
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -89,6 +102,10 @@ def make_runner(model_bytes: bytes, threads: int, cpu: Counter | None = None) ->
             cpu.inc(clock() - c0)
         return y
 
+    # The width a row must have (None when the model takes any): checked per call,
+    # so a call of the wrong width is refused alone instead of failing a batch.
+    dims = list(model_input.shape[1:])
+    run.row_width = math.prod(dims) if dims and all(isinstance(d, int) for d in dims) else None  # type: ignore[attr-defined]
     return run
 
 
@@ -145,6 +162,10 @@ class StageServer:
             "stage_config_changes", "Live configuration changes", registry=self.reg
         )
         self.m_qlen.set_function(lambda: self.batcher.queue_length if self.batcher else 0)
+        self.m_refused = Counter(
+            "stage_refused_calls", "Calls refused because the queue was full", registry=self.reg
+        )
+        self.max_queue = DEFAULT_MAX_QUEUE
         self.batcher: DynamicBatcher | None = None
         self._children: dict[str, tuple] = {}
         self._switch_lock = asyncio.Lock()
@@ -177,22 +198,28 @@ class StageServer:
         data = await asyncio.to_thread(self.load_bytes, self.config.model, self.config.version)
         run = await asyncio.to_thread(make_runner, data, self.threads, self.m_compute_cpu)
         c = self.config
-        self.batcher = DynamicBatcher(run, c.batch, c.batch_timeout_ms, c.variant, self._observe)
+        self.batcher = DynamicBatcher(
+            run, c.batch, c.batch_timeout_ms, c.variant, self._observe, max_queue=self.max_queue
+        )
         self.batcher.start()
+
+    def row_width(self) -> int | None:
+        """Values per row the current model takes (None: not fixed)."""
+        run = self.batcher._run if self.batcher is not None else None
+        return getattr(run, "row_width", None)
+
+    def retry_after_s(self) -> float:
+        """About how long the queue takes to drain (s), for ``Retry-After``."""
+        b = self.batcher
+        if b is None or not b.batches:
+            return 1.0
+        return b.queue_length / max(b.max_batch, 1) * max(b.max_wait_ms, 1.0) / 1000
 
     async def reconfigure(self, changes: dict[str, Any]) -> StageConfig:
         """Apply a partial config; a model change is loaded fully before the swap."""
         async with self._switch_lock:
             c = self.config
-            new = StageConfig(
-                variant=str(changes.get("variant", c.variant)),
-                model=str(changes.get("model", c.model)),
-                version=str(changes.get("version", c.version)),
-                batch=int(changes.get("batch", c.batch)),
-                batch_timeout_ms=float(changes.get("batch_timeout_ms", c.batch_timeout_ms)),
-            )
-            if new.batch < 1 or new.batch_timeout_ms < 0:
-                raise ValueError("batch must be ≥ 1 and batch_timeout_ms ≥ 0")
+            new = config_changes(c, changes)
             run = None
             if (new.model, new.version) != (c.model, c.version):
                 data = await asyncio.to_thread(self.load_bytes, new.model, new.version)
@@ -204,14 +231,41 @@ class StageServer:
             return new
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The request body (None if the client went away first)."""
+def config_changes(c: StageConfig, changes: Any) -> StageConfig:
+    """``c`` with the changes of a ``POST /admin/config`` body; BadRequest names a bad key."""
+    if not isinstance(changes, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = sorted(set(changes) - set(StageConfig.__dataclass_fields__))
+    if unknown:
+        raise BadRequest(f"unknown keys {unknown}; known: {list(StageConfig.__dataclass_fields__)}")
+    for key in ("variant", "model", "version"):
+        value = changes.get(key, getattr(c, key))
+        if not isinstance(value, str) or not 0 < len(value) <= 200:
+            raise BadRequest(f"{key} must be a non-empty string of at most 200 characters")
+    return StageConfig(
+        variant=changes.get("variant", c.variant),
+        model=changes.get("model", c.model),
+        version=changes.get("version", c.version),
+        batch=strict_int(changes.get("batch", c.batch), "batch", 1, MAX_ROWS),
+        batch_timeout_ms=bounded_number(
+            changes.get("batch_timeout_ms", c.batch_timeout_ms), "batch_timeout_ms", 0, 10_000
+        ),
+    )
+
+
+async def _read_body(receive: Receive, max_bytes: int = MAX_BATCH_BYTES) -> bytes | None:
+    """The request body (None if the client went away first); BadRequest (413) past
+    ``max_bytes``."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > max_bytes:
+            raise BadRequest(f"body is larger than {max_bytes} bytes", 413)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -252,29 +306,59 @@ def start_batch(server: StageServer, headers: Headers, body: bytes, respond: Res
     :mod:`testbed.services.fast_http` in a running stage server (no task per
     call), and by the ASGI app through :func:`answer_batch`.
     """
+    assert server.batcher is not None
     try:
-        h = dict(headers)
-        n, d = (int(v) for v in h[b"x-shape"].split(b","))
-        dtype_name = h.get(b"x-dtype", b"float32")
-        dtype = WIRE_DTYPES[dtype_name.decode()]
-        rows = np.frombuffer(body, dtype=dtype).reshape(n, d)
-    except (KeyError, ValueError, UnicodeDecodeError) as e:
-        respond(*_error(f"bad batch: {e!r}", 400))
+        rows, dtype, dtype_name = parse_rows(headers, body, server.row_width())
+    except BadRequest as e:
+        respond(*_error(f"bad batch: {e}", e.status))
         return
     server.m_calls.inc()
-    assert server.batcher is not None
 
     def done(outcome: CallResult | BaseException) -> None:
         if isinstance(outcome, BaseException):  # model error (e.g. wrong input width)
             respond(*_error(f"inference failed: {outcome}", 500))
             return
         try:
-            answer = _batch_answer(outcome, n, dtype, dtype_name)
+            answer = _batch_answer(outcome, len(rows), dtype, dtype_name)
         except Exception as e:  # e.g. a switch mid-call changed the output width
             answer = _error(f"inference failed: {type(e).__name__}: {e}", 500)
         respond(*answer)
 
-    server.batcher.submit_nowait(rows, done)
+    try:
+        server.batcher.submit_nowait(rows, done)
+    except QueueFull:
+        server.m_refused.inc()
+        status, out_headers, body_ = overloaded("stage queue", server.retry_after_s())
+        respond(status, out_headers, [body_])
+
+
+def parse_rows(headers: Headers, body: bytes, width: int | None) -> tuple[np.ndarray, type, bytes]:
+    """The rows of a ``/v1/batch`` call, checked: ``x-shape`` ``n,d`` with
+    1 ≤ n ≤ MAX_ROWS and d the model's row width, a known ``x-dtype``, a body of
+    exactly n·d elements, finite values. BadRequest names what is wrong."""
+    h = dict(headers)
+    shape = h.get(b"x-shape")
+    if shape is None:
+        raise BadRequest("header x-shape (n,d) is missing")
+    try:
+        n, d = (int(v) for v in shape.split(b","))
+    except ValueError:
+        raise BadRequest("header x-shape must be two integers n,d") from None
+    if not 1 <= n <= MAX_ROWS or d < 1:
+        raise BadRequest(f"header x-shape: need 1 ≤ n ≤ {MAX_ROWS} rows and d ≥ 1")
+    if width is not None and d != width:
+        raise BadRequest(f"header x-shape: rows have {d} values, the model takes {width}")
+    dtype_name = h.get(b"x-dtype", b"float32")
+    dtype = WIRE_DTYPES.get(dtype_name.decode("latin-1"))
+    if dtype is None:
+        raise BadRequest(f"header x-dtype must be one of {', '.join(WIRE_DTYPES)}")
+    need = n * d * np.dtype(dtype).itemsize
+    if len(body) != need:
+        raise BadRequest(f"body has {len(body)} bytes; x-shape {n},{d} needs {need}")
+    rows = np.frombuffer(body, dtype=dtype).reshape(n, d)
+    if not np.isfinite(rows).all():
+        raise BadRequest("rows hold NaN or infinite values")
+    return rows, dtype, dtype_name
 
 
 def _batch_answer(
@@ -313,7 +397,12 @@ async def answer_batch(
 
 async def _asgi_batch(server: StageServer, scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /v1/batch`` as a bare ASGI handler (routed before Starlette's layers)."""
-    body = await _read_body(receive)
+    try:
+        body = await _read_body(receive)
+    except BadRequest as e:
+        status, headers, chunks = _error(str(e), e.status)
+        await _send(send, status, b"".join(chunks), headers)
+        return
     if body is None:
         return
     try:
@@ -331,7 +420,9 @@ def create_app(server: StageServer) -> ASGIApp:
 
     async def set_config(req: Request) -> Response:
         try:
-            new = await server.reconfigure(await req.json())
+            new = await server.reconfigure(parse_json(await req.body()))
+        except BadRequest as e:
+            return error(str(e), e.status)
         except ValueError as e:
             return error(str(e))
         except Exception as e:  # fetch or hash failure: keep serving the old model
@@ -350,7 +441,7 @@ def create_app(server: StageServer) -> ASGIApp:
         Route("/admin/config", get_config, methods=["GET"]),
         Route("/admin/config", set_config, methods=["POST"]),
     ]
-    rest = Starlette(routes=routes, lifespan=lifespan)
+    rest = AdminGuard(BodyLimit(Starlette(routes=routes, lifespan=lifespan)), admin_token())
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == BATCH_PATH:
@@ -377,19 +468,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--batch-timeout-ms", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="rows queued before 503s"
+    )
     a = p.parse_args()
     if a.model is None and a.model_file is None:
         p.error("give --model (with --registry) or --model-file")
     model = a.model or a.model_file.stem
     config = StageConfig(a.variant or model, model, a.version, a.batch, a.batch_timeout_ms)
     server = StageServer(a.name, config, a.threads, a.registry, a.model_file)
+    server.max_queue = a.max_queue
     try:  # /v1/batch without uvicorn's ASGI layer (fast_http); the rest as usual
         http: object = fast_protocol(
             {
                 BATCH_PATH.encode(): lambda headers, body, respond: start_batch(
                     server, headers, body, respond
                 )
-            }
+            },
+            max_body_bytes=MAX_BATCH_BYTES,
         )
     except ImportError:  # no httptools: uvicorn's default protocol, same API
         http = "auto"
