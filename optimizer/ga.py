@@ -7,20 +7,19 @@ in the problem's normalised criteria, reference point 1.1 in each) and,
 when a reference front is known, its IGD; then it pickles itself to the
 checkpoint file. The algorithm's random generator, population, the
 evaluation cache and the normaliser are all in the pickle, so a resumed
-search continues exactly where an uninterrupted one would be.
+search continues exactly where an uninterrupted one would be; the pickle is
+signed with a key outside the run folder and loaded only when the signature
+verifies (:mod:`optimizer.checkpoint`).
 """
 
 from __future__ import annotations
 
-import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.algorithms.moo.nsga3 import NSGA3
@@ -31,6 +30,7 @@ from pymoo.indicators.igd import IGD
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 
+from optimizer import checkpoint as checkpoint_file
 from optimizer.evaluation import Evaluator
 from optimizer.operators import OPERATOR_SETS
 from optimizer.problem import PlacementProblem
@@ -156,8 +156,7 @@ class Search:
     @classmethod
     def resume(cls, checkpoint: str | Path, client: Any | None = None) -> Search:
         """The search saved in ``checkpoint``, evaluating on ``client`` (None: inline)."""
-        with open(checkpoint, "rb") as fh:
-            s: Search = pickle.load(fh)
+        s = checkpoint_file.load(checkpoint)
         if not isinstance(s, Search):
             raise ValueError(f"{checkpoint}: not an optimizer checkpoint")
         s.evaluator.attach(client)
@@ -216,15 +215,10 @@ class Search:
         return row
 
     def save(self) -> None:
-        """Pickle the whole search to the checkpoint file (atomically)."""
+        """Write the whole search to the checkpoint file, signed (:mod:`optimizer.checkpoint`)."""
         if self.checkpoint is None:
             return
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        # cloudpickle: pymoo's operators hold locally defined wrappers.
-        with open(tmp, "wb") as fh:
-            cloudpickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.checkpoint)
+        checkpoint_file.dump(self, self.checkpoint)
 
     def front(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Non-dominated allocations among all simulated (flat vectors, means, CIs)."""

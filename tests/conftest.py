@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+# checkpoint signing keys of the test session stay out of the user's state folder
+os.environ.setdefault("MLOPS_TWIN_STATE", tempfile.mkdtemp(prefix="mlops-twin-state-"))
 
 
 @pytest.fixture(scope="session")
