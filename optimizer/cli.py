@@ -7,6 +7,7 @@ bar (with the current hypervolume) and errors go to stderr.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,8 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise ValueError(
             f"--weights needs {len(CRITERIA)} numbers ({', '.join(CRITERIA)}), got {len(w)}"
         )
+    if not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):
+        raise ValueError(f"--weights must be finite numbers ≥ 0, not all 0, got {text!r}")
     return w
 
 
@@ -180,6 +183,14 @@ def optimize(
     )
 
 
+def _safe_name(text: str) -> str:
+    """``text`` as a spec Name (letters, digits, ``_`` and ``-``, ≤ 64 characters)."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", text).lstrip("-_")[:64]
+    return name or "chosen"
+
+
 @decide_app.command()
 def decide(
     run: Annotated[Path, typer.Argument(help="A run folder written by 'mlops-twin optimize'.")],
@@ -196,7 +207,8 @@ def decide(
 ) -> None:
     """Choose a deployment from a run's Pareto front."""
     from optimizer.decide import choose, per_criterion_optima
-    from twin.load import dump_yaml, load_deployment
+    from twin.load import dump_yaml, load_deployment, parse
+    from twin.spec import Deployment
 
     try:
         table = _read_pareto(run)
@@ -214,12 +226,13 @@ def decide(
         if out_file is not None:
             first = next(iter(picks.values()))
             base = load_deployment(run / "inputs" / "base.yaml")
-            dep = base.model_copy(
-                update={
-                    "name": f"{run.name}-{method}",
-                    "allocation": json.loads(front.loc[first, "allocation"]),
-                }
-            )
+            # validated, not model_copy'd: a damaged front must not yield a file that
+            # fails its own schema
+            data = base.model_dump(mode="python") | {
+                "name": _safe_name(f"{run.name}-{method}"),
+                "allocation": json.loads(front.loc[first, "allocation"]),
+            }
+            dep = parse(Deployment, data, f"{run}/pareto (row id {int(front.loc[first, 'id'])})")
             out_file.write_text(dump_yaml(dep))
     except (SpecError, ValueError, OSError, KeyError) as exc:
         _fail(str(exc))
@@ -261,10 +274,62 @@ def read_front(path: Path):
 
 
 def _read_pareto(run: Path):
+    """The run's front table, checked: criteria finite, ids integers, allocations
+    JSON objects; errors name the file, the column and the row id."""
+    import io
+
     import pandas as pd
+
+    from twin.inputs import MAX_TABLE_BYTES, read_bytes
 
     for name in ("pareto.parquet", "pareto.csv"):
         p = run / name
-        if p.is_file():
-            return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+        if not p.exists():
+            continue
+        data = read_bytes(p, MAX_TABLE_BYTES, "a front table")
+        try:
+            frame = pd.read_parquet(io.BytesIO(data)) if name.endswith("parquet") else (
+                pd.read_csv(io.BytesIO(data)))  # fmt: skip
+        except Exception as exc:  # pyarrow and pandas raise many types
+            raise ValueError(f"{p}: not a readable table ({type(exc).__name__})") from None
+        return _check_front(frame, p)
     raise ValueError(f"{run}: no pareto.parquet — is it a run folder of 'mlops-twin optimize'?")
+
+
+def _check_front(frame, p: Path):
+    import numpy as np
+
+    missing = [c for c in ("id", "allocation", "non_dominated", *CRITERIA) if c not in frame]
+    if missing:
+        raise ValueError(f"{p}: missing column(s) {', '.join(missing)}")
+    ids = pd_numeric(frame["id"])
+    if not (np.isfinite(ids) & (ids == np.floor(ids))).all():
+        raise ValueError(f"{p}: column 'id' must hold integers")
+    for c in CRITERIA:
+        values = pd_numeric(frame[c])
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(
+                f"{p}: column {c!r} is not a finite number for row id {int(ids[bad.argmax()])}; "
+                "the front is damaged — re-run optimize"
+            )
+    if frame["non_dominated"].dtype != bool:
+        raise ValueError(f"{p}: column 'non_dominated' must hold booleans")
+    for i, text in zip(ids, frame["allocation"], strict=True):
+        try:
+            alloc = json.loads(text)
+        except (TypeError, ValueError):
+            alloc = None
+        if not isinstance(alloc, dict) or not all(isinstance(v, dict) for v in alloc.values()):
+            raise ValueError(
+                f"{p}: column 'allocation' of row id {int(i)} is not a JSON object "
+                "{component: {machine: instances}}"
+            )
+    return frame
+
+
+def pd_numeric(column):
+    """A column as floats (NaN where not a number)."""
+    import pandas as pd
+
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
