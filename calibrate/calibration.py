@@ -272,6 +272,23 @@ def overhead_at(calibration: Calibration, rate_per_s: float) -> ServiceTime | No
     return model.model_copy(update={"mean_ms": mean})
 
 
+def check_matches(scenario: Scenario, calibration: Calibration) -> None:
+    """ValueError unless ``calibration`` was fitted for ``scenario``: same name, and at
+    least one fit for a variant the scenario has. (Fits of other variants are fine:
+    a profile may cover the whole model zoo.)"""
+    if calibration.scenario != scenario.name:
+        raise ValueError(
+            f"calibration.scenario: the calibration was fitted for scenario "
+            f"{calibration.scenario!r}, not {scenario.name!r}; fit one for this scenario"
+        )
+    known = {(c.name, v.name) for c in scenario.components for v in c.variants}
+    if not any((f.component, f.variant) in known for f in calibration.fits):
+        raise ValueError(
+            f"calibration.fits: no fitted variant is one of scenario {scenario.name!r}'s; "
+            "the calibration belongs to another scenario"
+        )
+
+
 def calibrated_scenario(
     scenario: Scenario,
     calibration: Calibration,
@@ -290,6 +307,13 @@ def calibrated_scenario(
     rate (:func:`overhead_at`) instead of the fit levels' middle — the
     overhead grows with load and the spec has one distribution per process.
     """
+    if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
+        raise ValueError(f"--rate must be a finite rate > 0 (req/s), got {rate_per_s}")
+    for name, share in (shares.items() if isinstance(shares, dict) else [("all", shares)]):
+        if share is not None and not (math.isfinite(share) and 0 < share <= 1024):
+            raise ValueError(
+                f"CPU share of {name} must be a finite number of cores in (0, 1024], got {share}"
+            )
     untouched: list[str] = []
     components = []
     for c in scenario.components:

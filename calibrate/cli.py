@@ -174,7 +174,11 @@ def apply(
     try:
         sc = load_scenario(scenario)
         doc = cal.load(calibration_file)
-        new, untouched = cal.calibrated_scenario(sc, doc, cpu_share, rate_per_s=rate)
+        try:
+            cal.check_matches(sc, doc)
+            new, untouched = cal.calibrated_scenario(sc, doc, cpu_share, rate_per_s=rate)
+        except ValueError as exc:
+            raise ValueError(f"{calibration_file}: {exc}") from None
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump_model(new, exclude_defaults=True))
     except (SpecError, ValueError, KeyError, OSError) as exc:
