@@ -309,7 +309,7 @@ def calibrated_scenario(
     """
     if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise ValueError(f"--rate must be a finite rate > 0 (req/s), got {rate_per_s}")
-    for name, share in (shares.items() if isinstance(shares, dict) else [("all", shares)]):
+    for name, share in shares.items() if isinstance(shares, dict) else [("all", shares)]:
         if share is not None and not (math.isfinite(share) and 0 < share <= 1024):
             raise ValueError(
                 f"CPU share of {name} must be a finite number of cores in (0, 1024], got {share}"
