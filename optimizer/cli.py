@@ -232,7 +232,8 @@ def decide(
                 "name": _safe_name(f"{run.name}-{method}"),
                 "allocation": json.loads(front.loc[first, "allocation"]),
             }
-            dep = parse(Deployment, data, f"{run}/pareto (row id {int(front.loc[first, 'id'])})")
+            source = f"{table.attrs['path']} (row id {int(front.loc[first, 'id'])})"
+            dep = parse(Deployment, data, source)
             out_file.write_text(dump_yaml(dep))
     except (SpecError, ValueError, OSError, KeyError) as exc:
         _fail(str(exc))
@@ -287,12 +288,14 @@ def _read_pareto(run: Path):
         if not p.exists():
             continue
         data = read_bytes(p, MAX_TABLE_BYTES, "a front table")
+        read = pd.read_parquet if name.endswith("parquet") else pd.read_csv
         try:
-            frame = pd.read_parquet(io.BytesIO(data)) if name.endswith("parquet") else (
-                pd.read_csv(io.BytesIO(data)))  # fmt: skip
+            frame = read(io.BytesIO(data))
         except Exception as exc:  # pyarrow and pandas raise many types
             raise ValueError(f"{p}: not a readable table ({type(exc).__name__})") from None
-        return _check_front(frame, p)
+        frame = _check_front(frame, p)
+        frame.attrs["path"] = str(p)
+        return frame
     raise ValueError(f"{run}: no pareto.parquet — is it a run folder of 'mlops-twin optimize'?")
 
 

@@ -199,10 +199,8 @@ def simulate(
         from twin.evaluate import resolve_workload
         from twin.limits import check_work
 
-        check_work(
-            sc, resolve_workload(sc, workload), horizon, replications, force=force,
-            source=str(scenario),
-        )  # fmt: skip
+        w = resolve_workload(sc, workload)
+        check_work(sc, w, horizon, replications, force=force, source=str(scenario))
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

@@ -248,9 +248,13 @@ def test_linear_topological_order_matches_the_wave_order(n: int, seed: int) -> N
     for i in range(n):
         deps = rnd.sample([f"s{j}" for j in range(i)], k=min(i, rnd.randint(0, 3)))
         steps.append(
-            {"name": f"s{i}", "component": "c", "depends_on": deps,
-             "cpu_work": {"kind": "constant", "ms": 1}}
-        )  # fmt: skip
+            {
+                "name": f"s{i}",
+                "component": "c",
+                "depends_on": deps,
+                "cpu_work": {"kind": "constant", "ms": 1},
+            }
+        )
     rnd.shuffle(steps)
     p = Process.model_validate({"name": "p", "steps": steps, "arrivals": None})
     assert topological_order(p) == _old_order(p)
@@ -261,11 +265,15 @@ def test_a_long_chain_is_ordered_and_too_long_ones_are_refused() -> None:
         return {
             "name": "p",
             "steps": [
-                {"name": f"s{i}", "component": "c", "depends_on": [f"s{i - 1}"] if i else [],
-                 "cpu_work": {"kind": "constant", "ms": 1}}
+                {
+                    "name": f"s{i}",
+                    "component": "c",
+                    "depends_on": [f"s{i - 1}"] if i else [],
+                    "cpu_work": {"kind": "constant", "ms": 1},
+                }
                 for i in range(n)
             ],
-        }  # fmt: skip
+        }
 
     p = Process.model_validate(chain(1000))
     assert topological_order(p) == [f"s{i}" for i in range(1000)]
