@@ -46,7 +46,7 @@ FORMAT = 2  # version of the file layout; see the module doc
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class FitRecord(_Model):

@@ -220,7 +220,7 @@ def _check_matrix(scenario: Scenario, deployment: Deployment, x: np.ndarray) -> 
         if replicas[i] < 1:
             out.append(
                 Violation(
-                    "≥ 1 instance", c.name, 1.0, f"component {c.name}: no instance on any machine"
+                    "≥ 1 instance", c.name, 1.0, f"allocation.{c.name}: no instance on any machine"
                 )
             )
         elif replicas[i] > c.max_replicas:

@@ -68,7 +68,7 @@ def test_infeasible_deployment_is_refused_by_simulate(tmp_path: Path) -> None:
     path.write_text(dump_yaml(bad))
     result = runner.invoke(app, ["simulate", SCENARIO, "-d", str(path)])
     assert result.exit_code == 2
-    assert "component trainer: no instance" in result.output and "Traceback" not in result.output
+    assert "allocation.trainer: no instance" in result.output and "Traceback" not in result.output
 
 
 def test_unknown_workload_names_the_known_ones() -> None:
