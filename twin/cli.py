@@ -328,6 +328,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except MemoryError:  # whatever ran out: one line, not a traceback
+        err.print(
+            "[bold red]error:[/] out of memory; the input asks for more work or data than "
+            "this machine has (see the limits in twin/limits.py, or pass --force less)",
+            highlight=False,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":
