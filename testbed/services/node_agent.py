@@ -252,7 +252,10 @@ def create_app(agent: NodeAgent) -> Starlette:
         Route("/usage", usage),
     ]
     middleware = [
-        Middleware(AdminGuard, token=admin_token(), prefixes=("/instances",)),
+        # listing is read-only; starting, stopping and reconfiguring need the token
+        Middleware(
+            AdminGuard, token=admin_token(), prefixes=("/instances",), methods=("POST", "DELETE")
+        ),
         Middleware(BodyLimit, max_bytes=MAX_BATCH_BYTES),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -165,6 +165,10 @@ class StageServer:
         self.m_refused = Counter(
             "stage_refused_calls", "Calls refused because the queue was full", registry=self.reg
         )
+        self.m_restarts = Gauge(
+            "stage_worker_restarts", "Batch worker restarts after a bug", registry=self.reg
+        )
+        self.m_restarts.set_function(lambda: self.batcher.restarts if self.batcher else 0)
         self.max_queue = DEFAULT_MAX_QUEUE
         self.batcher: DynamicBatcher | None = None
         self._children: dict[str, tuple] = {}
