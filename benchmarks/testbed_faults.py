@@ -1,6 +1,12 @@
 """Fault test: kill one replica under load; no request that had not reached it is lost.
 
 Run: .venv/bin/python benchmarks/testbed_faults.py [--requests 2000]
+     flock /work/bench.lock .venv/bin/python benchmarks/testbed_faults.py --open-loop
+
+``--open-loop`` (see :mod:`testbed_faults_open`): every stage replicated on two
+emulated servers, open-loop load, and in turn SIGKILL of a replica, of the
+feature store, of the registry and of a whole emulated server; lost requests
+and the time for p95 to come back within 20 % of before, per fault kind.
 
 The digits pipeline runs on the local backend with two denoise replicas on two
 emulated servers. A bounded closed loop sends real digits through the gateway;
@@ -48,7 +54,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--open-loop", action="store_true", help="the open-loop multi-fault run")
+    ap.add_argument("--rate", type=float, default=40.0, help="open loop: requests/s")
+    ap.add_argument("--phase", type=float, default=20.0, help="open loop: seconds per fault")
     a = ap.parse_args()
+    if a.open_loop:
+        from testbed_faults_open import run_open_loop
+
+        run_open_loop(a.rate, a.phase)
+        return
     ensure_zoo(DEFAULT_DIR)
     sc = load_scenario(EXAMPLES / "digits-pipeline.yaml")
     base = load_deployment(EXAMPLES / "digits-pipeline.deployment.yaml")
