@@ -34,13 +34,13 @@ from calibrate.deploy_back_plot import DEPLOYMENTS, plot_ranking
 from calibrate.experiment import Testbed
 from calibrate.host_noise import MAX_LEFT_OUT_PCT, MAX_STEAL_CORES, undisturbed
 from loadgen.host import host_summary
-from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
 from twin.criteria import CRITERIA, placement_criteria
 from twin.evaluate import evaluate
 from twin.load import load_deployment, parse, read_yaml, resolve_paths
 from twin.runs import atomic_dir
 from twin.spec import Deployment, Scenario
+from twin.workload import scale_workload
 
 
 @dataclass

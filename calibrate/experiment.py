@@ -74,7 +74,6 @@ from loadgen.compare import (
 )
 from loadgen.metrics import rate
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
-from loadgen.profile import scale_workload
 from loadgen.records import ON_TIME_S
 from loadgen.run import LoadRun, LoadRunError, execute, write_result
 from twin.criteria import latency_summary, per_second
@@ -82,6 +81,7 @@ from twin.evaluate import Evaluation, evaluate
 from twin.load import SpecError, load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario, Workload
+from twin.workload import scale_workload
 
 WORKLOADS = ("steady-low", "fluctuating", "steady-high")
 TESTSET = Path("data/models/digits-test.npz")  # written by `mlops-twin testbed build-models`

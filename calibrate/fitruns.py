@@ -24,9 +24,9 @@ from calibrate import calibration as cal
 from calibrate.fit import fit_overhead, fit_samples
 from calibrate.host_noise import undisturbed
 from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
-from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
 from twin.spec import Deployment, Scenario, Workload
+from twin.workload import scale_workload
 
 if TYPE_CHECKING:  # experiment imports this module
     from calibrate.experiment import Targets

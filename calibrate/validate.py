@@ -61,13 +61,13 @@ from calibrate.host_noise import (
     undisturbed_errors,
     undisturbed_lines,
 )
-from loadgen.profile import scale_workload
 from loadgen.run import LoadResult
 from twin.criteria import latency_summary
 from twin.evaluate import evaluate
 from twin.load import load_deployment, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Deployment, Scenario, Workload
+from twin.workload import scale_workload
 
 METRICS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "cpu_cores")
 

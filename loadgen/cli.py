@@ -79,9 +79,9 @@ def run_cmd(
 ) -> None:
     """Offer a scenario workload to the gateway and record every request."""
     from loadgen.batch import command_hook, http_hook
-    from loadgen.profile import scale_workload
     from loadgen.run import LoadRun, LoadRunError, run_to_folder
     from twin.load import SpecError, load_scenario
+    from twin.workload import scale_workload
 
     try:
         if inputs not in ("image", "entity"):

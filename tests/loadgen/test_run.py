@@ -14,10 +14,10 @@ import pytest
 import yaml
 from fake_gateway import FakeGateway
 
-from loadgen.profile import scale_workload
 from loadgen.run import LoadRun, execute
 from loadgen.schedule import arrival_schedule
 from twin.load import load_scenario
+from twin.workload import scale_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
