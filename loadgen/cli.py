@@ -143,3 +143,7 @@ def run_cmd(
 
 def _num(v: float) -> float | None:
     return None if v != v else v
+
+
+if __name__ == "__main__":  # `python -m ...`: how testbed.client runs it
+    app()

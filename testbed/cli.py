@@ -215,3 +215,7 @@ def down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
         _fail(str(e))
     (state_dir / "backend").unlink(missing_ok=True)
     out.print("testbed down")
+
+
+if __name__ == "__main__":  # `python -m ...`: how testbed.client runs it
+    app()

@@ -37,7 +37,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "load": ("loadgen.cli", "app", "Open-loop Locust load runs against the testbed's gateway."),
     "experiment": ("calibrate.experiment", "app", "Testbed vs twin on three workloads: report."),
     "calibrate": ("calibrate.cli", "app", "Profile the testbed, fit the twin, validate both."),
-    "export": ("calibrate.export_k8s", "app", "Kubernetes manifests for a deployment."),
+    "export": ("testbed.backends.k8s_file", "app", "Kubernetes manifests for a deployment."),
     "validate-deployment": ("calibrate.deploy_back", "app", "Chosen vs greedy, on the testbed."),
     "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
     "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
