@@ -91,7 +91,7 @@ def test_locust_shape_tick_is_the_profile_at_patched_run_time(scenario):
 
 def test_the_orchestrating_side_never_imports_locust():
     code = (
-        "import sys, loadgen, loadgen.cli, loadgen.run, calibrate.experiment\n"
+        "import sys, loadgen, loadgen.cli, loadgen.run, lab.experiment\n"
         "bad = sorted(m for m in ('locust', 'gevent') if m in sys.modules)\n"
         "print(','.join(bad))"
     )
