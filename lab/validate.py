@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from lab.compare import (
     twin_latency_s,
 )
 from lab.fitruns import overhead_text, rate_aware_lines, stage_shares
-from lab.host_noise import MAX_STEAL_CORES, host_lines, undisturbed_lines
+from lab.host_noise import host_lines, undisturbed_lines
 from lab.pipeline import ExperimentConfig, LabRun, run
 from testbed.client import Testbed
 from twin.runs import atomic_dir, write_table
@@ -55,45 +55,16 @@ METRICS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "cpu_cores
 
 
 @dataclass
-class ValidateConfig:
-    scenario: Path
-    deployment: Path
-    workloads: tuple[str, ...] = ("steady-low", "fluctuating", "steady-high")
-    near_saturation: tuple[str, ...] = ("steady-high",)  # reported separately
-    fit_workload: str = "steady-low"
-    fit_rate_scales: tuple[float, ...] = (0.5, 3.0)  # fit levels: not validation levels
-    fit_duration_s: float = 40.0
-    fit_seed: int = 101
-    duration_s: float = 60.0
-    seed: int = 1
-    replications: int = 3
-    drain_s: float = 5.0
-    profile: Path | None = None
-    shares: dict[str, float] = field(default_factory=dict)  # component → host cores
-    # fit without seconds of host steal ≥ this (cores); None fits every second
-    max_steal_cores: float | None = MAX_STEAL_CORES
+class ValidateConfig(ExperimentConfig):
+    """The lab's configuration with the validation's defaults: 60 s per held-out workload,
+    3 replications, fit runs drained as long as the held-out ones, no uncalibrated contrast."""
 
-    def lab_config(self) -> ExperimentConfig:
-        """The lab pipeline's configuration for this validation (always calibrating)."""
-        return ExperimentConfig(
-            self.scenario,
-            self.deployment,
-            workloads=self.workloads,
-            duration_s=self.duration_s,
-            seed=self.seed,
-            replications=self.replications,
-            drain_s=self.drain_s,
-            fit_workload=self.fit_workload,
-            fit_rate_scales=self.fit_rate_scales,
-            fit_duration_s=self.fit_duration_s,
-            fit_seed=self.fit_seed,
-            fit_drain_s=self.drain_s,
-            max_steal_cores=self.max_steal_cores,
-            near_saturation=self.near_saturation,
-            profile=self.profile,
-            shares=dict(self.shares),
-            contrast=False,
-        )
+    duration_s: float = 60.0
+    replications: int = 3
+    contrast: bool = False
+
+    def __post_init__(self) -> None:
+        self.fit_drain_s = self.drain_s
 
 
 # --------------------------------------------------------------------------- comparison
@@ -276,7 +247,7 @@ def run_validation(
 ) -> pd.DataFrame:
     """Testbed up → fit runs → held-out runs → down → fit → twin → report; the long table."""
     with atomic_dir(folder) as tmp:
-        lab = run(cfg.lab_config(), testbed, tmp, say)
+        lab = run(cfg, testbed, tmp, say)
         cfg.shares = lab.shares
         tab, lat = comparison(lab)
         write_table(tab, tmp / "comparison")
