@@ -236,7 +236,7 @@ def rate_aware_errors(
     duration_s: float,
     replications: int,
     seed: int,
-    rate_scale: float = 1.0,
+    workloads: dict[str, Workload] | None = None,
 ) -> pd.DataFrame:
     """Latency error % of the twin calibrated *for each workload's mean offered rate*.
 
@@ -245,12 +245,13 @@ def rate_aware_errors(
     rate is the workload spec's, not a measurement): how much of the
     remaining error is the overhead's growth with load, which one
     ``request_overhead`` distribution cannot follow. ``outcomes``: the
-    testbed's :class:`lab.compare.WorkloadOutcome` per workload.
+    testbed's :class:`lab.compare.WorkloadOutcome` per workload; ``workloads``: them as
+    offered (scaled), by name (default: the scenario's own).
     """
     request = next((p.name for p in scenario.processes if p.kind == "request"), None)
     rows = []
     for o in outcomes:
-        w = scale_workload(scenario.workload(o.name), rate_scale)
+        w = workloads[o.name] if workloads else scenario.workload(o.name)
         rate = float(rate_series(w, duration_s).mean())
         sc, _ = cal.calibrated_scenario(scenario, calibration, shares, rate_per_s=rate)
         ev = evaluate(sc, deployment, w, duration_s, replications, seed, keep_records=True)

@@ -96,9 +96,9 @@ class ExperimentConfig:
         """``near saturation`` or ``held-out``: how the reports judge the workload."""
         return "near saturation" if workload in self.near_saturation else "held-out"
 
-    def workload(self, scenario: Scenario, name: str) -> Workload:
-        """The scenario's workload ``name`` at this run's rate scale (testbed and twin alike)."""
-        return scale_workload(scenario.workload(name), self.rate_scale)
+    def scaled_workloads(self, scenario: Scenario) -> dict[str, Workload]:
+        """The run's workloads at its rate scale, by name: built once, testbed and twin alike."""
+        return {n: scale_workload(scenario.workload(n), self.rate_scale) for n in self.workloads}
 
 
 @dataclass
@@ -111,6 +111,7 @@ class LabRun:
     twin_scenario: Scenario  # what the twin simulated: calibrated, given or ``scenario``
     targets: Targets
     outcomes: list[WorkloadOutcome]
+    workloads: dict[str, Workload]  # the held-out workloads as offered (scaled)
     fits: list[tuple[LoadResult, Workload]] = field(default_factory=list)
     calibration: cal.Calibration | None = None
     shares: dict[str, float] = field(default_factory=dict)  # stage → host cores
@@ -127,14 +128,19 @@ class LabRun:
 
 
 def run_workloads(
-    cfg: ExperimentConfig, sc: Scenario, targets: Targets, folder: Path, say: Say = lambda _m: None
+    cfg: ExperimentConfig,
+    sc: Scenario,
+    targets: Targets,
+    folder: Path,
+    say: Say = lambda _m: None,
+    workloads: dict[str, Workload] | None = None,
 ) -> list[WorkloadOutcome]:
     """Offer each workload in turn to the running testbed; each gets a load-run folder."""
     outcomes = []
-    for name in cfg.workloads:
+    for name, w in (workloads or cfg.scaled_workloads(sc)).items():
         run = LoadRun(
             sc,
-            cfg.workload(sc, name),
+            w,
             targets.gateway,
             cfg.duration_s,
             seed=cfg.seed,
@@ -159,24 +165,29 @@ def run_workloads(
 
 
 def simulate(
-    cfg: ExperimentConfig, sc: Scenario, dep: Deployment, outcomes: list[WorkloadOutcome]
+    cfg: ExperimentConfig,
+    sc: Scenario,
+    dep: Deployment,
+    outcomes: list[WorkloadOutcome],
+    workloads: dict[str, Workload],
 ) -> None:
     """The twin on the same deployment and (scaled) workloads, same seed and horizon."""
     for o in outcomes:
-        w = cfg.workload(sc, o.name)
+        w = workloads[o.name]
         o.twin = evaluate(sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed, keep_records=True)
 
 
 def spec_latencies(
-    cfg: ExperimentConfig, sc: Scenario, dep: Deployment
+    cfg: ExperimentConfig,
+    sc: Scenario,
+    dep: Deployment,
+    workloads: dict[str, Workload] | None = None,
 ) -> dict[str, dict[str, float]]:
     """The uncalibrated scenario's request latency percentiles (ms) per workload, for contrast."""
     out = {}
     request = next((p.name for p in sc.processes if p.kind == "request"), None)
-    for name in cfg.workloads:
-        ev = evaluate(
-            sc, dep, cfg.workload(sc, name), cfg.duration_s, 1, cfg.seed, keep_records=True
-        )
+    for name, w in (workloads or cfg.scaled_workloads(sc)).items():
+        ev = evaluate(sc, dep, w, cfg.duration_s, 1, cfg.seed, keep_records=True)
         out[name] = latency_summary(1e3 * twin_latency_s(ev, request))
     return out
 
@@ -185,6 +196,7 @@ def _measure(
     cfg: ExperimentConfig,
     testbed: Testbed,
     sc: Scenario,
+    workloads: dict[str, Workload],
     levels: list[Workload],
     folder: Path,
     say: Say,
@@ -214,7 +226,7 @@ def _measure(
 
         for i, w in enumerate(levels):
             one(w, i)
-        outcomes = run_workloads(cfg, sc, targets, folder, say)
+        outcomes = run_workloads(cfg, sc, targets, folder, say, workloads)
         for i, w in enumerate(reversed(levels)):
             one(w, len(levels) + i)
     finally:
@@ -243,7 +255,7 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
         cal.dump_model(lab.twin_scenario, exclude_defaults=True)
     )
     if cfg.contrast:
-        lab.spec = spec_latencies(cfg, sc, lab.deployment)
+        lab.spec = spec_latencies(cfg, sc, lab.deployment, lab.workloads)
 
 
 def check(cfg: ExperimentConfig) -> tuple[Scenario, Deployment]:
@@ -260,20 +272,20 @@ def run(
     """The whole loop (module doc) into ``folder``; the testbed is brought down whatever happens."""
     started, load = time.perf_counter(), os.getloadavg()
     sc, dep = check(cfg)
+    workloads = cfg.scaled_workloads(sc)
     levels = []
     if cfg.calibrating:
-        levels = [
-            scale_workload(w, cfg.rate_scale)
-            for w in fit_levels(sc, cfg.fit_workload, cfg.fit_rate_scales)
-        ]
-    targets, outcomes, fits = _measure(cfg, testbed, sc, levels, folder, say)
+        fit = fit_levels(sc, cfg.fit_workload, cfg.fit_rate_scales)
+        levels = [scale_workload(w, cfg.rate_scale) for w in fit]
+    targets, outcomes, fits = _measure(cfg, testbed, sc, workloads, levels, folder, say)
     twin_sc = load_scenario(cfg.twin_scenario) if cfg.twin_scenario else sc
-    lab = LabRun(cfg, sc, dep, twin_sc, targets, outcomes, fits, started_s=started, load=load)
+    lab = LabRun(cfg, sc, dep, twin_sc, targets, outcomes, workloads, fits)
+    lab.started_s, lab.load = started, load
     if cfg.calibrating:
         lab.shares = dict(cfg.shares) or stage_shares(sc, dep, targets.factor or 1.0)
         _calibrate(lab, folder, say)
     say("twin: simulating the same deployment and workloads")
-    simulate(cfg, lab.twin_scenario, dep, outcomes)
+    simulate(cfg, lab.twin_scenario, dep, outcomes, workloads)
     if lab.calibration is not None:
         lab.rate_aware = rate_aware_errors(
             sc,
@@ -284,7 +296,7 @@ def run(
             cfg.duration_s,
             cfg.replications,
             cfg.seed,
-            cfg.rate_scale,
+            workloads,
         )
     lab.host = run_host_table(fits, outcomes)
     if lab.calibration is not None and cfg.max_steal_cores is not None:
