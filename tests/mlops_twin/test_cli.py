@@ -32,19 +32,3 @@ def test_groups_gather_the_lab_commands() -> None:
         )
         assert res.returncode == 0, res.stderr
         assert command in res.stdout and other in res.stdout
-
-
-def test_twin_imports_nothing_of_ours() -> None:
-    import ast
-    from pathlib import Path
-
-    ours = {"optimizer", "testbed", "loadgen", "calibrate", "lab", "mlops_twin"}
-    root = Path(__file__).resolve().parents[2] / "twin"
-    for f in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            assert not {n.split(".")[0] for n in names} & ours, (f, names)
