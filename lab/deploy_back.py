@@ -52,6 +52,27 @@ class OptimizeRun:
     predicted: dict[str, dict[str, float]]  # "chosen"/"greedy" → criterion → value
 
 
+def read_run_json(path: Path) -> dict:
+    """An optimize run's ``run.json``: a bounded read of a JSON object whose ``search``
+    and fidelity entries are objects; ValueError naming the file and field otherwise."""
+    from twin.inputs import read_text
+
+    try:
+        meta = json.loads(read_text(path, 16 << 20, "an optimize run's run.json"))
+    except (ValueError, RecursionError) as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level")
+    for key in ("search", "final_fidelity", "search_fidelity"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ValueError(f"{path}: field {key!r} must be an object")
+    if not isinstance(meta.get("scenario", ""), str):
+        raise ValueError(f"{path}: field 'scenario' must be a path (a string)")
+    return meta
+
+
 def read_optimize_run(folder: Path) -> OptimizeRun:
     """The chosen deployment, the greedy baseline and what the run predicted for both."""
     from optimizer.baselines import greedy
@@ -60,7 +81,7 @@ def read_optimize_run(folder: Path) -> OptimizeRun:
     chosen_file = folder / "chosen.yaml"
     if not chosen_file.is_file():
         raise FileNotFoundError(f"{folder} is not an optimize run folder (no chosen.yaml)")
-    meta = json.loads((folder / "run.json").read_text())
+    meta = read_run_json(folder / "run.json")
     inputs = folder / "inputs"
     scenario_files = [p for p in inputs.glob("*.yaml") if p.name != "base.yaml"]
     if len(scenario_files) != 1:
@@ -574,6 +595,10 @@ def validate_deployment(
                            calibration=calibration, max_steal_cores=max_steal or None,
                            repeat=repeat, tie_within=tie_within)  # fmt: skip
     out = Path("runs") / (name or f"{run.name}-deploy-back")
+    problem = _bad_options(duration, replications, name)
+    if problem:
+        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     if report_only:
         try:
             print(report_again(cfg, out))
@@ -593,3 +618,17 @@ def validate_deployment(
             err.print(f"the runs measured so far are in {failed}", highlight=False)
         raise typer.Exit(2) from None
     print((out / "report.md").read_text())
+
+
+def _bad_options(duration: float, replications: int, name: str) -> str:
+    """Why the command-line options cannot run ("" when they can)."""
+    import math
+    import re
+
+    if not (math.isfinite(duration) and duration > 0):
+        return f"--duration must be a number of seconds > 0, got {duration}"
+    if replications < 1:
+        return f"--replications must be ≥ 1, got {replications}"
+    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        return f"--name {name!r}: a folder name under runs/ (letters, digits, _ . -; no /)"
+    return ""
