@@ -100,7 +100,10 @@ def optimize(
     ] = False,
     screen_margin: Annotated[
         float, typer.Option(help="Relative slack of the screening domination test.", min=0)
-    ] = 0.05,
+    ] = 0.0,
+    screen_des_share: Annotated[
+        float, typer.Option(help="Most DES-scored share of each generation (--screen).", min=0)
+    ] = 0.1,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -161,7 +164,7 @@ def optimize(
                 sc, base_dep, config, search_fid, final_fid, out=out_dir, resume=resume,
                 client=client, method=method, weights=wts, on_generation=tick,
                 final_max=final_max, reference_F=ref_F,
-                multifidelity=MultiFidelity(screen_margin) if screen else None,
+                multifidelity=MultiFidelity(screen_margin, screen_des_share) if screen else None,
             )  # fmt: skip
         write_run(out_dir, scenario, result, out_dir.name)
     except (SpecError, InfeasibleDeployment, ValueError) as exc:

@@ -32,8 +32,9 @@ import pandas as pd
 from optimizer.evaluation import Evaluator, Fidelity, Score, _round, evaluate_matrix
 from optimizer.ga import Search, non_dominated
 from optimizer.genome import Genome
-from twin.criteria import CRITERIA
-from twin.screen import screen
+from twin.criteria import CRITERIA, confidence_interval
+from twin.deployment import with_matrix
+from twin.screen import screen_criteria
 from twin.spec import Deployment, Scenario
 
 
@@ -43,34 +44,52 @@ class MultiFidelity:
 
     ``margin``: relative slack of the screening domination test (0.05: a
     candidate is skipped only if a known point beats it by 5 % on every
-    criterion it does not tie). Larger margins confirm more candidates.
+    criterion it does not tie). ``des_share``: at most this share of each
+    batch is DES-scored during the search — with four criteria a quarter of
+    the offspring are non-dominated when screened, so the cap is what makes
+    the search cheap; the ones nearest the front's ideal point (criteria
+    normalised over the front) go first. The final front is DES-scored
+    whatever the cap (:func:`confirm_front`).
     """
 
-    margin: float = 0.05
+    margin: float = 0.0
+    des_share: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin <= 1:
             raise ValueError(f"margin must be in [0, 1], got {self.margin}")
+        if not 0 < self.des_share <= 1:
+            raise ValueError(f"des_share must be in (0, 1], got {self.des_share}")
 
     def describe(self) -> str:
         """One line for reports."""
-        return f"screen every candidate, DES those within {self.margin:.0%} of the front"
+        return (
+            f"screen every candidate; DES at most {self.des_share:.0%} of each batch, among "
+            f"those within {self.margin:.0%} of the front, nearest the ideal point first"
+        )
 
 
 def screen_matrix(
     scenario: Scenario, base: Deployment, matrix: np.ndarray, fidelity: Fidelity
 ) -> Score:
     """Screening-fidelity score of one allocation (pure and picklable, like evaluate_matrix)."""
-    cpu0 = time.process_time()
-    genome = Genome(scenario, base)
-    dep = genome.deployment(genome.encode(matrix))
-    ev = screen(
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    dep = with_matrix(scenario, matrix, base)
+    rows = screen_criteria(
         scenario, dep, fidelity.workload, fidelity.horizon_s, fidelity.replications, fidelity.seed
     )
-    s = ev.summary
-    mean = tuple(_round(s.loc[c, "mean"]) for c in CRITERIA)
-    ci = tuple(_round(np.nan_to_num(s.loc[c, "ci"])) for c in CRITERIA)
-    return Score(mean=mean, ci=ci, wall_s=ev.wall_s, cpu_s=time.process_time() - cpu0)
+    stats = [confidence_interval(rows[:, i]) for i in range(rows.shape[1])]
+    mean = tuple(_round(m) for m, _ in stats)
+    ci = tuple(_round(np.nan_to_num(h)) for _, h in stats)
+    wall = time.perf_counter() - wall0
+    return Score(mean=mean, ci=ci, wall_s=wall, cpu_s=time.process_time() - cpu0)
+
+
+def screen_many(
+    scenario: Scenario, base: Deployment, matrices: list[np.ndarray], fidelity: Fidelity
+) -> list[Score]:
+    """:func:`screen_matrix` of each allocation (one Dask task for a chunk of them)."""
+    return [screen_matrix(scenario, base, m, fidelity) for m in matrices]
 
 
 def could_enter(candidates: np.ndarray, known: np.ndarray, margin: float) -> np.ndarray:
@@ -123,13 +142,21 @@ class MultiFidelityEvaluator(Evaluator):
         return [np.frombuffer(k, dtype=np.int64).reshape(self.genome.shape) for k in keys]
 
     def _score(self, missing: list[bytes]) -> None:
-        sc, base, fid = self.genome.scenario, self.genome.base, self.fidelity
         started = time.perf_counter()
-        screened = [screen_matrix(sc, base, m, fid) for m in self._matrices(missing)]
+        screened = self._screen(self._matrices(missing))
         self.screen_wall_s += time.perf_counter() - started
         S = np.array([s.mean for s in screened], dtype=float)
         known = np.array([self.cache[k].mean for k in self.front_keys], dtype=float)
-        promising = could_enter(S, known.reshape(-1, S.shape[1]), self.settings.margin)
+        known = known.reshape(-1, S.shape[1])
+        promising = could_enter(S, known, self.settings.margin)
+        cap = int(np.ceil(self.settings.des_share * len(missing)))
+        if promising.sum() > cap:
+            ref = np.vstack([known, S[promising]])
+            lo, hi = ref.min(axis=0), ref.max(axis=0)
+            dist = np.linalg.norm((S - lo) / np.where(hi > lo, hi - lo, 1.0), axis=1)
+            dist[~promising] = np.inf
+            promising = np.zeros(len(missing), dtype=bool)
+            promising[np.argsort(dist, kind="stable")[:cap]] = True
         for k, s in zip(missing, screened, strict=True):
             self.cache[k] = s
             self.order.append(k)
@@ -138,6 +165,23 @@ class MultiFidelityEvaluator(Evaluator):
             self.log.append({"key": k, "batch": self.batches, "screen": s.mean, "des": None})
         self.batches += 1
         self.confirm([k for k, p in zip(missing, promising, strict=True) if p], also=missing)
+
+    def _screen(self, matrices: list[np.ndarray]) -> list[Score]:
+        """Screen inline, or in one chunk per Dask worker (a screen is a few ms: one task each
+        would cost more in scheduling than in simulation)."""
+        sc, base, fid = self.genome.scenario, self.genome.base, self.fidelity
+        if self.client is None:
+            return screen_many(sc, base, matrices, fid)
+        n = max(1, min(len(self.client.scheduler_info().get("workers", {})), len(matrices)))
+        chunks = [matrices[i::n] for i in range(n)]
+        futures = [
+            self.client.submit(screen_many, sc, base, c, fid, pure=False) for c in chunks if c
+        ]
+        parts = self.client.gather(futures)
+        out: list[Score] = [None] * len(matrices)  # type: ignore[list-item]
+        for i, part in enumerate(parts):
+            out[i::n] = part
+        return out
 
     def confirm(self, keys: list[bytes], also: list[bytes] | None = None) -> None:
         """DES-score ``keys`` not yet DES-scored; update the front with them and ``also``."""

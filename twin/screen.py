@@ -32,7 +32,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from twin.criteria import deployment_cost, summarise
+from twin.criteria import CRITERIA, deployment_cost, summarise
 from twin.deployment import require_feasible, stage_config
 from twin.evaluate import Evaluation, resolve_workload
 from twin.screen_engine import (
@@ -366,6 +366,29 @@ def _tables(sc: Scenario, lay: _Layout, e_proc: np.ndarray, e_arrive: np.ndarray
         }
     )
     return visits, requests
+
+
+def screen_criteria(
+    scenario: Scenario,
+    deployment: Deployment,
+    workload: str | Workload | None = None,
+    horizon_s: float = 3600.0,
+    replications: int = 10,
+    seed: int = 1,
+) -> np.ndarray:
+    """Per-replication placement criteria (replications × 4, ``CRITERIA`` order), no checks.
+
+    The lean path for a search that screens thousands of candidates: no
+    feasibility check, no tables; the same numbers as :func:`screen`.
+    """
+    w = resolve_workload(scenario, workload)
+    lay = _Layout(scenario, deployment)
+    out = np.empty((replications, len(CRITERIA)))
+    for r in range(replications):
+        e_proc, e_arrive, res = _replication(scenario, lay, w, horizon_s, seed, r, horizon_s)
+        row = _criteria(scenario, deployment, horizon_s, e_proc, e_arrive, res[0], float(res[1]))
+        out[r] = [row[c] for c in CRITERIA]
+    return out
 
 
 def screen(
