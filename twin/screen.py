@@ -9,15 +9,18 @@ pure, picklable function like ``evaluate`` and runs in a Dask worker.
 How: build → draw → run → collect. The deployment is flattened into arrays
 (machines, instances, queues, steps as CSR lists); every random number of a
 replication is drawn up front in numpy blocks from the twin's named streams
-(arrivals are the very ones the SimPy twin draws; service draws come from
-separate screening streams, so candidates still share common random
-numbers); the event loop (:mod:`twin.screen_engine`) runs compiled by numba.
+(arrivals and service times come from the very streams the SimPy twin
+draws them from, in the same blocks, so the two fidelities share common
+random numbers: a request may get another request's draw where the two
+engines launch work in another order, but most differences between them
+are the model's, not seed noise); the event loop (:mod:`twin.screen_engine`) runs compiled by numba.
 
-What differs from the SimPy twin (which stays the reference): service
-draws are other samples of the same distributions; a stage's lognormal or
-table service time keeps its per-batch cv, a gamma one is drawn as a
-lognormal of the same mean and cv; the machine core pool is replaced by a
-slowdown of overcommitted machines by work/available cores (a feasible
+What differs from the SimPy twin (which stays the reference): draws go to
+executions in arrival order and to batches in start order, where the DES
+assigns them in launch order; a table service time with a gamma
+distribution is drawn as a lognormal of the same mean and cv (the DES
+draws those one call at a time with a cv that depends on the batch); the
+machine core pool is replaced by a slowdown of overcommitted machines by work/available cores (a feasible
 deployment never overcommits, so the pool is never built there); equal-time
 ties among idle shared-queue workers go to the lowest instance number
 instead of the longest idle. ``tests/twin/test_screen.py`` checks it against
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -44,8 +48,8 @@ from twin.screen_engine import (
     POLICY_RR,
     run_engine,
 )
-from twin.service import lognormal_sigma
-from twin.sim import STREAM_ARRIVALS, STREAM_OVERHEAD, VISIT_COLUMNS, stream
+from twin.service import BLOCK, lognormal_sigma
+from twin.sim import STREAM_ARRIVALS, STREAM_OVERHEAD, STREAM_SERVICE, VISIT_COLUMNS, stream
 from twin.spec import (
     ConstantServiceTime,
     Deployment,
@@ -58,28 +62,69 @@ from twin.spec import (
 )
 from twin.workload import arrival_times, poisson_times, rate_series
 
-STREAM_SCREEN = 7  # service draws of the screening engine (the DES uses 0–3)
+STREAM_SCREEN = 7  # the engine's own routing draws (policy 'random'); the DES uses 0–3
 _POLICIES = {"least_outstanding": POLICY_LEAST, "round_robin": POLICY_RR, "random": POLICY_RANDOM}
 
 
-def draw(model: ServiceTime, rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` service times (s, speed 1, batch of one) of ``model``, vectorised."""
-    mean = model.batch_mean_ms(1) / 1e3
+def _variates(model: ServiceTime, rng: np.random.Generator) -> Callable[[int], np.ndarray] | None:
+    """The standard variates ``twin.service``'s sampler of ``model`` draws (None: it draws none)."""
     cv = model.batch_cv(1)
     match model:
         case ConstantServiceTime():
-            return np.full(n, mean)
+            return None
         case ExponentialServiceTime():
-            return mean * rng.standard_exponential(n)
+            return rng.standard_exponential
         case GammaServiceTime() if cv > 0:
             k = 1.0 / (cv * cv)
-            return mean * rng.standard_gamma(k, n) / k
+            return lambda n: rng.standard_gamma(k, n)
         case TableServiceTime() if model.dist == "constant":
-            return np.full(n, mean)
-    if cv == 0:
+            return None
+        case TableServiceTime() if model.dist == "gamma" and cv > 0:
+            k = 1.0 / (cv * cv)
+            return lambda n: rng.standard_gamma(k, n)
+    return rng.standard_normal if cv > 0 else None
+
+
+def _times(model: ServiceTime, raw: np.ndarray | None, n: int) -> np.ndarray:
+    """Service times (s, speed 1, batch of one) of ``model`` from its standard variates."""
+    mean = model.batch_mean_ms(1) / 1e3
+    cv = model.batch_cv(1)
+    if raw is None:
         return np.full(n, mean)
+    raw = raw[:n]
+    if isinstance(model, ExponentialServiceTime):
+        return mean * raw
+    if isinstance(model, GammaServiceTime | TableServiceTime) and not (
+        isinstance(model, TableServiceTime) and model.dist == "lognormal"
+    ):
+        return mean * raw / (1.0 / (cv * cv))
     s = lognormal_sigma(cv)
-    return mean * np.exp(s * rng.standard_normal(n) - s * s / 2)
+    return mean * np.exp(s * raw - s * s / 2)
+
+
+def draw(model: ServiceTime, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` service times (s, speed 1, batch of one) of ``model``: the DES sampler's numbers."""
+    fn = _variates(model, rng)
+    return _times(model, fn(n) if fn is not None else None, n)
+
+
+def draw_pair(a: ServiceTime | None, b: ServiceTime | None, rng: np.random.Generator, n: int
+              ) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    """``n`` draws each of two samplers sharing ``rng`` as ``twin.sim`` uses them: at every
+    launch a step draws its CPU work, then its GPU work, each sampler refilling its own
+    block of ``BLOCK`` variates when empty — so their blocks alternate on the stream."""
+    fa = _variates(a, rng) if a is not None else None
+    fb = _variates(b, rng) if b is not None else None
+    ra: list[np.ndarray] = []
+    rb: list[np.ndarray] = []
+    for _ in range(max(1, -(-n // BLOCK))):
+        if fa is not None:
+            ra.append(fa(BLOCK))
+        if fb is not None:
+            rb.append(fb(BLOCK))
+    ta = _times(a, np.concatenate(ra) if ra else None, n) if a is not None else None
+    tb = _times(b, np.concatenate(rb) if rb else None, n) if b is not None else None
+    return ta, tb
 
 
 class _Layout:
@@ -255,11 +300,13 @@ def _replication(sc: Scenario, lay: _Layout, w: Workload | None, horizon_s: floa
             s = int(lay.p_step_first[pi]) + ls
             jobs += mine.size * int(lay.step_parallel[s])
             cpu, gpu = lay.step_models[s]
-            rng = stream(seed, r, STREAM_SCREEN, f"{p.name}.{p.steps[ls].name}")
-            if cpu is not None:
-                es_cpu[es_off[mine] + ls] = draw(cpu, rng, mine.size)
-            if gpu is not None:
-                es_gpu[es_off[mine] + ls] = draw(gpu, rng, mine.size)
+            # The DES's own stream of this step: common random numbers across fidelities.
+            rng = stream(seed, r, STREAM_SERVICE, f"{p.name}.{p.steps[ls].name}")
+            t_cpu, t_gpu = draw_pair(cpu, gpu, rng, mine.size)
+            if t_cpu is not None:
+                es_cpu[es_off[mine] + ls] = t_cpu
+            if t_gpu is not None:
+                es_gpu[es_off[mine] + ls] = t_gpu
     # Stage service factors: one per batch, at most one per visit of the component.
     visits = np.zeros(len(lay.components), dtype=np.int64)
     for pi in range(len(sc.processes)):
@@ -271,7 +318,7 @@ def _replication(sc: Scenario, lay: _Layout, w: Workload | None, horizon_s: floa
     for k, model in enumerate(lay.c_models):
         if model is None or lay.c_kind[k] == FACTOR_CONST:
             continue
-        rng = stream(seed, r, STREAM_SCREEN, lay.components[k])
+        rng = stream(seed, r, STREAM_SERVICE, lay.components[k])  # the DES's stream too
         if lay.c_kind[k] == FACTOR_LOGNORMAL:
             factors[k] = rng.standard_normal(width)
         elif isinstance(model, ExponentialServiceTime):
