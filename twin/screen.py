@@ -13,15 +13,17 @@ replication is drawn up front in numpy blocks from the twin's named streams
 draws them from, in the same blocks, so the two fidelities share common
 random numbers: a request may get another request's draw where the two
 engines launch work in another order, but most differences between them
-are the model's, not seed noise); the event loop (:mod:`twin.screen_engine`) runs compiled by numba.
+are the model's, not seed noise); the event loop (:mod:`twin.screen_engine`)
+runs compiled by numba.
 
 What differs from the SimPy twin (which stays the reference): draws go to
 executions in arrival order and to batches in start order, where the DES
 assigns them in launch order; a table service time with a gamma
 distribution is drawn as a lognormal of the same mean and cv (the DES
 draws those one call at a time with a cv that depends on the batch); the
-machine core pool is replaced by a slowdown of overcommitted machines by work/available cores (a feasible
-deployment never overcommits, so the pool is never built there); equal-time
+machine core pool is replaced by a slowdown of overcommitted machines by
+work/available cores (a feasible deployment never overcommits, so the pool
+is never built there); equal-time
 ties among idle shared-queue workers go to the lowest instance number
 instead of the longest idle. ``tests/twin/test_screen.py`` checks it against
 closed forms and against the SimPy twin.
