@@ -219,7 +219,7 @@ class MultiFidelityEvaluator(Evaluator):
             **asdict(self.settings),
             "screened": len(self.log),
             "des": self.des_runs,
-            "des_share": self.des_runs / max(len(self.log), 1),
+            "des_fraction": self.des_runs / max(len(self.log), 1),
             "screen_wall_s": round(self.screen_wall_s, 2),
             "des_wall_s": round(self.des_wall_s, 2),
             "fidelity": self.fidelity.describe(),
