@@ -75,7 +75,8 @@ def run_one(mode: str, seed: int, workers: int, pop: int, gens: int, horizon: fl
     _, F, _ = search.front()
     out = {
         "mode": mode, "seed": seed, "workers": workers, "pop": pop, "gens": gens,
-        "horizon_s": horizon, "wall_s": wall, "front_F": F.tolist(), "candidates": ev.simulations,
+        "horizon_s": horizon, "wall_s": wall, "front_F": F.tolist(),
+        "candidates": ev.screened if isinstance(ev, MultiFidelityEvaluator) else ev.simulations,
         "des_runs": ev.des_runs if isinstance(ev, MultiFidelityEvaluator) else ev.simulations,
         "confirmed_at_end": confirmed, "sim_cpu_s": ev.sim_cpu_s, "steal": steal_since(j0),
         "mf": ev.summary() if isinstance(ev, MultiFidelityEvaluator) else None,

@@ -126,6 +126,16 @@ class MultiFidelityEvaluator(Evaluator):
         """Candidates simulated by the DES so far."""
         return len(self.des_keys)
 
+    @property
+    def simulations(self) -> int:
+        """DES runs: the cost a search's budget (``max_evals``) counts; screens are extra."""
+        return len(self.des_keys)
+
+    @property
+    def screened(self) -> int:
+        """Distinct candidates screened so far."""
+        return len(self.log)
+
     def evaluate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Criteria means and CIs (n×4 each); see the module docstring for who gets the DES."""
         X = np.atleast_2d(np.asarray(X))
