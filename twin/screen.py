@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from twin.criteria import CRITERIA, deployment_cost, summarise
-from twin.deployment import require_feasible, stage_config
+from twin.deployment import effective_stage, require_feasible
 from twin.evaluate import Evaluation, resolve_workload
 from twin.screen_engine import (
     FACTOR_CONST,
@@ -155,13 +155,11 @@ class _Layout:
         self.c_sigma_b = np.zeros((len(sc.components), max_b))
         self.c_kind = np.zeros(len(sc.components), dtype=np.int64)
         self.c_models: list[ServiceTime | None] = []
-        default_timeout = sc.settings.batch_timeout_ms
         for k, c in enumerate(sc.components):
-            cfg = stage_config(dep, c)
-            cores = c.variant(cfg.variant).cpu_cores if c.is_stage else c.cpu_cores
-            batch = cfg.batch if c.is_stage else 1
-            timeout_ms = default_timeout if cfg.batch_timeout_ms is None else cfg.batch_timeout_ms
-            model = c.variant(cfg.variant).service_time if c.is_stage else None
+            eff = effective_stage(sc, dep, c)
+            cores = c.variant(eff.variant).cpu_cores if c.is_stage else c.cpu_cores
+            batch, timeout_ms = eff.batch, eff.batch_timeout_ms
+            model = c.variant(eff.variant).service_time if c.is_stage else None
             self.c_models.append(model)
             if model is not None:
                 self._stage_model(k, model, max_b)
