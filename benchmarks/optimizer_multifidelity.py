@@ -192,8 +192,54 @@ def report() -> Path:
                 srows,
             ),
             "",
+            *projection(pairs[0][0], pairs[0][1]),
         ]
     return write_result("optimizer_multifidelity", "\n".join(lines) + "\n")
+
+
+def projection(one: dict, two: dict, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 64)) -> list[str]:
+    """Expected wall time on w workers from the measured task sizes (a model, not a run).
+
+    Per generation: the screens (one chunk per worker), then ⌈DES tasks / w⌉ rounds of DES
+    tasks, plus a per-round overhead fitted from the 1- and 2-worker runs.
+    """
+    gens = one["gens"] + 1  # the final front's confirmation is one more round
+    screen_cpu = one["mf"]["screen_wall_s"] / gens  # one worker: screening is serial
+    des_per_gen = one["des_runs"] / gens
+    t_des = one["des_cpu_per_run_s"]
+    fixed = one["wall_s"] - one["mf"]["screen_wall_s"] - one["mf"]["des_wall_s"]
+    over_s = max(0.0, (two["mf"]["screen_wall_s"] / gens - screen_cpu / 2))
+    over_d = max(0.0, (two["mf"]["des_wall_s"] / gens - np.ceil(des_per_gen / 2) * t_des))
+
+    def wall(w: int) -> float:
+        per = screen_cpu / w + over_s + np.ceil(des_per_gen / w) * t_des + over_d
+        return fixed + gens * per
+
+    des_only = one["des_cpu_per_run_s"] * one["pop"]  # CPU of one DES-only generation
+    rows = [
+        [w, f"{wall(w):.0f}", f"{wall(1) / wall(w):.1f}×",
+         f"{gens * (np.ceil(one['pop'] / w) * t_des + over_d):.0f}"]
+        for w in sizes
+    ]  # fmt: skip
+    return [
+        "Expected curve (model from the measured task sizes: screening "
+        f"{1e3 * screen_cpu / one['pop']:.1f} ms per candidate, DES task {t_des:.3f} s CPU, "
+        f"{des_per_gen:.1f} DES tasks per generation, per-round overheads "
+        f"{over_s:.3f} s + {over_d:.3f} s, {fixed:.1f} s outside the rounds):",
+        "",
+        markdown_table(
+            ["workers", "multi-fidelity wall s", "speed-up vs 1", "DES-only wall s (same model)"],
+            rows,
+        ),
+        "",
+        "The multi-fidelity search stops scaling near "
+        f"{int(np.ceil(des_per_gen))} workers (one round of DES tasks per generation), where "
+        f"a generation costs one DES task plus the overheads; DES-only, at {des_only:.1f} s of "
+        "CPU per generation, keeps scaling to about one worker per candidate. On a large "
+        "cluster the two meet; the screening pays most on few workers or at a costly search "
+        "fidelity, where each DES task is seconds and a screen stays ~20× cheaper.",
+        "",
+    ]
 
 
 def main() -> None:
