@@ -89,6 +89,16 @@ def optimize(
         Path | None,
         typer.Option(help="Known front (parquet/CSV with the criteria columns) for IGD."),
     ] = None,
+    screen: Annotated[
+        bool,
+        typer.Option(help="Multi-fidelity: screen every candidate, DES those near the front."),
+    ] = False,
+    screen_margin: Annotated[
+        float, typer.Option(help="Relative slack of the screening domination test.", min=0)
+    ] = 0.0,
+    screen_des_share: Annotated[
+        float, typer.Option(help="Most DES-scored share of each generation (--screen).", min=0)
+    ] = 0.1,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -103,6 +113,7 @@ def optimize(
     from optimizer.distributed import evaluation_client
     from optimizer.evaluation import Fidelity
     from optimizer.ga import SearchConfig
+    from optimizer.multifidelity import MultiFidelity
     from optimizer.report import run_settings, write_run
     from optimizer.run import optimize as run_optimize
     from twin.evaluate import resolve_workload
@@ -148,6 +159,7 @@ def optimize(
                 sc, base_dep, config, search_fid, final_fid, out=out_dir, resume=resume,
                 client=client, method=method, weights=wts, on_generation=tick,
                 final_max=final_max, reference_F=ref_F,
+                multifidelity=MultiFidelity(screen_margin, screen_des_share) if screen else None,
             )  # fmt: skip
         write_run(out_dir, scenario, result, out_dir.name)
     except (SpecError, InfeasibleDeployment, ValueError) as exc:

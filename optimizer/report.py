@@ -76,6 +76,8 @@ def write_run(out: Path, scenario_file: Path, result: RunResult, run_name: str) 
         write_table(pareto_table(result), tmp / "pareto")
         write_table(pd.DataFrame([asdict(h) for h in search.history]), tmp / "history")
         write_table(evaluated_table(result), tmp / "evaluated")
+        if hasattr(search.evaluator, "fidelity_table"):  # multi-fidelity: what ran where
+            write_table(search.evaluator.fidelity_table(), tmp / "fidelity")
         chosen = result.chosen_deployment(f"{run_name}-chosen")
         (tmp / "chosen.yaml").write_text(dump_yaml(chosen))
         (tmp / "run.json").write_text(json.dumps(run_settings(result, scenario_file), indent=2))
@@ -100,6 +102,7 @@ def run_settings(result: RunResult, scenario_file: Path) -> dict:
         "simulations": s.evaluator.simulations,
         "individuals": s.evaluator.lookups,
         "search_time_s": round(s.elapsed_s, 3),
+        "multifidelity": s.evaluator.summary() if hasattr(s.evaluator, "summary") else None,
         "hypervolume": s.history[-1].hv if s.history else None,
         "front_size": int(result.final_front.sum()),
         "method": result.method,
@@ -143,6 +146,14 @@ def report_markdown(result: RunResult, run_name: str) -> str:
         f"- simulations: {ev.simulations} distinct allocations for {ev.lookups} individuals "
         f"(cache hit rate {1 - ev.simulations / max(ev.lookups, 1):.0%}), search time "
         f"{s.elapsed_s:.1f} s",
+        *(
+            [
+                f"- multi-fidelity: {ev.settings.describe()}; {ev.des_runs} of {len(ev.log)} "
+                f"candidates DES-scored, the rest screened only (fidelity table: fidelity.*)"
+            ]
+            if hasattr(ev, "des_runs")
+            else []
+        ),
         f"- front: {len(result.X)} allocations at search fidelity, "
         f"{int(result.final_front.sum())} non-dominated after re-scoring",
         f"- hypervolume (normalised to the initial population, reference 1.1): "

@@ -21,6 +21,7 @@ from optimizer.decide import choose, normalise, per_criterion_optima
 from optimizer.evaluation import Evaluator, Fidelity
 from optimizer.ga import Generation, Search, SearchConfig, non_dominated
 from optimizer.genome import Genome
+from optimizer.multifidelity import MultiFidelity, MultiFidelityEvaluator, confirm_front
 from twin.spec import Deployment, Scenario
 
 
@@ -63,11 +64,21 @@ def start_or_resume(
     resume: bool,
     client: Any | None,
     reference_F: np.ndarray | None = None,
+    multifidelity: MultiFidelity | None = None,
 ) -> Search:
-    """A new search, or the one checkpointed for ``out`` extended to ``config``'s budget."""
+    """A new search, or the one checkpointed for ``out`` extended to ``config``'s budget.
+
+    ``multifidelity`` screens every candidate and DES-scores only those that
+    could enter the front (:mod:`optimizer.multifidelity`).
+    """
     if not resume:
         ck = checkpoint_path(out) if out is not None else None
-        return Search.start(config, Evaluator(genome, fidelity, client), reference_F, ck)
+        ev = (
+            Evaluator(genome, fidelity, client)
+            if multifidelity is None
+            else MultiFidelityEvaluator(genome, fidelity, multifidelity, client)
+        )
+        return Search.start(config, ev, reference_F, ck)
     if out is None:
         raise ValueError("--resume needs --out (the run folder to continue)")
     candidates = [checkpoint_path(out), out / "checkpoint.pkl"]
@@ -101,6 +112,7 @@ def finish(
     :func:`shortlist`); None re-scores them all.
     """
     genome = search.evaluator.genome
+    confirm_front(search)  # a multi-fidelity front is all DES-scored from here on
     X, F_search, _ = search.front()
     if final_max is not None and len(X) > final_max:
         keep = shortlist(F_search, final_max)
@@ -165,6 +177,7 @@ def optimize(
     on_generation: Callable[[Generation], None] | None = None,
     final_max: int | None = None,
     reference_F: np.ndarray | None = None,
+    multifidelity: MultiFidelity | None = None,
 ) -> RunResult:
     """Search, re-score and decide (no files written except the checkpoint).
 
@@ -172,6 +185,8 @@ def optimize(
     to the history.
     """
     genome = Genome(scenario, base)
-    search = start_or_resume(genome, config, search_fidelity, out, resume, client, reference_F)
+    search = start_or_resume(
+        genome, config, search_fidelity, out, resume, client, reference_F, multifidelity
+    )
     search.run(on_generation)
     return finish(search, final_fidelity, client, method, weights, final_max=final_max)

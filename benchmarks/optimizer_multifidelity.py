@@ -1,0 +1,264 @@
+"""Multi-fidelity vs DES-only NSGA-II on examples/edge-cloud.yaml: wall time and hypervolume.
+
+Each (mode, seed, workers) search is one command, cached in
+benchmarks/results/.optimizer_multifidelity/, so every locked chunk stays short:
+
+    B="flock /work/bench.lock .venv/bin/python benchmarks/optimizer_multifidelity.py"
+    $B --mode des --seed 1; $B --mode mf --seed 1; $B --mode mf --seed 1 --workers 1
+    ... seeds 2 and 3 ...
+    .venv/bin/python benchmarks/optimizer_multifidelity.py --report
+
+Both modes run the same search (NSGA-II, matrix operators, population 100,
+50 generations, search fidelity 600 s × 1 replication, same seed) on a local
+Dask cluster. The multi-fidelity search screens every candidate and
+DES-scores those that could enter the front; its final front is DES-scored
+(:func:`optimizer.multifidelity.confirm_front`) before the comparison. The
+hypervolume of both DES-scored fronts is taken after normalising by the
+ideal and nadir of their union (reference point 1.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, markdown_table, write_result
+from twin_screening import _cpu_jiffies, steal_since
+
+from optimizer.distributed import evaluation_client
+from optimizer.evaluation import Evaluator, Fidelity
+from optimizer.ga import Search, SearchConfig, hypervolume, non_dominated
+from optimizer.genome import Genome
+from optimizer.multifidelity import (
+    MultiFidelity,
+    MultiFidelityEvaluator,
+    confirm_front,
+    screen_matrix,
+)
+from twin.load import load_deployment, load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "results" / ".optimizer_multifidelity"
+SCENARIO = ROOT / "examples" / "edge-cloud.yaml"
+BASE = ROOT / "examples" / "edge-cloud.deployment.yaml"
+
+
+def run_one(mode: str, seed: int, workers: int, pop: int, gens: int, horizon: float,
+            margin: float, des_share: float) -> Path:  # fmt: skip
+    """One search; writes its DES-scored front, wall time and counts to the cache."""
+    sc = load_scenario(SCENARIO)
+    genome = Genome(sc, load_deployment(BASE))
+    fid = Fidelity(None, horizon, 1, seed)
+    config = SearchConfig(pop_size=pop, n_gen=gens, seed=seed)
+    j0 = _cpu_jiffies()
+    with evaluation_client(workers) as client:
+        if mode == "mf":
+            ev: Evaluator = MultiFidelityEvaluator(
+                genome, fid, MultiFidelity(margin, des_share), client
+            )
+            # Load the compiled screening engine (numba caches it on disk) outside the timing.
+            screen_matrix(sc, genome.base, _any_matrix(genome), fid)
+        else:
+            ev = Evaluator(genome, fid, client)
+        started = time.perf_counter()
+        search = Search.start(config, ev)
+        search.run(lambda g: print(f"  gen {g.gen}: {g.simulations} cand, HV {g.hv:.4f}, "
+                                   f"{g.time_s:.0f} s", file=sys.stderr))  # fmt: skip
+        confirmed = confirm_front(search)
+        wall = time.perf_counter() - started
+    _, F, _ = search.front()
+    out = {
+        "mode": mode, "seed": seed, "workers": workers, "pop": pop, "gens": gens,
+        "horizon_s": horizon, "wall_s": wall, "front_F": F.tolist(),
+        "candidates": ev.screened if isinstance(ev, MultiFidelityEvaluator) else ev.simulations,
+        "des_runs": ev.des_runs if isinstance(ev, MultiFidelityEvaluator) else ev.simulations,
+        "confirmed_at_end": confirmed, "sim_cpu_s": ev.sim_cpu_s, "steal": steal_since(j0),
+        "mf": ev.summary() if isinstance(ev, MultiFidelityEvaluator) else None,
+        "des_cpu_per_run_s": _des_cpu(ev),
+    }  # fmt: skip
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{mode}_seed{seed}_w{workers}.json"
+    path.write_text(json.dumps(out))
+    return path
+
+
+def _any_matrix(genome: Genome) -> np.ndarray:
+    from twin.deployment import allocation_matrix
+
+    return allocation_matrix(genome.scenario, genome.base)
+
+
+def _des_cpu(ev: Evaluator) -> float:
+    """Mean CPU seconds of one DES run (the Dask task size)."""
+    if isinstance(ev, MultiFidelityEvaluator):
+        des = [ev.cache[k].cpu_s for k in ev.des_keys]
+    else:
+        des = [ev.cache[k].cpu_s for k in ev.order]
+    return float(np.mean(des)) if des else float("nan")
+
+
+def report() -> Path:
+    """Markdown from every cached run."""
+    runs = [json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))]
+    by = {(r["mode"], r["seed"], r["workers"]): r for r in runs}
+    rows, wall_ratios, hv_ratios = [], [], []
+    for seed in sorted({r["seed"] for r in runs}):
+        des, mf = by.get(("des", seed, 2)), by.get(("mf", seed, 2))
+        if des is None or mf is None:
+            continue
+        Fd, Fm = np.array(des["front_F"]), np.array(mf["front_F"])
+        both = np.vstack([Fd, Fm])
+        front = both[non_dominated(both)]
+        lo, hi = front.min(axis=0), front.max(axis=0)
+        hv_d, hv_m = hypervolume(Fd, lo, hi), hypervolume(Fm, lo, hi)
+        wall_ratios.append(des["wall_s"] / mf["wall_s"])
+        hv_ratios.append(hv_m / hv_d)
+        rows.append([seed, f"{des['wall_s']:.0f}", f"{mf['wall_s']:.0f}",
+                     f"{wall_ratios[-1]:.1f}×", f"{des['sim_cpu_s'] / mf['sim_cpu_s']:.1f}×",
+                     des["candidates"], mf["candidates"],
+                     f"{mf['des_runs']} ({mf['des_runs'] / max(mf['candidates'], 1):.0%})",
+                     mf["confirmed_at_end"], f"{hv_d:.4f}", f"{hv_m:.4f}", f"{hv_ratios[-1]:.4f}",
+                     f"{des['steal']:.1%} / {mf['steal']:.1%}"])  # fmt: skip
+    lines = [
+        "# Multi-fidelity vs DES-only NSGA-II on edge-cloud",
+        "",
+        f"- {machine_line()}",
+        "- NSGA-II, matrix operators; search fidelity 600 s × 1 replication; 2 Dask workers "
+        "(LocalCluster); the multi-fidelity search screens every candidate with twin.screen "
+        "and DES-scores at most a tenth of each generation, among those that could enter the "
+        "front, nearest its ideal point; its final front is DES-scored. The simulation CPU "
+        "ratio (DES-only's CPU in simulations over multi-fidelity's, screening included) does "
+        "not move with the shared host's load as wall time does.",
+        "",
+    ]
+    if rows:
+        any_mf = next(r for r in runs if r["mode"] == "mf")
+        lines += [
+            f"Population {any_mf['pop']}, {any_mf['gens']} generations, margin "
+            f"{any_mf['mf']['margin']}, DES share cap {any_mf['mf']['des_share']}.",
+            "",
+            markdown_table(
+                [
+                    "seed",
+                    "DES-only wall s",
+                    "multi-fidelity wall s",
+                    "speed-up",
+                    "simulation CPU ratio",
+                    "DES-only candidates",
+                    "MF candidates",
+                    "MF DES runs",
+                    "DES-scored at end",
+                    "HV DES-only",
+                    "HV multi-fidelity",
+                    "HV ratio",
+                    "steal des / mf",
+                ],
+                rows,
+            ),
+            "",
+            f"Worst speed-up {min(wall_ratios):.1f}× (goal ≥ 5×: "
+            f"{'met' if min(wall_ratios) >= 5 else 'NOT met'}); worst HV ratio "
+            f"{min(hv_ratios):.4f} "
+            f"(goal ≥ 0.99: {'met' if min(hv_ratios) >= 0.99 else 'NOT met'}).",
+            "",
+        ]
+    scale = sorted((r for r in runs if r["mode"] == "mf"), key=lambda r: (r["seed"], r["workers"]))
+    pairs = [(a, b) for a in scale for b in scale
+             if a["seed"] == b["seed"] and a["workers"] == 1 and b["workers"] == 2]  # fmt: skip
+    if pairs:
+        lines += ["## Scale-out (multi-fidelity search, LocalCluster)", ""]
+        srows = []
+        for a, b in pairs:
+            srows.append([a["seed"], f"{a['wall_s']:.0f}", f"{b['wall_s']:.0f}",
+                          f"{a['wall_s'] / b['wall_s']:.2f}×", f"{b['des_cpu_per_run_s']:.3f}",
+                          f"{b['mf']['screen_wall_s']:.1f}", b["des_runs"]])  # fmt: skip
+        lines += [
+            markdown_table(
+                [
+                    "seed",
+                    "1 worker wall s",
+                    "2 workers wall s",
+                    "speed-up",
+                    "CPU s per DES task",
+                    "screening wall s (chunked over workers)",
+                    "DES tasks",
+                ],
+                srows,
+            ),
+            "",
+            *projection(pairs[0][0], pairs[0][1]),
+        ]
+    return write_result("optimizer_multifidelity", "\n".join(lines) + "\n")
+
+
+def projection(one: dict, two: dict, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 64)) -> list[str]:
+    """Expected wall time on w workers from the measured task sizes (a model, not a run).
+
+    Per generation: the screens (one chunk per worker), then ⌈DES tasks / w⌉ rounds of DES
+    tasks, plus a per-round overhead fitted from the 1- and 2-worker runs.
+    """
+    gens = one["gens"] + 1  # the final front's confirmation is one more round
+    screen_cpu = one["mf"]["screen_wall_s"] / gens  # one worker: screening is serial
+    des_per_gen = one["des_runs"] / gens
+    t_des = one["des_cpu_per_run_s"]
+    fixed = one["wall_s"] - one["mf"]["screen_wall_s"] - one["mf"]["des_wall_s"]
+    over_s = max(0.0, (two["mf"]["screen_wall_s"] / gens - screen_cpu / 2))
+    over_d = max(0.0, (two["mf"]["des_wall_s"] / gens - np.ceil(des_per_gen / 2) * t_des))
+
+    def wall(w: int) -> float:
+        per = screen_cpu / w + over_s + np.ceil(des_per_gen / w) * t_des + over_d
+        return fixed + gens * per
+
+    des_only = one["des_cpu_per_run_s"] * one["pop"]  # CPU of one DES-only generation
+    rows = [
+        [w, f"{wall(w):.0f}", f"{wall(1) / wall(w):.1f}×",
+         f"{gens * (np.ceil(one['pop'] / w) * t_des + over_d):.0f}"]
+        for w in sizes
+    ]  # fmt: skip
+    return [
+        "Expected curve (model from the measured task sizes: screening "
+        f"{1e3 * screen_cpu / one['pop']:.1f} ms per candidate, DES task {t_des:.3f} s CPU, "
+        f"{des_per_gen:.1f} DES tasks per generation, per-round overheads "
+        f"{over_s:.3f} s + {over_d:.3f} s, {fixed:.1f} s outside the rounds):",
+        "",
+        markdown_table(
+            ["workers", "multi-fidelity wall s", "speed-up vs 1", "DES-only wall s (same model)"],
+            rows,
+        ),
+        "",
+        "The multi-fidelity search stops scaling near "
+        f"{int(np.ceil(des_per_gen))} workers (one round of DES tasks per generation), where "
+        f"a generation costs one DES task plus the overheads; DES-only, at {des_only:.1f} s of "
+        "CPU per generation, keeps scaling to about one worker per candidate. On a large "
+        "cluster the two meet; the screening pays most on few workers or at a costly search "
+        "fidelity, where each DES task is seconds and a screen stays ~20× cheaper.",
+        "",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=["des", "mf"])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--pop", type=int, default=100)
+    ap.add_argument("--gens", type=int, default=50)
+    ap.add_argument("--horizon", type=float, default=600.0)
+    ap.add_argument("--margin", type=float, default=0.0)
+    ap.add_argument("--des-share", type=float, default=0.1)
+    ap.add_argument("--report", action="store_true")
+    a = ap.parse_args()
+    if a.mode:
+        print(run_one(a.mode, a.seed, a.workers, a.pop, a.gens, a.horizon, a.margin, a.des_share))
+    if a.report or not a.mode:
+        print(report())
+
+
+if __name__ == "__main__":
+    main()
