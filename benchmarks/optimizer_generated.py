@@ -214,6 +214,7 @@ def search_all(seeds: list[int], n_seeds: int, chosen: list[Method]) -> tuple[li
                     outcomes.append(Outcome(s, m.label, seed, ev.simulations, ratio, igd, gaps,
                                             time.perf_counter() - t0))  # fmt: skip
                     progress.advance(task)
+                print(f"instance {s}: {m.label} {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return outcomes, rows, time.perf_counter() - started, cases
 
 
