@@ -36,6 +36,7 @@ from optimizer.operators import OPERATOR_SETS
 from optimizer.problem import PlacementProblem
 
 ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
+STALL_GENERATIONS = 50  # generations without a new simulation before a search stops
 REF_POINT = 1.1  # per normalised criterion; the initial population spans [0, 1]
 
 
@@ -123,6 +124,8 @@ class Budget(Termination):
     def __init__(self, search: Search) -> None:
         super().__init__()
         self.search = search
+        self._last_sims = -1
+        self._stalled = 0
 
     def _update(self, algorithm: Any) -> float:
         cfg = self.search.config
@@ -132,6 +135,15 @@ class Budget(Termination):
             done.append(self.search.evaluator.simulations / cfg.max_evals)
         if cfg.max_time_s is not None:
             done.append(self.search.elapsed_s / cfg.max_time_s)
+        # A search whose offspring only revisit simulated allocations spends no budget
+        # and would step forever: stop after STALL_GENERATIONS such generations.
+        sims = self.search.evaluator.simulations
+        if sims != self._last_sims:
+            self._last_sims, self._stalled = sims, 0
+        else:
+            self._stalled += 1
+        if self._stalled >= STALL_GENERATIONS:
+            done.append(1.0)
         return max(done)
 
 
