@@ -50,9 +50,16 @@ def optimize(
     ] = "none",
     algorithm: Annotated[str, typer.Option(help="nsga2, nsga3 or smsemoa.")] = "nsga2",
     operators: Annotated[
-        str, typer.Option(help="custom (matrix operators) or stock (rounded SBX + PM).")
-    ] = "custom",
-    pop: Annotated[int, typer.Option(help="Population size.", min=4)] = 100,
+        str,
+        typer.Option(
+            help="placement (default: matrix operators, machine-set sampling, evacuate moves), "
+            "custom (first-round matrix operators) or stock (rounded SBX + PM)."
+        ),
+    ] = "placement",
+    pop: Annotated[
+        int | None,
+        typer.Option(help="Population size (default: max-evals / 8 in 6–100, else 100).", min=4),
+    ] = None,
     gens: Annotated[int, typer.Option(help="Generations (including the initial one).", min=1)] = 50,
     max_evals: Annotated[
         int | None, typer.Option(help="Stop after this many simulated allocations.", min=1)
@@ -112,7 +119,7 @@ def optimize(
     """Search allocation matrices with a genetic algorithm scored by the twin."""
     from optimizer.distributed import evaluation_client
     from optimizer.evaluation import Fidelity
-    from optimizer.ga import SearchConfig
+    from optimizer.ga import SearchConfig, budget_pop
     from optimizer.multifidelity import MultiFidelity
     from optimizer.report import run_settings, write_run
     from optimizer.run import optimize as run_optimize
@@ -125,7 +132,8 @@ def optimize(
         w = None if workload == "none" else workload
         resolve_workload(sc, w)
         config = SearchConfig(
-            algorithm=algorithm, operators=operators, pop_size=pop, n_gen=gens,
+            algorithm=algorithm, operators=operators,
+            pop_size=pop if pop is not None else budget_pop(max_evals), n_gen=gens,
             max_evals=max_evals, max_time_s=max_time, seed=seed, max_instances=max_instances,
         )  # fmt: skip
         search_fid = Fidelity(w, horizon, replications, seed)

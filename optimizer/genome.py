@@ -108,7 +108,116 @@ class Genome:
         m = self.decode(x)
         if is_feasible_matrix(self.scenario, m, self.base):
             return m.reshape(-1)
-        return repair(self.scenario, m, self.base, rng).reshape(-1)
+        try:
+            return repair(self.scenario, m, self.base, rng).reshape(-1)
+        except ValueError:
+            # The twin's repair only drops replicas that have siblings; on a tight
+            # instance one instance of everything can be packed so that the last
+            # component fits nowhere. Re-packing then finds a feasible placement.
+            return self.repack(m, rng).reshape(-1)
+
+    def repair_unbiased(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Feasible vector near ``x`` without preferring whom to evict.
+
+        The twin's repair evicts the largest CPU demand first, so an
+        allocation with many instances of a heavy component — the low-time,
+        low-variance end of many fronts — is undone every time a variation
+        operator produces it. Here an overloaded machine evicts a uniformly
+        drawn instance (of a component with siblings, when there is one),
+        which moves to a random machine with room or, if it has siblings and
+        a coin says so, is dropped. Components left without instances and
+        anything still infeasible go through :meth:`repack`.
+        """
+        m = self.decode(x)
+        if is_feasible_matrix(self.scenario, m, self.base):
+            return m.reshape(-1)
+        y = np.clip(m, 0, self.cell_bounds())
+        for k in range(self.shape[0]):
+            while y[k].sum() > self.max_replicas[k]:
+                y[k, rng.choice(np.flatnonzero(y[k]))] -= 1
+        S = self.shape[1]
+        for j in rng.permutation(S):
+            while (self.cpu @ y[:, j] > self.cap_cpu[j] + EPS
+                   or self.ram @ y[:, j] > self.cap_ram[j] + EPS):  # fmt: skip
+                here = np.flatnonzero(y[:, j])
+                shared = here[y[here].sum(axis=1) > 1]
+                k = int(rng.choice(shared if shared.size else here))
+                y[k, j] -= 1
+                if y[k].sum() > 0 and rng.random() < 0.5:
+                    continue
+                free_cpu = self.cap_cpu - self.cpu @ y
+                free_ram = self.cap_ram - self.ram @ y
+                room = [
+                    t
+                    for t in rng.permutation(S)
+                    if t != j
+                    and free_cpu[t] + EPS >= self.cpu[k]
+                    and free_ram[t] + EPS >= self.ram[k]
+                ]
+                if room:
+                    y[k, room[0]] += 1
+        if is_feasible_matrix(self.scenario, y, self.base):
+            return y.reshape(-1)
+        return self.repack(y if y.sum(axis=1).min() > 0 else m, rng).reshape(-1)
+
+    def repack(
+        self, m: np.ndarray, rng: np.random.Generator, max_nodes: int = 100_000
+    ) -> np.ndarray:
+        """A feasible matrix close to ``m``: its instances re-packed.
+
+        First one instance of every component, largest CPU demand first, by a
+        backtracking search that tries the machines ``m`` had the component on
+        first and the others in random order (complete on small instances;
+        at most ``max_nodes`` placements tried). Extra instances then stay
+        where ``m`` had them when they fit and are dropped otherwise. Raises
+        ValueError when no placement of one instance each is found.
+        """
+        want = np.clip(np.asarray(m, dtype=np.int64), 0, self.cell_bounds())
+        order = [int(k) for k in np.lexsort((-self.ram, -self.cpu))]
+        S = self.shape[1]
+        prefs = [
+            [j for j in rng.permutation(S) if want[k, j] > 0]
+            + [j for j in rng.permutation(S) if want[k, j] == 0]
+            for k in range(self.shape[0])
+        ]
+        x = np.zeros(self.shape, dtype=np.int64)
+        free_cpu, free_ram = self.cap_cpu.copy(), self.cap_ram.copy()
+        nodes = 0
+
+        def fits(k: int, j: int) -> bool:
+            return free_cpu[j] + EPS >= self.cpu[k] and free_ram[j] + EPS >= self.ram[k]
+
+        def place(k: int, j: int, n: int) -> None:
+            x[k, j] += n
+            free_cpu[j] -= n * self.cpu[k]
+            free_ram[j] -= n * self.ram[k]
+
+        def search(i: int) -> bool:
+            nonlocal nodes
+            if i == len(order):
+                return True
+            k = order[i]
+            for j in prefs[k]:
+                nodes += 1
+                if nodes > max_nodes:
+                    return False
+                if fits(k, j):
+                    place(k, j, 1)
+                    if search(i + 1):
+                        return True
+                    place(k, j, -1)
+            return False
+
+        if not search(0):
+            raise ValueError(
+                "cannot repair the allocation: no placement of one instance of every "
+                "component fits the machines"
+            )
+        for k in order:
+            for j in range(S):
+                while x[k, j] < want[k, j] and x[k].sum() < self.max_replicas[k] and fits(k, j):
+                    place(k, j, 1)
+        return x
 
     def deployment(self, x: np.ndarray, name: str = "candidate") -> Deployment:
         """The full deployment: this allocation plus the base's other settings."""
