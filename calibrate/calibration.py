@@ -36,6 +36,7 @@ from twin.spec import (
     GammaServiceTime,
     LognormalServiceTime,
     Scenario,
+    ServerOverhead,
     ServiceTime,
     TablePoint,
     TableServiceTime,
@@ -277,6 +278,7 @@ def calibrated_scenario(
     calibration: Calibration,
     shares: dict[str, float] | float | None = None,
     rate_per_s: float | None = None,
+    server_cpu: dict[str, ServerOverhead] | None = None,
 ) -> tuple[Scenario, list[str]]:
     """The scenario with profiled variants' service times replaced; and what stayed as it was.
 
@@ -289,10 +291,24 @@ def calibrated_scenario(
     service time. ``rate_per_s``: calibrate the overhead for this offered
     rate (:func:`overhead_at`) instead of the fit levels' middle — the
     overhead grows with load and the spec has one distribution per process.
+    ``server_cpu``: per stage component, its server's CPU outside the model on a
+    full core (ms per batch and per item); it becomes the component's
+    ``server_overhead`` at the stage's share (divided by it, as the service time
+    is measured at that share), so it counts against the stage's capacity.
     """
     untouched: list[str] = []
     components = []
     for c in scenario.components:
+        if server_cpu and c.name in server_cpu:
+            share = shares.get(c.name) if isinstance(shares, dict) else shares
+            cpu, div = server_cpu[c.name], (share or 1.0)
+            c = c.model_copy(
+                update={
+                    "server_overhead": ServerOverhead(
+                        per_call_ms=cpu.per_call_ms / div, per_item_ms=cpu.per_item_ms / div
+                    )
+                }
+            )
         variants = []
         for v in c.variants:
             share = shares.get(c.name) if isinstance(shares, dict) else shares

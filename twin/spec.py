@@ -207,6 +207,15 @@ class Variant(Frozen):
         return self.cpu_cores if self.cost is None else self.cost
 
 
+class ServerOverhead(Frozen):
+    """CPU a stage's server spends outside the model (HTTP parse, (de)serialisation,
+    batching), at cpu_speed 1. It comes from the same CPU as the model, so the twin
+    adds it to every batch's service time: it counts against the stage's capacity."""
+
+    per_call_ms: NonNegFloat = Field(0.0, description="CPU per batch executed (ms).")
+    per_item_ms: NonNegFloat = Field(0.0, description="CPU per item (a stage visit) (ms).")
+
+
 class Component(Frozen):
     """A deployable component: a service, a batch worker or an inference stage."""
 
@@ -232,6 +241,9 @@ class Component(Frozen):
     )
     max_batch: Int = Field(1, ge=1, le=4096, description="Largest batch an instance forms.")
     max_replicas: Int = Field(64, ge=1, le=10000, description="Most instances allowed (F_max).")
+    server_overhead: ServerOverhead | None = Field(
+        None, description="Stage server CPU outside the model, added to each batch's service."
+    )
 
     @model_validator(mode="after")
     def _unique_variants(self) -> Component:
