@@ -190,6 +190,17 @@ class Server(Frozen):
 # --------------------------------------------------------------------------- components
 
 
+class ModelFile(Frozen):
+    """A user's own ONNX model for a stage variant, served by the testbed as it is."""
+
+    file: str = Field(description="Path of the .onnx file (relative to the working directory).")
+    input_name: str = Field("x", description="Name of the model's input.")
+    input_shape: list[Int] = Field(
+        description="Shape of one item, without the batch axis, e.g. [1, 32, 32]."
+    )
+    dtype: Literal["float32"] = Field("float32", description="Element type of the input.")
+
+
 class Variant(Frozen):
     """One model variant of an inference stage (pipeline paper: z_i of task n)."""
 
@@ -201,6 +212,9 @@ class Variant(Frozen):
     )
     ram_gb: NonNegFloat = Field(0.25, description="Memory per replica (GB).")
     service_time: ServiceTime = Field(description="Time of one batch at cpu_speed 1.")
+    model: ModelFile | None = Field(
+        None, description="The user's ONNX model for this variant; None: the testbed's zoo."
+    )
 
     @property
     def replica_cost(self) -> float:

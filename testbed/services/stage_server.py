@@ -79,12 +79,19 @@ def make_runner(model_bytes: bytes, threads: int, cpu: Counter | None = None) ->
     from testbed.zoo.manifest import ort_session
 
     sess = ort_session(model_bytes, threads)
-    in_name = sess.get_inputs()[0].name
+    inp = sess.get_inputs()[0]
+    in_name = inp.name
+    # rows arrive flat (n, d); a model that takes images gets them in its own shape
+    item = tuple(inp.shape[1:])
+    shape = item if len(item) > 1 and all(isinstance(d, int) for d in item) else None
     clock = time.thread_time
 
     def run(x: np.ndarray) -> np.ndarray:
         c0 = clock()
-        y = sess.run(None, {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if shape is not None:
+            x = x.reshape(len(x), *shape)
+        y = sess.run(None, {in_name: x})[0]
         if cpu is not None:
             cpu.inc(clock() - c0)
         return y
