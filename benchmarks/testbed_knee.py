@@ -37,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, write_result
 
-from calibrate.experiment import CliTestbed
+from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET, load_manifest
 from twin.load import load_deployment, load_scenario
 from twin.sim import simulate_replication
@@ -59,7 +59,7 @@ MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
 
 
 def _cli(*args: str) -> str:
-    argv = [sys.executable, "-c", "from twin.cli import main; main()", *args]
+    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", *args]
     res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
     if res.returncode != 0:
         raise RuntimeError(f"mlops-twin {' '.join(args[:2])}: {res.stderr.strip()[-500:]}")

@@ -33,6 +33,7 @@ from testbed.zoo.manifest import (
     load_testset,
     with_scenario_models,
 )
+from twin.deployment import effective_stage
 from twin.load import parse
 from twin.spec import Deployment, Scenario, topological_order
 
@@ -138,13 +139,10 @@ class Controller:
             )
         for stage in stages:
             comp = self.scenario.component(stage)
-            cfg = deployment.stages.get(stage)
-            variant = (cfg.variant if cfg and cfg.variant else None) or comp.variants[0].name
+            eff = effective_stage(self.scenario, deployment, comp)
+            variant = eff.variant
             if model_name(stage, variant) not in self.versions:
                 raise DeployError(f"stage {stage!r}: variant {variant!r} is not in the model zoo")
-            timeout = cfg.batch_timeout_ms if cfg and cfg.batch_timeout_ms is not None else None
-            if timeout is None:
-                timeout = self.scenario.settings.batch_timeout_ms
             alloc = {m: n for m, n in deployment.allocation.get(stage, {}).items() if n > 0}
             unknown = set(alloc) - machines
             if unknown:
@@ -153,8 +151,8 @@ class Controller:
                 raise DeployError(f"stage {stage!r} has no instance in the deployment")
             out[stage] = {
                 "variant": variant,
-                "batch": cfg.batch if cfg else 1,
-                "batch_timeout_ms": float(timeout),
+                "batch": eff.batch,
+                "batch_timeout_ms": eff.batch_timeout_ms,
                 "alloc": alloc,
             }
         return out

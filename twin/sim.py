@@ -40,7 +40,7 @@ import pandas as pd
 import simpy
 from simpy.events import NORMAL, Timeout
 
-from twin.deployment import stage_config
+from twin.deployment import effective_stage, stage_config
 from twin.service import Sampler, make_sampler
 from twin.spec import (
     Component,
@@ -502,7 +502,6 @@ class Simulation:
     def _apply_allocation(self, dep: Deployment) -> None:
         """Bring instances, samplers and batching in line with ``dep``."""
         sc = self.scenario
-        default_timeout = sc.settings.batch_timeout_ms
         for k, c in enumerate(sc.components):
             cfg = stage_config(dep, c)
             if c.is_stage:
@@ -519,8 +518,8 @@ class Simulation:
                         make_sampler(variant.service_time, self._service_rngs[k]),
                         c.server_overhead,
                     )
-            batch = cfg.batch if c.is_stage else 1
-            timeout_ms = default_timeout if cfg.batch_timeout_ms is None else cfg.batch_timeout_ms
+            eff = effective_stage(sc, dep, c)
+            batch, timeout_ms = eff.batch, eff.batch_timeout_ms
             cores = _working_cores(c, dep)
             active = self.instances[k]
             for inst in active:
