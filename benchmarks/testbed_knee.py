@@ -37,11 +37,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, write_result
 
+from calibrate import calibration as cal
 from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET, load_manifest
 from twin.load import load_deployment, load_scenario
 from twin.sim import simulate_replication
-from twin.spec import SteadyWorkload
+from twin.spec import ServerOverhead, SteadyWorkload
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +140,46 @@ def _levels(name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _delta(m: pd.DataFrame, target: str, metric: str) -> float:
+    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")["value"]
+    return float(x.iloc[-1] - x.iloc[0]) if len(x) > 1 else float("nan")
+
+
+def server_cpu(folders: list[Path], deployment: object) -> dict[str, ServerOverhead]:
+    """Per stage: its server's CPU per item outside the model (ms on the host), pooled over runs.
+
+    The node agent's cgroup CPU minus the model runs' CPU (``stage_compute_cpu_seconds``)
+    over the items served, on nodes that hold one stage (the knee's deployments do).
+    """
+    alloc = deployment.allocation  # type: ignore[attr-defined]
+    node_of = {c: next(iter(a)) for c, a in alloc.items() if len(a) == 1}
+    cpu: dict[str, float] = {}
+    items: dict[str, float] = {}
+    for f in folders:
+        m = pd.read_parquet(f / "metrics.parquet")
+        targets = m["target"].astype(str)
+        m = m.assign(target=targets)
+        for stage, node in node_of.items():
+            if sum(node in n for n in node_of.values()) != 1:
+                continue
+            tgt = [t for t in targets.unique() if t.startswith(f"{stage}-{node}-")]
+            if len(tgt) != 1:
+                continue
+            node_cpu = _delta(m, f"agent:{node}", "node_cpu_seconds")
+            model = _delta(m, tgt[0], "stage_compute_cpu_seconds_total")
+            n = _delta(m, tgt[0], "stage_items_total")
+            if np.isfinite([node_cpu, model, n]).all() and n > 0:
+                cpu[stage] = cpu.get(stage, 0.0) + max(node_cpu - model, 0.0)
+                items[stage] = items.get(stage, 0.0) + n
+    return {s: ServerOverhead(per_item_ms=1e3 * cpu[s] / items[s]) for s in cpu}
+
+
 def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dict:
-    """The twin calibrated on the other levels' runs, at this level's offered rate."""
+    """The twin calibrated on the other levels' runs, at this level's offered rate.
+
+    Two twins: ``twin_*`` counts the stage servers' own CPU against their capacity
+    (``server_overhead``), ``plain_*`` leaves it in the per-request overhead.
+    """
     d = OUT / name
     share = json.loads((d / "capacity.json").read_text())["share"]
     cal_dir = d / f"twin-rho{rho:.1f}"
@@ -151,21 +190,29 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dic
         _cli("calibrate", "fit", *[str(d / r) for r in other["run"]],
              "-s", str(d / "scenario.yaml"), "--cpu-share", f"{share:g}",
              "-o", str(cal_dir / "calibration.yaml"), "--scenario-out", str(sc_path))  # fmt: skip
-    sc = load_scenario(sc_path)
     dep = load_deployment(d / "deployment.yaml")
+    calibration = cal.load(cal_dir / "calibration.yaml")
+    base = load_scenario(d / "scenario.yaml")
+    cpu = server_cpu([d / r for r in other["run"]], dep)
+    (cal_dir / "server_cpu.json").write_text(
+        json.dumps({k: v.model_dump() for k, v in cpu.items()})
+    )
     rate = float(runs[runs["rho"] == rho]["offered"].mean())
     wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=rate)
-    lat, done = [], 0
+    out: dict[str, float] = {}
     horizon = 30.0
-    for seed in range(seeds):
-        r = simulate_replication(sc, dep, wl, horizon, seed, visits=False).requests
-        x = (r["t_end"] - r["t_arrive"]).dropna().to_numpy() * 1e3
-        lat.append(x)
-        done += int((r["t_end"] <= horizon).sum())
-    x = np.concatenate(lat)
-    p50, p95, p99 = np.percentile(x, [50, 95, 99])
-    return {"twin_p50": p50, "twin_p95": p95, "twin_p99": p99,
-            "twin_rps": done / (horizon * seeds)}  # fmt: skip
+    for key, sc_cpu in (("twin", cpu), ("plain", None)):
+        sc, _ = cal.calibrated_scenario(base, calibration, shares=share, server_cpu=sc_cpu)
+        lat, done = [], 0
+        for seed in range(seeds):
+            r = simulate_replication(sc, dep, wl, horizon, seed, visits=False).requests
+            lat.append((r["t_end"] - r["t_arrive"]).dropna().to_numpy() * 1e3)
+            done += int((r["t_end"] <= horizon).sum())
+        p50, p95, p99 = np.percentile(np.concatenate(lat), [50, 95, 99])
+        out |= {f"{key}_p50": p50, f"{key}_p95": p95, f"{key}_p99": p99,
+                f"{key}_rps": done / (horizon * seeds)}  # fmt: skip
+    out["server_cpu_ms"] = ", ".join(f"{k} {v.per_item_ms:.2f}" for k, v in cpu.items())
+    return out
 
 
 def _knee(rates: np.ndarray, p95: np.ndarray) -> float:
@@ -215,7 +262,8 @@ def report() -> None:
                  f"{len(ok)}/{len(g)}", f"{row['p50']:.1f}", f"{row['p95']:.1f}",
                  f"{row['p99']:.1f}", f"{tw['twin_p50']:.1f}", f"{tw['twin_p95']:.1f}",
                  f"{tw['twin_p99']:.1f}", *(f"{err[q]:+.1f}" for q in ("p50", "p95", "p99")),
-                 f"{row['steal']:.3f}"]
+                 f"{100 * (tw['plain_p95'] / row['p95'] - 1):+.1f}", f"{row['steal']:.3f}",
+                 tw["server_cpu_ms"]]
             )  # fmt: skip
         s = pd.DataFrame(summary)
         p95_at[name] = s

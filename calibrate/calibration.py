@@ -294,7 +294,9 @@ def calibrated_scenario(
     ``server_cpu``: per stage component, its server's CPU outside the model on a
     full core (ms per batch and per item); it becomes the component's
     ``server_overhead`` at the stage's share (divided by it, as the service time
-    is measured at that share), so it counts against the stage's capacity.
+    is measured at that share), so it counts against the stage's capacity; the
+    per-request overhead, which held that time as latency, loses it (floored at
+    a tenth of its mean).
     """
     untouched: list[str] = []
     components = []
@@ -326,6 +328,17 @@ def calibrated_scenario(
     overhead = calibration.overheads.per_request
     if rate_per_s is not None:
         overhead = overhead_at(calibration, rate_per_s)
+    if overhead is not None and server_cpu:
+        # the servers' CPU now sits in each stage's service; it leaves the request's overhead
+        moved = sum(
+            (o.per_call_ms + o.per_item_ms)
+            / ((shares.get(name) if isinstance(shares, dict) else shares) or 1.0)
+            for name, o in server_cpu.items()
+        )
+        if isinstance(overhead, LognormalServiceTime | GammaServiceTime):
+            overhead = overhead.model_copy(
+                update={"mean_ms": max(overhead.mean_ms - moved, 0.1 * overhead.mean_ms)}
+            )
     if overhead is not None:
         processes = [
             p.model_copy(update={"request_overhead": overhead}) if p.kind == "request" else p
