@@ -273,6 +273,29 @@ def overhead_at(calibration: Calibration, rate_per_s: float) -> ServiceTime | No
     return model.model_copy(update={"mean_ms": mean})
 
 
+def server_cpu_of(calibration: Calibration, allocation: dict[str, dict[str, int]]
+                  ) -> dict[str, ServerOverhead]:  # fmt: skip
+    """Per stage: its server's CPU per visit (``calibration.cpu``, ms on the host), for
+    :func:`calibrated_scenario`'s ``server_cpu``.
+
+    Only stages that are alone on their emulated server(s) get one: a server's CPU
+    beyond batch compute cannot be split between co-located stages.
+    """
+    per_visit = {m.server: m.per_visit_ms for m in calibration.cpu}
+    holders: dict[str, list[str]] = {}
+    for comp, where in allocation.items():
+        for server, n in where.items():
+            if n > 0:
+                holders.setdefault(server, []).append(comp)
+    out: dict[str, ServerOverhead] = {}
+    for comp, where in allocation.items():
+        servers = [s for s, n in where.items() if n > 0]
+        if servers and all(holders[s] == [comp] and s in per_visit for s in servers):
+            ms = float(np.mean([per_visit[s] for s in servers]))
+            out[comp] = ServerOverhead(per_item_ms=ms)
+    return out
+
+
 def calibrated_scenario(
     scenario: Scenario,
     calibration: Calibration,

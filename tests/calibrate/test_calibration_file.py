@@ -217,3 +217,18 @@ def test_overhead_at_a_rate_follows_the_fit_levels_line(samples):
     assert new.processes[0].request_overhead.batch_mean_ms(1) == pytest.approx(18.0)
     one = doc.model_copy(update={"overheads": doc.overheads.model_copy(update={"by_rate": []})})
     assert cal.overhead_at(one, 165) == model  # one level: nothing to follow
+
+
+def test_server_cpu_only_for_stages_alone_on_their_servers(samples):
+    sc = load_scenario(SCENARIO)
+    doc = cal.build(fit_samples(samples), sc)
+    doc = doc.model_copy(update={"cpu": [
+        cal.CpuModel(server="node-1", idle_cores=0.01, per_visit_ms=0.25),
+        cal.CpuModel(server="node-2", idle_cores=0.01, per_visit_ms=0.30),
+    ]})  # fmt: skip
+    alloc = {"denoise": {"node-1": 1}, "encoder": {"node-2": 2}, "classifier": {"node-2": 1}}
+    cpu = cal.server_cpu_of(doc, alloc)
+    assert set(cpu) == {"denoise"} and cpu["denoise"].per_item_ms == pytest.approx(0.25)
+    new, _ = cal.calibrated_scenario(sc, doc, shares=0.5, server_cpu=cpu)
+    assert new.component("denoise").server_overhead.per_item_ms == pytest.approx(0.5)
+    assert new.component("encoder").server_overhead is None
