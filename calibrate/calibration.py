@@ -36,6 +36,7 @@ from twin.spec import (
     GammaServiceTime,
     LognormalServiceTime,
     Scenario,
+    ServerOverhead,
     ServiceTime,
     TablePoint,
     TableServiceTime,
@@ -289,11 +290,35 @@ def check_matches(scenario: Scenario, calibration: Calibration) -> None:
         )
 
 
+def server_cpu_of(calibration: Calibration, allocation: dict[str, dict[str, int]]
+                  ) -> dict[str, ServerOverhead]:  # fmt: skip
+    """Per stage: its server's CPU per visit (``calibration.cpu``, ms on the host), for
+    :func:`calibrated_scenario`'s ``server_cpu``.
+
+    Only stages that are alone on their emulated server(s) get one: a server's CPU
+    beyond batch compute cannot be split between co-located stages.
+    """
+    per_visit = {m.server: m.per_visit_ms for m in calibration.cpu}
+    holders: dict[str, list[str]] = {}
+    for comp, where in allocation.items():
+        for server, n in where.items():
+            if n > 0:
+                holders.setdefault(server, []).append(comp)
+    out: dict[str, ServerOverhead] = {}
+    for comp, where in allocation.items():
+        servers = [s for s, n in where.items() if n > 0]
+        if servers and all(holders[s] == [comp] and s in per_visit for s in servers):
+            ms = float(np.mean([per_visit[s] for s in servers]))
+            out[comp] = ServerOverhead(per_item_ms=ms)
+    return out
+
+
 def calibrated_scenario(
     scenario: Scenario,
     calibration: Calibration,
     shares: dict[str, float] | float | None = None,
     rate_per_s: float | None = None,
+    server_cpu: dict[str, ServerOverhead] | None = None,
 ) -> tuple[Scenario, list[str]]:
     """The scenario with profiled variants' service times replaced; and what stayed as it was.
 
@@ -306,6 +331,12 @@ def calibrated_scenario(
     service time. ``rate_per_s``: calibrate the overhead for this offered
     rate (:func:`overhead_at`) instead of the fit levels' middle — the
     overhead grows with load and the spec has one distribution per process.
+    ``server_cpu``: per stage component, its server's CPU outside the model on a
+    full core (ms per batch and per item); it becomes the component's
+    ``server_overhead`` at the stage's share (divided by it, as the service time
+    is measured at that share), so it counts against the stage's capacity; the
+    per-request overhead, which held that time as latency, loses it (floored at
+    a tenth of its mean).
     """
     if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise ValueError(f"--rate must be a finite rate > 0 (req/s), got {rate_per_s}")
@@ -317,6 +348,16 @@ def calibrated_scenario(
     untouched: list[str] = []
     components = []
     for c in scenario.components:
+        if server_cpu and c.name in server_cpu:
+            share = shares.get(c.name) if isinstance(shares, dict) else shares
+            cpu, div = server_cpu[c.name], (share or 1.0)
+            c = c.model_copy(
+                update={
+                    "server_overhead": ServerOverhead(
+                        per_call_ms=cpu.per_call_ms / div, per_item_ms=cpu.per_item_ms / div
+                    )
+                }
+            )
         variants = []
         for v in c.variants:
             share = shares.get(c.name) if isinstance(shares, dict) else shares
@@ -334,6 +375,17 @@ def calibrated_scenario(
     overhead = calibration.overheads.per_request
     if rate_per_s is not None:
         overhead = overhead_at(calibration, rate_per_s)
+    if overhead is not None and server_cpu:
+        # the servers' CPU now sits in each stage's service; it leaves the request's overhead
+        moved = sum(
+            (o.per_call_ms + o.per_item_ms)
+            / ((shares.get(name) if isinstance(shares, dict) else shares) or 1.0)
+            for name, o in server_cpu.items()
+        )
+        if isinstance(overhead, LognormalServiceTime | GammaServiceTime):
+            overhead = overhead.model_copy(
+                update={"mean_ms": max(overhead.mean_ms - moved, 0.1 * overhead.mean_ms)}
+            )
     if overhead is not None:
         processes = [
             p.model_copy(update={"request_overhead": overhead}) if p.kind == "request" else p

@@ -285,7 +285,9 @@ def run_profile(
         raise FileNotFoundError(
             f"no model zoo at {models} (run `mlops-twin testbed build-models` first)"
         )
-    zoo = json.loads(manifest_file.read_text())
+    from testbed.zoo.manifest import with_scenario_models
+
+    zoo = with_scenario_models(json.loads(manifest_file.read_text()), scenario)
     todo = cells(scenario, zoo, grid)
     if not todo:
         raise ValueError(

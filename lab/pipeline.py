@@ -250,7 +250,11 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
         max_steal_cores=cfg.max_steal_cores,
     )
     (folder / "calibration.yaml").write_text(cal.dump(lab.calibration))
-    lab.twin_scenario, _ = cal.calibrated_scenario(sc, lab.calibration, lab.shares)
+    # each stage server's own CPU (fitted per visit) counts against the stage's capacity
+    server_cpu = cal.server_cpu_of(lab.calibration, lab.deployment.allocation)
+    lab.twin_scenario, _ = cal.calibrated_scenario(
+        sc, lab.calibration, lab.shares, server_cpu=server_cpu
+    )
     (folder / "calibrated-scenario.yaml").write_text(
         cal.dump_model(lab.twin_scenario, exclude_defaults=True)
     )

@@ -28,7 +28,12 @@ from testbed.backends.base import (
     TestbedStatus,
 )
 from testbed.services.guard import token_headers, use_token
-from testbed.zoo.manifest import DEFAULT_DIR, load_manifest, load_testset
+from testbed.zoo.manifest import (
+    DEFAULT_DIR,
+    load_manifest,
+    load_testset,
+    with_scenario_models,
+)
 from twin.deployment import effective_stage
 from twin.load import parse
 from twin.spec import Deployment, Scenario, topological_order
@@ -98,7 +103,7 @@ class Controller:
         """Register the zoo's models and load the test digits into the feature store."""
         from testbed.services.registry import upload_model
 
-        manifest = load_manifest(self.model_dir)
+        manifest = with_scenario_models(load_manifest(self.model_dir), self.scenario)
         for stage in self.pipeline():
             if stage not in manifest["models"]:
                 raise DeployError(

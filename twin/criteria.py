@@ -196,11 +196,17 @@ def stage_components(scenario: Scenario, process: str) -> list[str]:
 
 
 def stage_capacity_rps(scenario: Scenario, deployment: Deployment, component: str) -> float:
-    """Largest sustainable rate of one stage: Σ over replicas of b / t(b) · speed (req/s)."""
+    """Largest sustainable rate of one stage: Σ over replicas of b / t(b) · speed (req/s).
+
+    t(b) includes the stage server's own CPU (``Component.server_overhead``).
+    """
     c = scenario.component(component)
     cfg = stage_config(deployment, c)
     batch = cfg.batch
-    t_s = c.variant(cfg.variant).service_time.batch_mean_ms(batch) / 1e3
+    t_ms = c.variant(cfg.variant).service_time.batch_mean_ms(batch)
+    if c.server_overhead is not None:  # the server's own CPU shares the stage's quota
+        t_ms += c.server_overhead.per_call_ms + c.server_overhead.per_item_ms * batch
+    t_s = t_ms / 1e3
     servers = scenario.server_of()
     speed = sum(
         n * servers[m].cpu_speed for m, n in deployment.allocation.get(component, {}).items()

@@ -42,7 +42,16 @@ from simpy.events import NORMAL, Timeout
 
 from twin.deployment import effective_stage, stage_config
 from twin.service import Sampler, make_sampler
-from twin.spec import Component, Deployment, Process, Scenario, Server, Step, Workload
+from twin.spec import (
+    Component,
+    Deployment,
+    Process,
+    Scenario,
+    Server,
+    ServerOverhead,
+    Step,
+    Workload,
+)
 from twin.workload import arrival_times, poisson_times, rate_series
 
 VISIT_COLUMNS = (
@@ -505,7 +514,10 @@ class Simulation:
                             self.seed, self.replication, STREAM_SERVICE, c.name
                         )
                     variant = c.variant(cfg.variant)
-                    self.samplers[k] = make_sampler(variant.service_time, self._service_rngs[k])
+                    self.samplers[k] = _with_overhead(
+                        make_sampler(variant.service_time, self._service_rngs[k]),
+                        c.server_overhead,
+                    )
             eff = effective_stage(sc, dep, c)
             batch, timeout_ms = eff.batch, eff.batch_timeout_ms
             cores = _working_cores(c, dep)
@@ -833,6 +845,18 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _with_overhead(sampler: Sampler, overhead: ServerOverhead | None) -> Sampler:
+    """``sampler`` plus the stage server's own CPU per batch and per item (s at speed 1).
+
+    The server's HTTP and batching work shares the stage's CPU with the model,
+    so it lengthens the service rather than running beside it.
+    """
+    if overhead is None or (overhead.per_call_ms == 0 and overhead.per_item_ms == 0):
+        return sampler
+    call_s, item_s = overhead.per_call_ms / 1e3, overhead.per_item_ms / 1e3
+    return lambda b: sampler(b) + call_s + item_s * b
 
 
 def _working_cores(c: Component, dep: Deployment) -> float:

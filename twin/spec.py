@@ -193,6 +193,17 @@ class Server(Frozen):
 # --------------------------------------------------------------------------- components
 
 
+class ModelFile(Frozen):
+    """A user's own ONNX model for a stage variant, served by the testbed as it is."""
+
+    file: str = Field(description="Path of the .onnx file (relative to the working directory).")
+    input_name: str = Field("x", description="Name of the model's input.")
+    input_shape: list[Int] = Field(
+        description="Shape of one item, without the batch axis, e.g. [1, 32, 32]."
+    )
+    dtype: Literal["float32"] = Field("float32", description="Element type of the input.")
+
+
 class Variant(Frozen):
     """One model variant of an inference stage (pipeline paper: z_i of task n)."""
 
@@ -204,10 +215,22 @@ class Variant(Frozen):
     )
     ram_gb: NonNegFloat = Field(0.25, description="Memory per replica (GB).")
     service_time: ServiceTime = Field(description="Time of one batch at cpu_speed 1.")
+    model: ModelFile | None = Field(
+        None, description="The user's ONNX model for this variant; None: the testbed's zoo."
+    )
 
     @property
     def replica_cost(self) -> float:
         return self.cpu_cores if self.cost is None else self.cost
+
+
+class ServerOverhead(Frozen):
+    """CPU a stage's server spends outside the model (HTTP parse, (de)serialisation,
+    batching), at cpu_speed 1. It comes from the same CPU as the model, so the twin
+    adds it to every batch's service time: it counts against the stage's capacity."""
+
+    per_call_ms: NonNegFloat = Field(0.0, description="CPU per batch executed (ms).")
+    per_item_ms: NonNegFloat = Field(0.0, description="CPU per item (a stage visit) (ms).")
 
 
 class Component(Frozen):
@@ -237,6 +260,9 @@ class Component(Frozen):
     )
     max_batch: Int = Field(1, ge=1, le=4096, description="Largest batch an instance forms.")
     max_replicas: Int = Field(64, ge=1, le=10000, description="Most instances allowed (F_max).")
+    server_overhead: ServerOverhead | None = Field(
+        None, description="Stage server CPU outside the model, added to each batch's service."
+    )
 
     @model_validator(mode="after")
     def _unique_variants(self) -> Component:

@@ -93,11 +93,17 @@ def make_runner(model_bytes: bytes, threads: int, cpu: Counter | None = None) ->
     sess = ort_session(model_bytes, threads)
     model_input = sess.get_inputs()[0]
     in_name = model_input.name
+    # rows arrive flat (n, d); a model that takes images gets them in its own shape
+    item = tuple(model_input.shape[1:])
+    shape = item if len(item) > 1 and all(isinstance(d, int) for d in item) else None
     clock = time.thread_time
 
     def run(x: np.ndarray) -> np.ndarray:
         c0 = clock()
-        y = sess.run(None, {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if shape is not None:
+            x = x.reshape(len(x), *shape)
+        y = sess.run(None, {in_name: x})[0]
         if cpu is not None:
             cpu.inc(clock() - c0)
         return y

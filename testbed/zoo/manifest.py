@@ -40,6 +40,40 @@ def ort_session(path: Path | bytes, threads: int = 1) -> Any:
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+def with_scenario_models(manifest: dict[str, Any], scenario: Any) -> dict[str, Any]:
+    """The manifest with every scenario variant that names its own ONNX file (``model``).
+
+    Such a variant replaces (or adds to) the zoo's entry of that stage and variant: its
+    file (as given, so ``model_dir / file`` is the file itself when absolute), sha256,
+    input width and the accuracy the scenario states. The zoo is one source of models;
+    the scenario's own files are another.
+    """
+    out = {**manifest, "models": {k: dict(v) for k, v in manifest.get("models", {}).items()}}
+    for c in scenario.components:
+        for v in c.variants:
+            if v.model is None:
+                continue
+            path = Path(v.model.file).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"components[{c.name}].variants[{v.name}].model.file: no file {path}"
+                )
+            width = 1
+            for d in v.model.input_shape:
+                width *= int(d)
+            out["models"].setdefault(c.name, {})[v.name] = {
+                "file": str(path),
+                "sha256": sha256_file(path),
+                "size_bytes": path.stat().st_size,
+                "input_dim": width,
+                "input_name": v.model.input_name,
+                "input_shape": list(v.model.input_shape),
+                "accuracy": v.accuracy,
+                "user": True,
+            }
+    return out
+
+
 def pipeline_key(variants: dict[str, str]) -> str:
     """Key of ``manifest['pipelines']`` for stage → variant."""
     return "/".join(variants[s] for s in STAGES)

@@ -62,13 +62,16 @@ def upscaled_clean(images: np.ndarray) -> torch.Tensor:
 
 
 def train_all(
-    split: DigitsSplit, seed: int, epochs: int, denoise_epochs: int = 3
+    split: DigitsSplit, seed: int, epochs: int, denoise_epochs: int = 3, reference_epochs: int = 4
 ) -> dict[str, dict[str, nn.Module]]:
     """Every variant of every stage, trained; stage → variant → model (eval mode).
 
     Denoisers see one noise draw of the training images (each image gives 1024
     pixel targets, so few epochs suffice and full-resolution convs are the costly
-    part of the build); the other stages see every draw for ``epochs`` epochs.
+    part of the build); the reference encoder (a ResNet at 64×64, the build's
+    costliest part: ≈ 20 ms per item per training step on one core) learns with
+    the deep classifier for ``reference_epochs`` over every noise draw; the other
+    stages see every draw for ``epochs`` epochs.
     """
     torch.manual_seed(seed)  # parameter initialisation; data order uses its own generators
     noisy = torch.from_numpy(split.train_noisy)
@@ -95,7 +98,7 @@ def train_all(
     enc_ref = VARIANTS["encoder"][REFERENCE["encoder"]]()
     head_ref = VARIANTS["classifier"][REFERENCE["classifier"]]()
     joint = nn.Sequential(enc_ref, head_ref)
-    _fit(joint, lambda idx: F.cross_entropy(joint(z[idx]), y[idx]), n, epochs, seed + 10)
+    _fit(joint, lambda idx: F.cross_entropy(joint(z[idx]), y[idx]), n, reference_epochs, seed + 10)
     out["encoder"][REFERENCE["encoder"]] = enc_ref
     out["classifier"][REFERENCE["classifier"]] = head_ref
     for p in head_ref.parameters():

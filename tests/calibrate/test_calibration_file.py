@@ -42,7 +42,7 @@ def test_cli_fit_writes_a_file_and_a_calibrated_scenario(tmp_path, samples):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert {(f["component"], f["variant"]) for f in data["fits"]} == {
-        ("denoise", "d-small"), ("encoder", "e-medium"), ("classifier", "c-mlp"),
+        ("denoise", "d-small"), ("encoder", "e-large"), ("classifier", "c-mlp"),
     }  # fmt: skip
     doc = cal.load(calib)
     assert doc.scenario_sha256 == cal.file_sha256(SCENARIO)
@@ -78,12 +78,12 @@ def test_share_scaling_and_overheads(samples):
     doc = cal.build(fit_samples(two), sc, overheads={"hop_ms": 0.3, "request_ms": 1.0,
                                                      "n_requests": 50})  # fmt: skip
     assert doc.version == cal.FORMAT and doc.overheads.per_request is None
-    assert doc.share_exponent["encoder/e-medium"] == pytest.approx(1.0, abs=1e-6)
-    at_half = cal.service_time_at(doc, "encoder", "e-medium", 0.5)
-    at_quarter = cal.service_time_at(doc, "encoder", "e-medium", 0.25)
+    assert doc.share_exponent["encoder/e-large"] == pytest.approx(1.0, abs=1e-6)
+    at_half = cal.service_time_at(doc, "encoder", "e-large", 0.5)
+    at_quarter = cal.service_time_at(doc, "encoder", "e-large", 0.25)
     assert at_quarter.batch_mean_ms(4) == pytest.approx(2 * at_half.batch_mean_ms(4))
     new, untouched = cal.calibrated_scenario(sc, doc, {"encoder": 0.25})
-    assert "encoder/e-small" in untouched and "encoder/e-medium" not in untouched
+    assert "encoder/e-small" in untouched and "encoder/e-large" not in untouched
     # no fitted overhead distribution: the scenario's network and processes stay as they were
     assert new.settings.network == sc.settings.network
     assert all(p.request_overhead is None for p in new.processes)
@@ -181,7 +181,9 @@ def test_request_overheads_subtract_stage_time():
 def test_dispatch_lag_is_queue_time_beyond_the_twins_batching():
     from calibrate.samples import dispatch_lag, request_overheads
 
-    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)  # encoder: batch 4, 2 ms
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)
+    enc = dep.stages["encoder"].model_copy(update={"batch": 4})  # encoder: batch 4, 2 ms
+    dep = dep.model_copy(update={"stages": {**dep.stages, "encoder": enc}})
     # pid 0 alone in a batch (timed out after 2.5 ms); pids 1-4 a full batch of 4
     visits = pd.DataFrame({
         "pid": [0, 1, 2, 3, 4], "component": ["encoder"] * 5, "replica_name": ["e-0"] * 5,
@@ -215,3 +217,18 @@ def test_overhead_at_a_rate_follows_the_fit_levels_line(samples):
     assert new.processes[0].request_overhead.batch_mean_ms(1) == pytest.approx(18.0)
     one = doc.model_copy(update={"overheads": doc.overheads.model_copy(update={"by_rate": []})})
     assert cal.overhead_at(one, 165) == model  # one level: nothing to follow
+
+
+def test_server_cpu_only_for_stages_alone_on_their_servers(samples):
+    sc = load_scenario(SCENARIO)
+    doc = cal.build(fit_samples(samples), sc)
+    doc = doc.model_copy(update={"cpu": [
+        cal.CpuModel(server="node-1", idle_cores=0.01, per_visit_ms=0.25),
+        cal.CpuModel(server="node-2", idle_cores=0.01, per_visit_ms=0.30),
+    ]})  # fmt: skip
+    alloc = {"denoise": {"node-1": 1}, "encoder": {"node-2": 2}, "classifier": {"node-2": 1}}
+    cpu = cal.server_cpu_of(doc, alloc)
+    assert set(cpu) == {"denoise"} and cpu["denoise"].per_item_ms == pytest.approx(0.25)
+    new, _ = cal.calibrated_scenario(sc, doc, shares=0.5, server_cpu=cpu)
+    assert new.component("denoise").server_overhead.per_item_ms == pytest.approx(0.5)
+    assert new.component("encoder").server_overhead is None

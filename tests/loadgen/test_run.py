@@ -80,7 +80,9 @@ def test_cli_run_logs_every_request_and_writes_the_run_folder(tmp_path):
     prom = yaml.safe_load((out / "prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == [gw.url[7:]]
     meta = json.loads((out / "run.json").read_text())
-    assert meta["workload"]["base_per_s"] == pytest.approx(0.4 * 80)
+    assert meta["workload"]["base_per_s"] == pytest.approx(
+        0.4 * sc.workload("fluctuating").base_per_s
+    )
 
 
 def test_two_workers_share_one_schedule_and_a_dead_target_counts_as_failures(tmp_path):

@@ -87,7 +87,7 @@ def test_configmap_carries_variant_and_batch():
     sc = load_scenario(EXAMPLES / "digits-pipeline.yaml")
     dep = load_deployment(EXAMPLES / "digits-pipeline.deployment.yaml")
     (cm,) = [d for d in manifests(sc, dep) if d["kind"] == "ConfigMap"]
-    assert cm["data"]["STAGE_ENCODER_VARIANT"] == "e-medium"
+    assert cm["data"]["STAGE_ENCODER_VARIANT"] == "e-large"
     assert cm["data"]["STAGE_CLASSIFIER_BATCH"] == "8"
     assert yaml.safe_load(cm["data"]["deployment.yaml"])["stages"]["denoise"]["batch"] == 4
 

@@ -1,0 +1,346 @@
+"""The knee: latency against offered load across the bottleneck's capacity, testbed vs twin.
+
+Three deployments of the digits pipeline (local backend): ``default`` (encoder e-large,
+batch 1: the bottleneck), ``variant`` (encoder e-medium) and ``batch`` (encoder e-large,
+batch 8). Each is offered the same steady rates, from ρ 0.2 to 1.2 of the default
+bottleneck's capacity (estimated from the zoo's manifest at the stage's CPU share),
+each repeated. The twin for a level is calibrated (``mlops-twin calibrate fit``) on the
+*other* levels' runs of the same deployment — held out — and simulated at the level's
+rate. A run whose load generator fell behind (achieved/offered < 0.99 or release lag
+p99 > 5 ms) is marked and left out of the fidelity figures. Host steal per level is
+recorded.
+
+Resumable, one deployment per command (each < 10 min; run under the lock)::
+
+    flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py run --deployment default
+    flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py run --deployment variant
+    flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py run --deployment batch
+    flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py report
+
+Run folders land in ``runs/knee/<deployment>/rho<ρ>-<repeat>/``; the result in
+``benchmarks/results/testbed_knee.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, markdown_table, write_result
+
+from calibrate import calibration as cal
+from testbed.client import CliTestbed
+from testbed.zoo.manifest import DEFAULT_DIR, TESTSET, load_manifest
+from twin.load import load_deployment, load_scenario
+from twin.sim import simulate_replication
+from twin.spec import ServerOverhead, SteadyWorkload
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "knee"
+RHOS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2)
+BASE_RATE = 100.0  # the scenario's knee workload; levels scale it
+BOTTLENECK = "encoder"
+DEPLOYMENTS = {
+    "default": {"variant": "e-large", "batch": 1},
+    "variant": {"variant": "e-medium", "batch": 1},
+    "batch": {"variant": "e-large", "batch": 8},
+}
+SERVER_CPU_MS = 0.25  # a stage server's HTTP and batching CPU per visit (MEASURED.md)
+MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
+
+
+def _cli(*args: str) -> str:
+    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", *args]
+    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
+    if res.returncode != 0:
+        raise RuntimeError(f"mlops-twin {' '.join(args[:2])}: {res.stderr.strip()[-500:]}")
+    return res.stdout
+
+
+def _files(name: str) -> tuple[Path, Path]:
+    """The scenario (one steady ``knee`` workload) and the deployment ``name``, written once."""
+    d = OUT / name
+    d.mkdir(parents=True, exist_ok=True)
+    sc = yaml.safe_load((ROOT / "examples" / "digits-pipeline.yaml").read_text())
+    sc["workloads"] = [{"kind": "steady", "name": "knee", "rate_per_s": BASE_RATE}]
+    dep = yaml.safe_load((ROOT / "examples" / "digits-pipeline.deployment.yaml").read_text())
+    dep["name"] = f"knee-{name}"
+    dep["stages"][BOTTLENECK] = dict(DEPLOYMENTS[name])
+    (d / "scenario.yaml").write_text(yaml.safe_dump(sc, sort_keys=False))
+    (d / "deployment.yaml").write_text(yaml.safe_dump(dep, sort_keys=False))
+    return d / "scenario.yaml", d / "deployment.yaml"
+
+
+def capacity_rps(share: float) -> float:
+    """The default bottleneck's capacity (req/s): e-large's batch-1 time plus server CPU."""
+    entry = load_manifest(DEFAULT_DIR)["models"][BOTTLENECK]["e-large"]
+    ms = entry["service_time"]["mean_ms"] + SERVER_CPU_MS
+    return share * 1000.0 / ms
+
+
+def run(name: str, duration_s: float, repeats: int) -> None:
+    scenario, deployment = _files(name)
+    d = OUT / name
+    testbed = CliTestbed("local", OUT / f".{name}.testbed", log=OUT / f".{name}.log")
+    targets = testbed.up(scenario, deployment)
+    try:
+        share = float(targets.factor or 0.25) * 2.0  # a node's 2 cores at the testbed's factor
+        cap = capacity_rps(share)
+        (d / "capacity.json").write_text(json.dumps({"share": share, "capacity_rps": cap}))
+        metrics = [f"{k}={v}" for k, v in targets.metrics.items()]
+        for rep in range(repeats):
+            for rho in RHOS:
+                out = d / f"rho{rho:.1f}-{rep}"
+                if (out / "summary.json").exists():
+                    continue
+                rate = rho * cap
+                print(f"{name} ρ {rho} ({rate:.0f}/s) repeat {rep}", file=sys.stderr)
+                _cli("load", "run", "-s", str(scenario), "--shape", "knee",
+                     "--target", targets.gateway, "--out", str(out),
+                     "--duration", f"{duration_s:g}", "--rate-scale", f"{rate / BASE_RATE:.4f}",
+                     "--seed", str(11 + rep), "--drain", "5",
+                     "--inputs-file", str(DEFAULT_DIR / TESTSET),
+                     *[a for m in metrics for a in ("--metrics", m)])  # fmt: skip
+    finally:
+        testbed.down()
+
+
+def _steal(folder: Path) -> float:
+    try:
+        from loadgen.host import host_summary
+
+        return float(host_summary(pd.read_parquet(folder / "metrics.parquet"))["steal_cores"])
+    except Exception:  # no host samples in this run
+        return float("nan")
+
+
+def _levels(name: str) -> pd.DataFrame:
+    rows = []
+    for f in sorted((OUT / name).glob("rho*-*/summary.json")):
+        s = json.loads(f.read_text())
+        rho = float(f.parent.name[3:].split("-")[0])
+        behind = s["achieved_over_offered"] < MIN_ACHIEVED or s["lag_p99_s"] > MAX_LAG_S
+        rows.append(
+            {"deployment": name, "rho": rho, "run": f.parent.name,
+             "offered": s["offered_rps"], "achieved": s["achieved_rps"],
+             "p50": s["p50_s"] * 1e3, "p95": s["p95_s"] * 1e3, "p99": s["p99_s"] * 1e3,
+             "lag_p99_ms": s["lag_p99_s"] * 1e3, "behind": behind,
+             "steal_cores": _steal(f.parent)}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _delta(m: pd.DataFrame, target: str, metric: str) -> float:
+    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")["value"]
+    return float(x.iloc[-1] - x.iloc[0]) if len(x) > 1 else float("nan")
+
+
+def server_cpu(folders: list[Path], deployment: object) -> dict[str, ServerOverhead]:
+    """Per stage: its server's CPU per item outside the model (ms on the host), pooled over runs.
+
+    The node agent's cgroup CPU minus the model runs' CPU (``stage_compute_cpu_seconds``)
+    over the items served, on nodes that hold one stage (the knee's deployments do).
+    """
+    alloc = deployment.allocation  # type: ignore[attr-defined]
+    node_of = {c: next(iter(a)) for c, a in alloc.items() if len(a) == 1}
+    cpu: dict[str, float] = {}
+    items: dict[str, float] = {}
+    for f in folders:
+        m = pd.read_parquet(f / "metrics.parquet")
+        targets = m["target"].astype(str)
+        m = m.assign(target=targets)
+        for stage, node in node_of.items():
+            if sum(node in n for n in node_of.values()) != 1:
+                continue
+            tgt = [t for t in targets.unique() if t.startswith(f"{stage}-{node}-")]
+            if len(tgt) != 1:
+                continue
+            node_cpu = _delta(m, f"agent:{node}", "node_cpu_seconds")
+            model = _delta(m, tgt[0], "stage_compute_cpu_seconds_total")
+            n = _delta(m, tgt[0], "stage_items_total")
+            if np.isfinite([node_cpu, model, n]).all() and n > 0:
+                cpu[stage] = cpu.get(stage, 0.0) + max(node_cpu - model, 0.0)
+                items[stage] = items.get(stage, 0.0) + n
+    return {s: ServerOverhead(per_item_ms=1e3 * cpu[s] / items[s]) for s in cpu}
+
+
+def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dict:
+    """The twin calibrated on the other levels' runs, at this level's offered rate.
+
+    Two twins: ``twin_*`` counts the stage servers' own CPU against their capacity
+    (``server_overhead``), ``plain_*`` leaves it in the per-request overhead.
+    """
+    d = OUT / name
+    share = json.loads((d / "capacity.json").read_text())["share"]
+    cal_dir = d / f"twin-rho{rho:.1f}"
+    cal_dir.mkdir(exist_ok=True)
+    other = runs[(runs["rho"] != rho) & ~runs["behind"]]
+    sc_path = cal_dir / "calibrated.yaml"
+    if not sc_path.exists():
+        _cli("calibrate", "fit", *[str(d / r) for r in other["run"]],
+             "-s", str(d / "scenario.yaml"), "--cpu-share", f"{share:g}",
+             "-o", str(cal_dir / "calibration.yaml"), "--scenario-out", str(sc_path))  # fmt: skip
+    dep = load_deployment(d / "deployment.yaml")
+    calibration = cal.load(cal_dir / "calibration.yaml")
+    base = load_scenario(d / "scenario.yaml")
+    cpu = server_cpu([d / r for r in other["run"]], dep)
+    (cal_dir / "server_cpu.json").write_text(
+        json.dumps({k: v.model_dump() for k, v in cpu.items()})
+    )
+    rate = float(runs[runs["rho"] == rho]["offered"].mean())
+    wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=rate)
+    out: dict[str, float] = {}
+    horizon = 30.0
+    for key, sc_cpu in (("twin", cpu), ("plain", None)):
+        sc, _ = cal.calibrated_scenario(base, calibration, shares=share, server_cpu=sc_cpu)
+        lat, done = [], 0
+        for seed in range(seeds):
+            r = simulate_replication(sc, dep, wl, horizon, seed, visits=False).requests
+            lat.append((r["t_end"] - r["t_arrive"]).dropna().to_numpy() * 1e3)
+            done += int((r["t_end"] <= horizon).sum())
+        p50, p95, p99 = np.percentile(np.concatenate(lat), [50, 95, 99])
+        out |= {f"{key}_p50": p50, f"{key}_p95": p95, f"{key}_p99": p99,
+                f"{key}_rps": done / (horizon * seeds)}  # fmt: skip
+    out["server_cpu_ms"] = ", ".join(f"{k} {v.per_item_ms:.2f}" for k, v in cpu.items())
+    return out
+
+
+def _knee(rates: np.ndarray, p95: np.ndarray) -> float:
+    """The first offered rate where p95 reaches twice its lowest-load value (interpolated)."""
+    goal = 2 * p95[0]
+    for i in range(1, len(rates)):
+        if p95[i] >= goal:
+            f = (goal - p95[i - 1]) / (p95[i] - p95[i - 1])
+            return float(rates[i - 1] + f * (rates[i] - rates[i - 1]))
+    return float("nan")
+
+
+def report() -> None:
+    parts = [
+        "# The knee: testbed vs held-out calibrated twin (digits pipeline, local backend)",
+        "",
+        f"- {machine_line()}",
+        "- command: `flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py run "
+        "--deployment D` for D in default, variant, batch, then `… report`",
+        "- a level's twin is calibrated on the other levels' runs of the same deployment "
+        "(`calibrate fit`, held out) and simulated at the level's mean offered rate "
+        "(3 seeds × 30 s); error % = (twin − testbed) / testbed on the mean of the level's "
+        "repeats; runs marked *behind* (achieved/offered < 0.99 or release lag p99 > 5 ms) "
+        "are left out of the fidelity figures",
+        "",
+    ]
+    p95_at: dict[str, pd.DataFrame] = {}
+    for name in DEPLOYMENTS:
+        runs = _levels(name)
+        if runs.empty:
+            parts += [f"## {name}: not run", ""]
+            continue
+        cap = json.loads((OUT / name / "capacity.json").read_text())
+        rows, summary = [], []
+        for rho, g in runs.groupby("rho"):
+            ok = g[~g["behind"]]
+            tw = twin_level(name, rho, runs)
+            m = ok if len(ok) else g
+            row = {"rho": rho, "offered": g["offered"].mean(), "achieved": g["achieved"].mean(),
+                   "p50": m["p50"].mean(), "p95": m["p95"].mean(), "p99": m["p99"].mean(),
+                   "n_ok": len(ok), "n": len(g), "steal": g["steal_cores"].mean()}  # fmt: skip
+            row.update(tw)
+            summary.append(row)
+            err = {q: 100 * (tw[f"twin_{q}"] / row[q] - 1) for q in ("p50", "p95", "p99")}
+            rows.append(
+                [f"{rho:.1f}", f"{row['offered']:.0f}", f"{row['achieved']:.0f}",
+                 f"{len(ok)}/{len(g)}", f"{row['p50']:.1f}", f"{row['p95']:.1f}",
+                 f"{row['p99']:.1f}", f"{tw['twin_p50']:.1f}", f"{tw['twin_p95']:.1f}",
+                 f"{tw['twin_p99']:.1f}", *(f"{err[q]:+.1f}" for q in ("p50", "p95", "p99")),
+                 f"{100 * (tw['plain_p95'] / row['p95'] - 1):+.1f}", f"{row['steal']:.3f}",
+                 tw["server_cpu_ms"]]
+            )  # fmt: skip
+        s = pd.DataFrame(summary)
+        p95_at[name] = s
+        knee_tb = _knee(s["offered"].to_numpy(), s["p95"].to_numpy())
+        knee_tw = _knee(s["offered"].to_numpy(), s["twin_p95"].to_numpy())
+        sat = s[s["rho"] >= 1.0]
+        parts += [
+            f"## {name}: encoder {DEPLOYMENTS[name]['variant']} batch "
+            f"{DEPLOYMENTS[name]['batch']} (share {cap['share']:.2f} core, default bottleneck "
+            f"capacity estimate {cap['capacity_rps']:.0f}/s)",
+            "",
+            markdown_table(
+                [
+                    "ρ",
+                    "offered/s",
+                    "achieved/s",
+                    "runs ok",
+                    "tb p50",
+                    "tb p95",
+                    "tb p99",
+                    "twin p50",
+                    "twin p95",
+                    "twin p99",
+                    "p50 err %",
+                    "p95 err %",
+                    "p99 err %",
+                    "p95 err % without server CPU",
+                    "steal cores",
+                    "server CPU ms/item (fit)",
+                ],
+                rows,
+            ),
+            "",
+            f"- knee (p95 = 2 × its lowest-load value): testbed {knee_tb:.0f}/s, twin "
+            f"{knee_tw:.0f}/s ({100 * (knee_tw / knee_tb - 1):+.1f} %)",
+            *(
+                f"- throughput at ρ {r.rho:.1f}: testbed {r.achieved:.1f}/s, twin "
+                f"{r.twin_rps:.1f}/s ({100 * (r.twin_rps / r.achieved - 1):+.1f} %)"
+                for r in sat.itertuples()
+            ),
+            "",
+        ]
+    if "default" in p95_at:
+        parts += ["## Decisions matter: p95 ratio to the default deployment at each level", ""]
+        base = p95_at["default"].set_index("rho")
+        for other in ("variant", "batch"):
+            if other not in p95_at:
+                continue
+            o = p95_at[other].set_index("rho")
+            rows = []
+            for rho in base.index.intersection(o.index):
+                tb = base.loc[rho, "p95"] / o.loc[rho, "p95"]
+                tw = base.loc[rho, "twin_p95"] / o.loc[rho, "twin_p95"]
+                rows.append([f"{rho:.1f}", f"{tb:.2f}", f"{tw:.2f}", f"{100 * (tw / tb - 1):+.1f}"])
+            parts += [
+                f"default / {other}:",
+                "",
+                markdown_table(["ρ", "testbed p95 ratio", "twin p95 ratio", "error %"], rows),
+                "",
+            ]
+    write_result("testbed_knee", "\n".join(parts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="one deployment's sweep (resumable)")
+    r.add_argument("--deployment", choices=list(DEPLOYMENTS), required=True)
+    r.add_argument("--duration", type=float, default=20.0, help="s per run")
+    r.add_argument("--repeats", type=int, default=2)
+    sub.add_parser("report", help="calibrate held-out twins and write the result")
+    a = ap.parse_args()
+    if a.cmd == "run":
+        run(a.deployment, a.duration, a.repeats)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
