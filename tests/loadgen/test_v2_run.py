@@ -27,13 +27,28 @@ def scenario_file(tmp_path: Path, serving: dict) -> Path:
         "name": "v2-target",
         "servers": [{"name": "srv", "cpu_cores": 1, "ram_gb": 1}],
         "components": [
-            {"name": "m", "variants": [{"name": "1", "accuracy": 1, "cpu_cores": 1,
-                                         "service_time": {"kind": "constant", "ms": 1}}]}
+            {
+                "name": "m",
+                "variants": [
+                    {
+                        "name": "1",
+                        "accuracy": 1,
+                        "cpu_cores": 1,
+                        "service_time": {"kind": "constant", "ms": 1},
+                    }
+                ],
+            }
         ],
-        "processes": [{"name": "req", "kind": "request", "serving": serving,
-                       "steps": [{"name": "infer", "component": "m"}]}],
+        "processes": [
+            {
+                "name": "req",
+                "kind": "request",
+                "serving": serving,
+                "steps": [{"name": "infer", "component": "m"}],
+            }
+        ],
         "workloads": [{"kind": "steady", "name": "steady", "rate_per_s": 40}],
-    }  # fmt: skip
+    }
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -58,10 +73,14 @@ def echo_server(seen: list) -> object:
 def test_body_pool_uses_file_rows_and_generated_ranges(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", np.arange(12, dtype=np.float32).reshape(4, 1, 3))
     serving = Serving.model_validate(
-        {"model": "sum", "inputs": [
-            {"name": "a", "shape": [1, 3], "data_file": str(tmp_path / "a.npy")},
-            {"name": "b", "shape": [1, 2], "datatype": "INT64", "low": 5, "high": 9}]}
-    )  # fmt: skip
+        {
+            "model": "sum",
+            "inputs": [
+                {"name": "a", "shape": [1, 3], "data_file": str(tmp_path / "a.npy")},
+                {"name": "b", "shape": [1, 2], "datatype": "INT64", "low": 5, "high": 9},
+            ],
+        }
+    )
     bodies, truth = body_pool(serving, size=8)
     assert truth is None and len(bodies) == 8
     first = json.loads(bodies[5])["inputs"]
@@ -69,27 +88,53 @@ def test_body_pool_uses_file_rows_and_generated_ranges(tmp_path: Path) -> None:
     assert first[1]["datatype"] == "INT64" and all(5 <= x <= 9 for x in first[1]["data"])
     bodies, truth = body_pool(gateway_serving())
     assert len(bodies) == len(truth) == 1797  # the digits, with their labels
-    bad = serving.model_copy(update={"inputs": [serving.inputs[0].model_copy(
-        update={"shape": [1, 5]})]})  # fmt: skip
+    bad = serving.model_copy(
+        update={"inputs": [serving.inputs[0].model_copy(update={"shape": [1, 5]})]}
+    )
     with pytest.raises(ValueError, match="cannot be split into tensors of shape"):
         body_pool(bad)
 
 
 def test_load_run_v2_sends_the_scenario_tensors(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", np.arange(12, dtype=np.float32).reshape(4, 1, 3))
-    serving = {"model": "sum", "version": "7", "inputs": [
-        {"name": "a", "shape": [1, 3], "data_file": "a.npy"},
-        {"name": "b", "shape": [1, 2], "datatype": "INT64", "low": 1, "high": 3}]}  # fmt: skip
+    serving = {
+        "model": "sum",
+        "version": "7",
+        "inputs": [
+            {"name": "a", "shape": [1, 3], "data_file": "a.npy"},
+            {"name": "b", "shape": [1, 2], "datatype": "INT64", "low": 1, "high": 3},
+        ],
+    }
     scenario = scenario_file(tmp_path, serving)
     seen: list = []
     out = tmp_path / "run"
     with serve_app(echo_server(seen)) as url:
         res = subprocess.run(
-            [*CLI, "load", "run", "-s", str(scenario), "--shape", "steady", "--duration", "3",
-             "--target", url, "--out", str(out), "--drain", "3", "--protocol", "v2", "--json"],
-            capture_output=True, text=True, timeout=180,
+            [
+                *CLI,
+                "load",
+                "run",
+                "-s",
+                str(scenario),
+                "--shape",
+                "steady",
+                "--duration",
+                "3",
+                "--target",
+                url,
+                "--out",
+                str(out),
+                "--drain",
+                "3",
+                "--protocol",
+                "v2",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
             env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"},
-        )  # fmt: skip
+        )
     assert res.returncode == 0, res.stderr
     req = pd.read_parquet(out / "requests.parquet")
     assert len(req) > 60 and req["ok"].all()
@@ -102,8 +147,23 @@ def test_load_run_v2_sends_the_scenario_tensors(tmp_path: Path) -> None:
 def test_load_run_refuses_an_unknown_protocol(tmp_path: Path) -> None:
     scenario = scenario_file(tmp_path, {"model": "m", "inputs": [{"name": "x", "shape": [1]}]})
     res = subprocess.run(
-        [*CLI, "load", "run", "-s", str(scenario), "--shape", "steady", "--target",
-         "http://127.0.0.1:9", "--out", str(tmp_path / "r"), "--protocol", "grpc"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            *CLI,
+            "load",
+            "run",
+            "-s",
+            str(scenario),
+            "--shape",
+            "steady",
+            "--target",
+            "http://127.0.0.1:9",
+            "--out",
+            str(tmp_path / "r"),
+            "--protocol",
+            "grpc",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "--protocol must be 'v1' or 'v2'" in res.stderr
