@@ -60,7 +60,8 @@ def write_repository(
 
     ``workers``: MLServer's ``parallel_workers`` (inference processes; 0 runs the
     model in the HTTP process: with 1.7.1 and uvloop 0.22 here, a worker process dies at
-    start with "no current event loop", so 0 is the default). The gRPC and metrics ports are ``port + 1``/``+ 2``.
+    start with "no current event loop", so 0 is the default). The gRPC and metrics
+    ports are ``port + 1``/``+ 2``.
     """
     model_dir = folder / MODEL
     model_dir.mkdir(parents=True, exist_ok=True)
