@@ -1,6 +1,6 @@
 """Fidelity of the calibrated twin on held-out runs of the real testbed.
 
-Runs ``calibrate.validate.run_validation`` on the digits pipeline (local
+Runs ``lab.validate.run_validation`` on the digits pipeline (local
 backend): fit runs at steady-low × 0.5 and × 3 (15 and 90 req/s; half before,
 half after the rest), then steady-low, fluctuating and steady-high as held-out
 runs (other levels, other arrival seed); the calibrated twin
@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, write_result
 
 from calibrate import calibration as cal
-from calibrate.experiment import CliTestbed
-from calibrate.fitruns import overhead_text
-from calibrate.host_noise import MAX_STEAL_CORES, host_lines, undisturbed_lines
-from calibrate.validate import ValidateConfig, run_validation
+from lab.fitruns import overhead_text
+from lab.host_noise import MAX_STEAL_CORES, host_lines, undisturbed_lines
+from lab.validate import ValidateConfig, run_validation
+from testbed.client import CliTestbed
 
 ROOT = Path(__file__).resolve().parents[1]
 

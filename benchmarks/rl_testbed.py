@@ -38,7 +38,7 @@ def main() -> None:
     rows, loads = [], []
     for policy in args.policies.split(","):
         out = ROOT / "runs" / f"rl-control-digits-{policy}"
-        cmd = [sys.executable, "-m", "twin.cli", "rl", "control",
+        cmd = [sys.executable, "-m", "mlops_twin", "rl", "control",
                str(ROOT / "examples" / "digits-pipeline.yaml"), "--policy", policy,
                "--duration", str(args.duration), "--out", str(out), "--json"]  # fmt: skip
         if policy == "ppo":

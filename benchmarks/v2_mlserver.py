@@ -52,7 +52,7 @@ def main() -> None:
     rows = []
     with mlserver.serve(work / "repo", port, bin_dir) as url:
         prof = work / "profile"
-        cli = [sys.executable, "-c", "from twin.cli import main; main()"]
+        cli = [sys.executable, "-c", "from mlops_twin.cli import main; main()"]
         res = subprocess.run(
             [*cli, "calibrate", "profile", "--target", url, "--model", mlserver.MODEL,
              "--version", mlserver.VERSION, "--input", "x:FP32:1x64", "--batches", "1,4",

@@ -1,4 +1,4 @@
-"""``mlops-twin calibrate fit|apply|profile|validate``.
+"""``mlops-twin calibrate fit|apply|profile`` (``validate`` is the lab's: :mod:`lab.cli`).
 
 Results go to stdout (``--json`` for machines), progress and errors to stderr;
 errors are one paragraph without a traceback.
@@ -12,9 +12,9 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from twin.console import err, fail, out
 from twin.load import SpecError, load_scenario
 
 app = typer.Typer(
@@ -23,13 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Profile the testbed, fit the twin's service times, validate twin vs testbed.",
 )
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def read_samples(
@@ -53,7 +46,7 @@ def read_samples(
         requests = pd.read_parquet(source / "requests.parquet")
         share = cpu_share
         if share is None:
-            _fail(f"{source} is a load run: give the stages' CPU share with --cpu-share")
+            fail(f"{source} is a load run: give the stages' CPU share with --cpu-share")
         rows = requests[requests["process"].astype(str).isin(visits["process"].astype(str))]
         return (
             testbed_samples(visits, float(share)),
@@ -65,8 +58,8 @@ def read_samples(
         if cpu_share is not None or "cpu_share" not in frame:
             frame = frame.assign(cpu_share=cpu_share or 1.0)
         return frame, {}, None
-    _fail(f"{source}: not a profile folder, a load-run folder or a samples table")
-    raise AssertionError  # unreachable: _fail exits
+    fail(f"{source}: not a profile folder, a load-run folder or a samples table")
+    raise AssertionError  # unreachable: fail exits
 
 
 @app.command()
@@ -127,7 +120,7 @@ def fit(
             scenario_out.parent.mkdir(parents=True, exist_ok=True)
             scenario_out.write_text(cal.dump_model(new, exclude_defaults=True))
     except (SpecError, ValueError, KeyError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     if as_json:
         print(json.dumps(doc.model_dump(mode="json"), indent=2))
@@ -178,28 +171,19 @@ def apply(
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump_model(new, exclude_defaults=True))
     except (SpecError, ValueError, KeyError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     print(str(out_file))
     if untouched:
         err.print(f"not profiled (kept as in the scenario): {', '.join(untouched)}")
 
 
-# the default is calibrate.host_noise.MAX_STEAL_CORES, written out so that --help stays
-# free of pandas (tests/calibrate/test_host_noise.py checks the two agree)
-MAX_STEAL_DEFAULT = 0.02
-MAX_STEAL_OPTION = typer.Option(
-    help="Fit without the requests of seconds in which the hypervisor stole at least this "
-    "many cores from the host (the report's host table shows them); 0 fits every second."
-)
-
-
-def _floats(text: str) -> tuple[float, ...]:
+def floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        _fail(f"expected comma-separated numbers, got {text!r}")
-        raise AssertionError from None  # unreachable: _fail exits
+        fail(f"expected comma-separated numbers, got {text!r}")
+        raise AssertionError from None  # unreachable: fail exits
 
 
 def default_shares(scenario_file: Path) -> tuple[tuple[float, ...], float | None]:
@@ -260,8 +244,8 @@ def profile(
     try:
         sh, factor = default_shares(scenario)
         grid = Grid(
-            batches=tuple(int(b) for b in _floats(batches)),
-            shares=_floats(shares) if shares else sh,
+            batches=tuple(int(b) for b in floats(batches)),
+            shares=floats(shares) if shares else sh,
             stages=tuple(filter(None, stages.split(","))),
             variants=tuple(filter(None, variants.split(","))),
             samples=samples,
@@ -270,66 +254,9 @@ def profile(
         say = lambda m: err.print(m, highlight=False)  # noqa: E731
         folder = run_profile(sc, scenario, grid, models, out_root, factor, say)
     except (SpecError, ValueError, KeyError, OSError, RuntimeError, TimeoutError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     print(folder)
-
-
-@app.command()
-def validate(
-    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML.")] = Path(
-        "examples/digits-pipeline.yaml"
-    ),
-    deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")] = (
-        Path("examples/digits-pipeline.deployment.yaml")
-    ),
-    workloads: Annotated[str, typer.Option(help="Held-out workloads, comma-separated.")] = (
-        "steady-low,fluctuating,steady-high"
-    ),
-    near_saturation: Annotated[str, typer.Option(help="Reported separately.")] = "steady-high",
-    duration: Annotated[float, typer.Option(help="Seconds per held-out workload.")] = 60.0,
-    fit_workload: Annotated[str, typer.Option(help="Workload of the fit run.")] = "steady-low",
-    fit_rate_scales: Annotated[
-        str, typer.Option(help="Rate multipliers of the fit runs (load levels), comma-separated.")
-    ] = "0.5,3",
-    fit_duration: Annotated[float, typer.Option(help="Seconds of the fit run.")] = 40.0,
-    replications: Annotated[int, typer.Option(help="Twin replications per workload.")] = 3,
-    seed: Annotated[int, typer.Option(help="Arrival seed of the held-out runs.")] = 1,
-    profile_dir: Annotated[
-        Path | None, typer.Option("--profile", help="Profile folder for unexercised variants.")
-    ] = None,
-    backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
-    name: Annotated[str, typer.Option(help="Run folder name under runs/.")] = "",
-    max_steal: Annotated[float, MAX_STEAL_OPTION] = MAX_STEAL_DEFAULT,
-) -> None:
-    """Same deployment and workloads on the testbed and in the calibrated twin; report."""
-    import time
-
-    from calibrate.experiment import CliTestbed
-    from calibrate.validate import ValidateConfig, run_validation
-
-    cfg = ValidateConfig(
-        scenario, deployment, workloads=tuple(filter(None, workloads.split(","))),
-        near_saturation=tuple(filter(None, near_saturation.split(","))),
-        fit_workload=fit_workload, fit_rate_scales=_floats(fit_rate_scales),
-        fit_duration_s=fit_duration,
-        duration_s=duration, seed=seed, replications=replications, profile=profile_dir,
-        max_steal_cores=max_steal or None,
-    )  # fmt: skip
-    out_dir = Path("runs") / (name or time.strftime("validate-%Y%m%d-%H%M%S"))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # its own state folder: a testbed someone else runs from .testbed/ is left alone
-    state = out_dir.parent / f".{out_dir.name}.testbed"
-    testbed = CliTestbed(backend, state, log=out_dir.parent / f".{out_dir.name}.testbed.log")
-    say = lambda m: err.print(m, highlight=False)  # noqa: E731
-    try:
-        run_validation(cfg, testbed, out_dir, say)
-    except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        _fail(str(exc))
-        return
-    text = (out_dir / "report.md").read_text()
-    print(text[text.find("## Fidelity") :] if "## Fidelity" in text else text)
-    err.print(f"report: {out_dir / 'report.md'}", highlight=False)
 
 
 def _profile_target(
@@ -371,15 +298,15 @@ def _profile_target(
         else:
             tg.discover(url, serving.model, serving.version)
         grid = tg.TargetGrid(
-            batches=tuple(int(b) for b in _floats(batches)),
-            concurrency=tuple(int(c) for c in _floats(concurrency)),
+            batches=tuple(int(b) for b in floats(batches)),
+            concurrency=tuple(int(c) for c in floats(concurrency)),
             cell_s=cell_s,
         )
         name = tg.name_of(f"{serving.model}-{serving.version or 'default'}")
         folder = out_dir or Path("runs") / time.strftime(f"profile-{name}-%Y%m%d-%H%M%S")
         tg.run_target_profile(url, serving, folder, grid, replicas, say)
     except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     print(folder)
     err.print(
@@ -411,7 +338,7 @@ def import_perf_analyzer(
             (tmp / "scenario.yaml").write_text(cal.dump_model(scenario, exclude_defaults=True))
             (tmp / "deployment.yaml").write_text(cal.dump_model(dep, exclude_defaults=True))
     except (SpecError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     table = Table(title=f"perf_analyzer {csv_file.name} → {out_dir}")
     table.add_column("figure")

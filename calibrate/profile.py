@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from calibrate.calibration import file_sha256
+from calibrate.fit import SAMPLE_COLUMNS
 from twin.runs import atomic_dir
 from twin.spec import Scenario
 
@@ -258,6 +259,13 @@ def cells(scenario: Scenario, manifest: dict, grid: Grid) -> list[tuple[str, str
     return out
 
 
+def samples_frame(rows: list[tuple]) -> pd.DataFrame:
+    """The profile's samples table; ``hop_ms`` is the client's time beyond queue and service."""
+    samples = pd.DataFrame(rows, columns=[*SAMPLE_COLUMNS, "queue_ms", "client_ms", "rep"])
+    hop = samples["client_ms"] - samples["service_ms"] - samples["queue_ms"]
+    return samples.assign(hop_ms=hop.clip(lower=0))
+
+
 def run_profile(
     scenario: Scenario,
     scenario_file: Path,
@@ -306,22 +314,7 @@ def run_profile(
                             measure_cell(url, x, b, grid.samples, grid.warmup)
                         ):
                             rows.append((component, variant, b, share, s, q, c, i))
-        samples = pd.DataFrame(
-            rows,
-            columns=[
-                "component",
-                "variant",
-                "batch",
-                "cpu_share",
-                "service_ms",
-                "queue_ms",
-                "client_ms",
-                "rep",
-            ],
-        )
-        samples["hop_ms"] = (
-            samples["client_ms"] - samples["service_ms"] - samples["queue_ms"]
-        ).clip(lower=0)
+        samples = samples_frame(rows)
         samples.to_parquet(tmp / "samples.parquet", index=False)
         meta = {
             "profile_id": pid,

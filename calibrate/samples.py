@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from calibrate.fit import SAMPLE_COLUMNS
-from twin.deployment import stage_config
+from twin.deployment import effective_stage
 from twin.spec import Deployment, Scenario, Workload
 from twin.workload import rate_at
 
@@ -38,11 +38,7 @@ def twin_samples(
     rows = rows.drop_duplicates(["component", "machine", "replica", "t_start", "batch"])
     component = rows["component"].astype(str)
     variant = component.map(
-        lambda c: (
-            scenario.component(c)
-            .variant(stage_config(deployment, scenario.component(c)).variant)
-            .name
-        )
+        lambda c: effective_stage(scenario, deployment, scenario.component(c)).variant
     )
     factor = rows["machine"].astype(str).map(speed).to_numpy(dtype=float)
     out = pd.DataFrame(
@@ -136,10 +132,9 @@ def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deploymen
     size, timeout = {}, {}
     for c in scenario.components:
         if c.is_stage:
-            cfg = stage_config(deployment, c)
-            size[c.name] = cfg.batch
-            ms = cfg.batch_timeout_ms
-            timeout[c.name] = (scenario.settings.batch_timeout_ms if ms is None else ms) / 1e3
+            eff = effective_stage(scenario, deployment, c)
+            size[c.name] = eff.batch
+            timeout[c.name] = eff.batch_timeout_ms / 1e3
     component = rows["component"].astype(str)
     queue = rows.groupby(["component", "replica_name", "batch", "_ms", "_exec"], observed=True,
                          sort=False)["queue_s"]  # fmt: skip

@@ -11,10 +11,8 @@ triggered and the run says so.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,13 +20,14 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from testbed.client import Hook, command_hook
 from twin.sim import STREAM_ARRIVALS, stream
 from twin.spec import Scenario
 from twin.workload import arrival_times
 
-BatchHook = Callable[[str, int], None]
-"""Runs one execution of process ``name`` (execution ``pid``); returns when done, raises on
-failure."""
+BatchHook = Hook  # runs one execution of process ``name`` (``pid``); raises on failure
+
+__all__ = ["BatchHook", "BatchTrigger", "batch_schedule", "command_hook", "http_hook"]
 
 
 def batch_schedule(scenario: Scenario, duration_s: float, seed: int) -> list[tuple[float, str]]:
@@ -40,17 +39,6 @@ def batch_schedule(scenario: Scenario, duration_s: float, seed: int) -> list[tup
         rng = stream(seed, 0, STREAM_ARRIVALS, p.name)
         out += [(float(t), p.name) for t in arrival_times(p.arrivals, rng, duration_s)]
     return sorted(out)
-
-
-def command_hook(argv: Sequence[str], timeout_s: float = 600.0) -> BatchHook:
-    """A hook that runs ``argv`` (e.g. the testbed's trainer job) to completion."""
-
-    def run(name: str, pid: int) -> None:
-        subprocess.run(
-            list(argv), check=True, timeout=timeout_s, capture_output=True, stdin=subprocess.DEVNULL
-        )
-
-    return run
 
 
 def http_hook(url: str, timeout_s: float = 600.0) -> BatchHook:

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-out = Console()
-err = Console(stderr=True)
+from twin.console import err, fail, out
 
 app = typer.Typer(
     help="Open-loop load runs (Locust) against the testbed's gateway.",
@@ -29,11 +27,6 @@ app = typer.Typer(
 @app.callback()
 def _group() -> None:
     """Open-loop load runs (Locust) against the testbed's gateway."""
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _targets(items: list[str]) -> dict[str, str]:
@@ -88,9 +81,9 @@ def run_cmd(
 ) -> None:
     """Offer a scenario workload to a target (gateway or V2 server); record every request."""
     from loadgen.batch import command_hook, http_hook
-    from loadgen.profile import scale_workload
     from loadgen.run import LoadRun, LoadRunError, run_to_folder
     from twin.load import SpecError, load_scenario
+    from twin.workload import scale_workload
 
     try:
         if inputs not in ("image", "entity"):
@@ -139,7 +132,7 @@ def run_cmd(
             task = progress.add_task("load", total=duration)
             result = run_to_folder(run, out_dir, lambda t: progress.update(task, completed=t))
     except (SpecError, ValueError, LoadRunError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     s = result.summary
     if as_json:
@@ -156,3 +149,7 @@ def run_cmd(
 
 def _num(v: float) -> float | None:
     return None if v != v else v
+
+
+if __name__ == "__main__":  # `python -m ...`: how testbed.client runs it
+    app()

@@ -23,45 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from twin.spec import (
-    FluctuatingWorkload,
-    SteadyWorkload,
-    StepWorkload,
-    TraceWorkload,
-    Workload,
-)
-from twin.workload import rate_at
+from twin.spec import Workload
+from twin.workload import rate_at, scale_workload
 
-
-def scale_workload(workload: Workload, factor: float) -> Workload:
-    """The same workload with every rate multiplied by ``factor`` (> 0)."""
-    if not factor > 0:
-        raise ValueError(f"rate scale must be > 0, got {factor}")
-    if factor == 1.0:
-        return workload
-    match workload:
-        case SteadyWorkload():
-            return workload.model_copy(update={"rate_per_s": workload.rate_per_s * factor})
-        case FluctuatingWorkload():
-            bursts = [
-                b.model_copy(update={"extra_per_s": b.extra_per_s * factor})
-                for b in workload.bursts
-            ]
-            return workload.model_copy(
-                update={
-                    "base_per_s": workload.base_per_s * factor,
-                    "amplitude_per_s": workload.amplitude_per_s * factor,
-                    "noise_sd_per_s": workload.noise_sd_per_s * factor,
-                    "min_rate_per_s": workload.min_rate_per_s * factor,
-                    "bursts": bursts,
-                }
-            )
-        case StepWorkload():
-            levels = [x * factor for x in workload.levels_per_s]
-            return workload.model_copy(update={"levels_per_s": levels})
-        case TraceWorkload():
-            return workload.model_copy(update={"scale": workload.scale * factor})
-    raise TypeError(f"unknown workload {workload!r}")
+__all__ = ["LoadProfile", "scale_workload"]  # scale_workload: the twin's, re-exported
 
 
 @dataclass(frozen=True)

@@ -11,25 +11,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from optimizer.decide import METHODS
+from twin.console import err, fail, out
 from twin.criteria import CRITERIA
 from twin.deployment import InfeasibleDeployment
 from twin.load import SpecError
 
-out = Console()
-err = Console(stderr=True)
-
 optimize_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 decide_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -156,7 +148,7 @@ def optimize(
             )  # fmt: skip
         write_run(out_dir, scenario, result, out_dir.name)
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     settings = run_settings(result, scenario)
     if as_json:
@@ -222,7 +214,7 @@ def decide(
             )
             out_file.write_text(dump_yaml(dep))
     except (SpecError, ValueError, OSError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     rows = [
         {"pick": label, "id": int(front.loc[i, "id"]),

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from testbed.backends.base import DEFAULT_STATE_DIR
 from testbed.zoo.manifest import DEFAULT_DIR
+from twin.console import err, fail, out
 
 app = typer.Typer(
     help="Emulated servers running real model stages.",
@@ -20,19 +20,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 
 StateDir = Annotated[
     Path, typer.Option("--state-dir", help="Where the running testbed is recorded.")
 ]
 ModelDir = Annotated[Path, typer.Option("--models", help="Model zoo directory.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _backend_for(state_dir: Path, name: str | None = None):  # type: ignore[no-untyped-def]
@@ -44,7 +37,7 @@ def _backend_for(state_dir: Path, name: str | None = None):  # type: ignore[no-u
     try:
         return get_backend(name, state_dir)
     except BackendUnavailable as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @app.command("build-models")
@@ -125,9 +118,9 @@ def up(
         BackendUnavailable,
         FileNotFoundError,
     ) as e:
-        _fail(str(e))
+        fail(str(e))
     except Exception as e:
-        _fail(f"testbed up failed ({type(e).__name__}): {e}; everything started was stopped")
+        fail(f"testbed up failed ({type(e).__name__}): {e}; everything started was stopped")
     result = {
         "backend": be.name,
         "factor": cap.factor,
@@ -159,7 +152,7 @@ def apply(
         require_feasible(Controller.load(state_dir).scenario, dep)
         _backend_for(state_dir).apply(dep)
     except (SpecError, InfeasibleDeployment, DeployError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"applied {dep.name}")
 
 
@@ -169,7 +162,7 @@ def status(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = False) -> 
     try:
         st = _backend_for(state_dir).status()
     except FileNotFoundError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         out.print_json(json.dumps(st.to_dict()))
         return
@@ -212,6 +205,10 @@ def down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     try:
         _backend_for(state_dir).down()
     except RuntimeError as e:
-        _fail(str(e))
+        fail(str(e))
     (state_dir / "backend").unlink(missing_ok=True)
     out.print("testbed down")
+
+
+if __name__ == "__main__":  # `python -m ...`: how testbed.client runs it
+    app()

@@ -28,6 +28,7 @@ from testbed.backends.base import (
     TestbedStatus,
 )
 from testbed.zoo.manifest import DEFAULT_DIR, load_manifest, load_testset
+from twin.deployment import effective_stage
 from twin.load import parse
 from twin.spec import Deployment, Scenario, topological_order
 
@@ -133,13 +134,10 @@ class Controller:
             )
         for stage in stages:
             comp = self.scenario.component(stage)
-            cfg = deployment.stages.get(stage)
-            variant = (cfg.variant if cfg and cfg.variant else None) or comp.variants[0].name
+            eff = effective_stage(self.scenario, deployment, comp)
+            variant = eff.variant
             if model_name(stage, variant) not in self.versions:
                 raise DeployError(f"stage {stage!r}: variant {variant!r} is not in the model zoo")
-            timeout = cfg.batch_timeout_ms if cfg and cfg.batch_timeout_ms is not None else None
-            if timeout is None:
-                timeout = self.scenario.settings.batch_timeout_ms
             alloc = {m: n for m, n in deployment.allocation.get(stage, {}).items() if n > 0}
             unknown = set(alloc) - machines
             if unknown:
@@ -148,8 +146,8 @@ class Controller:
                 raise DeployError(f"stage {stage!r} has no instance in the deployment")
             out[stage] = {
                 "variant": variant,
-                "batch": cfg.batch if cfg else 1,
-                "batch_timeout_ms": float(timeout),
+                "batch": eff.batch,
+                "batch_timeout_ms": eff.batch_timeout_ms,
                 "alloc": alloc,
             }
         return out

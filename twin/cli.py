@@ -1,55 +1,25 @@
-"""The umbrella command ``mlops-twin``.
+"""The twin's own commands: ``mlops-twin validate``, ``simulate`` and ``schema``.
 
-The twin's own commands (validate, simulate, schema) live here. Every other
-package mounts its sub-commands through ``LAZY_COMMANDS``: the module is only
-imported when its command runs, so ``mlops-twin --help`` stays fast and a
-twin-only install works. Results go to stdout (``--json`` for machines);
+The umbrella ``mlops-twin`` (:mod:`mlops_twin.cli`) mounts them beside every
+other package's commands. Results go to stdout (``--json`` for machines);
 progress and errors go to stderr; errors never show a traceback.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from twin.console import err, fail, out
 from twin.deployment import InfeasibleDeployment
 from twin.load import SpecError, parse, read_yaml
 from twin.spec import Deployment, Scenario
-
-out = Console()
-err = Console(stderr=True)
-
-# name → (module, attribute holding a typer.Typer). Packages register here.
-LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
-    # name: (module, attribute, one-line help shown by --help without importing)
-    "testbed": ("testbed.cli", "app", "Emulated servers running real model stages."),
-    "load": ("loadgen.cli", "app", "Open-loop Locust load runs against the testbed's gateway."),
-    "experiment": ("calibrate.experiment", "app", "Testbed vs twin on three workloads: report."),
-    "calibrate": ("calibrate.cli", "app", "Profile the testbed, fit the twin, validate both."),
-    "export": ("calibrate.export_k8s", "app", "Kubernetes manifests for a deployment."),
-    "validate-deployment": ("calibrate.deploy_back", "app", "Chosen vs greedy, on the testbed."),
-    "optimize": ("optimizer.cli", "optimize_app", "Search placements; the twin scores them."),
-    "decide": ("optimizer.cli", "decide_app", "Choose a deployment from an optimize run's front."),
-    "rl": ("optimizer.rl.cli", "app", "Online pipeline configuration: PPO vs Random/Greedy/IPA."),
-}
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-paragraph error to stderr and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(code)
-
 
 app = typer.Typer(
     name="mlops-twin",
@@ -213,66 +183,5 @@ def simulate(
     )
 
 
-class LazyGroup(typer.core.TyperGroup):
-    """Adds the packages' commands, importing each only when it is invoked."""
-
-    _listing = False
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        self._listing = True
-        try:
-            super().format_help(ctx, formatter)
-        finally:
-            self._listing = False
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        names = list(super().list_commands(ctx))
-        return names + sorted(n for n in LAZY_COMMANDS if _available(n))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        cmd = super().get_command(ctx, name)
-        if cmd is not None or name not in LAZY_COMMANDS:
-            return cmd
-        module, attr, short = LAZY_COMMANDS[name]
-        if ctx.resilient_parsing or self._listing:
-            # Listing commands: show the help line without importing the package.
-            return click.Command(name, help=short, short_help=short)
-        try:
-            sub = getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            fail(
-                f"'{name}' needs optional dependencies that are not installed ({exc.name}); "
-                "install with: pip install 'mlops-twin[all]'"
-            )
-            return None
-        command = typer.main.get_command(sub)
-        command.name = name
-        return command
-
-
-def _available(name: str) -> bool:
-    module = LAZY_COMMANDS[name][0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def main() -> None:
-    """Console-script entry point."""
-    command = typer.main.get_command(app)
-    group = LazyGroup(
-        name="mlops-twin",
-        commands=command.commands,  # type: ignore[attr-defined]
-        help=command.help,
-        no_args_is_help=True,
-    )
-    try:
-        group(prog_name="mlops-twin")
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the twin's own commands; the umbrella is mlops_twin.cli
+    app()

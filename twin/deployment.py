@@ -45,6 +45,34 @@ def stage_config(deployment: Deployment, component: Component) -> StageConfig:
     return deployment.stages.get(component.name, StageConfig())
 
 
+@dataclass(frozen=True)
+class EffectiveStage:
+    """What a stage's replicas really run: every default of the deployment resolved."""
+
+    variant: str  # the variant's name (the component's first when the deployment names none)
+    batch: int  # largest batch
+    batch_timeout_ms: float  # the stage's own timeout, else the scenario's default
+
+
+def effective_stage(
+    scenario: Scenario, deployment: Deployment, component: Component
+) -> EffectiveStage:
+    """The stage's effective (variant, batch, batch timeout in ms) under ``deployment``.
+
+    The one place where "the stage's batch timeout, else the scenario's" is
+    decided; the twin, the testbed's controller, its exports and the
+    calibration all read it from here. A component without model variants
+    (not a stage) gets variant ``""`` and batch 1.
+    """
+    cfg = stage_config(deployment, component)
+    timeout_ms = cfg.batch_timeout_ms
+    if timeout_ms is None:
+        timeout_ms = scenario.settings.batch_timeout_ms
+    if not component.is_stage:
+        return EffectiveStage("", 1, float(timeout_ms))
+    return EffectiveStage(component.variant(cfg.variant).name, cfg.batch, float(timeout_ms))
+
+
 def instance_demand(component: Component, config: StageConfig | None = None) -> tuple[float, float]:
     """CPU (cores) and RAM (GB) one instance reserves on its machine.
 

@@ -40,7 +40,7 @@ import pandas as pd
 import simpy
 from simpy.events import NORMAL, Timeout
 
-from twin.deployment import stage_config
+from twin.deployment import effective_stage, stage_config
 from twin.service import Sampler, make_sampler
 from twin.spec import Component, Deployment, Process, Scenario, Server, Step, Workload
 from twin.workload import arrival_times, poisson_times, rate_series
@@ -493,7 +493,6 @@ class Simulation:
     def _apply_allocation(self, dep: Deployment) -> None:
         """Bring instances, samplers and batching in line with ``dep``."""
         sc = self.scenario
-        default_timeout = sc.settings.batch_timeout_ms
         for k, c in enumerate(sc.components):
             cfg = stage_config(dep, c)
             if c.is_stage:
@@ -507,8 +506,8 @@ class Simulation:
                         )
                     variant = c.variant(cfg.variant)
                     self.samplers[k] = make_sampler(variant.service_time, self._service_rngs[k])
-            batch = cfg.batch if c.is_stage else 1
-            timeout_ms = default_timeout if cfg.batch_timeout_ms is None else cfg.batch_timeout_ms
+            eff = effective_stage(sc, dep, c)
+            batch, timeout_ms = eff.batch, eff.batch_timeout_ms
             cores = _working_cores(c, dep)
             active = self.instances[k]
             for inst in active:

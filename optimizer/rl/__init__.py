@@ -6,7 +6,8 @@ metrics), ``baselines`` (Random, Greedy, IPA-style CP-SAT solver),
 ``backends`` (twin / analytic), ``env`` (the gymnasium environment),
 ``extractor`` (residual features extractor), ``agent`` (MaskablePPO with
 expert guidance), ``experiments`` (policy comparison, decision time) and
-``cli`` (``mlops-twin rl``).
+``cli`` (``mlops-twin rl``; ``rl control``, a policy steering the live testbed, is the
+lab's: :mod:`lab.control`).
 """
 
 from optimizer.rl.baselines import GreedyPolicy, IPAPolicy, RandomPolicy, exhaustive

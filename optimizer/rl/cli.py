@@ -13,10 +13,10 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from twin.console import err, fail, out
 from twin.load import SpecError, load_scenario
 from twin.runs import atomic_dir, write_table
 from twin.spec import Scenario
@@ -27,8 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 
 DEFAULT_PREDICTOR = Path(__file__).resolve().parent / "weights" / "lstm.pt"
 DEFAULT_WORKLOADS = "steady-low,fluctuating,steady-high"
@@ -43,27 +41,22 @@ OutOption = Annotated[Path | None, typer.Option("--out", help="Run folder.")]
 JsonOption = Annotated[bool, typer.Option("--json")]
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
 def _scenario(path: Path) -> Scenario:
     try:
         return load_scenario(path)
     except SpecError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail exits
+        fail(str(exc))
+        raise  # unreachable: fail exits
 
 
 def _process(scenario: Scenario, name: str | None) -> str:
     requests = [p.name for p in scenario.processes if p.kind == "request"]
     if name is None:
         if not requests:
-            _fail(f"scenario {scenario.name} has no request pipeline (process kind: request)")
+            fail(f"scenario {scenario.name} has no request pipeline (process kind: request)")
         return requests[0]
     if name not in requests:
-        _fail(f"no request pipeline {name!r} in {scenario.name} (pipelines: {', '.join(requests)})")
+        fail(f"no request pipeline {name!r} in {scenario.name} (pipelines: {', '.join(requests)})")
     return name
 
 
@@ -73,7 +66,7 @@ def _workloads(scenario: Scenario, names: str) -> list:
         try:
             out_.append(scenario.workload(n))
         except KeyError as exc:
-            _fail(str(exc.args[0]))
+            fail(str(exc.args[0]))
     return out_
 
 
@@ -84,7 +77,7 @@ def _predictor(path: str):
         return None
     p = Path(path)
     if not p.is_file():
-        _fail(f"predictor weights {p} not found: run benchmarks/rl_predictor.py or pass none")
+        fail(f"predictor weights {p} not found: run benchmarks/rl_predictor.py or pass none")
     return LoadPredictor.load(p)
 
 
@@ -223,14 +216,14 @@ def evaluate(
     deciders: dict = {}
     if policy_file is not None:
         if not policy_file.is_file():
-            _fail(f"policy {policy_file} not found (train one with 'mlops-twin rl train')")
+            fail(f"policy {policy_file} not found (train one with 'mlops-twin rl train')")
         deciders["ppo"] = agent.load(policy_file)
     for b in [x.strip() for x in baselines.split(",") if x.strip()]:
         if b not in POLICIES:
-            _fail(f"unknown baseline {b!r} (known: {', '.join(POLICIES)})")
+            fail(f"unknown baseline {b!r} (known: {', '.join(POLICIES)})")
         deciders[b] = POLICIES[b]()
     if not deciders:
-        _fail("nothing to evaluate: give --policy and/or --baselines")
+        fail("nothing to evaluate: give --policy and/or --baselines")
     total = len(ws) * len(deciders)
     with _progress() as bar:
         task = bar.add_task(f"{total} cycles of {cycle_s:g} s ({backend})", total=total)
@@ -321,148 +314,3 @@ def decision_time(
         print(frame.to_json(orient="records"))
     else:
         out.print(markdown(frame))
-
-
-def _run(args: list[str], timeout_s: float = 600.0) -> str:
-    """Run ``mlops-twin …`` in a subprocess; its stdout, or a one-paragraph error."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
-    cmd = [sys.executable, "-m", "twin.cli", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    if res.returncode != 0:
-        tail = " ".join((res.stderr or res.stdout).split())[-600:]
-        raise RuntimeError(f"`mlops-twin {' '.join(args[:2])}` failed: {tail}")
-    return res.stdout
-
-
-@app.command()
-def control(
-    scenario_file: Annotated[Path, typer.Argument(help="Scenario the testbed serves.")] = Path(
-        "examples/digits-pipeline.yaml"
-    ),
-    policy: Annotated[str, typer.Option(help="ppo, greedy, ipa, ipa-paper or random.")] = "greedy",
-    policy_file: Annotated[Path | None, typer.Option(help="PPO policy zip (for ppo).")] = None,
-    shape: Annotated[str, typer.Option(help="Workload of the scenario to offer.")] = "fluctuating",
-    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 300.0,
-    seed: Annotated[int, typer.Option()] = 1,
-    predictor: PredictorOption = str(DEFAULT_PREDICTOR),
-    backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
-    state_dir: Annotated[Path, typer.Option(help="Testbed state folder.")] = Path(".testbed-rl"),
-    reward_cost: RewardCostOption = None,
-    out_dir: OutOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Bring the testbed up, offer load, reconfigure every 10 s with a policy, measure, down."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    import time
-
-    import httpx
-    import torch
-
-    from optimizer.rl import agent, experiments
-    from optimizer.rl.baselines import POLICIES
-    from optimizer.rl.online import OnlineController, parse_gateway
-    from twin.load import dump_yaml
-
-    torch.set_num_threads(1)
-    sc = _scenario(scenario_file)
-    proc = _process(sc, None)
-    ws = _workloads(sc, shape)
-    if policy == "ppo":
-        if policy_file is None or not policy_file.is_file():
-            _fail("--policy ppo needs --policy-file with a policy trained on this scenario")
-        decider = agent.load(policy_file)
-    elif policy in POLICIES:
-        decider = POLICIES[policy]()
-    else:
-        _fail(f"unknown policy {policy!r} (ppo, {', '.join(POLICIES)})")
-    env = make_env(sc, proc, ws, "analytic", _predictor(predictor), reward_cost=reward_cost)
-    env.reset(seed=seed, options={"workload": shape})
-    work = Path(tempfile.mkdtemp(prefix="rl-control-"))
-    first = work / "initial.deployment.yaml"
-    first.write_text(dump_yaml(env.space.deployment(env.current, name="rl-initial")))
-    sd = ["--state-dir", str(state_dir)]
-    target = out_dir or Path("runs") / f"rl-control-{sc.name}-{policy}-{shape}"
-    load_proc = None
-    rows = None
-    try:
-        err.print(f"testbed up ({backend}) …", highlight=False)
-        status = json.loads(_run(["testbed", "up", str(scenario_file), "-d", str(first),
-                                  "--backend", backend, "--json", *sd]))  # fmt: skip
-        gateway = status["endpoints"]["gateway"]
-        load_dir = work / "load"
-        load_proc = subprocess.Popen(
-            [sys.executable, "-m", "twin.cli", "load", "run", "-s", str(scenario_file),
-             "--shape", shape, "--target", gateway, "--out", str(load_dir),
-             "--duration", str(duration), "--seed", str(seed), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"},
-        )  # fmt: skip
-        http = httpx.Client(timeout=5.0)
-        counter = iter(range(10**9))
-
-        def apply(dep) -> None:
-            f = work / f"dep-{next(counter)}.yaml"
-            f.write_text(dump_yaml(dep))
-            _run(["testbed", "apply", str(f), *sd], timeout_s=120)
-
-        def scrape() -> str:
-            return http.get(f"{gateway}/metrics").text
-
-        # Wait until load arrives (Locust workers take a while to start), at most 2 min.
-        for _ in range(120):
-            if load_proc.poll() is not None or parse_gateway(scrape()).arrived > 0:
-                break
-            time.sleep(1.0)
-        factor = float(status.get("factor", 1.0))
-        ctl = OnlineController(env, decider, scrape, apply, capacity_factor=factor)
-        err.print(f"controlling with {policy} for {duration:g} s …", highlight=False)
-        rows = ctl.run(duration)
-        load_out, load_err = load_proc.communicate(timeout=duration + 300)
-        load_summary = load_out.strip().splitlines()[-1] if load_out.strip() else load_err[-400:]
-    except (RuntimeError, OSError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
-        if load_proc is not None and load_proc.poll() is None:
-            load_proc.terminate()
-            load_proc.wait(timeout=30)
-        _stop(sd)
-        _fail(str(exc))
-        return
-    _stop(sd)
-    with atomic_dir(target) as tmp:
-        write_table(rows, tmp / "intervals")
-        rows_plot = rows.assign(policy=policy, workload=shape)
-        experiments.plot_over_time(rows_plot, shape, tmp / "over-time.png")
-        if (work / "load").is_dir():
-            shutil.copytree(work / "load", tmp / "load")
-        summary = {
-            "scenario": sc.name, "policy": policy, "shape": shape, "duration_s": duration,
-            "Q_mean": float(rows["Q"].mean()), "C_mean": float(rows["C"].mean()),
-            "reward_mean": float(rows["reward"].mean()), "T_mean": float(rows["T"].mean()),
-            "L_mean": float(rows["L"].mean()), "decisions": len(rows), "cpu_factor": factor,
-            "reconfigurations": int((rows["apply_s"] > 0).sum()),
-            "load_run": load_summary,
-        }  # fmt: skip
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        (tmp / "report.md").write_text(
-            f"# {policy} controlling {sc.name} on the testbed ({shape}, {duration:g} s)\n\n"
-            f"{experiments.markdown(rows.drop(columns=['config']))}\n\n![](over-time.png)\n"
-        )
-    shutil.rmtree(work, ignore_errors=True)
-    err.print(f"run folder: {target}", highlight=False)
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        out.print(summary)
-
-
-def _stop(state_args: list[str]) -> None:
-    try:
-        _run(["testbed", "down", *state_args], timeout_s=180)
-    except (RuntimeError, OSError) as exc:
-        err.print(f"[yellow]warning:[/] testbed down: {exc}", highlight=False)

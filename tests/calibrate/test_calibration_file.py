@@ -104,7 +104,7 @@ def test_registered_in_the_umbrella_command():
     import subprocess
     import sys
 
-    argv = [sys.executable, "-c", "from twin.cli import main; main()", "calibrate", "--help"]
+    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", "calibrate", "--help"]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "fit" in res.stdout and "apply" in res.stdout

@@ -13,7 +13,7 @@ from calibrate import calibration as cal
 from calibrate.perf_analyzer import import_csv, lognormal_cv
 from twin.load import load_deployment, load_scenario
 
-CLI = [sys.executable, "-c", "from twin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from mlops_twin.cli import main; main()"]
 HEADER = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
     "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"

@@ -14,14 +14,14 @@ import pytest
 import yaml
 from fake_gateway import FakeGateway
 
-from loadgen.profile import scale_workload
 from loadgen.run import LoadRun, execute
 from loadgen.schedule import arrival_schedule
 from twin.load import load_scenario
+from twin.workload import scale_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
-CLI = [sys.executable, "-c", "from twin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from mlops_twin.cli import main; main()"]
 
 
 def test_cli_run_logs_every_request_and_writes_the_run_folder(tmp_path):

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen.profile import scale_workload
 from loadgen.schedule import arrival_schedule, input_order, partition
 from twin.evaluate import evaluate
 from twin.load import load_deployment, load_scenario
-from twin.workload import rate_series
+from twin.workload import rate_series, scale_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 

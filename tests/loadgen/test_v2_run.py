@@ -19,7 +19,7 @@ from tests.testbed.helpers import serve_app
 from twin.spec import Serving
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-c", "from twin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from mlops_twin.cli import main; main()"]
 
 
 def scenario_file(tmp_path: Path, serving: dict) -> Path:

@@ -119,7 +119,7 @@ def test_resume_continues_a_finished_run(run_dir: Path, tmp_path: Path) -> None:
 
 def test_umbrella_lists_the_commands() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "twin.cli", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "mlops_twin", "--help"], capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 0
     assert "optimize" in res.stdout and "decide" in res.stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -83,21 +81,6 @@ def test_schema_is_json_schema_of_the_spec() -> None:
     assert "Server" in schema["$defs"]
     dep = json.loads(runner.invoke(app, ["schema", "--deployment"]).stdout)
     assert "allocation" in dep["properties"]
-
-
-def test_console_script_help_lists_commands_fast() -> None:
-    # The umbrella command must not import the heavy packages to print --help.
-    code = (
-        "import sys; sys.argv=['mlops-twin','--help']\n"
-        "from twin.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'onnxruntime', 'pymoo', 'locust', 'dask') "
-        "if m in sys.modules]\n"
-        "print('HEAVY', heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "simulate" in out.stdout and "validate" in out.stdout
-    assert "HEAVY []" in out.stdout
 
 
 def test_scenario_with_a_fitted_table_round_trips(tmp_path: Path) -> None:

@@ -88,3 +88,24 @@ def test_repair_always_returns_a_feasible_matrix(edge_cloud, data) -> None:
     # its one instance back.
     grown = (fixed > x).any(axis=1)
     assert np.all(fixed[grown].sum(axis=1) == 1)
+
+
+def test_effective_stage_resolves_every_default_once(digits) -> None:
+    from twin.deployment import effective_stage
+
+    sc, dep = digits
+    stage = next(c for c in sc.components if c.is_stage)
+    bare = dep.model_copy(update={"stages": {}})
+    eff = effective_stage(sc, bare, stage)
+    assert (eff.variant, eff.batch) == (stage.variants[0].name, 1)
+    assert eff.batch_timeout_ms == sc.settings.batch_timeout_ms
+    last = stage.variants[-1].name
+    own = StageConfig(variant=last, batch=4, batch_timeout_ms=sc.settings.batch_timeout_ms + 3.0)
+    eff = effective_stage(sc, bare.model_copy(update={"stages": {stage.name: own}}), stage)
+    assert (eff.variant, eff.batch, eff.batch_timeout_ms) == (last, 4, own.batch_timeout_ms)
+    platform = next((c for c in sc.components if not c.is_stage), None)
+    if platform is not None:
+        assert (
+            effective_stage(sc, dep, platform).variant,
+            effective_stage(sc, dep, platform).batch,
+        ) == ("", 1)

@@ -1,4 +1,4 @@
-"""A stand-in testbed for calibrate's tests: a fake gateway honouring testbed.api."""
+"""A stand-in testbed for the lab's tests: a fake gateway honouring testbed.api."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
 from fake_gateway import FakeGateway
 
-from calibrate.experiment import Targets
+from testbed.client import Targets
 
 
 class FakeTestbed:

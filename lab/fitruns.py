@@ -1,6 +1,6 @@
 """Fit runs: short load runs on a running testbed whose raw rows calibrate the twin.
 
-Shared by ``calibrate validate`` and ``mlops-twin experiment``. A fit run
+Part of :mod:`lab.pipeline` (``mlops-twin experiment``, ``calibrate validate``). A fit run
 offers the scenario's fit workload (steady-low) scaled to levels that are not
 validation levels, with its own arrival seed; its per-visit rows give each
 deployed stage's service time at the CPU share it really had, its
@@ -15,21 +15,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from calibrate import calibration as cal
 from calibrate.fit import fit_overhead, fit_samples
-from calibrate.host_noise import undisturbed
 from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
-from loadgen.profile import scale_workload
+from lab.compare import WorkloadOutcome, cpu_per_server, error_pct
+from lab.host_noise import undisturbed
 from loadgen.run import LoadResult, LoadRun, execute, write_result
+from testbed.client import Targets
+from twin.criteria import latency_summary
+from twin.evaluate import evaluate
 from twin.spec import Deployment, Scenario, Workload
-
-if TYPE_CHECKING:  # experiment imports this module
-    from calibrate.experiment import Targets
+from twin.workload import rate_series, scale_workload
 
 
 def stage_shares(scenario: Scenario, deployment: Deployment, factor: float) -> dict[str, float]:
@@ -101,7 +101,7 @@ def fit_run_calibration(
     ``targets`` that were scraped, each server's CPU beyond batch compute
     (:func:`fit_cpu`). With ``max_steal_cores``, service times and the overhead
     are fitted without the requests of seconds in which the hypervisor stole at
-    least that much CPU from the host (:func:`calibrate.host_noise.undisturbed`):
+    least that much CPU from the host (:func:`lab.host_noise.undisturbed`):
     the twin models the services, not the neighbours of a shared host. The CPU
     fit keeps every second (it is a time average).
     """
@@ -194,8 +194,6 @@ def fit_cpu(
     Least squares over the runs (intercept ≥ 0, slope ≥ 0); one level only: a
     line through the origin.
     """
-    from calibrate.experiment import WorkloadOutcome, cpu_per_server  # imports this module
-
     servers = set(scenario.server_instances())
     points: dict[str, list[tuple[float, float]]] = {}
     for result, w in fits:
@@ -229,25 +227,6 @@ def fit_cpu(
     return models
 
 
-def twin_cpu_cores(visits: pd.DataFrame | None, replications: int, duration_s: float,
-                   scenario: Scenario, cpu: list[cal.CpuModel]) -> float:  # fmt: skip
-    """Cores the twin predicts on the emulated servers: batch compute plus the fitted rest.
-
-    ``visits``: the twin's visit rows (all replications); without ``cpu`` the
-    batch compute alone (what the uncalibrated twin knows).
-    """
-    if visits is None or visits.empty:
-        return float("nan")
-    stages = {c.name for c in scenario.components if c.is_stage}
-    v = visits[visits["component"].astype(str).isin(stages)].dropna(subset=["t_end"])
-    execs = v.drop_duplicates(["replication", "component", "machine", "replica", "t_start"])
-    total = float((execs["t_end"] - execs["t_start"]).sum() / replications / duration_s)
-    rate = v.groupby(v["machine"].astype(str)).size() / replications / duration_s
-    for m in cpu:
-        total += m.idle_cores + m.per_visit_ms / 1e3 * float(rate.get(m.server, 0.0))
-    return total
-
-
 def rate_aware_errors(
     scenario: Scenario,
     deployment: Deployment,
@@ -257,7 +236,7 @@ def rate_aware_errors(
     duration_s: float,
     replications: int,
     seed: int,
-    rate_scale: float = 1.0,
+    workloads: dict[str, Workload] | None = None,
 ) -> pd.DataFrame:
     """Latency error % of the twin calibrated *for each workload's mean offered rate*.
 
@@ -266,16 +245,13 @@ def rate_aware_errors(
     rate is the workload spec's, not a measurement): how much of the
     remaining error is the overhead's growth with load, which one
     ``request_overhead`` distribution cannot follow. ``outcomes``: the
-    testbed's :class:`loadgen.compare.WorkloadOutcome` per workload.
+    testbed's :class:`lab.compare.WorkloadOutcome` per workload; ``workloads``: them as
+    offered (scaled), by name (default: the scenario's own).
     """
-    from twin.criteria import latency_summary
-    from twin.evaluate import evaluate
-    from twin.workload import rate_series
-
     request = next((p.name for p in scenario.processes if p.kind == "request"), None)
     rows = []
     for o in outcomes:
-        w = scale_workload(scenario.workload(o.name), rate_scale)
+        w = workloads[o.name] if workloads else scenario.workload(o.name)
         rate = float(rate_series(w, duration_s).mean())
         sc, _ = cal.calibrated_scenario(scenario, calibration, shares, rate_per_s=rate)
         ev = evaluate(sc, deployment, w, duration_s, replications, seed, keep_records=True)
@@ -289,9 +265,7 @@ def rate_aware_errors(
         mean = overhead.batch_mean_ms(1) if overhead is not None else float("nan")
         row = {"workload": o.name, "rate_per_s": rate, "overhead_mean_ms": mean}
         for q in ("p50", "p95", "p99"):
-            row[f"{q}_error_pct"] = (
-                100.0 * (tw[q] - tb[q]) / tb[q] if tb[q] and np.isfinite(tb[q]) else float("nan")
-            )
+            row[f"{q}_error_pct"] = error_pct(tw[q], tb[q])
         rows.append(row)
     return pd.DataFrame(rows)
 

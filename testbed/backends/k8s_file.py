@@ -25,7 +25,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from twin.deployment import instance_demand, require_feasible, stage_config, step_ram
+from twin.deployment import (
+    effective_stage,
+    instance_demand,
+    require_feasible,
+    stage_config,
+    step_ram,
+)
 from twin.spec import Component, Deployment, Scenario
 
 MACHINE_LABEL = "mlops-twin.io/machine"
@@ -72,14 +78,11 @@ def _container(
     ram += step_ram(scenario).get(c.name, 0.0)
     resources = {"cpu": cpu_quantity(cpu), "memory": memory_quantity(ram)}
     if c.is_stage:
-        v = c.variant(cfg.variant if cfg else None)
-        timeout = cfg.batch_timeout_ms if cfg and cfg.batch_timeout_ms is not None else None
-        if timeout is None:
-            timeout = scenario.settings.batch_timeout_ms
+        eff = effective_stage(scenario, deployment, c)
         args = ["-m", "testbed.services.stage_server", "--port", str(PORT), "--host", "0.0.0.0",
                 "--name", c.name, "--component", c.name, "--registry", f"http://registry:{PORT}",
-                "--model", f"{c.name}.{v.name}", "--variant", v.name,
-                "--batch", str(cfg.batch if cfg else 1), "--batch-timeout-ms", f"{timeout:g}",
+                "--model", f"{c.name}.{eff.variant}", "--variant", eff.variant,
+                "--batch", str(eff.batch), "--batch-timeout-ms", f"{eff.batch_timeout_ms:g}",
                 "--threads", "1"]  # fmt: skip
     else:
         # No testbed service implements a generic component: the image's own
@@ -185,14 +188,11 @@ def _configmap(scenario: Scenario, deployment: Deployment, name: str, namespace:
     for c in scenario.components:
         if not c.is_stage or not deployment.instances(c.name):
             continue
-        cfg = stage_config(deployment, c)
+        eff = effective_stage(scenario, deployment, c)
         key = _DNS.sub("_", c.name.lower()).upper().replace("-", "_")
-        data[f"STAGE_{key}_VARIANT"] = c.variant(cfg.variant).name
-        data[f"STAGE_{key}_BATCH"] = str(cfg.batch)
-        timeout = cfg.batch_timeout_ms
-        data[f"STAGE_{key}_BATCH_TIMEOUT_MS"] = (
-            f"{scenario.settings.batch_timeout_ms if timeout is None else timeout:g}"
-        )
+        data[f"STAGE_{key}_VARIANT"] = eff.variant
+        data[f"STAGE_{key}_BATCH"] = str(eff.batch)
+        data[f"STAGE_{key}_BATCH_TIMEOUT_MS"] = f"{eff.batch_timeout_ms:g}"
     labels = {"app.kubernetes.io/part-of": dns_name(scenario.name),
               "app.kubernetes.io/instance": dns_name(deployment.name),
               "app.kubernetes.io/managed-by": "mlops-twin"}  # fmt: skip

@@ -15,7 +15,7 @@ from fake_gateway import STAGES
 from fake_testbed import FakeTestbed
 
 from calibrate import calibration as cal
-from calibrate.validate import METRICS, ValidateConfig, error_pct, run_validation, stage_shares
+from lab.validate import METRICS, ValidateConfig, error_pct, run_validation, stage_shares
 from twin.load import load_deployment, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,9 +69,10 @@ def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
 
 
 def test_cpu_beyond_batch_compute_is_a_line_in_visits_per_second():
-    from calibrate.experiment import Targets
-    from calibrate.fitruns import fit_cpu, twin_cpu_cores
+    from lab.compare import twin_cpu_cores
+    from lab.fitruns import fit_cpu
     from loadgen.run import LoadResult
+    from testbed.client import Targets
     from twin.spec import SteadyWorkload
 
     sc = load_scenario(SCENARIO)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.deploy_back import (
+from lab.deploy_back import (
     DeployBackConfig,
     Difference,
     paired_difference,
@@ -21,7 +21,7 @@ from calibrate.deploy_back import (
     undisturbed_ranking_lines,
     verdict,
 )
-from calibrate.host_noise import MAX_LEFT_OUT_PCT
+from lab.host_noise import MAX_LEFT_OUT_PCT
 from twin.criteria import CRITERIA
 from twin.evaluate import evaluate
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def optimize_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("opt") / "run"
-    argv = [sys.executable, "-c", "from twin.cli import main; main()", "optimize",
+    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", "optimize",
             str(ROOT / "examples" / "digits-pipeline.yaml"), "-w", "steady-low",
             "--base", str(ROOT / "examples" / "digits-pipeline.deployment.yaml"),
             "--pop", "8", "--gens", "2", "--horizon", "10", "--final-horizon", "10",
@@ -197,7 +197,7 @@ def test_deploy_back_repeats_pair_seeds_and_report_intervals(optimize_run, tmp_p
 def test_cli_refuses_a_ranking_it_cannot_make(option, value, tmp_path):
     from typer.testing import CliRunner
 
-    from calibrate.deploy_back import app
+    from lab.deploy_back import app
 
     res = CliRunner().invoke(app, [str(tmp_path), option, value])
     assert res.exit_code == 2 and option in res.output

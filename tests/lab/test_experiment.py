@@ -15,7 +15,9 @@ from fake_gateway import STAGES
 from fake_testbed import FakeTestbed
 
 from calibrate import calibration as cal
-from calibrate.experiment import ExperimentConfig, Targets, run_experiment, spec_latencies
+from lab.experiment import run_experiment
+from lab.pipeline import ExperimentConfig, spec_latencies
+from testbed.client import Targets
 from twin.load import load_deployment, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,38 +119,8 @@ def test_unknown_workload_fails_before_the_testbed_starts(tmp_path):
     assert testbed.calls == []
 
 
-def test_targets_from_testbed_status():
-    from calibrate.experiment import targets_from_status
-
-    status = {
-        "backend": "local",
-        "factor": 0.25,
-        "gateway": "http://127.0.0.1:8000/",
-        "nodes": [{"name": "node-1"}, {"name": "node-2"}],
-        "instances": [
-            {"name": "denoise-0", "component": "denoise", "node": "node-1", "port": 9001},
-            {"name": "encoder-0", "component": "encoder", "node": "node-2", "port": 9002},
-        ],
-    }
-    endpoints = {
-        "gateway": "http://127.0.0.1:8000",
-        "registry": "http://127.0.0.1:8001",
-        "features": "http://127.0.0.1:8002",
-        "nodes": {"node-1": "http://127.0.0.1:8101", "node-2": "http://127.0.0.1:8102"},
-    }
-    t = targets_from_status(status, endpoints)
-    assert t.gateway == "http://127.0.0.1:8000" and t.factor == 0.25
-    assert t.metrics["encoder-0"] == "http://127.0.0.1:9002"
-    assert t.metrics["agent:node-1"] == "http://127.0.0.1:8101"
-    assert t.metrics["registry"] == "http://127.0.0.1:8001"
-    assert t.replica_nodes == {"denoise-0": "node-1", "encoder-0": "node-2"}
-    assert t.server_of["denoise-0"] == "node-1" and t.server_of["agent:node-2"] == "node-2"
-    assert t.server_of["gateway"] == "platform" and t.batch_hook is not None
-    assert targets_from_status(status).batch_hook is None  # no trainer without endpoints
-
-
 def test_cpu_per_server_prefers_node_agents_over_process_sums():
-    from calibrate.experiment import WorkloadOutcome, cpu_per_server  # re-exported
+    from lab.compare import WorkloadOutcome, cpu_per_server
     from loadgen.run import LoadResult
 
     rows = []

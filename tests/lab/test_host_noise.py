@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.host_noise import (
+from lab.host_noise import (
     MAX_STEAL_CORES,
     disturbed_requests,
     host_lines,
@@ -75,8 +75,8 @@ def test_runs_without_host_counters_give_no_section():
 
 
 def test_the_cli_default_is_the_library_default():
-    from calibrate.cli import MAX_STEAL_DEFAULT
-    from calibrate.host_noise import MAX_STEAL_CORES
+    from lab.cli import MAX_STEAL_DEFAULT
+    from lab.host_noise import MAX_STEAL_CORES
 
     assert MAX_STEAL_DEFAULT == MAX_STEAL_CORES
 

@@ -10,7 +10,7 @@ import yaml
 from kubernetes.client import ApiClient
 from typer.testing import CliRunner
 
-from calibrate.export_k8s import MACHINE_LABEL, app, cpu_quantity, manifests, memory_quantity
+from testbed.backends.k8s_file import MACHINE_LABEL, app, cpu_quantity, manifests, memory_quantity
 from twin.deployment import InfeasibleDeployment, instance_demand, stage_config
 from twin.load import load_deployment, load_scenario
 

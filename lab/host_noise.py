@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from loadgen.compare import WorkloadOutcome
+from lab.compare import WorkloadOutcome, error_pct
 from loadgen.host import host_series
 from loadgen.run import LoadResult
 from twin.criteria import latency_summary
@@ -190,7 +190,7 @@ def undisturbed_errors(
         row = {"workload": name, "level": level, "left_out_pct": 100 * share}
         for q in ("p50", "p95"):
             row[f"testbed_{q}_ms"], row[f"twin_{q}_ms"] = tb[q], tw[q]
-            row[f"{q}_error_pct"] = 100 * (tw[q] - tb[q]) / tb[q] if tb[q] else math.nan
+            row[f"{q}_error_pct"] = error_pct(tw[q], tb[q])
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -30,12 +30,11 @@ import pandas as pd
 import typer
 
 from calibrate import calibration as cal
-from calibrate.deploy_back_plot import DEPLOYMENTS, plot_ranking
-from calibrate.experiment import Testbed
-from calibrate.host_noise import MAX_LEFT_OUT_PCT, MAX_STEAL_CORES, undisturbed
+from lab.deploy_back_plot import DEPLOYMENTS, plot_ranking
+from lab.host_noise import MAX_LEFT_OUT_PCT, MAX_STEAL_CORES, undisturbed
 from loadgen.host import host_summary
-from loadgen.profile import scale_workload
 from loadgen.run import LoadResult, LoadRun, execute, write_result
+from testbed.client import Testbed
 from twin.criteria import CRITERIA, placement_criteria
 from twin.evaluate import evaluate
 from twin.load import load_deployment, parse, read_yaml, resolve_paths
@@ -210,7 +209,7 @@ def run_deploy_back(
     opt = read_optimize_run(cfg.run)
     sc = opt.scenario
     name = _workload_name(cfg, opt)
-    w = scale_workload(sc.workload(name), 1.0)
+    w = sc.workload(name)
     twin_sc, calibration = sc, None
     if cfg.calibration is not None:
         calibration = cal.load(cfg.calibration)
@@ -567,7 +566,7 @@ def validate_deployment(
     """Deploy an optimize run's chosen and greedy deployments; predicted vs measured."""
     from rich.console import Console
 
-    from calibrate.experiment import CliTestbed
+    from testbed.client import CliTestbed
     from twin.load import SpecError
 
     err = Console(stderr=True)

@@ -1,0 +1,1 @@
+"""The ``mlops-twin`` distribution's umbrella: the one command that mounts every package's."""
