@@ -70,17 +70,39 @@ def _labels(scenario: Scenario, deployment: Deployment, component: str) -> dict[
     }
 
 
+def registry_service(scenario: Scenario) -> str:
+    """The Service name of the scenario's model registry (a component named '*registry*')."""
+    names = [c.name for c in scenario.components if "registry" in c.name.lower()]
+    return dns_name(names[0]) if names else "registry"
+
+
+def gpus_of(scenario: Scenario, c: Component, machine: str) -> int:
+    """GPUs an instance of ``c`` on ``machine`` asks for: 1 when a step of it has GPU work
+    and the machine has a GPU (elsewhere the twin runs that work on CPU)."""
+    gpu_work = any(
+        s.component == c.name and s.gpu_work for p in scenario.processes for s in p.steps
+    )
+    return 1 if gpu_work and scenario.server_of()[machine].gpus > 0 else 0
+
+
 def _container(
-    scenario: Scenario, deployment: Deployment, c: Component, image: str, configmap: str
+    scenario: Scenario,
+    deployment: Deployment,
+    c: Component,
+    image: str,
+    configmap: str,
+    gpus: int = 0,
 ) -> dict[str, Any]:
     cfg = stage_config(deployment, c) if c.is_stage else None
     cpu, ram = instance_demand(c, cfg)
     ram += step_ram(scenario).get(c.name, 0.0)
     resources = {"cpu": cpu_quantity(cpu), "memory": memory_quantity(ram)}
+    if gpus:  # a GPU step on a machine with GPUs: the device plugin's resource
+        resources["nvidia.com/gpu"] = str(gpus)
     if c.is_stage:
         eff = effective_stage(scenario, deployment, c)
         args = ["-m", "testbed.services.stage_server", "--port", str(PORT), "--host", "0.0.0.0",
-                "--name", c.name, "--component", c.name, "--registry", f"http://registry:{PORT}",
+                "--name", c.name, "--component", c.name, "--registry", f"http://{registry_service(scenario)}:{PORT}",
                 "--model", f"{c.name}.{eff.variant}", "--variant", eff.variant,
                 "--batch", str(eff.batch), "--batch-timeout-ms", f"{eff.batch_timeout_ms:g}",
                 "--threads", "1"]  # fmt: skip
@@ -156,7 +178,11 @@ def _deployment(
                 "spec": {
                     "affinity": affinity,
                     "automountServiceAccountToken": False,
-                    "containers": [_container(scenario, deployment, c, image, configmap)],
+                    "containers": [
+                        _container(
+                            scenario, deployment, c, image, configmap, gpus_of(scenario, c, machine)
+                        )
+                    ],
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },
