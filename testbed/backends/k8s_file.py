@@ -76,6 +76,25 @@ def registry_service(scenario: Scenario) -> str:
     return dns_name(names[0]) if names else "registry"
 
 
+def platform_args(scenario: Scenario, c: Component) -> list[str]:
+    """``python`` arguments of a registry, feature store or gateway component ([] otherwise).
+
+    Their state lives under ``/tmp`` (an emptyDir): the cluster's own registry and
+    feature store replace these for production; these make the export start as it is.
+    """
+    name = c.name.lower()
+    base = ["--port", str(PORT), "--host", "0.0.0.0"]
+    if "registry" in name:
+        return ["-m", "testbed.services.registry", *base, "--root", "/tmp/registry"]
+    if "feature" in name:
+        return ["-m", "testbed.services.feature_store", *base, "--db", "/tmp/features.db"]
+    if name == "gateway":
+        features = [x.name for x in scenario.components if "feature" in x.name.lower()]
+        extra = ["--features", f"http://{dns_name(features[0])}:{PORT}"] if features else []
+        return ["-m", "testbed.services.gateway", *base, *extra]
+    return []
+
+
 def gpus_of(scenario: Scenario, c: Component, machine: str) -> int:
     """GPUs an instance of ``c`` on ``machine`` asks for: 1 when a step of it has GPU work
     and the machine has a GPU (elsewhere the twin runs that work on CPU)."""
@@ -107,9 +126,9 @@ def _container(
                 "--batch", str(eff.batch), "--batch-timeout-ms", f"{eff.batch_timeout_ms:g}",
                 "--threads", "1"]  # fmt: skip
     else:
-        # No testbed service implements a generic component: the image's own
-        # entry point runs it, told which component it is by MLOPS_COMPONENT.
-        args = []
+        # the platform services by their role in the name; no testbed service implements a
+        # generic component: the image's own entry point runs it (MLOPS_COMPONENT says which)
+        args = platform_args(scenario, c)
     probe = {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 5}
     command = {"command": ["python"], "args": args} if args else {}
     return {

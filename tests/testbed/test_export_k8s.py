@@ -144,3 +144,18 @@ def test_manifests_validate_against_the_kubernetes_schemas(tmp_path: Path) -> No
         sc = load_scenario(EXAMPLES / f"{name}.yaml")
         for doc in manifests(sc, load_deployment(EXAMPLES / f"{name}.deployment.yaml")):
             kubernetes_validate.validate(doc, "1.32", strict=True)
+
+
+def test_platform_components_have_their_service_command() -> None:
+    sc = load_scenario(EXAMPLES / "edge-cloud.yaml")
+    docs = manifests(sc, load_deployment(EXAMPLES / "edge-cloud.deployment.yaml"))
+    modules = {}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            (container,) = d["spec"]["template"]["spec"]["containers"]
+            args = container.get("args", [])
+            component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+            modules[component] = args[1] if args else None
+    assert modules["model-registry"] == "testbed.services.registry"
+    assert modules["feature-store"] == "testbed.services.feature_store"
+    assert modules["gateway"] == "testbed.services.gateway"
