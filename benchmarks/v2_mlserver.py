@@ -67,7 +67,7 @@ def main() -> None:
         dep = load_deployment(prof / "deployment.yaml")
         for f in FRACTIONS:
             rate = round(f * cap, 1)
-            w = SteadyWorkload(kind="steady", name=f"held-out-{f:g}", rate_per_s=rate)
+            w = SteadyWorkload(kind="steady", name=f"held-out-{int(f * 100)}", rate_per_s=rate)
             run = LoadRun(sc, w, url, DURATION_S, seed=7, protocol="v2", drain_s=5)
             s0, t0 = steal_share(), time.time()
             result = execute(run, work / f"raw-{f:g}")
