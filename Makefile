@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv test test-fast lint testbed benchmark clean
+.PHONY: mlserver-venv venv test test-fast lint testbed benchmark clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,6 @@ benchmark: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+mlserver-venv:  # MLServer in its own venv (its pins clash with ours): tests and benchmarks/v2_mlserver.py
+	$(PYTHON) -c 'from testbed.mlserver import ensure_venv; ensure_venv()'

@@ -218,10 +218,33 @@ def profile(
     out_root: Annotated[Path, typer.Option("--out-root", help="Profiles folder.")] = Path(
         "data/profiles"
     ),
+    target: Annotated[
+        str | None,
+        typer.Option(help="Profile this Open Inference Protocol (V2) server instead (base URL)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="--target: the V2 model name.")] = None,
+    version: Annotated[str | None, typer.Option(help="--target: the model version.")] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="--target: NAME:DATATYPE:SHAPE per input, e.g. x:FP32:1x64."),
+    ] = None,
+    concurrency: Annotated[
+        str, typer.Option(help="--target: concurrent clients, comma-separated.")
+    ] = "1,2,4,8",
+    cell_s: Annotated[float, typer.Option(help="--target: seconds per cell.")] = 4.0,
+    replicas: Annotated[int, typer.Option(help="--target: model instances in the server.")] = 1,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="--target: profile folder to write.")
+    ] = None,
 ) -> None:
-    """Measure in-server service times per stage × variant × batch × CPU share."""
+    """Measure service times: the testbed's stages per variant × batch × CPU share, or with
+    --target any V2 server's model per batch × concurrency (writes a calibrated scenario)."""
     from calibrate.profile import Grid, run_profile
 
+    if target is not None:
+        spec = (model, version, inputs or [], scenario)
+        _profile_target(target, *spec, batches, concurrency, cell_s, replicas, out_dir)
+        return
     try:
         sh, factor = default_shares(scenario)
         grid = Grid(
@@ -238,3 +261,92 @@ def profile(
         fail(str(exc))
         return
     print(folder)
+
+
+def _profile_target(
+    url: str,
+    model: str | None,
+    version: str | None,
+    inputs: list[str],
+    scenario: Path,
+    batches: str,
+    concurrency: str,
+    cell_s: float,
+    replicas: int,
+    out_dir: Path | None,
+) -> None:
+    """``calibrate profile --target``: sweep a V2 server (calibrate.target) and fit it."""
+    import time
+
+    from calibrate import target as tg
+
+    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    try:
+        serving = None
+        if scenario.is_file() and model is None and not inputs:
+            from loadgen.tensors import resolve
+
+            procs = [p for p in load_scenario(scenario).processes if p.serving is not None]
+            if procs:
+                serving = resolve(procs[0].serving, scenario.parent)  # type: ignore[arg-type]
+        if serving is None:
+            if model is None:
+                raise ValueError("--target needs --model (or a scenario with a 'serving' process)")
+            meta = tg.discover(url, model, version)
+            if inputs:
+                serving = tg.Serving(
+                    model=model, version=version, inputs=[tg.parse_input(i) for i in inputs]
+                )
+            else:
+                serving = tg.serving_from(meta, model, version)
+        else:
+            tg.discover(url, serving.model, serving.version)
+        grid = tg.TargetGrid(
+            batches=tuple(int(b) for b in floats(batches)),
+            concurrency=tuple(int(c) for c in floats(concurrency)),
+            cell_s=cell_s,
+        )
+        name = tg.name_of(f"{serving.model}-{serving.version or 'default'}")
+        folder = out_dir or Path("runs") / time.strftime(f"profile-{name}-%Y%m%d-%H%M%S")
+        tg.run_target_profile(url, serving, folder, grid, replicas, say)
+    except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    print(folder)
+    err.print(
+        f"simulate it: mlops-twin simulate {folder}/scenario.yaml -d {folder}/deployment.yaml "
+        "--workload steady-50",
+        highlight=False,
+    )
+
+
+@app.command("import-perf-analyzer")
+def import_perf_analyzer(
+    csv_file: Annotated[Path, typer.Argument(help="perf_analyzer -f output (CSV, microseconds).")],
+    model: Annotated[str, typer.Option(help="The model it measured (V2 name).")],
+    version: Annotated[str | None, typer.Option(help="The model version.")] = None,
+    batch: Annotated[int, typer.Option(help="perf_analyzer's -b (rows per request).")] = 1,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for calibration, scenario, deployment.")
+    ] = Path("calibration-perf-analyzer"),
+) -> None:
+    """Turn a Triton perf_analyzer CSV into a calibration and a one-stage calibrated scenario."""
+    from calibrate import calibration as cal
+    from calibrate.perf_analyzer import import_csv
+    from twin.runs import atomic_dir
+
+    try:
+        doc, scenario, dep, summary = import_csv(csv_file, model, version, batch)
+        with atomic_dir(out_dir) as tmp:
+            (tmp / "calibration.yaml").write_text(cal.dump(doc))
+            (tmp / "scenario.yaml").write_text(cal.dump_model(scenario, exclude_defaults=True))
+            (tmp / "deployment.yaml").write_text(cal.dump_model(dep, exclude_defaults=True))
+    except (SpecError, ValueError, OSError) as exc:
+        fail(str(exc))
+        return
+    table = Table(title=f"perf_analyzer {csv_file.name} → {out_dir}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, value if isinstance(value, str) else f"{value:.4g}")
+    out.print(table)

@@ -141,13 +141,13 @@ def twin_latency_s(ev: Evaluation, process: str | None = None) -> np.ndarray:
 def cpu_per_server(outcomes: list[WorkloadOutcome], targets: Targets) -> pd.DataFrame:
     """Cores in use per emulated server over the runs' joined time axis (``t, target, rate``).
 
-    A server's node agent reports the whole server's CPU (``node_cpu_seconds``);
+    A server's node agent reports the whole server's CPU (``node_cpu_seconds_total``);
     servers without one (the platform: gateway, registry, feature store) sum their
     processes' ``process_cpu_seconds_total``.
     """
     parts, offset = [], 0.0
     for o in outcomes:
-        nodes = rate(o.load.metrics, "node_cpu_seconds")
+        nodes = rate(o.load.metrics, "node_cpu_seconds_total")
         procs = rate(o.load.metrics, "process_cpu_seconds_total")
         covered = {targets.server_of.get(str(t), str(t)) for t in nodes["target"]}
         procs = procs[~procs["target"].astype(str).map(targets.server_of).isin(covered)]

@@ -43,7 +43,9 @@ def _targets(items: list[str]) -> dict[str, str]:
 def run_cmd(
     scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML.")],
     shape: Annotated[str, typer.Option("--shape", help="Workload name from the scenario.")],
-    target: Annotated[str, typer.Option(help="Gateway base URL, e.g. http://127.0.0.1:8000.")],
+    target: Annotated[
+        str, typer.Option(help="Gateway or V2 server base URL, e.g. http://127.0.0.1:8000.")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
     duration: Annotated[float, typer.Option(help="Seconds of arrivals.", min=1)] = 120.0,
     rate_scale: Annotated[float, typer.Option(help="Multiply every rate by this.")] = 1.0,
@@ -68,9 +70,16 @@ def run_cmd(
     batch_url: Annotated[
         str | None, typer.Option(help="URL POSTed for each batch-process execution.")
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="'v1': the testbed's /v1/infer; 'v2': the Open Inference Protocol (any V2 "
+            "server; model and tensors from the process's 'serving', else the testbed gateway's)."
+        ),
+    ] = "v1",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
 ) -> None:
-    """Offer a scenario workload to the gateway and record every request."""
+    """Offer a scenario workload to a target (gateway or V2 server); record every request."""
     from loadgen.batch import command_hook, http_hook
     from loadgen.run import LoadRun, LoadRunError, run_to_folder
     from twin.load import SpecError, load_scenario
@@ -79,6 +88,8 @@ def run_cmd(
     try:
         if inputs not in ("image", "entity"):
             raise ValueError(f"--inputs must be 'image' or 'entity', got {inputs!r}")
+        if protocol not in ("v1", "v2"):
+            raise ValueError(f"--protocol must be 'v1' or 'v2', got {protocol!r}")
         sc = load_scenario(scenario)
         try:
             workload = scale_workload(sc.workload(shape), rate_scale)
@@ -105,6 +116,8 @@ def run_cmd(
             metrics_targets=_targets(metrics or []),
             scrape_interval_s=scrape_interval,
             batch_hook=hook,
+            protocol=protocol,
+            scenario_dir=scenario.parent,
         )
         run.request_process()
         with Progress(

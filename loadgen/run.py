@@ -37,8 +37,9 @@ from loadgen.metrics import Scraper, prometheus_config
 from loadgen.profile import LoadProfile
 from loadgen.records import per_second_table, requests_table, run_summary, visits_table
 from loadgen.schedule import arrival_schedule
+from loadgen.tensors import gateway_serving, resolve
 from twin.runs import atomic_dir, write_table
-from twin.spec import Process, Scenario, Workload
+from twin.spec import Process, Scenario, Serving, Workload
 from twin.workload import rate_series
 
 READY_TIMEOUT_S = 120.0  # importing Locust + scikit-learn on a busy 2-core machine
@@ -67,6 +68,14 @@ class LoadRun:
     scrape_interval_s: float = 1.0
     replica_nodes: dict[str, str] | None = None
     batch_hook: BatchHook | None = None
+    protocol: str = "v1"  # "v2": the Open Inference Protocol (any V2 server)
+    serving: Serving | None = None  # V2 model and inputs; None: the process's, or the gateway's
+    scenario_dir: Path | None = None  # where the serving's data files are relative to
+
+    def v2_serving(self) -> Serving:
+        """What a V2 run sends: this run's, the request process's, or the testbed gateway's."""
+        serving = self.serving or self.request_process().serving or gateway_serving()
+        return resolve(serving, self.scenario_dir)
 
     def request_process(self) -> Process:
         """The request pipeline the workload drives (named, or the only one)."""
@@ -115,6 +124,8 @@ class LoadRun:
             "target": self.target.rstrip("/"),
             "timeout_s": self.timeout_s,
             "raw_out": str(raw_out),
+            "protocol": self.protocol,
+            "serving": self.v2_serving().model_dump(mode="json") if self.protocol == "v2" else None,
         }
 
 
@@ -203,6 +214,12 @@ def execute(
     process = run.request_process()
     if run.inputs_file is not None:
         n_inputs(str(run.inputs_file))  # a bad file fails here, before any worker starts
+    if run.protocol not in ("v1", "v2"):
+        raise ValueError(f"protocol must be 'v1' or 'v2', got {run.protocol!r}")
+    if run.protocol == "v2":  # a bad tensor description or data file fails here too
+        from loadgen.tensors import body_pool
+
+        body_pool(run.v2_serving(), str(run.inputs_file) if run.inputs_file else None, size=1)
     started = time.perf_counter()
     procs = _start_workers(run, raw_dir)
     scraper: Scraper | None = None
@@ -292,6 +309,7 @@ def write_result(run: LoadRun, result: LoadResult, folder: Path) -> None:
         "duration_s": run.duration_s,
         "seed": run.seed,
         "inputs": run.inputs,
+        "protocol": run.protocol,
         "inputs_file": str(run.inputs_file) if run.inputs_file else None,
         "workers": run.workers,
         "t0_unix_s": result.t0,

@@ -1,5 +1,11 @@
 """The Locust process: open-loop senders, the workload shape and the request log.
 
+Requests go to the testbed's ``/v1/infer`` or, with ``protocol: v2``, to any Open
+Inference Protocol server (bodies from :mod:`loadgen.tensors`; built by our own
+small codec because Locust's ``FastHttpUser`` must send them — a client library
+such as ``tritonclient`` brings its own connection pool, outside Locust's
+timing and events).
+
 Run only as its own process (``python -m loadgen.worker CONFIG.json``): importing
 Locust monkeypatches the standard library with gevent, which must never happen
 in the CLI, testbed or twin process. :mod:`loadgen.run` starts it.
@@ -31,8 +37,9 @@ from pydantic import TypeAdapter
 from loadgen.inputs import digits, n_inputs, payload
 from loadgen.profile import LoadProfile
 from loadgen.schedule import arrival_schedule, input_order, partition
+from loadgen.tensors import body_pool, path_of
 from testbed.api import INFER_PATH, TIMINGS_HEADER
-from twin.spec import Workload
+from twin.spec import Serving, Workload
 
 RAW_COLUMNS = (
     "pid", "input", "t_release", "t_send", "t_recv", "status", "error", "timings", "label",
@@ -66,8 +73,8 @@ class Releaser:
 class Recorder:
     """The request event hook: one raw row per request, times relative to ``t0``."""
 
-    def __init__(self, t0: float, truth: np.ndarray | None = None) -> None:
-        self.t0, self.truth = t0, truth
+    def __init__(self, t0: float, truth: np.ndarray | None = None, protocol: str = "v1") -> None:
+        self.t0, self.truth, self.protocol = t0, truth, protocol
         self.rows: list[tuple[Any, ...]] = []
 
     def on_request(
@@ -85,11 +92,14 @@ class Recorder:
         status = int(getattr(response, "status_code", 0) or 0)
         timings, label = "", -1
         if exception is None and response is not None:
-            timings = response.headers.get(TIMINGS_HEADER, "") or ""
-            try:
-                label = int(response.json().get("label", -1))
-            except Exception:  # a body that is not our JSON still counts as answered
-                label = -1
+            if self.protocol == "v2":
+                timings, label = v2_answer(response)
+            else:
+                timings = response.headers.get(TIMINGS_HEADER, "") or ""
+                try:
+                    label = int(response.json().get("label", -1))
+                except Exception:  # a body that is not our JSON still counts as answered
+                    label = -1
         error = "" if exception is None else f"{type(exception).__name__}: {exception}"[:200]
         self.rows.append(
             (
@@ -111,6 +121,21 @@ class Recorder:
         return pd.DataFrame(self.rows, columns=list(RAW_COLUMNS))
 
 
+def v2_answer(response: Any) -> tuple[str, int]:
+    """Stage timings (our gateway's ``parameters``) and label (an INT ``label`` output) of a
+    V2 answer; ``("", -1)`` for what another server does not send."""
+    try:
+        body = response.json()
+        timings = (body.get("parameters") or {}).get("mlops_timings", "") or ""
+        label = -1
+        for out in body.get("outputs") or []:
+            if out.get("name") == "label" and out.get("datatype", "").startswith("INT"):
+                label = int(out["data"][0])
+        return timings.split("|")[0], label
+    except Exception:  # an answer that is not V2 JSON still counts as answered
+        return "", -1
+
+
 class PipelineUser(FastHttpUser):
     """A sender: takes the next released arrival and POSTs a real input to the gateway."""
 
@@ -122,6 +147,8 @@ class PipelineUser(FastHttpUser):
     input_kind: ClassVar[str] = "image"
     inputs_file: ClassVar[str | None] = None
     t0: ClassVar[float] = 0.0
+    bodies: ClassVar[list[bytes] | None] = None  # V2: ready JSON bodies, by input index
+    path: ClassVar[str] = INFER_PATH
 
     @task
     def send(self) -> None:
@@ -129,11 +156,14 @@ class PipelineUser(FastHttpUser):
             pid, inp, _t = self.queue.get(timeout=_POLL_S)
         except Empty:
             return
-        body = payload(self.input_kind, inp, pid, self.inputs_file)
+        if self.bodies is None:
+            send = {"json": payload(self.input_kind, inp, pid, self.inputs_file)}
+        else:
+            send = {"data": self.bodies[inp], "headers": {"content-type": "application/json"}}
         t_release = time.time() - self.t0
         for attempt in (0, 1):
             context = {"pid": pid, "input": inp, "t_release": t_release, "attempt": attempt}
-            resp = self.client.post(INFER_PATH, json=body, name="infer", context=context)
+            resp = self.client.post(self.path, name="infer", context=context, **send)
             if resp.status_code != 0 or type(getattr(resp, "error", None)).__name__ not in _STALE:
                 return
 
@@ -163,8 +193,16 @@ def run(config: dict, t0: float | None = None) -> pd.DataFrame:
     times = arrival_schedule(workload, config["process"], profile.duration_s, config["seed"])
     pids, mine = partition(times, config["index"], config["count"])
     source = config.get("inputs_file")
-    inputs = input_order(n_inputs(source), times.size, config["seed"])[pids]
-    payload(config["inputs"], 0, 0, source)  # load the input set before the clock starts
+    protocol = config.get("protocol", "v1")
+    bodies, path, truth = None, INFER_PATH, digits(source)[1]
+    if protocol == "v2":  # every body is encoded before the clock starts
+        serving = Serving.model_validate(config["serving"])
+        bodies, truth = body_pool(serving, source, config["seed"])
+        path = path_of(serving)
+        inputs = input_order(len(bodies), times.size, config["seed"])[pids]
+    else:
+        inputs = input_order(n_inputs(source), times.size, config["seed"])[pids]
+        payload(config["inputs"], 0, 0, source)  # load the input set before the clock starts
 
     if t0 is None:
         print("READY", flush=True)
@@ -174,7 +212,7 @@ def run(config: dict, t0: float | None = None) -> pd.DataFrame:
         t0 = float(line)
 
     releaser = Releaser(pids, mine, inputs, t0)
-    recorder = Recorder(t0, digits(source)[1])
+    recorder = Recorder(t0, truth, protocol)
     user = type(
         "DigitsUser",
         (PipelineUser,),
@@ -184,6 +222,8 @@ def run(config: dict, t0: float | None = None) -> pd.DataFrame:
             "input_kind": config["inputs"],
             "t0": t0,
             "inputs_file": source,
+            "bodies": bodies,
+            "path": path,
         },
     )
     user.network_timeout = config.get("timeout_s", 30.0)

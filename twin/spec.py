@@ -335,6 +335,42 @@ class Step(Frozen):
     depends_on: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
 
 
+V2_DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
+
+
+class TensorInput(Frozen):
+    """One input tensor of a request to an Open Inference Protocol (V2) server."""
+
+    name: str = Field(min_length=1, max_length=256, description="The model's input name.")
+    datatype: Literal[V2_DATATYPES] = Field("FP32", description="V2 datatype.")  # type: ignore[valid-type]
+    shape: list[Int] = Field(
+        min_length=1, description="Shape of one request's tensor, batch dimension first."
+    )
+    data_file: str | None = Field(
+        None,
+        description=".npy file (relative to the scenario) of example tensors, one per row of "
+        "its first axis, each of shape[1:]; requests cycle through them. None: generated.",
+    )
+    low: Float = Field(0.0, description="Generated data: uniform from low …")
+    high: Float = Field(1.0, description="… to high.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TensorInput:
+        if any(d < 1 for d in self.shape):
+            raise ValueError(f"shape: every dimension must be ≥ 1, got {self.shape}")
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) is below low ({self.low})")
+        return self
+
+
+class Serving(Frozen):
+    """How a request pipeline is served over the Open Inference Protocol (V2)."""
+
+    model: str = Field(min_length=1, max_length=256, description="V2 model name.")
+    version: str | None = Field(None, description="Model version; None: the server's default.")
+    inputs: list[TensorInput] = Field(min_length=1, description="The request's input tensors.")
+
+
 class Process(Frozen):
     """A DAG of steps. A request pipeline is a process whose steps are stages."""
 
@@ -356,6 +392,11 @@ class Process(Frozen):
         description="Time each execution spends outside its steps, at batch size 1 (ms): "
         "client↔gateway transfer, (de)serialisation, the HTTP hop to each stage. Drawn "
         "once per execution and spent before its first step; it holds no capacity.",
+    )
+    serving: Serving | None = Field(
+        None,
+        description="The V2 model and input tensors of a request pipeline, for load runs and "
+        "profiles against an Open Inference Protocol server (load run --protocol v2).",
     )
 
     @model_validator(mode="after")

@@ -70,24 +70,65 @@ def _labels(scenario: Scenario, deployment: Deployment, component: str) -> dict[
     }
 
 
+def registry_service(scenario: Scenario) -> str:
+    """The Service name of the scenario's model registry (a component named '*registry*')."""
+    names = [c.name for c in scenario.components if "registry" in c.name.lower()]
+    return dns_name(names[0]) if names else "registry"
+
+
+def platform_args(scenario: Scenario, c: Component) -> list[str]:
+    """``python`` arguments of a registry, feature store or gateway component ([] otherwise).
+
+    Their state lives under ``/tmp`` (an emptyDir): the cluster's own registry and
+    feature store replace these for production; these make the export start as it is.
+    """
+    name = c.name.lower()
+    base = ["--port", str(PORT), "--host", "0.0.0.0"]
+    if "registry" in name:
+        return ["-m", "testbed.services.registry", *base, "--root", "/tmp/registry"]
+    if "feature" in name:
+        return ["-m", "testbed.services.feature_store", *base, "--db", "/tmp/features.db"]
+    if name == "gateway":
+        features = [x.name for x in scenario.components if "feature" in x.name.lower()]
+        extra = ["--features", f"http://{dns_name(features[0])}:{PORT}"] if features else []
+        return ["-m", "testbed.services.gateway", *base, *extra]
+    return []
+
+
+def gpus_of(scenario: Scenario, c: Component, machine: str) -> int:
+    """GPUs an instance of ``c`` on ``machine`` asks for: 1 when a step of it has GPU work
+    and the machine has a GPU (elsewhere the twin runs that work on CPU)."""
+    gpu_work = any(
+        s.component == c.name and s.gpu_work for p in scenario.processes for s in p.steps
+    )
+    return 1 if gpu_work and scenario.server_of()[machine].gpus > 0 else 0
+
+
 def _container(
-    scenario: Scenario, deployment: Deployment, c: Component, image: str, configmap: str
+    scenario: Scenario,
+    deployment: Deployment,
+    c: Component,
+    image: str,
+    configmap: str,
+    gpus: int = 0,
 ) -> dict[str, Any]:
     cfg = stage_config(deployment, c) if c.is_stage else None
     cpu, ram = instance_demand(c, cfg)
     ram += step_ram(scenario).get(c.name, 0.0)
     resources = {"cpu": cpu_quantity(cpu), "memory": memory_quantity(ram)}
+    if gpus:  # a GPU step on a machine with GPUs: the device plugin's resource
+        resources["nvidia.com/gpu"] = str(gpus)
     if c.is_stage:
         eff = effective_stage(scenario, deployment, c)
         args = ["-m", "testbed.services.stage_server", "--port", str(PORT), "--host", "0.0.0.0",
-                "--name", c.name, "--component", c.name, "--registry", f"http://registry:{PORT}",
+                "--name", c.name, "--component", c.name, "--registry", f"http://{registry_service(scenario)}:{PORT}",
                 "--model", f"{c.name}.{eff.variant}", "--variant", eff.variant,
                 "--batch", str(eff.batch), "--batch-timeout-ms", f"{eff.batch_timeout_ms:g}",
                 "--threads", "1"]  # fmt: skip
     else:
-        # No testbed service implements a generic component: the image's own
-        # entry point runs it, told which component it is by MLOPS_COMPONENT.
-        args = []
+        # the platform services by their role in the name; no testbed service implements a
+        # generic component: the image's own entry point runs it (MLOPS_COMPONENT says which)
+        args = platform_args(scenario, c)
     probe = {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 5}
     command = {"command": ["python"], "args": args} if args else {}
     return {
@@ -156,7 +197,11 @@ def _deployment(
                 "spec": {
                     "affinity": affinity,
                     "automountServiceAccountToken": False,
-                    "containers": [_container(scenario, deployment, c, image, configmap)],
+                    "containers": [
+                        _container(
+                            scenario, deployment, c, image, configmap, gpus_of(scenario, c, machine)
+                        )
+                    ],
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },

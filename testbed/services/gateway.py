@@ -11,6 +11,7 @@ Control API (JSON):
     POST /admin/routes   {"stages": [{"name", "batch"?, "replicas": [{"name", "url"}, ...]}]}
                          replaces the pipeline atomically; replicas keep their counters
     GET  /admin/routes   the same, with outstanding counts and failures
+    V2 (Open Inference Protocol): model "pipeline", see :mod:`testbed.services.v2`
     *    /admin/proxy/{target}/{path}  forwards to a ``--targets`` service (node agents,
                          registry, feature store) for backends whose services are only
                          reachable through the gateway
@@ -46,6 +47,7 @@ from testbed.services.guard import (
 )
 from testbed.services.routing import Picker, Replica, StageRoute
 from testbed.services.stage_client import ReplicaClient, ReplicaUnreachable, StageError
+from testbed.services.v2 import gateway_routes
 
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -328,6 +330,7 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/admin/routes", get_routes, methods=["GET"]),
         Route("/admin/routes", set_routes, methods=["POST"]),
         Route("/admin/proxy/{target}/{path:path}", proxy, methods=["GET", "POST", "PUT", "DELETE"]),
+        *gateway_routes(gw, IMAGE_SIZE),  # the Open Inference Protocol (testbed.services.v2)
     ]
     middleware = [Middleware(AdminGuard, token=admin_token()), Middleware(BodyLimit)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -27,11 +27,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -66,6 +68,23 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+class _CpuCounter:
+    """``node_cpu_seconds_total``: the node's cumulative CPU time, read when scraped.
+
+    A counter (Prometheus convention for a cumulative value, ``rate()``-able);
+    prometheus-client's ``Counter`` cannot read a value at scrape time, so this
+    collector yields one.
+    """
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "node_cpu_seconds", "Cumulative CPU time of the node", value=self.read()
+        )
 
 
 @dataclass
@@ -120,9 +139,7 @@ class NodeAgent:
         Gauge("node_instances", "Running instances", registry=self.reg).set_function(
             lambda: sum(1 for i in self.instances.values() if i.proc.poll() is None)
         )
-        Gauge(
-            "node_cpu_seconds", "Cumulative CPU time of the node", registry=self.reg
-        ).set_function(lambda: self.usage()["cpu_seconds"] or 0.0)
+        self.reg.register(_CpuCounter(lambda: self.usage()["cpu_seconds"] or 0.0))
         Gauge("node_memory_bytes", "Memory in use by the node", registry=self.reg).set_function(
             lambda: self.usage()["memory_bytes"] or 0
         )

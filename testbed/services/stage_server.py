@@ -5,6 +5,8 @@ API:
                         (float32, the default, or float16 to halve the bytes); answers the
                         output rows the same way, with ``x-item-timings``
                         ``queue_ms,service_ms,batch;...`` (one per row) and ``x-variant``
+    V2 (Open Inference Protocol): the model under its registry name, stage name or variant;
+                        per-call timings in the response's parameters (testbed.services.v2)
     GET  /admin/config  {"variant", "model", "version", "batch", "batch_timeout_ms"}
     POST /admin/config  any of those keys; a new model is fetched from the registry and
                         checked (sha256) before it replaces the old one: queued and
@@ -62,6 +64,7 @@ from testbed.services.guard import (
     parse_json,
     strict_int,
 )
+from testbed.services.v2 import stage_routes
 
 # element types accepted on the wire; answers use the request's type
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -450,6 +453,7 @@ def create_app(server: StageServer) -> ASGIApp:
         *common_routes(server.reg, lambda: server.batcher is not None),
         Route("/admin/config", get_config, methods=["GET"]),
         Route("/admin/config", set_config, methods=["POST"]),
+        *stage_routes(server),  # the Open Inference Protocol (testbed.services.v2)
     ]
     rest = AdminGuard(BodyLimit(Starlette(routes=routes, lifespan=lifespan)), admin_token())
 

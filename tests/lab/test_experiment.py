@@ -127,7 +127,7 @@ def test_cpu_per_server_prefers_node_agents_over_process_sums():
     rows = []
     for t in (0.0, 1.0, 2.0):
         rows += [
-            (t, "agent:node-1", "node_cpu_seconds", "{}", 0.5 * t),
+            (t, "agent:node-1", "node_cpu_seconds_total", "{}", 0.5 * t),
             (t, "denoise-0", "process_cpu_seconds_total", "{}", 0.4 * t),
             (t, "gateway", "process_cpu_seconds_total", "{}", 0.1 * t),
         ]

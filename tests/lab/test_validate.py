@@ -85,7 +85,7 @@ def test_cpu_beyond_batch_compute_is_a_line_in_visits_per_second():
                                "t_start": np.arange(n) / rate})  # fmt: skip
         cores = idle + rate * (per_visit_s + service_s)
         metrics = pd.DataFrame({"t": np.arange(span + 1.0), "target": "agent:node-1",
-                                "metric": "node_cpu_seconds", "labels": "{}",
+                                "metric": "node_cpu_seconds_total", "labels": "{}",
                                 "value": cores * np.arange(span + 1.0)})  # fmt: skip
         per = pd.DataFrame({"second": range(span)})
         return LoadResult(0.0, pd.DataFrame(), visits, per, metrics, pd.DataFrame(), {}, 0.0)

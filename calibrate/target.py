@@ -1,0 +1,374 @@
+"""``calibrate profile --target URL``: profile any Open Inference Protocol (V2) server.
+
+The server is a black box: what we can measure is the round trip of a request
+of ``b`` rows when ``c`` clients send back to back (closed loop). The sweep,
+per batch size ``b`` and concurrency ``c``: ``c`` threads, each with its own
+keep-alive connection, send requests of ``b`` rows for ``cell_s`` seconds
+after a short warm-up; one raw row per request (``samples.parquet``).
+
+The fit reads the server as one queue behind a pure delay, the shape of a
+single-threaded (or ``replicas``-threaded) model server:
+
+- capacity ``X(b)`` = the highest throughput (requests/s) over concurrencies;
+  the service time of one request of ``b`` rows on one of ``replicas``
+  instances is ``S(b) = replicas / X(b)``;
+- at ``c = 1`` nothing queues, so a request's latency is its overhead plus its
+  service: the overhead (client, network, parsing — time that holds no
+  capacity) is ``L − S``; the service samples are the ``c = 1`` latencies
+  scaled to mean ``S(b)`` (their spread is the server's);
+- service times are fitted per batch with :func:`calibrate.fit.fit_samples`
+  (lognormal or gamma, linear in b or a table), the overhead with
+  :func:`calibrate.fit.fit_overhead`, into the usual calibration file: the
+  model is the component, its version the variant.
+
+Outputs (a folder, written atomically): ``samples.parquet``, ``manifest.json``
+(URL, model, grid, measured capacity), ``calibration.yaml``, ``scenario.yaml``
+— a one-stage scenario of the server, calibrated, with the V2 ``serving``
+description and steady workloads at 25/50/75 % of capacity — and
+``deployment.yaml``; ``mlops-twin simulate scenario.yaml -d deployment.yaml``
+predicts the server at any rate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twin.spec import Deployment, Scenario, Serving, TensorInput
+
+SAMPLE_FIELDS = ("batch", "concurrency", "client", "t_send_s", "latency_ms", "status")
+_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class TargetGrid:
+    """What to sweep: batch sizes (rows per request) × concurrent clients."""
+
+    batches: tuple[int, ...] = (1, 4, 8)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    cell_s: float = 4.0  # measured seconds per cell
+    warmup: int = 3  # requests per client dropped at the start of a cell
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"batch sizes must be ≥ 1, got {self.batches}")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"concurrency levels must be ≥ 1, got {self.concurrency}")
+        if 1 not in self.concurrency:
+            raise ValueError("the concurrency levels must include 1 (latency without queueing)")
+        if self.cell_s <= 0:
+            raise ValueError(f"cell seconds must be > 0, got {self.cell_s}")
+
+
+def name_of(text: str) -> str:
+    """A spec name (letters, digits, '-', '_') for a model or version string."""
+    name = _NAME.sub("-", text).strip("-_") or "model"
+    return name if name[0].isalnum() else f"m{name}"[:64]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(url: str, model: str, version: str | None = None) -> dict:
+    """The server's metadata of ``model`` (``GET /v2/models/…``); ValueError if not ready."""
+    import httpx
+
+    base = f"{url.rstrip('/')}/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    try:
+        ready = httpx.get(f"{base}/ready", timeout=10)
+        meta = httpx.get(base, timeout=10)
+    except httpx.HTTPError as e:
+        raise ValueError(f"{url}: no answer from a V2 server ({type(e).__name__}: {e})") from None
+    if ready.status_code != 200:
+        raise ValueError(
+            f"{base}/ready answered {ready.status_code}: is the model loaded? {ready.text[:200]}"
+        )
+    return meta.json() if meta.status_code == 200 else {}
+
+
+def parse_input(text: str) -> TensorInput:
+    """``NAME:DATATYPE:D1xD2…`` (e.g. ``input-0:FP32:1x64``) → a tensor description."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"--input expects NAME:DATATYPE:SHAPE (e.g. x:FP32:1x64), got {text!r}")
+    name, datatype, shape = parts
+    try:
+        dims = [int(d) for d in shape.lower().split("x")]
+    except ValueError:
+        raise ValueError(f"--input {text!r}: shape must be like 1x64") from None
+    return TensorInput(name=name, datatype=datatype.upper(), shape=dims)  # type: ignore[arg-type]
+
+
+def serving_from(meta: dict, model: str, version: str | None) -> Serving:
+    """A serving description from the model's metadata (−1 dimensions become 1)."""
+    inputs = []
+    for t in meta.get("inputs") or []:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in t.get("shape", [1])]
+        inputs.append(TensorInput(name=t["name"], datatype=t.get("datatype", "FP32"), shape=shape))
+    if not inputs:
+        raise ValueError(
+            f"the server's metadata of {model!r} lists no inputs; describe them with "
+            "--input NAME:DATATYPE:SHAPE or give a scenario whose process has 'serving'"
+        )
+    return Serving(model=model, version=version, inputs=inputs)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def batch_bodies(serving: Serving, batch: int, n: int = 32, seed: int = 0) -> list[bytes]:
+    """``n`` request bodies whose tensors have ``batch`` rows (first dimension)."""
+    from loadgen.tensors import body_pool
+
+    wide = [t.model_copy(update={"shape": [batch, *t.shape[1:]]}) for t in serving.inputs]
+    if any(t.data_file for t in serving.inputs):  # rows of a file: stack b of them per tensor
+        pool, _ = body_pool(serving, seed=seed, size=n * batch)
+        docs = [json.loads(b)["inputs"] for b in pool]
+        bodies = []
+        for i in range(n):
+            group = docs[i * batch : (i + 1) * batch]
+            tensors = []
+            for k, t in enumerate(wide):
+                data = [x for d in group for x in d[k]["data"]]
+                tensors.append({**group[0][k], "shape": list(t.shape), "data": data})
+            bodies.append(json.dumps({"inputs": tensors}).encode())
+        return bodies
+    pool, _ = body_pool(serving.model_copy(update={"inputs": wide}), seed=seed, size=n)
+    return pool
+
+
+def measure_cell(
+    url: str, path: str, bodies: list[bytes], concurrency: int, grid: TargetGrid
+) -> list[tuple]:
+    """One cell: ``concurrency`` closed-loop clients for ``grid.cell_s`` s; a row per request."""
+    import httpx
+
+    rows: list[tuple] = []
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency)
+    t_zero: list[float] = []
+
+    def client(k: int) -> None:
+        mine = []
+        headers = {"content-type": "application/json"}
+        with httpx.Client(base_url=url, timeout=grid.timeout_s) as http:
+            for i in range(grid.warmup):
+                http.post(path, content=bodies[(k + i) % len(bodies)], headers=headers)
+            start.wait()
+            if k == 0:
+                t_zero.append(time.perf_counter())
+            t_end = time.perf_counter() + grid.cell_s
+            i = 0
+            while (t0 := time.perf_counter()) < t_end:
+                try:
+                    r = http.post(path, content=bodies[(k + i) % len(bodies)], headers=headers)
+                    status = r.status_code
+                except httpx.HTTPError:
+                    status = 0
+                mine.append((k, t0, (time.perf_counter() - t0) * 1e3, status))
+                i += 1
+        with lock:
+            rows.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    t0 = t_zero[0] if t_zero else 0.0
+    return [(k, t - t0, lat, status) for k, t, lat, status in rows]
+
+
+def sweep(
+    url: str, serving: Serving, grid: TargetGrid, say: Callable[[str], None] = lambda _m: None
+) -> pd.DataFrame:
+    """Every cell of the grid; raw rows (``SAMPLE_FIELDS``)."""
+    from loadgen.tensors import path_of
+
+    path = path_of(serving)
+    out = []
+    for b in grid.batches:
+        bodies = batch_bodies(serving, b)
+        for c in grid.concurrency:
+            say(f"profile {serving.model}: batch {b}, {c} client(s), {grid.cell_s:g} s")
+            for k, t, lat, status in measure_cell(url, path, bodies, c, grid):
+                out.append((b, c, k, t, lat, status))
+    frame = pd.DataFrame(out, columns=list(SAMPLE_FIELDS))
+    bad = frame[frame["status"] != 200]
+    if len(bad) > 0.05 * len(frame):
+        raise RuntimeError(
+            f"{len(bad)} of {len(frame)} requests to {url}{path} failed "
+            f"(statuses {sorted(bad['status'].unique().tolist())}): check the model and inputs"
+        )
+    return frame
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+def capacity(samples: pd.DataFrame, cell_s: float) -> pd.DataFrame:
+    """Per batch × concurrency: throughput (requests/s) and mean latency (ms)."""
+    ok = samples[samples["status"] == 200]
+    g = ok.groupby(["batch", "concurrency"])
+    return pd.DataFrame(
+        {"throughput_per_s": g.size() / cell_s, "latency_ms": g["latency_ms"].mean()}
+    ).reset_index()
+
+
+def target_scenario(
+    serving: Serving, component: str, variant: str, max_batch: int, replicas: int, rate: float
+) -> tuple[Scenario, Deployment]:
+    """A one-stage scenario of the server (constant 1 ms service, replaced by the fit)."""
+    sc = Scenario.model_validate(
+        {
+            "name": f"{component}-v2",
+            "description": f"V2 model {serving.model} profiled with calibrate profile --target",
+            "servers": [{"name": "server", "cpu_cores": float(replicas), "ram_gb": 4.0}],
+            "components": [
+                {
+                    "name": component,
+                    "max_batch": max_batch,
+                    "max_replicas": replicas,
+                    "variants": [
+                        {
+                            "name": variant,
+                            "accuracy": 1.0,
+                            "cpu_cores": 1.0,
+                            "service_time": {"kind": "constant", "ms": 1.0},
+                        }
+                    ],
+                }
+            ],
+            "processes": [
+                {
+                    "name": "infer",
+                    "kind": "request",
+                    "serving": serving.model_dump(mode="json"),
+                    "steps": [{"name": "infer", "component": component}],
+                }
+            ],
+            "workloads": [
+                {
+                    "kind": "steady",
+                    "name": f"steady-{int(f * 100)}",
+                    "rate_per_s": round(f * rate, 2),
+                }
+                for f in (0.25, 0.5, 0.75)
+            ],
+            "settings": {"network": {"intra_zone_latency_ms": 0, "inter_zone_latency_ms": 0}},
+        }
+    )
+    dep = Deployment.model_validate(
+        {
+            "name": f"{component}-server",
+            "allocation": {component: {"server": replicas}},
+            "stages": {component: {"variant": variant, "batch": 1, "batch_timeout_ms": 0}},
+        }
+    )
+    return sc, dep
+
+
+def fit_target(
+    samples: pd.DataFrame, serving: Serving, grid: TargetGrid, replicas: int = 1, seed: int = 0
+) -> tuple:
+    """``(calibration, calibrated scenario, deployment, capacity table)`` from a sweep."""
+    from calibrate import calibration as cal
+    from calibrate.fit import fit_overhead, fit_samples
+
+    if replicas < 1:
+        raise ValueError(f"replicas must be ≥ 1, got {replicas}")
+    cap = capacity(samples, grid.cell_s)
+    best = cap.groupby("batch")["throughput_per_s"].max()
+    service_mean = replicas / best * 1e3  # ms per request of b rows on one instance
+    component, variant = name_of(serving.model), name_of(serving.version or "default")
+    ok = samples[(samples["status"] == 200) & (samples["concurrency"] == 1)]
+    rows, over = [], []
+    for b, g in ok.groupby("batch"):
+        lat = g["latency_ms"].to_numpy(dtype=float)
+        s_mean = min(float(service_mean[b]), float(lat.mean()))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "component": component,
+                    "variant": variant,
+                    "batch": int(b),
+                    "cpu_share": 1.0,
+                    "service_ms": lat * s_mean / lat.mean(),
+                }
+            )
+        )
+        if b == min(grid.batches):
+            over = lat - s_mean * lat / lat.mean()
+    fits = fit_samples(pd.concat(rows, ignore_index=True), seed=seed)
+    overhead, scores = fit_overhead(np.clip(over, 1e-3, None), seed=seed)
+    rate = float(best.get(1, best.iloc[0]))
+    base, dep = target_scenario(serving, component, variant, max(grid.batches), replicas, rate)
+    doc = cal.build(
+        fits, base, source="calibrate profile --target", per_request=overhead, heldout_loglik=scores
+    )
+    scenario, _ = cal.calibrated_scenario(base, doc, 1.0)
+    return doc, scenario, dep, cap
+
+
+def run_target_profile(
+    url: str,
+    serving: Serving,
+    out_dir: Path,
+    grid: TargetGrid = TargetGrid(),
+    replicas: int = 1,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Path:
+    """Sweep, fit and write the profile folder (see module doc); returns it."""
+    from calibrate import calibration as cal
+    from twin.runs import atomic_dir
+
+    started = time.perf_counter()
+    samples = sweep(url, serving, grid, say)
+    doc, scenario, dep, cap = fit_target(samples, serving, grid, replicas)
+    with atomic_dir(out_dir) as tmp:
+        samples.to_parquet(tmp / "samples.parquet", index=False)
+        (tmp / "calibration.yaml").write_text(cal.dump(doc))
+        (tmp / "scenario.yaml").write_text(cal.dump_model(scenario, exclude_defaults=True))
+        (tmp / "deployment.yaml").write_text(cal.dump_model(dep, exclude_defaults=True))
+        meta = {
+            "target": url,
+            "model": serving.model,
+            "version": serving.version,
+            "serving": serving.model_dump(mode="json"),
+            "grid": asdict(grid),
+            "replicas": replicas,
+            "capacity": cap.to_dict(orient="records"),
+            "requests": len(samples),
+            "wall_s": round(time.perf_counter() - started, 1),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def predict(
+    scenario: Scenario,
+    deployment: Deployment,
+    rate_per_s: float,
+    horizon_s: float = 300.0,
+    replications: int = 3,
+    seed: int = 1,
+) -> dict[str, float]:
+    """The twin's p50/p95/p99 latency (ms) of the profiled server at a steady rate."""
+    from twin.evaluate import evaluate
+    from twin.spec import SteadyWorkload
+
+    w = SteadyWorkload(kind="steady", name="held-out", rate_per_s=rate_per_s)
+    ev = evaluate(scenario, deployment, w, horizon_s, replications, seed, keep_records=True)
+    req = ev.requests
+    lat = (req["t_end"] - req["t_arrive"]).dropna().to_numpy() * 1e3
+    return {f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 95, 99)}
