@@ -79,36 +79,58 @@ def methods() -> list[Method]:
     """Every method compared, the default first."""
     return [
         Method("default (`mlops-twin optimize`)", {}),
-        Method("NSGA-II, matrix operators, pop 20", dict(algorithm="nsga2", operators="custom",
-                                                         pop_size=20)),
-        Method("NSGA-II, rounded SBX + PM (stock), pop 20",
-               dict(algorithm="nsga2", operators="stock", pop_size=20)),
-        Method("NSGA-III, matrix operators, pop 20",
-               dict(algorithm="nsga3", operators="custom", pop_size=20)),
-        Method("SMS-EMOA, matrix operators, pop 20",
-               dict(algorithm="smsemoa", operators="custom", pop_size=20)),
+        Method(
+            "NSGA-II, matrix operators, pop 20",
+            dict(algorithm="nsga2", operators="custom", pop_size=20),
+        ),
+        Method(
+            "NSGA-II, rounded SBX + PM (stock), pop 20",
+            dict(algorithm="nsga2", operators="stock", pop_size=20),
+        ),
+        Method(
+            "NSGA-III, matrix operators, pop 20",
+            dict(algorithm="nsga3", operators="custom", pop_size=20),
+        ),
+        Method(
+            "SMS-EMOA, matrix operators, pop 20",
+            dict(algorithm="smsemoa", operators="custom", pop_size=20),
+        ),
         Method("random feasible search", None),
-    ]  # fmt: skip
+    ]
 
 
 def ablations() -> list[Method]:
     """One change at a time from the first-round NSGA-II (pop 20), and population sizes."""
     return [
-        Method("ablation: + machine-set sampling",
-               dict(algorithm="nsga2", operators="custom+subset", pop_size=20)),
-        Method("ablation: + evacuate/relocate moves",
-               dict(algorithm="nsga2", operators="custom+evacuate", pop_size=20)),
-        Method("ablation: stock variation + machine-set sampling",
-               dict(algorithm="nsga2", operators="stock+subset", pop_size=20)),
-        Method("ablation: default + unbiased repair",
-               dict(algorithm="nsga2", operators="placement+unbiased-repair")),
-        Method("ablation: default operators, pop 20",
-               dict(algorithm="nsga2", operators="placement", pop_size=20)),
-        Method("ablation: default operators, pop 4",
-               dict(algorithm="nsga2", operators="placement", pop_size=4)),
-        Method("ablation: SMS-EMOA, default operators",
-               dict(algorithm="smsemoa", operators="placement")),
-    ]  # fmt: skip
+        Method(
+            "ablation: + machine-set sampling",
+            dict(algorithm="nsga2", operators="custom+subset", pop_size=20),
+        ),
+        Method(
+            "ablation: + evacuate/relocate moves",
+            dict(algorithm="nsga2", operators="custom+evacuate", pop_size=20),
+        ),
+        Method(
+            "ablation: stock variation + machine-set sampling",
+            dict(algorithm="nsga2", operators="stock+subset", pop_size=20),
+        ),
+        Method(
+            "ablation: default + unbiased repair",
+            dict(algorithm="nsga2", operators="placement+unbiased-repair"),
+        ),
+        Method(
+            "ablation: default operators, pop 20",
+            dict(algorithm="nsga2", operators="placement", pop_size=20),
+        ),
+        Method(
+            "ablation: default operators, pop 4",
+            dict(algorithm="nsga2", operators="placement", pop_size=4),
+        ),
+        Method(
+            "ablation: SMS-EMOA, default operators",
+            dict(algorithm="smsemoa", operators="placement"),
+        ),
+    ]
 
 
 def run_method(method: Method, genome: Genome, front: Front, budget: int, seed: int) -> Evaluator:
@@ -130,9 +152,13 @@ def fronts(seeds: list[int], workers: int, minutes: float) -> bool:
             sc, info = generate(s)
             task = progress.add_task(f"instance {s} ({info.feasible} feasible)", total=None)
             got = exhaustive_front(
-                sc, FIDELITY, CACHE, workers, stop_at=stop_at,
+                sc,
+                FIDELITY,
+                CACHE,
+                workers,
+                stop_at=stop_at,
                 on_chunk=lambda d, t, task=task: progress.update(task, completed=d, total=t),
-            )  # fmt: skip
+            )
             progress.remove_task(task)
             if got is None:
                 print(f"time is up at instance {s}: rerun to continue", file=sys.stderr)
@@ -175,8 +201,9 @@ class Outcome:
     wall_s: float
 
 
-def score(ev: Evaluator, F_true: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-          hv_true: float) -> tuple[float, float, np.ndarray]:  # fmt: skip
+def score(
+    ev: Evaluator, F_true: np.ndarray, lo: np.ndarray, hi: np.ndarray, hv_true: float
+) -> tuple[float, float, np.ndarray]:
     """HV ratio, IGD and per-criterion extreme gaps of everything ``ev`` simulated."""
     _, Fs, _ = ev.evaluated()
     found = Fs[non_dominated(Fs)]
@@ -211,8 +238,18 @@ def search_all(seeds: list[int], n_seeds: int, chosen: list[Method]) -> tuple[li
                     t0 = time.perf_counter()
                     ev = run_method(m, genome, front, budget, seed)
                     ratio, igd, gaps = score(ev, F[idx], lo, hi, hv_true)
-                    outcomes.append(Outcome(s, m.label, seed, ev.simulations, ratio, igd, gaps,
-                                            time.perf_counter() - t0))  # fmt: skip
+                    outcomes.append(
+                        Outcome(
+                            s,
+                            m.label,
+                            seed,
+                            ev.simulations,
+                            ratio,
+                            igd,
+                            gaps,
+                            time.perf_counter() - t0,
+                        )
+                    )
                     progress.advance(task)
                 print(f"instance {s}: {m.label} {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return outcomes, rows, time.perf_counter() - started, cases
@@ -233,24 +270,48 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
         hv = np.array([o.hv_ratio for o in mine])
         igd = np.array([o.igd for o in mine])
         gaps = np.array([o.gaps for o in mine])
-        summary.append([m.label, round(float(np.median(hv)), 4), round(float(hv.min()), 4),
-                        round(float(hv.mean()), 4), int((hv < 0.97).sum()),
-                        round(float(np.median(igd)), 4), round(float(igd.max()), 4),
-                        round(sum(o.wall_s for o in mine), 1)])  # fmt: skip
-        misses.append([m.label, *[int((gaps[:, c] > MISS_TOL).sum()) for c in range(len(CRITERIA))],
-                       *[round(float(gaps[:, c].max()), 3)
-                         for c in range(len(CRITERIA))]])  # fmt: skip
+        summary.append(
+            [
+                m.label,
+                round(float(np.median(hv)), 4),
+                round(float(hv.min()), 4),
+                round(float(hv.mean()), 4),
+                int((hv < 0.97).sum()),
+                round(float(np.median(igd)), 4),
+                round(float(igd.max()), 4),
+                round(sum(o.wall_s for o in mine), 1),
+            ]
+        )
+        misses.append(
+            [
+                m.label,
+                *[int((gaps[:, c] > MISS_TOL).sum()) for c in range(len(CRITERIA))],
+                *[round(float(gaps[:, c].max()), 3) for c in range(len(CRITERIA))],
+            ]
+        )
     inst_rows = []
     for info, n_front, budget in rows:
         per = []
         for m in chosen:
             hv = [o.hv_ratio for o in outcomes if o.method == m.label and o.instance == info.seed]
             per.append(round(float(np.min(hv)), 3))
-        inst_rows.append([info.seed, f"{info.n_components}×{info.n_machines}",
-                          info.cpu_tightness, info.ram_tightness, info.price_spread,
-                          "yes" if info.has_gpu_step else "no", info.deadlines, info.zones,
-                          f"{info.candidates:,}", f"{info.feasible:,}", n_front, budget,
-                          *per])  # fmt: skip
+        inst_rows.append(
+            [
+                info.seed,
+                f"{info.n_components}×{info.n_machines}",
+                info.cpu_tightness,
+                info.ram_tightness,
+                info.price_spread,
+                "yes" if info.has_gpu_step else "no",
+                info.deadlines,
+                info.zones,
+                f"{info.candidates:,}",
+                f"{info.feasible:,}",
+                n_front,
+                budget,
+                *per,
+            ]
+        )
     infos = [r[0] for r in rows]
     sizes = {}
     for i in infos:
@@ -298,8 +359,19 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
             "",
             "## HV ratio and IGD over all instances × seeds",
             "",
-            markdown_table(["method", "median HV ratio", "worst HV ratio", "mean HV ratio",
-                            "runs < 0.97", "median IGD", "worst IGD", "wall (s)"], summary),
+            markdown_table(
+                [
+                    "method",
+                    "median HV ratio",
+                    "worst HV ratio",
+                    "mean HV ratio",
+                    "runs < 0.97",
+                    "median IGD",
+                    "worst IGD",
+                    "wall (s)",
+                ],
+                summary,
+            ),
             "",
             "## Where each method loses: extremes of the front it misses",
             "",
@@ -307,18 +379,39 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
             f"{MISS_TOL:.0%} of the true front's range worse than the true best; then the "
             "largest such gap (in units of that range).",
             "",
-            markdown_table(["method", *[f"misses {c}" for c in CRITERIA],
-                            *[f"worst gap {c}" for c in CRITERIA]], misses),
+            markdown_table(
+                [
+                    "method",
+                    *[f"misses {c}" for c in CRITERIA],
+                    *[f"worst gap {c}" for c in CRITERIA],
+                ],
+                misses,
+            ),
             "",
             "## Per instance (worst HV ratio over seeds)",
             "",
             "Methods: " + "; ".join(f"{k} = {m.label}" for k, m in zip(short, chosen, strict=True)),
             "",
-            markdown_table(["seed", "size", "CPU tight", "RAM tight", "price spread", "GPU step",
-                            "deadlines", "zones", "matrices", "feasible", "front", "budget",
-                            *short], inst_rows),
+            markdown_table(
+                [
+                    "seed",
+                    "size",
+                    "CPU tight",
+                    "RAM tight",
+                    "price spread",
+                    "GPU step",
+                    "deadlines",
+                    "zones",
+                    "matrices",
+                    "feasible",
+                    "front",
+                    "budget",
+                    *short,
+                ],
+                inst_rows,
+            ),
         ]
-    )  # fmt: skip
+    )
     write_result("optimizer_generated", text)
 
 

@@ -49,8 +49,16 @@ SCENARIO = ROOT / "examples" / "edge-cloud.yaml"
 BASE = ROOT / "examples" / "edge-cloud.deployment.yaml"
 
 
-def run_one(mode: str, seed: int, workers: int, pop: int, gens: int, horizon: float,
-            margin: float, des_share: float) -> Path:  # fmt: skip
+def run_one(
+    mode: str,
+    seed: int,
+    workers: int,
+    pop: int,
+    gens: int,
+    horizon: float,
+    margin: float,
+    des_share: float,
+) -> Path:
     """One search; writes its DES-scored front, wall time and counts to the cache."""
     sc = load_scenario(SCENARIO)
     genome = Genome(sc, load_deployment(BASE))
@@ -68,20 +76,32 @@ def run_one(mode: str, seed: int, workers: int, pop: int, gens: int, horizon: fl
             ev = Evaluator(genome, fid, client)
         started = time.perf_counter()
         search = Search.start(config, ev)
-        search.run(lambda g: print(f"  gen {g.gen}: {g.simulations} cand, HV {g.hv:.4f}, "
-                                   f"{g.time_s:.0f} s", file=sys.stderr))  # fmt: skip
+        search.run(
+            lambda g: print(
+                f"  gen {g.gen}: {g.simulations} cand, HV {g.hv:.4f}, {g.time_s:.0f} s",
+                file=sys.stderr,
+            )
+        )
         confirmed = confirm_front(search)
         wall = time.perf_counter() - started
     _, F, _ = search.front()
     out = {
-        "mode": mode, "seed": seed, "workers": workers, "pop": pop, "gens": gens,
-        "horizon_s": horizon, "wall_s": wall, "front_F": F.tolist(),
+        "mode": mode,
+        "seed": seed,
+        "workers": workers,
+        "pop": pop,
+        "gens": gens,
+        "horizon_s": horizon,
+        "wall_s": wall,
+        "front_F": F.tolist(),
         "candidates": ev.screened if isinstance(ev, MultiFidelityEvaluator) else ev.simulations,
         "des_runs": ev.des_runs if isinstance(ev, MultiFidelityEvaluator) else ev.simulations,
-        "confirmed_at_end": confirmed, "sim_cpu_s": ev.sim_cpu_s, "steal": steal_since(j0),
+        "confirmed_at_end": confirmed,
+        "sim_cpu_s": ev.sim_cpu_s,
+        "steal": steal_since(j0),
         "mf": ev.summary() if isinstance(ev, MultiFidelityEvaluator) else None,
         "des_cpu_per_run_s": _des_cpu(ev),
-    }  # fmt: skip
+    }
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{mode}_seed{seed}_w{workers}.json"
     path.write_text(json.dumps(out))
@@ -119,12 +139,23 @@ def report() -> Path:
         hv_d, hv_m = hypervolume(Fd, lo, hi), hypervolume(Fm, lo, hi)
         wall_ratios.append(des["wall_s"] / mf["wall_s"])
         hv_ratios.append(hv_m / hv_d)
-        rows.append([seed, f"{des['wall_s']:.0f}", f"{mf['wall_s']:.0f}",
-                     f"{wall_ratios[-1]:.1f}×", f"{des['sim_cpu_s'] / mf['sim_cpu_s']:.1f}×",
-                     des["candidates"], mf["candidates"],
-                     f"{mf['des_runs']} ({mf['des_runs'] / max(mf['candidates'], 1):.0%})",
-                     mf["confirmed_at_end"], f"{hv_d:.4f}", f"{hv_m:.4f}", f"{hv_ratios[-1]:.4f}",
-                     f"{des['steal']:.1%} / {mf['steal']:.1%}"])  # fmt: skip
+        rows.append(
+            [
+                seed,
+                f"{des['wall_s']:.0f}",
+                f"{mf['wall_s']:.0f}",
+                f"{wall_ratios[-1]:.1f}×",
+                f"{des['sim_cpu_s'] / mf['sim_cpu_s']:.1f}×",
+                des["candidates"],
+                mf["candidates"],
+                f"{mf['des_runs']} ({mf['des_runs'] / max(mf['candidates'], 1):.0%})",
+                mf["confirmed_at_end"],
+                f"{hv_d:.4f}",
+                f"{hv_m:.4f}",
+                f"{hv_ratios[-1]:.4f}",
+                f"{des['steal']:.1%} / {mf['steal']:.1%}",
+            ]
+        )
     lines = [
         "# Multi-fidelity vs DES-only NSGA-II on edge-cloud",
         "",
@@ -169,15 +200,27 @@ def report() -> Path:
             "",
         ]
     scale = sorted((r for r in runs if r["mode"] == "mf"), key=lambda r: (r["seed"], r["workers"]))
-    pairs = [(a, b) for a in scale for b in scale
-             if a["seed"] == b["seed"] and a["workers"] == 1 and b["workers"] == 2]  # fmt: skip
+    pairs = [
+        (a, b)
+        for a in scale
+        for b in scale
+        if a["seed"] == b["seed"] and a["workers"] == 1 and b["workers"] == 2
+    ]
     if pairs:
         lines += ["## Scale-out (multi-fidelity search, LocalCluster)", ""]
         srows = []
         for a, b in pairs:
-            srows.append([a["seed"], f"{a['wall_s']:.0f}", f"{b['wall_s']:.0f}",
-                          f"{a['wall_s'] / b['wall_s']:.2f}×", f"{b['des_cpu_per_run_s']:.3f}",
-                          f"{b['mf']['screen_wall_s']:.1f}", b["des_runs"]])  # fmt: skip
+            srows.append(
+                [
+                    a["seed"],
+                    f"{a['wall_s']:.0f}",
+                    f"{b['wall_s']:.0f}",
+                    f"{a['wall_s'] / b['wall_s']:.2f}×",
+                    f"{b['des_cpu_per_run_s']:.3f}",
+                    f"{b['mf']['screen_wall_s']:.1f}",
+                    b["des_runs"],
+                ]
+            )
         lines += [
             markdown_table(
                 [
@@ -217,10 +260,14 @@ def projection(one: dict, two: dict, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 6
 
     des_only = one["des_cpu_per_run_s"] * one["pop"]  # CPU of one DES-only generation
     rows = [
-        [w, f"{wall(w):.0f}", f"{wall(1) / wall(w):.1f}×",
-         f"{gens * (np.ceil(one['pop'] / w) * t_des + over_d):.0f}"]
+        [
+            w,
+            f"{wall(w):.0f}",
+            f"{wall(1) / wall(w):.1f}×",
+            f"{gens * (np.ceil(one['pop'] / w) * t_des + over_d):.0f}",
+        ]
         for w in sizes
-    ]  # fmt: skip
+    ]
     return [
         "Expected curve (model from the measured task sizes: screening "
         f"{1e3 * screen_cpu / one['pop']:.1f} ms per candidate, DES task {t_des:.3f} s CPU, "

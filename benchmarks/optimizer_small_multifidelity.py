@@ -76,9 +76,17 @@ def main() -> None:
                 worst[mode] = min(worst[mode], ratio)
                 screened = ev.screened if isinstance(ev, MultiFidelityEvaluator) else "—"
                 rows.append(
-                    [mode, seed, ev.simulations, f"{ev.simulations / len(X):.1%}", extra,
-                     screened, round(ratio, 4), round(secs, 1)]
-                )  # fmt: skip
+                    [
+                        mode,
+                        seed,
+                        ev.simulations,
+                        f"{ev.simulations / len(X):.1%}",
+                        extra,
+                        screened,
+                        round(ratio, 4),
+                        round(secs, 1),
+                    ]
+                )
     text = "\n".join(
         [
             "# Multi-fidelity NSGA-II vs the true Pareto front (small instance)",

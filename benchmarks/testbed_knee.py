@@ -105,12 +105,29 @@ def run(name: str, duration_s: float, repeats: int) -> None:
                     continue
                 rate = rho * cap
                 print(f"{name} ρ {rho} ({rate:.0f}/s) repeat {rep}", file=sys.stderr)
-                _cli("load", "run", "-s", str(scenario), "--shape", "knee",
-                     "--target", targets.gateway, "--out", str(out),
-                     "--duration", f"{duration_s:g}", "--rate-scale", f"{rate / BASE_RATE:.4f}",
-                     "--seed", str(11 + rep), "--drain", "5",
-                     "--inputs-file", str(DEFAULT_DIR / TESTSET),
-                     *[a for m in metrics for a in ("--metrics", m)])  # fmt: skip
+                _cli(
+                    "load",
+                    "run",
+                    "-s",
+                    str(scenario),
+                    "--shape",
+                    "knee",
+                    "--target",
+                    targets.gateway,
+                    "--out",
+                    str(out),
+                    "--duration",
+                    f"{duration_s:g}",
+                    "--rate-scale",
+                    f"{rate / BASE_RATE:.4f}",
+                    "--seed",
+                    str(11 + rep),
+                    "--drain",
+                    "5",
+                    "--inputs-file",
+                    str(DEFAULT_DIR / TESTSET),
+                    *[a for m in metrics for a in ("--metrics", m)],
+                )
     finally:
         testbed.down()
 
@@ -131,12 +148,20 @@ def _levels(name: str) -> pd.DataFrame:
         rho = float(f.parent.name[3:].split("-")[0])
         behind = s["achieved_over_offered"] < MIN_ACHIEVED or s["lag_p99_s"] > MAX_LAG_S
         rows.append(
-            {"deployment": name, "rho": rho, "run": f.parent.name,
-             "offered": s["offered_rps"], "achieved": s["achieved_rps"],
-             "p50": s["p50_s"] * 1e3, "p95": s["p95_s"] * 1e3, "p99": s["p99_s"] * 1e3,
-             "lag_p99_ms": s["lag_p99_s"] * 1e3, "behind": behind,
-             "steal_cores": _steal(f.parent)}
-        )  # fmt: skip
+            {
+                "deployment": name,
+                "rho": rho,
+                "run": f.parent.name,
+                "offered": s["offered_rps"],
+                "achieved": s["achieved_rps"],
+                "p50": s["p50_s"] * 1e3,
+                "p95": s["p95_s"] * 1e3,
+                "p99": s["p99_s"] * 1e3,
+                "lag_p99_ms": s["lag_p99_s"] * 1e3,
+                "behind": behind,
+                "steal_cores": _steal(f.parent),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -187,9 +212,19 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dic
     other = runs[(runs["rho"] != rho) & ~runs["behind"]]
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
-        _cli("calibrate", "fit", *[str(d / r) for r in other["run"]],
-             "-s", str(d / "scenario.yaml"), "--cpu-share", f"{share:g}",
-             "-o", str(cal_dir / "calibration.yaml"), "--scenario-out", str(sc_path))  # fmt: skip
+        _cli(
+            "calibrate",
+            "fit",
+            *[str(d / r) for r in other["run"]],
+            "-s",
+            str(d / "scenario.yaml"),
+            "--cpu-share",
+            f"{share:g}",
+            "-o",
+            str(cal_dir / "calibration.yaml"),
+            "--scenario-out",
+            str(sc_path),
+        )
     dep = load_deployment(d / "deployment.yaml")
     calibration = cal.load(cal_dir / "calibration.yaml")
     base = load_scenario(d / "scenario.yaml")
@@ -209,8 +244,12 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dic
             lat.append((r["t_end"] - r["t_arrive"]).dropna().to_numpy() * 1e3)
             done += int((r["t_end"] <= horizon).sum())
         p50, p95, p99 = np.percentile(np.concatenate(lat), [50, 95, 99])
-        out |= {f"{key}_p50": p50, f"{key}_p95": p95, f"{key}_p99": p99,
-                f"{key}_rps": done / (horizon * seeds)}  # fmt: skip
+        out |= {
+            f"{key}_p50": p50,
+            f"{key}_p95": p95,
+            f"{key}_p99": p99,
+            f"{key}_rps": done / (horizon * seeds),
+        }
     out["server_cpu_ms"] = ", ".join(f"{k} {v.per_item_ms:.2f}" for k, v in cpu.items())
     return out
 
@@ -251,20 +290,38 @@ def report() -> None:
             ok = g[~g["behind"]]
             tw = twin_level(name, rho, runs)
             m = ok if len(ok) else g
-            row = {"rho": rho, "offered": g["offered"].mean(), "achieved": g["achieved"].mean(),
-                   "p50": m["p50"].mean(), "p95": m["p95"].mean(), "p99": m["p99"].mean(),
-                   "n_ok": len(ok), "n": len(g), "steal": g["steal_cores"].mean()}  # fmt: skip
+            row = {
+                "rho": rho,
+                "offered": g["offered"].mean(),
+                "achieved": g["achieved"].mean(),
+                "p50": m["p50"].mean(),
+                "p95": m["p95"].mean(),
+                "p99": m["p99"].mean(),
+                "n_ok": len(ok),
+                "n": len(g),
+                "steal": g["steal_cores"].mean(),
+            }
             row.update(tw)
             summary.append(row)
             err = {q: 100 * (tw[f"twin_{q}"] / row[q] - 1) for q in ("p50", "p95", "p99")}
             rows.append(
-                [f"{rho:.1f}", f"{row['offered']:.0f}", f"{row['achieved']:.0f}",
-                 f"{len(ok)}/{len(g)}", f"{row['p50']:.1f}", f"{row['p95']:.1f}",
-                 f"{row['p99']:.1f}", f"{tw['twin_p50']:.1f}", f"{tw['twin_p95']:.1f}",
-                 f"{tw['twin_p99']:.1f}", *(f"{err[q]:+.1f}" for q in ("p50", "p95", "p99")),
-                 f"{100 * (tw['plain_p95'] / row['p95'] - 1):+.1f}", f"{row['steal']:.3f}",
-                 tw["server_cpu_ms"]]
-            )  # fmt: skip
+                [
+                    f"{rho:.1f}",
+                    f"{row['offered']:.0f}",
+                    f"{row['achieved']:.0f}",
+                    f"{len(ok)}/{len(g)}",
+                    f"{row['p50']:.1f}",
+                    f"{row['p95']:.1f}",
+                    f"{row['p99']:.1f}",
+                    f"{tw['twin_p50']:.1f}",
+                    f"{tw['twin_p95']:.1f}",
+                    f"{tw['twin_p99']:.1f}",
+                    *(f"{err[q]:+.1f}" for q in ("p50", "p95", "p99")),
+                    f"{100 * (tw['plain_p95'] / row['p95'] - 1):+.1f}",
+                    f"{row['steal']:.3f}",
+                    tw["server_cpu_ms"],
+                ]
+            )
         s = pd.DataFrame(summary)
         p95_at[name] = s
         knee_tb = _knee(s["offered"].to_numpy(), s["p95"].to_numpy())

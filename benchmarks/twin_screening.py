@@ -49,10 +49,16 @@ CACHE = ROOT / "benchmarks" / "results" / ".twin_screening"
 CASES = {
     # name: scenario, base deployment, workload, horizon (s), replications, request process
     "edge-cloud": ("edge-cloud.yaml", "edge-cloud.deployment.yaml", None, 3600.0, 3, "inference"),
-    "digits": ("digits-pipeline.yaml", "digits-pipeline.deployment.yaml", "steady-high", 60.0, 2,
-               None),
+    "digits": (
+        "digits-pipeline.yaml",
+        "digits-pipeline.deployment.yaml",
+        "steady-high",
+        60.0,
+        2,
+        None,
+    ),
     "ipa-video": ("pipelines/ipa-video.yaml", None, "steady-high", 120.0, 2, None),
-}  # fmt: skip
+}
 
 
 def _cpu_jiffies() -> tuple[int, int]:
@@ -70,8 +76,9 @@ def steal_since(start: tuple[int, int]) -> float:
     return (s - start[0]) / (t - start[1]) if t > start[1] else 0.0
 
 
-def random_deployment(sc: Scenario, genome: Genome, rng: np.random.Generator,
-                      stages: bool) -> Deployment | None:  # fmt: skip
+def random_deployment(
+    sc: Scenario, genome: Genome, rng: np.random.Generator, stages: bool
+) -> Deployment | None:
     """A random allocation (and stage configs when ``stages``); None if infeasible."""
     dep = genome.deployment(genome.encode(random_allocation(genome, rng)))
     if stages:
@@ -85,8 +92,9 @@ def random_deployment(sc: Scenario, genome: Genome, rng: np.random.Generator,
     return None if check(sc, dep) else dep
 
 
-def utilisation(sc: Scenario, dep: Deployment, workload: str | None, horizon_s: float,
-                process: str | None) -> float:  # fmt: skip
+def utilisation(
+    sc: Scenario, dep: Deployment, workload: str | None, horizon_s: float, process: str | None
+) -> float:
     """Offered load over the bottleneck stage's capacity of the request pipeline."""
     proc = process or next(p.name for p in sc.processes if p.kind == "request")
     if workload is None:
@@ -123,9 +131,14 @@ def run_case(name: str, n: int, workers: int) -> Path:
     rows = []
     for i, d in enumerate(deps):
         ev = screen(sc, d, w, h, reps, seed=1, check=False)
-        rows.append({"i": i, **{f"screen_{c}": v for c, v in zip(CRITERIA, ev.criteria(),
-                                                                   strict=True)},
-                     "screen_s": ev.wall_s, "rho": utilisation(sc, d, w, h, proc)})  # fmt: skip
+        rows.append(
+            {
+                "i": i,
+                **{f"screen_{c}": v for c, v in zip(CRITERIA, ev.criteria(), strict=True)},
+                "screen_s": ev.wall_s,
+                "rho": utilisation(sc, d, w, h, proc),
+            }
+        )
     started = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         des = list(pool.map(_des, [(sc, d, w, h, reps) for d in deps], chunksize=4))
@@ -137,11 +150,20 @@ def run_case(name: str, n: int, workers: int) -> Path:
     frame = pd.DataFrame(rows)
     frame.attrs["des_wall_s"] = time.perf_counter() - started
     frame.to_csv(out, index=False)
-    (CACHE / f"{name}.json").write_text(json.dumps({
-        "n": len(deps), "tries": tries, "workload": w, "horizon_s": h, "replications": reps,
-        "des_pool_wall_s": time.perf_counter() - started, "workers": workers,
-        "steal": steal_since(j0),
-    }))  # fmt: skip
+    (CACHE / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "n": len(deps),
+                "tries": tries,
+                "workload": w,
+                "horizon_s": h,
+                "replications": reps,
+                "des_pool_wall_s": time.perf_counter() - started,
+                "workers": workers,
+                "steal": steal_since(j0),
+            }
+        )
+    )
     return out
 
 
@@ -155,8 +177,11 @@ def run_speed(repeats: int) -> Path:
     t_des = min(_timed(lambda: evaluate(sc, dep, None, 3600.0, 10)) for _ in range(repeats))
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / "speed.json"
-    out.write_text(json.dumps({"screen_s": t_screen, "des_s": t_des, "repeats": repeats,
-                               "steal": steal_since(j0)}))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {"screen_s": t_screen, "des_s": t_des, "repeats": repeats, "steal": steal_since(j0)}
+        )
+    )
     return out
 
 
@@ -200,8 +225,12 @@ def report() -> Path:
             continue
         meta = json.loads((CACHE / f"{name}.json").read_text())
         d = pd.read_csv(f)
-        cells = [name, f"{meta['n']}", f"{meta['workload'] or 'own arrivals'}",
-                 f"{meta['horizon_s']:g} s × {meta['replications']}"]  # fmt: skip
+        cells = [
+            name,
+            f"{meta['n']}",
+            f"{meta['workload'] or 'own arrivals'}",
+            f"{meta['horizon_s']:g} s × {meta['replications']}",
+        ]
         for c in CRITERIA:
             a, b = d[f"screen_{c}"].to_numpy(), d[f"des_{c}"].to_numpy()
             if np.ptp(b) == 0 and np.ptp(a) == 0:
@@ -212,9 +241,12 @@ def report() -> Path:
             cells.append(f"{rho:.3f}")
         low = d[d["rho"] < 0.9]
         err = (low["screen_time_mean_s"] - low["des_time_mean_s"]).abs() / low["des_time_mean_s"]
-        cells += [f"{len(low)}", f"{err.max():.1%}" if len(low) else "—",
-                  f"{err.mean():.1%}" if len(low) else "—",
-                  f"{d['des_s'].sum() / d['screen_s'].sum():.0f}×"]  # fmt: skip
+        cells += [
+            f"{len(low)}",
+            f"{err.max():.1%}" if len(low) else "—",
+            f"{err.mean():.1%}" if len(low) else "—",
+            f"{d['des_s'].sum() / d['screen_s'].sum():.0f}×",
+        ]
         rows.append(cells)
     if rows:
         lines += [

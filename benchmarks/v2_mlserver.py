@@ -54,11 +54,31 @@ def main() -> None:
         prof = work / "profile"
         cli = [sys.executable, "-c", "from mlops_twin.cli import main; main()"]
         res = subprocess.run(
-            [*cli, "calibrate", "profile", "--target", url, "--model", mlserver.MODEL,
-             "--version", mlserver.VERSION, "--input", "x:FP32:1x64", "--batches", "1,4",
-             "--concurrency", "1,2,4", "--cell-s", "4", "--out", str(prof)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                *cli,
+                "calibrate",
+                "profile",
+                "--target",
+                url,
+                "--model",
+                mlserver.MODEL,
+                "--version",
+                mlserver.VERSION,
+                "--input",
+                "x:FP32:1x64",
+                "--batches",
+                "1,4",
+                "--concurrency",
+                "1,2,4",
+                "--cell-s",
+                "4",
+                "--out",
+                str(prof),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if res.returncode != 0:
             raise SystemExit(res.stderr)
         meta = json.loads((prof / "manifest.json").read_text())
@@ -78,30 +98,53 @@ def main() -> None:
             twin = predict(sc, dep, rate, horizon_s=600, replications=3)
             e50 = 100 * (twin["p50_ms"] / measured[50] - 1)
             e95 = 100 * (twin["p95_ms"] / measured[95] - 1)
-            rows.append([f"{rate:g}", f"{f:g}", len(ok), round(measured[50], 2),
-                         round(twin["p50_ms"], 2), f"{e50:+.1f}", round(measured[95], 2),
-                         round(twin["p95_ms"], 2), f"{e95:+.1f}",
-                         "yes" if abs(e50) <= 10 and abs(e95) <= 15 else "no",
-                         f"{100 * steal:.1f}"])  # fmt: skip
-    head = ["rate/s", "of capacity", "answered", "p50 ms", "twin p50", "err %", "p95 ms",
-            "twin p95", "err %", "within 10/15 %", "steal %"]  # fmt: skip
+            rows.append(
+                [
+                    f"{rate:g}",
+                    f"{f:g}",
+                    len(ok),
+                    round(measured[50], 2),
+                    round(twin["p50_ms"], 2),
+                    f"{e50:+.1f}",
+                    round(measured[95], 2),
+                    round(twin["p95_ms"], 2),
+                    f"{e95:+.1f}",
+                    "yes" if abs(e50) <= 10 and abs(e95) <= 15 else "no",
+                    f"{100 * steal:.1f}",
+                ]
+            )
+    head = [
+        "rate/s",
+        "of capacity",
+        "answered",
+        "p50 ms",
+        "twin p50",
+        "err %",
+        "p95 ms",
+        "twin p95",
+        "err %",
+        "within 10/15 %",
+        "steal %",
+    ]
     fit = sc.component(sc.components[0].name).variants[0].service_time
-    text = "\n".join([
-        "# Twin vs MLServer (V2) after `calibrate profile --target`",
-        "",
-        f"- {machine_line()}",
-        f"- MLServer 1.7.1 (mlserver-sklearn, parallel_workers 0), model {mlserver.MODEL} "
-        f"(random forest, 50 trees) on 127.0.0.1; profile grid batch 1,4 × clients 1,2,4, "
-        f"4 s per cell; capacity at batch 1: {cap:.1f} requests/s",
-        f"- fitted service time: {fit.kind}, mean {fit.batch_mean_ms(1):.2f} ms at batch 1; "
-        f"request overhead mean {sc.processes[0].request_overhead.batch_mean_ms(1):.2f} ms",
-        f"- held-out: open-loop Poisson, {DURATION_S:g} s per rate (rates not in the "
-        "closed-loop profile); twin: 3 × 600 s",
-        "",
-        markdown_table(head, rows),
-        "",
-        "Reproduce: `flock /work/bench.lock .venv/bin/python benchmarks/v2_mlserver.py`",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# Twin vs MLServer (V2) after `calibrate profile --target`",
+            "",
+            f"- {machine_line()}",
+            f"- MLServer 1.7.1 (mlserver-sklearn, parallel_workers 0), model {mlserver.MODEL} "
+            f"(random forest, 50 trees) on 127.0.0.1; profile grid batch 1,4 × clients 1,2,4, "
+            f"4 s per cell; capacity at batch 1: {cap:.1f} requests/s",
+            f"- fitted service time: {fit.kind}, mean {fit.batch_mean_ms(1):.2f} ms at batch 1; "
+            f"request overhead mean {sc.processes[0].request_overhead.batch_mean_ms(1):.2f} ms",
+            f"- held-out: open-loop Poisson, {DURATION_S:g} s per rate (rates not in the "
+            "closed-loop profile); twin: 3 × 600 s",
+            "",
+            markdown_table(head, rows),
+            "",
+            "Reproduce: `flock /work/bench.lock .venv/bin/python benchmarks/v2_mlserver.py`",
+        ]
+    )
     write_result("v2_mlserver", text)
 
 

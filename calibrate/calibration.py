@@ -234,8 +234,9 @@ def scale_service_time(model: ServiceTime, factor: float) -> ServiceTime:
     raise ValueError(f"cannot scale a {model.kind} service time")
 
 
-def service_time_at(calibration: Calibration, component: str, variant: str, share: float
-                    ) -> ServiceTime | None:  # fmt: skip
+def service_time_at(
+    calibration: Calibration, component: str, variant: str, share: float
+) -> ServiceTime | None:
     """The fitted model at CPU ``share``: the nearest measured share, scaled by share^(−η).
 
     Without a measured η the nearest share's model is used as it is. None when
@@ -290,8 +291,9 @@ def check_matches(scenario: Scenario, calibration: Calibration) -> None:
         )
 
 
-def server_cpu_of(calibration: Calibration, allocation: dict[str, dict[str, int]]
-                  ) -> dict[str, ServerOverhead]:  # fmt: skip
+def server_cpu_of(
+    calibration: Calibration, allocation: dict[str, dict[str, int]]
+) -> dict[str, ServerOverhead]:
     """Per stage: its server's CPU per visit (``calibration.cpu``, ms on the host), for
     :func:`calibrated_scenario`'s ``server_cpu``.
 

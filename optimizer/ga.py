@@ -88,9 +88,14 @@ def budget_pop(max_evals: int | None, fallback: int = 100) -> int:
 def default_config(max_evals: int | None = None, **changes: Any) -> SearchConfig:
     """What ``mlops-twin optimize`` runs unless told otherwise (see :func:`budget_pop`)."""
     return SearchConfig(
-        **{"algorithm": "nsga2", "operators": "placement", "pop_size": budget_pop(max_evals),
-           "max_evals": max_evals, **changes}
-    )  # fmt: skip
+        **{
+            "algorithm": "nsga2",
+            "operators": "placement",
+            "pop_size": budget_pop(max_evals),
+            "max_evals": max_evals,
+            **changes,
+        }
+    )
 
 
 def make_algorithm(config: SearchConfig, n_obj: int) -> Any:

@@ -137,8 +137,10 @@ class Genome:
                 y[k, rng.choice(np.flatnonzero(y[k]))] -= 1
         S = self.shape[1]
         for j in rng.permutation(S):
-            while (self.cpu @ y[:, j] > self.cap_cpu[j] + EPS
-                   or self.ram @ y[:, j] > self.cap_ram[j] + EPS):  # fmt: skip
+            while (
+                self.cpu @ y[:, j] > self.cap_cpu[j] + EPS
+                or self.ram @ y[:, j] > self.cap_ram[j] + EPS
+            ):
                 here = np.flatnonzero(y[:, j])
                 shared = here[y[here].sum(axis=1) > 1]
                 k = int(rng.choice(shared if shared.size else here))

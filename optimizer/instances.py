@@ -296,8 +296,9 @@ class Front:
     wall_s: float  # simulation wall time summed over chunks
 
 
-def _score_chunk(scenario: Scenario, shape: tuple[int, int], X: np.ndarray,
-                 fidelity: Fidelity) -> np.ndarray:  # fmt: skip
+def _score_chunk(
+    scenario: Scenario, shape: tuple[int, int], X: np.ndarray, fidelity: Fidelity
+) -> np.ndarray:
     base = Genome(scenario).base
     return np.array([evaluate_matrix(scenario, base, x.reshape(shape), fidelity).mean for x in X])
 

@@ -110,8 +110,9 @@ def could_enter(candidates: np.ndarray, known: np.ndarray, margin: float) -> np.
 class MultiFidelityEvaluator(Evaluator):
     """An :class:`Evaluator` that screens every candidate and DES-scores the promising ones."""
 
-    def __init__(self, genome: Genome, fidelity: Fidelity, settings: MultiFidelity,
-                 client: Any | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, genome: Genome, fidelity: Fidelity, settings: MultiFidelity, client: Any | None = None
+    ) -> None:
         super().__init__(genome, fidelity, client)
         self.settings = settings
         self.des_keys: set[bytes] = set()
@@ -258,9 +259,15 @@ def confirm_front(search: Search) -> int:
         ev.confirm(todo)
 
 
-def start_multifidelity(genome: Genome, config: Any, fidelity: Fidelity, settings: MultiFidelity,
-                        client: Any | None, reference_F: np.ndarray | None = None,
-                        checkpoint: Any = None) -> Search:  # fmt: skip
+def start_multifidelity(
+    genome: Genome,
+    config: Any,
+    fidelity: Fidelity,
+    settings: MultiFidelity,
+    client: Any | None,
+    reference_F: np.ndarray | None = None,
+    checkpoint: Any = None,
+) -> Search:
     """A new :class:`Search` whose evaluator screens and confirms."""
     return Search.start(
         config, MultiFidelityEvaluator(genome, fidelity, settings, client), reference_F, checkpoint

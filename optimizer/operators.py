@@ -142,13 +142,15 @@ class SubsetSampling(FeasibleSampling):
                 out += list(rest)
         return np.array(out[:n_samples], dtype=np.int64)
 
-    def __init__(self, max_instances: int | None = None, max_tries: int = 200,
-                 single_share: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self, max_instances: int | None = None, max_tries: int = 200, single_share: float = 0.0
+    ) -> None:
         super().__init__(max_instances, max_tries)
         self.single_share = single_share
 
-    def _draw(self, genome: Genome, rng: np.random.Generator, mask: np.ndarray,
-              seen: set[bytes]) -> np.ndarray | None:  # fmt: skip
+    def _draw(
+        self, genome: Genome, rng: np.random.Generator, mask: np.ndarray, seen: set[bytes]
+    ) -> np.ndarray | None:
         top = 1 if rng.random() < self.single_share else self.max_instances
         for _ in range(self.max_tries):
             x = random_allocation(genome, rng, top, mask).reshape(-1)
@@ -209,9 +211,11 @@ class PlacementMutation(Mutation):
     """
 
     def __init__(
-        self, weights: tuple[float, ...] = (0.5, 0.25, 0.25), n_moves: int = 1,
+        self,
+        weights: tuple[float, ...] = (0.5, 0.25, 0.25),
+        n_moves: int = 1,
         prob: float = 1.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(prob=prob)
         w = np.asarray(weights, dtype=float)
         if 3 <= len(w) < 5:
@@ -235,8 +239,9 @@ class PlacementMutation(Mutation):
             Y[i] = m.reshape(-1)
         return Y
 
-    def _one(self, m: np.ndarray, ub: np.ndarray, rng: np.random.Generator,
-             genome: Genome | None = None) -> None:  # fmt: skip
+    def _one(
+        self, m: np.ndarray, ub: np.ndarray, rng: np.random.Generator, genome: Genome | None = None
+    ) -> None:
         kind = rng.choice(5, p=self.weights)
         if kind >= 3:
             if genome is not None:
@@ -262,8 +267,9 @@ class PlacementMutation(Mutation):
         m[k, j] -= 1
 
 
-def _evacuate(m: np.ndarray, genome: Genome, rng: np.random.Generator,
-              anywhere: bool = False) -> None:  # fmt: skip
+def _evacuate(
+    m: np.ndarray, genome: Genome, rng: np.random.Generator, anywhere: bool = False
+) -> None:
     """Empty one machine in use of ``m`` in place (see :class:`PlacementMutation`).
 
     ``anywhere``: the instances may go to any other machine (relocation),
@@ -283,9 +289,13 @@ def _evacuate(m: np.ndarray, genome: Genome, rng: np.random.Generator,
     free_ram = genome.cap_ram - genome.ram @ y
     for k in rng.permutation(np.flatnonzero(y[:, j])):
         for _ in range(int(y[k, j])):
-            fits = [t for t in rng.permutation(others)
-                    if free_cpu[t] + 1e-9 >= genome.cpu[k] and free_ram[t] + 1e-9 >= genome.ram[k]
-                    and y[k, t] < genome.max_replicas[k]]  # fmt: skip
+            fits = [
+                t
+                for t in rng.permutation(others)
+                if free_cpu[t] + 1e-9 >= genome.cpu[k]
+                and free_ram[t] + 1e-9 >= genome.ram[k]
+                and y[k, t] < genome.max_replicas[k]
+            ]
             y[k, j] -= 1
             if fits:
                 t = fits[0]

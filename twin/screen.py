@@ -110,8 +110,9 @@ def draw(model: ServiceTime, rng: np.random.Generator, n: int) -> np.ndarray:
     return _times(model, fn(n) if fn is not None else None, n)
 
 
-def draw_pair(a: ServiceTime | None, b: ServiceTime | None, rng: np.random.Generator, n: int
-              ) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
+def draw_pair(
+    a: ServiceTime | None, b: ServiceTime | None, rng: np.random.Generator, n: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``n`` draws each of two samplers sharing ``rng`` as ``twin.sim`` uses them: at every
     launch a step draws its CPU work, then its GPU work, each sampler refilling its own
     block of ``BLOCK`` variates when empty — so their blocks alternate on the stream."""
@@ -254,8 +255,9 @@ class _Layout:
         self.p_roots_ptr, self.p_roots = np.array(roots_ptr, i64), np.array(roots, i64)
 
 
-def _arrivals(sc: Scenario, w: Workload | None, horizon_s: float, seed: int, r: int
-              ) -> list[np.ndarray]:  # fmt: skip
+def _arrivals(
+    sc: Scenario, w: Workload | None, horizon_s: float, seed: int, r: int
+) -> list[np.ndarray]:
     """Each process's arrival times: the very streams and calls of ``twin.sim``."""
     targets: set[str] = set()
     rates = None
@@ -274,8 +276,15 @@ def _arrivals(sc: Scenario, w: Workload | None, horizon_s: float, seed: int, r: 
     return out
 
 
-def _replication(sc: Scenario, lay: _Layout, w: Workload | None, horizon_s: float, seed: int,
-                 r: int, drain_s: float) -> tuple:  # fmt: skip
+def _replication(
+    sc: Scenario,
+    lay: _Layout,
+    w: Workload | None,
+    horizon_s: float,
+    seed: int,
+    r: int,
+    drain_s: float,
+) -> tuple:
     """Draw one replication's random numbers and run the engine on them."""
     times = _arrivals(sc, w, horizon_s, seed, r)
     counts = [len(t) for t in times]
@@ -328,22 +337,65 @@ def _replication(sc: Scenario, lay: _Layout, w: Workload | None, horizon_s: floa
             factors[k] = rng.standard_gamma(kk, width) / kk
     rand_seed = int(np.random.SeedSequence([seed, r, STREAM_SCREEN]).generate_state(1)[0] >> 1)
     out = run_engine(
-        lay.m_speed, lay.m_gpu_speed, lay.m_gpus, lay.m_zone, lay.m_bw, lay.m_slow,
-        lay.gpu_fallback, lay.intra_s, lay.inter_s,
-        lay.c_inst_ptr, lay.c_inst, lay.c_shared, lay.c_stage, lay.c_kind, lay.c_mean_b,
-        lay.c_sigma_b, factors, lay.i_machine, lay.i_batch, lay.i_timeout, lay.i_queue,
-        len(lay.q_comp), lay.q_inst_ptr, lay.q_inst, lay.q_comp,
-        lay.p_step_first, lay.step_comp, lay.step_parallel, lay.step_data_mb, lay.step_dep_ptr,
-        lay.step_deps, lay.step_next_ptr, lay.step_next, lay.p_roots_ptr, lay.p_roots,
-        e_proc, e_arrive, e_overhead, es_off, es_cpu, es_gpu,
-        lay.policy, rand_seed, float(horizon_s + drain_s), max(jobs, 1), lay.max_batch,
-    )  # fmt: skip
+        lay.m_speed,
+        lay.m_gpu_speed,
+        lay.m_gpus,
+        lay.m_zone,
+        lay.m_bw,
+        lay.m_slow,
+        lay.gpu_fallback,
+        lay.intra_s,
+        lay.inter_s,
+        lay.c_inst_ptr,
+        lay.c_inst,
+        lay.c_shared,
+        lay.c_stage,
+        lay.c_kind,
+        lay.c_mean_b,
+        lay.c_sigma_b,
+        factors,
+        lay.i_machine,
+        lay.i_batch,
+        lay.i_timeout,
+        lay.i_queue,
+        len(lay.q_comp),
+        lay.q_inst_ptr,
+        lay.q_inst,
+        lay.q_comp,
+        lay.p_step_first,
+        lay.step_comp,
+        lay.step_parallel,
+        lay.step_data_mb,
+        lay.step_dep_ptr,
+        lay.step_deps,
+        lay.step_next_ptr,
+        lay.step_next,
+        lay.p_roots_ptr,
+        lay.p_roots,
+        e_proc,
+        e_arrive,
+        e_overhead,
+        es_off,
+        es_cpu,
+        es_gpu,
+        lay.policy,
+        rand_seed,
+        float(horizon_s + drain_s),
+        max(jobs, 1),
+        lay.max_batch,
+    )
     return e_proc, e_arrive, out
 
 
-def _criteria(sc: Scenario, dep: Deployment, horizon_s: float, e_proc: np.ndarray,
-              e_arrive: np.ndarray, e_end: np.ndarray, end_s: float
-              ) -> dict[str, float]:  # fmt: skip
+def _criteria(
+    sc: Scenario,
+    dep: Deployment,
+    horizon_s: float,
+    e_proc: np.ndarray,
+    e_arrive: np.ndarray,
+    e_end: np.ndarray,
+    end_s: float,
+) -> dict[str, float]:
     """``twin.criteria.placement_criteria`` on arrays (same definitions, no DataFrame)."""
     t = np.clip(np.where(np.isnan(e_end), end_s, e_end) - e_arrive, 0.0, None)
     means, variances, w = [], [], []
@@ -368,8 +420,9 @@ def _criteria(sc: Scenario, dep: Deployment, horizon_s: float, e_proc: np.ndarra
     }
 
 
-def _tables(sc: Scenario, lay: _Layout, e_proc: np.ndarray, e_arrive: np.ndarray, out: tuple
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def _tables(
+    sc: Scenario, lay: _Layout, e_proc: np.ndarray, e_arrive: np.ndarray, out: tuple
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Visit and request tables in ``twin.sim``'s columns (for pipeline metrics)."""
     e_end, _, _, n, j_exec, j_step, j_part, j_machine, j_inst, t_arr, t_start, t_end, batch = out
     procs = [p.name for p in sc.processes]

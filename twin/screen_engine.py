@@ -79,9 +79,23 @@ def _pop(ht, hs, hk, hx, st):
 
 @njit(cache=True)
 def _transfer(
-    e, s, dst, parts, es_off, ps_first, job_first, job_count, job_machine, step_dep_ptr,
-    step_deps, step_data_mb, m_zone, m_bw, intra_s, inter_s,
-):  # fmt: skip
+    e,
+    s,
+    dst,
+    parts,
+    es_off,
+    ps_first,
+    job_first,
+    job_count,
+    job_machine,
+    step_dep_ptr,
+    step_deps,
+    step_data_mb,
+    m_zone,
+    m_bw,
+    intra_s,
+    inter_s,
+):
     """Seconds before a part of step ``s`` of execution ``e`` has its inputs on ``dst``."""
     delay = 0.0
     for q in range(step_dep_ptr[s], step_dep_ptr[s + 1]):
@@ -106,17 +120,56 @@ def _transfer(
 @njit(cache=True)
 def run_engine(
     # machines
-    m_speed, m_gpu_speed, m_gpus, m_zone, m_bw, m_slow, gpu_fallback, intra_s, inter_s,
+    m_speed,
+    m_gpu_speed,
+    m_gpus,
+    m_zone,
+    m_bw,
+    m_slow,
+    gpu_fallback,
+    intra_s,
+    inter_s,
     # components and instances
-    c_inst_ptr, c_inst, c_shared, c_stage, c_kind, c_mean_b, c_sigma_b, c_factors,
-    i_machine, i_batch, i_timeout, i_queue, n_queues, q_inst_ptr, q_inst, q_comp,
+    c_inst_ptr,
+    c_inst,
+    c_shared,
+    c_stage,
+    c_kind,
+    c_mean_b,
+    c_sigma_b,
+    c_factors,
+    i_machine,
+    i_batch,
+    i_timeout,
+    i_queue,
+    n_queues,
+    q_inst_ptr,
+    q_inst,
+    q_comp,
     # processes and steps
-    p_step_first, step_comp, step_parallel, step_data_mb, step_dep_ptr, step_deps,
-    step_next_ptr, step_next, p_roots_ptr, p_roots,
+    p_step_first,
+    step_comp,
+    step_parallel,
+    step_data_mb,
+    step_dep_ptr,
+    step_deps,
+    step_next_ptr,
+    step_next,
+    p_roots_ptr,
+    p_roots,
     # executions
-    e_proc, e_arrive, e_overhead, es_off, es_cpu, es_gpu,
-    policy, rand_seed, end_s, max_jobs, max_batch,
-):  # fmt: skip
+    e_proc,
+    e_arrive,
+    e_overhead,
+    es_off,
+    es_cpu,
+    es_gpu,
+    policy,
+    rand_seed,
+    end_s,
+    max_jobs,
+    max_batch,
+):
     """Run one replication; returns per-execution end times and per-job records.
 
     Arrays are as built by :func:`twin.screen.build`; times are seconds.
@@ -342,10 +395,24 @@ def run_engine(
             for part in range(n):
                 j = job_first[es] + part
                 inst = job_inst[j]
-                delay = _transfer(launch_e, launch_s, i_machine[inst], n, es_off,
-                                  p_step_first[p], job_first, job_count, job_machine,
-                                  step_dep_ptr, step_deps, step_data_mb, m_zone, m_bw,
-                                  intra_s, inter_s)  # fmt: skip
+                delay = _transfer(
+                    launch_e,
+                    launch_s,
+                    i_machine[inst],
+                    n,
+                    es_off,
+                    p_step_first[p],
+                    job_first,
+                    job_count,
+                    job_machine,
+                    step_dep_ptr,
+                    step_deps,
+                    step_data_mb,
+                    m_zone,
+                    m_bw,
+                    intra_s,
+                    inter_s,
+                )
                 if delay > 0:
                     _push(ht, hs, hk, hx, st, now + delay, EV_ARRIVE, j)
                 else:
@@ -404,10 +471,24 @@ def run_engine(
                         e = job_exec[j]
                         p = e_proc[e]
                         parts = job_count[es_off[e] + job_step[j] - p_step_first[p]]
-                        d = _transfer(e, job_step[j], m, parts,
-                                      es_off, p_step_first[p], job_first, job_count, job_machine,
-                                      step_dep_ptr, step_deps, step_data_mb, m_zone, m_bw, intra_s,
-                                      inter_s)  # fmt: skip
+                        d = _transfer(
+                            e,
+                            job_step[j],
+                            m,
+                            parts,
+                            es_off,
+                            p_step_first[p],
+                            job_first,
+                            job_count,
+                            job_machine,
+                            step_dep_ptr,
+                            step_deps,
+                            step_data_mb,
+                            m_zone,
+                            m_bw,
+                            intra_s,
+                            inter_s,
+                        )
                         if d > fetch:
                             fetch = d
                 i_ncur[inst] = n
@@ -443,8 +524,21 @@ def run_engine(
                 )
         if done == n_exec:
             break
-    return (e_end, now, events, n_jobs, job_exec, job_step, job_part, job_machine, job_inst,
-            job_t_arrive, job_t_start, job_t_end, job_batch)  # fmt: skip
+    return (
+        e_end,
+        now,
+        events,
+        n_jobs,
+        job_exec,
+        job_step,
+        job_part,
+        job_machine,
+        job_inst,
+        job_t_arrive,
+        job_t_start,
+        job_t_end,
+        job_batch,
+    )
 
 
 @njit(cache=True)

@@ -120,11 +120,30 @@ def _container(
         resources["nvidia.com/gpu"] = str(gpus)
     if c.is_stage:
         eff = effective_stage(scenario, deployment, c)
-        args = ["-m", "testbed.services.stage_server", "--port", str(PORT), "--host", "0.0.0.0",
-                "--name", c.name, "--component", c.name, "--registry", f"http://{registry_service(scenario)}:{PORT}",
-                "--model", f"{c.name}.{eff.variant}", "--variant", eff.variant,
-                "--batch", str(eff.batch), "--batch-timeout-ms", f"{eff.batch_timeout_ms:g}",
-                "--threads", "1"]  # fmt: skip
+        args = [
+            "-m",
+            "testbed.services.stage_server",
+            "--port",
+            str(PORT),
+            "--host",
+            "0.0.0.0",
+            "--name",
+            c.name,
+            "--component",
+            c.name,
+            "--registry",
+            f"http://{registry_service(scenario)}:{PORT}",
+            "--model",
+            f"{c.name}.{eff.variant}",
+            "--variant",
+            eff.variant,
+            "--batch",
+            str(eff.batch),
+            "--batch-timeout-ms",
+            f"{eff.batch_timeout_ms:g}",
+            "--threads",
+            "1",
+        ]
     else:
         # the platform services by their role in the name; no testbed service implements a
         # generic component: the image's own entry point runs it (MLOPS_COMPONENT says which)
@@ -238,9 +257,11 @@ def _configmap(scenario: Scenario, deployment: Deployment, name: str, namespace:
         data[f"STAGE_{key}_VARIANT"] = eff.variant
         data[f"STAGE_{key}_BATCH"] = str(eff.batch)
         data[f"STAGE_{key}_BATCH_TIMEOUT_MS"] = f"{eff.batch_timeout_ms:g}"
-    labels = {"app.kubernetes.io/part-of": dns_name(scenario.name),
-              "app.kubernetes.io/instance": dns_name(deployment.name),
-              "app.kubernetes.io/managed-by": "mlops-twin"}  # fmt: skip
+    labels = {
+        "app.kubernetes.io/part-of": dns_name(scenario.name),
+        "app.kubernetes.io/instance": dns_name(deployment.name),
+        "app.kubernetes.io/managed-by": "mlops-twin",
+    }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -276,8 +297,11 @@ def manifests(
         for machine in sorted(row, key=scenario.server_instances().index):
             if machine not in machines:
                 raise ValueError(f"allocation names unknown machine {machine!r}")
-            out.append(_deployment(scenario, deployment, c, machine, row[machine], image,
-                                   namespace, configmap))  # fmt: skip
+            out.append(
+                _deployment(
+                    scenario, deployment, c, machine, row[machine], image, namespace, configmap
+                )
+            )
     return out
 
 

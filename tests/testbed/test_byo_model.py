@@ -32,10 +32,15 @@ class ImageNet(nn.Module):
 def _export(path: Path, model: nn.Module | None = None) -> None:
     with torch.no_grad():
         torch.onnx.export(
-            (model or ImageNet()).eval(), (torch.zeros(1, 1, 32, 32),), str(path), dynamo=False,
-            opset_version=17, input_names=["image"], output_names=["y"],
+            (model or ImageNet()).eval(),
+            (torch.zeros(1, 1, 32, 32),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["y"],
             dynamic_axes={"image": {0: "batch"}, "y": {0: "batch"}},
-        )  # fmt: skip
+        )
 
 
 def _with_model(model: str) -> str:

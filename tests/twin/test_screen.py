@@ -25,8 +25,9 @@ TOLERANCE = 0.03
 LONGER = 4  # × test_theory's customers: the screening engine affords a narrower seed spread
 
 
-def _waits(rate: float, servers: int, kind: str, customers: int, stations: int = 1
-           ) -> tuple[list[float], list[float]]:  # fmt: skip
+def _waits(
+    rate: float, servers: int, kind: str, customers: int, stations: int = 1
+) -> tuple[list[float], list[float]]:
     """Per seed: mean queue wait of a visit, and mean sojourn of a customer (s)."""
     sc, dep = queue_scenario(rate, 1.0, servers, kind, stations)
     customers *= LONGER

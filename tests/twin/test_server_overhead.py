@@ -12,9 +12,13 @@ from twin.spec import Deployment
 
 def _variants(ms: float, per_item_ms: float) -> list[dict]:
     return [
-        {"name": "only", "accuracy": 0.9, "cpu_cores": 1,
-         "service_time": {"kind": "constant", "ms": ms, "per_item_ms": per_item_ms}},
-    ]  # fmt: skip
+        {
+            "name": "only",
+            "accuracy": 0.9,
+            "cpu_cores": 1,
+            "service_time": {"kind": "constant", "ms": ms, "per_item_ms": per_item_ms},
+        },
+    ]
 
 
 def _deployment(batch: int) -> Deployment:
