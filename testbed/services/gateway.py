@@ -330,7 +330,7 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/admin/routes", get_routes, methods=["GET"]),
         Route("/admin/routes", set_routes, methods=["POST"]),
         Route("/admin/proxy/{target}/{path:path}", proxy, methods=["GET", "POST", "PUT", "DELETE"]),
-        *gateway_routes(gw, IMAGE_SIZE),  # the Open Inference Protocol (testbed.services.v2)
+        *gateway_routes(gw, IMAGE_SIZE, NoReplica),  # Open Inference Protocol (services.v2)
     ]
     middleware = [Middleware(AdminGuard, token=admin_token()), Middleware(BodyLimit)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

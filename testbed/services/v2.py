@@ -329,14 +329,15 @@ def gateway_model(width: int, name: str = "pipeline") -> ModelInfo:
     )
 
 
-def gateway_routes(gw: Any, width: int) -> list[Route]:
-    """V2 routes of a :class:`testbed.services.gateway.Gateway` (its ``infer(row)``)."""
+def gateway_routes(gw: Any, width: int, no_replica: type[Exception]) -> list[Route]:
+    """V2 routes of a :class:`testbed.services.gateway.Gateway` (its ``infer(row)``);
+    ``no_replica`` is the gateway's "no replica left" error, answered 503 (handed in, so
+    this module does not import the gateway that imports it)."""
     from testbed.api import encode_timings
 
     model = gateway_model(width)
 
     async def infer(_m: ModelInfo, _v: str, inputs: dict[str, np.ndarray], _p: dict) -> tuple:
-        from testbed.services.gateway import NoReplica
         from testbed.services.stage_client import StageError
 
         rows = _rows(inputs, model.inputs[0])
@@ -344,7 +345,7 @@ def gateway_routes(gw: Any, width: int) -> list[Route]:
         gw.m_inflight.inc()
         try:
             done = await asyncio.gather(*(gw.infer(r) for r in rows))
-        except NoReplica as e:
+        except no_replica as e:
             gw.m_requests.labels("503").inc()
             raise V2Error(str(e), 503) from None
         except TimeoutError:
