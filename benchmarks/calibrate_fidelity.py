@@ -57,9 +57,11 @@ def main() -> None:
     cfg = ValidateConfig(
         ROOT / "examples" / "digits-pipeline.yaml",
         ROOT / "examples" / "digits-pipeline.deployment.yaml",
-        duration_s=a.duration, fit_duration_s=a.fit_duration, replications=a.replications,
+        duration_s=a.duration,
+        fit_duration_s=a.fit_duration,
+        replications=a.replications,
         max_steal_cores=a.max_steal or None,
-    )  # fmt: skip
+    )
     out = ROOT / "runs" / a.name
     out.parent.mkdir(exist_ok=True)
     testbed = CliTestbed(
@@ -74,16 +76,37 @@ def main() -> None:
     ]
     held = tab[(tab["level"] == "held-out") & tab["metric"].isin(["p50_ms", "p95_ms"])]
     aware = pd.read_csv(out / "rate_aware.csv")
-    aware_head = ["workload", "mean offered (req/s)", "overhead mean (ms)", "p50 error %",
-                  "p95 error %", "p99 error %"]  # fmt: skip
-    aware_rows = [[r.workload, r.rate_per_s, r.overhead_mean_ms, r.p50_error_pct,
-                   r.p95_error_pct, r.p99_error_pct] for r in aware.itertuples()]  # fmt: skip
+    aware_head = [
+        "workload",
+        "mean offered (req/s)",
+        "overhead mean (ms)",
+        "p50 error %",
+        "p95 error %",
+        "p99 error %",
+    ]
+    aware_rows = [
+        [
+            r.workload,
+            r.rate_per_s,
+            r.overhead_mean_ms,
+            r.p50_error_pct,
+            r.p95_error_pct,
+            r.p99_error_pct,
+        ]
+        for r in aware.itertuples()
+    ]
     clean = pd.read_csv(out / "undisturbed.csv") if (out / "undisturbed.csv").exists() else None
     host = pd.read_csv(out / "host.csv")
     fid = held.pivot(index="workload", columns="metric", values="error_pct")
-    fid_rows = [[w, r["p50_ms"], r["p95_ms"],
-                 "met" if abs(r["p50_ms"]) <= 10 and abs(r["p95_ms"]) <= 15 else "not met"]
-                for w, r in fid.iterrows()]  # fmt: skip
+    fid_rows = [
+        [
+            w,
+            r["p50_ms"],
+            r["p95_ms"],
+            "met" if abs(r["p50_ms"]) <= 10 and abs(r["p95_ms"]) <= 15 else "not met",
+        ]
+        for w, r in fid.iterrows()
+    ]
     text = "\n".join(
         [
             "# Calibrated twin vs testbed (digits pipeline, local backend)",

@@ -34,15 +34,25 @@ BATCHES = (1, 4, 8)
 
 
 def scenario(st: dict, rate: float) -> Scenario:
-    return Scenario.model_validate({
-        "name": "one-stage",
-        "servers": [{"name": "node", "cpu_cores": 4, "ram_gb": 8}],
-        "components": [{"name": "stage", "max_batch": 16, "variants": [
-            {"name": "v", "accuracy": 0.9, "cpu_cores": 1, "service_time": st}]}],
-        "processes": [{"name": "p", "kind": "request",
-                       "steps": [{"name": "s", "component": "stage"}]}],
-        "workloads": [{"kind": "steady", "name": "w", "rate_per_s": rate}],
-    })  # fmt: skip
+    return Scenario.model_validate(
+        {
+            "name": "one-stage",
+            "servers": [{"name": "node", "cpu_cores": 4, "ram_gb": 8}],
+            "components": [
+                {
+                    "name": "stage",
+                    "max_batch": 16,
+                    "variants": [
+                        {"name": "v", "accuracy": 0.9, "cpu_cores": 1, "service_time": st}
+                    ],
+                }
+            ],
+            "processes": [
+                {"name": "p", "kind": "request", "steps": [{"name": "s", "component": "stage"}]}
+            ],
+            "workloads": [{"kind": "steady", "name": "w", "rate_per_s": rate}],
+        }
+    )
 
 
 def data(st: dict, per_batch: int, seed: int) -> pd.DataFrame:
@@ -75,19 +85,38 @@ def main() -> None:
                 ]
                 cv_err += [abs(model.batch_cv(b) / truth.batch_cv(b) - 1) for b in BATCHES]
                 right += fit.dist == family
-            rows.append([family, n, 100 * float(np.mean(mean_err)), 100 * float(np.max(mean_err)),
-                         100 * float(np.mean(cv_err)), f"{right}/{a.seeds}"])  # fmt: skip
-    text = "\n".join([
-        "# Parameter recovery from twin-generated data",
-        "",
-        f"- {machine_line()}",
-        f"- truth: mean 2 ms + 0.5 ms per extra item, cv 0.4; batch sizes {BATCHES}; "
-        f"{a.seeds} seeds per row; held-out fraction 0.3",
-        "- command: `.venv/bin/python benchmarks/calibrate_recovery.py`",
-        "",
-        markdown_table(["family", "batch executions per size", "mean abs. error of means %",
-                        "max abs. error %", "mean abs. error of cv %", "family right"], rows),
-    ])  # fmt: skip
+            rows.append(
+                [
+                    family,
+                    n,
+                    100 * float(np.mean(mean_err)),
+                    100 * float(np.max(mean_err)),
+                    100 * float(np.mean(cv_err)),
+                    f"{right}/{a.seeds}",
+                ]
+            )
+    text = "\n".join(
+        [
+            "# Parameter recovery from twin-generated data",
+            "",
+            f"- {machine_line()}",
+            f"- truth: mean 2 ms + 0.5 ms per extra item, cv 0.4; batch sizes {BATCHES}; "
+            f"{a.seeds} seeds per row; held-out fraction 0.3",
+            "- command: `.venv/bin/python benchmarks/calibrate_recovery.py`",
+            "",
+            markdown_table(
+                [
+                    "family",
+                    "batch executions per size",
+                    "mean abs. error of means %",
+                    "max abs. error %",
+                    "mean abs. error of cv %",
+                    "family right",
+                ],
+                rows,
+            ),
+        ]
+    )
     write_result("calibrate_recovery", text)
 
 

@@ -88,9 +88,16 @@ def measure(url: str, rate: float, duration: float, workers: int, max_users: int
     sc = load_scenario(ROOT / "examples" / "digits-pipeline.yaml")
     w = SteadyWorkload(kind="steady", name=f"steady-{rate:g}", rate_per_s=rate)
     run = LoadRun(
-        sc, w, url, duration_s=duration, seed=1, workers=workers, drain_s=3,
-        max_users=max_users, timeout_s=10,
-    )  # fmt: skip
+        sc,
+        w,
+        url,
+        duration_s=duration,
+        seed=1,
+        workers=workers,
+        drain_s=3,
+        max_users=max_users,
+        timeout_s=10,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         res = execute(run, Path(tmp))
     req, per = res.requests, res.per_second

@@ -109,17 +109,34 @@ def report(args, genome, fid, final, inline, dask, times, result, F_ff, CI_ff) -
     de = dask.evaluator
     idle_dask = max(cpu_dask, de.sim_cpu_s / args.workers)
     timing = [
-        [f"Dask, {args.workers} workers", round(t_dask, 1), de.simulations, de.lookups,
-         round(de.sim_cpu_s, 1), round(de.sim_cpu_s / max(de.simulations, 1), 3),
-         round(cpu_dask, 1), round(idle_dask, 1), "1.00"],
-    ]  # fmt: skip
+        [
+            f"Dask, {args.workers} workers",
+            round(t_dask, 1),
+            de.simulations,
+            de.lookups,
+            round(de.sim_cpu_s, 1),
+            round(de.sim_cpu_s / max(de.simulations, 1), 3),
+            round(cpu_dask, 1),
+            round(idle_dask, 1),
+            "1.00",
+        ],
+    ]
     if inline is not None:
         t_inline, cpu_inline = times["inline"]
         ev = inline.evaluator
-        timing.append(["inline", round(t_inline, 1), ev.simulations, ev.lookups,
-                       round(ev.sim_cpu_s, 1), round(ev.sim_cpu_s / max(ev.simulations, 1), 3),
-                       round(cpu_inline, 1), round(cpu_inline, 1),
-                       f"{t_inline / t_dask:.2f}"])  # fmt: skip
+        timing.append(
+            [
+                "inline",
+                round(t_inline, 1),
+                ev.simulations,
+                ev.lookups,
+                round(ev.sim_cpu_s, 1),
+                round(ev.sim_cpu_s / max(ev.simulations, 1), 3),
+                round(cpu_inline, 1),
+                round(cpu_inline, 1),
+                f"{t_inline / t_dask:.2f}",
+            ]
+        )
     i = result.chosen
     chosen = result.F[i]
     versus = []

@@ -46,8 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "examples" / "small-placement.yaml"
 FIDELITY = Fidelity(workload=None, horizon_s=600.0, replications=1, seed=1)
 BUDGET_SHARE = 0.05
-SEED_HEADERS = ["method", "seed", "simulations", "of exhaustive", "HV ratio", "IGD",
-                "front points", "wall (s)"]  # fmt: skip
+SEED_HEADERS = [
+    "method",
+    "seed",
+    "simulations",
+    "of exhaustive",
+    "HV ratio",
+    "IGD",
+    "front points",
+    "wall (s)",
+]
 
 
 def cache_key() -> str:
@@ -129,9 +137,17 @@ def run(args: argparse.Namespace, client: object) -> None:
             ratio = hypervolume(found, lo, hi) / hv_true
             ratios.append(ratio)
             rows.append(
-                [label, seed, ev.simulations, f"{ev.simulations / n:.1%}", round(ratio, 4),
-                 round(igd(found, F[front], lo, span), 4), len(found), round(secs, 1)]
-            )  # fmt: skip
+                [
+                    label,
+                    seed,
+                    ev.simulations,
+                    f"{ev.simulations / n:.1%}",
+                    round(ratio, 4),
+                    round(igd(found, F[front], lo, span), 4),
+                    len(found),
+                    round(secs, 1),
+                ]
+            )
         summary.append([label, round(float(np.mean(ratios)), 4), round(float(np.min(ratios)), 4)])
 
     text = "\n".join(

@@ -83,19 +83,35 @@ def main() -> None:
     curves_note = ""
     if args.policy is None:
         started = time.perf_counter()
-        env = make_env(sc, "pipeline", ws, "analytic", pred, expert_every=args.expert_every,
-                       reward_cost=args.reward_cost)  # fmt: skip
-        model, writer = agent.make_agent(env, seed=args.seed, gamma=args.gamma,
-                                         ent_coef=args.ent_coef)  # fmt: skip
+        env = make_env(
+            sc,
+            "pipeline",
+            ws,
+            "analytic",
+            pred,
+            expert_every=args.expert_every,
+            reward_cost=args.reward_cost,
+        )
+        model, writer = agent.make_agent(
+            env, seed=args.seed, gamma=args.gamma, ent_coef=args.ent_coef
+        )
         curves = agent.train(model, writer, steps)
         curves["backend"] = "analytic"
         if twin_steps:
-            twin_env = make_env(sc, "pipeline", ws, "twin", pred, expert_every=args.expert_every,
-                                reward_cost=args.reward_cost)  # fmt: skip
+            twin_env = make_env(
+                sc,
+                "pipeline",
+                ws,
+                "twin",
+                pred,
+                expert_every=args.expert_every,
+                reward_cost=args.reward_cost,
+            )
             model.set_env(agent.DummyVecEnv([lambda: agent.Monitor(twin_env)]))
             more = agent.train(model, writer, twin_steps)
-            curves = more.assign(backend=["analytic"] * len(curves) + ["twin"] * (len(more)
-                                 - len(curves)))  # fmt: skip
+            curves = more.assign(
+                backend=["analytic"] * len(curves) + ["twin"] * (len(more) - len(curves))
+            )
         train_s = time.perf_counter() - started
         policy_path = run_dir / "policy.zip"
         model.save(policy_path)
@@ -116,14 +132,21 @@ def main() -> None:
     else:
         policy_path = args.policy
     ppo = agent.load(policy_path)
-    deciders = {"ppo": ppo, "ipa": IPAPolicy(), "greedy": GreedyPolicy(),
-                "random": RandomPolicy(seed=args.seed)}  # fmt: skip
+    deciders = {
+        "ppo": ppo,
+        "ipa": IPAPolicy(),
+        "greedy": GreedyPolicy(),
+        "random": RandomPolicy(seed=args.seed),
+    }
     if args.ipa_paper:
         deciders["ipa-paper"] = IPAPolicy(target="ipa-paper", name="ipa-paper")
     started = time.perf_counter()
-    rows = experiments.compare(lambda: make_env(sc, "pipeline", ws, "twin", pred, cycle_s,
-                                                reward_cost=args.reward_cost),
-                               deciders, WORKLOADS, seed=1)  # fmt: skip
+    rows = experiments.compare(
+        lambda: make_env(sc, "pipeline", ws, "twin", pred, cycle_s, reward_cost=args.reward_cost),
+        deciders,
+        WORKLOADS,
+        seed=1,
+    )
     eval_s = time.perf_counter() - started
     rows.to_csv(run_dir / "decisions.csv", index=False)
     avg = experiments.averages(rows)
@@ -138,8 +161,16 @@ def main() -> None:
         f"choice; see `rl_reward_weight.md`) and γ' = {w.reward_batch}, and its expert is "
         f"the exact solver of that reward; the reward column is eq. 7 with this β'."
     )
-    text = report(name, avg, curves_note, eval_s, cycle_s, pred is not None, weights_note,
-                  describe(sc, args.pipeline))  # fmt: skip
+    text = report(
+        name,
+        avg,
+        curves_note,
+        eval_s,
+        cycle_s,
+        pred is not None,
+        weights_note,
+        describe(sc, args.pipeline),
+    )
     write_result(name, text)
 
 
@@ -204,12 +235,21 @@ def report(name, avg, curves_note, eval_s, cycle_s, lstm, weights_note, pipeline
             ("cost ≥ 10 % below IPA's (fluctuating)", c_ipa <= 0.90, f"{c_ipa:.3f}"),
             ("QoS ≥ 20 % above Greedy's (fluctuating)", q_g >= 1.20, f"{q_g:.3f}"),
         ]
-        lines += ["", "## Acceptance (issue 7), as measured", "",
-                  "| criterion | measured ratio | met |", "|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Acceptance (issue 7), as measured",
+            "",
+            "| criterion | measured ratio | met |",
+            "|---|---|---|",
+        ]
         lines += [f"| {c} | {v} | {'yes' if ok else 'NO'} |" for c, ok, v in checks]
     argv = " ".join(sys.argv[1:])
-    lines += ["", "Plots: " + ", ".join(f"`{name}_{w}.png`" for w in WORKLOADS), "",
-              f"Reproduce: `.venv/bin/python benchmarks/rl_compare.py {argv}`"]  # fmt: skip
+    lines += [
+        "",
+        "Plots: " + ", ".join(f"`{name}_{w}.png`" for w in WORKLOADS),
+        "",
+        f"Reproduce: `.venv/bin/python benchmarks/rl_compare.py {argv}`",
+    ]
     return "\n".join(lines)
 
 

@@ -55,35 +55,57 @@ def main() -> None:
         t = experiments.decision_times(env, {"ppo": model, "ipa": IPAPolicy()}, loads)
         configs = float(np.prod([s.size for s in env.space.stages], dtype=float))
         by = {p: g["decision_ms"] for p, g in t.groupby("policy")}
-        rows.append([name, env.space.n_stages, len(env.space.stages[0].variants),
-                     f"{configs:.3g}", by["ppo"].mean(), by["ppo"].quantile(0.95),
-                     by["ipa"].mean(), by["ipa"].quantile(0.95),
-                     by["ipa"].mean() / by["ppo"].mean(),
-                     120 * by["ppo"].mean() / 1e3, 120 * by["ipa"].mean() / 1e3])  # fmt: skip
+        rows.append(
+            [
+                name,
+                env.space.n_stages,
+                len(env.space.stages[0].variants),
+                f"{configs:.3g}",
+                by["ppo"].mean(),
+                by["ppo"].quantile(0.95),
+                by["ipa"].mean(),
+                by["ipa"].quantile(0.95),
+                by["ipa"].mean() / by["ppo"].mean(),
+                120 * by["ppo"].mean() / 1e3,
+                120 * by["ipa"].mean() / 1e3,
+            ]
+        )
         print(f"{name}: done", file=sys.stderr)
     frame = pd.DataFrame(rows)
-    headers = ["pipeline", "stages", "variants/stage", "configurations", "PPO mean ms",
-               "PPO p95 ms", "IPA mean ms", "IPA p95 ms", "IPA/PPO",
-               "PPO s per cycle", "IPA s per cycle"]  # fmt: skip
+    headers = [
+        "pipeline",
+        "stages",
+        "variants/stage",
+        "configurations",
+        "PPO mean ms",
+        "PPO p95 ms",
+        "IPA mean ms",
+        "IPA p95 ms",
+        "IPA/PPO",
+        "PPO s per cycle",
+        "IPA s per cycle",
+    ]
     ppo_growth = frame[4].iloc[-1] / frame[4].iloc[0]
     ipa_growth = frame[6].iloc[-1] / frame[6].iloc[0]
-    text = "\n".join([
-        "# Decision time vs pipeline complexity: PPO vs IPA-style CP-SAT solver",
-        "",
-        machine_line(),
-        "",
-        f"{args.decisions} decisions per pipeline at loads from 10 % to 120 % of the peak; "
-        "wall time of one whole decision (all stages). The machine is shared: compare "
-        "ratios within this run.",
-        "",
-        markdown_table(headers, [list(r) for r in frame.itertuples(index=False)]),
-        "",
-        f"From the smallest to the largest pipeline PPO's time per decision grows "
-        f"{ppo_growth:.2f}× (one forward pass and one mask per stage: linear in stages) and "
-        f"the solver's {ipa_growth:.2f}×.",
-        "",
-        "Reproduce: `.venv/bin/python benchmarks/rl_decision_time.py`",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# Decision time vs pipeline complexity: PPO vs IPA-style CP-SAT solver",
+            "",
+            machine_line(),
+            "",
+            f"{args.decisions} decisions per pipeline at loads from 10 % to 120 % of the peak; "
+            "wall time of one whole decision (all stages). The machine is shared: compare "
+            "ratios within this run.",
+            "",
+            markdown_table(headers, [list(r) for r in frame.itertuples(index=False)]),
+            "",
+            f"From the smallest to the largest pipeline PPO's time per decision grows "
+            f"{ppo_growth:.2f}× (one forward pass and one mask per stage: linear in stages) and "
+            f"the solver's {ipa_growth:.2f}×.",
+            "",
+            "Reproduce: `.venv/bin/python benchmarks/rl_decision_time.py`",
+        ]
+    )
     write_result("rl_decision_time", text)
 
 

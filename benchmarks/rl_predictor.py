@@ -58,12 +58,26 @@ def main() -> None:
         parts = [P.windows(t, stride=5) for t in traces]
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        rows.append([kind, len(y), P.smape(y, pred.predict_many(x)), P.smape(y, naive(x)),
-                     P.smape(y, x.mean(axis=1))])  # fmt: skip
+        rows.append(
+            [
+                kind,
+                len(y),
+                P.smape(y, pred.predict_many(x)),
+                P.smape(y, naive(x)),
+                P.smape(y, x.mean(axis=1)),
+            ]
+        )
     all_x = np.concatenate([P.windows(t, 5)[0] for _, t in held])
     all_y = np.concatenate([P.windows(t, 5)[1] for _, t in held])
-    rows.append(["all held-out", len(all_y), P.smape(all_y, pred.predict_many(all_x)),
-                 P.smape(all_y, naive(all_x)), P.smape(all_y, all_x.mean(axis=1))])  # fmt: skip
+    rows.append(
+        [
+            "all held-out",
+            len(all_y),
+            P.smape(all_y, pred.predict_many(all_x)),
+            P.smape(all_y, naive(all_x)),
+            P.smape(all_y, all_x.mean(axis=1)),
+        ]
+    )
     started = time.perf_counter()
     for _ in range(200):
         pred.predict(all_x[0])

@@ -91,26 +91,29 @@ def main() -> None:
         f"C {ref[w][2][1]:.2f}"
         for w in WORKLOADS
     )
-    text = "\n".join([
-        "# Reward cost weight β': the exact optimum of eq. 7 against IPA (eq. 4), analytic",
-        "",
-        machine_line(),
-        "",
-        f"Pipeline `{_shown(args.pipeline)}`, scenario weights α={base.alpha}, "
-        f"β={base.beta}, γ={base.gamma}, δ={base.delta}, λ={base.lambda_cost}, "
-        f"γ'={base.reward_batch}. For each β' the exact maximiser of Q − β'C − γ'B decides "
-        f"every {INTERVAL_S} s from the true peak of the next {HORIZON_S} s; each interval is "
-        f"scored by the analytic model at its true mean load. IPA maximises Q − λC, Greedy "
-        f"takes the cheapest configuration meeting the load. This bounds what PPO trained on "
-        f"that reward can reach; it is not a measurement in the twin. "
-        f"{time.perf_counter() - started:.0f} s.",
-        "",
-        f"References ({ipa_line}).",
-        "",
-        markdown_table(headers, rows),
-        "",
-        f"Reproduce: `.venv/bin/python benchmarks/rl_reward_weight.py {' '.join(sys.argv[1:])}`",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# Reward cost weight β': the exact optimum of eq. 7 against IPA (eq. 4), analytic",
+            "",
+            machine_line(),
+            "",
+            f"Pipeline `{_shown(args.pipeline)}`, scenario weights α={base.alpha}, "
+            f"β={base.beta}, γ={base.gamma}, δ={base.delta}, λ={base.lambda_cost}, "
+            f"γ'={base.reward_batch}. For each β' the exact maximiser of Q − β'C − γ'B decides "
+            f"every {INTERVAL_S} s from the true peak of the next {HORIZON_S} s; each interval is "
+            f"scored by the analytic model at its true mean load. IPA maximises Q − λC, Greedy "
+            f"takes the cheapest configuration meeting the load. This bounds what PPO trained on "
+            f"that reward can reach; it is not a measurement in the twin. "
+            f"{time.perf_counter() - started:.0f} s.",
+            "",
+            f"References ({ipa_line}).",
+            "",
+            markdown_table(headers, rows),
+            "",
+            "Reproduce: `.venv/bin/python benchmarks/rl_reward_weight.py "
+            f"{' '.join(sys.argv[1:])}`",
+        ]
+    )
     write_result("rl_reward_weight" + args.suffix, text)
 
 

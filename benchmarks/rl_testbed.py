@@ -30,17 +30,30 @@ from benchmarks._report import machine_line, markdown_table, write_result  # noq
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=300.0)
-    ap.add_argument("--policy-file", type=Path,
-                    default=ROOT / "runs" / "rl-train-digits" / "policy.zip")  # fmt: skip
+    ap.add_argument(
+        "--policy-file", type=Path, default=ROOT / "runs" / "rl-train-digits" / "policy.zip"
+    )
     ap.add_argument("--policies", default="ppo,greedy")
     ap.add_argument("--reuse", action="store_true", help="reuse finished run folders")
     args = ap.parse_args()
     rows, loads = [], []
     for policy in args.policies.split(","):
         out = ROOT / "runs" / f"rl-control-digits-{policy}"
-        cmd = [sys.executable, "-m", "mlops_twin", "rl", "control",
-               str(ROOT / "examples" / "digits-pipeline.yaml"), "--policy", policy,
-               "--duration", str(args.duration), "--out", str(out), "--json"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlops_twin",
+            "rl",
+            "control",
+            str(ROOT / "examples" / "digits-pipeline.yaml"),
+            "--policy",
+            policy,
+            "--duration",
+            str(args.duration),
+            "--out",
+            str(out),
+            "--json",
+        ]
         if policy == "ppo":
             cmd += ["--policy-file", str(args.policy_file)]
         if args.reuse and (out / "summary.json").is_file():
@@ -52,33 +65,56 @@ def main() -> None:
                 raise SystemExit(f"rl control --policy {policy} failed")
             s = json.loads(res.stdout.strip().splitlines()[-1])
         load = json.loads(s["load_run"]) if s["load_run"].startswith("{") else {}
-        rows.append([policy, s["decisions"], s["reconfigurations"], s["Q_mean"], s["C_mean"],
-                     s["reward_mean"], s["T_mean"], s["L_mean"], load.get("p95_s", float("nan")),
-                     load.get("accuracy", float("nan")),
-                     load.get("achieved_over_offered", float("nan"))])  # fmt: skip
+        rows.append(
+            [
+                policy,
+                s["decisions"],
+                s["reconfigurations"],
+                s["Q_mean"],
+                s["C_mean"],
+                s["reward_mean"],
+                s["T_mean"],
+                s["L_mean"],
+                load.get("p95_s", float("nan")),
+                load.get("accuracy", float("nan")),
+                load.get("achieved_over_offered", float("nan")),
+            ]
+        )
         loads.append(f"`runs/rl-control-digits-{policy}/` (intervals, plot, load run)")
-    headers = ["policy", "decisions", "reconfigurations", "Q mean", "C mean (cores)",
-               "reward mean", "T (req/s)", "L (s, Σ stage round trips)", "p95 latency (s)",
-               "measured accuracy", "achieved/offered"]  # fmt: skip
-    text = "\n".join([
-        "# PPO vs Greedy controlling the testbed (digits pipeline, fluctuating load)",
-        "",
-        machine_line(),
-        "",
-        f"{args.duration:g} s of the scenario's fluctuating workload offered by Locust; every "
-        "10 s the controller scrapes the gateway, predicts the 20-s peak with the LSTM, "
-        "decides and applies the configuration with `mlops-twin testbed apply`. Q and C per "
-        "interval are measured as in the twin (T = completed req/s, L = Σ per-stage mean "
-        "round trip at the gateway, E = offered − the configuration's modelled capacity).",
-        "",
-        markdown_table(headers, rows),
-        "",
-        "Run folders: " + "; ".join(loads),
-        "",
-        "Reproduce: train `mlops-twin rl train examples/digits-pipeline.yaml --steps 21600 "
-        "--gamma 0.99 --out runs/rl-train-digits`, then `.venv/bin/python "
-        "benchmarks/rl_testbed.py`",
-    ])  # fmt: skip
+    headers = [
+        "policy",
+        "decisions",
+        "reconfigurations",
+        "Q mean",
+        "C mean (cores)",
+        "reward mean",
+        "T (req/s)",
+        "L (s, Σ stage round trips)",
+        "p95 latency (s)",
+        "measured accuracy",
+        "achieved/offered",
+    ]
+    text = "\n".join(
+        [
+            "# PPO vs Greedy controlling the testbed (digits pipeline, fluctuating load)",
+            "",
+            machine_line(),
+            "",
+            f"{args.duration:g} s of the scenario's fluctuating workload offered by Locust; every "
+            "10 s the controller scrapes the gateway, predicts the 20-s peak with the LSTM, "
+            "decides and applies the configuration with `mlops-twin testbed apply`. Q and C per "
+            "interval are measured as in the twin (T = completed req/s, L = Σ per-stage mean "
+            "round trip at the gateway, E = offered − the configuration's modelled capacity).",
+            "",
+            markdown_table(headers, rows),
+            "",
+            "Run folders: " + "; ".join(loads),
+            "",
+            "Reproduce: train `mlops-twin rl train examples/digits-pipeline.yaml --steps 21600 "
+            "--gamma 0.99 --out runs/rl-train-digits`, then `.venv/bin/python "
+            "benchmarks/rl_testbed.py`",
+        ]
+    )
     write_result("rl_testbed", text)
 
 

@@ -70,8 +70,17 @@ def main() -> None:
     r = simulate_replication(sc, dep, None, n / 3.2, seed=1, visits=False)
     wall = time.perf_counter() - t
     done = len(r.requests)
-    rows.append(["twin M/M/4 ρ=0.8", done, r.events, wall, r.events / wall, done / wall,
-                 r.events / wall / base_eps])  # fmt: skip
+    rows.append(
+        [
+            "twin M/M/4 ρ=0.8",
+            done,
+            r.events,
+            wall,
+            r.events / wall,
+            done / wall,
+            r.events / wall / base_eps,
+        ]
+    )
 
     edge = load_scenario(EXAMPLES / "edge-cloud.yaml")
     edge_dep = load_deployment(EXAMPLES / "edge-cloud.deployment.yaml")
@@ -81,18 +90,36 @@ def main() -> None:
         e = evaluate(edge, edge_dep, None, 3600, replications=reps, seed=1, workers=workers)
         timings[workers] = time.perf_counter() - t
         execs = int(e.per_replication["executions"].sum())
-        rows.append([f"edge-cloud 1 h × {reps} reps, {workers} process(es)", execs, e.events,
-                     timings[workers], e.events / timings[workers], execs / timings[workers],
-                     e.events / timings[workers] / base_eps])  # fmt: skip
+        rows.append(
+            [
+                f"edge-cloud 1 h × {reps} reps, {workers} process(es)",
+                execs,
+                e.events,
+                timings[workers],
+                e.events / timings[workers],
+                execs / timings[workers],
+                e.events / timings[workers] / base_eps,
+            ]
+        )
 
     digits = load_scenario(EXAMPLES / "digits-pipeline.yaml")
     d_dep = load_deployment(EXAMPLES / "digits-pipeline.deployment.yaml")
     t = time.perf_counter()
-    r = simulate_replication(digits, d_dep, digits.workload("steady-high"), 300, seed=1,
-                             visits=False)  # fmt: skip
+    r = simulate_replication(
+        digits, d_dep, digits.workload("steady-high"), 300, seed=1, visits=False
+    )
     wall = time.perf_counter() - t
-    rows.append(["digits pipeline, steady-high, 300 s", len(r.requests), r.events, wall,
-                 r.events / wall, len(r.requests) / wall, r.events / wall / base_eps])  # fmt: skip
+    rows.append(
+        [
+            "digits pipeline, steady-high, 300 s",
+            len(r.requests),
+            r.events,
+            wall,
+            r.events / wall,
+            len(r.requests) / wall,
+            r.events / wall / base_eps,
+        ]
+    )
 
     table = markdown_table(
         ["run", "requests", "events", "wall s", "events/s", "requests/s", "events/s ÷ yardstick"],

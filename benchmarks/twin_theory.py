@@ -25,13 +25,19 @@ from twin.sim import simulate_replication
 
 # (model, servers, ρ, customers per seed): sized for a ~1% standard error.
 GRID = [
-    ("M/M/1", 1, 0.5, 60_000), ("M/M/1", 1, 0.7, 150_000), ("M/M/1", 1, 0.8, 300_000),
+    ("M/M/1", 1, 0.5, 60_000),
+    ("M/M/1", 1, 0.7, 150_000),
+    ("M/M/1", 1, 0.8, 300_000),
     ("M/M/1", 1, 0.9, 1_000_000),
-    ("M/M/3", 3, 0.5, 100_000), ("M/M/3", 3, 0.7, 150_000), ("M/M/3", 3, 0.8, 300_000),
+    ("M/M/3", 3, 0.5, 100_000),
+    ("M/M/3", 3, 0.7, 150_000),
+    ("M/M/3", 3, 0.8, 300_000),
     ("M/M/3", 3, 0.9, 1_000_000),
-    ("M/D/1", 1, 0.5, 30_000), ("M/D/1", 1, 0.7, 80_000), ("M/D/1", 1, 0.8, 150_000),
+    ("M/D/1", 1, 0.5, 30_000),
+    ("M/D/1", 1, 0.7, 80_000),
+    ("M/D/1", 1, 0.8, 150_000),
     ("M/D/1", 1, 0.9, 500_000),
-]  # fmt: skip
+]
 
 
 def main() -> None:
@@ -54,15 +60,34 @@ def main() -> None:
             waits.append(float((v["t_start"] - v["t_arrive"]).mean()))
         mean, half = confidence_interval(waits)
         err = 100 * (mean / theory - 1)
-        rows.append([model, rho, customers * args.seeds, round(theory, 4), round(mean, 4),
-                     f"±{half:.4f}", f"{err:+.2f}%", "yes" if abs(err) <= 3 else "NO",
-                     round(time.perf_counter() - started, 1)])  # fmt: skip
+        rows.append(
+            [
+                model,
+                rho,
+                customers * args.seeds,
+                round(theory, 4),
+                round(mean, 4),
+                f"±{half:.4f}",
+                f"{err:+.2f}%",
+                "yes" if abs(err) <= 3 else "NO",
+                round(time.perf_counter() - started, 1),
+            ]
+        )
         print(rows[-1], file=sys.stderr)
     table = markdown_table(
-        ["model", "ρ", "customers", "Wq theory (s)", "Wq twin (s)", "95% CI", "error",
-         "within 3%", "wall s"],
+        [
+            "model",
+            "ρ",
+            "customers",
+            "Wq theory (s)",
+            "Wq twin (s)",
+            "95% CI",
+            "error",
+            "within 3%",
+            "wall s",
+        ],
         rows,
-    )  # fmt: skip
+    )
     write_result(
         "twin_theory" + ("_quick" if args.quick else ""),
         f"# Twin vs queueing theory\n\nMachine: {machine_line()}. Service mean 1 s; "

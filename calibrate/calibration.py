@@ -233,8 +233,9 @@ def scale_service_time(model: ServiceTime, factor: float) -> ServiceTime:
     raise ValueError(f"cannot scale a {model.kind} service time")
 
 
-def service_time_at(calibration: Calibration, component: str, variant: str, share: float
-                    ) -> ServiceTime | None:  # fmt: skip
+def service_time_at(
+    calibration: Calibration, component: str, variant: str, share: float
+) -> ServiceTime | None:
     """The fitted model at CPU ``share``: the nearest measured share, scaled by share^(−η).
 
     Without a measured η the nearest share's model is used as it is. None when

@@ -110,9 +110,14 @@ def fit(
                 pd.concat(per_request)["overhead_ms"].to_numpy(), holdout=holdout, seed=seed
             )
         doc = cal.build(
-            fits, sc, cal.file_sha256(scenario), ", ".join(map(str, sources)), ov,
-            per_request=model, heldout_loglik=scores,
-        )  # fmt: skip
+            fits,
+            sc,
+            cal.file_sha256(scenario),
+            ", ".join(map(str, sources)),
+            ov,
+            per_request=model,
+            heldout_loglik=scores,
+        )
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump(doc))
         if scenario_out is not None:
@@ -130,9 +135,16 @@ def fit(
         table.add_column(col)
     for f in doc.fits:
         st = f.service_time
-        table.add_row(f.component, f.variant, f"{f.cpu_share:g}", str(f.n),
-                      ",".join(map(str, f.batches)), f"{f.dist}/{f.structure}",
-                      f"{st.batch_mean_ms(1):.4g}", f"{st.batch_cv(1):.3f}")  # fmt: skip
+        table.add_row(
+            f.component,
+            f.variant,
+            f"{f.cpu_share:g}",
+            str(f.n),
+            ",".join(map(str, f.batches)),
+            f"{f.dist}/{f.structure}",
+            f"{st.batch_mean_ms(1):.4g}",
+            f"{st.batch_cv(1):.3f}",
+        )
     out.print(table)
     if scenario_out is not None:
         err.print(f"calibrated scenario: {scenario_out}", highlight=False)

@@ -149,9 +149,16 @@ def stage_server(
 
     port = _free_port()
     argv = service_argv(
-        "stage", port, name=f"profile-{component}", component=component,
-        model_file=model_file, variant=variant, batch=1, batch_timeout_ms=0, threads=1,
-    )  # fmt: skip
+        "stage",
+        port,
+        name=f"profile-{component}",
+        component=component,
+        model_file=model_file,
+        variant=variant,
+        batch=1,
+        batch_timeout_ms=0,
+        threads=1,
+    )
     group = None
     if share is not None:
         name = f"profile-{os.getpid()}-{component}-{variant}"
@@ -240,9 +247,11 @@ def stage_inputs(manifest: dict, component: str, variant: str, n: int = 512) -> 
     info = manifest["models"][component][variant]
     d = int(info["input_dim"])
     rng = np.random.default_rng(0)
-    return rng.normal(0.0, 1.0, size=(n, d)).astype(np.float32) if d != 64 else (
-        rng.uniform(0, 16, size=(n, d)).astype(np.float32)
-    )  # fmt: skip
+    return (
+        rng.normal(0.0, 1.0, size=(n, d)).astype(np.float32)
+        if d != 64
+        else (rng.uniform(0, 16, size=(n, d)).astype(np.float32))
+    )
 
 
 def cells(scenario: Scenario, manifest: dict, grid: Grid) -> list[tuple[str, str]]:
@@ -307,8 +316,9 @@ def run_profile(
             x = stage_inputs(zoo, component, variant)
             for share in grid.shares:
                 say(f"profile {component}/{variant} at {share:g} cores")
-                with stage_server(model_file, variant, component, share if confined else None,
-                                  log) as url:  # fmt: skip
+                with stage_server(
+                    model_file, variant, component, share if confined else None, log
+                ) as url:
                     for b in grid.batches:
                         for i, (s, q, c) in enumerate(
                             measure_cell(url, x, b, grid.samples, grid.warmup)

@@ -136,8 +136,9 @@ def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deploymen
             size[c.name] = eff.batch
             timeout[c.name] = eff.batch_timeout_ms / 1e3
     component = rows["component"].astype(str)
-    queue = rows.groupby(["component", "replica_name", "batch", "_ms", "_exec"], observed=True,
-                         sort=False)["queue_s"]  # fmt: skip
+    queue = rows.groupby(
+        ["component", "replica_name", "batch", "_ms", "_exec"], observed=True, sort=False
+    )["queue_s"]
     full = rows["batch"].to_numpy() >= component.map(size).fillna(1).to_numpy()
     late = np.where(
         full,

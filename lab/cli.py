@@ -82,13 +82,19 @@ def validate(
     from testbed.client import CliTestbed
 
     cfg = ValidateConfig(
-        scenario, deployment, workloads=tuple(filter(None, workloads.split(","))),
+        scenario,
+        deployment,
+        workloads=tuple(filter(None, workloads.split(","))),
         near_saturation=tuple(filter(None, near_saturation.split(","))),
-        fit_workload=fit_workload, fit_rate_scales=floats(fit_rate_scales),
+        fit_workload=fit_workload,
+        fit_rate_scales=floats(fit_rate_scales),
         fit_duration_s=fit_duration,
-        duration_s=duration, seed=seed, replications=replications, profile=profile_dir,
+        duration_s=duration,
+        seed=seed,
+        replications=replications,
+        profile=profile_dir,
         max_steal_cores=max_steal or None,
-    )  # fmt: skip
+    )
     out_dir = Path("runs") / (name or time.strftime("validate-%Y%m%d-%H%M%S"))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # its own state folder: a testbed someone else runs from .testbed/ is left alone

@@ -228,10 +228,15 @@ def run_deploy_back(
             try:
                 targets = testbed.up(scenario_file, tmp / f"{label}.yaml")
                 run = LoadRun(
-                    sc, w, targets.gateway, cfg.duration_s, seed=seed, drain_s=cfg.drain_s,
+                    sc,
+                    w,
+                    targets.gateway,
+                    cfg.duration_s,
+                    seed=seed,
+                    drain_s=cfg.drain_s,
                     metrics_targets=targets.metrics,
                     replica_nodes=targets.replica_nodes or None,
-                )  # fmt: skip
+                )
                 say(f"{run_name}: {name} for {cfg.duration_s:g} s, arrival seed {seed}")
                 result = execute(run, tmp / "load" / run_name / "raw")
                 write_result(run, result, tmp / "load" / run_name)
@@ -248,12 +253,20 @@ def run_deploy_back(
             twin = dict(zip(CRITERIA, ev.criteria(), strict=True))
             twin_rows.append(ev.per_replication.assign(deployment=label, pair=k))
             for c in CRITERIA:
-                rows.append({"pair": k, "seed": seed, "deployment": label, "criterion": c,
-                             "optimizer": opt.predicted.get(label, {}).get(c, math.nan),
-                             "twin": twin[c], "testbed": measured[c],
-                             "testbed_undisturbed": measured_clean[c],
-                             "left_out_pct": 100 * left_out,
-                             "host_steal_pct": 100 * host["steal_cores"]})  # fmt: skip
+                rows.append(
+                    {
+                        "pair": k,
+                        "seed": seed,
+                        "deployment": label,
+                        "criterion": c,
+                        "optimizer": opt.predicted.get(label, {}).get(c, math.nan),
+                        "twin": twin[c],
+                        "testbed": measured[c],
+                        "testbed_undisturbed": measured_clean[c],
+                        "left_out_pct": 100 * left_out,
+                        "host_steal_pct": 100 * host["steal_cores"],
+                    }
+                )
             pd.DataFrame(rows).to_csv(tmp / "criteria.csv", index=False)  # kept on a crash
         tab = pd.DataFrame(rows)  # criteria.csv already holds it, written after each run
         twin_reps = pd.concat(twin_rows, ignore_index=True)
@@ -570,9 +583,17 @@ def validate_deployment(
     from twin.load import SpecError
 
     err = Console(stderr=True)
-    cfg = DeployBackConfig(run, workload or None, duration, seed, replications,
-                           calibration=calibration, max_steal_cores=max_steal or None,
-                           repeat=repeat, tie_within=tie_within)  # fmt: skip
+    cfg = DeployBackConfig(
+        run,
+        workload or None,
+        duration,
+        seed,
+        replications,
+        calibration=calibration,
+        max_steal_cores=max_steal or None,
+        repeat=repeat,
+        tie_within=tie_within,
+    )
     out = Path("runs") / (name or f"{run.name}-deploy-back")
     if report_only:
         try:

@@ -70,10 +70,16 @@ def fit_run(
 ) -> tuple[LoadResult, Workload]:
     """One fit run of ``duration_s`` (s) into ``folder`` (a load-run folder)."""
     run = LoadRun(
-        scenario, workload, targets.gateway, duration_s, seed=seed, drain_s=drain_s,
-        metrics_targets=targets.metrics, replica_nodes=targets.replica_nodes or None,
+        scenario,
+        workload,
+        targets.gateway,
+        duration_s,
+        seed=seed,
+        drain_s=drain_s,
+        metrics_targets=targets.metrics,
+        replica_nodes=targets.replica_nodes or None,
         inputs_file=inputs_file,
-    )  # fmt: skip
+    )
     say(f"fit run: {workload.name} for {duration_s:g} s")
     result = execute(run, folder / "raw")
     write_result(run, result, folder)
@@ -137,8 +143,10 @@ def fit_run_calibration(
     model, scores = fit_overhead(over["overhead_ms"].to_numpy(), over["level"].to_numpy())
     per_run = [overheads(r.requests, r.visits) for r, _ in fits]
     n = sum(o["n_requests"] for o in per_run)
-    pooled = {k: sum(o[k] * o["n_requests"] for o in per_run) / max(n, 1)
-              for k in ("hop_ms", "request_ms")}  # fmt: skip
+    pooled = {
+        k: sum(o[k] * o["n_requests"] for o in per_run) / max(n, 1)
+        for k in ("hop_ms", "request_ms")
+    }
     return cal.build(
         models,
         scenario,

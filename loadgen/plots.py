@@ -76,8 +76,14 @@ def plot_rps(segments: list[Segment], path: Path) -> Path:
             ax.plot(t, per["failures"], color="C3", lw=1, label="failures" if lab else None)
         if s.twin_per_second is not None:
             tt = x0 + s.twin_per_second["second"].to_numpy()
-            ax.plot(tt, s.twin_per_second["completions"], color="C1", lw=1, ls="--",
-                    label="twin completions" if lab else None)  # fmt: skip
+            ax.plot(
+                tt,
+                s.twin_per_second["completions"],
+                color="C1",
+                lw=1,
+                ls="--",
+                label="twin completions" if lab else None,
+            )
     _mark(ax, segments, offsets)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("requests/s")
@@ -95,12 +101,23 @@ def plot_latency(segments: list[Segment], path: Path) -> Path:
         t = x0 + s.per_second["second"].to_numpy()
         lab = i == 0
         for q, c in (("p50", "C0"), ("p95", "C2"), ("p99", "C3")):
-            ax.plot(t, 1e3 * s.per_second[f"{q}_s"], color=c, lw=1,
-                    label=f"testbed {q}" if lab else None)  # fmt: skip
+            ax.plot(
+                t,
+                1e3 * s.per_second[f"{q}_s"],
+                color=c,
+                lw=1,
+                label=f"testbed {q}" if lab else None,
+            )
         if s.twin_per_second is not None:
             tt = x0 + s.twin_per_second["second"].to_numpy()
-            ax.plot(tt, 1e3 * s.twin_per_second["p95_s"], color="C1", lw=1, ls="--",
-                    label="twin p95" if lab else None)  # fmt: skip
+            ax.plot(
+                tt,
+                1e3 * s.twin_per_second["p95_s"],
+                color="C1",
+                lw=1,
+                ls="--",
+                label="twin p95" if lab else None,
+            )
     _mark(ax, segments, offsets)
     ax.set_yscale("log")
     ax.set_xlabel("time (s)")

@@ -29,8 +29,16 @@ from twin.spec import Process
 
 ON_TIME_S = 0.05  # a request released later than this after its scheduled time is late
 REQUEST_EXTRA = (
-    "t_send", "t_response", "status", "error", "ok", "lag_s", "input", "label", "attempts",
-)  # fmt: skip
+    "t_send",
+    "t_response",
+    "status",
+    "error",
+    "ok",
+    "lag_s",
+    "input",
+    "label",
+    "attempts",
+)
 VISIT_COLUMNS = (
     "process",
     "pid",

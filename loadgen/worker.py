@@ -35,9 +35,18 @@ from testbed.api import INFER_PATH, TIMINGS_HEADER
 from twin.spec import Workload
 
 RAW_COLUMNS = (
-    "pid", "input", "t_release", "t_send", "t_recv", "status", "error", "timings", "label",
-    "truth", "attempt",
-)  # fmt: skip
+    "pid",
+    "input",
+    "t_release",
+    "t_send",
+    "t_recv",
+    "status",
+    "error",
+    "timings",
+    "label",
+    "truth",
+    "attempt",
+)
 # A keep-alive connection the server closed while idle fails before the request reached it;
 # the POST is sent once more on a fresh connection (the client library never retries POSTs).
 _STALE = {"HTTPConnectionClosed", "ConnectionResetError", "BrokenPipeError"}

@@ -111,9 +111,15 @@ def optimize(
         w = None if workload == "none" else workload
         resolve_workload(sc, w)
         config = SearchConfig(
-            algorithm=algorithm, operators=operators, pop_size=pop, n_gen=gens,
-            max_evals=max_evals, max_time_s=max_time, seed=seed, max_instances=max_instances,
-        )  # fmt: skip
+            algorithm=algorithm,
+            operators=operators,
+            pop_size=pop,
+            n_gen=gens,
+            max_evals=max_evals,
+            max_time_s=max_time,
+            seed=seed,
+            max_instances=max_instances,
+        )
         search_fid = Fidelity(w, horizon, replications, seed)
         final_fid = Fidelity(w, final_horizon, final_replications, seed)
         wts = parse_weights(weights)
@@ -137,15 +143,26 @@ def optimize(
 
             def tick(row) -> None:
                 progress.update(
-                    task, completed=row.gen,
+                    task,
+                    completed=row.gen,
                     info=f"HV {row.hv:.4f}  front {row.front_size}  sims {row.simulations}",
-                )  # fmt: skip
+                )
 
             result = run_optimize(
-                sc, base_dep, config, search_fid, final_fid, out=out_dir, resume=resume,
-                client=client, method=method, weights=wts, on_generation=tick,
-                final_max=final_max, reference_F=ref_F,
-            )  # fmt: skip
+                sc,
+                base_dep,
+                config,
+                search_fid,
+                final_fid,
+                out=out_dir,
+                resume=resume,
+                client=client,
+                method=method,
+                weights=wts,
+                on_generation=tick,
+                final_max=final_max,
+                reference_F=ref_F,
+            )
         write_run(out_dir, scenario, result, out_dir.name)
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
         fail(str(exc))
@@ -217,11 +234,14 @@ def decide(
         fail(str(exc))
         return
     rows = [
-        {"pick": label, "id": int(front.loc[i, "id"]),
-         "allocation": json.loads(front.loc[i, "allocation"]),
-         **{c: float(front.loc[i, c]) for c in CRITERIA}}
+        {
+            "pick": label,
+            "id": int(front.loc[i, "id"]),
+            "allocation": json.loads(front.loc[i, "allocation"]),
+            **{c: float(front.loc[i, c]) for c in CRITERIA},
+        }
         for label, i in picks.items()
-    ]  # fmt: skip
+    ]
     if as_json:
         print(json.dumps(rows))
         return

@@ -131,9 +131,11 @@ class PlacementMutation(Mutation):
     """
 
     def __init__(
-        self, weights: tuple[float, float, float] = (0.5, 0.25, 0.25), n_moves: int = 1,
+        self,
+        weights: tuple[float, float, float] = (0.5, 0.25, 0.25),
+        n_moves: int = 1,
         prob: float = 1.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(prob=prob)
         w = np.asarray(weights, dtype=float)
         if w.shape != (3,) or np.any(w < 0) or w.sum() <= 0:

@@ -196,8 +196,9 @@ def pareto_plot(result: RunResult, path: Path) -> None:
     for ax, (a, b) in zip(axes.ravel(), pairs, strict=True):
         ax.scatter(F[~mask, a], F[~mask, b], s=12, c="0.7", label="dominated after re-scoring")
         ax.scatter(F[mask, a], F[mask, b], s=16, c="tab:blue", label="front")
-        ax.scatter(result.greedy_F[a], result.greedy_F[b], marker="s", s=60, c="tab:orange",
-                   label="greedy")  # fmt: skip
+        ax.scatter(
+            result.greedy_F[a], result.greedy_F[b], marker="s", s=60, c="tab:orange", label="greedy"
+        )
         ax.scatter(F[i, a], F[i, b], marker="*", s=200, c="tab:red", label="chosen")
         ax.set_xlabel(LABELS[CRITERIA[a]])
         ax.set_ylabel(LABELS[CRITERIA[b]])

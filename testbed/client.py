@@ -84,9 +84,18 @@ def targets_from_status(status: dict, endpoints: dict | None = None) -> Targets:
     if endpoints.get("registry") and endpoints.get("features"):
         # the scenario's batch processes (retraining) run the testbed's trainer job
         hook = command_hook(
-            [sys.executable, "-m", "testbed.services.trainer", "--registry",
-             endpoints["registry"], "--features", endpoints["features"], "--steps", "50"]
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "testbed.services.trainer",
+                "--registry",
+                endpoints["registry"],
+                "--features",
+                endpoints["features"],
+                "--steps",
+                "50",
+            ]
+        )
     return Targets(
         gateway=gateway,
         metrics=metrics,
@@ -172,10 +181,24 @@ class BackgroundLoad:
         seed: int = 1,
     ) -> None:
         self.argv = [
-            sys.executable, "-m", "loadgen.cli", "run", "-s", str(scenario), "--shape", shape,
-            "--target", gateway, "--out", str(out_dir), "--duration", str(duration_s),
-            "--seed", str(seed), "--json",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "loadgen.cli",
+            "run",
+            "-s",
+            str(scenario),
+            "--shape",
+            shape,
+            "--target",
+            gateway,
+            "--out",
+            str(out_dir),
+            "--duration",
+            str(duration_s),
+            "--seed",
+            str(seed),
+            "--json",
+        ]
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> BackgroundLoad:

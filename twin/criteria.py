@@ -89,9 +89,11 @@ def latency_percentiles(
     requests: pd.DataFrame, quantiles: tuple[float, ...] = (50, 95, 99), end_s: float | None = None
 ) -> dict[str, float]:
     """Mean and percentiles of request latency (s) of finished requests, or censored at end_s."""
-    t = durations(requests, end_s) if end_s is not None else durations(
-        requests.dropna(subset=["t_end"]), 0.0
-    )  # fmt: skip
+    t = (
+        durations(requests, end_s)
+        if end_s is not None
+        else durations(requests.dropna(subset=["t_end"]), 0.0)
+    )
     return latency_summary(t.to_numpy(), quantiles)
 
 
@@ -290,8 +292,15 @@ def pipeline_metrics(
     w = scenario.settings.qos
     Q = qos(V, T, latency, E, w)
     return PipelineMetrics(
-        V=V, C=C, T=T, L=latency, E=E, B=B, Q=Q,
+        V=V,
+        C=C,
+        T=T,
+        L=latency,
+        E=E,
+        B=B,
+        Q=Q,
         objective=Q - w.lambda_cost * C,
         reward=Q - w.reward_cost * C - w.reward_batch * B,
-        offered_rps=offered_rps, capacity_rps=capacity,
-    )  # fmt: skip
+        offered_rps=offered_rps,
+        capacity_rps=capacity,
+    )

@@ -369,8 +369,9 @@ def repair(
     )
 
 
-def _shed_budget(x: np.ndarray, budgets: list[tuple[float, np.ndarray]],
-                 rng: np.random.Generator) -> None:  # fmt: skip
+def _shed_budget(
+    x: np.ndarray, budgets: list[tuple[float, np.ndarray]], rng: np.random.Generator
+) -> None:
     for cap, w in budgets:
         while w @ x.sum(axis=1) > cap + EPS:
             shrinkable = np.flatnonzero((w > 0) & (x.sum(axis=1) > 1))
@@ -380,8 +381,14 @@ def _shed_budget(x: np.ndarray, budgets: list[tuple[float, np.ndarray]],
             x[i, rng.choice(np.flatnonzero(x[i]))] -= 1
 
 
-def _shed_overload(x: np.ndarray, cpu: np.ndarray, ram: np.ndarray, cap_cpu: np.ndarray,
-                   cap_ram: np.ndarray, order: np.ndarray) -> None:  # fmt: skip
+def _shed_overload(
+    x: np.ndarray,
+    cpu: np.ndarray,
+    ram: np.ndarray,
+    cap_cpu: np.ndarray,
+    cap_ram: np.ndarray,
+    order: np.ndarray,
+) -> None:
     for j in range(x.shape[1]):
         while cpu @ x[:, j] > cap_cpu[j] + EPS or ram @ x[:, j] > cap_ram[j] + EPS:
             placed = [i for i in order if x[i, j] > 0]
@@ -389,9 +396,15 @@ def _shed_overload(x: np.ndarray, cpu: np.ndarray, ram: np.ndarray, cap_cpu: np.
             x[(shared or placed)[0], j] -= 1
 
 
-def _place_missing(scenario: Scenario, x: np.ndarray, cpu: np.ndarray, ram: np.ndarray,
-                   cap_cpu: np.ndarray, cap_ram: np.ndarray,
-                   rng: np.random.Generator) -> None:  # fmt: skip
+def _place_missing(
+    scenario: Scenario,
+    x: np.ndarray,
+    cpu: np.ndarray,
+    ram: np.ndarray,
+    cap_cpu: np.ndarray,
+    cap_ram: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     for i in range(x.shape[0]):
         if x[i].sum() >= 1:
             continue
@@ -413,8 +426,14 @@ def _place_missing(scenario: Scenario, x: np.ndarray, cpu: np.ndarray, ram: np.n
         x[i, rng.choice(best)] += 1
 
 
-def _make_room(x: np.ndarray, i: int, cpu: np.ndarray, ram: np.ndarray, cap_cpu: np.ndarray,
-               cap_ram: np.ndarray) -> bool:  # fmt: skip
+def _make_room(
+    x: np.ndarray,
+    i: int,
+    cpu: np.ndarray,
+    ram: np.ndarray,
+    cap_cpu: np.ndarray,
+    cap_ram: np.ndarray,
+) -> bool:
     """Free one machine for component ``i`` by dropping replicas that have siblings.
 
     Picks the machine that needs the fewest replicas dropped (largest CPU demand
@@ -427,8 +446,9 @@ def _make_room(x: np.ndarray, i: int, cpu: np.ndarray, ram: np.ndarray, cap_cpu:
     best_drops = 0
     for j in np.flatnonzero((cap_cpu >= cpu[i] - EPS) & (cap_ram >= ram[i] - EPS)):
         y, drops = x.copy(), 0
-        while (cap_cpu[j] - cpu @ y[:, j] < cpu[i] - EPS
-               or cap_ram[j] - ram @ y[:, j] < ram[i] - EPS):  # fmt: skip
+        while (
+            cap_cpu[j] - cpu @ y[:, j] < cpu[i] - EPS or cap_ram[j] - ram @ y[:, j] < ram[i] - EPS
+        ):
             spare = [k for k in order if k != i and y[k, j] > 0 and y[k].sum() > 1]
             if not spare:
                 break

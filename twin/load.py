@@ -37,9 +37,18 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 
 
 _UNION_TAGS = {
-    "constant", "exponential", "lognormal", "gamma", "table",
-    "poisson", "periodic", "trace", "steady", "fluctuating", "step",
-}  # fmt: skip
+    "constant",
+    "exponential",
+    "lognormal",
+    "gamma",
+    "table",
+    "poisson",
+    "periodic",
+    "trace",
+    "steady",
+    "fluctuating",
+    "step",
+}
 
 
 def _short(value: Any) -> str:

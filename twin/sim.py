@@ -46,9 +46,18 @@ from twin.spec import Component, Deployment, Process, Scenario, Server, Step, Wo
 from twin.workload import arrival_times, poisson_times, rate_series
 
 VISIT_COLUMNS = (
-    "process", "pid", "step", "component", "machine", "replica", "part",
-    "t_arrive", "t_start", "t_end", "batch",
-)  # fmt: skip
+    "process",
+    "pid",
+    "step",
+    "component",
+    "machine",
+    "replica",
+    "part",
+    "t_arrive",
+    "t_start",
+    "t_end",
+    "batch",
+)
 REQUEST_COLUMNS = ("process", "pid", "t_arrive", "t_end", "deadline_s")
 
 # Positions in a job row. The first 11 are the visit record; the rest is
@@ -104,8 +113,16 @@ class ReplicationResult:
 class _Machine:
     __slots__ = ("code", "cpu", "gpu", "gpu_speed", "name", "server", "slowdown", "speed")
 
-    def __init__(self, env: simpy.Environment, code: int, name: str, server: Server,
-                 work_cores: float, keepalive_cores: float, slowdown: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: simpy.Environment,
+        code: int,
+        name: str,
+        server: Server,
+        work_cores: float,
+        keepalive_cores: float,
+        slowdown: float,
+    ) -> None:
         self.code, self.name, self.server = code, name, server
         self.speed, self.gpu_speed, self.slowdown = server.cpu_speed, server.gpu_speed, slowdown
         available = max(server.cpu_cores - keepalive_cores, 0.05 * server.cpu_cores)
@@ -165,13 +182,37 @@ class _Queue:
 class _Instance:
     """One component instance: takes batches from its queue and serves them."""
 
-    __slots__ = ("batch", "cores", "cpu_s", "current", "env", "fetch", "gpu_req", "gpu_s",
-                 "is_idle", "machine", "outstanding", "queue", "replica", "retired", "sampler",
-                 "timeout_s")  # fmt: skip
+    __slots__ = (
+        "batch",
+        "cores",
+        "cpu_s",
+        "current",
+        "env",
+        "fetch",
+        "gpu_req",
+        "gpu_s",
+        "is_idle",
+        "machine",
+        "outstanding",
+        "queue",
+        "replica",
+        "retired",
+        "sampler",
+        "timeout_s",
+    )
 
-    def __init__(self, env: simpy.Environment, machine: _Machine, replica: int, cores: float,
-                 batch: int, timeout_s: float, sampler: Sampler | None, queue: _Queue,
-                 fetch: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: simpy.Environment,
+        machine: _Machine,
+        replica: int,
+        cores: float,
+        batch: int,
+        timeout_s: float,
+        sampler: Sampler | None,
+        queue: _Queue,
+        fetch: Any = None,
+    ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
         self.cores = min(cores, machine.cpu.capacity) if machine.cpu else cores
         self.batch, self.timeout_s, self.sampler = batch, timeout_s, sampler
@@ -412,9 +453,16 @@ class Simulation:
     as unfinished.
     """
 
-    def __init__(self, scenario: Scenario, deployment: Deployment, workload: Workload | None,
-                 horizon_s: float, seed: int, replication: int = 0,
-                 drain_s: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        scenario: Scenario,
+        deployment: Deployment,
+        workload: Workload | None,
+        horizon_s: float,
+        seed: int,
+        replication: int = 0,
+        drain_s: float | None = None,
+    ) -> None:
         if not math.isfinite(horizon_s) or horizon_s <= 0:
             raise ValueError(f"horizon_s must be a positive number of seconds, got {horizon_s}")
         self.scenario, self.deployment, self.workload = scenario, deployment, workload
@@ -476,12 +524,13 @@ class Simulation:
                         component=comp_index[s.component],
                         parallel=min(dep.parallelism.get(f"{p.name}.{s.name}", 1), s.max_parallel),
                         cpu=make_sampler(s.cpu_work, rng)
-                        if s.cpu_work and not comp.is_stage else None,
+                        if s.cpu_work and not comp.is_stage
+                        else None,
                         gpu=make_sampler(s.gpu_work, rng) if s.gpu_work else None,
                         dependents=[j for j, t in enumerate(p.steps) if s.name in t.depends_on],
                         depends_on=[index[d] for d in s.depends_on],
                     )
-                )  # fmt: skip
+                )
                 self.step_names.append(s.name)
             roots = [i for i, s in enumerate(p.steps) if not s.depends_on]
             overhead = None
@@ -527,15 +576,25 @@ class Simulation:
             for inst in keep:
                 inst.queue.kick()
 
-    def _new_instance(self, k: int, machine: str, cores: float, batch: int,
-                      timeout_s: float) -> _Instance:  # fmt: skip
+    def _new_instance(
+        self, k: int, machine: str, cores: float, batch: int, timeout_s: float
+    ) -> _Instance:
         shared = self.shared[k]
         queue = shared if shared is not None else _Queue(self.env)
         fetch = self._fetch_s if shared is not None else None
         replica = self.next_replica[k]
         self.next_replica[k] += 1
-        return _Instance(self.env, self.machines[machine], replica, cores, batch, timeout_s,
-                         self.samplers[k], queue, fetch)  # fmt: skip
+        return _Instance(
+            self.env,
+            self.machines[machine],
+            replica,
+            cores,
+            batch,
+            timeout_s,
+            self.samplers[k],
+            queue,
+            fetch,
+        )
 
     def _retire(self, inst: _Instance) -> None:
         inst.retired = True
@@ -602,8 +661,9 @@ class Simulation:
             inst.outstanding += 1
         return chosen
 
-    def _transfer_s(self, sources: Sequence[tuple[_Machine, float]], dst: _Machine,
-                    parts: int) -> float:  # fmt: skip
+    def _transfer_s(
+        self, sources: Sequence[tuple[_Machine, float]], dst: _Machine, parts: int
+    ) -> float:
         delay = 0.0
         for src, mb in sources:
             if src is dst:
@@ -616,8 +676,9 @@ class Simulation:
     def _fetch_s(self, job: list[Any], dst: _Machine) -> float:
         return self._transfer_s(job[_SOURCES], dst, job[_PARTS]) if job[_SOURCES] else 0.0
 
-    def launch(self, ex: _Execution, sp: _StepPlan, sources: Sequence[tuple[_Machine, float]]
-               ) -> None:  # fmt: skip
+    def launch(
+        self, ex: _Execution, sp: _StepPlan, sources: Sequence[tuple[_Machine, float]]
+    ) -> None:
         """Send the parts of one step of an execution to instances."""
         env, k = self.env, sp.component
         shared = self.shared[k]
@@ -635,12 +696,46 @@ class Simulation:
         plan = ex.plan
         for part, inst in enumerate(targets):
             if inst is None:
-                job = [plan.code, ex.pid, sp.code, k, -1, -1, part, _NAN, _NAN, _NAN, 0,
-                       ex, cpu_s, gpu_s, sources, n, sp.index]  # fmt: skip
+                job = [
+                    plan.code,
+                    ex.pid,
+                    sp.code,
+                    k,
+                    -1,
+                    -1,
+                    part,
+                    _NAN,
+                    _NAN,
+                    _NAN,
+                    0,
+                    ex,
+                    cpu_s,
+                    gpu_s,
+                    sources,
+                    n,
+                    sp.index,
+                ]
                 shared.put(job)  # type: ignore[union-attr]
             else:
-                job = [plan.code, ex.pid, sp.code, k, inst.machine.code, inst.replica, part,
-                       _NAN, _NAN, _NAN, 0, ex, cpu_s, gpu_s, None, n, sp.index]  # fmt: skip
+                job = [
+                    plan.code,
+                    ex.pid,
+                    sp.code,
+                    k,
+                    inst.machine.code,
+                    inst.replica,
+                    part,
+                    _NAN,
+                    _NAN,
+                    _NAN,
+                    0,
+                    ex,
+                    cpu_s,
+                    gpu_s,
+                    None,
+                    n,
+                    sp.index,
+                ]
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
                 if delay > 0:
                     _Wake(env, delay, lambda _e, i=inst, j=job: i.put(j))
@@ -741,8 +836,9 @@ class Simulation:
             r = self._unfinished(self.requests, _REQUEST_T_END, 1, since_s)
             return self._visit_frame(v), self._request_frame(r)
 
-    def _unfinished(self, rows: list[list[Any]], end: int, slot: int, since_s: float
-                    ) -> list[list[Any]]:  # fmt: skip
+    def _unfinished(
+        self, rows: list[list[Any]], end: int, slot: int, since_s: float
+    ) -> list[list[Any]]:
         # Rows are appended in launch order and never removed; the cursor marks a
         # prefix of rows all finished before the last since_s asked for.
         last_since, i = self._cursors[slot]
@@ -848,10 +944,16 @@ def _categorical(codes: Sequence[int], names: list[str]) -> pd.Categorical:
     return pd.Categorical.from_codes(remap[arr], categories=unique)
 
 
-def simulate_replication(scenario: Scenario, deployment: Deployment, workload: Workload | None,
-                         horizon_s: float, seed: int, replication: int = 0,
-                         drain_s: float | None = None, visits: bool = True
-                         ) -> ReplicationResult:  # fmt: skip
+def simulate_replication(
+    scenario: Scenario,
+    deployment: Deployment,
+    workload: Workload | None,
+    horizon_s: float,
+    seed: int,
+    replication: int = 0,
+    drain_s: float | None = None,
+    visits: bool = True,
+) -> ReplicationResult:
     """Run one replication; pure: same arguments ⇒ identical records."""
     sim = Simulation(scenario, deployment, workload, horizon_s, seed, replication, drain_s)
     return sim.run(visits=visits)

@@ -192,8 +192,9 @@ def train(
 ) -> pd.DataFrame:
     """Run PPO for ``total_steps`` environment steps; returns the training curves."""
     callback = _Progress(on_step) if on_step else None
-    model.learn(total_timesteps=total_steps, callback=callback, log_interval=1,
-                reset_num_timesteps=False)  # fmt: skip
+    model.learn(
+        total_timesteps=total_steps, callback=callback, log_interval=1, reset_num_timesteps=False
+    )
     return pd.DataFrame(writer.rows)
 
 
@@ -210,9 +211,12 @@ def plot_curves(curves: pd.DataFrame, path: str | Path, title: str = "") -> None
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, key, label in zip(axes, ("loss", "value_loss", "ep_reward_mean"),
-                              ("training loss", "value loss", "mean episode reward"),
-                              strict=True):  # fmt: skip
+    for ax, key, label in zip(
+        axes,
+        ("loss", "value_loss", "ep_reward_mean"),
+        ("training loss", "value loss", "mean episode reward"),
+        strict=True,
+    ):
         if key in curves and "timesteps" in curves:
             ax.plot(curves["timesteps"], curves[key])
         ax.set_title(label)

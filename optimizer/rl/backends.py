@@ -69,10 +69,13 @@ class AnalyticBackend:
         est = estimate(self.space, options, float(arrivals.mean()), self.weights, t1 - t0)
         self.now = t1
         return Window(
-            t0=t0, t1=t1, arrivals=arrivals, metrics=est.metrics,
+            t0=t0,
+            t1=t1,
+            arrivals=arrivals,
+            metrics=est.metrics,
             stage_latency_s=np.array([s.latency_s for s in est.stages]),
             stage_throughput_rps=np.array([s.throughput_rps for s in est.stages]),
-        )  # fmt: skip
+        )
 
 
 class TwinBackend:
@@ -83,8 +86,9 @@ class TwinBackend:
     window costs about as much as reading it once.
     """
 
-    def __init__(self, space: ConfigSpace, process: str, horizon_s: float,
-                 replication: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, space: ConfigSpace, process: str, horizon_s: float, replication: int = 0
+    ) -> None:
         self.space, self.process, self.horizon_s = space, process, horizon_s
         self.scenario = space.scenario
         self.replication = replication
@@ -93,8 +97,9 @@ class TwinBackend:
         self.steps = [next(s.name for s in steps if s.component == st.name) for st in space.stages]
 
     def reset(self, deployment: Deployment, workload: Workload, seed: int) -> None:
-        self.sim = Simulation(self.scenario, deployment, workload, self.horizon_s, seed,
-                              self.replication)  # fmt: skip
+        self.sim = Simulation(
+            self.scenario, deployment, workload, self.horizon_s, seed, self.replication
+        )
         self.sim.start()
 
     def run(self, deployment: Deployment, options: list[Option], t1: float) -> Window:
@@ -109,11 +114,19 @@ class TwinBackend:
         arrivals = np.histogram(arrived, bins=np.linspace(t0, t0 + n, n + 1))[0].astype(float)
         # Rows still running at t1 (NaN t_end) belong to a later window.
         window = visits[(visits["t_end"] < t1) & (visits["process"] == self.process)]
-        m = pipeline_metrics(window, self.scenario, deployment, self.process, t0, t1,
-                             float(arrivals.mean()) if n else 0.0)  # fmt: skip
+        m = pipeline_metrics(
+            window,
+            self.scenario,
+            deployment,
+            self.process,
+            t0,
+            t1,
+            float(arrivals.mean()) if n else 0.0,
+        )
         lat, thr = step_window(window, self.steps, t0, t1)
-        return Window(t0, t1, arrivals, m, stage_latency_s=np.array(lat),
-                      stage_throughput_rps=np.array(thr))  # fmt: skip
+        return Window(
+            t0, t1, arrivals, m, stage_latency_s=np.array(lat), stage_throughput_rps=np.array(thr)
+        )
 
 
 BACKENDS = {"twin": TwinBackend, "analytic": AnalyticBackend}

@@ -46,9 +46,12 @@ def cost_batch_weights(weights: QoSWeights, target: str) -> tuple[float, float]:
 
 
 def target_value(
-    est: PipelineEstimate, target: str, options: list[Option] | None = None,
-    space: ConfigSpace | None = None, weights: QoSWeights | None = None,
-) -> float:  # fmt: skip
+    est: PipelineEstimate,
+    target: str,
+    options: list[Option] | None = None,
+    space: ConfigSpace | None = None,
+    weights: QoSWeights | None = None,
+) -> float:
     """The estimate's eq. 4 objective, eq. 7 reward, or IPA's own objective.
 
     IPA's own (Ghafouri et al., the paper's [13]) is α·V − λ·C − γ'·Σ b, and

@@ -81,9 +81,16 @@ def _predictor(path: str):
     return LoadPredictor.load(p)
 
 
-def make_env(scenario: Scenario, process: str, workloads: list, backend: str, predictor,
-             cycle_s: float = 1200.0, expert_every: int = 0,
-             reward_cost: float | None = None):  # fmt: skip
+def make_env(
+    scenario: Scenario,
+    process: str,
+    workloads: list,
+    backend: str,
+    predictor,
+    cycle_s: float = 1200.0,
+    expert_every: int = 0,
+    reward_cost: float | None = None,
+):
     """The environment every command uses (so training and evaluation see one state).
 
     ``reward_cost`` is the agent's reward cost weight β' (eq. 7); None keeps the
@@ -92,10 +99,17 @@ def make_env(scenario: Scenario, process: str, workloads: list, backend: str, pr
     from optimizer.rl.env import PipelineEnv
 
     peak = max(_peak(w, cycle_s) for w in workloads)
-    return PipelineEnv(scenario, process, workloads, backend=backend, predictor=predictor,
-                       cycle_s=cycle_s, expert_every=expert_every,
-                       load_scale_rps=max(10.0, round(peak, -1)),
-                       reward_cost=reward_cost)  # fmt: skip
+    return PipelineEnv(
+        scenario,
+        process,
+        workloads,
+        backend=backend,
+        predictor=predictor,
+        cycle_s=cycle_s,
+        expert_every=expert_every,
+        load_scale_rps=max(10.0, round(peak, -1)),
+        reward_cost=reward_cost,
+    )
 
 
 def _peak(workload, cycle_s: float) -> float:
@@ -105,8 +119,14 @@ def _peak(workload, cycle_s: float) -> float:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                    "{task.total}"), TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 @app.command()
@@ -142,8 +162,15 @@ def train(
     sc = _scenario(scenario_file)
     proc = _process(sc, process)
     ws = _workloads(sc, workloads)
-    env = make_env(sc, proc, ws, backend, _predictor(predictor), expert_every=expert_every,
-                   reward_cost=reward_cost)  # fmt: skip
+    env = make_env(
+        sc,
+        proc,
+        ws,
+        backend,
+        _predictor(predictor),
+        expert_every=expert_every,
+        reward_cost=reward_cost,
+    )
     model, writer = agent.make_agent(env, seed=seed, gamma=gamma)
     if init is not None:
         loaded = agent.load(init)
@@ -161,13 +188,19 @@ def train(
         (tmp / "inputs").mkdir()
         shutil.copy(scenario_file, tmp / "inputs" / scenario_file.name)
         summary = {
-            "scenario": sc.name, "process": proc, "backend": backend, "steps": steps,
-            "expert_every": expert_every, "seed": seed, "gamma": gamma, "wall_s": round(wall, 1),
+            "scenario": sc.name,
+            "process": proc,
+            "backend": backend,
+            "steps": steps,
+            "expert_every": expert_every,
+            "seed": seed,
+            "gamma": gamma,
+            "wall_s": round(wall, 1),
             "reward_cost": env.weights.reward_cost,
             "final_ep_reward_mean": _last(curves, "ep_reward_mean"),
             "final_value_loss": _last(curves, "value_loss"),
             "policy": str(target / "policy.zip"),
-        }  # fmt: skip
+        }
         (tmp / "report.md").write_text(
             f"# PPO training on {sc.name}\n\n```json\n{json.dumps(summary, indent=2)}\n```\n\n"
             "![training curves](curves.png)\n"
@@ -229,9 +262,11 @@ def evaluate(
         task = bar.add_task(f"{total} cycles of {cycle_s:g} s ({backend})", total=total)
         rows = experiments.compare(
             lambda: make_env(sc, proc, ws, backend, pred, cycle_s, reward_cost=reward_cost),
-            deciders, [w.name for w in ws], seed,
+            deciders,
+            [w.name for w in ws],
+            seed,
             on_cycle=lambda *_: bar.advance(task),
-        )  # fmt: skip
+        )
     avg = experiments.averages(rows)
     target = out_dir or Path("runs") / f"rl-evaluate-{sc.name}"
     with atomic_dir(target) as tmp:
@@ -248,8 +283,16 @@ def evaluate(
     for col in ("workload", "policy", "Q", "C", "reward", "V", "unmet_rps", "decision_ms"):
         table.add_column(col)
     for r in avg.itertuples():
-        table.add_row(r.workload, r.policy, f"{r.Q:.2f}", f"{r.C:.2f}", f"{r.reward:.2f}",
-                      f"{r.V:.3f}", f"{r.unmet_rps:.2f}", f"{r.decision_ms:.2f}")  # fmt: skip
+        table.add_row(
+            r.workload,
+            r.policy,
+            f"{r.Q:.2f}",
+            f"{r.C:.2f}",
+            f"{r.reward:.2f}",
+            f"{r.V:.3f}",
+            f"{r.unmet_rps:.2f}",
+            f"{r.decision_ms:.2f}",
+        )
     out.print(table)
 
 
@@ -257,13 +300,16 @@ def report(name: str, backend: str, cycle_s: float, seed: int, avg: pd.DataFrame
     """The markdown report of an evaluation: averages, ratios, plots."""
     from optimizer.rl.experiments import markdown, relative
 
-    lines = [f"# Policies on {name} ({backend}, one {cycle_s:g}-s cycle, seed {seed})", "",
-             markdown(avg), ""]  # fmt: skip
+    lines = [
+        f"# Policies on {name} ({backend}, one {cycle_s:g}-s cycle, seed {seed})",
+        "",
+        markdown(avg),
+        "",
+    ]
     for ref in ("ipa", "greedy"):
         rel = relative(avg, "ppo", ref)
         if len(rel):
-            lines += [f"PPO relative to {ref}:", "", markdown(rel),
-                      ""]  # fmt: skip
+            lines += [f"PPO relative to {ref}:", "", markdown(rel), ""]
     lines += [f"![{w.name}](over-time-{w.name}.png)" for w in ws]
     return "\n".join(lines) + "\n"
 
@@ -304,10 +350,17 @@ def decision_time(
         sizes = [len(s.variants) for s in env.space.stages]
         options = int(np.prod([s.size for s in env.space.stages], dtype=float))
         for name, g in t.groupby("policy", sort=False):
-            rows.append({"pipeline": sc.name, "stages": env.space.n_stages,
-                         "variants": max(sizes), "configurations": options, "policy": name,
-                         "mean_ms": g["decision_ms"].mean(),
-                         "p95_ms": g["decision_ms"].quantile(0.95)})  # fmt: skip
+            rows.append(
+                {
+                    "pipeline": sc.name,
+                    "stages": env.space.n_stages,
+                    "variants": max(sizes),
+                    "configurations": options,
+                    "policy": name,
+                    "mean_ms": g["decision_ms"].mean(),
+                    "p95_ms": g["decision_ms"].quantile(0.95),
+                }
+            )
         err.print(f"{sc.name}: done", highlight=False)
     frame = pd.DataFrame(rows)
     if as_json:

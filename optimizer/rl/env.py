@@ -96,8 +96,10 @@ class PipelineEnv(gym.Env):
         size = NODE_FEATURES + n * STAGE_FEATURES + n + 3 * n
         self.observation_space = spaces.Box(-1.0, 10.0, shape=(size,), dtype=np.float32)
         self.action_space = spaces.Discrete(self.space.n_actions)
-        self._max_cost = [max(s.cost(o) for o in self.space.options_of(k))
-                          for k, s in enumerate(self.space.stages)]  # fmt: skip
+        self._max_cost = [
+            max(s.cost(o) for o in self.space.options_of(k))
+            for k, s in enumerate(self.space.stages)
+        ]
         self.episode = 0
         self.projected = 0  # masked actions moved to an allowed option
         self.workload: Workload = self.workloads[0]
@@ -177,10 +179,12 @@ class PipelineEnv(gym.Env):
         self.predicted = self._predict()
         truncated = self.t >= self.cycle_s - 1e-9
         info = {
-            "t_s": w.t0, "predicted_rps": self.predicted,
+            "t_s": w.t0,
+            "predicted_rps": self.predicted,
             **m.as_dict(),
-            "workload": self.workload.name, "decision_done": True,
-        }  # fmt: skip
+            "workload": self.workload.name,
+            "decision_done": True,
+        }
         return self._obs(), float(m.reward / self.reward_scale), False, truncated, info
 
     def predict_load(self) -> float:
@@ -238,8 +242,11 @@ class PipelineEnv(gym.Env):
         for i in range(n):
             if i < len(self.pending):
                 o, s = self.pending[i], sp.stages[i]
-                chosen += [(o.variant + 1) / len(s.variants), o.replicas / s.replicas[-1],
-                           math.log2(o.batch) / max(math.log2(s.batches[-1]), 1.0)]  # fmt: skip
+                chosen += [
+                    (o.variant + 1) / len(s.variants),
+                    o.replicas / s.replicas[-1],
+                    math.log2(o.batch) / max(math.log2(s.batches[-1]), 1.0),
+                ]
             else:
                 chosen += [0.0, 0.0, 0.0]
         obs = np.array(node + stage + which + chosen, dtype=np.float32)

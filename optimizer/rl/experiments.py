@@ -23,8 +23,21 @@ from optimizer.rl.baselines import Policy
 from optimizer.rl.env import PipelineEnv
 from optimizer.rl.space import Option
 
-ROW_KEYS = ("t_s", "offered_rps", "predicted_rps", "V", "C", "T", "L", "E", "B", "Q",
-            "objective", "reward", "capacity_rps")  # fmt: skip
+ROW_KEYS = (
+    "t_s",
+    "offered_rps",
+    "predicted_rps",
+    "V",
+    "C",
+    "T",
+    "L",
+    "E",
+    "B",
+    "Q",
+    "objective",
+    "reward",
+    "capacity_rps",
+)
 
 Decider = GuidedMaskablePPO | Policy
 
@@ -86,10 +99,15 @@ def averages(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean QoS, cost, reward, accuracy, unmet load and decision time per workload × policy."""
     g = rows.groupby(["workload", "policy"], sort=False)
     out = g.agg(
-        Q=("Q", "mean"), C=("C", "mean"), reward=("reward", "mean"), V=("V", "mean"),
-        T=("T", "mean"), L=("L", "mean"), unmet_rps=("E", _unmet),
+        Q=("Q", "mean"),
+        C=("C", "mean"),
+        reward=("reward", "mean"),
+        V=("V", "mean"),
+        T=("T", "mean"),
+        L=("L", "mean"),
+        unmet_rps=("E", _unmet),
         decision_ms=("decision_ms", "mean"),
-    )  # fmt: skip
+    )
     return out.reset_index()
 
 
@@ -114,11 +132,13 @@ def relative(avg: pd.DataFrame, policy: str, reference: str) -> pd.DataFrame:
     for w, g in avg.groupby("workload", sort=False):
         a = g.set_index("policy")
         if policy in a.index and reference in a.index:
-            rows.append({
-                "workload": w,
-                "Q_ratio": a.loc[policy, "Q"] / a.loc[reference, "Q"],
-                "C_ratio": a.loc[policy, "C"] / a.loc[reference, "C"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "workload": w,
+                    "Q_ratio": a.loc[policy, "Q"] / a.loc[reference, "Q"],
+                    "C_ratio": a.loc[policy, "C"] / a.loc[reference, "C"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -151,8 +171,9 @@ def plot_over_time(rows: pd.DataFrame, workload: str, path: str | Path) -> None:
     plt.close(fig)
 
 
-def decision_times(env: PipelineEnv, deciders: dict[str, Decider], loads: list[float],
-                   seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def decision_times(
+    env: PipelineEnv, deciders: dict[str, Decider], loads: list[float], seed: int = 0
+) -> pd.DataFrame:
     """Time per decision (ms) of each decider at each load, without running the twin.
 
     The environment is reset once; each decision is made from the same state
@@ -173,6 +194,11 @@ def decision_times(env: PipelineEnv, deciders: dict[str, Decider], loads: list[f
                 env.k, env.pending = 0, []
             else:
                 decider.decide(env.space, float(load), env.weights)
-            rows.append({"policy": name, "load_rps": load,
-                         "decision_ms": (time.perf_counter() - started) * 1e3})  # fmt: skip
+            rows.append(
+                {
+                    "policy": name,
+                    "load_rps": load,
+                    "decision_ms": (time.perf_counter() - started) * 1e3,
+                }
+            )
     return pd.DataFrame(rows)

@@ -113,9 +113,16 @@ def estimate(
     E = load_rps - K
     Q = qos(V, T, L, E, weights)
     metrics = PipelineMetrics(
-        V=V, C=C, T=T, L=L, E=E, B=B, Q=Q,
+        V=V,
+        C=C,
+        T=T,
+        L=L,
+        E=E,
+        B=B,
+        Q=Q,
         objective=Q - weights.lambda_cost * C,
         reward=Q - weights.reward_cost * C - weights.reward_batch * B,
-        offered_rps=load_rps, capacity_rps=K,
-    )  # fmt: skip
+        offered_rps=load_rps,
+        capacity_rps=K,
+    )
     return PipelineEstimate(metrics, stages)

@@ -115,8 +115,9 @@ class OnlineController:
             tick += 1
         return pd.DataFrame(self.rows)
 
-    def _window(self, t0: float, t1: float, arrivals: np.ndarray, a: GatewaySample,
-                b: GatewaySample) -> Window:  # fmt: skip
+    def _window(
+        self, t0: float, t1: float, arrivals: np.ndarray, a: GatewaySample, b: GatewaySample
+    ) -> Window:
         sp, w = self.space, self.env.weights
         span = t1 - t0
         dep = sp.deployment(self.current)
@@ -134,12 +135,26 @@ class OnlineController:
         E = offered - capacity
         Q = qos(V, T, L, E, w)
         m = PipelineMetrics(
-            V=V, C=C, T=T, L=L, E=E, B=B, Q=Q,
-            objective=Q - w.lambda_cost * C, reward=Q - w.reward_cost * C - w.reward_batch * B,
-            offered_rps=offered, capacity_rps=capacity,
-        )  # fmt: skip
-        return Window(t0=t0, t1=t1, arrivals=arrivals, metrics=m, stage_latency_s=np.array(lat),
-                      stage_throughput_rps=np.array(thr))  # fmt: skip
+            V=V,
+            C=C,
+            T=T,
+            L=L,
+            E=E,
+            B=B,
+            Q=Q,
+            objective=Q - w.lambda_cost * C,
+            reward=Q - w.reward_cost * C - w.reward_batch * B,
+            offered_rps=offered,
+            capacity_rps=capacity,
+        )
+        return Window(
+            t0=t0,
+            t1=t1,
+            arrivals=arrivals,
+            metrics=m,
+            stage_latency_s=np.array(lat),
+            stage_throughput_rps=np.array(thr),
+        )
 
     def _decide(self, w: Window, history: np.ndarray, t: float) -> None:
         env = self.env
@@ -161,11 +176,17 @@ class OnlineController:
             started = time.perf_counter()
             self.apply(self.space.deployment(chosen, name=f"rl-t{int(t)}"))
             applied_s = time.perf_counter() - started
-        self.rows.append({
-            "t_s": w.t0, "predicted_rps": env.predicted,
-            **w.metrics.as_dict(),
-            "decision_ms": decision_ms, "apply_s": applied_s,
-            "config": " ".join(f"{s.variants[o.variant].name}×{o.replicas}/b{o.batch}"
-                               for s, o in zip(self.space.stages, self.current, strict=True)),
-        })  # fmt: skip
+        self.rows.append(
+            {
+                "t_s": w.t0,
+                "predicted_rps": env.predicted,
+                **w.metrics.as_dict(),
+                "decision_ms": decision_ms,
+                "apply_s": applied_s,
+                "config": " ".join(
+                    f"{s.variants[o.variant].name}×{o.replicas}/b{o.batch}"
+                    for s, o in zip(self.space.stages, self.current, strict=True)
+                ),
+            }
+        )
         self.current = chosen

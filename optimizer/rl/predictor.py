@@ -80,8 +80,9 @@ class LoadPredictor:
     def predict_many(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, float)
         if x.shape[1] < HISTORY_S:
-            pad = np.repeat(x[:, :1] if x.shape[1] else np.zeros((len(x), 1)),
-                            HISTORY_S - x.shape[1], axis=1)  # fmt: skip
+            pad = np.repeat(
+                x[:, :1] if x.shape[1] else np.zeros((len(x), 1)), HISTORY_S - x.shape[1], axis=1
+            )
             x = np.concatenate([pad, x], axis=1)
         x = x[:, -HISTORY_S:]
         scale = self._scale(x)

@@ -244,9 +244,10 @@ class ConfigSpace:
             raise ValueError("every stage already has an option")
         s = self.stages[k]
         mask = np.zeros(self.n_actions, dtype=bool)
-        used = self.cores(chosen) + sum(s2.cores(o) for s2, o in
-                                        zip(self.stages[k + 1 :], self._min_option[k + 1 :],
-                                            strict=True))  # fmt: skip
+        used = self.cores(chosen) + sum(
+            s2.cores(o)
+            for s2, o in zip(self.stages[k + 1 :], self._min_option[k + 1 :], strict=True)
+        )
         for i in range(s.size):
             o = s.option(i)
             if used + s.cores(o) > self.budget + EPS:

@@ -79,11 +79,30 @@ def _container(
     resources = {"cpu": cpu_quantity(cpu), "memory": memory_quantity(ram)}
     if c.is_stage:
         eff = effective_stage(scenario, deployment, c)
-        args = ["-m", "testbed.services.stage_server", "--port", str(PORT), "--host", "0.0.0.0",
-                "--name", c.name, "--component", c.name, "--registry", f"http://registry:{PORT}",
-                "--model", f"{c.name}.{eff.variant}", "--variant", eff.variant,
-                "--batch", str(eff.batch), "--batch-timeout-ms", f"{eff.batch_timeout_ms:g}",
-                "--threads", "1"]  # fmt: skip
+        args = [
+            "-m",
+            "testbed.services.stage_server",
+            "--port",
+            str(PORT),
+            "--host",
+            "0.0.0.0",
+            "--name",
+            c.name,
+            "--component",
+            c.name,
+            "--registry",
+            f"http://registry:{PORT}",
+            "--model",
+            f"{c.name}.{eff.variant}",
+            "--variant",
+            eff.variant,
+            "--batch",
+            str(eff.batch),
+            "--batch-timeout-ms",
+            f"{eff.batch_timeout_ms:g}",
+            "--threads",
+            "1",
+        ]
     else:
         # No testbed service implements a generic component: the image's own
         # entry point runs it, told which component it is by MLOPS_COMPONENT.
@@ -193,9 +212,11 @@ def _configmap(scenario: Scenario, deployment: Deployment, name: str, namespace:
         data[f"STAGE_{key}_VARIANT"] = eff.variant
         data[f"STAGE_{key}_BATCH"] = str(eff.batch)
         data[f"STAGE_{key}_BATCH_TIMEOUT_MS"] = f"{eff.batch_timeout_ms:g}"
-    labels = {"app.kubernetes.io/part-of": dns_name(scenario.name),
-              "app.kubernetes.io/instance": dns_name(deployment.name),
-              "app.kubernetes.io/managed-by": "mlops-twin"}  # fmt: skip
+    labels = {
+        "app.kubernetes.io/part-of": dns_name(scenario.name),
+        "app.kubernetes.io/instance": dns_name(deployment.name),
+        "app.kubernetes.io/managed-by": "mlops-twin",
+    }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -231,8 +252,11 @@ def manifests(
         for machine in sorted(row, key=scenario.server_instances().index):
             if machine not in machines:
                 raise ValueError(f"allocation names unknown machine {machine!r}")
-            out.append(_deployment(scenario, deployment, c, machine, row[machine], image,
-                                   namespace, configmap))  # fmt: skip
+            out.append(
+                _deployment(
+                    scenario, deployment, c, machine, row[machine], image, namespace, configmap
+                )
+            )
     return out
 
 

@@ -36,14 +36,25 @@ def test_cli_fit_writes_a_file_and_a_calibrated_scenario(tmp_path, samples):
     table = tmp_path / "samples.parquet"
     samples.to_parquet(table)
     calib, scen = tmp_path / "cal.yaml", tmp_path / "calibrated.yaml"
-    args = ["fit", str(table), "-s", str(SCENARIO), "-o", str(calib),
-            "--scenario-out", str(scen), "--json"]  # fmt: skip
+    args = [
+        "fit",
+        str(table),
+        "-s",
+        str(SCENARIO),
+        "-o",
+        str(calib),
+        "--scenario-out",
+        str(scen),
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert {(f["component"], f["variant"]) for f in data["fits"]} == {
-        ("denoise", "d-small"), ("encoder", "e-medium"), ("classifier", "c-mlp"),
-    }  # fmt: skip
+        ("denoise", "d-small"),
+        ("encoder", "e-medium"),
+        ("classifier", "c-mlp"),
+    }
     doc = cal.load(calib)
     assert doc.scenario_sha256 == cal.file_sha256(SCENARIO)
     new = load_scenario(scen)
@@ -66,8 +77,9 @@ def test_cli_fit_refuses_fits_for_unknown_variants(tmp_path, samples):
     bad = samples.assign(variant="nope")
     table = tmp_path / "samples.csv"
     bad.to_csv(table, index=False)
-    result = runner.invoke(app, ["fit", str(table), "-s", str(SCENARIO),
-                                 "-o", str(tmp_path / "c.yaml")])  # fmt: skip
+    result = runner.invoke(
+        app, ["fit", str(table), "-s", str(SCENARIO), "-o", str(tmp_path / "c.yaml")]
+    )
     assert result.exit_code == 2
     assert "not in scenario" in result.output and "Traceback" not in result.output
 
@@ -75,8 +87,9 @@ def test_cli_fit_refuses_fits_for_unknown_variants(tmp_path, samples):
 def test_share_scaling_and_overheads(samples):
     sc = load_scenario(SCENARIO)
     two = pd.concat([samples, samples.assign(cpu_share=1.0, service_ms=samples.service_ms / 2)])
-    doc = cal.build(fit_samples(two), sc, overheads={"hop_ms": 0.3, "request_ms": 1.0,
-                                                     "n_requests": 50})  # fmt: skip
+    doc = cal.build(
+        fit_samples(two), sc, overheads={"hop_ms": 0.3, "request_ms": 1.0, "n_requests": 50}
+    )
     assert doc.version == cal.FORMAT and doc.overheads.per_request is None
     assert doc.share_exponent["encoder/e-medium"] == pytest.approx(1.0, abs=1e-6)
     at_half = cal.service_time_at(doc, "encoder", "e-medium", 0.5)
@@ -114,11 +127,16 @@ def test_testbed_rows_collapse_to_one_sample_per_batch_execution():
     from calibrate.samples import testbed_samples
 
     # two batches of 3 with the same (fixed) timing, then one batch of 1
-    visits = pd.DataFrame({
-        "component": ["c"] * 7, "variant": ["v"] * 7, "replica_name": ["r"] * 7,
-        "batch": [3, 3, 3, 3, 3, 3, 1], "service_s": [0.002] * 6 + [0.001],
-        "t_start": [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0],
-    })  # fmt: skip
+    visits = pd.DataFrame(
+        {
+            "component": ["c"] * 7,
+            "variant": ["v"] * 7,
+            "replica_name": ["r"] * 7,
+            "batch": [3, 3, 3, 3, 3, 3, 1],
+            "service_s": [0.002] * 6 + [0.001],
+            "t_start": [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0],
+        }
+    )
     s = testbed_samples(visits, 0.5)
     assert sorted(s["batch"]) == [1, 3, 3]
     assert (s["cpu_share"] == 0.5).all()
@@ -157,8 +175,9 @@ def test_format_1_files_are_refused_with_a_hint(tmp_path):
 
 
 def test_overhead_levels_by_offered_rate():
-    over = pd.DataFrame({"rate_per_s": [15.0] * 4 + [90.0] * 4,
-                         "overhead_ms": [10, 10, 10, 10, 20, 20, 20, 20]})  # fmt: skip
+    over = pd.DataFrame(
+        {"rate_per_s": [15.0] * 4 + [90.0] * 4, "overhead_ms": [10, 10, 10, 10, 20, 20, 20, 20]}
+    )
     levels = cal.overhead_levels(over)
     assert [lv.rate_per_s for lv in levels] == [15.0, 90.0]
     assert [lv.mean_ms for lv in levels] == [10.0, 20.0]
@@ -169,8 +188,9 @@ def test_request_overheads_subtract_stage_time():
     from calibrate.samples import request_overheads
     from twin.spec import SteadyWorkload
 
-    requests = pd.DataFrame({"pid": [0, 1], "ok": [True, False], "t_arrive": [1.0, 2.0],
-                             "t_end": [1.050, float("nan")]})  # fmt: skip
+    requests = pd.DataFrame(
+        {"pid": [0, 1], "ok": [True, False], "t_arrive": [1.0, 2.0], "t_end": [1.050, float("nan")]}
+    )
     visits = pd.DataFrame({"pid": [0, 0], "queue_s": [0.002, 0.003], "service_s": [0.001, 0.004]})
     w = SteadyWorkload(kind="steady", name="w", rate_per_s=42)
     out = request_overheads(requests, visits, w)
@@ -183,15 +203,22 @@ def test_dispatch_lag_is_queue_time_beyond_the_twins_batching():
 
     sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)  # encoder: batch 4, 2 ms
     # pid 0 alone in a batch (timed out after 2.5 ms); pids 1-4 a full batch of 4
-    visits = pd.DataFrame({
-        "pid": [0, 1, 2, 3, 4], "component": ["encoder"] * 5, "replica_name": ["e-0"] * 5,
-        "batch": [1, 4, 4, 4, 4], "service_s": [0.001, 0.002, 0.002, 0.002, 0.002],
-        "queue_s": [0.0025, 0.003, 0.002, 0.001, 0.0004], "t_start": [0.0, 1.0, 1.0, 1.0, 1.0],
-    })  # fmt: skip
+    visits = pd.DataFrame(
+        {
+            "pid": [0, 1, 2, 3, 4],
+            "component": ["encoder"] * 5,
+            "replica_name": ["e-0"] * 5,
+            "batch": [1, 4, 4, 4, 4],
+            "service_s": [0.001, 0.002, 0.002, 0.002, 0.002],
+            "queue_s": [0.0025, 0.003, 0.002, 0.001, 0.0004],
+            "t_start": [0.0, 1.0, 1.0, 1.0, 1.0],
+        }
+    )
     lag = dispatch_lag(visits, sc, dep)
     assert lag.tolist() == pytest.approx([0.0005, 0.0004, 0.0004, 0.0004, 0.0004])
-    requests = pd.DataFrame({"pid": range(5), "ok": [True] * 5, "t_arrive": [0.0] * 5,
-                             "t_end": [0.010] * 5})  # fmt: skip
+    requests = pd.DataFrame(
+        {"pid": range(5), "ok": [True] * 5, "t_arrive": [0.0] * 5, "t_end": [0.010] * 5}
+    )
     plain = request_overheads(requests, visits)
     moved = request_overheads(requests, visits, lag_s=lag)
     assert (moved["overhead_ms"] - plain["overhead_ms"]).tolist() == pytest.approx(
@@ -203,10 +230,13 @@ def test_dispatch_lag_is_queue_time_beyond_the_twins_batching():
 def test_overhead_at_a_rate_follows_the_fit_levels_line(samples):
     sc = load_scenario(SCENARIO)
     model = GammaServiceTime(kind="gamma", mean_ms=9.0, cv=0.3)
-    levels = [cal.RateLevel(rate_per_s=15, n=100, mean_ms=6.0, p50_ms=6, p95_ms=9),
-              cal.RateLevel(rate_per_s=90, n=600, mean_ms=12.0, p50_ms=11, p95_ms=18)]  # fmt: skip
-    doc = cal.build(fit_samples(samples), sc, overheads={"n_requests": 700}, per_request=model,
-                    by_rate=levels)  # fmt: skip
+    levels = [
+        cal.RateLevel(rate_per_s=15, n=100, mean_ms=6.0, p50_ms=6, p95_ms=9),
+        cal.RateLevel(rate_per_s=90, n=600, mean_ms=12.0, p50_ms=11, p95_ms=18),
+    ]
+    doc = cal.build(
+        fit_samples(samples), sc, overheads={"n_requests": 700}, per_request=model, by_rate=levels
+    )
     at = cal.overhead_at(doc, 52.5)
     assert at.batch_mean_ms(1) == pytest.approx(9.0) and at.batch_cv(1) == pytest.approx(0.3)
     assert cal.overhead_at(doc, 165).batch_mean_ms(1) == pytest.approx(18.0)  # extrapolated

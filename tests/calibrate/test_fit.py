@@ -160,8 +160,11 @@ def test_share_exponent_of_a_quota_scaled_stage():
     rows = []
     for share in (0.25, 0.5, 1.0):
         x = (2.0 / share) * rng.gamma(16, 1 / 16, 400)
-        rows.append(pd.DataFrame({"component": "c", "variant": "v", "batch": 1,
-                                  "cpu_share": share, "service_ms": x}))  # fmt: skip
+        rows.append(
+            pd.DataFrame(
+                {"component": "c", "variant": "v", "batch": 1, "cpu_share": share, "service_ms": x}
+            )
+        )
     fits = fit_samples(pd.concat(rows))
     assert len(fits) == 3
     assert share_exponent(fits)[("c", "v")] == pytest.approx(1.0, abs=0.05)
@@ -187,8 +190,13 @@ def test_request_overhead_recovered_from_twin_records(kind, mean_ms, cv):
     )
     res = simulate_replication(sc, dep, sc.workload("w"), 20.0, 5)
     v = res.visits.dropna(subset=["t_end"])
-    visits = pd.DataFrame({"pid": v["pid"], "queue_s": v["t_start"] - v["t_arrive"],
-                           "service_s": v["t_end"] - v["t_start"]})  # fmt: skip
+    visits = pd.DataFrame(
+        {
+            "pid": v["pid"],
+            "queue_s": v["t_start"] - v["t_arrive"],
+            "service_s": v["t_end"] - v["t_start"],
+        }
+    )
     requests = res.requests.assign(ok=np.isfinite(res.requests["t_end"]))
     over = request_overheads(requests, visits)
     model, scores = fit_overhead(over["overhead_ms"].to_numpy(), seed=3)

@@ -19,8 +19,17 @@ SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
 def test_profile_id_depends_on_every_input():
     g = Grid()
     assert profile_id("a", g, "m") == profile_id("a", Grid(), "m")
-    assert len({profile_id("a", g, "m"), profile_id("b", g, "m"), profile_id("a", g, "n"),
-                profile_id("a", Grid(batches=(1, 2)), "m")}) == 4  # fmt: skip
+    assert (
+        len(
+            {
+                profile_id("a", g, "m"),
+                profile_id("b", g, "m"),
+                profile_id("a", g, "n"),
+                profile_id("a", Grid(batches=(1, 2)), "m"),
+            }
+        )
+        == 4
+    )
 
 
 def test_grid_refuses_what_cannot_be_fitted():
@@ -32,8 +41,14 @@ def test_grid_refuses_what_cannot_be_fitted():
 
 @pytest.mark.slow
 def test_profile_two_cells_then_fit(tmp_path, zoo):
-    grid = Grid(batches=(1, 4), shares=(0.5,), stages=("classifier",), variants=("c-mlp",),
-                samples=12, warmup=2)  # fmt: skip
+    grid = Grid(
+        batches=(1, 4),
+        shares=(0.5,),
+        stages=("classifier",),
+        variants=("c-mlp",),
+        samples=12,
+        warmup=2,
+    )
     folder = run_profile(load_scenario(SCENARIO), SCENARIO, grid, zoo, tmp_path)
     samples = pd.read_parquet(folder / "samples.parquet")
     assert len(samples) == 24 and set(samples["batch"]) == {1, 4}
@@ -50,6 +65,9 @@ def test_profile_two_cells_then_fit(tmp_path, zoo):
     # nothing is left running: no stage server of this profile survives it
     import psutil
 
-    left = [p.pid for p in psutil.process_iter(["cmdline"])
-            if "profile-classifier" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    left = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "profile-classifier" in " ".join(p.info["cmdline"] or [])
+    ]
     assert left == []

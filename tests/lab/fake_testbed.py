@@ -18,8 +18,12 @@ class FakeTestbed:
     ``replica_nodes`` the gateway replica → server map the testbed reports.
     """
 
-    def __init__(self, fail_on_up: bool = False, gateway_server: str = "node-1",
-                 replica_nodes: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        fail_on_up: bool = False,
+        gateway_server: str = "node-1",
+        replica_nodes: dict[str, str] | None = None,
+    ) -> None:
         self.calls: list[str] = []
         self.fail_on_up = fail_on_up
         self.gateway_server = gateway_server

@@ -34,12 +34,35 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def optimize_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("opt") / "run"
-    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", "optimize",
-            str(ROOT / "examples" / "digits-pipeline.yaml"), "-w", "steady-low",
-            "--base", str(ROOT / "examples" / "digits-pipeline.deployment.yaml"),
-            "--pop", "8", "--gens", "2", "--horizon", "10", "--final-horizon", "10",
-            "--final-replications", "1", "--final-max", "3", "--max-instances", "2",
-            "--workers", "1", "--out", str(out)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        "from mlops_twin.cli import main; main()",
+        "optimize",
+        str(ROOT / "examples" / "digits-pipeline.yaml"),
+        "-w",
+        "steady-low",
+        "--base",
+        str(ROOT / "examples" / "digits-pipeline.deployment.yaml"),
+        "--pop",
+        "8",
+        "--gens",
+        "2",
+        "--horizon",
+        "10",
+        "--final-horizon",
+        "10",
+        "--final-replications",
+        "1",
+        "--final-max",
+        "3",
+        "--max-instances",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     return out
@@ -95,8 +118,14 @@ def test_verdict_counts_a_testbed_tie_only_when_the_twin_ties_too():
 
 
 def test_run_order_alternates_who_goes_first():
-    assert run_order(3) == [(0, "chosen"), (0, "greedy"), (1, "greedy"), (1, "chosen"),
-                            (2, "chosen"), (2, "greedy")]  # fmt: skip
+    assert run_order(3) == [
+        (0, "chosen"),
+        (0, "greedy"),
+        (1, "greedy"),
+        (1, "chosen"),
+        (2, "chosen"),
+        (2, "greedy"),
+    ]
 
 
 def _pairs_table(left_out: list[tuple[float, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,9 +140,18 @@ def _pairs_table(left_out: list[tuple[float, float]]) -> tuple[pd.DataFrame, pd.
                 "cost": 0.0025 if label == "chosen" else 0.00125,
             }
             for c, v in values.items():
-                rows.append({"pair": k, "deployment": label, "criterion": c, "twin": v,
-                             "testbed": v, "testbed_undisturbed": v, "left_out_pct": left,
-                             "host_steal_pct": 1.0})  # fmt: skip
+                rows.append(
+                    {
+                        "pair": k,
+                        "deployment": label,
+                        "criterion": c,
+                        "twin": v,
+                        "testbed": v,
+                        "testbed_undisturbed": v,
+                        "left_out_pct": left,
+                        "host_steal_pct": 1.0,
+                    }
+                )
             reps.append(pd.DataFrame([values]).assign(deployment=label, pair=k, replication=0))
     return pd.DataFrame(rows), pd.concat(reps, ignore_index=True)
 
@@ -172,8 +210,11 @@ def test_deploy_back_repeats_pair_seeds_and_report_intervals(optimize_run, tmp_p
     assert testbed.calls == ["up", "down"] * 4
     runs = tab.drop_duplicates(["pair", "deployment"])
     assert list(zip(runs["pair"], runs["deployment"], runs["seed"], strict=True)) == [
-        (0, "chosen", 1), (0, "greedy", 1), (1, "greedy", 2), (1, "chosen", 2)
-    ]  # fmt: skip
+        (0, "chosen", 1),
+        (0, "greedy", 1),
+        (1, "greedy", 2),
+        (1, "chosen", 2),
+    ]
     for name in ("chosen-0", "greedy-0", "greedy-1", "chosen-1"):
         assert (tmp_path / "back" / "load" / name / "requests.parquet").is_file()
     reps = pd.read_csv(tmp_path / "back" / "twin_replications.csv")

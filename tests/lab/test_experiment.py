@@ -27,17 +27,27 @@ DEPLOYMENT = ROOT / "examples" / "digits-pipeline.deployment.yaml"
 
 def experiment_testbed(fail_on_up: bool = False) -> FakeTestbed:
     """The shared stand-in, with the gateway on the host and two replicas on two servers."""
-    return FakeTestbed(fail_on_up=fail_on_up, gateway_server="host",
-                      replica_nodes={"denoise-0": "node-1", "encoder-0": "node-2"})  # fmt: skip
+    return FakeTestbed(
+        fail_on_up=fail_on_up,
+        gateway_server="host",
+        replica_nodes={"denoise-0": "node-1", "encoder-0": "node-2"},
+    )
 
 
 def test_experiment_writes_report_with_table_and_plots(tmp_path):
     # two of the three workloads keep the test short; the CLI runs all three
     cfg = ExperimentConfig(
-        SCENARIO, DEPLOYMENT, ("steady-low", "steady-high"), duration_s=4, rate_scale=0.2,
-        replications=2, drain_s=2, scrape_interval_s=0.5, fit_rate_scales=(2.0,),
+        SCENARIO,
+        DEPLOYMENT,
+        ("steady-low", "steady-high"),
+        duration_s=4,
+        rate_scale=0.2,
+        replications=2,
+        drain_s=2,
+        scrape_interval_s=0.5,
+        fit_rate_scales=(2.0,),
         fit_duration_s=6,
-    )  # fmt: skip
+    )
     testbed = experiment_testbed()
     out = tmp_path / "exp"
     tab = run_experiment(cfg, testbed, out)
@@ -93,8 +103,16 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
 
 
 def test_report_without_calibration_has_no_fidelity_section(tmp_path):
-    cfg = ExperimentConfig(SCENARIO, DEPLOYMENT, ("steady-low",), duration_s=2, rate_scale=0.2,
-                           replications=1, drain_s=1, calibrate=False)  # fmt: skip
+    cfg = ExperimentConfig(
+        SCENARIO,
+        DEPLOYMENT,
+        ("steady-low",),
+        duration_s=2,
+        rate_scale=0.2,
+        replications=1,
+        drain_s=1,
+        calibrate=False,
+    )
     out = tmp_path / "exp"
     run_experiment(cfg, experiment_testbed(), out, build=False)
     assert not (out / "calibration.yaml").exists()

@@ -44,10 +44,25 @@ def test_experiment_ci_runs_end_to_end(tmp_path):
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
     out = tmp_path / "exp"
     res = subprocess.run(
-        [sys.executable, "-c", "from mlops_twin.cli import main; main()", "experiment", "--ci",
-         "--out", str(out), "--rate-scale", "0.5", "--state-dir", str(tmp_path / "state")],
-        cwd=ROOT, capture_output=True, text=True, timeout=480, env=env,  # + a zoo build if none
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from mlops_twin.cli import main; main()",
+            "experiment",
+            "--ci",
+            "--out",
+            str(out),
+            "--rate-scale",
+            "0.5",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=480,
+        env=env,  # + a zoo build if none
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| steady-high |" in res.stdout
     summary = json.loads((out / "summary.json").read_text())

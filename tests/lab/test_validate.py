@@ -35,9 +35,17 @@ def test_error_pct():
 
 @pytest.mark.slow
 def test_validation_fits_on_one_run_and_compares_on_others(tmp_path):
-    cfg = ValidateConfig(SCENARIO, DEPLOYMENT, workloads=("fluctuating",), near_saturation=(),
-                         fit_rate_scales=(2.5,), fit_duration_s=4, duration_s=3,
-                         replications=1, drain_s=2)  # fmt: skip
+    cfg = ValidateConfig(
+        SCENARIO,
+        DEPLOYMENT,
+        workloads=("fluctuating",),
+        near_saturation=(),
+        fit_rate_scales=(2.5,),
+        fit_duration_s=4,
+        duration_s=3,
+        replications=1,
+        drain_s=2,
+    )
     testbed = FakeTestbed()
     out = tmp_path / "val"
     tab = run_validation(cfg, testbed, out)
@@ -80,13 +88,25 @@ def test_cpu_beyond_batch_compute_is_a_line_in_visits_per_second():
 
     def run(rate: int) -> LoadResult:
         n = rate * span
-        visits = pd.DataFrame({"machine": ["node-1"] * n, "replica_name": ["d-0"] * n,
-                               "batch": [1] * n, "service_s": [service_s] * n,
-                               "t_start": np.arange(n) / rate})  # fmt: skip
+        visits = pd.DataFrame(
+            {
+                "machine": ["node-1"] * n,
+                "replica_name": ["d-0"] * n,
+                "batch": [1] * n,
+                "service_s": [service_s] * n,
+                "t_start": np.arange(n) / rate,
+            }
+        )
         cores = idle + rate * (per_visit_s + service_s)
-        metrics = pd.DataFrame({"t": np.arange(span + 1.0), "target": "agent:node-1",
-                                "metric": "node_cpu_seconds", "labels": "{}",
-                                "value": cores * np.arange(span + 1.0)})  # fmt: skip
+        metrics = pd.DataFrame(
+            {
+                "t": np.arange(span + 1.0),
+                "target": "agent:node-1",
+                "metric": "node_cpu_seconds",
+                "labels": "{}",
+                "value": cores * np.arange(span + 1.0),
+            }
+        )
         per = pd.DataFrame({"second": range(span)})
         return LoadResult(0.0, pd.DataFrame(), visits, per, metrics, pd.DataFrame(), {}, 0.0)
 
@@ -97,9 +117,16 @@ def test_cpu_beyond_batch_compute_is_a_line_in_visits_per_second():
     assert model.idle_cores == pytest.approx(idle, abs=1e-9)
     assert model.per_visit_ms == pytest.approx(1e3 * per_visit_s, rel=1e-6)
     # the twin's prediction: its batch compute plus that line at its own visit rate
-    tv = pd.DataFrame({"replication": 0, "component": "denoise", "machine": "node-1",
-                       "replica": 0, "t_start": np.arange(100) / 20.0,
-                       "t_end": np.arange(100) / 20.0 + service_s})  # fmt: skip
+    tv = pd.DataFrame(
+        {
+            "replication": 0,
+            "component": "denoise",
+            "machine": "node-1",
+            "replica": 0,
+            "t_start": np.arange(100) / 20.0,
+            "t_end": np.arange(100) / 20.0 + service_s,
+        }
+    )
     got = twin_cpu_cores(tv, 1, 5.0, sc, [model])
     assert got == pytest.approx(20 * service_s + idle + 20 * per_visit_s)
     assert twin_cpu_cores(tv, 1, 5.0, sc, []) == pytest.approx(20 * service_s)

@@ -76,8 +76,12 @@ def test_locust_shape_tick_is_the_profile_at_patched_run_time(scenario):
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
     res = subprocess.run(
         [sys.executable, "-c", _SHAPE_SCRIPT, str(SCENARIO)],
-        capture_output=True, text=True, timeout=120, env=env, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
     ticks = json.loads(res.stdout.strip().splitlines()[-1])
     profile = LoadProfile(scenario.workload("fluctuating"), duration_s=100, drain_s=5)
     for t, tick in ticks.items():

@@ -30,13 +30,39 @@ def test_cli_run_logs_every_request_and_writes_the_run_folder(tmp_path):
     np.savez(tmp_path / "inputs.npz", x=images, y=np.array([4, 3, 2, 1, 0]))
     with FakeGateway(fail_every=25) as gw:
         res = subprocess.run(
-            [*CLI, "load", "run", "-s", str(SCENARIO), "--shape", "fluctuating",
-             "--duration", "6", "--rate-scale", "0.4", "--target", gw.url, "--out", str(out),
-             "--seed", "5", "--drain", "5", "--metrics", f"gateway={gw.url}",
-             "--scrape-interval", "0.5", "--inputs-file", str(tmp_path / "inputs.npz"), "--json"],
-            capture_output=True, text=True, timeout=180,
+            [
+                *CLI,
+                "load",
+                "run",
+                "-s",
+                str(SCENARIO),
+                "--shape",
+                "fluctuating",
+                "--duration",
+                "6",
+                "--rate-scale",
+                "0.4",
+                "--target",
+                gw.url,
+                "--out",
+                str(out),
+                "--seed",
+                "5",
+                "--drain",
+                "5",
+                "--metrics",
+                f"gateway={gw.url}",
+                "--scrape-interval",
+                "0.5",
+                "--inputs-file",
+                str(tmp_path / "inputs.npz"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
             env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"},
-        )  # fmt: skip
+        )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     for name in ("requests", "visits", "per_second", "metrics"):

@@ -24,8 +24,13 @@ from twin.spec import Scenario
 def test_exhaustive_matches_brute_force(small: Scenario) -> None:
     # Restrict to two components so brute force over every cell value is quick.
     sc = small.model_copy(update={"components": small.components[:2]})
-    sc = sc.model_copy(update={"processes": [small.processes[0].model_copy(
-        update={"steps": small.processes[0].steps[:2]})]})  # fmt: skip
+    sc = sc.model_copy(
+        update={
+            "processes": [
+                small.processes[0].model_copy(update={"steps": small.processes[0].steps[:2]})
+            ]
+        }
+    )
     g = Genome(sc)
     got = {x.tobytes() for x in enumerate_feasible(g)}
     want = set()

@@ -20,8 +20,22 @@ from twin.deployment import require_feasible
 from twin.load import load_deployment, load_scenario
 
 runner = CliRunner()
-FAST = ["--pop", "8", "--gens", "3", "--horizon", "120", "--final-horizon", "240",
-        "--final-replications", "2", "--final-max", "4", "--seed", "2"]  # fmt: skip
+FAST = [
+    "--pop",
+    "8",
+    "--gens",
+    "3",
+    "--horizon",
+    "120",
+    "--final-horizon",
+    "240",
+    "--final-replications",
+    "2",
+    "--final-max",
+    "4",
+    "--seed",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +49,19 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_folder_contents(run_dir: Path) -> None:
-    for name in ("pareto.parquet", "history.parquet", "evaluated.parquet", "chosen.yaml",
-                 "pareto.png", "convergence.png", "report.md", "run.json", "checkpoint.pkl",
-                 "inputs/base.yaml", "inputs/small-placement.yaml"):  # fmt: skip
+    for name in (
+        "pareto.parquet",
+        "history.parquet",
+        "evaluated.parquet",
+        "chosen.yaml",
+        "pareto.png",
+        "convergence.png",
+        "report.md",
+        "run.json",
+        "checkpoint.pkl",
+        "inputs/base.yaml",
+        "inputs/small-placement.yaml",
+    ):
         assert (run_dir / name).is_file(), name
     assert not (run_dir.parent / ".small.checkpoint.pkl").exists()
     pareto = pd.read_parquet(run_dir / "pareto.parquet")
@@ -55,9 +79,18 @@ def test_chosen_yaml_is_accepted_by_simulate(run_dir: Path) -> None:
     require_feasible(load_scenario(SMALL), dep)  # what the testbed's controller checks
     res = runner.invoke(
         twin_app,
-        ["simulate", str(SMALL), "-d", str(run_dir / "chosen.yaml"), "--horizon", "60",
-         "--replications", "1", "--json"],
-    )  # fmt: skip
+        [
+            "simulate",
+            str(SMALL),
+            "-d",
+            str(run_dir / "chosen.yaml"),
+            "--horizon",
+            "60",
+            "--replications",
+            "1",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["deployment"] == "small-chosen"
 
@@ -90,8 +123,9 @@ def test_errors_are_one_paragraph(run_dir: Path, tmp_path: Path) -> None:
     assert "Traceback" not in res.output
     res = runner.invoke(decide_app, [str(run_dir), "--method", "weights", "--weights", "1,2"])
     assert res.exit_code == 2 and "needs 4 numbers" in res.output
-    res = runner.invoke(optimize_app, [str(SMALL), *FAST, "--algorithm", "moead",
-                                       "--out", str(tmp_path / "x")])  # fmt: skip
+    res = runner.invoke(
+        optimize_app, [str(SMALL), *FAST, "--algorithm", "moead", "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2 and "nsga2" in res.output
     res = runner.invoke(optimize_app, [str(SMALL), "--workload", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "nope" in res.output

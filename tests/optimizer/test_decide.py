@@ -36,8 +36,11 @@ def test_normalise_maps_ranges_to_unit() -> None:
 
 def test_per_criterion_optima() -> None:
     assert per_criterion_optima(FRONT) == {
-        "time_mean_s": 0, "time_var_s2": 1, "overruns": 2, "cost": 3,
-    }  # fmt: skip
+        "time_mean_s": 0,
+        "time_var_s2": 1,
+        "overruns": 2,
+        "cost": 3,
+    }
 
 
 def test_closest_to_ideal_is_the_balanced_point() -> None:

@@ -116,8 +116,9 @@ def test_stock_operators_with_repair_stay_feasible(problem: PlacementProblem) ->
     X = _parents(problem, 20, 10)
     rng = np.random.default_rng(11)
     # called as pymoo's mating calls them, so their built-in rounding repair runs
-    off = ops["crossover"](problem, Population.new("X", X), np.arange(20).reshape(10, 2),
-                           random_state=rng)  # fmt: skip
+    off = ops["crossover"](
+        problem, Population.new("X", X), np.arange(20).reshape(10, 2), random_state=rng
+    )
     off = ops["mutation"](problem, off, random_state=rng)
     Y = off.get("X")
     assert np.allclose(Y, np.rint(Y))  # rounded

@@ -16,10 +16,16 @@ from twin.load import load_deployment, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-CASES = [("digits-pipeline.yaml", "digits-pipeline.deployment.yaml"),
-         ("edge-cloud.yaml", "edge-cloud.deployment.yaml")]  # fmt: skip
-MODEL = {"Namespace": "V1Namespace", "ConfigMap": "V1ConfigMap", "Service": "V1Service",
-         "Deployment": "V1Deployment"}  # fmt: skip
+CASES = [
+    ("digits-pipeline.yaml", "digits-pipeline.deployment.yaml"),
+    ("edge-cloud.yaml", "edge-cloud.deployment.yaml"),
+]
+MODEL = {
+    "Namespace": "V1Namespace",
+    "ConfigMap": "V1ConfigMap",
+    "Service": "V1Service",
+    "Deployment": "V1Deployment",
+}
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 api = ApiClient()
 
@@ -64,7 +70,8 @@ def test_one_pinned_deployment_per_component_per_machine(scenario, deployment):
     got = {}
     for d in deps:
         term = d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]  # fmt: skip
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"][0]
         (expr,) = term["matchExpressions"]
         assert expr["key"] == MACHINE_LABEL and expr["operator"] == "In"
         (machine,) = expr["values"]

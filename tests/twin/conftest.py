@@ -33,12 +33,20 @@ def one_stage(**component: object) -> Scenario:
         "max_batch": 16,
         "max_replicas": 8,
         "variants": [
-            {"name": "fast", "accuracy": 0.9, "cpu_cores": 1,
-             "service_time": {"kind": "constant", "ms": 10, "per_item_ms": 1}},
-            {"name": "slow", "accuracy": 0.95, "cpu_cores": 1,
-             "service_time": {"kind": "constant", "ms": 40, "per_item_ms": 4}},
+            {
+                "name": "fast",
+                "accuracy": 0.9,
+                "cpu_cores": 1,
+                "service_time": {"kind": "constant", "ms": 10, "per_item_ms": 1},
+            },
+            {
+                "name": "slow",
+                "accuracy": 0.95,
+                "cpu_cores": 1,
+                "service_time": {"kind": "constant", "ms": 40, "per_item_ms": 4},
+            },
         ],
-    }  # fmt: skip
+    }
     comp.update(component)
     return Scenario.model_validate(
         {

@@ -42,22 +42,55 @@ def _pick(data: st.DataObject, seq: list[Any]) -> Any:
 
 
 def mutate_scenario(doc: dict[str, Any], data: st.DataObject) -> str | dict | list | Any:
-    kind = _pick(data, ["drop", "number", "extra", "reference", "duplicate", "dag", "kind",
-                        "name", "top", "accuracy"])  # fmt: skip
+    kind = _pick(
+        data,
+        [
+            "drop",
+            "number",
+            "extra",
+            "reference",
+            "duplicate",
+            "dag",
+            "kind",
+            "name",
+            "top",
+            "accuracy",
+        ],
+    )
     server = _pick(data, doc["servers"])
     comp = _pick(data, doc["components"])
     proc = _pick(data, doc["processes"])
     step = _pick(data, proc["steps"])
     if kind == "drop":
-        target, key = _pick(data, [(doc, "name"), (doc, "servers"), (doc, "processes"),
-                                   (server, "cpu_cores"), (server, "ram_gb"), (server, "name"),
-                                   (comp, "name"), (proc, "steps"), (step, "component"),
-                                   (step, "name")])  # fmt: skip
+        target, key = _pick(
+            data,
+            [
+                (doc, "name"),
+                (doc, "servers"),
+                (doc, "processes"),
+                (server, "cpu_cores"),
+                (server, "ram_gb"),
+                (server, "name"),
+                (comp, "name"),
+                (proc, "steps"),
+                (step, "component"),
+                (step, "name"),
+            ],
+        )
         del target[key]
     elif kind == "number":
-        target, key = _pick(data, [(server, "cpu_cores"), (server, "ram_gb"), (server, "count"),
-                                   (server, "bandwidth_mbps"), (comp, "max_batch"),
-                                   (comp, "max_replicas"), (proc, "deadline_s")])  # fmt: skip
+        target, key = _pick(
+            data,
+            [
+                (server, "cpu_cores"),
+                (server, "ram_gb"),
+                (server, "count"),
+                (server, "bandwidth_mbps"),
+                (comp, "max_batch"),
+                (comp, "max_replicas"),
+                (proc, "deadline_s"),
+            ],
+        )
         target[key] = _pick(data, BAD_NUMBERS)
         if target[key] is None and key == "deadline_s":
             target[key] = 0  # an absent deadline is allowed; a zero one is not
@@ -78,8 +111,9 @@ def mutate_scenario(doc: dict[str, Any], data: st.DataObject) -> str | dict | li
     elif kind == "kind":
         stage = next(c for c in doc["components"] if c.get("variants"))
         v = _pick(data, stage["variants"])
-        v["service_time"] = _pick(data, [{"kind": "weibull", "mean_ms": 3}, {"mean_ms": 3},
-                                         {"kind": "lognormal"}, "fast"])  # fmt: skip
+        v["service_time"] = _pick(
+            data, [{"kind": "weibull", "mean_ms": 3}, {"mean_ms": 3}, {"kind": "lognormal"}, "fast"]
+        )
     elif kind == "name":
         _pick(data, [server, comp, proc, step])["name"] = _pick(data, BAD_NAMES)
     elif kind == "accuracy":
@@ -107,8 +141,22 @@ def corrupt_text(text: str, data: st.DataObject) -> str | bytes:
 
 
 def mutate_deployment(doc: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
-    kind = _pick(data, ["machine", "count", "component", "variant", "batch", "overload",
-                        "missing", "parallel_key", "parallel_max", "extra", "stage"])  # fmt: skip
+    kind = _pick(
+        data,
+        [
+            "machine",
+            "count",
+            "component",
+            "variant",
+            "batch",
+            "overload",
+            "missing",
+            "parallel_key",
+            "parallel_max",
+            "extra",
+            "stage",
+        ],
+    )
     if kind == "machine":
         doc["allocation"]["gateway"] = {"mars-1": 1}
     elif kind == "count":
@@ -168,8 +216,9 @@ def test_malformed_scenarios_are_refused(tmp_path: Path, data: st.DataObject) ->
     _check_refused(path, [])
 
 
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_corrupt_yaml_is_refused(tmp_path: Path, data: st.DataObject) -> None:
     text = corrupt_text(yaml.safe_dump(BASE), data)

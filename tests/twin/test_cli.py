@@ -21,30 +21,62 @@ DEPLOYMENT = str(EXAMPLES / "edge-cloud.deployment.yaml")
 def test_simulate_json_matches_the_library(tmp_path: Path) -> None:
     from twin.evaluate import evaluate
 
-    args = ["simulate", SCENARIO, "-d", DEPLOYMENT, "-w", "steady-high", "--horizon", "600",
-            "--replications", "3", "--seed", "4", "--workers", "1", "--json"]  # fmt: skip
+    args = [
+        "simulate",
+        SCENARIO,
+        "-d",
+        DEPLOYMENT,
+        "-w",
+        "steady-high",
+        "--horizon",
+        "600",
+        "--replications",
+        "3",
+        "--seed",
+        "4",
+        "--workers",
+        "1",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     direct = evaluate(
         load_scenario(SCENARIO), load_deployment(DEPLOYMENT), "steady-high", 600, 3, 4
     )
-    for name, value in zip(("time_mean_s", "time_var_s2", "overruns", "cost"),
-                           direct.criteria(), strict=True):  # fmt: skip
+    for name, value in zip(
+        ("time_mean_s", "time_var_s2", "overruns", "cost"), direct.criteria(), strict=True
+    ):
         assert data["criteria"][name]["mean"] == value
     assert data["workload"] == "steady-high" and data["replications"] == 3
 
 
 def test_simulate_writes_a_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "runs" / "sim"
-    args = ["simulate", SCENARIO, "-d", DEPLOYMENT, "--horizon", "900", "--replications", "2",
-            "--workers", "1", "--out", str(out)]  # fmt: skip
+    args = [
+        "simulate",
+        SCENARIO,
+        "-d",
+        DEPLOYMENT,
+        "--horizon",
+        "900",
+        "--replications",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} >= {
-        "inputs", "results.parquet", "visits.parquet", "requests.parquet", "report.md",
+        "inputs",
+        "results.parquet",
+        "visits.parquet",
+        "requests.parquet",
+        "report.md",
         "latency_cdf.png",
-    }  # fmt: skip
+    }
     results = pd.read_parquet(out / "results.parquet")
     assert list(results["replication"]) == [0, 1]
     assert "| time_mean_s |" in (out / "report.md").read_text()

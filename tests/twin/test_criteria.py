@@ -39,8 +39,11 @@ def test_placement_criteria_by_hand(edge_cloud) -> None:
     )
     c = placement_criteria(req, sc, dep, horizon_s=3600, end_s=900)
     means = {"inference": 0.2, "data-preparation": 200.0, "drift-check": 50.0}
-    var = {"inference": np.var([0.1, 0.3], ddof=1), "data-preparation": 2 * 100.0**2,
-           "drift-check": 0.0}  # fmt: skip
+    var = {
+        "inference": np.var([0.1, 0.3], ddof=1),
+        "data-preparation": 2 * 100.0**2,
+        "drift-check": 0.0,
+    }
     w = {"inference": 1.0, "data-preparation": 1.0, "drift-check": 0.5}
     assert c["time_mean_s"] == pytest.approx(sum(w[p] * means[p] for p in w) / 2.5)
     assert c["time_var_s2"] == pytest.approx(sum(w[p] * var[p] for p in w) / 2.5)
@@ -79,9 +82,20 @@ def test_pipeline_metrics_by_hand(digits) -> None:
             rows.append(("digits", pid, step, step, "node-1", 0, 0, t, t, t + 0.01, 1))
     visits = pd.DataFrame(
         rows,
-        columns=["process", "pid", "step", "component", "machine", "replica", "part",
-                 "t_arrive", "t_start", "t_end", "batch"],
-    )  # fmt: skip
+        columns=[
+            "process",
+            "pid",
+            "step",
+            "component",
+            "machine",
+            "replica",
+            "part",
+            "t_arrive",
+            "t_start",
+            "t_end",
+            "batch",
+        ],
+    )
     m = pipeline_metrics(visits, sc, dep, "digits", 0.0, 10.0, offered_rps=50.0)
     variants = {c.name: c.variant(dep.stages[c.name].variant) for c in sc.components}
     assert m.V == pytest.approx(sum(v.accuracy for v in variants.values()))

@@ -55,8 +55,10 @@ def test_missing_component_and_replica_batch_and_budget_limits(digits) -> None:
 
 def test_resource_budget_w_max(digits) -> None:
     sc, dep = digits
-    big = {name: StageConfig(variant=c.variants[-1].name) for name, c in
-           ((c.name, c) for c in sc.components)}  # fmt: skip
+    big = {
+        name: StageConfig(variant=c.variants[-1].name)
+        for name, c in ((c.name, c) for c in sc.components)
+    }
     alloc = {c.name: {"node-1": 1, "node-2": 1, "node-3": 1} for c in sc.components}
     bad = dep.model_copy(update={"allocation": alloc, "stages": big})
     budget = [v for v in check(sc, bad) if v.constraint == "Σ w·f ≤ W_max"]

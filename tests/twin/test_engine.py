@@ -61,8 +61,9 @@ def _dag_scenario(**settings: object) -> Scenario:
 
 def test_dag_fork_join_network_and_gpu() -> None:
     sc = _dag_scenario()
-    dep = Deployment(allocation={"a": {"near": 1}, "b": {"near": 1}, "c": {"far": 1},
-                                 "d": {"far": 1}})  # fmt: skip
+    dep = Deployment(
+        allocation={"a": {"near": 1}, "b": {"near": 1}, "c": {"far": 1}, "d": {"far": 1}}
+    )
     r = simulate_replication(sc, dep, None, 50, seed=1)
     v = r.visits.set_index("step")
     assert v.loc["a", "t_end"] == pytest.approx(0.1)
@@ -193,8 +194,16 @@ def test_overcommitted_machine_shares_its_cores() -> None:
 
 
 def test_unfinished_executions_are_recorded_as_such() -> None:
-    sc = one_stage(variants=[{"name": "v", "accuracy": 0.9, "cpu_cores": 1,
-                              "service_time": {"kind": "constant", "ms": 100}}])  # fmt: skip
+    sc = one_stage(
+        variants=[
+            {
+                "name": "v",
+                "accuracy": 0.9,
+                "cpu_cores": 1,
+                "service_time": {"kind": "constant", "ms": 100},
+            }
+        ]
+    )
     dep = Deployment(allocation={"stage": {"m": 1}})  # 20/s offered, 10/s capacity
     r = simulate_replication(sc, dep, None, 20, seed=1, drain_s=1)
     assert r.requests["t_end"].isna().sum() > 100

@@ -23,9 +23,15 @@ N = 200_000
 
 
 def test_fluctuating_is_sinusoid_plus_seeded_noise_plus_bursts() -> None:
-    w = FluctuatingWorkload(kind="fluctuating", name="f", base_per_s=50, amplitude_per_s=20,
-                            period_s=100, noise_sd_per_s=0, bursts=[
-                                {"at_s": 10, "duration_s": 5, "extra_per_s": 30}])  # fmt: skip
+    w = FluctuatingWorkload(
+        kind="fluctuating",
+        name="f",
+        base_per_s=50,
+        amplitude_per_s=20,
+        period_s=100,
+        noise_sd_per_s=0,
+        bursts=[{"at_s": 10, "duration_s": 5, "extra_per_s": 30}],
+    )
     assert rate_at(w, 25) == pytest.approx(70)
     assert rate_at(w, 12) == pytest.approx(50 + 20 * math.sin(2 * math.pi * 0.12) + 30)
     noisy = w.model_copy(update={"noise_sd_per_s": 5.0, "seed": 11})
@@ -74,8 +80,7 @@ def test_sampler_mean_and_cv(model, batch: int) -> None:
     sample = make_sampler(model, np.random.default_rng(1))
     x = np.array([sample(batch) for _ in range(N)]) * 1e3
     mean, cv = model.batch_mean_ms(batch), model.batch_cv(batch)
-    assert mean == pytest.approx(8 + 2 * (batch - 1) if batch == 1 or model.kind != "table"
-                                 else 22)  # fmt: skip
+    assert mean == pytest.approx(8 + 2 * (batch - 1) if batch == 1 or model.kind != "table" else 22)
     # Tolerances: 5 standard errors of the sample mean and of the sample sd.
     assert abs(x.mean() - mean) < 5 * cv * mean / math.sqrt(N)
     assert abs(x.std() / x.mean() - cv) < 5 * cv * math.sqrt(2 / N) * (1 + cv) + 0.005

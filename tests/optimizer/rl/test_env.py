@@ -65,8 +65,9 @@ def test_twin_backend_measures_the_interval(chain):
 
 def _actions(scenario, seed):
     env = _env(scenario, cycle_s=60.0)
-    model, writer = agent.make_agent(env, seed=seed, n_steps=60, batch_size=30, n_epochs=2,
-                                     width=16, blocks=1)  # fmt: skip
+    model, writer = agent.make_agent(
+        env, seed=seed, n_steps=60, batch_size=30, n_epochs=2, width=16, blocks=1
+    )
     agent.train(model, writer, 120)
     obs, _ = env.reset(seed=5)
     out = []
@@ -96,8 +97,9 @@ def test_expert_episodes_execute_the_experts_actions(chain2):
 
     env.expert_action = recording  # type: ignore[method-assign]
     n = 3 * 3 * env.space.n_stages  # three episodes of three decisions
-    model, _ = agent.make_agent(env, seed=0, n_steps=n, batch_size=n // 2, n_epochs=1,
-                                width=16, blocks=1)  # fmt: skip
+    model, _ = agent.make_agent(
+        env, seed=0, n_steps=n, batch_size=n // 2, n_epochs=1, width=16, blocks=1
+    )
     model.learn(total_timesteps=n)
     taken = model.rollout_buffer.actions.reshape(-1).astype(int)
     per_episode = n // 3
@@ -109,8 +111,9 @@ def test_expert_episodes_execute_the_experts_actions(chain2):
 
 def test_saved_policy_loads_and_acts_identically(chain2, tmp_path):
     env = _env(chain2, cycle_s=30.0)
-    model, writer = agent.make_agent(env, seed=1, n_steps=30, batch_size=15, n_epochs=1,
-                                     width=16, blocks=1)  # fmt: skip
+    model, writer = agent.make_agent(
+        env, seed=1, n_steps=30, batch_size=15, n_epochs=1, width=16, blocks=1
+    )
     agent.train(model, writer, 30)
     model.save(tmp_path / "ppo.zip")
     again = agent.load(tmp_path / "ppo.zip")
