@@ -15,6 +15,14 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MLOPS_TWIN_STATE", tempfile.mkdtemp(prefix="mlops-twin-state-"))
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``guard.use_token`` puts a testbed's admin token into this process's environment
+    (the services and clients it starts inherit it); one test starting a testbed must not
+    close the admin routes of the in-process apps of every later test."""
+    monkeypatch.delenv("MLOPS_TWIN_ADMIN_TOKEN", raising=False)
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A built model zoo: ``data/models`` when it is complete and intact, else a fresh build."""
