@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import pickle
@@ -59,6 +60,25 @@ CLI = [
 TIMEOUT_S = 10.0
 MEM_CAP_BYTES = 500 * 2**20
 JSONL = RESULTS / "hardening_fuzz.jsonl"
+# what a record was made with: the packages the CLI runs and the examples it reads
+PRODUCT = ("twin", "mlops_twin", "lab", "optimizer", "calibrate", "loadgen", "testbed", "examples")
+
+
+def code_version() -> str:
+    """A digest of every product source and example file: records made on other code are re-run."""
+    h = hashlib.sha256()
+    for pkg in PRODUCT:
+        for f in sorted((ROOT / pkg).rglob("*")):
+            # no case starts a service, so the servers' own code is left out of the digest
+            skip = f.is_relative_to(ROOT / "testbed" / "services")
+            if f.is_file() and f.suffix in (".py", ".yaml", ".csv", ".json") and not skip:
+                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def case_version(case: Case) -> str:
+    """A digest of one case's inputs and expectations (a changed case is re-run)."""
+    return hashlib.sha256(repr(asdict(case)).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -731,6 +751,9 @@ def _limits() -> None:
     os.setsid()
 
 
+CODE = ""  # set by main(): code_version() of the tree under test
+
+
 def run_case(case: Case, work: Path) -> dict[str, Any]:
     folder = work / case.id
     shutil.rmtree(folder, ignore_errors=True)
@@ -796,6 +819,8 @@ def run_case(case: Case, work: Path) -> dict[str, Any]:
         "message": text[:400],
     }
     result["max_rss_mb"] = round(max_rss_mb, 1)
+    result["code"] = CODE
+    result["case"] = case_version(case)
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
@@ -834,7 +859,10 @@ def report(results: list[dict[str, Any]], total: int) -> str:
         f"Machine: {machine_line()}",
         f"Command: `flock /work/bench.lock .venv/bin/python benchmarks/hardening_fuzz.py` "
         f"(resumable, {len(results)} of {total} cases run); each case a subprocess under a "
-        f"{TIMEOUT_S:g} s timeout and a {MEM_CAP_BYTES // 2**20} MB RLIMIT_AS (BLAS 1 thread).",
+        f"{TIMEOUT_S:g} s timeout and a {MEM_CAP_BYTES // 2**20} MB RLIMIT_AS (BLAS 1 thread). "
+        f"Every record was made on product code {CODE} (a digest of {', '.join(PRODUCT)}; "
+        "testbed/services left out: no case starts a service); "
+        "records made on other code are dropped and re-run.",
         "",
         markdown_table(
             [
@@ -880,7 +908,10 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
+    global CODE
+    CODE = code_version()
     cases = all_cases(a.seed)
+    versions = {c.id: case_version(c) for c in cases}
     if a.only:
         cases = [c for c in cases if c.kind in a.only.split(",")]
     RESULTS.mkdir(exist_ok=True)
@@ -890,7 +921,11 @@ def main() -> None:
     if JSONL.exists():
         for line in JSONL.read_text().splitlines():
             r = json.loads(line)
-            done[r["id"]] = r
+            # records made on other product code, or for a case since changed, are re-run
+            if r.get("code") == CODE and r.get("case") == versions.get(r["id"]):
+                done[r["id"]] = r
+        # keep only what still counts, so the JSONL matches the table
+        JSONL.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     todo = [c for c in cases if c.id not in done]
     if not a.report_only and todo:
         deadline = time.monotonic() + a.minutes * 60
