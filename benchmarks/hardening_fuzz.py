@@ -954,6 +954,9 @@ def main() -> None:
         # keep only what still counts, so the JSONL matches the table
         JSONL.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     todo = [c for c in cases if c.id not in done]
+    # smallest kinds first: a run cut by --minutes still covers every kind of file
+    sizes = {k: sum(c.kind == k for c in cases) for k in {c.kind for c in cases}}
+    todo.sort(key=lambda c: sizes[c.kind])
     if not a.report_only and todo:
         deadline = time.monotonic() + a.minutes * 60
         work = Path(tempfile.mkdtemp(prefix="hardening-fuzz-"))
