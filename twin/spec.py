@@ -182,6 +182,13 @@ class Server(Frozen):
     bandwidth_mbps: PositiveFloat = Field(1000.0, description="Network bandwidth (Mbit/s).")
     price_per_hour: NonNegFloat = Field(0.0, description="Rental price per machine-hour.")
     zone: Name = Field("default", description="Network zone; crossing zones adds latency.")
+    cpu_quota_cores: PositiveFloat | None = Field(
+        None,
+        description="A CPU bandwidth quota (Linux CFS, as a container's CPU limit): the "
+        "machine's instances together run at most this many cores' worth of time per "
+        "settings.cpu_period_ms period, at full core speed while the period's quota lasts, "
+        "stalled to the next period after. None: no quota (cpu_cores are the limit).",
+    )
 
     def instance_names(self) -> list[str]:
         """Names of the machines of this type: ``name`` or ``name-1 … name-count``."""
@@ -549,6 +556,9 @@ class Settings(Frozen):
     batch_timeout_ms: NonNegFloat = Field(5.0, description="Default dynamic-batching wait.")
     gpu_fallback_slowdown: PositiveFloat = Field(
         20.0, description="GPU work on a machine without GPU runs this much slower on CPU."
+    )
+    cpu_period_ms: PositiveFloat = Field(
+        10.0, description="Period of the servers' CPU quotas (Server.cpu_quota_cores), ms."
     )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()
