@@ -125,9 +125,11 @@ def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu
         else:  # batches of one only: the per-item slope is not seen; scale linearly
             first = more = float(cpu_ms.sum() / n.sum())
         other = (g["node_cpu"] - g["model_cpu"]).to_numpy()
-        (per_call, idle), *_ = np.linalg.lstsq(
-            np.c_[g["calls"].to_numpy(), g["seconds"].to_numpy()], other, rcond=None
-        )
+        per_call = idle = -1.0
+        if len(g) >= 2:
+            (per_call, idle), *_ = np.linalg.lstsq(
+                np.c_[g["calls"].to_numpy(), g["seconds"].to_numpy()], other, rcond=None
+            )
         if idle < 0 or per_call < 0:  # too few runs to tell them apart: all per call
             per_call, idle = float(other.sum() / g["calls"].sum()), 0.0
         light = g.loc[(g["items"] / g["seconds"]).idxmin()]
@@ -161,14 +163,14 @@ def quota_scenario(
     calibration: Calibration,
     deployment: Deployment,
     cpu: dict[str, StageCpu],
-    share: float,
+    share: float | dict[str, float],
 ) -> Scenario:
     """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
     under the testbed's CPU quota (see the module doc).
 
     ``cpu``: :func:`stage_cpu` of the fit runs; ``share``: host cores of each node's
-    quota. Stages without a CPU fit keep their fitted wall-time model and no quota
-    is set on servers whose stage has none.
+    quota (one number, or per stage: the quota of the node it runs on). Stages without
+    a CPU fit keep their fitted wall-time model, and their servers get no quota.
     """
     sc, _ = calibrated_scenario(scenario, calibration, shares=share)
     moved_ms = 0.0
@@ -201,7 +203,10 @@ def quota_scenario(
                 }
             )
         )
-    quota = {f.node: max(share - f.idle_cores, 0.05 * share) / f.host_speed for f in cpu.values()}
+    quota = {}
+    for f in cpu.values():
+        cores = share.get(f.stage, 1.0) if isinstance(share, dict) else share
+        quota[f.node] = max(cores - f.idle_cores, 0.05 * cores) / f.host_speed
     servers = []
     for s in sc.servers:
         machines = s.instance_names()

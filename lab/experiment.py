@@ -54,6 +54,7 @@ from lab.compare import (
 from lab.fitruns import overhead_text, rate_aware_lines
 from lab.host_noise import MAX_STEAL_CORES, host_lines, undisturbed_lines
 from lab.pipeline import ExperimentConfig, LabRun, check, run
+from lab.utilisation import utilisation_lines, utilisation_table
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.records import ON_TIME_S
 from loadgen.run import LoadRunError
@@ -117,6 +118,10 @@ def write_report(lab: LabRun, folder: Path) -> pd.DataFrame:
             lines += undisturbed_lines(lab.clean, lab.cfg.max_steal_cores)
         if lab.rate_aware is not None:
             lines += rate_aware_lines(lab.rate_aware)
+    if lab.calibration is not None:
+        util = utilisation_table(lab)
+        util.to_csv(folder / "utilisation.csv", index=False)
+        lines += utilisation_lines(util, tab)
     if lab.host is not None:
         lab.host.to_csv(folder / "host.csv", index=False)
         lines += host_lines(lab.host)
