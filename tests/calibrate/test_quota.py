@@ -64,8 +64,11 @@ def test_quota_scenario_gives_the_stage_cpu_work_and_its_node_the_quota(tmp_path
             variant=v,
             cpu_share=0.5,
         )
-        for c, v, ms in (("denoise", "d-small", 0.2), ("encoder", "e-large", 4.5))
-        + (("classifier", "c-mlp", 0.1),)
+        for c, v, ms in (
+            ("denoise", "d-small", 0.2),
+            ("encoder", "e-large", 4.5),
+            ("classifier", "c-mlp", 0.1),
+        )
     ]
     calibration = cal.build(fits, sc)
     runs = [_run(tmp_path / "a", 30), _run(tmp_path / "b", 120, stall=1.6)]
