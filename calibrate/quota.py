@@ -164,6 +164,7 @@ def quota_scenario(
     deployment: Deployment,
     cpu: dict[str, StageCpu],
     share: float | dict[str, float],
+    rate_per_s: float | None = None,
 ) -> Scenario:
     """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
     under the testbed's CPU quota (see the module doc).
@@ -171,8 +172,10 @@ def quota_scenario(
     ``cpu``: :func:`stage_cpu` of the fit runs; ``share``: host cores of each node's
     quota (one number, or per stage: the quota of the node it runs on). Stages without
     a CPU fit keep their fitted wall-time model, and their servers get no quota.
+    ``rate_per_s``: the per-request overhead at this offered rate
+    (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean.
     """
-    sc, _ = calibrated_scenario(scenario, calibration, shares=share)
+    sc, _ = calibrated_scenario(scenario, calibration, shares=share, rate_per_s=rate_per_s)
     moved_ms = 0.0
     components = []
     for c in sc.components:
