@@ -61,6 +61,9 @@ DEPLOYMENTS = {
 # manifest's 2.77 ms is a bare onnxruntime loop) + 0.35 ms per HTTP call (node CPU − model CPU)
 ITEM_CPU_MS = 3.31
 MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
+# On this shared host (other helpers' tests run outside the lock) most runs had a release
+# lag p99 of 6–11 ms; runs up to USABLE_LAG_S are still used, and reported apart.
+USABLE_LAG_S = 0.020
 
 
 def _cli(*args: str) -> str:
@@ -169,6 +172,8 @@ def _levels(name: str) -> pd.DataFrame:
                 "p99": s["p99_s"] * 1e3,
                 "lag_p99_ms": s["lag_p99_s"] * 1e3,
                 "behind": behind,
+                "usable": s["achieved_over_offered"] >= MIN_ACHIEVED
+                and s["lag_p99_s"] <= USABLE_LAG_S,
                 "steal_cores": _steal(f.parent),
                 "served_2nd_half": _served_rps(f.parent),
             }
@@ -189,7 +194,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     share = json.loads((d / "capacity.json").read_text())["share"]
     cal_dir = d / f"twin-rho{rho:.1f}"
     cal_dir.mkdir(exist_ok=True)
-    other = runs[(runs["rho"] != rho) & ~runs["behind"]]
+    other = runs[(runs["rho"] != rho) & runs["usable"]]
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
         _cli(
@@ -265,8 +270,10 @@ def report() -> None:
         "- a level's twin is calibrated on the other levels' runs of the same deployment "
         "(`calibrate fit`, held out) and simulated at the level's mean offered rate "
         "(8 seeds × the runs' duration); error % = (twin − testbed) / testbed on the mean "
-        "of the level's repeats; runs marked *behind* (achieved/offered < 0.99 or release "
-        "lag p99 > 5 ms) are left out of the fidelity figures",
+        "of the level's repeats; runs *behind* (achieved/offered < 0.99 or release lag p99 "
+        "> 5 ms) are counted in 'runs ok'; the figures use the runs with lag p99 ≤ 20 ms "
+        "(most runs here had 6–11 ms: the host was shared with unlocked work), a level "
+        "without any uses all its runs and is marked *",
         "",
     ]
     p95_at: dict[str, pd.DataFrame] = {}
@@ -278,7 +285,8 @@ def report() -> None:
         cap = json.loads((OUT / name / "capacity.json").read_text())
         rows, summary = [], []
         for rho, g in runs.groupby("rho"):
-            ok = g[~g["behind"]]
+            ok = g[g["usable"]]
+            strict = g[~g["behind"]]
             tw = twin_level(name, rho, runs)
             m = ok if len(ok) else g
             row = {
@@ -294,15 +302,16 @@ def report() -> None:
                 "served": g["served_2nd_half"].mean(),
             }
             row.update(tw)
-            summary.append(row)
             err = {q: 100 * (tw[f"twin_{q}"] / row[q] - 1) for q in ("p50", "p95", "p99")}
+            row.update({f"err_{q}": e for q, e in err.items()})
+            summary.append(row)
             rows.append(
                 [
-                    f"{rho:.1f}",
+                    f"{rho:.1f}{'' if len(ok) else '*'}",
                     f"{row['offered'] / tw['twin_capacity']:.2f}",
                     f"{row['offered']:.0f}",
                     f"{row['achieved']:.0f}",
-                    f"{len(ok)}/{len(g)}",
+                    f"{len(strict)}/{len(ok)}/{len(g)}",
                     f"{row['p50']:.1f}",
                     f"{row['p95']:.1f}",
                     f"{row['p99']:.1f}",
@@ -321,6 +330,12 @@ def report() -> None:
         knee_tb = _knee(s["offered"].to_numpy(), s["p95"].to_numpy())
         knee_tw = _knee(s["offered"].to_numpy(), s["twin_p95"].to_numpy())
         sat = s[s["rho"] >= 1.0]
+        held = s[(s["rho"] <= 0.9) & (s["n_ok"] > 0)]
+        worst = {q: held[f"err_{q}"].abs().max() for q in ("p50", "p95", "p99")}
+        fidelity = (
+            f"- fidelity, ρ ≤ 0.9 ({len(held)} levels): worst |error| p50 {worst['p50']:.1f} % "
+            f"(goal 5), p95 {worst['p95']:.1f} % (goal 10), p99 {worst['p99']:.1f} % (goal 15)"
+        )
         parts += [
             f"## {name}: encoder {DEPLOYMENTS[name]['variant']} batch "
             f"{DEPLOYMENTS[name]['batch']} (share {cap['share']:.2f} core, default bottleneck "
@@ -332,7 +347,7 @@ def report() -> None:
                     "twin ρ",
                     "offered/s",
                     "achieved/s",
-                    "runs ok",
+                    "runs ok (lag ≤ 5 / ≤ 20 ms / all)",
                     "tb p50",
                     "tb p95",
                     "tb p99",
@@ -350,6 +365,7 @@ def report() -> None:
                 rows,
             ),
             "",
+            fidelity,
             f"- knee (p95 = 2 × its lowest-load value): testbed {knee_tb:.0f}/s, twin "
             f"{knee_tw:.0f}/s ({100 * (knee_tw / knee_tb - 1):+.1f} %)",
             *(

@@ -15,9 +15,9 @@ counters (``metrics.parquet`` of ``loadgen`` runs):
 * the model's CPU per batch (``stage_compute_cpu_seconds``, linear in batch size),
 * the server's CPU per HTTP call and its idle CPU (node cgroup CPU minus model CPU,
   least squares over the runs: ``other = per_call · calls + idle · seconds``),
-* the host's speed ``h`` = model CPU / model wall time in the lightest run, where the
-  quota rarely stalls: a runnable process on the 2 shared host cores is not always
-  running, and that time is not charged to the quota.
+* the host's speed ``h`` = model CPU / median model wall time of a batch in the
+  lightest run, where the quota rarely stalls: a runnable process on the 2 shared
+  host cores is not always running, and that time is not charged to the quota.
 
 :func:`quota_scenario` then gives every stage a service time of CPU/h (its wall time
 when not stalled), its server's CPU per call as ``server_overhead``, and every
@@ -80,7 +80,10 @@ def _counters(folder: Path, node_of: dict[str, str]) -> list[dict]:
         tgt = [t for t in targets if t.startswith(f"{stage}-{node}-")]
         if len(tgt) != 1:
             continue
-        node_cpu, dt = _delta(m, f"agent:{node}", "node_cpu_seconds")
+        # the node agent's counter (``node_cpu_seconds_total``; ``node_cpu_seconds`` before)
+        node_cpu, dt = _delta(m, f"agent:{node}", "node_cpu_seconds_total")
+        if not math.isfinite(node_cpu):
+            node_cpu, dt = _delta(m, f"agent:{node}", "node_cpu_seconds")
         row = {"stage": stage, "node": node, "node_cpu": node_cpu, "seconds": dt}
         for key, metric in (
             ("model_cpu", "stage_compute_cpu_seconds_total"),
@@ -91,8 +94,26 @@ def _counters(folder: Path, node_of: dict[str, str]) -> list[dict]:
         ):
             row[key] = _delta(m, tgt[0], metric)[0]
         if np.isfinite(list(row.values())[2:]).all() and row["batches"] > 0:
-            rows.append(row)
+            rows.append({**row, "folder": str(folder)})
     return rows
+
+
+def _host_speed(light: pd.Series, stage: str, first_ms: float, more_ms: float) -> float:
+    """Model CPU over model wall time of a batch in the lightest run (≤ 1).
+
+    The *median* wall time of the most common batch size: even at light load some
+    batches straddle a quota stall, which the mean would count as slowness.
+    Without per-visit rows, the run's mean wall time.
+    """
+    visits = Path(light["folder"]) / "visits.parquet"
+    if visits.is_file():
+        v = pd.read_parquet(visits, columns=["component", "batch", "service_s"])
+        v = v[(v["component"].astype(str) == stage) & (v["service_s"] > 0)]
+        if len(v) >= 8:
+            b = int(v["batch"].mode().iloc[0])
+            wall_ms = 1e3 * float(v[v["batch"] == b]["service_s"].median())
+            return float(np.clip((first_ms + more_ms * (b - 1)) / wall_ms, 0.2, 1.0))
+    return float(np.clip(light["model_cpu"] / light["wall"], 0.2, 1.0))
 
 
 def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu]:
@@ -133,7 +154,7 @@ def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu
         if idle < 0 or per_call < 0:  # too few runs to tell them apart: all per call
             per_call, idle = float(other.sum() / g["calls"].sum()), 0.0
         light = g.loc[(g["items"] / g["seconds"]).idxmin()]
-        speed = float(np.clip(light["model_cpu"] / light["wall"], 0.2, 1.0))
+        speed = _host_speed(light, str(stage), float(first), float(more))
         dep_cfg = deployment.stages.get(str(stage))
         out[str(stage)] = StageCpu(
             stage=str(stage),
