@@ -234,11 +234,18 @@ def quota_scenario(
     servers = []
     for s in sc.servers:
         machines = s.instance_names()
-        cores = [quota[m] for m in machines if m in quota]
-        if cores:
-            # one server type holds identical machines: they get the mean of their fits
-            s = s.model_copy(update={"cpu_quota_cores": float(np.mean(cores))})
-        servers.append(s)
+        if not any(m in quota for m in machines):
+            servers.append(s)
+            continue
+        if s.count == 1:
+            servers.append(s.model_copy(update={"cpu_quota_cores": quota[machines[0]]}))
+            continue
+        # each machine its own quota (h and idle differ per node): one server type per
+        # machine, named as the machine, so allocations keep their machine names
+        for m in machines:
+            servers.append(
+                s.model_copy(update={"name": m, "count": 1, "cpu_quota_cores": quota.get(m)})
+            )
     processes = []
     for p in sc.processes:
         o = p.request_overhead

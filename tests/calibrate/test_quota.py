@@ -79,6 +79,10 @@ def test_quota_scenario_gives_the_stage_cpu_work_and_its_node_the_quota(tmp_path
     assert abs(st.batch_mean_ms(1) - 3.0 / 0.9) < 1e-6  # CPU at the host's speed, not wall
     assert enc.server_overhead is not None
     assert abs(enc.server_overhead.per_item_ms - 0.4 / 0.9) < 1e-6
-    assert abs(twin.servers[0].cpu_quota_cores - 0.49 / 0.9) < 1e-6
+    # each machine gets its own quota: only node-2 (the encoder's) had counters here
+    quota = {s.name: s.cpu_quota_cores for s in twin.servers}
+    assert quota["node-1"] is None and quota["node-3"] is None
+    assert abs(quota["node-2"] - 0.49 / 0.9) < 1e-6
+    assert twin.server_instances() == sc.server_instances()
     # capacity: (quota − idle) over CPU per item, in host CPU: 0.49 / 3.4 ms
     assert abs(stage_capacity_rps(twin, dep, "encoder") - 490 / 3.4) < 1e-6
