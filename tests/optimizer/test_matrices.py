@@ -125,10 +125,11 @@ def test_enumeration_is_every_feasible_canonical_vector() -> None:
     assert got == brute and len(got) > 4
 
 
-def test_nsga2_searches_all_three_matrices(scenario: Scenario) -> None:
+@pytest.mark.parametrize("operators", ["placement", "custom", "stock"])
+def test_nsga2_searches_all_three_matrices(scenario: Scenario, operators: str) -> None:
     g = DecisionGenome(scenario)
     ev = Evaluator(g, FID)
-    config = SearchConfig(pop_size=8, n_gen=100, max_evals=40, seed=4)
+    config = SearchConfig(operators=operators, pop_size=8, n_gen=100, max_evals=40, seed=4)
     Search.start(config, ev).run()
     X, F, _ = ev.evaluated()
     assert len(X) >= 40 and np.isfinite(F).all()
