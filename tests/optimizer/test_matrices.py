@@ -13,7 +13,7 @@ from optimizer.evaluation import Evaluator, Fidelity
 from optimizer.ga import Search, SearchConfig
 from optimizer.matrices import DecisionGenome, enumerate_decisions, make_genome
 from twin.deployment import check
-from twin.load import load_scenario
+from twin.load import load_deployment, load_scenario
 from twin.spec import Scenario
 
 MATRICES = Path(__file__).resolve().parents[2] / "examples" / "small-matrices.yaml"
@@ -143,3 +143,24 @@ def test_greedy_vector_keeps_base_decisions(scenario: Scenario) -> None:
     g = DecisionGenome(scenario)
     x = g.encode(greedy(g, "best_fit"))
     assert x.size == g.n_var and g.is_feasible(x)
+
+
+def test_cli_decisions_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from optimizer.cli import optimize_app
+
+    runner = CliRunner()
+    fast = ["--pop", "6", "--gens", "2", "--horizon", "60", "--final-horizon", "60"]
+    fast += ["--final-replications", "1", "--final-max", "2", "--json"]
+    res = runner.invoke(
+        optimize_app, [str(MATRICES), *fast, "--screen", "--out", str(tmp_path / "a")]
+    )
+    assert res.exit_code == 2 and "--decisions allocation" in res.output
+    out = tmp_path / "b"
+    res = runner.invoke(optimize_app, [str(MATRICES), *fast, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    chosen = load_deployment(out / "chosen.yaml")
+    assert set(chosen.always_on) == {"model-server", "prep-worker", "trainer"}
+    assert set(chosen.parallelism) == {"retraining.prepare", "retraining.train"}
+    assert check(load_scenario(MATRICES), chosen) == []
