@@ -14,10 +14,11 @@ Constraints, as the paper states them: every machine's CPU and RAM hold what
 is placed on it — a constant-run instance reserves its keep-alive load, an
 on-demand one does not, so feasibility of the allocation depends on the
 constant-run bits — and every component has at least one instance; the
-alignment of a step lies in 1..max_parallel. Repair also puts the alignment
-in a canonical form, ``min(gene, instances of the step's component)``: the
-twin never splits a step over more instances than exist, so larger values
-are the same deployment and would only inflate the space.
+alignment of a step lies in 1..max_parallel. The twin never splits a step
+over more instances than exist, so the deployment (and the key that
+identifies it in the evaluation cache) uses the canonical alignment
+``min(gene, instances of the step's component)``; the gene itself keeps its
+value, latent until the component gets more instances.
 
 The allocation operators of :mod:`optimizer.operators` are reused as they
 are: :func:`lift` wraps a set of them so they act on the allocation part
@@ -146,9 +147,9 @@ class DecisionGenome(Genome):
         return np.array([self.decode(x) for x in np.atleast_2d(X)])
 
     def key(self, x: np.ndarray) -> bytes:
-        """Hashable identity of all three decisions."""
+        """Hashable identity of the deployment: the canonical vector (alignment ≤ instances)."""
         m, a, r = self.split(x)
-        return self.join(m, a, r).tobytes()
+        return self.join(m, self.canonical_align(m, a), r).tobytes()
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Allocation cells 0..(most one machine holds), alignment 1..max_parallel, bits 0..1."""
@@ -187,7 +188,7 @@ class DecisionGenome(Genome):
         return self.allocation_genome(r).is_feasible(m.reshape(-1))
 
     def repair(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Feasible, canonical vector near ``x`` (the allocation by the twin's repair)."""
+        """Feasible vector near ``x`` (the allocation by the twin's repair, genes in range)."""
         return self._repair(x, rng, unbiased=False)
 
     def repair_unbiased(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -200,13 +201,18 @@ class DecisionGenome(Genome):
         g = self.allocation_genome(r)
         fix = g.repair_unbiased if unbiased else g.repair
         m = fix(np.clip(m, 0, g.cell_bounds()).reshape(-1), rng).reshape(self.shape)
-        return self.join(m, self.canonical_align(m, a), r)
+        top = np.array([s.max_parallel for s in self.align], dtype=np.int64)
+        # The alignment gene stays as drawn (1..max_parallel): above the step's
+        # instances it is latent — the deployment and the key use the canonical
+        # value — so adding an instance later splits the step without a second move.
+        return self.join(m, np.clip(a, 1, top), r)
 
     # ---------------------------------------------------------------- output
 
     def deployment(self, x: np.ndarray, name: str = "candidate") -> Deployment:
         """The deployment of all three decisions (the base's stage settings kept)."""
         m, a, r = self.split(x)
+        a = self.canonical_align(m, a)
         base = self.with_run(r)
         parallelism = dict(base.parallelism)
         parallelism.update({g.key: int(v) for g, v in zip(self.align, a, strict=True)})
@@ -214,8 +220,9 @@ class DecisionGenome(Genome):
         return dep.model_copy(update={"name": name, "parallelism": parallelism})
 
     def describe(self, x: np.ndarray) -> dict[str, Any]:
-        """The three decisions as plain data (allocation, alignment, always_on)."""
-        _, a, r = self.split(x)
+        """The three decisions as plain data (allocation, canonical alignment, always_on)."""
+        m, a, r = self.split(x)
+        a = self.canonical_align(m, a)
         return {
             "allocation": self.allocation(x),
             "parallelism": {g.key: int(v) for g, v in zip(self.align, a, strict=True)},
@@ -292,8 +299,8 @@ class LiftedSampling(Sampling):
             for mx in np.atleast_2d(M):
                 align, run = _random_extras(g, rng)
                 x = g.repair(g.join(mx, align, run), rng)
-                if x.tobytes() not in seen:
-                    seen.add(x.tobytes())
+                if g.key(x) not in seen:  # equivalent deployments count once
+                    seen.add(g.key(x))
                     out.append(x)
                 if len(out) == n_samples:
                     return np.array(out, dtype=np.int64)
@@ -368,7 +375,7 @@ class LiftedMutation(Mutation):
 
 class LiftedRepair(Repair):
     """Round, clip to bounds, repair the allocation under the vector's own constant-run bits,
-    canonical alignment. ``unbiased`` as in :class:`optimizer.operators.PlacementRepair`."""
+    alignment genes in 1..max_parallel; ``unbiased`` as in ``PlacementRepair``."""
 
     def __init__(self, unbiased: bool = False) -> None:
         super().__init__()

@@ -93,13 +93,15 @@ def test_repair_gives_feasible_canonical_vectors(scenario: Scenario) -> None:
         raw = rng.integers(xl - 1, xu + 2)
         x = g.repair(raw, rng)
         assert g.is_feasible(x)
-        m, a, _ = g.split(x)
+        m, _, _ = g.split(x)
         inst = m.sum(axis=1)
-        assert all(
-            1 <= v <= min(s.max_parallel, inst[s.component])
-            for v, s in zip(a, g.align, strict=True)
-        )
-        assert check(scenario, g.deployment(x)) == []
+        dep = g.deployment(x)
+        # The deployment (and the cache key) split a step over no more instances than exist.
+        for s in g.align:
+            assert 1 <= dep.parallelism[s.key] <= min(s.max_parallel, inst[s.component])
+        key = np.frombuffer(g.key(x), dtype=np.int64)
+        assert g.deployment(key) == dep and g.key(key) == g.key(x)
+        assert check(scenario, dep) == []
 
 
 def test_constant_run_bits_change_what_fits() -> None:
