@@ -187,6 +187,13 @@ class Server(Frozen):
     bandwidth_mbps: PositiveFloat = Field(1000.0, description="Network bandwidth (Mbit/s).")
     price_per_hour: NonNegFloat = Field(0.0, description="Rental price per machine-hour.")
     zone: Name = Field("default", description="Network zone; crossing zones adds latency.")
+    cpu_quota_cores: PositiveFloat | None = Field(
+        None,
+        description="A CPU bandwidth quota (Linux CFS, as a container's CPU limit): the "
+        "machine's instances together run at most this many cores' worth of time per "
+        "settings.cpu_period_ms period, at full core speed while the period's quota lasts, "
+        "stalled to the next period after. None: no quota (cpu_cores are the limit).",
+    )
 
     def instance_names(self) -> list[str]:
         """Names of the machines of this type: ``name`` or ``name-1 … name-count``."""
@@ -251,7 +258,20 @@ class Component(Frozen):
         0.0, le=MAX_RAM_GB, description="Memory of an idle instance (GB)."
     )
     always_on: bool = Field(
-        True, description="Instances run all the time (keep-alive load counts) vs on demand."
+        True,
+        description="Instances run all the time (keep-alive load counts) vs on demand; the "
+        "default of the constant-run decision, which a deployment's always_on may change.",
+    )
+    always_on_required: bool = Field(
+        False,
+        description="The component must run all the time (a model registry, a feature "
+        "store): deployments may not make it on-demand, so the optimizer does not search it.",
+    )
+    startup_s: NonNegFloat = Field(
+        0.0,
+        description="Cold start of an on-demand instance (s): an instance started for work "
+        "that arrives while it is stopped serves only after this delay, and stops again "
+        "when it has nothing left to do. Constant-run instances are always warm.",
     )
     cpu_cores: PositiveFloat = Field(
         1.0, le=MAX_CORES, description="Cores one instance uses while it works on a step."
@@ -276,6 +296,8 @@ class Component(Frozen):
     @model_validator(mode="after")
     def _unique_variants(self) -> Component:
         _require_unique([v.name for v in self.variants], "variants")
+        if self.always_on_required and not self.always_on:
+            raise ValueError("always_on: false contradicts always_on_required: true")
         return self
 
     @property
@@ -561,8 +583,19 @@ class Settings(Frozen):
     gpu_fallback_slowdown: PositiveFloat = Field(
         20.0, description="GPU work on a machine without GPU runs this much slower on CPU."
     )
+    cpu_period_ms: PositiveFloat = Field(
+        10.0, description="Period of the servers' CPU quotas (Server.cpu_quota_cores), ms."
+    )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()
+    cost_criterion: Literal["execution", "rental"] = Field(
+        "execution",
+        description="The placement cost criterion. 'execution' (the placement paper's total "
+        "cost of executing the processes): each instance pays its machine's price times its "
+        "share of the machine (the larger of its CPU and RAM shares), constant-run instances "
+        "over the whole horizon, on-demand ones only while they run (start-up included). "
+        "'rental': every machine holding any instance, over the whole horizon.",
+    )
 
 
 # --------------------------------------------------------------------------- scenario
@@ -676,6 +709,11 @@ class Deployment(Frozen):
     )
     stages: dict[Name, StageConfig] = Field(
         default_factory=dict, description="Inference stage → variant and batch."
+    )
+    always_on: dict[Name, bool] = Field(
+        default_factory=dict,
+        description="Constant-run decision: component → runs all the time (true) or on "
+        "demand (false); a component not named keeps its own always_on.",
     )
     load_balancing: Literal["least_outstanding", "round_robin", "random"] | None = None
 
