@@ -39,7 +39,7 @@ from twin.load import dump_yaml
 from twin.runs import atomic_dir, write_table
 from twin.spec import Scenario, Workload
 
-LOAD_MARGIN_S = 20.0  # the load runs this much longer than the control (arrivals start late)
+LOAD_MARGIN_S = 8.0  # the load runs this much longer than the control (arrivals start late)
 SIDE_BY_SIDE = ("offered_rps", "Q", "C", "V", "T", "L", "E", "p95_s", "slo_violations")
 
 
