@@ -113,7 +113,8 @@ def replay(
         delay = 0.0
         if chosen != current:
             delay = change_delay_s(change_kinds(current, chosen), run.change_seconds)
-            pending = (t1 + delay, space.deployment(chosen, name=f"twin-t{k}"), chosen)
+            new_dep = space.deployment(chosen, name=f"twin-t{k}", keep=dep)
+            pending = (t1 + delay, new_dep, chosen)
         rows.append(
             {
                 "t_s": t0 - run.offset_s,

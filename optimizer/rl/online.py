@@ -89,6 +89,7 @@ class OnlineController:
         self.scrape, self.apply, self.clock, self.sleep = scrape, apply, clock, sleep
         self.space = env.space
         self.current = initial or env.current
+        self.deployed = self.space.deployment(self.current)  # what the testbed runs
         self.rows: list[dict] = []
         self.changes: list[dict] = []  # what each apply changed: t_s, kind, stage, seconds
         self.started_unix = 0.0  # wall clock (s since the epoch) of t_s = 0
@@ -166,7 +167,9 @@ class OnlineController:
         applied_s = 0.0
         if chosen != self.current:
             started = time.perf_counter()
-            changes = self.apply(self.space.deployment(chosen, name=f"rl-t{int(t)}")) or []
+            dep = self.space.deployment(chosen, name=f"rl-t{int(t)}", keep=self.deployed)
+            changes = self.apply(dep) or []
+            self.deployed = dep
             applied_s = time.perf_counter() - started
             self.changes += [{"t_s": t, **c} for c in changes]
         self.rows.append(

@@ -119,3 +119,24 @@ def test_policy_key_changes_with_what_the_policy_was_trained_on(scenario):
     assert a == policy_key(scenario, "digits", ws, TrainSettings())
     assert a != policy_key(scenario, "digits", ws, TrainSettings(steps=10))
     assert a != policy_key(view_of(scenario, 0.25), "digits", ws, TrainSettings())
+
+
+def test_a_new_configuration_keeps_replicas_where_they_run(scenario):
+    from optimizer.rl.space import ConfigSpace
+
+    space = ConfigSpace(view_of(scenario, 0.25), "digits")
+    now = [Option(2, 1, 1), Option(2, 2, 1), Option(2, 1, 1)]
+    more = [Option(2, 2, 1), Option(2, 2, 1), Option(2, 2, 1)]
+    running = space.deployment(now)
+    fresh = space.deployment(more)
+    near = space.deployment(more, keep=running)
+    assert sum(near.allocation["denoise"].values()) == 2  # the same configuration
+    for stage, per in running.allocation.items():
+        for machine, n in per.items():
+            assert near.allocation[stage].get(machine, 0) >= n  # nothing moved
+    moved = sum(
+        max(n - fresh.allocation[s].get(m, 0), 0)
+        for s, per in running.allocation.items()
+        for m, n in per.items()
+    )
+    assert moved > 0  # packing from scratch would have moved some (the churn we avoid)
