@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     for w in args.workloads.split(","):
         for p in args.policies.split(","):
             for r in range(args.repeats):
-                out = RUNS / f"{w}-{p}-r{r}"
+                out = RUNS / f"{w}-{p}-r{r}{args.tag}"
                 if (out / "summary.json").is_file():
                     continue
                 cmd = [
@@ -236,6 +236,8 @@ def _summaries() -> list[dict]:
         if f.is_file():
             s = json.loads(f.read_text())
             s["folder"] = d
+            tag = d.name.split("-r", 1)[-1].lstrip("0123456789")
+            s["policy"] = s["policy"] + tag  # e.g. ppo-kept: a variant of the code
             out.append(s)
     return out
 
@@ -467,6 +469,7 @@ def main() -> None:
             p.add_argument("--repeats", type=int, default=1)
             p.add_argument("--duration", type=float, default=60.0)
             p.add_argument("--budget", type=float, default=450.0, help="seconds for this call")
+            p.add_argument("--tag", default="", help="suffix of the run folders (a variant)")
         if name == "twin":
             p.add_argument("--cycle", type=float, default=300.0)
             p.add_argument("--seed", type=int, default=1)
