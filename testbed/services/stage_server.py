@@ -122,7 +122,16 @@ def make_runner(model_bytes: bytes, threads: int, cpu: Counter | None = None) ->
     # so a call of the wrong width is refused alone instead of failing a batch.
     dims = list(model_input.shape[1:])
     run.row_width = math.prod(dims) if dims and all(isinstance(d, int) for d in dims) else None  # type: ignore[attr-defined]
+    warm_up(sess, in_name, dims)
     return run
+
+
+def warm_up(sess: Any, in_name: str, dims: list[Any]) -> None:
+    """One inference on zeros before the model takes traffic: onnxruntime allocates and
+    plans on its first run (several times a normal run's latency), so a replica that is
+    routed to, or a variant swapped in, starts warm. Skipped for free input dimensions."""
+    if dims and all(isinstance(d, int) for d in dims):
+        sess.run(None, {in_name: np.zeros((1, *dims), dtype=np.float32)})
 
 
 class StageServer:
