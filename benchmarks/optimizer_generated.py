@@ -33,6 +33,7 @@ import hashlib
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,10 @@ def methods() -> list[Method]:
             Screening(),
         ),
         Method(
-            "fit-aware moves + screening (multi-fidelity)",
-            dict(operators="placement+fit"),
-            Screening(),
-        ),
-        Method(
             "default + screening, equal cost",
             {},
             Screening(screens_x=2.5, polish_x=0.5, search_x=0.45),
         ),
-        Method("NSGA-II, fit-aware moves", dict(operators="placement+fit")),
         Method(
             "NSGA-II, matrix operators, pop 20",
             dict(algorithm="nsga2", operators="custom", pop_size=20),
@@ -172,6 +167,12 @@ def methods() -> list[Method]:
 def ablations() -> list[Method]:
     """One change at a time from the first-round NSGA-II (pop 20), and population sizes."""
     return [
+        Method("ablation: fit-aware moves", dict(operators="placement+fit")),
+        Method(
+            "ablation: fit-aware moves + screening",
+            dict(operators="placement+fit"),
+            Screening(),
+        ),
         Method(
             "ablation: + machine-set sampling",
             dict(algorithm="nsga2", operators="custom+subset", pop_size=20),
@@ -351,64 +352,83 @@ def _optimizer_source() -> bytes:
     return b"".join(p.read_bytes() for p in sorted((ROOT / "optimizer").glob("*.py")))
 
 
+def _instance_searches(
+    s: int, n_seeds: int, chosen: list[Method], stop_at: float | None
+) -> tuple[tuple, list[Outcome] | None]:
+    """Every method × seed on instance ``s`` (cached outcomes reused); (row, outcomes), or
+    (row, None) when ``stop_at`` passed before all were done. Runs in a worker process."""
+    sc, info = generate(s)
+    genome = Genome(sc)
+    front = exhaustive_front(sc, FIDELITY, CACHE)
+    screens = exhaustive_front(sc, FIDELITY, CACHE, screening=True)
+    key = cache_key(sc, FIDELITY)
+    F = front.F
+    idx = non_dominated(F)
+    lo, hi = F[idx].min(axis=0), F[idx].max(axis=0)
+    hv_true = hypervolume(F[idx], lo, hi)
+    budget = int(BUDGET_SHARE * len(F))
+    row = (info, len(idx), budget)
+    outcomes: list[Outcome] = []
+    for m in chosen:
+        for seed in range(1, n_seeds + 1):
+            path = outcome_path(key, m, seed)
+            if path.is_file():
+                outcomes.append(Outcome.load(path))
+                continue
+            if stop_at is not None and time.monotonic() > stop_at:
+                return row, None
+            t0 = time.perf_counter()
+            ev = run_method(m, genome, front, budget, seed, screens)
+            ratio, igd, gaps = score(ev, F[idx], lo, hi, hv_true)
+            o = Outcome(
+                s,
+                m.label,
+                seed,
+                ev.simulations,
+                ratio,
+                igd,
+                gaps,
+                time.perf_counter() - t0,
+                getattr(ev, "screened", 0),
+            )
+            o.save(path)
+            outcomes.append(o)
+    return row, outcomes
+
+
 def search_all(
-    seeds: list[int], n_seeds: int, chosen: list[Method], stop_at: float | None = None
+    seeds: list[int],
+    n_seeds: int,
+    chosen: list[Method],
+    stop_at: float | None = None,
+    workers: int = 2,
 ) -> tuple[list, list, float, list] | None:
     """Every method × seed on every instance; (outcomes, instance rows, wall seconds, cases).
 
-    Outcomes are cached one per search; past ``stop_at`` (``time.monotonic()``) the
-    phase stops between searches and returns None (rerun to continue). The wall
-    time reported is the sum of the searches' own wall times.
+    Instances run on ``workers`` processes. Outcomes are cached one per search;
+    past ``stop_at`` (``time.monotonic()``) the phase stops between searches and
+    returns None (rerun to continue). The wall time reported is the sum of the
+    searches' own wall times.
     """
     outcomes: list[Outcome] = []
     rows: list[tuple[InstanceInfo, int, int]] = []
+    complete = True
+    with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool, Progress() as progress:
+        task = progress.add_task("instances", total=len(seeds))
+        futures = [pool.submit(_instance_searches, s, n_seeds, chosen, stop_at) for s in seeds]
+        for fut in futures:  # in instance order
+            row, got = fut.result()
+            rows.append(row)
+            complete = complete and got is not None
+            outcomes += got or []
+            progress.advance(task)
+    if not complete:
+        return None
     cases = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("searching", total=len(seeds) * len(chosen) * n_seeds)
-        for s in seeds:
-            sc, info = generate(s)
-            genome = Genome(sc)
-            front = exhaustive_front(sc, FIDELITY, CACHE)
-            screens = exhaustive_front(sc, FIDELITY, CACHE, screening=True)
-            key = cache_key(sc, FIDELITY)
-            cases.append((sc, genome, front, screens))
-            F = front.F
-            idx = non_dominated(F)
-            lo, hi = F[idx].min(axis=0), F[idx].max(axis=0)
-            hv_true = hypervolume(F[idx], lo, hi)
-            budget = int(BUDGET_SHARE * len(F))
-            rows.append((info, len(idx), budget))
-            for m in chosen:
-                t_method = time.perf_counter()
-                for seed in range(1, n_seeds + 1):
-                    path = outcome_path(key, m, seed)
-                    if path.is_file():
-                        outcomes.append(Outcome.load(path))
-                        progress.advance(task)
-                        continue
-                    if stop_at is not None and time.monotonic() > stop_at:
-                        return None
-                    t0 = time.perf_counter()
-                    ev = run_method(m, genome, front, budget, seed, screens)
-                    ratio, igd, gaps = score(ev, F[idx], lo, hi, hv_true)
-                    o = Outcome(
-                        s,
-                        m.label,
-                        seed,
-                        ev.simulations,
-                        ratio,
-                        igd,
-                        gaps,
-                        time.perf_counter() - t0,
-                        getattr(ev, "screened", 0),
-                    )
-                    o.save(path)
-                    outcomes.append(o)
-                    progress.advance(task)
-                print(
-                    f"instance {s}: {m.label} {time.perf_counter() - t_method:.1f} s",
-                    file=sys.stderr,
-                )
+    for s in seeds:
+        sc, _ = generate(s)
+        screens = exhaustive_front(sc, FIDELITY, CACHE, screening=True)
+        cases.append((sc, Genome(sc), exhaustive_front(sc, FIDELITY, CACHE), screens))
     return outcomes, rows, sum(o.wall_s for o in outcomes), cases
 
 
@@ -416,7 +436,7 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
     """Run every method and write benchmarks/results/optimizer_generated.md."""
     steal0, t0 = steal_cores()
     chosen = methods() + ([] if args.no_ablations else ablations())
-    got = search_all(seeds, args.seeds, chosen, time.monotonic() + 60 * args.minutes)
+    got = search_all(seeds, args.seeds, chosen, time.monotonic() + 60 * args.minutes, args.workers)
     if got is None:
         print("time is up in the search phase: rerun to continue", file=sys.stderr)
         sys.exit(3)
@@ -609,7 +629,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=24, help="generated instances (seeds 1..n)")
     ap.add_argument("--seeds", type=int, default=3, help="search seeds per instance and method")
-    ap.add_argument("--workers", type=int, default=2, help="processes for exhaustive fronts")
+    ap.add_argument("--workers", type=int, default=2, help="processes (fronts and searches)")
     ap.add_argument(
         "--minutes",
         type=float,
