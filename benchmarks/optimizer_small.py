@@ -177,7 +177,7 @@ def run(args: argparse.Namespace, client: object) -> None:
             f"machines; {count_candidates(genome):,} matrices within bounds, {n:,} feasible",
             f"- evaluation: {FIDELITY.describe()} (common random numbers for every candidate)",
             f"- exhaustive: {n:,} simulations, {wall:.0f} s wall with {args.workers} Dask "
-            f"workers (all methods ran on them; results do not depend on it); "
+            f"workers (the searches read its table); "
             f"true front {len(front)} points, hypervolume {hv_true:.4f} "
             "(criteria normalised by the true front's ideal/nadir, reference point 1.1)",
             f"- searches read criteria from the exhaustive table ({len(checked)} random "
