@@ -228,7 +228,10 @@ def report() -> Path:
         "member of the final front until the front is all DES. Both fronts compared are "
         "DES-scored. The simulation CPU ratio (DES-only's CPU in simulations over "
         "multi-fidelity's, screening included) does not move with the shared host's load as "
-        "wall time does.",
+        "wall time does. The DES-only runs are the first session's (15:0x UTC): the current "
+        "code reproduces their first generations bit for bit with the pinned operators, so "
+        "they were not re-run; their wall times are from that hour's host load. A variant "
+        "named `…-first-measurement` keeps a measurement that was repeated (both are shown).",
         "",
     ]
     variants = sorted(
