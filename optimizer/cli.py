@@ -117,6 +117,14 @@ def optimize(
     screen_des_share: Annotated[
         float, typer.Option(help="Most DES-scored share of each generation (--screen).", min=0)
     ] = 0.1,
+    screen_polish: Annotated[
+        int,
+        typer.Option(
+            help="End game of --screen: screen this many one-move neighbours of the front, "
+            "then DES-score what enters it (0: none).",
+            min=0,
+        ),
+    ] = 0,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -194,7 +202,11 @@ def optimize(
                 on_generation=tick,
                 final_max=final_max,
                 reference_F=ref_F,
-                multifidelity=MultiFidelity(screen_margin, screen_des_share) if screen else None,
+                multifidelity=(
+                    MultiFidelity(screen_margin, screen_des_share, polish_screens=screen_polish)
+                    if screen
+                    else None
+                ),
                 decisions=decisions,
             )
         write_run(out_dir, scenario, result, out_dir.name)

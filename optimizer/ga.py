@@ -143,9 +143,15 @@ class Budget(Termination):
             done.append(self.search.evaluator.simulations / cfg.max_evals)
         if cfg.max_time_s is not None:
             done.append(self.search.elapsed_s / cfg.max_time_s)
-        # A search whose offspring only revisit simulated allocations spends no budget
+        # A multi-fidelity evaluator also budgets its screens (share of its cap spent).
+        screens = getattr(self.search.evaluator, "screen_budget_used", None)
+        if screens is not None:
+            done.append(screens)
+        # A search whose offspring only revisit scored allocations spends no budget
         # and would step forever: stop after STALL_GENERATIONS such generations.
-        sims = self.search.evaluator.simulations
+        # Distinct candidates scored at any fidelity count as progress (a screened
+        # one costs no DES run but is new).
+        sims = len(self.search.evaluator.order)
         if sims != self._last_sims:
             self._last_sims, self._stalled = sims, 0
         else:

@@ -297,10 +297,19 @@ class Front:
 
 
 def _score_chunk(
-    scenario: Scenario, shape: tuple[int, int], X: np.ndarray, fidelity: Fidelity
+    scenario: Scenario,
+    shape: tuple[int, int],
+    X: np.ndarray,
+    fidelity: Fidelity,
+    screening: bool = False,
 ) -> np.ndarray:
     base = Genome(scenario).base
-    return np.array([evaluate_matrix(scenario, base, x.reshape(shape), fidelity).mean for x in X])
+    if screening:
+        # Imported here: the screening twin is only needed for screen tables.
+        from optimizer.multifidelity import screen_matrix as score
+    else:
+        score = evaluate_matrix
+    return np.array([score(scenario, base, x.reshape(shape), fidelity).mean for x in X])
 
 
 def exhaustive_front(
@@ -311,15 +320,19 @@ def exhaustive_front(
     chunk: int = 250,
     stop_at: float | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    screening: bool = False,
 ) -> Front | None:
     """Scores of every feasible allocation, from ``cache_dir`` or simulated (and saved).
+
+    ``screening``: scores of the screening twin (:mod:`twin.screen`) instead of
+    the DES, cached under their own key (for multi-fidelity searches on a table).
 
     Chunks of ``chunk`` allocations are saved as they finish, so an
     interrupted call resumes. ``stop_at`` (a ``time.monotonic()`` value)
     stops between chunks and returns None while the front is incomplete.
     ``on_chunk(done, total)`` reports progress.
     """
-    key = cache_key(scenario, fidelity)
+    key = cache_key(scenario, fidelity) + ("-screen" if screening else "")
     final = cache_dir / f"{key}.parquet"
     genome = Genome(scenario)
     X = enumerate_feasible(genome, MAX_CANDIDATES)
@@ -341,7 +354,9 @@ def exhaustive_front(
             batch, todo = todo[: 2 * workers], todo[2 * workers :]
             t0 = time.perf_counter()
             futures = {
-                s: pool.submit(_score_chunk, scenario, genome.shape, X[s : s + chunk], fidelity)
+                s: pool.submit(
+                    _score_chunk, scenario, genome.shape, X[s : s + chunk], fidelity, screening
+                )
                 for s in batch
             }
             for s, fut in futures.items():

@@ -53,19 +53,36 @@ class MultiFidelity:
 
     margin: float = 0.0
     des_share: float = 0.1
+    polish_screens: int = 0
+    polish_rounds: int = 4
+    max_screens: int | None = None  # screens during the search (end game excluded); None: no cap
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin <= 1:
             raise ValueError(f"margin must be in [0, 1], got {self.margin}")
         if not 0 < self.des_share <= 1:
             raise ValueError(f"des_share must be in (0, 1], got {self.des_share}")
+        if self.polish_screens < 0:
+            raise ValueError(f"polish_screens must be ≥ 0, got {self.polish_screens}")
+        if self.max_screens is not None and self.max_screens < 1:
+            raise ValueError(f"max_screens must be ≥ 1 or None, got {self.max_screens}")
+        if self.polish_rounds < 1:
+            raise ValueError(f"polish_rounds must be ≥ 1, got {self.polish_rounds}")
 
     def describe(self) -> str:
         """One line for reports."""
-        return (
+        text = (
             f"screen every candidate; DES at most {self.des_share:.0%} of each batch, among "
             f"those within {self.margin:.0%} of the front, nearest the ideal point first"
         )
+        if self.max_screens is not None:
+            text += f"; at most {self.max_screens} screens during the search"
+        if self.polish_screens:
+            text += (
+                f"; end game: {self.polish_screens} screened one-move neighbours of the front "
+                f"in {self.polish_rounds} rounds"
+            )
+        return text + "; the final front DES-scored"
 
 
 def screen_matrix(
@@ -124,6 +141,7 @@ class MultiFidelityEvaluator(Evaluator):
         self.screen_wall_s = 0.0
         self.des_wall_s = 0.0
         self.batches = 0
+        self.polished = 0  # candidates screened by the end game (:func:`polish`)
 
     @property
     def des_runs(self) -> int:
@@ -140,6 +158,12 @@ class MultiFidelityEvaluator(Evaluator):
         """Distinct candidates screened so far."""
         return len(self.log)
 
+    @property
+    def screen_budget_used(self) -> float:
+        """Share of ``max_screens`` spent (0 without a cap); the search's Budget stops at 1."""
+        cap = getattr(self.settings, "max_screens", None)
+        return 0.0 if cap is None else self.screened / cap
+
     def evaluate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Criteria means and CIs (n×4 each); see the module docstring for who gets the DES."""
         X = np.atleast_2d(np.asarray(X))
@@ -155,14 +179,26 @@ class MultiFidelityEvaluator(Evaluator):
     def _matrices(self, keys: list[bytes]) -> list[np.ndarray]:
         return [np.frombuffer(k, dtype=np.int64).reshape(self.genome.shape) for k in keys]
 
-    def _score(self, missing: list[bytes]) -> None:
+    def screen_only(self, X: np.ndarray) -> int:
+        """Screen the new allocations among ``X`` (flat) and cache their screening scores.
+
+        No DES runs: the caller confirms what it keeps (:func:`confirm_front`).
+        Returns how many were new.
+        """
+        keys = [self.genome.key(x) for x in np.atleast_2d(np.asarray(X))]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if missing:
+            self._score(missing, des=False)
+        return len(missing)
+
+    def _score(self, missing: list[bytes], des: bool = True) -> None:
         started = time.perf_counter()
         screened = self._screen(self._matrices(missing))
         self.screen_wall_s += time.perf_counter() - started
         S = np.array([s.mean for s in screened], dtype=float)
         known = np.array([self.cache[k].mean for k in self.front_keys], dtype=float)
         known = known.reshape(-1, S.shape[1])
-        promising = could_enter(S, known, self.settings.margin)
+        promising = could_enter(S, known, self.settings.margin) & des
         cap = int(np.ceil(self.settings.des_share * len(missing)))
         if promising.sum() > cap:
             ref = np.vstack([known, S[promising]])
@@ -232,6 +268,7 @@ class MultiFidelityEvaluator(Evaluator):
         return {
             **asdict(self.settings),
             "screened": len(self.log),
+            "polished": self.polished,
             "des": self.des_runs,
             "des_fraction": self.des_runs / max(len(self.log), 1),
             "screen_wall_s": round(self.screen_wall_s, 2),
@@ -262,6 +299,61 @@ def confirm_front(search: Search) -> int:
         ev.confirm(todo)
 
 
+def polish(search: Search, screens: int, rounds: int = 4) -> int:
+    """End game: screen one-move neighbours of the front, ``screens`` of them in ``rounds``.
+
+    Each round draws parents uniformly from the current front (every
+    candidate scored so far, the evaluator's running front) and applies one
+    placement move each (move, add, remove, evacuate or relocate an instance;
+    :class:`optimizer.operators.PlacementMutation`), repaired to feasibility;
+    new allocations are screened only. Screening is exact enough on the
+    search fidelity (common random numbers) that this is a cheap local search
+    around the front; :func:`confirm_front` then DES-scores whatever of it
+    enters the front. Returns how many candidates were screened.
+    """
+    ev = search.evaluator
+    if not isinstance(ev, MultiFidelityEvaluator) or screens <= 0:
+        return 0
+    # Local import: operators imports genome only, but keep this module's import list lean.
+    from optimizer.operators import MUTATION_WEIGHTS, PlacementMutation, PlacementRepair
+
+    mutation, repair = PlacementMutation(MUTATION_WEIGHTS), PlacementRepair()
+    rng = np.random.default_rng([search.config.seed, 20])
+    per_round = max(1, screens // rounds)
+    done = 0
+    for _ in range(rounds):
+        parents = np.array([np.frombuffer(k, dtype=np.int64) for k in ev.front_keys])
+        fresh: dict[bytes, np.ndarray] = {}
+        for _attempt in range(20):  # duplicates and cached ones are dropped; top up
+            X = parents[rng.integers(len(parents), size=per_round)]
+            Y = mutation._do(search.problem, X, random_state=rng)
+            Y = repair._do(search.problem, Y, random_state=rng)
+            for y in Y:
+                k = ev.genome.key(y)
+                if k not in ev.cache:
+                    fresh.setdefault(k, y)
+            if len(fresh) >= per_round:
+                break
+        if not fresh:
+            break
+        done += ev.screen_only(np.array(list(fresh.values())[:per_round]))
+    ev.polished = getattr(ev, "polished", 0) + done
+    return done
+
+
+def end_game(search: Search) -> dict[str, int]:
+    """A multi-fidelity search's finish: :func:`polish` (if its settings ask), then
+    :func:`confirm_front`. Returns the counts of both (zeros for a DES-only search)."""
+    ev = search.evaluator
+    if not isinstance(ev, MultiFidelityEvaluator):
+        return {"polished": 0, "confirmed": 0}
+    s = ev.settings
+    polished = (
+        polish(search, s.polish_screens, s.polish_rounds) if not getattr(ev, "polished", 0) else 0
+    )
+    return {"polished": polished, "confirmed": confirm_front(search)}
+
+
 def start_multifidelity(
     genome: Genome,
     config: Any,
@@ -282,7 +374,9 @@ __all__ = [
     "MultiFidelityEvaluator",
     "confirm_front",
     "could_enter",
+    "end_game",
     "evaluate_matrix",
+    "polish",
     "screen_matrix",
     "start_multifidelity",
 ]

@@ -22,7 +22,7 @@ from optimizer.evaluation import Evaluator, Fidelity
 from optimizer.ga import Generation, Search, SearchConfig, non_dominated
 from optimizer.genome import Genome
 from optimizer.matrices import make_genome
-from optimizer.multifidelity import MultiFidelity, MultiFidelityEvaluator, confirm_front
+from optimizer.multifidelity import MultiFidelity, MultiFidelityEvaluator, end_game
 from twin.spec import Deployment, Scenario
 
 
@@ -113,7 +113,7 @@ def finish(
     :func:`shortlist`); None re-scores them all.
     """
     genome = search.evaluator.genome
-    confirm_front(search)  # a multi-fidelity front is all DES-scored from here on
+    end_game(search)  # multi-fidelity: polish (if asked), then an all-DES front from here on
     X, F_search, _ = search.front()
     if final_max is not None and len(X) > final_max:
         keep = shortlist(F_search, final_max)

@@ -108,3 +108,25 @@ def test_budget_aware_population() -> None:
         25,
         200,
     )
+
+
+def test_fit_aware_adds_stay_feasible_where_blind_adds_overload() -> None:
+    # Instance 11 is tight: most cells a blind add picks overload their machine.
+    sc, _ = generate(11)
+    genome = Genome(sc)
+    X = enumerate_feasible(genome)
+    rng = np.random.default_rng(2)
+    add_only = (0.0, 1.0, 0.0)
+    counts = {}
+    for fit in (False, True):
+        mutation = PlacementMutation(add_only, fit_aware=fit)
+        ok = 0
+        for x in X[rng.choice(len(X), size=200, replace=False)]:
+            m = x.reshape(genome.shape).copy()
+            room = PlacementMutation._room(m, genome)[1] & (m < genome.cell_bounds())
+            mutation._one(m, genome.cell_bounds(), rng, genome)
+            ok += genome.is_feasible(m.reshape(-1))
+            if fit and room.any():
+                assert genome.is_feasible(m.reshape(-1))  # an add where there is room
+        counts[fit] = ok
+    assert counts[True] > counts[False]

@@ -15,6 +15,7 @@ from optimizer.multifidelity import (
     MultiFidelityEvaluator,
     confirm_front,
     could_enter,
+    end_game,
     screen_matrix,
 )
 from twin.load import load_scenario
@@ -38,6 +39,8 @@ def test_settings_are_checked() -> None:
         MultiFidelity(des_share=0.0)
     with pytest.raises(ValueError, match="margin"):
         MultiFidelity(margin=-0.1)
+    with pytest.raises(ValueError, match="polish_screens"):
+        MultiFidelity(polish_screens=-1)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +69,26 @@ def test_search_caps_des_and_ends_with_an_all_des_front(small: Genome) -> None:
     assert len(table) == ev.screened and int(table["des"].sum()) == ev.des_runs
     again = pickle.loads(pickle.dumps(ev))  # checkpoints pickle the evaluator
     assert again.des_keys == ev.des_keys and again.simulations == ev.des_runs
+
+
+def test_end_game_screens_neighbours_of_the_front_then_confirms(small: Genome) -> None:
+    ev = MultiFidelityEvaluator(small, FID, MultiFidelity(0.0, 0.25, polish_screens=30))
+    search = Search.start(SearchConfig(pop_size=8, n_gen=3, seed=3), ev)
+    search.run()
+    screened, des = ev.screened, ev.des_runs
+    got = end_game(search)
+    assert 0 < got["polished"] <= 30 and ev.screened == screened + got["polished"]
+    # Polish screens only; every DES run after it is a confirmation of the final front.
+    assert ev.des_runs == des + got["confirmed"]
+    assert set(search.front_keys) <= ev.des_keys
+    new = [np.frombuffer(r["key"], dtype=np.int64).reshape(small.shape) for r in ev.log[screened:]]
+    assert all(small.is_feasible(m.reshape(-1)) for m in new)
+    assert end_game(search)["polished"] == 0  # the end game runs once
+
+
+def test_screen_cap_ends_the_search(small: Genome) -> None:
+    ev = MultiFidelityEvaluator(small, FID, MultiFidelity(0.0, 0.25, max_screens=20))
+    search = Search.start(SearchConfig(pop_size=8, n_gen=50, seed=4), ev)
+    search.run()
+    assert 20 <= ev.screened < 20 + 8  # stops in the generation that reaches the cap
+    assert len(search.history) < 50
