@@ -164,7 +164,9 @@ def parse_endpoints(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from twin.load import SpecError, load_deployment, load_scenario
+    # not load_scenario: it reads trace files with pandas, which the serving image lacks;
+    # the exported scenario has no workloads and a job reads no arrivals
+    from twin.load import SpecError, load_deployment, parse, read_yaml
 
     p = argparse.ArgumentParser(description="Run one execution of a batch process.")
     p.add_argument("--scenario", type=Path, required=True)
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < scale <= 1000:
             raise ValueError(f"work scale must be in (0, 1000], got {scale:g}")
         summary = run_process(
-            load_scenario(a.scenario),
+            parse(Scenario, read_yaml(a.scenario), str(a.scenario)),
             load_deployment(a.deployment),
             a.process,
             parse_endpoints(a.endpoint),
