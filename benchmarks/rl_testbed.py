@@ -1,121 +1,482 @@
-"""PPO vs Greedy controlling the real testbed for 5 minutes of fluctuating load (issue 7, item 6).
+"""Policies controlling the live testbed, beside the same loop in the twin (issue 18).
 
-Runs ``mlops-twin rl control`` once per policy on ``examples/digits-pipeline.yaml``
-(testbed up with the local backend → Locust offers the fluctuating workload →
-every 10 s: gateway metrics → LSTM → policy → ``testbed apply`` → testbed
-down) and puts the measured means side by side. The PPO policy must have been
-trained on the digits scenario first (``mlops-twin rl train
-examples/digits-pipeline.yaml --steps 21600 --gamma 0.99 --out runs/rl-train-digits``,
-the policy of the committed result).
+Steps, each resumable (a finished run folder is reused), each short enough for
+one turn of the shared CPU lock:
+
+``train``
+    Builds (or finds) the cached PPO policy for the testbed view of the digits
+    pipeline — the one ``mlops-twin rl control --policy ppo`` uses.
+``run``
+    ``mlops-twin rl control`` for every policy × workload × repeat asked for:
+    testbed up → Locust offers the workload (rates × ``--rate-scale``) → every
+    10 s the policy decides and the controller applies it live → down; then
+    the same loop in the twin with the same arrivals. Run folders go to
+    ``runs/rl-testbed/<workload>-<policy>-r<repeat>/``.
+``twin``
+    Twin only: PPO, the IPA-style solver and the perfect-foresight optimum (the
+    exact solver given the true mean load of the next interval) over one cycle
+    of each workload; PPO's and IPA's fraction of the optimum's objective.
+``report``
+    ``benchmarks/results/rl_testbed.md`` and one plot per workload (load,
+    configuration and p95 over time per policy), from whatever has run.
 
 Usage::
 
-    .venv/bin/python benchmarks/rl_testbed.py [--duration 300] [--policy-file PATH]
+    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py train
+    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
+        --workloads steady-low,steady-high --duration 40
+    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
+        --workloads fluctuating --duration 60
+    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py twin --cycle 300
+    .venv/bin/python benchmarks/rl_testbed.py report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import machine_line, markdown_table, write_result  # noqa: E402
+from benchmarks._report import RESULTS, machine_line, markdown_table, write_result  # noqa: E402
+
+SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
+RUNS = ROOT / "runs" / "rl-testbed"
+POLICIES = ("ppo", "ipa", "ipa-paper", "greedy", "random")
+WORKLOADS = ("steady-low", "fluctuating", "steady-high")
+RATE_SCALE = 1.4  # steady-high 196/s and the fluctuating peaks cross e-large×1's ≈ 165/s
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """The cached PPO policy of the testbed view (trained now when missing)."""
+    import torch
+
+    from lab.control import ControlOptions, prepare_control
+    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
+    from twin.load import load_scenario
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    opts = ControlOptions(
+        "ppo",
+        None,
+        "fluctuating",
+        60.0,
+        1,
+        None,
+        args.rate_scale,
+        False,
+        args.steps,
+        ROOT / "runs" / "rl-policies",
+        "local",
+        ROOT / ".testbed-rl",
+        None,
+    )
+    started = time.perf_counter()
+    run, _, _ = prepare_control(
+        sc,
+        SCENARIO,
+        "digits",
+        opts,
+        _predictor(str(DEFAULT_PREDICTOR)),
+        _workloads(sc, DEFAULT_WORKLOADS),
+    )
+    print(f"{run.training} ({time.perf_counter() - started:.0f} s)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """``rl control`` for each workload × policy × repeat (finished folders are kept).
+
+    A run is not started when the longest run so far would end past ``--budget``
+    seconds, so one call stays within its turn of the CPU lock; call again to go on.
+    """
+    began, longest = time.perf_counter(), 0.0
+    for w in args.workloads.split(","):
+        for p in args.policies.split(","):
+            for r in range(args.repeats):
+                out = RUNS / f"{w}-{p}-r{r}{args.tag}"
+                if (out / "summary.json").is_file():
+                    continue
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "mlops_twin",
+                    "rl",
+                    "control",
+                    str(SCENARIO),
+                    "--policy",
+                    p,
+                    "--shape",
+                    w,
+                    "--duration",
+                    str(args.duration),
+                    "--seed",
+                    str(1 + r),
+                    "--rate-scale",
+                    str(args.rate_scale),
+                    "--train-steps",
+                    str(args.steps),
+                    "--out",
+                    str(out),
+                    "--json",
+                ]
+                started = time.perf_counter()
+                guess = max(longest, args.duration + 40.0)
+                if started - began + guess > args.budget:
+                    print(f"budget: {w} {p} r{r} left for the next call", file=sys.stderr)
+                    return
+                print(f"{w} {p} r{r} …", file=sys.stderr, flush=True)
+                res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env())
+                if res.returncode != 0:
+                    print(res.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"rl control {w} {p} failed")
+                took = time.perf_counter() - started
+                longest = max(longest, took)
+                print(f"  {took:.0f} s", file=sys.stderr, flush=True)
+
+
+class Foresight:
+    """The exact solver (eq. 4, CP-SAT) given the true mean load of the next interval."""
+
+    name = "optimum"
+
+    def __init__(self, env) -> None:  # type: ignore[no-untyped-def]
+        from optimizer.rl.baselines import IPAPolicy
+
+        self.env, self.solver, self.times = env, IPAPolicy(), None
+
+    def decide(self, space, load_rps, weights):  # type: ignore[no-untyped-def]
+        from loadgen.schedule import arrival_schedule
+
+        env = self.env
+        if self.times is None or env.t == 0.0:
+            sim = env.backend.sim  # the twin's arrivals: replication 0 of its seed
+            self.times = arrival_schedule(env.workload, env.process, env.cycle_s, sim.seed)
+        t0, t1 = env.t, env.t + env.interval_s
+        true = float(((self.times >= t0) & (self.times < t1)).sum()) / env.interval_s
+        return self.solver.decide(space, true, weights)
+
+
+def cmd_twin(args: argparse.Namespace) -> None:
+    """PPO and IPA against the perfect-foresight optimum in the twin; rows to RUNS/twin."""
+    import torch
+
+    from lab.control import ControlOptions, prepare_control
+    from optimizer.rl import experiments
+    from optimizer.rl.baselines import IPAPolicy
+    from optimizer.rl.cli import (
+        DEFAULT_PREDICTOR,
+        DEFAULT_WORKLOADS,
+        _predictor,
+        _workloads,
+        make_env,
+    )
+    from twin.load import load_scenario
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    pred = _predictor(str(DEFAULT_PREDICTOR))
+    opts = ControlOptions(
+        "ppo",
+        None,
+        "fluctuating",
+        60.0,
+        1,
+        None,
+        args.rate_scale,
+        False,
+        args.steps,
+        ROOT / "runs" / "rl-policies",
+        "local",
+        ROOT / ".testbed-rl",
+        None,
+    )
+    run, make_ppo, _ = prepare_control(
+        sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+    )
+    ws = [run.view.workload(w) for w in WORKLOADS]
+    frames = []
+    for w in WORKLOADS:
+        for name in ("ppo", "ipa", "optimum"):
+            env = make_env(run.view, "digits", ws, "twin", pred, cycle_s=args.cycle)
+            decider = {"ppo": make_ppo, "ipa": IPAPolicy, "optimum": lambda e=env: Foresight(e)}
+            started = time.perf_counter()
+            rows = experiments.run_cycle(env, decider[name](), w, args.seed)
+            print(f"{w} {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            frames.append(rows.assign(policy=name, workload=w))
+    RUNS.mkdir(parents=True, exist_ok=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.to_csv(RUNS / "twin-foresight.csv", index=False)
+    meta = {"cycle_s": args.cycle, "seed": args.seed, "rate_scale": args.rate_scale}
+    (RUNS / "twin-foresight.json").write_text(
+        json.dumps({**meta, "policy": str(run.training), "when": machine_line()})
+    )
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def _summaries() -> list[dict]:
+    out = []
+    for d in sorted(RUNS.glob("*-r*")):
+        f = d / "summary.json"
+        if f.is_file():
+            s = json.loads(f.read_text())
+            s["folder"] = d
+            tag = d.name.split("-r", 1)[-1].lstrip("0123456789")
+            s["policy"] = s["policy"] + tag  # e.g. ppo-kept: a variant of the code
+            out.append(s)
+    return out
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's τ-b of two rankings (scipy)."""
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic) if len(a) > 1 else float("nan")
+
+
+def _plot_workload(w: str, runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    variants: list[str] = []
+    for i, s in enumerate(runs):
+        rows = pd.read_parquet(s["folder"] / "intervals.parquet")
+        label = s["policy"]
+        if i == 0:
+            ax[0].plot(rows["t_s"], rows["offered_rps"], "k-", label="offered")
+        ax[0].step(rows["t_s"], rows["capacity_rps"], where="post", label=f"capacity {label}")
+        enc = [c.split()[1] for c in rows["config"]]  # the bottleneck stage: the encoder
+        for c in enc:
+            if c.split("/")[0] not in variants:
+                variants.append(c.split("/")[0])
+        ax[1].step(
+            rows["t_s"], [variants.index(c.split("/")[0]) for c in enc], where="post", label=label
+        )
+        ax[2].plot(rows["t_s"], 1e3 * rows["p95_s"], marker=".", label=label)
+    ax[0].set_ylabel("req/s")
+    ax[0].set_yscale("log")  # Greedy's light variants carry ten times the load
+    ax[1].set_yticks(range(len(variants)), variants, fontsize=7)
+    ax[1].set_ylabel("encoder variant×replicas")
+    ax[2].set_ylabel("p95 (ms)")
+    ax[2].set_yscale("log")
+    ax[2].set_xlabel("time since control began (s)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7, ncol=3)
+    fig.suptitle(f"{w} on the testbed: load, encoder configuration and p95 per policy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    runs = _summaries()
+    if not runs:
+        raise SystemExit(f"nothing under {RUNS}: run the 'run' step first")
+    lines = [
+        "# Policies controlling the live testbed, beside the twin (digits pipeline)",
+        "",
+        machine_line(),
+        "",
+    ]
+    rows, fid, changes = [], [], []
+    for s in runs:
+        tb, tw = s["testbed"], s.get("twin") or {}
+        rows.append(
+            [
+                s["shape"],
+                s["policy"],
+                s["duration_s"],
+                tb["decisions"],
+                tb["reconfigurations"],
+                tb["objective_mean"],
+                tw.get("objective_mean", np.nan),
+                tb["Q_mean"],
+                tb["C_mean"],
+                tb["V_mean"],
+                1e3 * tb["p95_s_mean"],
+                1e3 * tw.get("p95_s_mean", np.nan),
+                100 * tb["slo_violations"],
+                100 * tw.get("slo_violations", np.nan),
+                tb["failed"],
+                tb["decision_ms_mean"],
+            ]
+        )
+        folder = s["folder"]
+        ch = folder / "changes.parquet"
+        if ch.is_file():
+            changes.append(pd.read_parquet(ch).assign(policy=s["policy"], workload=s["shape"]))
+        sbs = folder / "side-by-side.parquet"
+        if sbs.is_file():
+            t = pd.read_parquet(sbs)
+            intervals = pd.read_parquet(folder / "intervals.parquet")
+            rho = intervals["offered_rps"] / intervals["capacity_rps"]
+            t = t.assign(rho=rho.to_numpy()[: len(t)], policy=s["policy"], workload=s["shape"])
+            fid.append(t)
+    headers = [
+        "workload",
+        "policy",
+        "s",
+        "decisions",
+        "reconfig.",
+        "objective (testbed)",
+        "objective (twin)",
+        "Q",
+        "C (cores)",
+        "V",
+        "p95 ms (testbed)",
+        "p95 ms (twin)",
+        "SLO viol. % (testbed)",
+        "SLO viol. % (twin)",
+        "failed requests",
+        "decision ms",
+    ]
+    lines += [
+        "## Means per run (testbed, and the same loop in the twin)",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+    frame = pd.DataFrame(rows, columns=headers)
+    checks = ["## Acceptance, as measured", ""]
+    for w, g in frame.groupby("workload", sort=False):
+        g = g.set_index("policy")
+        if len(g) > 1:
+            tau = kendall_tau(list(g["objective (testbed)"]), list(g["objective (twin)"]))
+            checks.append(
+                f"- {w}: Kendall τ of the policies' objective, twin vs testbed: {tau:.2f}"
+            )
+        if "ppo" in g.index:
+            ppo = g.loc["ppo"]
+            for ref in ("greedy", "ipa"):
+                if ref in g.index:
+                    r = g.loc[ref]
+                    checks.append(
+                        f"- {w}: PPO objective {ppo['objective (testbed)']:.3f} vs {ref} "
+                        f"{r['objective (testbed)']:.3f} (ratio "
+                        f"{ppo['objective (testbed)'] / r['objective (testbed)']:.3f}); SLO "
+                        f"violations {ppo['SLO viol. % (testbed)']:.2f} % vs "
+                        f"{r['SLO viol. % (testbed)']:.2f} %"
+                    )
+    total_failed = float(frame["failed requests"].sum())
+    checks.append(f"- failed requests across all runs: {total_failed:g}")
+    if fid:
+        f = pd.concat(fid, ignore_index=True)
+        ok = f[(f["rho"] <= 0.9) & f["p95_s_testbed"].notna() & f["p95_s_twin"].notna()]
+        err = (ok["p95_s_twin"] - ok["p95_s_testbed"]) / ok["p95_s_testbed"]
+        within = float((err.abs() <= 0.15).mean()) if len(err) else float("nan")
+        checks.append(
+            f"- per-interval p95, twin vs testbed, on the {len(ok)} intervals with ρ ≤ 0.9: "
+            f"median error {100 * err.median():+.0f} %, {100 * within:.0f} % of intervals "
+            "within ±15 %"
+        )
+    lines += [*checks, ""]
+    if changes:
+        c = pd.concat(changes, ignore_index=True).astype({"seconds": float})
+        g = c.groupby("kind")["seconds"]
+        crow = [
+            [k, int(g.count()[k]), g.median()[k], g.quantile(0.95)[k], g.max()[k]]
+            for k in g.count().index
+        ]
+        lines += [
+            "## Time per kind of change on the testbed (s)",
+            "",
+            markdown_table(["kind", "n", "median", "p95", "max"], crow),
+            "",
+            "The twin's replay applies each decision after the median time of its changes "
+            "(in order: variant/batch switches, replica starts, routes, replica stops).",
+            "",
+        ]
+    twin_csv = RUNS / "twin-foresight.csv"
+    if twin_csv.is_file():
+        t = pd.read_csv(twin_csv)
+        meta = json.loads((RUNS / "twin-foresight.json").read_text())
+        m = t.groupby(["workload", "policy"], sort=False)["objective"].mean().unstack()
+        d = t.groupby(["workload", "policy"], sort=False)["decision_ms"].mean().unstack()
+        trow = [
+            [
+                w,
+                m.loc[w, "optimum"],
+                m.loc[w, "ppo"],
+                m.loc[w, "ipa"],
+                m.loc[w, "ppo"] / m.loc[w, "optimum"],
+                m.loc[w, "ipa"] / m.loc[w, "optimum"],
+                d.loc[w, "ppo"],
+                d.loc[w, "ipa"],
+            ]
+            for w in m.index
+        ]
+        lines += [
+            f"## In the twin: fraction of the perfect-foresight optimum ({meta['cycle_s']:g}-s "
+            f"cycle, seed {meta['seed']}, rates × {meta['rate_scale']:g})",
+            "",
+            "The optimum is the exact solver of eq. 4 given the true mean load of the coming "
+            "interval; IPA gets the LSTM's predicted peak, PPO the observation.",
+            "",
+            markdown_table(
+                [
+                    "workload",
+                    "optimum",
+                    "PPO",
+                    "IPA",
+                    "PPO / optimum",
+                    "IPA / optimum",
+                    "PPO decision ms",
+                    "IPA decision ms",
+                ],
+                trow,
+            ),
+            "",
+        ]
+    for w in WORKLOADS:
+        sel = [s for s in runs if s["shape"] == w]
+        if sel:
+            png = RESULTS / f"rl_testbed_{w}.png"
+            _plot_workload(w, sel, png)
+            lines.append(f"![{w}]({png.name})")
+    lines += ["", args.note] if args.note else []
+    write_result("rl_testbed", "\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=300.0)
-    ap.add_argument(
-        "--policy-file", type=Path, default=ROOT / "runs" / "rl-train-digits" / "policy.zip"
-    )
-    ap.add_argument("--policies", default="ppo,greedy")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished run folders")
+    sub = ap.add_subparsers(dest="step", required=True)
+    for name in ("train", "run", "twin", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
+        p.add_argument("--steps", type=int, default=36_000, help="PPO training steps")
+        if name == "run":
+            p.add_argument("--workloads", default=",".join(WORKLOADS))
+            p.add_argument("--policies", default=",".join(POLICIES))
+            p.add_argument("--repeats", type=int, default=1)
+            p.add_argument("--duration", type=float, default=60.0)
+            p.add_argument("--budget", type=float, default=450.0, help="seconds for this call")
+            p.add_argument("--tag", default="", help="suffix of the run folders (a variant)")
+        if name == "twin":
+            p.add_argument("--cycle", type=float, default=300.0)
+            p.add_argument("--seed", type=int, default=1)
+        if name == "report":
+            p.add_argument("--note", default="", help="text appended to the report")
     args = ap.parse_args()
-    rows, loads = [], []
-    for policy in args.policies.split(","):
-        out = ROOT / "runs" / f"rl-control-digits-{policy}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlops_twin",
-            "rl",
-            "control",
-            str(ROOT / "examples" / "digits-pipeline.yaml"),
-            "--policy",
-            policy,
-            "--duration",
-            str(args.duration),
-            "--out",
-            str(out),
-            "--json",
-        ]
-        if policy == "ppo":
-            cmd += ["--policy-file", str(args.policy_file)]
-        if args.reuse and (out / "summary.json").is_file():
-            s = json.loads((out / "summary.json").read_text())
-        else:
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if res.returncode != 0:
-                print(res.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"rl control --policy {policy} failed")
-            s = json.loads(res.stdout.strip().splitlines()[-1])
-        load = json.loads(s["load_run"]) if s["load_run"].startswith("{") else {}
-        rows.append(
-            [
-                policy,
-                s["decisions"],
-                s["reconfigurations"],
-                s["Q_mean"],
-                s["C_mean"],
-                s["reward_mean"],
-                s["T_mean"],
-                s["L_mean"],
-                load.get("p95_s", float("nan")),
-                load.get("accuracy", float("nan")),
-                load.get("achieved_over_offered", float("nan")),
-            ]
-        )
-        loads.append(f"`runs/rl-control-digits-{policy}/` (intervals, plot, load run)")
-    headers = [
-        "policy",
-        "decisions",
-        "reconfigurations",
-        "Q mean",
-        "C mean (cores)",
-        "reward mean",
-        "T (req/s)",
-        "L (s, Σ stage round trips)",
-        "p95 latency (s)",
-        "measured accuracy",
-        "achieved/offered",
-    ]
-    text = "\n".join(
-        [
-            "# PPO vs Greedy controlling the testbed (digits pipeline, fluctuating load)",
-            "",
-            machine_line(),
-            "",
-            f"{args.duration:g} s of the scenario's fluctuating workload offered by Locust; every "
-            "10 s the controller scrapes the gateway, predicts the 20-s peak with the LSTM, "
-            "decides and applies the configuration with `mlops-twin testbed apply`. Q and C per "
-            "interval are measured as in the twin (T = completed req/s, L = Σ per-stage mean "
-            "round trip at the gateway, E = offered − the configuration's modelled capacity).",
-            "",
-            markdown_table(headers, rows),
-            "",
-            "Run folders: " + "; ".join(loads),
-            "",
-            "Reproduce: train `mlops-twin rl train examples/digits-pipeline.yaml --steps 21600 "
-            "--gamma 0.99 --out runs/rl-train-digits`, then `.venv/bin/python "
-            "benchmarks/rl_testbed.py`",
-        ]
-    )
-    write_result("rl_testbed", text)
+    {"train": cmd_train, "run": cmd_run, "twin": cmd_twin, "report": cmd_report}[args.step](args)
 
 
 if __name__ == "__main__":

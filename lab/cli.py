@@ -66,7 +66,7 @@ def validate(
     fit_workload: Annotated[str, typer.Option(help="Workload of the fit run.")] = "steady-low",
     fit_rate_scales: Annotated[
         str, typer.Option(help="Rate multipliers of the fit runs (load levels), comma-separated.")
-    ] = "0.5,3",
+    ] = "0.5,2",
     fit_duration: Annotated[float, typer.Option(help="Seconds of the fit run.")] = 40.0,
     replications: Annotated[int, typer.Option(help="Twin replications per workload.")] = 3,
     seed: Annotated[int, typer.Option(help="Arrival seed of the held-out runs.")] = 1,
@@ -115,11 +115,26 @@ def control(
     scenario_file: Annotated[Path, typer.Argument(help="Scenario the testbed serves.")] = Path(
         "examples/digits-pipeline.yaml"
     ),
-    policy: Annotated[str, typer.Option(help="ppo, greedy, ipa, ipa-paper or random.")] = "greedy",
-    policy_file: Annotated[Path | None, typer.Option(help="PPO policy zip (for ppo).")] = None,
+    policy: Annotated[str, typer.Option(help="ppo, ipa, ipa-paper, greedy or random.")] = "greedy",
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(help="PPO policy zip; default: the cached one, trained when missing."),
+    ] = None,
     shape: Annotated[str, typer.Option(help="Workload of the scenario to offer.")] = "fluctuating",
-    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 300.0,
-    seed: Annotated[int, typer.Option()] = 1,
+    duration: Annotated[float, typer.Option(help="Seconds under control.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of arrivals (testbed and twin) and Random.")] = 1,
+    factor: Annotated[
+        float | None,
+        typer.Option(help="The testbed's CPU factor; default: what 'testbed up' will plan."),
+    ] = None,
+    rate_scale: Annotated[
+        float, typer.Option(help="Multiply the workload's rates (load run, policies, twin).")
+    ] = 1.0,
+    twin: Annotated[bool, typer.Option(help="Replay the same loop in the twin.")] = True,
+    train_steps: Annotated[int, typer.Option(help="PPO steps when a policy is trained.")] = 36_000,
+    policy_cache: Annotated[Path, typer.Option(help="Folder of cached PPO policies.")] = Path(
+        "runs/rl-policies"
+    ),
     predictor: PredictorOption = str(DEFAULT_PREDICTOR),
     backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
     state_dir: Annotated[Path, typer.Option(help="Testbed state folder.")] = Path(".testbed-rl"),
@@ -127,46 +142,58 @@ def control(
     out_dir: OutOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Bring the testbed up, offer load, reconfigure every 10 s with a policy, measure, down."""
+    """Bring the testbed up, offer load, reconfigure every 10 s with a policy, measure,
+    down; then the same loop in the twin with the same arrivals, side by side."""
     import json
     import subprocess
 
     import httpx
     import torch
 
-    from lab.control import ControlRun, run_control
-    from optimizer.rl import agent
+    from lab.control import ControlOptions, prepare_control, run_control
     from optimizer.rl.baselines import POLICIES
-    from optimizer.rl.cli import (
-        _predictor,
-        _process,
-        _scenario,
-        _workloads,
-        make_env,
-    )
+    from optimizer.rl.cli import DEFAULT_WORKLOADS, _predictor, _process, _scenario, _workloads
 
     torch.set_num_threads(1)
     sc = _scenario(scenario_file)
     proc = _process(sc, None)
-    ws = _workloads(sc, shape)
-    if policy == "ppo":
-        if policy_file is None or not policy_file.is_file():
-            fail("--policy ppo needs --policy-file with a policy trained on this scenario")
-        decider = agent.load(policy_file)
-    elif policy in POLICIES:
-        decider = POLICIES[policy]()
-    else:
+    if shape not in [w.name for w in sc.workloads]:
+        fail(
+            f"{scenario_file}: no workload {shape!r} (workloads: "
+            f"{', '.join(w.name for w in sc.workloads)})"
+        )
+    if policy != "ppo" and policy not in POLICIES:
         fail(f"unknown policy {policy!r} (ppo, {', '.join(POLICIES)})")
-    env = make_env(sc, proc, ws, "analytic", _predictor(predictor), reward_cost=reward_cost)
-    env.reset(seed=seed, options={"workload": shape})
-    target = out_dir or Path("runs") / f"rl-control-{sc.name}-{policy}-{shape}"
-    run = ControlRun(scenario_file, sc, policy, shape, duration, seed, backend, state_dir)
+    if duration < 10:
+        fail(f"--duration must be at least one 10-s interval, got {duration:g}")
+    opts = ControlOptions(
+        policy,
+        policy_file,
+        shape,
+        duration,
+        seed,
+        factor,
+        rate_scale,
+        twin,
+        train_steps,
+        policy_cache,
+        backend,
+        state_dir,
+        reward_cost,
+    )
     try:
-        summary = run_control(run, env, decider, target)
+        run, make_decider, envs = prepare_control(
+            sc, scenario_file, proc, opts, _predictor(predictor), _workloads(sc, DEFAULT_WORKLOADS)
+        )
+    except (ValueError, OSError, SpecError) as exc:
+        fail(str(exc))
+    target = out_dir or Path("runs") / f"rl-control-{sc.name}-{policy}-{shape}"
+    try:
+        summary = run_control(run, envs[0], make_decider, envs[1], target)
     except (RuntimeError, OSError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
         fail(str(exc))
     err.print(f"run folder: {target}", highlight=False)
     if as_json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, default=float))
     else:
         out.print(summary)

@@ -141,8 +141,12 @@ def up(
 def apply(
     deployment: Annotated[Path, typer.Argument(help="Deployment YAML.")],
     state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: AsJson = False,
 ) -> None:
-    """Change replicas, variants and batch sizes of the running testbed live."""
+    """Change replicas, variants and batch sizes of the running testbed live.
+
+    ``--json`` prints the changes made, each with its kind, stage and seconds.
+    """
     from testbed.controller import Controller, DeployError
     from twin.deployment import InfeasibleDeployment, require_feasible
     from twin.load import SpecError, load_deployment
@@ -150,10 +154,15 @@ def apply(
     try:
         dep = load_deployment(deployment)
         require_feasible(Controller.load(state_dir).scenario, dep)
-        _backend_for(state_dir).apply(dep)
+        changes = _backend_for(state_dir).apply(dep)
     except (SpecError, InfeasibleDeployment, DeployError, FileNotFoundError) as e:
         fail(str(e))
+    if as_json:
+        out.print_json(json.dumps({"applied": dep.name, "changes": changes}))
+        return
     out.print(f"applied {dep.name}")
+    for c in changes:
+        out.print(f"  {c['kind']:<14} {c['stage']:<12} {c['seconds']:.3f} s")
 
 
 @app.command()

@@ -17,7 +17,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from twin.spec import Deployment, Scenario
 
 Hook = Callable[[str, int], None]
 """Runs one execution of batch process ``name`` (execution ``pid``); raises on failure."""
@@ -107,6 +110,13 @@ def targets_from_status(status: dict, endpoints: dict | None = None) -> Targets:
     )
 
 
+def planned_factor(scenario: Scenario, host_cores: float | None = None) -> float:
+    """The CPU factor ``testbed up`` will give ``scenario`` on this host (its capacity plan)."""
+    from testbed.capacity import plan_capacity
+
+    return plan_capacity(scenario, host_cores).factor
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
 
@@ -151,9 +161,28 @@ class CliTestbed:
         self.up_json = json.loads(self._cli(*argv))
         return targets_from_status(self.status(), self.up_json.get("endpoints"))
 
-    def apply(self, deployment: Path, timeout_s: float = 120.0) -> None:
-        """Bring the running testbed to ``deployment`` without dropping requests."""
-        self._cli("apply", str(deployment), timeout_s=timeout_s)
+    def apply(self, deployment: Path, timeout_s: float = 120.0) -> list[dict]:
+        """Bring the running testbed to ``deployment`` without dropping requests.
+
+        Returns the changes made: kind (variant, batch, replica-start, routes,
+        replica-stop), stage and the seconds each took.
+        """
+        return json.loads(self._cli("apply", str(deployment), "--json", timeout_s=timeout_s))[
+            "changes"
+        ]
+
+    def apply_live(self, deployment: Deployment) -> list[dict]:
+        """:meth:`apply` in this process: for a controller that reconfigures every few
+        seconds, where a CLI subprocess per change would cost ≈ 1 s of the host's CPU
+        (interpreter start and imports) beside the load it measures."""
+        from testbed.controller import Controller
+        from twin.deployment import require_feasible
+
+        if self.state_dir is None:
+            raise RuntimeError("apply_live needs the testbed's state folder")
+        controller = Controller.load(self.state_dir)
+        require_feasible(controller.scenario, deployment)
+        return controller.deploy(deployment)
 
     def status(self) -> dict:
         """``testbed status --json``: gateway, instances, capacity factor, backend."""
@@ -179,6 +208,7 @@ class BackgroundLoad:
         out_dir: Path,
         duration_s: float,
         seed: int = 1,
+        rate_scale: float = 1.0,
     ) -> None:
         self.argv = [
             sys.executable,
@@ -197,6 +227,8 @@ class BackgroundLoad:
             str(duration_s),
             "--seed",
             str(seed),
+            "--rate-scale",
+            repr(float(rate_scale)),
             "--json",
         ]
         self.proc: subprocess.Popen[str] | None = None

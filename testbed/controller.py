@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from twin.spec import Deployment, Scenario, topological_order
 
 STATE_FILE = "controller.json"
 DRAIN_TIMEOUT_S = 10.0
+CHANGE_KINDS = ("variant", "batch", "replica-start", "routes", "replica-stop")
 
 
 class DeployError(RuntimeError):
@@ -94,6 +97,9 @@ class Controller:
         self.deployment: Deployment | None = None
         self.versions: dict[str, str] = {}  # registry name → version of the zoo build
         self.skipped: list[str] = []
+        # What the last ``deploy`` did, one row per change: kind, stage, seconds it took
+        # (kinds: variant, batch, replica-start, routes, replica-stop; see CHANGE_KINDS).
+        self.changes: list[dict[str, Any]] = []
         self._serial = 0
         self.http = httpx.Client(timeout=60.0, headers=token_headers())
 
@@ -158,11 +164,18 @@ class Controller:
             }
         return out
 
-    def deploy(self, deployment: Deployment) -> None:
-        """Bring the running testbed to ``deployment`` without dropping requests."""
+    def deploy(self, deployment: Deployment) -> list[dict[str, Any]]:
+        """Bring the running testbed to ``deployment`` without dropping requests.
+
+        Returns what it changed and how long each change took (``self.changes``):
+        kept replicas switch variant (the new model is loaded and warmed before the
+        swap) or batch in place; new replicas start and answer a warm-up inference
+        before the gateway routes to them; surplus ones are unrouted, drained, stopped.
+        """
         if not self.versions:
             self.prepare()
         want = self.desired(deployment)
+        self.changes = []
         # 1. live reconfiguration of kept replicas
         for inst in list(self.instances.values()):
             w = want[inst.component]
@@ -171,7 +184,9 @@ class Controller:
                 w["batch"],
                 w["batch_timeout_ms"],
             ):
-                self._reconfigure(inst, w)
+                kind = "variant" if inst.variant != w["variant"] else "batch"
+                with self._timed(kind, inst.component):
+                    self._reconfigure(inst, w)
         # 2. start missing replicas, remember surplus ones
         surplus: list[Instance] = []
         for stage, w in want.items():
@@ -179,17 +194,29 @@ class Controller:
                 have = [i for i in self._of(stage) if i.node == node]
                 n = w["alloc"].get(node, 0)
                 for _ in range(n - len(have)):
-                    self._start(stage, node, w)
+                    with self._timed("replica-start", stage):
+                        self._start(stage, node, w)
                 surplus += have[n:] if len(have) > n else []
         # 3. route to exactly the wanted replicas, then drain and stop the rest
         for inst in surplus:
             del self.instances[inst.name]
-        self._set_routes()
+        with self._timed("routes", ""):
+            self._set_routes()
         for inst in surplus:
-            self._drain(inst)
-            self._stop(inst)
+            with self._timed("replica-stop", inst.component):
+                self._drain(inst)
+                self._stop(inst)
         self.deployment = deployment
         self.save()
+        return self.changes
+
+    @contextmanager
+    def _timed(self, kind: str, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.changes.append(
+            {"kind": kind, "stage": stage, "seconds": round(time.perf_counter() - started, 4)}
+        )
 
     def _of(self, stage: str) -> list[Instance]:
         return sorted(

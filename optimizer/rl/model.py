@@ -73,14 +73,23 @@ def stage_estimate(
 ) -> StageEstimate:
     """Capacity (req/s), mean latency (s) and throughput (req/s) of one stage at ``load_rps``."""
     st = stage.variants[option.variant].service_time
+    over = stage.component.server_overhead
+
+    def batch_s(n: int) -> float:
+        # The stage server's own CPU shares the stage's core (as in the twin's capacity).
+        ms = st.batch_mean_ms(n)
+        if over is not None:
+            ms += over.per_call_ms + over.per_item_ms * n
+        return ms / 1e3 / speed
+
     f, b = option.replicas, option.batch
-    t_full = st.batch_mean_ms(b) / 1e3 / speed
+    t_full = batch_s(b)
     capacity = f * b / t_full
     per_replica = max(load_rps, 1e-9) / f
     # Batches fill until b items or the timeout; at low load they leave partly full.
     fill_s = min(timeout_s, (b - 1) / per_replica) if b > 1 else 0.0
     b_eff = int(min(b, max(1.0, 1.0 + per_replica * fill_s)))
-    t_eff = st.batch_mean_ms(b_eff) / 1e3 / speed
+    t_eff = batch_s(b_eff)
     rho = load_rps / capacity
     if rho < RHO_MAX:
         wait = rho / (2.0 * (1.0 - rho)) * t_full

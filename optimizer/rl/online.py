@@ -30,7 +30,7 @@ from optimizer.rl.backends import Window
 from optimizer.rl.baselines import Policy
 from optimizer.rl.env import PipelineEnv
 from optimizer.rl.predictor import HISTORY_S
-from optimizer.rl.space import Option
+from optimizer.rl.space import ConfigSpace, Option
 from twin.criteria import PipelineMetrics, pipeline_capacity_rps, pipeline_config_terms, qos
 from twin.spec import Deployment
 
@@ -79,7 +79,7 @@ class OnlineController:
         env: PipelineEnv,
         decider: GuidedMaskablePPO | Policy,
         scrape: Callable[[], str],
-        apply: Callable[[Deployment], None],
+        apply: Callable[[Deployment], list[dict] | None],
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         initial: list[Option] | None = None,
@@ -89,13 +89,17 @@ class OnlineController:
         self.scrape, self.apply, self.clock, self.sleep = scrape, apply, clock, sleep
         self.space = env.space
         self.current = initial or env.current
+        self.deployed = self.space.deployment(self.current)  # what the testbed runs
         self.rows: list[dict] = []
+        self.changes: list[dict] = []  # what each apply changed: t_s, kind, stage, seconds
+        self.started_unix = 0.0  # wall clock (s since the epoch) of t_s = 0
         # The testbed runs servers at a fraction of their cores; the modelled capacity too.
         self.capacity_factor = capacity_factor
 
     def run(self, duration_s: float) -> pd.DataFrame:
         env, interval = self.env, self.env.interval_s
         start = self.clock()
+        self.started_unix = time.time()
         prev = parse_gateway(self.scrape())
         window_start = prev
         arrivals: list[float] = []
@@ -157,36 +161,64 @@ class OnlineController:
         )
 
     def _decide(self, w: Window, history: np.ndarray, t: float) -> None:
-        env = self.env
-        env.history, env.t, env.last, env.current = history, t, w, self.current
-        env.predicted = env.predict_load()
-        started = time.perf_counter()
-        if isinstance(self.decider, GuidedMaskablePPO):
-            chosen: list[Option] = []
-            for k in range(self.space.n_stages):
-                env.k, env.pending = k, chosen
-                a = act(self.decider, env.observation(), env.action_masks())
-                chosen = [*chosen, self.space.stages[k].option(a)]
-            env.k, env.pending = 0, []
-        else:
-            chosen = self.decider.decide(self.space, env.predicted, env.weights)
-        decision_ms = (time.perf_counter() - started) * 1e3
+        chosen, decision_ms = decide(
+            self.env, self.decider, self.current, w, history, t, self.space.n_stages
+        )
         applied_s = 0.0
         if chosen != self.current:
             started = time.perf_counter()
-            self.apply(self.space.deployment(chosen, name=f"rl-t{int(t)}"))
+            dep = self.space.deployment(chosen, name=f"rl-t{int(t)}", keep=self.deployed)
+            changes = self.apply(dep) or []
+            self.deployed = dep
             applied_s = time.perf_counter() - started
+            self.changes += [{"t_s": t, **c} for c in changes]
         self.rows.append(
             {
                 "t_s": w.t0,
-                "predicted_rps": env.predicted,
+                "predicted_rps": self.env.predicted,
                 **w.metrics.as_dict(),
                 "decision_ms": decision_ms,
                 "apply_s": applied_s,
-                "config": " ".join(
-                    f"{s.variants[o.variant].name}×{o.replicas}/b{o.batch}"
-                    for s, o in zip(self.space.stages, self.current, strict=True)
-                ),
+                "config": describe(self.space, self.current),
             }
         )
         self.current = chosen
+
+
+def describe(space: ConfigSpace, options: list[Option]) -> str:
+    """A configuration in one line: ``variant×replicas/bBatch`` per stage."""
+    return " ".join(
+        f"{s.variants[o.variant].name}×{o.replicas}/b{o.batch}"
+        for s, o in zip(space.stages, options, strict=True)
+    )
+
+
+def decide(
+    env: PipelineEnv,
+    decider: GuidedMaskablePPO | Policy,
+    current: list[Option],
+    window: Window,
+    history: np.ndarray,
+    t: float,
+    n_stages: int,
+) -> tuple[list[Option], float]:
+    """The decider's configuration for the next interval, from the last ``window`` and
+    the load ``history`` (req/s per second), and the decision's wall time (ms).
+
+    The environment is put in the state the window describes (what the twin's
+    environment would hold at time ``t``), so PPO sees the observation it was
+    trained on; the baselines see the space and the predicted peak load.
+    """
+    env.history, env.t, env.last, env.current = history, t, window, current
+    env.predicted = env.predict_load()
+    started = time.perf_counter()
+    if isinstance(decider, GuidedMaskablePPO):
+        chosen: list[Option] = []
+        for k in range(n_stages):
+            env.k, env.pending = k, chosen
+            a = act(decider, env.observation(), env.action_masks())
+            chosen = [*chosen, env.space.stages[k].option(a)]
+        env.k, env.pending = 0, []
+    else:
+        chosen = decider.decide(env.space, env.predicted, env.weights)
+    return chosen, (time.perf_counter() - started) * 1e3

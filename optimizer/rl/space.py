@@ -209,6 +209,46 @@ class ConfigSpace:
             per[self.machines[best]] = per.get(self.machines[best], 0) + 1
         return out
 
+    def place_near(
+        self, options: list[Option], keep: dict[str, dict[str, int]]
+    ) -> dict[str, dict[str, int]] | None:
+        """Like :meth:`place`, but replicas stay on the machines ``keep`` has them on
+        where they still fit; only the rest are packed worst-fit. A live system then
+        starts only the replicas it gains instead of moving others (each start costs
+        seconds of CPU). None when they do not fit."""
+        free_cpu, free_ram = self._free_cpu_list[:], self._free_ram_list[:]
+        col = {m: j for j, m in enumerate(self.machines)}
+        out: dict[str, dict[str, int]] = {}
+        rest = []
+        for s, o in zip(self.stages, options, strict=True):
+            cpu, ram = instance_demand(
+                s.component, StageConfig(variant=s.variants[o.variant].name, batch=o.batch)
+            )
+            left = o.replicas
+            for m, n in sorted(keep.get(s.name, {}).items()):
+                j = col.get(m)
+                while j is not None and n > 0 and left > 0:
+                    if free_cpu[j] < cpu - EPS or free_ram[j] < ram - EPS:
+                        break
+                    free_cpu[j] -= cpu
+                    free_ram[j] -= ram
+                    out.setdefault(s.name, {})[m] = out.get(s.name, {}).get(m, 0) + 1
+                    n, left = n - 1, left - 1
+            rest += [(cpu, ram, s.name)] * left
+        rest.sort(key=lambda it: -it[0])
+        for cpu, ram, name in rest:
+            best, room = -1, -1.0
+            for j, (fc, fr) in enumerate(zip(free_cpu, free_ram, strict=True)):
+                if fc >= cpu - EPS and fr >= ram - EPS and fc > room:
+                    best, room = j, fc
+            if best < 0:
+                return None
+            free_cpu[best] -= cpu
+            free_ram[best] -= ram
+            per = out.setdefault(name, {})
+            per[self.machines[best]] = per.get(self.machines[best], 0) + 1
+        return out
+
     def fits(self, options: list[Option]) -> bool:
         """True when the (possibly partial) configuration plus the cheapest option of
         every later stage keeps Σ w·f ≤ W_max and packs onto the machines."""
@@ -261,11 +301,20 @@ class ConfigSpace:
         return [s.option(i) for i in range(s.size)]
 
     # -- deployments ---------------------------------------------------------------------------
-    def deployment(self, options: list[Option], name: str = "rl") -> Deployment:
-        """The twin deployment of a complete configuration; ValueError if it does not fit."""
+    def deployment(
+        self, options: list[Option], name: str = "rl", keep: Deployment | None = None
+    ) -> Deployment:
+        """The twin deployment of a complete configuration; ValueError if it does not fit.
+
+        ``keep``: the running deployment, whose replicas stay where they are when they
+        still fit (:meth:`place_near`).
+        """
         if len(options) != self.n_stages:
             raise ValueError(f"need {self.n_stages} options, got {len(options)}")
-        placed = self.place(options)
+        placed = None
+        if keep is not None:
+            placed = self.place_near(options, keep.allocation)
+        placed = placed or self.place(options)
         if placed is None or self.cores(options) > self.budget + EPS:
             raise ValueError(f"configuration {options} does not fit the machines or W_max")
         stages = dict(self.base.stages)

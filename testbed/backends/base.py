@@ -251,8 +251,9 @@ class Backend(ABC):
         """Start nodes and platform services, apply ``deployment``; return endpoints."""
 
     @abstractmethod
-    def apply(self, deployment: Deployment) -> None:
-        """Change replicas, variants and batch sizes live (no request dropped)."""
+    def apply(self, deployment: Deployment) -> list[dict]:
+        """Change replicas, variants and batch sizes live (no request dropped); the
+        changes made, each with its kind, stage and seconds (``Controller.deploy``)."""
 
     @abstractmethod
     def status(self) -> TestbedStatus:

@@ -182,11 +182,11 @@ class ComposeBackend(Backend):
             raise
         return endpoints
 
-    def apply(self, deployment: Deployment) -> None:
+    def apply(self, deployment: Deployment) -> list[dict]:
         """Change replicas, variants and batch sizes live (the controller diffs)."""
         from testbed.controller import Controller
 
-        Controller.load(self.state_dir).deploy(deployment)
+        return Controller.load(self.state_dir).deploy(deployment)
 
     def status(self) -> TestbedStatus:
         """Nodes, instances and their health, as the shared controller sees them."""

@@ -241,8 +241,8 @@ class LocalBackend(Backend):
         self._popen.append(popen)
         self._save()
 
-    def apply(self, deployment: Deployment) -> None:
-        Controller.load(self.state_dir).deploy(deployment)
+    def apply(self, deployment: Deployment) -> list[dict]:
+        return Controller.load(self.state_dir).deploy(deployment)
 
     def status(self) -> TestbedStatus:
         return Controller.load(self.state_dir).status(self.name)

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from testbed.api import IMAGE_SIZE, INFER_PATH, TIMINGS_HEADER, StageTiming, encode_timings
 from testbed.services.common import base_parser, common_routes, error, serve
 from testbed.services.guard import (
+    MAX_MODEL_BYTES,
     AdminGuard,
     BadRequest,
     BodyLimit,
@@ -65,7 +66,7 @@ class Gateway:
         targets: dict[str, str] | None = None,
         stage_timeout_s: float = 10.0,
         dead_s: float = 1.0,
-        max_inflight: int = 2,
+        max_inflight: int = 256,
         max_pending: int = 4096,
     ):
         self.features_url = features_url
@@ -332,7 +333,11 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/admin/proxy/{target}/{path:path}", proxy, methods=["GET", "POST", "PUT", "DELETE"]),
         *gateway_routes(gw, IMAGE_SIZE, NoReplica),  # Open Inference Protocol (services.v2)
     ]
-    middleware = [Middleware(AdminGuard, token=admin_token()), Middleware(BodyLimit)]
+    # the admin proxy sits behind the token and carries model uploads to the registry
+    middleware = [
+        Middleware(AdminGuard, token=admin_token()),
+        Middleware(BodyLimit, path_limits=(("/admin/proxy/", MAX_MODEL_BYTES),)),
+    ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
@@ -353,7 +358,12 @@ def main() -> None:
     p.add_argument("--features", default=None)
     p.add_argument("--targets", default="")
     p.add_argument("--stage-timeout-s", type=float, default=10.0)
-    p.add_argument("--max-inflight", type=int, default=2, help="calls outstanding per replica")
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=256,
+        help="calls outstanding per replica (items queue in the stage server, not here)",
+    )
     p.add_argument("--routes", default=None, help="initial routes as JSON (as POST /admin/routes)")
     a = p.parse_args()
     targets = parse_targets(a.targets)

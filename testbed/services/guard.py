@@ -33,6 +33,8 @@ TOKEN_ENV = "MLOPS_TWIN_ADMIN_TOKEN"
 TOKEN_HEADER = "x-admin-token"
 # JSON requests (inference, admin) are small; a stage batch carries rows.
 MAX_JSON_BYTES = 1 << 20
+# model files pass through the admin routes (registry upload, via the gateway proxy on Compose)
+MAX_MODEL_BYTES = 1 << 30
 MAX_BATCH_BYTES = 64 << 20
 MAX_JSON_DEPTH = 32
 MAX_ROWS = 4096
@@ -151,6 +153,27 @@ def overloaded(
     return 503, headers, error_body(f"{what} is full; retry later")
 
 
+DRAIN_BYTES = 16 << 20  # most of a refused body read (and dropped) before answering
+
+
+async def _drain(receive: Receive, budget: int = DRAIN_BYTES) -> None:
+    """Read and drop the rest of a refused request's body, up to ``budget`` bytes.
+
+    A server that closes a connection with request bytes still unread makes the
+    kernel send a reset, and the client loses the 4xx it was about to read (the
+    HTTP fuzz saw 266 resets instead of 413s). Reading the body first lets the
+    client see its answer; a body above the budget still gets the reset.
+    """
+    seen = 0
+    while seen <= budget:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 async def _send_error(send: Send, status: int, message: str) -> None:
     body = error_body(message)
     await send(
@@ -168,17 +191,28 @@ async def _send_error(send: Send, status: int, message: str) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body above ``max_bytes`` (declared or received)."""
+    """ASGI middleware: 413 for a body above ``max_bytes`` (declared or received).
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_JSON_BYTES):
+    ``path_limits`` gives other caps to path prefixes (first match wins), e.g. the
+    gateway's admin proxy, which carries model uploads to the registry.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_JSON_BYTES,
+        path_limits: tuple[tuple[str, int], ...] = (),
+    ):
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        path = scope.get("path", "")
+        limit = next((n for p, n in self.path_limits if path.startswith(p)), self.max_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -187,35 +221,39 @@ class BodyLimit:
                     await _send_error(send, 400, "bad content-length")
                     return
                 if declared > limit:
+                    await _drain(receive)
                     await _send_error(send, 413, f"body is larger than {limit} bytes")
                     return
+        # The whole body is read here, before the app runs (every app of ours reads it
+        # whole anyway): a body without content-length that grows past the limit must
+        # get its 413 from here, since an exception raised inside the app's receive()
+        # turns into Starlette's 500.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                break  # the client left: the app sees the disconnect
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await _drain(receive)
                 await _send_error(send, 413, f"body is larger than {limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        first: Message | None = message
 
+        async def replay() -> Message:
+            nonlocal first
+            if first is not None:
+                out, first = first, None
+                return out
+            return await receive()
 
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 TOKEN_FILE = "admin.token"
@@ -290,6 +328,7 @@ class AdminGuard:
         ):
             presented = dict(scope.get("headers", [])).get(TOKEN_HEADER.encode())
             if not token_ok(presented, self.token):
+                await _drain(receive)
                 await _send_error(send, 401, f"admin route: missing or wrong {TOKEN_HEADER}")
                 return
         await self.app(scope, receive, send)

@@ -1,0 +1,107 @@
+"""Trained PPO policies cached by what they were trained on.
+
+A policy is only good for the scenario (servers, variants, budget, QoS
+weights) and the training settings it saw, so its folder is named by a hash
+of both: ``<cache>/<scenario name>-<hash12>/`` with ``policy.zip``, the
+training curves (``curves.parquet``/``.csv`` and ``curves.png``) and
+``training.json`` (the settings and the wall time). :func:`cached_policy`
+trains one when the folder is missing (the caller shows progress through
+``on_step``) and writes the folder atomically, so a crash leaves no half policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from optimizer.rl.predictor import LoadPredictor
+from twin.runs import atomic_dir, write_table
+from twin.spec import Scenario, Workload
+
+DEFAULT_CACHE = Path("runs") / "rl-policies"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What a cached policy is trained with (part of its cache key)."""
+
+    steps: int = 36_000
+    seed: int = 0
+    gamma: float = 0.9
+    expert_every: int = 4
+    reward_cost: float | None = None
+    cycle_s: float = 1200.0
+
+
+def policy_key(
+    scenario: Scenario, process: str, workloads: list[Workload], settings: TrainSettings
+) -> str:
+    """12 hex digits naming (scenario, pipeline, workloads, settings)."""
+    blob = json.dumps(
+        {
+            "scenario": scenario.model_dump(mode="json", exclude={"description"}),
+            "process": process,
+            "workloads": [w.name for w in workloads],
+            "settings": asdict(settings),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cached_policy(
+    scenario: Scenario,
+    process: str,
+    workloads: list[Workload],
+    predictor: LoadPredictor | None,
+    settings: TrainSettings = TrainSettings(),
+    cache_dir: Path = DEFAULT_CACHE,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[Path, bool]:
+    """The folder of a policy for this scenario and settings, and whether it was trained now.
+
+    Training runs on the analytic backend (``optimizer.rl.backends``) with expert
+    guidance every ``expert_every`` episodes; ``on_step(n)`` reports progress.
+    """
+    from optimizer.rl import agent
+    from optimizer.rl.cli import make_env
+
+    folder = (
+        Path(cache_dir) / f"{scenario.name}-{policy_key(scenario, process, workloads, settings)}"
+    )
+    if (folder / "policy.zip").is_file():
+        return folder, False
+    env = make_env(
+        scenario,
+        process,
+        workloads,
+        "analytic",
+        predictor,
+        cycle_s=settings.cycle_s,
+        expert_every=settings.expert_every,
+        reward_cost=settings.reward_cost,
+    )
+    model, writer = agent.make_agent(env, seed=settings.seed, gamma=settings.gamma)
+    started = time.perf_counter()
+    curves = agent.train(model, writer, settings.steps, on_step=on_step)
+    wall = time.perf_counter() - started
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(folder) as tmp:
+        model.save(tmp / "policy.zip")
+        write_table(curves, tmp / "curves")
+        curves.to_csv(tmp / "curves.csv", index=False)
+        agent.plot_curves(curves, tmp / "curves.png", f"PPO on {scenario.name} (analytic)")
+        info = {
+            "scenario": scenario.name,
+            "process": process,
+            "workloads": [w.name for w in workloads],
+            **asdict(settings),
+            "reward_cost_used": env.weights.reward_cost,
+            "wall_s": round(wall, 1),
+        }
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    return folder, True

@@ -1,0 +1,142 @@
+"""rl control's pieces without servers: testbed view, change kinds, latency per interval,
+the twin replay of a control loop, and the policy cache key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lab.control import side_by_side, summarise
+from lab.control_measure import interval_latency, per_interval
+from lab.control_twin import TwinReplay, change_delay_s, change_kinds, replay
+from lab.control_view import replica_speed
+from lab.control_view import testbed_view as view_of
+from optimizer.rl.baselines import GreedyPolicy
+from optimizer.rl.cache import TrainSettings, policy_key
+from optimizer.rl.cli import make_env
+from optimizer.rl.space import Option
+from twin.criteria import stage_capacity_rps
+from twin.load import load_deployment, load_scenario
+
+SCENARIO = "examples/digits-pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return load_scenario(SCENARIO)
+
+
+def test_view_scales_speed_by_the_quota_and_adds_server_cpu(scenario):
+    view = view_of(scenario, 0.25)
+    assert view.servers[0].cpu_speed == pytest.approx(0.5)  # 2 cores × 0.25, one thread
+    assert replica_speed(8, 1.0, 0.5) == 1.0  # a single-threaded replica uses ≤ one core
+    dep = load_deployment("examples/digits-pipeline.deployment.yaml")
+    full = stage_capacity_rps(scenario, dep, "encoder")
+    seen = stage_capacity_rps(view, dep, "encoder")
+    # half the speed and the server's own CPU on top of the model's 2.77 ms
+    assert seen < full / 2
+    assert view.component("encoder").server_overhead is not None
+    assert view.process("digits").request_overhead is not None
+
+
+def test_view_scales_rates(scenario):
+    view = view_of(scenario, 0.25, rate_scale=1.5)
+    assert view.workload("steady-high").rate_per_s == pytest.approx(
+        1.5 * scenario.workload("steady-high").rate_per_s
+    )
+    with pytest.raises(ValueError):
+        view_of(scenario, 0.0)
+
+
+def test_change_kinds_follow_the_controller():
+    a = [Option(0, 1, 1), Option(2, 1, 1)]
+    assert change_kinds(a, a) == []
+    got = change_kinds(a, [Option(1, 1, 1), Option(2, 1, 4)])
+    assert got == ["variant", "batch", "routes"]
+    kinds = change_kinds(a, [Option(0, 3, 1), Option(2, 1, 1)])
+    assert kinds == ["replica-start", "replica-start", "routes"]
+    assert change_delay_s(kinds, {"replica-start": 1.5, "routes": 0.1}) == pytest.approx(3.1)
+
+
+def test_interval_latency_counts_unanswered_as_violations():
+    req = pd.DataFrame(
+        {
+            "t_arrive": [0.1, 0.2, 0.3, 0.4, 5.0],
+            "t_end": [0.15, 0.25, 0.5, np.nan, 5.01],
+        }
+    )
+    got = interval_latency(req, 0.0, 1.0, deadline_s=0.1)
+    assert got["requests"] == 4 and got["failed"] == 1
+    assert got["slo_violations"] == pytest.approx(2 / 4)  # 0.2 s over, one unanswered
+    assert got["p50_s"] == pytest.approx(0.05)
+    rows = per_interval(req, [0.0, 4.0], 2.0, 0.1)
+    assert rows["requests"].tolist() == [4.0, 1.0]
+
+
+def test_twin_replay_of_a_control_loop(scenario):
+    view = view_of(scenario, 0.25, rate_scale=1.4)
+    ws = [view.workload("steady-low"), view.workload("steady-high")]
+    env = make_env(view, "digits", ws, "analytic", None)
+    env.reset(seed=1, options={"workload": "steady-high"})
+    spec = TwinReplay(env, ws[1], 1, 45.0, 2.0, 3, {"replica-start": 1.0, "routes": 0.05})
+    rows, requests = replay(spec, GreedyPolicy())
+    assert len(rows) == 3
+    assert rows["requests"].sum() > 0.8 * 1.4 * 140 * 30
+    assert (rows["p95_s"] > 0).all()
+    # same seed, same arrivals: the requests are the load run's schedule
+    from loadgen.schedule import arrival_schedule
+
+    sched = arrival_schedule(ws[1], "digits", 45.0, 1)
+    got = np.sort(requests["t_arrive"].to_numpy())  # the twin ran until the last interval
+    assert got[-1] >= 2.0 + 3 * 10 - 1
+    assert np.allclose(got, sched[: got.size])
+
+
+def test_side_by_side_and_summary():
+    cols = ["offered_rps", "Q", "C", "V", "T", "L", "E", "p95_s", "slo_violations"]
+    base = {c: [1.0, 2.0] for c in cols} | {"t_s": [0.0, 10.0], "config": ["a", "b"]}
+    extra = {
+        "objective": [1.0, 1.0],
+        "reward": [1.0, 1.0],
+        "requests": [10.0, 30.0],
+        "failed": [0.0, 0.0],
+        "decision_ms": [1.0, 1.0],
+        "apply_s": [0.0, 0.5],
+    }
+    tb = pd.DataFrame(base | extra)
+    tw = pd.DataFrame(base | extra).assign(Q=[5.0, 6.0])
+    sbs = side_by_side(tb, tw)
+    assert sbs["Q_twin"].tolist() == [5.0, 6.0] and sbs["Q_testbed"].tolist() == [1.0, 2.0]
+    s = summarise(tb.assign(slo_violations=[0.1, 0.5]))
+    assert s["slo_violations"] == pytest.approx((1 + 15) / 40)
+    assert s["reconfigurations"] == 1
+
+
+def test_policy_key_changes_with_what_the_policy_was_trained_on(scenario):
+    ws = list(scenario.workloads[:3])
+    a = policy_key(scenario, "digits", ws, TrainSettings())
+    assert a == policy_key(scenario, "digits", ws, TrainSettings())
+    assert a != policy_key(scenario, "digits", ws, TrainSettings(steps=10))
+    assert a != policy_key(view_of(scenario, 0.25), "digits", ws, TrainSettings())
+
+
+def test_a_new_configuration_keeps_replicas_where_they_run(scenario):
+    from optimizer.rl.space import ConfigSpace
+
+    space = ConfigSpace(view_of(scenario, 0.25), "digits")
+    now = [Option(2, 1, 1), Option(2, 2, 1), Option(2, 1, 1)]
+    more = [Option(2, 2, 1), Option(2, 2, 1), Option(2, 2, 1)]
+    running = space.deployment(now)
+    fresh = space.deployment(more)
+    near = space.deployment(more, keep=running)
+    assert sum(near.allocation["denoise"].values()) == 2  # the same configuration
+    for stage, per in running.allocation.items():
+        for machine, n in per.items():
+            assert near.allocation[stage].get(machine, 0) >= n  # nothing moved
+    moved = sum(
+        max(n - fresh.allocation[s].get(m, 0), 0)
+        for s, per in running.allocation.items()
+        for m, n in per.items()
+    )
+    assert moved > 0  # packing from scratch would have moved some (the churn we avoid)
