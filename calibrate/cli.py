@@ -360,5 +360,6 @@ def import_perf_analyzer(
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in summary.items():
-        table.add_row(key, value if isinstance(value, str) else f"{value:.4g}")
+        number = isinstance(value, float | int) and not isinstance(value, bool)
+        table.add_row(key, f"{value:.4g}" if number else str(value))
     out.print(table)

@@ -17,6 +17,13 @@ queues, so the parts are the model's own and the path's):
   the one of a lognormal whose p95/p50 ratio is the level's
   (σ = ln(p95/p50) / 1.645), given to both.
 
+A server without Triton's statistics extension (MLServer, KServe, any other V2
+server) gives a file with client-side columns only (``Client Send``, ``Client
+Recv``, the percentiles). Then the service time is what the load levels show of
+the server from outside, as ``calibrate profile --target`` reads it: one
+request's share of the best throughput (a serial server), at most the lowest
+level's p50; the overhead is the rest of that p50.
+
 The result is the same calibration format (model → component, version →
 variant) and the same one-stage scenario as ``calibrate profile --target``.
 """
@@ -40,6 +47,7 @@ PARTS = (
     "Client Recv",
 )
 PERCENTILES = ("p50 latency", "p90 latency", "p95 latency", "p99 latency")
+SERVER_PARTS = PARTS[1:6]  # absent when the server has no Triton statistics extension
 LEVELS = ("Concurrency", "Request Rate")
 THROUGHPUT = "Inferences/Second"
 
@@ -57,15 +65,18 @@ def read_csv(path: Path) -> pd.DataFrame:
             f"{path}: no load-level column; expected '{LEVELS[0]}' or '{LEVELS[1]}' "
             f"(perf_analyzer -f), found {list(frame.columns)}"
         )
-    missing = [c for c in (THROUGHPUT, *PARTS, "p50 latency", "p95 latency") if c not in frame]
+    server = [c for c in SERVER_PARTS if c in frame]
+    parts = PARTS if server else ("Client Send", "Client Recv")  # all server columns, or none
+    missing = [c for c in (THROUGHPUT, *parts, "p50 latency", "p95 latency") if c not in frame]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {missing}; a perf_analyzer CSV has {level}, {THROUGHPUT}, "
-            f"{', '.join(PARTS)} and {', '.join(PERCENTILES)} (microseconds)"
+            f"{', '.join(PARTS)} and {', '.join(PERCENTILES)} (microseconds); without a "
+            f"Triton server, Client Send and Client Recv but none of {', '.join(SERVER_PARTS)}"
         )
     if frame.empty:
         raise ValueError(f"{path}: no rows (perf_analyzer measured no load level)")
-    cols = [level, THROUGHPUT, *PARTS, *(p for p in PERCENTILES if p in frame)]
+    cols = [level, THROUGHPUT, *parts, *(p for p in PERCENTILES if p in frame)]
     for c in cols:
         values = pd.to_numeric(frame[c], errors="coerce")
         bad = values.isna() | (values < 0)
@@ -102,12 +113,21 @@ def import_csv(
         raise ValueError(f"--batch must be ≥ 1, got {batch}")
     frame = read_csv(path).sort_values("level")
     low = frame.iloc[0]
-    service_us = sum(float(low[c]) for c in PARTS[3:6])
-    overhead_us = float(low["Client Send"] + low["Network+Server Send/Recv"] + low["Client Recv"])
+    server_times = SERVER_PARTS[0] in frame
+    if server_times:
+        service_us = sum(float(low[c]) for c in PARTS[3:6])
+        overhead_us = float(
+            low["Client Send"] + low["Network+Server Send/Recv"] + low["Client Recv"]
+        )
+    else:  # client side only: the server seen from outside (module doc)
+        best_rps = float(frame[THROUGHPUT].max()) / batch
+        p50 = float(low["p50 latency"])
+        service_us = min(p50, 1e6 / best_rps) if best_rps > 0 else p50
+        overhead_us = max(p50 - service_us, float(low["Client Send"] + low["Client Recv"]))
     if service_us <= 0:
         raise ValueError(
             f"{path}: Server Compute Input + Infer + Output is 0 at {low['level_kind']} "
-            f"{low['level']:g}: the file has no server-side times (was the server Triton?)"
+            f"{low['level']:g}: the file's server-side times are all 0"
         )
     cv = lognormal_cv(float(low["p50 latency"]), float(low["p95 latency"]))
     component, variant = name_of(model), name_of(version or "default")
@@ -140,7 +160,8 @@ def import_csv(
     summary = {
         "level": f"{low['level_kind']} {low['level']:g}",
         "service_ms": service_us / 1e3,
-        "queue_ms": float(low["Server Queue"]) / 1e3,
+        "queue_ms": float(low["Server Queue"]) / 1e3 if server_times else None,
+        "server_times": server_times,
         "overhead_ms": overhead_us / 1e3,
         "cv": cv,
         "max_inferences_per_s": float(frame["Inferences/Second"].max()),

@@ -53,6 +53,45 @@ def ensure_venv(venv: Path = VENV, python: str = sys.executable) -> Path:
     return venv / "bin"
 
 
+# perf_analyzer asks ``GET /v2/models/{m}/config`` (Triton's model-configuration extension
+# of V2) before it sends anything; MLServer has no such route. A custom handler answers it
+# with the Triton configuration of the model (full-shape inputs, no server batching).
+_RUNTIME = """
+from mlserver.handlers import custom_handler
+from mlserver_sklearn import SKLearnModel
+
+CONFIG = {config}
+
+
+class DigitsForest(SKLearnModel):
+    @custom_handler(rest_path="/v2/models/{model}/config", rest_method="GET")
+    async def triton_config(self) -> dict:
+        return CONFIG
+
+    async def predict(self, payload):
+        # Triton's client takes an output that has parameters for one with binary data
+        # and asks for their size; MLServer puts its content type there
+        response = await super().predict(payload)
+        for out in response.outputs:
+            out.parameters = None
+        response.parameters = None
+        return response
+"""
+INPUT = {"name": "x", "datatype": "FP32", "shape": [-1, 64]}
+OUTPUT = {"name": "predict", "datatype": "INT64", "shape": [-1, 1]}
+
+
+def triton_config() -> dict:
+    """The model as Triton's config endpoint describes it (what perf_analyzer reads)."""
+    return {
+        "name": MODEL,
+        "platform": "mlserver_sklearn",
+        "max_batch_size": 0,
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 64]}],
+        "output": [{"name": "predict", "data_type": "TYPE_INT64", "dims": [-1, 1]}],
+    }
+
+
 def write_repository(
     folder: Path, port: int, bin_dir: Path, trees: int = 50, workers: int = 0
 ) -> float:
@@ -80,9 +119,16 @@ def write_repository(
         "parallel_workers": workers,
     }
     (folder / "settings.json").write_text(json.dumps(settings))
+    # the sklearn runtime, plus the config route (see _RUNTIME); inputs/outputs declared so
+    # the metadata lists them
+    (model_dir / "digits_runtime.py").write_text(
+        _RUNTIME.replace("{config}", repr(triton_config())).replace("{model}", MODEL)
+    )
     model = {
         "name": MODEL,
-        "implementation": "mlserver_sklearn.SKLearnModel",
+        "implementation": "digits_runtime.DigitsForest",
+        "inputs": [INPUT],
+        "outputs": [OUTPUT],
         "parameters": {"uri": "./model.joblib", "version": VERSION},
     }
     (model_dir / "model-settings.json").write_text(json.dumps(model))

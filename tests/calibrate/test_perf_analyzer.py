@@ -145,3 +145,33 @@ def test_request_rate_rows(tmp_path: Path) -> None:
     header = HEADER.replace("Concurrency", "Request Rate")
     _, _, _, summary = import_csv(write(tmp_path, *ROWS, header=header), "m")
     assert summary["level"] == "Request Rate 1"
+
+
+# What perf_analyzer 2.60 wrote against MLServer (no Triton statistics extension):
+# client-side columns only.
+CLIENT_ONLY = (
+    "Concurrency,Inferences/Second,Client Send,Client Recv,"
+    "p50 latency,p90 latency,p95 latency,p99 latency"
+)
+
+
+def test_client_side_only_file_reads_the_server_from_outside(tmp_path: Path) -> None:
+    rows = ("1,416.3,52,0,1949,3562,4624,7054", "2,500.0,60,0,3900,5000,6000,8000")
+    doc, _scenario, _dep, summary = import_csv(
+        write(tmp_path, *rows, header=CLIENT_ONLY), "digits-forest"
+    )
+    (fit,) = doc.fits
+    # a serial server at 500 requests/s: 2 ms per request, at most the lowest level's p50
+    assert fit.service_time.batch_mean_ms(1) == pytest.approx(1.949)
+    assert summary["server_times"] is False and summary["queue_ms"] is None
+    assert doc.overheads.per_request.mean_ms == pytest.approx(0.052)  # client send + recv
+    rows = ("1,200.0,52,0,4000,4500,5000,6000", "4,400.0,60,0,9000,9500,9800,12000")
+    doc, _sc, _dep, _s = import_csv(write(tmp_path, *rows, header=CLIENT_ONLY), "m")
+    assert doc.fits[0].service_time.batch_mean_ms(1) == pytest.approx(2.5)  # 1 / 400 per s
+    assert doc.overheads.per_request.mean_ms == pytest.approx(1.5)  # 4.0 − 2.5
+
+
+def test_some_server_columns_but_not_all_is_a_partial_file(tmp_path: Path) -> None:
+    header = CLIENT_ONLY.replace("Client Recv", "Client Recv,Server Queue")
+    with pytest.raises(ValueError, match="missing column"):
+        import_csv(write(tmp_path, "1,416.3,52,0,10,1949,3562,4624,7054", header=header), "m")

@@ -10,7 +10,14 @@ import yaml
 from kubernetes.client import ApiClient
 from typer.testing import CliRunner
 
-from testbed.backends.k8s_file import MACHINE_LABEL, app, cpu_quantity, manifests, memory_quantity
+from testbed.backends.k8s_file import (
+    MACHINE_LABEL,
+    REGISTRY,
+    app,
+    cpu_quantity,
+    manifests,
+    memory_quantity,
+)
 from twin.deployment import InfeasibleDeployment, instance_demand, stage_config
 from twin.load import load_deployment, load_scenario
 
@@ -25,6 +32,8 @@ MODEL = {
     "ConfigMap": "V1ConfigMap",
     "Service": "V1Service",
     "Deployment": "V1Deployment",
+    "CronJob": "V1CronJob",
+    "Job": "V1Job",
 }
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 api = ApiClient()
@@ -68,7 +77,11 @@ def test_one_pinned_deployment_per_component_per_machine(scenario, deployment):
     deps = [d for d in docs if d["kind"] == "Deployment"]
     want = {(c, m): n for c, row in dep.allocation.items() for m, n in row.items() if n > 0}
     got = {}
+    added = {REGISTRY} - {c.name for c in sc.components}  # a registry the export adds
     for d in deps:
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] in added:
+            assert d["spec"]["replicas"] == 1
+            continue
         term = d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
             "requiredDuringSchedulingIgnoredDuringExecution"
         ]["nodeSelectorTerms"][0]
@@ -80,14 +93,20 @@ def test_one_pinned_deployment_per_component_per_machine(scenario, deployment):
         # the selector must select the pod template (the API server refuses otherwise)
         sel = d["spec"]["selector"]["matchLabels"]
         assert sel.items() <= d["spec"]["template"]["metadata"]["labels"].items()
-        (container,) = d["spec"]["template"]["spec"]["containers"]
         c = sc.component(next(x.name for x in sc.components if x.name == component))
         cpu, _ = instance_demand(c, stage_config(dep, c) if c.is_stage else None)
-        assert container["resources"]["requests"]["cpu"] == cpu_quantity(cpu)
-        assert container["resources"]["limits"] == container["resources"]["requests"]
+        # the pod (service + step worker, if any) requests what the twin reserved
+        millis = 0
+        for container in d["spec"]["template"]["spec"]["containers"]:
+            assert container["resources"]["limits"] == container["resources"]["requests"]
+            millis += int(container["resources"]["requests"]["cpu"].removesuffix("m"))
+        assert abs(millis - round(cpu * 1000)) <= 1, (component, millis, cpu)
     assert got == want
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
-    assert services == {c for c, row in dep.allocation.items() if any(row.values())}
+    stages = any(c.is_stage for c in sc.components)
+    assert services == {c for c, row in dep.allocation.items() if any(row.values())} | (
+        added if stages else set()
+    )
 
 
 def test_configmap_carries_variant_and_batch():
@@ -130,13 +149,12 @@ def test_gpu_steps_request_a_gpu_and_stages_find_the_registry_by_its_name() -> N
         for d in docs:
             if d["kind"] != "Deployment":
                 continue
-            (container,) = d["spec"]["template"]["spec"]["containers"]
+            container = d["spec"]["template"]["spec"]["containers"][0]
             args = container.get("args", [])
-            # a scenario without a registry component (digits-pipeline) exports none: known gap
-            if "--registry" in args and any("registry" in c.name for c in sc.components):
+            if "--registry" in args:  # digits-pipeline has no registry component: one is added
                 host = args[args.index("--registry") + 1].split("//")[1].split(":")[0]
                 assert host in services, (host, services)
-            machine = d["metadata"]["labels"][MACHINE_LABEL]
+            machine = d["metadata"]["labels"].get(MACHINE_LABEL)
             component = d["metadata"]["labels"]["app.kubernetes.io/component"]
             gpu_work = any(
                 s.gpu_work and s.component == component for p in sc.processes for s in p.steps
@@ -159,10 +177,70 @@ def test_platform_components_have_their_service_command() -> None:
     modules = {}
     for d in docs:
         if d["kind"] == "Deployment":
-            (container,) = d["spec"]["template"]["spec"]["containers"]
+            container = d["spec"]["template"]["spec"]["containers"][0]
             args = container.get("args", [])
             component = d["metadata"]["labels"]["app.kubernetes.io/component"]
             modules[component] = args[1] if args else None
     assert modules["model-registry"] == "testbed.services.registry"
     assert modules["feature-store"] == "testbed.services.feature_store"
     assert modules["gateway"] == "testbed.services.gateway"
+
+
+def workloads(docs: list[dict]) -> list[tuple[dict, dict]]:
+    """(manifest, container) of every Deployment, Job and CronJob."""
+    out = []
+    for d in docs:
+        spec = d.get("spec", {})
+        if d["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        if d["kind"] in ("Deployment", "Job", "CronJob"):
+            out += [(d, c) for c in spec["template"]["spec"]["containers"]]
+    return out
+
+
+@pytest.mark.parametrize(("scenario", "deployment"), CASES)
+def test_every_workload_has_a_command_of_a_module_that_exists(scenario, deployment):
+    import importlib.util
+
+    docs = manifests(load_scenario(EXAMPLES / scenario), load_deployment(EXAMPLES / deployment))
+    for d, c in workloads(docs):
+        assert c["command"] == ["python"] and c["args"][0] == "-m", d["metadata"]["name"]
+        assert importlib.util.find_spec(c["args"][1]) is not None, c["args"][1]
+
+
+def test_batch_processes_are_cron_jobs_that_reach_their_components_services():
+    sc = load_scenario(EXAMPLES / "edge-cloud.yaml")
+    docs = manifests(sc, load_deployment(EXAMPLES / "edge-cloud.deployment.yaml"))
+    batch = {p.name for p in sc.processes if p.kind == "batch"}
+    crons = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CronJob"}
+    assert set(crons) == batch
+    assert crons["data-preparation"]["spec"]["schedule"] == "*/10 * * * *"  # 600 s, offset 30 s
+    assert crons["retraining"]["spec"]["schedule"] == "5-59/30 * * * *"  # 1800 s, offset 300 s
+    ports = {
+        (d["metadata"]["name"], p["port"])
+        for d in docs
+        if d["kind"] == "Service"
+        for p in d["spec"]["ports"]
+    }
+    for name, d in crons.items():
+        (box,) = d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        args = box["args"]
+        urls = [args[i + 1].split("=", 1)[1] for i, a in enumerate(args) if a == "--endpoint"]
+        steps = {s.component for s in sc.process(name).steps}
+        assert len(urls) == len(steps)
+        for url in urls:
+            host, port = url.split("//")[1].split(":")
+            assert (host, int(port)) in ports, url
+    # no Deployment runs a batch process
+    assert not {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"} & batch
+
+
+def test_cron_schedules():
+    from testbed.backends.k8s_file import cron_schedule
+
+    assert cron_schedule(60) == "*/1 * * * *"
+    assert cron_schedule(900, 120) == "2-59/15 * * * *"
+    assert cron_schedule(7200) == "0 */2 * * *"
+    assert cron_schedule(7200, 3600 + 600) == "10 1-23/2 * * *"
+    with pytest.raises(ValueError, match="no cron schedule"):
+        cron_schedule(450)
