@@ -96,8 +96,11 @@ from twin.spec import Deployment, Scenario
 # service → module run with ``python -m``
 SERVICES: dict[str, str] = {
     "stage": "testbed.services.stage_server",
-    "registry": "testbed.services.registry",
-    "features": "testbed.services.feature_store",
+    "registry": "testbed.services.registry_mlflow",
+    "features": "testbed.services.features_feast",
+    # the hand-written SQLite services: what the Compose image runs (no platform venv there)
+    "registry-builtin": "testbed.services.registry",
+    "features-builtin": "testbed.services.feature_store",
     "gateway": "testbed.services.gateway",
     "node": "testbed.services.node_agent",
     "trainer": "testbed.services.trainer",
