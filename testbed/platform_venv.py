@@ -48,7 +48,7 @@ def ensure_venv(venv: Path | None = None, python: str = sys.executable) -> Path:
     if is_ready(venv):
         return venv / "bin"
     venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_ready(venv):
             print(f"creating {venv} ({', '.join(PINS)}; about a minute)", file=sys.stderr)
