@@ -240,6 +240,12 @@ def set_alias(url: str, name: str, alias: str, version: str) -> None:
 
 
 def _version_of(c: httpx.Client, name: str, ref: str) -> dict[str, Any]:
+    if ref == "latest":  # the newest version (MLflow reserves the alias name)
+        r = c.get(f"{MLFLOW_API}/model-versions/search", params={"filter": f"name='{name}'"})
+        found = _check(r, "search versions").get("model_versions", [])
+        if not found:
+            raise KeyError(f"no model {name}")
+        ref = str(max(int(v["version"]) for v in found))
     if ref.isdigit():
         r = c.get(f"{MLFLOW_API}/model-versions/get", params={"name": name, "version": ref})
     else:

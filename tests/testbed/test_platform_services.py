@@ -150,3 +150,22 @@ def test_mlflow_writes_need_the_token(platform: tuple[str, str]) -> None:
         httpx.get(f"{reg}/api/2.0/mlflow/registered-models/get", params={"name": "x"}).status_code
         == 200
     )
+
+
+def test_trainer_reads_feast_offline_and_registers_in_mlflow(
+    platform: tuple[str, str], token: None
+) -> None:
+    from sklearn.datasets import load_digits
+
+    from testbed.services import trainer
+
+    feats, reg = platform
+    pc.api_of.cache_clear()
+    x, y = load_digits(return_X_y=True)
+    pc.ingest(feats, np.arange(1000, 1000 + 400), x[:400], y[:400])
+    out = trainer.run(reg, feats, "digits-retrain", steps=60, seed=0, alias="champion")
+    assert out["train_rows"] + out["test_rows"] >= 400  # the earlier test's rows count too
+    assert out["accuracy"] > 0.5
+    data, version = pc.fetch_model(reg, "digits-retrain", "champion")
+    assert version == out["version"]
+    assert pc.hashlib.sha256(data).hexdigest() == out["sha256"]
