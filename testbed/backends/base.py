@@ -104,6 +104,7 @@ SERVICES: dict[str, str] = {
     "gateway": "testbed.services.gateway",
     "node": "testbed.services.node_agent",
     "trainer": "testbed.services.trainer",
+    "step": "testbed.services.step_job",
 }
 
 DEFAULT_STATE_DIR = Path(".testbed")
