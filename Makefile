@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: mlserver-venv platform-venv venv test test-fast lint testbed benchmark clean
+.PHONY: mlserver-venv platform-venv testbed-mlops venv test test-fast lint testbed benchmark clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,6 @@ mlserver-venv:  # MLServer in its own venv (its pins clash with ours): tests and
 
 platform-venv:  # Feast + MLflow in their own venv (their pins clash with ours): the local testbed's feature store and registry
 	$(PYTHON) -c 'from testbed.platform_venv import ensure_venv; ensure_venv()'
+
+testbed-mlops: venv platform-venv  # the batch processes of examples/mlops-lab.yaml on the local testbed beside the calibrated twin (≈ 4 min)
+	$(PY) -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml --out runs/mlops-lab $(ARGS)

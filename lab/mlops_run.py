@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import warnings
@@ -267,6 +268,11 @@ class Runner:
                 ok = False
                 break
             done[name] = parts
+        print(
+            f"{proc.name} #{pid}: {'done' if ok else 'FAILED'} in {time.time() - t_arrive:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         self.executions.append(
             {
                 "process": proc.name,
@@ -385,6 +391,8 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
     execs = pd.read_parquet(out / "executions.parquet")
     held = execs[execs["pid"] % 2 == 1]
     tb = per_process(held, meta["end_s"])
+    # overruns over the whole horizon on both sides (the twin's: mean per replication)
+    tb["overruns"] = per_process(execs, meta["end_s"])["overruns"]
     tw = pd.read_csv(out / "twin.csv", index_col="process")
     lines = [
         f"# MLOps processes on the testbed: {scenario.name} / {deployment.name}",
@@ -396,8 +404,8 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
         f"Twin: calibrated on the even executions, {meta['replications']} replications; "
         "testbed: the odd (held-out) executions.",
         "",
-        "| process | testbed n | testbed mean s | twin mean s | error % | testbed var s² "
-        "| twin var s² | testbed overruns | twin overruns (per run) |",
+        "| process | held-out n | testbed mean s | twin mean s | error % | testbed var s² "
+        "| twin var s² | testbed overruns (all) | twin overruns (per run) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     nan = {"mean_s": float("nan"), "var_s2": float("nan"), "overruns": float("nan")}
@@ -456,6 +464,11 @@ def main() -> None:
     batch_processes(scenario)
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if not (a.model_dir / "manifest.json").is_file():  # the inference stages need the zoo
+        from testbed.zoo.build import build
+
+        print(f"building the model zoo in {a.model_dir} (a few minutes)", file=sys.stderr)
+        build(a.model_dir)
     cap = plan_capacity(scenario)
     backend = LocalBackend(state_dir=out / ".testbed", model_dir=a.model_dir)
     started = time.time()
