@@ -10,7 +10,8 @@ executions may overlap, as in the twin), and each of its steps is a job
 allocation names, split over ``parallelism`` parts, under that machine's CPU quota.
 
 The run folder gets ``visits.parquet`` (one row per step part, the twin's visit
-columns plus ``transfer_s``, ``compute_s``, ``cpu_s``, ``overhead_s``),
+columns plus ``transfer_s``, ``compute_s``, ``cpu_s``, ``overhead_s``;
+``overhead_s`` = the job's start-up; ``t_end`` is when the runner saw it exit),
 ``executions.parquet`` (the twin's request columns: ``process``, ``pid``,
 ``t_arrive``, ``t_end``, ``deadline_s``), ``calibrated-scenario.yaml`` (each step's
 ``cpu_work`` fitted on the even executions), and ``report.md``: per process the
@@ -257,8 +258,8 @@ class Runner:
                         "transfer_s": rec["transfer_s"],
                         "compute_s": rec["compute_s"],
                         "cpu_s": rec["cpu_s"],
-                        "overhead_s": (rec["t_start"] - rec["t_request"])
-                        + (rec["t_done"] - rec["t_end"]),
+                        # start-up: from the runner's request to the job's first line
+                        "overhead_s": rec["t_start"] - rec["t_request"],
                         "bytes_in": rec["bytes_in"],
                         "bytes_out": rec["bytes_out"],
                         "parts": n,
