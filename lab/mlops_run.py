@@ -317,6 +317,50 @@ class Runner:
             th.join(JOB_TIMEOUT_S * 4)
 
 
+class InferenceLoad:
+    """Poisson requests at ``rate_per_s`` to the gateway, each an entity looked up in the
+    feature store (Feast's online store), in a thread until :meth:`stop`."""
+
+    def __init__(self, gateway: str, rate_per_s: float, entities: int, seed: int):
+        self.gateway, self.rate, self.entities = gateway, rate_per_s, entities
+        self.rng = np.random.default_rng(seed)
+        self.latency_s: list[float] = []
+        self.codes: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> InferenceLoad:
+        if self.rate > 0:
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        from testbed.api import INFER_PATH
+
+        with httpx.Client(timeout=30) as c:
+            nxt = time.monotonic()
+            while not self._stop.is_set():
+                nxt += self.rng.exponential(1 / self.rate)
+                time.sleep(max(0.0, nxt - time.monotonic()))
+                body = {"id": "x", "entity_id": int(self.rng.integers(self.entities))}
+                t = time.perf_counter()
+                try:
+                    code = c.post(self.gateway + INFER_PATH, json=body).status_code
+                except httpx.HTTPError:
+                    code = 0
+                self.latency_s.append(time.perf_counter() - t)
+                self.codes[code] = self.codes.get(code, 0) + 1
+
+    def stop(self) -> dict[str, Any]:
+        """Stop; the requests' count, status codes and latency percentiles (ms)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        lat = np.asarray(self.latency_s) * 1000
+        pct = {f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 95)} if len(lat) else {}
+        return {"requests": len(lat), "codes": self.codes, **pct}
+
+
 # ---------------------------------------------------------------- calibration and the twin
 
 
@@ -373,13 +417,26 @@ def per_process(executions: pd.DataFrame, end_s: float) -> pd.DataFrame:
 
 
 def twin_times(
-    scenario: Scenario, deployment: Deployment, horizon_s: float, replications: int, seed: int
+    scenario: Scenario,
+    deployment: Deployment,
+    horizon_s: float,
+    replications: int,
+    seed: int,
+    workload: Any = None,
 ) -> pd.DataFrame:
-    """The twin's per-process table over ``replications`` runs of the same schedule."""
+    """The twin's per-process table over ``replications`` runs of the same schedule
+    (batch processes; ``workload``: the inference load beside them)."""
     from twin.evaluate import evaluate
 
     ev = evaluate(
-        scenario, deployment, None, horizon_s, replications, seed, keep_records=True, force=True
+        scenario,
+        deployment,
+        workload,
+        horizon_s,
+        replications,
+        seed,
+        keep_records=True,
+        force=True,
     )
     req = ev.requests
     req = req[req["process"].astype(str).isin([p.name for p in batch_processes(scenario)])]
@@ -438,6 +495,15 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
             f"{v['overhead_s'].mean():.2f} | {v['transfer_s'].mean():.2f} | "
             f"{v['cpu_s'].mean():.2f} | {v['bytes_in'].mean() / 1e6:.2f} |"
         )
+    inf = meta.get("inference") or {}
+    if inf.get("requests"):
+        lines += [
+            "",
+            f"Inference beside them: {inf['requests']} requests at {meta['rate_per_s']:g}/s "
+            f"(entity lookups in Feast's online store, then the 3 stages), status codes "
+            f"{inf['codes']}, p50 {inf.get('p50_ms', float('nan')):.1f} ms, "
+            f"p95 {inf.get('p95_ms', float('nan')):.1f} ms.",
+        ]
     if meta["errors"]:
         lines += ["", "## Errors", "", *[f"- {e}" for e in meta["errors"][:20]]]
     text = "\n".join(lines) + "\n"
@@ -455,6 +521,12 @@ def main() -> None:
     p.add_argument("--replications", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--model-dir", type=Path, default=Path("data/models"))
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        help="inference requests/s beside the batch processes (entity lookups in Feast); 0: none",
+    )
     a = p.parse_args()
 
     from testbed.backends.local import LocalBackend
@@ -479,7 +551,14 @@ def main() -> None:
     try:
         runner = Runner(scenario, deployment, endpoints, out)
         runner.start_serving()
-        runner.run(a.horizon, a.seed)
+        from testbed.zoo.manifest import load_testset
+
+        n_entities = len(load_testset(a.model_dir)[1])
+        load = InferenceLoad(endpoints.gateway, a.rate, n_entities, a.seed).start()
+        try:
+            runner.run(a.horizon, a.seed)
+        finally:
+            inference = load.stop()
         end_s = time.time() - runner.t0
     finally:
         confined = bool(backend.reserve_procs())
@@ -490,7 +569,12 @@ def main() -> None:
     execs.to_parquet(out / "executions.parquet")
     fitted = fit_cpu_work(scenario, visits, {int(i) for i in execs["pid"] if i % 2 == 0})
     (out / "calibrated-scenario.yaml").write_text(dump_yaml(fitted))
-    tw = twin_times(fitted, deployment, a.horizon, a.replications, a.seed)
+    from twin.spec import SteadyWorkload
+
+    steady = SteadyWorkload(kind="steady", name=f"steady-{a.rate:g}", rate_per_s=a.rate)
+    tw = twin_times(
+        fitted, deployment, a.horizon, a.replications, a.seed, steady if a.rate > 0 else None
+    )
     tw.to_csv(out / "twin.csv")
     meta = {
         "time_scale": a.time_scale,
@@ -502,6 +586,8 @@ def main() -> None:
         "replications": a.replications,
         "cost": deployment_cost(scenario, deployment, a.horizon),
         "errors": runner.errors,
+        "inference": inference,
+        "rate_per_s": a.rate,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     print(report(out, scenario, deployment, meta))
