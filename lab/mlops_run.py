@@ -174,7 +174,10 @@ class Runner:
             raise StepFailed(f"node {machine} refused job {args['kind']}: {r.text[:300]}")
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while True:
-            rows = {i["name"]: i for i in self.http.get(f"{node}/instances").json()}
+            try:
+                rows = {i["name"]: i for i in self.http.get(f"{node}/instances").json()}
+            except (httpx.HTTPError, ValueError):  # a busy agent: ask again
+                rows = {name: {"alive": True}}
             if not rows[name]["alive"]:
                 break
             if time.monotonic() > deadline:
@@ -281,13 +284,14 @@ class Runner:
                 "t_arrive": t_arrive - self.t0,
                 "t_end": (time.time() - self.t0) if ok else np.nan,
                 "deadline_s": proc.deadline_s if proc.deadline_s is not None else np.nan,
+                "ok": ok,
             }
         )
 
     def _run_part(self, part: Part, args: dict[str, Any]) -> None:
         try:
             part.record = self._job(part.machine, args)
-        except (StepFailed, httpx.HTTPError) as e:
+        except (StepFailed, httpx.HTTPError, ValueError, KeyError) as e:
             with self._lock:
                 self.errors.append(str(e))
 
@@ -446,7 +450,9 @@ def twin_times(
 def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str, Any]) -> str:
     """Write ``report.md`` from the run folder's tables; returns its text."""
     visits = pd.read_parquet(out / "visits.parquet")
-    execs = pd.read_parquet(out / "executions.parquet")
+    every = pd.read_parquet(out / "executions.parquet")
+    # a failed step (the reason is under Errors) is the testbed's fault, not a slow run
+    execs = every[every["ok"]]
     held = execs[execs["pid"] % 2 == 1]
     tb = per_process(held, meta["end_s"])
     # overruns over the whole horizon on both sides (the twin's: mean per replication)
@@ -475,7 +481,11 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
             f"{a['var_s2']:.3f} | {b['var_s2']:.3f} | {a['overruns']:.0f} | "
             f"{b['overruns'] / meta['replications']:.1f} |"
         )
+    failed = every[~every["ok"]]
+    names = [f"{p} #{i}" for p, i in zip(failed["process"], failed["pid"], strict=True)]
     lines += [
+        "",
+        f"Failed executions (left out above): {len(failed)} {' '.join(names)}",
         "",
         f"Cost (machines holding an instance, over the horizon): {meta['cost']:.4f} on both "
         "(the twin's formula; on-demand use is not priced yet).",

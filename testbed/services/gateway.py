@@ -264,6 +264,15 @@ def create_app(gw: Gateway) -> Starlette:
                 except KeyError as e:
                     gw.m_requests.labels("404").inc()
                     return error(str(e), 404)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    # Feast refuses online reads while a materialization runs (the view is
+                    # MATERIALIZING); a store that cannot answer is a 503, never a 500
+                    gw.m_requests.labels("503").inc()
+                    return JSONResponse(
+                        {"error": f"feature store unavailable: {type(e).__name__}"},
+                        503,
+                        headers={"retry-after": "1"},
+                    )
             try:
                 label, timings = await gw.infer(image)
             except NoReplica as e:
