@@ -24,7 +24,7 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: venv lint
+test: venv lint platform-venv
 	$(PY) -m pytest -m "not benchmark" --timeout=900
 
 test-fast: venv
@@ -42,8 +42,8 @@ clean:
 mlserver-venv:  # MLServer in its own venv (its pins clash with ours): tests and benchmarks/v2_mlserver.py
 	$(PYTHON) -c 'from testbed.mlserver import ensure_venv; ensure_venv()'
 
-platform-venv:  # Feast + MLflow in their own venv (their pins clash with ours): the local testbed's feature store and registry
-	$(PYTHON) -c 'from testbed.platform_venv import ensure_venv; ensure_venv()'
+platform-venv: venv  # Feast + MLflow in their own venv (their pins clash with ours): the local testbed's feature store and registry (~1.5 min once, ~1 GB)
+	$(PY) -c 'from testbed.platform_venv import ensure_venv; ensure_venv()'
 
 testbed-mlops: venv platform-venv  # the batch processes of examples/mlops-lab.yaml on the local testbed beside the calibrated twin (≈ 4 min)
 	$(PY) -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml --out runs/mlops-lab $(ARGS)
