@@ -201,6 +201,12 @@ class DeployBackConfig:
     tie_within: float = TIE_WITHIN  # relative difference counted as a tie on either side
 
 
+def as_deployed(scenario: Scenario, deployment: Deployment) -> Deployment:
+    """``deployment`` as the testbed runs it: every component's instances constant-run."""
+    on = {c.name: True for c in scenario.components}
+    return deployment.model_copy(update={"always_on": on})
+
+
 def run_order(repeat: int) -> list[tuple[int, str]]:
     """(pair, deployment) in the order they run: chosen-greedy, then greedy-chosen, ...
 
@@ -235,7 +241,12 @@ def run_deploy_back(
     if cfg.calibration is not None:
         calibration = cal.load(cfg.calibration)
         twin_sc, _ = cal.calibrated_scenario(sc, calibration)
-    deployments = {"chosen": opt.chosen, "greedy": opt.greedy}
+    # The testbed keeps every instance up for the whole run (it does not start and stop
+    # on-demand instances), so both sides are scored as deployed: all constant-run.
+    deployments = {
+        label: as_deployed(sc, dep)
+        for label, dep in (("chosen", opt.chosen), ("greedy", opt.greedy))
+    }
     rows, twin_rows = [], []
     with atomic_dir(folder, keep_failed=True) as tmp:
         scenario_file = tmp / "scenario.yaml"  # trace paths made absolute

@@ -83,8 +83,19 @@ def optimize(
     ] = 20,
     base: Annotated[
         Path | None,
-        typer.Option(help="Deployment whose stage configs and parallelism are kept."),
+        typer.Option(
+            help="Deployment whose stage configs (and, with --decisions allocation, "
+            "parallelism and constant-run choices) are kept."
+        ),
     ] = None,
+    decisions: Annotated[
+        str,
+        typer.Option(
+            help="What the GA searches: 'all' — allocation, computation alignment (per-step "
+            "parallelism) and constant run (always_on) as in the placement paper; "
+            "'allocation' — the allocation matrix only, the rest copied from --base."
+        ),
+    ] = "all",
     method: Annotated[str, typer.Option(help=f"Decision method: {', '.join(METHODS)}.")] = "ideal",
     weights: Annotated[
         str | None, typer.Option(help="Comma-separated weights, one per criterion.")
@@ -184,6 +195,7 @@ def optimize(
                 final_max=final_max,
                 reference_F=ref_F,
                 multifidelity=MultiFidelity(screen_margin, screen_des_share) if screen else None,
+                decisions=decisions,
             )
         write_run(out_dir, scenario, result, out_dir.name)
     except (SpecError, InfeasibleDeployment, ValueError) as exc:
@@ -260,6 +272,9 @@ def decide(
                 "name": _safe_name(f"{run.name}-{method}"),
                 "allocation": json.loads(front.loc[first, "allocation"]),
             }
+            for column in ("parallelism", "always_on"):  # searched by --decisions all
+                if column in front.columns:
+                    data[column] = data[column] | json.loads(front.loc[first, column])
             source = f"{table.attrs['path']} (row id {int(front.loc[first, 'id'])})"
             dep = parse(Deployment, data, source)
             out_file.write_text(dump_yaml(dep))

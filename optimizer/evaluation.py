@@ -62,9 +62,13 @@ def evaluate_matrix(
     The twin checks every constraint first and raises InfeasibleDeployment
     otherwise, so nothing infeasible is ever scored.
     """
-    cpu0 = time.process_time()
     genome = Genome(scenario, base)
-    dep = genome.deployment(genome.encode(matrix))
+    return evaluate_deployment(scenario, genome.deployment(genome.encode(matrix)), fidelity)
+
+
+def evaluate_deployment(scenario: Scenario, dep: Deployment, fidelity: Fidelity) -> Score:
+    """Simulate one deployment, any genome's (pure and picklable, as :func:`evaluate_matrix`)."""
+    cpu0 = time.process_time()
     ev = evaluate(
         scenario, dep, fidelity.workload, fidelity.horizon_s, fidelity.replications, fidelity.seed
     )
@@ -129,10 +133,8 @@ class Evaluator:
                 missing.append(k)
                 seen.add(k)
         if missing:
-            matrices = [
-                np.frombuffer(k, dtype=np.int64).reshape(self.genome.shape) for k in missing
-            ]
-            for k, score in zip(missing, self._run(matrices), strict=True):
+            vectors = [np.frombuffer(k, dtype=np.int64) for k in missing]
+            for k, score in zip(missing, self._run(vectors), strict=True):
                 self.cache[k] = score
                 self.order.append(k)
                 self.sim_wall_s += score.wall_s
@@ -141,21 +143,22 @@ class Evaluator:
         CI = np.array([self.cache[k].ci for k in keys], dtype=float)
         return F, CI
 
-    def _run(self, matrices: list[np.ndarray]) -> list[Score]:
-        scenario, base, fid = self.genome.scenario, self.genome.base, self.fidelity
+    def _run(self, vectors: list[np.ndarray]) -> list[Score]:
+        """DES scores of genome vectors (or K×S allocation matrices of a plain genome)."""
+        scenario, fid = self.genome.scenario, self.fidelity
+        deps = [self.genome.deployment(np.asarray(v).reshape(-1)) for v in vectors]
         if self.client is None:
-            return [evaluate_matrix(scenario, base, m, fid) for m in matrices]
+            return [evaluate_deployment(scenario, d, fid) for d in deps]
         # The scenario travels with each task (a few kB). Scattering it instead
         # re-uses one content-hashed key across batches, and a released batch
         # then cancels the next one's tasks ("lost dependencies").
         futures = [
-            self.client.submit(evaluate_matrix, scenario, base, m, fid, pure=False)
-            for m in matrices
+            self.client.submit(evaluate_deployment, scenario, d, fid, pure=False) for d in deps
         ]
         return self.client.gather(futures)
 
     def evaluated(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every distinct allocation simulated (n×K·S), with criteria means and CIs."""
+        """Every distinct genome vector simulated (n×n_var), with criteria means and CIs."""
         if not self.order:
             n = self.genome.n_var
             return np.empty((0, n), dtype=np.int64), np.empty((0, 4)), np.empty((0, 4))

@@ -32,6 +32,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 
 from optimizer import checkpoint as checkpoint_file
 from optimizer.evaluation import Evaluator
+from optimizer.matrices import DecisionGenome, lift
 from optimizer.operators import OPERATOR_SETS
 from optimizer.problem import PlacementProblem
 
@@ -98,9 +99,11 @@ def default_config(max_evals: int | None = None, **changes: Any) -> SearchConfig
     )
 
 
-def make_algorithm(config: SearchConfig, n_obj: int) -> Any:
-    """The pymoo algorithm object for ``config``."""
+def make_algorithm(config: SearchConfig, n_obj: int, genome: Any = None) -> Any:
+    """The pymoo algorithm object for ``config`` (operators lifted to a DecisionGenome's vector)."""
     ops = OPERATOR_SETS[config.operators](config.max_instances)
+    if isinstance(genome, DecisionGenome):
+        ops = lift(ops)
     if config.algorithm == "nsga2":
         return NSGA2(pop_size=config.pop_size, eliminate_duplicates=True, **ops)
     if config.algorithm == "nsga3":
@@ -191,7 +194,7 @@ class Search:
         """A new search, set up but not yet stepped."""
         s = cls(config, evaluator, reference_F, Path(checkpoint) if checkpoint else None)
         s.problem = PlacementProblem(evaluator)
-        s.algorithm = make_algorithm(config, s.problem.n_obj)
+        s.algorithm = make_algorithm(config, s.problem.n_obj, evaluator.genome)
         s.algorithm.setup(s.problem, termination=Budget(s), seed=config.seed, verbose=False)
         return s
 

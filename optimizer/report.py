@@ -42,8 +42,12 @@ def pareto_table(result: RunResult) -> pd.DataFrame:
         row: dict[str, object] = {
             "id": i,
             "allocation": json.dumps(g.allocation(x), sort_keys=False),
-            "instances": int(x.sum()),
+            "instances": int(g.decode(x).sum()),
         }
+        if hasattr(g, "describe"):  # a DecisionGenome: alignment and constant run too
+            d = g.describe(x)
+            row["parallelism"] = json.dumps(d["parallelism"])
+            row["always_on"] = json.dumps(d["always_on"])
         for c, name in enumerate(CRITERIA):
             row[name] = result.F[i, c]
             row[f"{name}_ci"] = result.CI[i, c]
@@ -170,7 +174,9 @@ def report_markdown(result: RunResult, run_name: str) -> str:
     ]
     for c, name in enumerate(CRITERIA):
         lines.append(f"| {LABELS[name]} | {_fmt(result.F[i, c])} | {_fmt(result.CI[i, c])} |")
-    lines += ["", "```yaml", json.dumps(result.genome.allocation(result.X[i]), indent=1), "```"]
+    g = result.genome
+    shown = g.describe(result.X[i]) if hasattr(g, "describe") else g.allocation(result.X[i])
+    lines += ["", "```yaml", json.dumps(shown, indent=1), "```"]
     lines += [
         "",
         "## Chosen vs greedy (best-fit decreasing), final fidelity",

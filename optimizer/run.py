@@ -21,6 +21,7 @@ from optimizer.decide import choose, normalise, per_criterion_optima
 from optimizer.evaluation import Evaluator, Fidelity
 from optimizer.ga import Generation, Search, SearchConfig, non_dominated
 from optimizer.genome import Genome
+from optimizer.matrices import make_genome
 from optimizer.multifidelity import MultiFidelity, MultiFidelityEvaluator, confirm_front
 from twin.spec import Deployment, Scenario
 
@@ -118,7 +119,7 @@ def finish(
         keep = shortlist(F_search, final_max)
         X, F_search = X[keep], F_search[keep]
     final = Evaluator(genome, final_fidelity, client)
-    g = greedy(genome, greedy_strategy).reshape(-1)
+    g = genome.encode(greedy(genome, greedy_strategy))  # a DecisionGenome adds base decisions
     F_all, CI_all = final.evaluate(np.vstack([X, g[None, :]]))
     F, CI = F_all[:-1], CI_all[:-1]
     mask = np.zeros(len(X), dtype=bool)
@@ -178,13 +179,21 @@ def optimize(
     final_max: int | None = None,
     reference_F: np.ndarray | None = None,
     multifidelity: MultiFidelity | None = None,
+    decisions: str = "all",
 ) -> RunResult:
     """Search, re-score and decide (no files written except the checkpoint).
 
     ``reference_F`` (raw criteria of a known front, e.g. exhaustive) adds IGD
-    to the history.
+    to the history. ``decisions``: 'all' searches the allocation, alignment and
+    constant-run matrices (:mod:`optimizer.matrices`); 'allocation' the
+    allocation matrix only, the others copied from ``base``.
     """
-    genome = Genome(scenario, base)
+    if multifidelity is not None and decisions != "allocation":
+        raise ValueError(
+            "--screen scores allocation matrices only (the screening engine has no cold "
+            "starts of on-demand instances): add --decisions allocation"
+        )
+    genome = make_genome(scenario, base, decisions)
     search = start_or_resume(
         genome, config, search_fidelity, out, resume, client, reference_F, multifidelity
     )

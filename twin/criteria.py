@@ -8,7 +8,10 @@ deadline_s``) and a *visits* table (one row per instance visit, see
 Placement criteria (all minimised), per the MLOps-optimizer concept:
 ``time_mean_s`` expected process execution time, ``time_var_s2`` its
 variance, ``overruns`` expected number of deadline overruns over the horizon,
-``cost`` rental cost of the machines used over the horizon.
+``cost`` the total cost of executing the processes (the paper's criterion,
+:func:`execution_cost`: constant-run instances pay for the whole horizon,
+on-demand ones while they run) or, with ``settings.cost_criterion: rental``,
+the rental of every machine used over the horizon (:func:`deployment_cost`).
 
 Pipeline metrics, per the inference-pipeline paper: V (Σ accuracy), C
 (Σ f·c), T (throughput, req/s, minimum over stages), L (latency, s, Σ over
@@ -24,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from twin.deployment import stage_config
+from twin.deployment import allocation_matrix, demand_vectors, is_always_on, stage_config
 from twin.spec import Deployment, QoSWeights, Scenario
 
 CRITERIA = ("time_mean_s", "time_var_s2", "overruns", "cost")
@@ -48,18 +51,114 @@ def deployment_cost(scenario: Scenario, deployment: Deployment, horizon_s: float
     return sum(servers[m].price_per_hour for m in sorted(used) if m in servers) * horizon_s / 3600.0
 
 
+def busy_from_visits(scenario: Scenario, visits: pd.DataFrame) -> np.ndarray:
+    """Seconds each component's instances ran per machine (K×S), from a visit table.
+
+    An instance runs from the start of a visit (start-up of an on-demand
+    instance included) to its end; overlapping visits of one instance (a
+    batch, parallel work) count once. Visits without an end are skipped.
+    """
+    comps = [c.name for c in scenario.components]
+    machines = scenario.server_instances()
+    out = np.zeros((len(comps), len(machines)))
+    if visits is None or visits.empty:
+        return out
+    v = visits.dropna(subset=["t_start", "t_end"])
+    row, col = {c: i for i, c in enumerate(comps)}, {m: j for j, m in enumerate(machines)}
+    for (comp, machine, _), g in v.groupby(["component", "machine", "replica"], observed=True):
+        if str(comp) not in row or str(machine) not in col:
+            continue
+        out[row[str(comp)], col[str(machine)]] += _union_s(
+            g["t_start"].to_numpy(float), g["t_end"].to_numpy(float)
+        )
+    return out
+
+
+def _union_s(start: np.ndarray, end: np.ndarray) -> float:
+    """Total length of the union of intervals [start, end]."""
+    if start.size == 0:
+        return 0.0
+    order = np.argsort(start, kind="stable")
+    start, end = start[order], end[order]
+    total, cur_s, cur_e = 0.0, float(start[0]), float(end[0])
+    for a, b in zip(start[1:], end[1:], strict=True):
+        if a > cur_e:
+            total += max(cur_e - cur_s, 0.0)
+            cur_s, cur_e = float(a), float(b)
+        else:
+            cur_e = max(cur_e, float(b))
+    return total + max(cur_e - cur_s, 0.0)
+
+
+def instance_price_per_s(scenario: Scenario, deployment: Deployment) -> np.ndarray:
+    """What one instance of component k costs per second on machine s (K×S).
+
+    The machine's price per hour times the instance's share of the machine:
+    the larger of its reserved CPU and RAM shares (what it keeps others from
+    using), so a machine full of instances costs its full price.
+    """
+    cpu, ram = demand_vectors(scenario, deployment)
+    servers = scenario.server_of()
+    names = scenario.server_instances()
+    cores = np.array([servers[m].cpu_cores for m in names])
+    ram_gb = np.array([servers[m].ram_gb for m in names])
+    price = np.array([servers[m].price_per_hour for m in names]) / 3600.0
+    share = np.maximum(cpu[:, None] / cores[None, :], ram[:, None] / ram_gb[None, :])
+    return share * price[None, :]
+
+
+def execution_cost(
+    scenario: Scenario,
+    deployment: Deployment,
+    horizon_s: float,
+    on_demand_busy_s: np.ndarray | None,
+) -> float:
+    """Total cost of executing the processes (the placement paper's cost criterion).
+
+    Constant-run instances cost their price (:func:`instance_price_per_s`)
+    over the whole horizon; on-demand instances only for the seconds they ran
+    (``on_demand_busy_s``, K×S, start-up included — from the simulator or
+    :func:`busy_from_visits`). Without busy times (a record with requests
+    only), on-demand instances are charged the whole horizon: an upper bound.
+    """
+    x = allocation_matrix(scenario, deployment).astype(float)
+    rate = instance_price_per_s(scenario, deployment)
+    on = np.array([is_always_on(c, deployment) for c in scenario.components])
+    up = np.where(on[:, None], x * horizon_s, 0.0)
+    if on_demand_busy_s is None:
+        up = x * horizon_s
+    else:
+        up += np.where(on[:, None], 0.0, np.asarray(on_demand_busy_s, dtype=float))
+    return float((rate * up).sum())
+
+
+def cost_criterion(
+    scenario: Scenario,
+    deployment: Deployment,
+    horizon_s: float,
+    on_demand_busy_s: np.ndarray | None = None,
+) -> float:
+    """The ``cost`` criterion as ``settings.cost_criterion`` defines it (execution or rental)."""
+    if scenario.settings.cost_criterion == "rental":
+        return deployment_cost(scenario, deployment, horizon_s)
+    return execution_cost(scenario, deployment, horizon_s, on_demand_busy_s)
+
+
 def placement_criteria(
     requests: pd.DataFrame,
     scenario: Scenario,
     deployment: Deployment,
     horizon_s: float,
     end_s: float,
+    on_demand_busy_s: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The four placement criteria of one replication, plus counts for the report.
 
     Time criteria are the weighted average over processes (``Process.weight``)
     of each process's mean and variance of execution time, so a frequent
-    inference request does not drown a daily training run.
+    inference request does not drown a daily training run. ``on_demand_busy_s``
+    (K×S seconds on-demand instances ran) feeds the execution cost
+    (:func:`cost_criterion`).
     """
     weights = {p.name: p.weight for p in scenario.processes}
     t = durations(requests, end_s)
@@ -79,7 +178,7 @@ def placement_criteria(
         "time_mean_s": float(np.dot(w, means) / wsum) if wsum else float("nan"),
         "time_var_s2": float(np.dot(w, variances) / wsum) if wsum else float("nan"),
         "overruns": float(overruns),
-        "cost": deployment_cost(scenario, deployment, horizon_s),
+        "cost": cost_criterion(scenario, deployment, horizon_s, on_demand_busy_s),
         "executions": float(len(requests)),
         "unfinished": float(requests["t_end"].isna().sum()),
     }

@@ -1,10 +1,16 @@
-"""Deployments: the K×S allocation matrix, per-stage config, constraints, repair.
+"""Deployments: the three decision matrices, per-stage config, constraints, repair.
 
-Rows K are the scenario's components in file order, columns S its machines
-(server types expanded by ``count``) in file order. A deployment is feasible
-when every machine's CPU and RAM hold the instances placed on it, every
-component has at least one instance, replicas and batch sizes are within their
-maxima and each pipeline's Σ w·f stays within its W_max.
+The placement paper's decisions are the K×S allocation matrix (rows K: the
+scenario's components in file order, columns S: its machines, server types
+expanded by ``count``, in file order), the computation alignment (``parallelism``:
+how many instances each process step may be split across, ≤ its
+``max_parallel``) and the constant run decision (``always_on``: which
+components stay up all the time; the others start on demand). A deployment
+is feasible when every machine's CPU and RAM hold the instances placed on it
+(keep-alive load of constant-run instances included), every component has at
+least one instance, replicas, batch sizes and parallelism are within their
+maxima, components that must run all the time do, and each pipeline's
+Σ w·f stays within its W_max.
 """
 
 from __future__ import annotations
@@ -73,14 +79,27 @@ def effective_stage(
     return EffectiveStage(component.variant(cfg.variant).name, cfg.batch, float(timeout_ms))
 
 
-def instance_demand(component: Component, config: StageConfig | None = None) -> tuple[float, float]:
+def is_always_on(component: Component, deployment: Deployment | None = None) -> bool:
+    """The constant-run decision for ``component``: the deployment's, else the component's."""
+    if component.always_on_required:
+        return True
+    if deployment is None:
+        return component.always_on
+    return deployment.always_on.get(component.name, component.always_on)
+
+
+def instance_demand(
+    component: Component, config: StageConfig | None = None, always_on: bool | None = None
+) -> tuple[float, float]:
     """CPU (cores) and RAM (GB) one instance reserves on its machine.
 
     An always-on instance reserves its keep-alive load plus the cores it works
     with; an on-demand one only the latter. A stage's working cores and memory
-    are those of its chosen variant (w_n(z)).
+    are those of its chosen variant (w_n(z)). ``always_on`` is the constant-run
+    decision (None: the component's own).
     """
-    keep_cpu = component.keepalive_cpu_cores if component.always_on else 0.0
+    on = component.always_on if always_on is None else always_on
+    keep_cpu = component.keepalive_cpu_cores if on else 0.0
     keep_ram = component.keepalive_ram_gb
     if component.is_stage:
         v = component.variant(config.variant if config else None)
@@ -103,7 +122,7 @@ def demand_vectors(scenario: Scenario, deployment: Deployment) -> tuple[np.ndarr
     cpu, ram = [], []
     for c in scenario.components:
         cfg = deployment.stages.get(c.name) if c.is_stage else None
-        ci, ri = instance_demand(c, cfg)
+        ci, ri = instance_demand(c, cfg, is_always_on(c, deployment))
         cpu.append(ci)
         ram.append(ri + extra_ram.get(c.name, 0.0))
     return np.array(cpu), np.array(ram)
@@ -193,6 +212,26 @@ def _check_config(scenario: Scenario, deployment: Deployment) -> list[Violation]
                     cfg.batch - c.max_batch,
                     f"stage {name}: batch {cfg.batch} > max_batch {c.max_batch} "
                     f"(over by {cfg.batch - c.max_batch})",
+                )
+            )
+    for name, on in deployment.always_on.items():
+        c = comps.get(name)
+        if c is None:
+            out.append(
+                Violation(
+                    "names",
+                    name,
+                    1.0,
+                    f"always_on.{name}: unknown component (components: {', '.join(comps)})",
+                )
+            )
+        elif c.always_on_required and not on:
+            out.append(
+                Violation(
+                    "constant run required",
+                    name,
+                    1.0,
+                    f"always_on.{name}: false, but the component is always_on_required",
                 )
             )
     for key, n in deployment.parallelism.items():

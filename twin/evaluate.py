@@ -72,7 +72,9 @@ def _clean(v: object) -> object:
 def _replicate(args: tuple) -> tuple[dict[str, float], ReplicationResult]:
     scenario, deployment, w, horizon_s, seed, r, keep = args
     res = simulate_replication(scenario, deployment, w, horizon_s, seed, r, visits=keep)
-    row = placement_criteria(res.requests, scenario, deployment, horizon_s, res.end_s)
+    row = placement_criteria(
+        res.requests, scenario, deployment, horizon_s, res.end_s, res.on_demand_busy_s
+    )
     row["replication"] = r
     return row, res
 

@@ -38,8 +38,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from twin.criteria import CRITERIA, deployment_cost, summarise
-from twin.deployment import effective_stage, require_feasible
+from twin.criteria import CRITERIA, cost_criterion, summarise
+from twin.deployment import effective_stage, is_always_on, require_feasible
 from twin.evaluate import Evaluation, resolve_workload
 from twin.screen_engine import (
     FACTOR_CONST,
@@ -168,7 +168,7 @@ class _Layout:
             first_queue = len(q_comp)
             for m in self.machines:
                 n = want.get(m, 0)
-                keep[midx[m]] += n * (c.keepalive_cpu_cores if c.always_on else 0.0)
+                keep[midx[m]] += n * (c.keepalive_cpu_cores if is_always_on(c, dep) else 0.0)
                 work[midx[m]] += n * cores
                 for _ in range(n):
                     if not self.c_shared[k] or len(q_comp) == first_queue:
@@ -395,6 +395,7 @@ def _criteria(
     e_arrive: np.ndarray,
     e_end: np.ndarray,
     end_s: float,
+    busy_s: np.ndarray | None = None,
 ) -> dict[str, float]:
     """``twin.criteria.placement_criteria`` on arrays (same definitions, no DataFrame)."""
     t = np.clip(np.where(np.isnan(e_end), end_s, e_end) - e_arrive, 0.0, None)
@@ -414,10 +415,31 @@ def _criteria(
         "time_mean_s": float(np.dot(w, means) / wsum) if wsum else float("nan"),
         "time_var_s2": float(np.dot(w, variances) / wsum) if wsum else float("nan"),
         "overruns": float(overruns),
-        "cost": deployment_cost(sc, dep, horizon_s),
+        "cost": cost_criterion(sc, dep, horizon_s, busy_s),
         "executions": float(t.size),
         "unfinished": float(np.isnan(e_end).sum()),
     }
+
+
+def _busy(sc: Scenario, dep: Deployment, lay: _Layout, out: tuple) -> np.ndarray | None:
+    """Seconds on-demand instances served (K×S); None when every component runs constantly.
+
+    The screen has no cold starts, so this is service time only (a batch counted once).
+    """
+    if all(is_always_on(c, dep) for c in sc.components):
+        return None
+    n = int(out[3])
+    inst, t_start, t_end = out[8][:n], out[10][:n], out[11][:n]
+    ok = (inst >= 0) & np.isfinite(t_start) & np.isfinite(t_end)
+    inst, t_start, t_end = inst[ok], t_start[ok], t_end[ok]
+    comp, machine = lay.step_comp[out[5][:n][ok]], out[7][:n][ok]
+    order = np.lexsort((t_start, inst))
+    first = np.ones(order.size, dtype=bool)  # one row per batch an instance served
+    first[1:] = (inst[order][1:] != inst[order][:-1]) | (t_start[order][1:] != t_start[order][:-1])
+    pick = order[first]
+    busy = np.zeros((len(sc.components), len(lay.machines)))
+    np.add.at(busy, (comp[pick], machine[pick]), t_end[pick] - t_start[pick])
+    return busy
 
 
 def _tables(
@@ -486,7 +508,10 @@ def screen_criteria(
     out = np.empty((replications, len(CRITERIA)))
     for r in range(replications):
         e_proc, e_arrive, res = _replication(scenario, lay, w, horizon_s, seed, r, horizon_s)
-        row = _criteria(scenario, deployment, horizon_s, e_proc, e_arrive, res[0], float(res[1]))
+        busy = _busy(scenario, deployment, lay, res)
+        row = _criteria(
+            scenario, deployment, horizon_s, e_proc, e_arrive, res[0], float(res[1]), busy
+        )
         out[r] = [row[c] for c in CRITERIA]
     return out
 
@@ -522,7 +547,10 @@ def screen(
     events = 0
     for r in range(replications):
         e_proc, e_arrive, out = _replication(scenario, lay, w, horizon_s, seed, r, drain)
-        row = _criteria(scenario, deployment, horizon_s, e_proc, e_arrive, out[0], float(out[1]))
+        busy = _busy(scenario, deployment, lay, out)
+        row = _criteria(
+            scenario, deployment, horizon_s, e_proc, e_arrive, out[0], float(out[1]), busy
+        )
         row["replication"] = r
         rows.append(row)
         events += int(out[2])

@@ -40,7 +40,7 @@ import pandas as pd
 import simpy
 from simpy.events import NORMAL, Timeout
 
-from twin.deployment import effective_stage, stage_config
+from twin.deployment import effective_stage, is_always_on, stage_config
 from twin.service import Sampler, make_sampler
 from twin.spec import (
     Component,
@@ -117,6 +117,9 @@ class ReplicationResult:
     requests: pd.DataFrame
     events: int
     end_s: float
+    # Seconds on-demand instances ran (start-up included), K×S in the
+    # allocation matrix's order; zero where a component is constant-run.
+    on_demand_busy_s: np.ndarray | None = None
 
 
 class _Machine:
@@ -193,6 +196,8 @@ class _Instance:
 
     __slots__ = (
         "batch",
+        "busy",
+        "cold",
         "cores",
         "cpu_s",
         "current",
@@ -207,6 +212,8 @@ class _Instance:
         "replica",
         "retired",
         "sampler",
+        "startup_s",
+        "t_busy",
         "timeout_s",
     )
 
@@ -221,8 +228,15 @@ class _Instance:
         sampler: Sampler | None,
         queue: _Queue,
         fetch: Any = None,
+        startup_s: float = 0.0,
+        busy: list[float] | None = None,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
+        # On-demand instances: ``busy`` (per machine code, s) meters the time
+        # they run, cold start included; a positive ``startup_s`` makes each
+        # start after an idle spell wait that long.
+        self.startup_s, self.busy, self.t_busy = startup_s, busy, 0.0
+        self.cold = startup_s > 0
         self.cores = min(cores, machine.cpu.capacity) if machine.cpu else cores
         self.batch, self.timeout_s, self.sampler = batch, timeout_s, sampler
         self.queue = queue
@@ -281,14 +295,19 @@ class _Instance:
             cpu_s += gpu_s * m.slowdown
             gpu_s = 0.0
         self.cpu_s, self.gpu_s = cpu_s, gpu_s
+        self.t_busy = now
+        delay = 0.0
+        if self.cold:
+            self.cold = False
+            delay = self.startup_s
         if self.fetch is not None:
             for j in jobs:
                 j[_MACHINE] = m.code
                 j[_REPLICA] = self.replica
-            delay = max(self.fetch(j, m) for j in jobs)
-            if delay > 0:
-                _Wake(env, delay, self._compute)
-                return True
+            delay += max(self.fetch(j, m) for j in jobs)
+        if delay > 0:
+            _Wake(env, delay, self._compute)
+            return True
         if m.cpu is None and gpu_s == 0 and cpu_s > 0:
             # The common case — own cores, no GPU: one event for the service.
             _Wake(env, cpu_s / m.speed, self._after_cpu)
@@ -331,6 +350,8 @@ class _Instance:
         jobs, now = self.current, self.env._now
         self.current = []
         self.outstanding -= len(jobs)
+        if self.busy is not None:
+            self.busy[self.machine.code] += now - self.t_busy
         if len(jobs) == 1:
             job = jobs[0]
             job[_T_END] = now
@@ -345,6 +366,8 @@ class _Instance:
         if not self.try_start():
             self.is_idle = True
             self.queue.idle.append(self)
+            if self.startup_s > 0:
+                self.cold = True  # an on-demand instance stops when it has nothing to do
 
 
 @dataclass
@@ -490,7 +513,7 @@ class Simulation:
         work = dict.fromkeys(self.machine_names, 0.0)
         for c in sc.components:
             for m, n in dep.allocation.get(c.name, {}).items():
-                keep[m] += n * (c.keepalive_cpu_cores if c.always_on else 0.0)
+                keep[m] += n * (c.keepalive_cpu_cores if is_always_on(c, dep) else 0.0)
                 work[m] += n * _working_cores(c, dep)
         slowdown = sc.settings.gpu_fallback_slowdown
         self.machines = {
@@ -502,6 +525,7 @@ class Simulation:
         self.shared: dict[int, _Queue | None] = {}
         self.samplers: dict[int, Sampler | None] = {}
         self.next_replica = [0] * len(sc.components)
+        self.busy = [[0.0] * len(self.machine_names) for _ in sc.components]
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
@@ -575,6 +599,8 @@ class Simulation:
                 inst.batch, inst.timeout_s, inst.sampler = batch, timeout_ms / 1e3, self.samplers[k]
                 inst.cores = min(cores, inst.machine.cpu.capacity) if inst.machine.cpu else cores
             want = dep.allocation.get(c.name, {})
+            on_demand = not is_always_on(c, dep)
+            startup_s = c.startup_s if on_demand else 0.0
             keep: list[_Instance] = []
             for m in self.machine_names:
                 here = [i for i in active if i.machine.name == m]
@@ -583,13 +609,22 @@ class Simulation:
                 for inst in here[n:]:
                     self._retire(inst)
                 for _ in range(n - len(here)):
-                    keep.append(self._new_instance(k, m, cores, batch, timeout_ms / 1e3))
+                    keep.append(self._new_instance(k, m, cores, batch, timeout_ms / 1e3, on_demand))
+                for inst in here[:n]:
+                    inst.busy = self.busy[k] if on_demand else None
+                    inst.startup_s = startup_s
             self.instances[k] = keep
             for inst in keep:
                 inst.queue.kick()
 
     def _new_instance(
-        self, k: int, machine: str, cores: float, batch: int, timeout_s: float
+        self,
+        k: int,
+        machine: str,
+        cores: float,
+        batch: int,
+        timeout_s: float,
+        on_demand: bool = False,
     ) -> _Instance:
         shared = self.shared[k]
         queue = shared if shared is not None else _Queue(self.env)
@@ -606,6 +641,8 @@ class Simulation:
             self.samplers[k],
             queue,
             fetch,
+            self.scenario.components[k].startup_s if on_demand else 0.0,
+            self.busy[k] if on_demand else None,
         )
 
     def _retire(self, inst: _Instance) -> None:
@@ -826,6 +863,15 @@ class Simulation:
         if missing:
             raise ValueError(f"reconfigure: no instance left for {', '.join(missing)}")
 
+    def busy_matrix(self) -> np.ndarray:
+        """Seconds on-demand instances have run so far, K×S (components × machines).
+
+        An instance still serving counts up to its last start only.
+        """
+        return np.array(self.busy, dtype=float).reshape(
+            len(self.component_names), len(self.machine_names)
+        )
+
     def _needed(self, k: int) -> bool:
         return any(sp.component == k for plan in self.plans for sp in plan.steps)
 
@@ -879,6 +925,7 @@ class Simulation:
                 self._request_frame(),
                 events,
                 env.now,
+                self.busy_matrix(),
             )
             self._release_rows()
             return result

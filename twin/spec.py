@@ -242,7 +242,20 @@ class Component(Frozen):
     )
     keepalive_ram_gb: NonNegFloat = Field(0.0, description="Memory of an idle instance (GB).")
     always_on: bool = Field(
-        True, description="Instances run all the time (keep-alive load counts) vs on demand."
+        True,
+        description="Instances run all the time (keep-alive load counts) vs on demand; the "
+        "default of the constant-run decision, which a deployment's always_on may change.",
+    )
+    always_on_required: bool = Field(
+        False,
+        description="The component must run all the time (a model registry, a feature "
+        "store): deployments may not make it on-demand, so the optimizer does not search it.",
+    )
+    startup_s: NonNegFloat = Field(
+        0.0,
+        description="Cold start of an on-demand instance (s): an instance started for work "
+        "that arrives while it is stopped serves only after this delay, and stops again "
+        "when it has nothing left to do. Constant-run instances are always warm.",
     )
     cpu_cores: PositiveFloat = Field(
         1.0, description="Cores one instance uses while it works on a step."
@@ -267,6 +280,8 @@ class Component(Frozen):
     @model_validator(mode="after")
     def _unique_variants(self) -> Component:
         _require_unique([v.name for v in self.variants], "variants")
+        if self.always_on_required and not self.always_on:
+            raise ValueError("always_on: false contradicts always_on_required: true")
         return self
 
     @property
@@ -552,6 +567,14 @@ class Settings(Frozen):
     )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()
+    cost_criterion: Literal["execution", "rental"] = Field(
+        "execution",
+        description="The placement cost criterion. 'execution' (the placement paper's total "
+        "cost of executing the processes): each instance pays its machine's price times its "
+        "share of the machine (the larger of its CPU and RAM shares), constant-run instances "
+        "over the whole horizon, on-demand ones only while they run (start-up included). "
+        "'rental': every machine holding any instance, over the whole horizon.",
+    )
 
 
 # --------------------------------------------------------------------------- scenario
@@ -665,6 +688,11 @@ class Deployment(Frozen):
     )
     stages: dict[Name, StageConfig] = Field(
         default_factory=dict, description="Inference stage → variant and batch."
+    )
+    always_on: dict[Name, bool] = Field(
+        default_factory=dict,
+        description="Constant-run decision: component → runs all the time (true) or on "
+        "demand (false); a component not named keeps its own always_on.",
     )
     load_balancing: Literal["least_outstanding", "round_robin", "random"] | None = None
 

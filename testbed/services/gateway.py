@@ -36,6 +36,7 @@ from starlette.routing import Route
 from testbed.api import IMAGE_SIZE, INFER_PATH, TIMINGS_HEADER, StageTiming, encode_timings
 from testbed.services.common import base_parser, common_routes, error, serve
 from testbed.services.guard import (
+    MAX_MODEL_BYTES,
     AdminGuard,
     BadRequest,
     BodyLimit,
@@ -356,7 +357,11 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/admin/proxy/{target}/{path:path}", proxy, methods=["GET", "POST", "PUT", "DELETE"]),
         *gateway_routes(gw, IMAGE_SIZE, NoReplica),  # Open Inference Protocol (services.v2)
     ]
-    middleware = [Middleware(AdminGuard, token=admin_token()), Middleware(BodyLimit)]
+    # the admin proxy sits behind the token and carries model uploads to the registry
+    middleware = [
+        Middleware(AdminGuard, token=admin_token()),
+        Middleware(BodyLimit, path_limits=(("/admin/proxy/", MAX_MODEL_BYTES),)),
+    ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 

@@ -33,6 +33,8 @@ TOKEN_ENV = "MLOPS_TWIN_ADMIN_TOKEN"
 TOKEN_HEADER = "x-admin-token"
 # JSON requests (inference, admin) are small; a stage batch carries rows.
 MAX_JSON_BYTES = 1 << 20
+# model files pass through the admin routes (registry upload, via the gateway proxy on Compose)
+MAX_MODEL_BYTES = 1 << 30
 MAX_BATCH_BYTES = 64 << 20
 MAX_JSON_DEPTH = 32
 MAX_ROWS = 4096
@@ -168,17 +170,28 @@ async def _send_error(send: Send, status: int, message: str) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body above ``max_bytes`` (declared or received)."""
+    """ASGI middleware: 413 for a body above ``max_bytes`` (declared or received).
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_JSON_BYTES):
+    ``path_limits`` gives other caps to path prefixes (first match wins), e.g. the
+    gateway's admin proxy, which carries model uploads to the registry.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_JSON_BYTES,
+        path_limits: tuple[tuple[str, int], ...] = (),
+    ):
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        path = scope.get("path", "")
+        limit = next((n for p, n in self.path_limits if path.startswith(p)), self.max_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

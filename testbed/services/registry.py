@@ -29,10 +29,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from testbed.services.common import base_parser, common_routes, error, serve
-from testbed.services.guard import AdminGuard, BodyLimit, admin_token, token_headers
+from testbed.services.guard import (
+    MAX_MODEL_BYTES,
+    AdminGuard,
+    BodyLimit,
+    admin_token,
+    token_headers,
+)
 
 # largest model file accepted (bytes)
-MAX_MODEL_BYTES = 1 << 30
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COLUMNS = ("name", "version", "sha256", "size_bytes")

@@ -178,6 +178,21 @@ def test_admin_routes_need_the_token_and_bodies_are_capped() -> None:
     assert r.status_code == 413 and "error" in r.json()
 
 
+def test_a_path_prefix_gets_its_own_body_cap() -> None:
+    # the gateway's admin proxy carries model uploads (MBs) while inference stays capped
+    async def ok(_req: object) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[Route("/admin/proxy/r", ok, methods=["PUT"]), Route("/v", ok, methods=["POST"])],
+        middleware=[Middleware(BodyLimit, max_bytes=100, path_limits=(("/admin/proxy/", 10_000),))],
+    )
+    client = TestClient(app)
+    assert client.put("/admin/proxy/r", content=b"x" * 5_000).status_code == 200
+    assert client.put("/admin/proxy/r", content=b"x" * 20_000).status_code == 413
+    assert client.post("/v", content=b"x" * 5_000).status_code == 413
+
+
 # -------------------------------------------------------------------- fuzz
 
 json_values = st.recursive(

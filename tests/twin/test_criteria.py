@@ -37,7 +37,10 @@ def test_placement_criteria_by_hand(edge_cloud) -> None:
             ("drift-check", 0.0, 50.0, 120),  # weight 0.5
         ]
     )
-    c = placement_criteria(req, sc, dep, horizon_s=3600, end_s=900)
+    rental = sc.model_copy(
+        update={"settings": sc.settings.model_copy(update={"cost_criterion": "rental"})}
+    )
+    c = placement_criteria(req, rental, dep, horizon_s=3600, end_s=900)
     means = {"inference": 0.2, "data-preparation": 200.0, "drift-check": 50.0}
     var = {
         "inference": np.var([0.1, 0.3], ddof=1),
