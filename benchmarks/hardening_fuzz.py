@@ -8,18 +8,20 @@ Generates ≥ 500 inputs from one seed — scenarios, deployments, trace CSVs,
 calibration files, optimize fronts (``decide``), optimize checkpoints
 (``optimize --resume``) and run folders' ``run.json`` (``validate-deployment``)
 — and runs the command that reads each as a subprocess under a 10 s timeout
-and a 500 MB address-space cap (``RLIMIT_AS``; BLAS limited to one thread so
-the interpreter itself fits). Most inputs are built to be unusable (alias bombs,
-devices, FIFOs, duplicate keys, nesting, NaN/∞/negative/mistyped values at known
-fields, runs above the work budget, traces with bad seconds, paths out of the
-folder, damaged tables, unsigned pickles); some are random mutations of a valid
-file (usable or not); a few are valid controls that must succeed.
+whose peak RSS (``wait4``) must stay under 500 MB, with a 2 GB address-space
+cap (``RLIMIT_AS``) that only protects the host; BLAS limited to one thread.
+Most inputs are built to be unusable (alias bombs, devices, FIFOs, duplicate
+keys, nesting, NaN/∞/negative/mistyped values at known fields, runs above the
+work budget, traces with bad seconds, paths out of the folder, damaged tables,
+unsigned pickles); some are random mutations of a valid file (usable or not);
+a few are valid controls that must succeed.
 
 Counted per file kind, all of which must be 0: hangs (past 10 s), runs over
-500 MB (peak RSS, or the cap hit), tracebacks, exit 0 on an input built to be
-unusable, and refusals whose message does not name the file (and, where the
-input has one, the field). Results accumulate in
-``benchmarks/results/hardening_fuzz.jsonl``; the table goes to
+500 MB (peak RSS, a MemoryError or a "not enough memory" refusal), tracebacks,
+exit 0 on an input built to be unusable, and refusals whose message does not
+name the file (and, where the input has one, the field). Results accumulate in
+``benchmarks/results/hardening_fuzz.jsonl`` with the digest of the product code
+they were made on; the table goes to
 ``benchmarks/results/hardening_fuzz.md``.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import pickle
@@ -57,8 +60,47 @@ CLI = [
     "mlops_twin.cli" if (ROOT / "mlops_twin" / "cli.py").exists() else "twin.cli",
 ]
 TIMEOUT_S = 10.0
-MEM_CAP_BYTES = 500 * 2**20
+MEM_LIMIT_MB = 500  # peak RSS a run may reach
+# RLIMIT_AS only guards the host: address space is not memory (importing the optimizer
+# alone maps ~580 MB, numba's LLVM more), so a 500 MB address-space cap failed valid runs
+MEM_CAP_BYTES = 2 * 2**30
 JSONL = RESULTS / "hardening_fuzz.jsonl"
+# what a record was made with: the packages the CLI runs and the examples it reads
+PRODUCT = ("twin", "mlops_twin", "lab", "optimizer", "calibrate", "loadgen", "testbed", "examples")
+
+
+def code_version() -> str:
+    """A digest of every product source and example file: records made on other code are re-run."""
+    h = hashlib.sha256()
+    for pkg in PRODUCT:
+        for f in sorted((ROOT / pkg).rglob("*")):
+            # no case starts a service, so the servers' own code is left out of the digest
+            skip = f.is_relative_to(ROOT / "testbed" / "services")
+            if f.is_file() and f.suffix in (".py", ".yaml", ".csv", ".json") and not skip:
+                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def git_head() -> str:
+    """The checked-out commit, '+' when the tree has changes (for the report only)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", *PRODUCT],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
+def case_version(case: Case) -> str:
+    """A digest of one case's inputs and expectations (a changed case is re-run)."""
+    limits = (TIMEOUT_S, MEM_LIMIT_MB, MEM_CAP_BYTES)
+    return hashlib.sha256(repr((asdict(case), limits)).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -688,7 +730,8 @@ def runjson_cases(rnd: random.Random) -> list[Case]:
                     argv,
                     files,
                     False,
-                    "run" if extra else "run.json",
+                    # a bad option is refused before run.json is read: the option is named
+                    extra[0] if extra else "run.json",
                 )
             )
     return cases
@@ -729,6 +772,9 @@ def write_files(folder: Path, files: dict[str, Any]) -> None:
 def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEM_CAP_BYTES, MEM_CAP_BYTES))
     os.setsid()
+
+
+CODE = ""  # set by main(): code_version() of the tree under test
 
 
 def run_case(case: Case, work: Path) -> dict[str, Any]:
@@ -778,7 +824,7 @@ def run_case(case: Case, work: Path) -> dict[str, Any]:
     max_rss_mb = usage.ru_maxrss / 1024 if usage is not None else 0.0
     text = " ".join((stderr + stdout).split())
     refused = rc not in (0, None) and not hung
-    memory = "MemoryError" in stderr or max_rss_mb > MEM_CAP_BYTES / 2**20
+    memory = "MemoryError" in stderr or "not enough memory" in text or max_rss_mb > MEM_LIMIT_MB
     named = case.names in text if refused else True
     fielded = (case.field.lower() in text.lower()) if (refused and case.field) else True
     result = {
@@ -796,6 +842,8 @@ def run_case(case: Case, work: Path) -> dict[str, Any]:
         "message": text[:400],
     }
     result["max_rss_mb"] = round(max_rss_mb, 1)
+    result["code"] = CODE
+    result["case"] = case_version(case)
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
@@ -834,7 +882,14 @@ def report(results: list[dict[str, Any]], total: int) -> str:
         f"Machine: {machine_line()}",
         f"Command: `flock /work/bench.lock .venv/bin/python benchmarks/hardening_fuzz.py` "
         f"(resumable, {len(results)} of {total} cases run); each case a subprocess under a "
-        f"{TIMEOUT_S:g} s timeout and a {MEM_CAP_BYTES // 2**20} MB RLIMIT_AS (BLAS 1 thread).",
+        f"{TIMEOUT_S:g} s timeout; 'over {MEM_LIMIT_MB} MB' is a peak RSS (wait4) above it, a "
+        "MemoryError or a 'not enough memory' refusal, under a "
+        f"{MEM_CAP_BYTES // 2**20} MB RLIMIT_AS that only guards the host (address space is "
+        "not memory: importing the optimizer alone maps ≈ 580 MB); BLAS 1 thread. "
+        f"Every record was made on product code {CODE} (commit {git_head()}; a digest of "
+        f"{', '.join(PRODUCT)}; "
+        "testbed/services left out: no case starts a service); "
+        "records made on other code are dropped and re-run.",
         "",
         markdown_table(
             [
@@ -880,7 +935,10 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
+    global CODE
+    CODE = code_version()
     cases = all_cases(a.seed)
+    versions = {c.id: case_version(c) for c in cases}
     if a.only:
         cases = [c for c in cases if c.kind in a.only.split(",")]
     RESULTS.mkdir(exist_ok=True)
@@ -890,8 +948,15 @@ def main() -> None:
     if JSONL.exists():
         for line in JSONL.read_text().splitlines():
             r = json.loads(line)
-            done[r["id"]] = r
+            # records made on other product code, or for a case since changed, are re-run
+            if r.get("code") == CODE and r.get("case") == versions.get(r["id"]):
+                done[r["id"]] = r
+        # keep only what still counts, so the JSONL matches the table
+        JSONL.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     todo = [c for c in cases if c.id not in done]
+    # smallest kinds first: a run cut by --minutes still covers every kind of file
+    sizes = {k: sum(c.kind == k for c in cases) for k in {c.kind for c in cases}}
+    todo.sort(key=lambda c: sizes[c.kind])
     if not a.report_only and todo:
         deadline = time.monotonic() + a.minutes * 60
         work = Path(tempfile.mkdtemp(prefix="hardening-fuzz-"))

@@ -55,8 +55,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--open-loop", action="store_true", help="the open-loop multi-fault run")
-    ap.add_argument("--rate", type=float, default=40.0, help="open loop: requests/s")
-    ap.add_argument("--phase", type=float, default=20.0, help="open loop: seconds per fault")
+    ap.add_argument("--rate", type=float, default=100.0, help="open loop: requests/s")
+    ap.add_argument("--phase", type=float, default=15.0, help="open loop: seconds per fault")
     a = ap.parse_args()
     if a.open_loop:
         from testbed_faults_open import run_open_loop

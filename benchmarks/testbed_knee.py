@@ -38,11 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, write_result
 
 from calibrate import calibration as cal
+from calibrate.quota import quota_scenario, stage_cpu
 from testbed.client import CliTestbed
-from testbed.zoo.manifest import DEFAULT_DIR, TESTSET, load_manifest
+from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
+from twin.criteria import stage_capacity_rps
 from twin.load import load_deployment, load_scenario
 from twin.sim import simulate_replication
-from twin.spec import ServerOverhead, SteadyWorkload
+from twin.spec import SteadyWorkload
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +57,13 @@ DEPLOYMENTS = {
     "variant": {"variant": "e-medium", "batch": 1},
     "batch": {"variant": "e-large", "batch": 8},
 }
-SERVER_CPU_MS = 0.25  # a stage server's HTTP and batching CPU per visit (MEASURED.md)
+# e-large's CPU per item in its stage server: model 2.96 ms (stage_compute_cpu_seconds; the
+# manifest's 2.77 ms is a bare onnxruntime loop) + 0.35 ms per HTTP call (node CPU − model CPU)
+ITEM_CPU_MS = 3.31
 MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
+# On this shared host (other helpers' tests run outside the lock) most runs had a release
+# lag p99 of 6–11 ms; runs up to USABLE_LAG_S are still used, and reported apart.
+USABLE_LAG_S = 0.020
 
 
 def _cli(*args: str) -> str:
@@ -82,10 +89,8 @@ def _files(name: str) -> tuple[Path, Path]:
 
 
 def capacity_rps(share: float) -> float:
-    """The default bottleneck's capacity (req/s): e-large's batch-1 time plus server CPU."""
-    entry = load_manifest(DEFAULT_DIR)["models"][BOTTLENECK]["e-large"]
-    ms = entry["service_time"]["mean_ms"] + SERVER_CPU_MS
-    return share * 1000.0 / ms
+    """The default bottleneck's capacity (req/s): its quota over e-large's CPU per item."""
+    return share * 1000.0 / ITEM_CPU_MS
 
 
 def run(name: str, duration_s: float, repeats: int) -> None:
@@ -141,6 +146,13 @@ def _steal(folder: Path) -> float:
         return float("nan")
 
 
+def _served_rps(folder: Path) -> float:
+    """Answers per second over the run's second half (the queue's service rate once backlogged)."""
+    ps = pd.read_parquet(folder / "per_second.parquet")
+    half = ps[ps["second"] >= ps["second"].max() / 2]
+    return float(half["rps"].mean()) if len(half) else float("nan")
+
+
 def _levels(name: str) -> pd.DataFrame:
     rows = []
     for f in sorted((OUT / name).glob("rho*-*/summary.json")):
@@ -153,63 +165,36 @@ def _levels(name: str) -> pd.DataFrame:
                 "rho": rho,
                 "run": f.parent.name,
                 "offered": s["offered_rps"],
+                "duration": s["duration_s"],
                 "achieved": s["achieved_rps"],
                 "p50": s["p50_s"] * 1e3,
                 "p95": s["p95_s"] * 1e3,
                 "p99": s["p99_s"] * 1e3,
                 "lag_p99_ms": s["lag_p99_s"] * 1e3,
                 "behind": behind,
+                "usable": s["achieved_over_offered"] >= MIN_ACHIEVED
+                and s["lag_p99_s"] <= USABLE_LAG_S,
                 "steal_cores": _steal(f.parent),
+                "served_2nd_half": _served_rps(f.parent),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _delta(m: pd.DataFrame, target: str, metric: str) -> float:
-    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")["value"]
-    return float(x.iloc[-1] - x.iloc[0]) if len(x) > 1 else float("nan")
-
-
-def server_cpu(folders: list[Path], deployment: object) -> dict[str, ServerOverhead]:
-    """Per stage: its server's CPU per item outside the model (ms on the host), pooled over runs.
-
-    The node agent's cgroup CPU minus the model runs' CPU (``stage_compute_cpu_seconds``)
-    over the items served, on nodes that hold one stage (the knee's deployments do).
-    """
-    alloc = deployment.allocation  # type: ignore[attr-defined]
-    node_of = {c: next(iter(a)) for c, a in alloc.items() if len(a) == 1}
-    cpu: dict[str, float] = {}
-    items: dict[str, float] = {}
-    for f in folders:
-        m = pd.read_parquet(f / "metrics.parquet")
-        targets = m["target"].astype(str)
-        m = m.assign(target=targets)
-        for stage, node in node_of.items():
-            if sum(node in n for n in node_of.values()) != 1:
-                continue
-            tgt = [t for t in targets.unique() if t.startswith(f"{stage}-{node}-")]
-            if len(tgt) != 1:
-                continue
-            node_cpu = _delta(m, f"agent:{node}", "node_cpu_seconds")
-            model = _delta(m, tgt[0], "stage_compute_cpu_seconds_total")
-            n = _delta(m, tgt[0], "stage_items_total")
-            if np.isfinite([node_cpu, model, n]).all() and n > 0:
-                cpu[stage] = cpu.get(stage, 0.0) + max(node_cpu - model, 0.0)
-                items[stage] = items.get(stage, 0.0) + n
-    return {s: ServerOverhead(per_item_ms=1e3 * cpu[s] / items[s]) for s in cpu}
-
-
-def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dict:
+def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dict:
     """The twin calibrated on the other levels' runs, at this level's offered rate.
 
-    Two twins: ``twin_*`` counts the stage servers' own CPU against their capacity
-    (``server_overhead``), ``plain_*`` leaves it in the per-request overhead.
+    Two twins: ``twin_*`` runs each stage under the testbed's CPU quota
+    (:mod:`calibrate.quota`: model and server CPU per call from the fit runs'
+    counters, full speed until the period's quota is used); ``plain_*`` is the
+    calibration as ``calibrate fit`` gives it (service = the measured wall time of a
+    batch, pooled over the fit levels; no quota).
     """
     d = OUT / name
     share = json.loads((d / "capacity.json").read_text())["share"]
     cal_dir = d / f"twin-rho{rho:.1f}"
     cal_dir.mkdir(exist_ok=True)
-    other = runs[(runs["rho"] != rho) & ~runs["behind"]]
+    other = runs[(runs["rho"] != rho) & runs["usable"]]
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
         _cli(
@@ -228,29 +213,40 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 3) -> dic
     dep = load_deployment(d / "deployment.yaml")
     calibration = cal.load(cal_dir / "calibration.yaml")
     base = load_scenario(d / "scenario.yaml")
-    cpu = server_cpu([d / r for r in other["run"]], dep)
-    (cal_dir / "server_cpu.json").write_text(
-        json.dumps({k: v.model_dump() for k, v in cpu.items()})
+    cpu = stage_cpu([d / r for r in other["run"]], dep)
+    (cal_dir / "stage_cpu.json").write_text(
+        json.dumps({k: v.__dict__ for k, v in cpu.items()}, indent=1)
     )
     rate = float(runs[runs["rho"] == rho]["offered"].mean())
     wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=rate)
     out: dict[str, float] = {}
-    horizon = 30.0
-    for key, sc_cpu in (("twin", cpu), ("plain", None)):
-        sc, _ = cal.calibrated_scenario(base, calibration, shares=share, server_cpu=sc_cpu)
+    # as long as a testbed run (each starts with empty queues), over more seeds
+    horizon = float(runs[runs["rho"] == rho]["duration"].mean())
+    quota_sc = quota_scenario(base, calibration, dep, cpu, share)
+    plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
+    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate)
+    for key, sc in (("twin", quota_sc), ("plain", plain_sc), ("rate", rate_sc)):
         lat, done = [], 0
         for seed in range(seeds):
             r = simulate_replication(sc, dep, wl, horizon, seed, visits=False).requests
             lat.append((r["t_end"] - r["t_arrive"]).dropna().to_numpy() * 1e3)
-            done += int((r["t_end"] <= horizon).sum())
+            # answers over the second half, as the testbed's saturation throughput
+            done += int(((r["t_end"] > horizon / 2) & (r["t_end"] <= horizon)).sum())
         p50, p95, p99 = np.percentile(np.concatenate(lat), [50, 95, 99])
         out |= {
             f"{key}_p50": p50,
             f"{key}_p95": p95,
             f"{key}_p99": p99,
-            f"{key}_rps": done / (horizon * seeds),
+            f"{key}_rps": done / (horizon / 2 * seeds),
         }
-    out["server_cpu_ms"] = ", ".join(f"{k} {v.per_item_ms:.2f}" for k, v in cpu.items())
+    enc = cpu.get(BOTTLENECK)
+    out["twin_capacity"] = stage_capacity_rps(quota_sc, dep, BOTTLENECK)
+    out["server_cpu_ms"] = (
+        f"model {enc.batch_ms:.2f}+{enc.per_item_ms:.2f}(b−1), server {enc.per_call_ms:.2f}/call, "
+        f"h {enc.host_speed:.2f}"
+        if enc
+        else ""
+    )
     return out
 
 
@@ -273,9 +269,11 @@ def report() -> None:
         "--deployment D` for D in default, variant, batch, then `… report`",
         "- a level's twin is calibrated on the other levels' runs of the same deployment "
         "(`calibrate fit`, held out) and simulated at the level's mean offered rate "
-        "(3 seeds × 30 s); error % = (twin − testbed) / testbed on the mean of the level's "
-        "repeats; runs marked *behind* (achieved/offered < 0.99 or release lag p99 > 5 ms) "
-        "are left out of the fidelity figures",
+        "(8 seeds × the runs' duration); error % = (twin − testbed) / testbed on the mean "
+        "of the level's repeats; runs *behind* (achieved/offered < 0.99 or release lag p99 "
+        "> 5 ms) are counted in 'runs ok'; the figures use the runs with lag p99 ≤ 20 ms "
+        "(most runs here had 6–11 ms: the host was shared with unlocked work), a level "
+        "without any uses all its runs and is marked *",
         "",
     ]
     p95_at: dict[str, pd.DataFrame] = {}
@@ -287,7 +285,8 @@ def report() -> None:
         cap = json.loads((OUT / name / "capacity.json").read_text())
         rows, summary = [], []
         for rho, g in runs.groupby("rho"):
-            ok = g[~g["behind"]]
+            ok = g[g["usable"]]
+            strict = g[~g["behind"]]
             tw = twin_level(name, rho, runs)
             m = ok if len(ok) else g
             row = {
@@ -300,16 +299,19 @@ def report() -> None:
                 "n_ok": len(ok),
                 "n": len(g),
                 "steal": g["steal_cores"].mean(),
+                "served": g["served_2nd_half"].mean(),
             }
             row.update(tw)
-            summary.append(row)
             err = {q: 100 * (tw[f"twin_{q}"] / row[q] - 1) for q in ("p50", "p95", "p99")}
+            row.update({f"err_{q}": e for q, e in err.items()})
+            summary.append(row)
             rows.append(
                 [
-                    f"{rho:.1f}",
+                    f"{rho:.1f}{'' if len(ok) else '*'}",
+                    f"{row['offered'] / tw['twin_capacity']:.2f}",
                     f"{row['offered']:.0f}",
                     f"{row['achieved']:.0f}",
-                    f"{len(ok)}/{len(g)}",
+                    f"{len(strict)}/{len(ok)}/{len(g)}",
                     f"{row['p50']:.1f}",
                     f"{row['p95']:.1f}",
                     f"{row['p99']:.1f}",
@@ -318,6 +320,7 @@ def report() -> None:
                     f"{tw['twin_p99']:.1f}",
                     *(f"{err[q]:+.1f}" for q in ("p50", "p95", "p99")),
                     f"{100 * (tw['plain_p95'] / row['p95'] - 1):+.1f}",
+                    f"{100 * (tw['rate_p95'] / row['p95'] - 1):+.1f}",
                     f"{row['steal']:.3f}",
                     tw["server_cpu_ms"],
                 ]
@@ -327,6 +330,12 @@ def report() -> None:
         knee_tb = _knee(s["offered"].to_numpy(), s["p95"].to_numpy())
         knee_tw = _knee(s["offered"].to_numpy(), s["twin_p95"].to_numpy())
         sat = s[s["rho"] >= 1.0]
+        held = s[(s["rho"] <= 0.9) & (s["n_ok"] > 0)]
+        worst = {q: held[f"err_{q}"].abs().max() for q in ("p50", "p95", "p99")}
+        fidelity = (
+            f"- fidelity, ρ ≤ 0.9 ({len(held)} levels): worst |error| p50 {worst['p50']:.1f} % "
+            f"(goal 5), p95 {worst['p95']:.1f} % (goal 10), p99 {worst['p99']:.1f} % (goal 15)"
+        )
         parts += [
             f"## {name}: encoder {DEPLOYMENTS[name]['variant']} batch "
             f"{DEPLOYMENTS[name]['batch']} (share {cap['share']:.2f} core, default bottleneck "
@@ -335,9 +344,10 @@ def report() -> None:
             markdown_table(
                 [
                     "ρ",
+                    "twin ρ",
                     "offered/s",
                     "achieved/s",
-                    "runs ok",
+                    "runs ok (lag ≤ 5 / ≤ 20 ms / all)",
                     "tb p50",
                     "tb p95",
                     "tb p99",
@@ -347,18 +357,22 @@ def report() -> None:
                     "p50 err %",
                     "p95 err %",
                     "p99 err %",
-                    "p95 err % without server CPU",
+                    "p95 err % wall-time fit, no quota",
+                    "p95 err % quota + overhead at the level's rate",
                     "steal cores",
-                    "server CPU ms/item (fit)",
+                    "encoder CPU fit (ms)",
                 ],
                 rows,
             ),
             "",
+            fidelity,
             f"- knee (p95 = 2 × its lowest-load value): testbed {knee_tb:.0f}/s, twin "
             f"{knee_tw:.0f}/s ({100 * (knee_tw / knee_tb - 1):+.1f} %)",
             *(
-                f"- throughput at ρ {r.rho:.1f}: testbed {r.achieved:.1f}/s, twin "
-                f"{r.twin_rps:.1f}/s ({100 * (r.twin_rps / r.achieved - 1):+.1f} %)"
+                f"- saturation throughput at ρ {r.rho:.1f} (answers/s over the run's second "
+                f"half, backlogged): testbed {r.served:.1f}/s, twin {r.twin_rps:.1f}/s "
+                f"({100 * (r.twin_rps / r.served - 1):+.1f} %); the twin's capacity "
+                f"{r.twin_capacity:.1f}/s"
                 for r in sat.itertuples()
             ),
             "",

@@ -66,7 +66,7 @@ def validate(
     fit_workload: Annotated[str, typer.Option(help="Workload of the fit run.")] = "steady-low",
     fit_rate_scales: Annotated[
         str, typer.Option(help="Rate multipliers of the fit runs (load levels), comma-separated.")
-    ] = "0.5,3",
+    ] = "0.5,2",
     fit_duration: Annotated[float, typer.Option(help="Seconds of the fit run.")] = 40.0,
     replications: Annotated[int, typer.Option(help="Twin replications per workload.")] = 3,
     seed: Annotated[int, typer.Option(help="Arrival seed of the held-out runs.")] = 1,

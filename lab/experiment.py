@@ -54,6 +54,7 @@ from lab.compare import (
 from lab.fitruns import overhead_text, rate_aware_lines
 from lab.host_noise import MAX_STEAL_CORES, host_lines, undisturbed_lines
 from lab.pipeline import ExperimentConfig, LabRun, check, run
+from lab.utilisation import utilisation_lines, utilisation_table
 from loadgen.plots import Segment, plot_cdfs, plot_cpu, plot_latency, plot_rps
 from loadgen.records import ON_TIME_S
 from loadgen.run import LoadRunError
@@ -109,14 +110,22 @@ def write_report(lab: LabRun, folder: Path) -> pd.DataFrame:
     write_table(stages, folder / "stages")
     lines = header_lines(lab, wall_s) + table_lines(tab)
     lines += accuracy_lines(lab) + stage_lines(stages) + saturation_lines(tab)
+    util = utilisation_table(lab) if lab.calibration is not None else pd.DataFrame()
     if lab.calibration is not None:
         cpu = cpu_cores(lab)
+        if lab.stage_cpu and not util.empty:
+            # the quota twin's CPU: what its stages ran for (lab.utilisation), not wall busy
+            used = (util["twin_busy"] * util["share_cores"]).groupby(util["workload"]).sum()
+            cpu = {w: (tb, float(used.get(w, tw))) for w, (tb, tw) in cpu.items()}
         lines += fidelity_lines(lab.cfg, tab, lab.calibration, lab.spec, cpu)
         if lab.clean is not None and lab.cfg.max_steal_cores is not None:
             lab.clean.to_csv(folder / "undisturbed.csv", index=False)
             lines += undisturbed_lines(lab.clean, lab.cfg.max_steal_cores)
         if lab.rate_aware is not None:
             lines += rate_aware_lines(lab.rate_aware)
+    if not util.empty:
+        util.to_csv(folder / "utilisation.csv", index=False)
+        lines += utilisation_lines(util, tab)
     if lab.host is not None:
         lab.host.to_csv(folder / "host.csv", index=False)
         lines += host_lines(lab.host)

@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from calibrate import calibration as cal
+from calibrate.quota import StageCpu, quota_scenario, stage_cpu
 from lab.compare import WorkloadOutcome, request_process, twin_latency_s
 from lab.fitruns import fit_levels, fit_run, fit_run_calibration, rate_aware_errors, stage_shares
 from lab.host_noise import MAX_STEAL_CORES, run_host_table, undisturbed_errors
@@ -68,7 +69,9 @@ class ExperimentConfig:
     # calibrate → validate: fit runs (not validation levels) calibrate the twin it compares
     calibrate: bool = True
     fit_workload: str = "steady-low"
-    fit_rate_scales: tuple[float, ...] = (0.5, 3.0)
+    # a light level (ρ ≈ 0.15 of the bottleneck: the model's unstalled speed) and one near
+    # ρ 0.6 (server CPU per call apart from idle CPU); none near saturation
+    fit_rate_scales: tuple[float, ...] = (0.5, 2.0)
     fit_duration_s: float = 40.0  # all fit runs together (s), half before and half after
     fit_seed: int = 101
     fit_drain_s: float = 2.0  # seconds each fit run waits for answers after its arrivals
@@ -119,6 +122,7 @@ class LabRun:
     rate_aware: pd.DataFrame | None = None
     host: pd.DataFrame | None = None
     clean: pd.DataFrame | None = None  # fidelity without disturbed seconds
+    stage_cpu: dict[str, StageCpu] = field(default_factory=dict)  # fitted CPU per stage
     started_s: float = 0.0  # time.perf_counter() at the start
     load: tuple[float, float, float] = (float("nan"),) * 3  # host load average at the start
 
@@ -250,11 +254,19 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
         max_steal_cores=cfg.max_steal_cores,
     )
     (folder / "calibration.yaml").write_text(cal.dump(lab.calibration))
-    # each stage server's own CPU (fitted per visit) counts against the stage's capacity
-    server_cpu = cal.server_cpu_of(lab.calibration, lab.deployment.allocation)
-    lab.twin_scenario, _ = cal.calibrated_scenario(
-        sc, lab.calibration, lab.shares, server_cpu=server_cpu
-    )
+    fit_dirs = sorted(p.parent for p in (folder / "load").glob("fit-*/metrics.parquet"))
+    lab.stage_cpu = stage_cpu(fit_dirs, lab.deployment)
+    if lab.stage_cpu:
+        # stages under the testbed's CPU quota: model and server CPU per call from the
+        # fit runs' counters, full speed until a period's quota is used (calibrate.quota)
+        lab.twin_scenario = quota_scenario(
+            sc, lab.calibration, lab.deployment, lab.stage_cpu, lab.shares
+        )
+    else:  # no counters (e.g. another backend): each server's CPU per visit, no quota
+        server_cpu = cal.server_cpu_of(lab.calibration, lab.deployment.allocation)
+        lab.twin_scenario, _ = cal.calibrated_scenario(
+            sc, lab.calibration, lab.shares, server_cpu=server_cpu
+        )
     (folder / "calibrated-scenario.yaml").write_text(
         cal.dump_model(lab.twin_scenario, exclude_defaults=True)
     )

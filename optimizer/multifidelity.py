@@ -34,7 +34,6 @@ from optimizer.ga import Search, non_dominated
 from optimizer.genome import Genome
 from twin.criteria import CRITERIA, confidence_interval
 from twin.deployment import with_matrix
-from twin.screen import screen_criteria
 from twin.spec import Deployment, Scenario
 
 
@@ -73,6 +72,10 @@ def screen_matrix(
     scenario: Scenario, base: Deployment, matrix: np.ndarray, fidelity: Fidelity
 ) -> Score:
     """Screening-fidelity score of one allocation (pure and picklable, like evaluate_matrix)."""
+    # numba (via twin.screen) is loaded only when screening runs: plain `optimize` does not
+    # pay its start-up, nor its address-space reservation (which fails under a 500 MB cap)
+    from twin.screen import screen_criteria
+
     cpu0, wall0 = time.process_time(), time.perf_counter()
     dep = with_matrix(scenario, matrix, base)
     rows = screen_criteria(

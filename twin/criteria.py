@@ -299,7 +299,9 @@ def stage_components(scenario: Scenario, process: str) -> list[str]:
 def stage_capacity_rps(scenario: Scenario, deployment: Deployment, component: str) -> float:
     """Largest sustainable rate of one stage: Σ over replicas of b / t(b) · speed (req/s).
 
-    t(b) includes the stage server's own CPU (``Component.server_overhead``).
+    t(b) includes the stage server's own CPU (``Component.server_overhead``); a
+    machine with a CPU quota (``Server.cpu_quota_cores``) gives its replicas at most
+    that many cores.
     """
     c = scenario.component(component)
     cfg = stage_config(deployment, c)
@@ -309,9 +311,12 @@ def stage_capacity_rps(scenario: Scenario, deployment: Deployment, component: st
         t_ms += c.server_overhead.per_call_ms + c.server_overhead.per_item_ms * batch
     t_s = t_ms / 1e3
     servers = scenario.server_of()
-    speed = sum(
-        n * servers[m].cpu_speed for m, n in deployment.allocation.get(component, {}).items()
-    )
+    speed = 0.0
+    for m, n in deployment.allocation.get(component, {}).items():
+        s = servers[m]
+        # under a CPU quota the machine's replicas together run at most quota cores
+        cores = n if s.cpu_quota_cores is None else min(n, s.cpu_quota_cores)
+        speed += cores * s.cpu_speed
     return speed * batch / t_s if t_s > 0 else float("inf")
 
 

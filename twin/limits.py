@@ -129,23 +129,26 @@ def check_work(
     budget (the user accepts the memory and time), never the sanity checks.
     """
     where = f"{source}: " if source else ""
+    # horizon and replications come from the command line (or the caller), not the file
     if not math.isfinite(horizon_s) or horizon_s <= 0:
-        raise SpecError(f"{where}horizon must be a finite number of seconds > 0, got {horizon_s}")
+        raise SpecError(
+            f"horizon (--horizon) must be a finite number of seconds > 0, got {horizon_s}"
+        )
     if replications < 1:
-        raise SpecError(f"{where}replications must be ≥ 1, got {replications}")
+        raise SpecError(f"replications (--replications) must be ≥ 1, got {replications}")
     events = expected_events(scenario, workload, horizon_s)
     if force:
         return events
     wname = f"workload {workload.name!r}" if workload is not None else "the processes' arrivals"
     if horizon_s > MAX_HORIZON_S:
         raise WorkTooLarge(
-            f"{where}horizon {horizon_s:g} s is above the {MAX_HORIZON_S:g} s limit; "
+            f"horizon (--horizon) {horizon_s:g} s is above the {MAX_HORIZON_S:g} s limit; "
             "shorten it or pass --force"
         )
     if replications > MAX_REPLICATIONS:
         raise WorkTooLarge(
-            f"{where}{replications} replications is above the {MAX_REPLICATIONS} limit; "
-            "pass --force to run them"
+            f"replications (--replications) {replications} is above the {MAX_REPLICATIONS} "
+            "limit; pass --force to run them"
         )
     if not math.isfinite(events) or events > MAX_EVENTS_PER_REPLICATION:
         top = _largest(scenario, workload, horizon_s)
@@ -158,11 +161,26 @@ def check_work(
 
 
 def _largest(scenario: Scenario, workload: Workload | None, horizon_s: float) -> str:
+    """The process with the most arrivals, and the field that sets its rate."""
     arrivals = expected_arrivals(scenario, workload, horizon_s)
     name = max(arrivals, key=arrivals.__getitem__)
-    i = next(i for i, p in enumerate(scenario.processes) if p.name == name)
-    field = "arrivals" if workload is None or name not in _targets(scenario, workload) else ""
-    return f"processes[{i}] {name!r}" + (f" ({field})" if field else f" via {workload.name!r}")
+    i, process = next((i, p) for i, p in enumerate(scenario.processes) if p.name == name)
+    if workload is not None and name in _targets(scenario, workload):
+        j = next((j for j, w in enumerate(scenario.workloads) if w.name == workload.name), None)
+        where = f"workloads[{j}]" if j is not None else f"workload {workload.name!r}"
+        return f"processes[{i}] {name!r} via {where}.{_RATE_FIELD[type(workload)]}"
+    return f"processes[{i}] {name!r}: processes[{i}].arrivals.{_RATE_FIELD[type(process.arrivals)]}"
+
+
+_RATE_FIELD = {
+    PoissonArrivals: "rate_per_s",
+    PeriodicArrivals: "period_s",
+    TraceArrivals: "path (the trace's rates)",
+    SteadyWorkload: "rate_per_s",
+    FluctuatingWorkload: "base_per_s",
+    StepWorkload: "levels_per_s",
+    TraceWorkload: "path (the trace's rates)",
+}
 
 
 def _targets(scenario: Scenario, workload: Workload) -> set[str]:

@@ -122,8 +122,59 @@ class ReplicationResult:
     on_demand_busy_s: np.ndarray | None = None
 
 
+class _Quota:
+    """A CPU bandwidth quota (Linux CFS): ``cores × period`` of running time per period.
+
+    Work runs at full speed while the current period has quota left, then stalls
+    until the next period begins — so a job's wall time depends on how much of the
+    quota the load has used, not only on its work. Instances of one machine draw
+    from one quota: each reserves its running time period by period in the order
+    it starts (so a machine never runs more than its quota; a later job does not
+    slow an earlier one down — an approximation for co-located instances, exact
+    for one).
+    """
+
+    __slots__ = ("period_s", "quota_s", "used")
+
+    def __init__(self, cores: float, period_s: float) -> None:
+        self.period_s, self.quota_s = period_s, cores * period_s
+        self.used: dict[int, float] = {}  # period index → running time reserved (s)
+
+    def wall_s(self, now: float, work_s: float) -> float:
+        """Wall time (s) of ``work_s`` of running time that starts at ``now``; reserves it."""
+        p, q, used = self.period_s, self.quota_s, self.used
+        if len(used) > 64:  # periods that have passed are never read again
+            k_now = int(now // p)
+            for k in [k for k in used if k < k_now]:
+                del used[k]
+        t, left, k = now, work_s, int(now // p)
+        while left > 1e-12:
+            u = used.get(k, 0.0)
+            room = min(q - u, (k + 1) * p - t)
+            if room > 1e-12:
+                r = min(room, left)
+                used[k] = u + r
+                t += r
+                left -= r
+                if left <= 1e-12:
+                    break
+            k += 1
+            t = max(t, k * p)
+        return t - now
+
+
 class _Machine:
-    __slots__ = ("code", "cpu", "gpu", "gpu_speed", "name", "server", "slowdown", "speed")
+    __slots__ = (
+        "code",
+        "cpu",
+        "gpu",
+        "gpu_speed",
+        "name",
+        "quota",
+        "server",
+        "slowdown",
+        "speed",
+    )
 
     def __init__(
         self,
@@ -134,8 +185,11 @@ class _Machine:
         work_cores: float,
         keepalive_cores: float,
         slowdown: float,
+        period_s: float = 0.01,
     ) -> None:
         self.code, self.name, self.server = code, name, server
+        quota = server.cpu_quota_cores
+        self.quota = _Quota(quota, period_s) if quota is not None else None
         self.speed, self.gpu_speed, self.slowdown = server.cpu_speed, server.gpu_speed, slowdown
         available = max(server.cpu_cores - keepalive_cores, 0.05 * server.cpu_cores)
         # A core pool costs two events per service; only build it when
@@ -310,7 +364,7 @@ class _Instance:
             return True
         if m.cpu is None and gpu_s == 0 and cpu_s > 0:
             # The common case — own cores, no GPU: one event for the service.
-            _Wake(env, cpu_s / m.speed, self._after_cpu)
+            _Wake(env, self._cpu_wall_s(), self._after_cpu)
             return True
         self._compute()
         return True
@@ -321,12 +375,18 @@ class _Instance:
             if m.cpu is not None:
                 m.cpu.get(self.cores).callbacks.append(self._cpu_granted)
             else:
-                _Wake(self.env, self.cpu_s / m.speed, self._after_cpu)
+                _Wake(self.env, self._cpu_wall_s(), self._after_cpu)
         else:
             self._after_cpu()
 
+    def _cpu_wall_s(self) -> float:
+        """Wall time of the current CPU work: at the machine's speed, stalled by its quota."""
+        m = self.machine
+        run_s = self.cpu_s / m.speed
+        return run_s if m.quota is None else m.quota.wall_s(self.env._now, run_s)
+
     def _cpu_granted(self, _e: Any) -> None:
-        _Wake(self.env, self.cpu_s / self.machine.speed, self._release_cpu)
+        _Wake(self.env, self._cpu_wall_s(), self._release_cpu)
 
     def _release_cpu(self, _e: Any) -> None:
         self.machine.cpu.put(self.cores)  # type: ignore[union-attr]
@@ -516,8 +576,9 @@ class Simulation:
                 keep[m] += n * (c.keepalive_cpu_cores if is_always_on(c, dep) else 0.0)
                 work[m] += n * _working_cores(c, dep)
         slowdown = sc.settings.gpu_fallback_slowdown
+        period_s = sc.settings.cpu_period_ms / 1e3
         self.machines = {
-            m: _Machine(env, j, m, servers[m], work[m], keep[m], slowdown)
+            m: _Machine(env, j, m, servers[m], work[m], keep[m], slowdown, period_s)
             for j, m in enumerate(self.machine_names)
         }
         self.machine_list = list(self.machines.values())

@@ -37,6 +37,11 @@ PositiveFloat = Annotated[Float, Field(gt=0)]
 # list: far above any real system, low enough that checks stay instant.
 MAX_ITEMS = 1000
 NonNegFloat = Annotated[Float, Field(ge=0)]
+# Physical sizes far above any real machine, so a typo such as 2**80 cores is refused
+# with its field named instead of simulated as a meaningless system.
+MAX_CORES = 1e6
+MAX_RAM_GB = 1e9
+MAX_PERIOD_S = 1e9  # a period longer than 30 years never fires in a run
 
 
 class Frozen(BaseModel):
@@ -174,14 +179,21 @@ class Server(Frozen):
 
     name: Name
     count: Int = Field(1, ge=1, le=1000, description="Identical machines of this type.")
-    cpu_cores: PositiveFloat = Field(description="Cores per machine.")
+    cpu_cores: PositiveFloat = Field(le=MAX_CORES, description="Cores per machine.")
     cpu_speed: PositiveFloat = Field(1.0, description="Core speed relative to the reference.")
     gpus: Int = Field(0, ge=0, description="GPUs per machine.")
     gpu_speed: PositiveFloat = Field(1.0, description="GPU speed relative to the reference.")
-    ram_gb: PositiveFloat = Field(description="Memory per machine (GB).")
+    ram_gb: PositiveFloat = Field(le=MAX_RAM_GB, description="Memory per machine (GB).")
     bandwidth_mbps: PositiveFloat = Field(1000.0, description="Network bandwidth (Mbit/s).")
     price_per_hour: NonNegFloat = Field(0.0, description="Rental price per machine-hour.")
     zone: Name = Field("default", description="Network zone; crossing zones adds latency.")
+    cpu_quota_cores: PositiveFloat | None = Field(
+        None,
+        description="A CPU bandwidth quota (Linux CFS, as a container's CPU limit): the "
+        "machine's instances together run at most this many cores' worth of time per "
+        "settings.cpu_period_ms period, at full core speed while the period's quota lasts, "
+        "stalled to the next period after. None: no quota (cpu_cores are the limit).",
+    )
 
     def instance_names(self) -> list[str]:
         """Names of the machines of this type: ``name`` or ``name-1 … name-count``."""
@@ -209,11 +221,13 @@ class Variant(Frozen):
 
     name: Name
     accuracy: Float = Field(ge=0, le=1, description="Measured accuracy v_n(z) in [0, 1].")
-    cpu_cores: PositiveFloat = Field(description="Resource use w_n(z) per replica (cores).")
+    cpu_cores: PositiveFloat = Field(
+        le=MAX_CORES, description="Resource use w_n(z) per replica (cores)."
+    )
     cost: NonNegFloat | None = Field(
         None, description="Cost c_n(z) per replica; defaults to cpu_cores as in the paper."
     )
-    ram_gb: NonNegFloat = Field(0.25, description="Memory per replica (GB).")
+    ram_gb: NonNegFloat = Field(0.25, le=MAX_RAM_GB, description="Memory per replica (GB).")
     service_time: ServiceTime = Field(description="Time of one batch at cpu_speed 1.")
     model: ModelFile | None = Field(
         None, description="The user's ONNX model for this variant; None: the testbed's zoo."
@@ -238,9 +252,11 @@ class Component(Frozen):
 
     name: Name
     keepalive_cpu_cores: NonNegFloat = Field(
-        0.0, description="CPU an idle instance uses to stay up (cores)."
+        0.0, le=MAX_CORES, description="CPU an idle instance uses to stay up (cores)."
     )
-    keepalive_ram_gb: NonNegFloat = Field(0.0, description="Memory of an idle instance (GB).")
+    keepalive_ram_gb: NonNegFloat = Field(
+        0.0, le=MAX_RAM_GB, description="Memory of an idle instance (GB)."
+    )
     always_on: bool = Field(
         True,
         description="Instances run all the time (keep-alive load counts) vs on demand; the "
@@ -258,7 +274,7 @@ class Component(Frozen):
         "when it has nothing left to do. Constant-run instances are always warm.",
     )
     cpu_cores: PositiveFloat = Field(
-        1.0, description="Cores one instance uses while it works on a step."
+        1.0, le=MAX_CORES, description="Cores one instance uses while it works on a step."
     )
     variants: list[Variant] = Field(
         default_factory=list,
@@ -311,7 +327,7 @@ class PoissonArrivals(Frozen):
 
 class PeriodicArrivals(Frozen):
     kind: Literal["periodic"]
-    period_s: PositiveFloat
+    period_s: PositiveFloat = Field(le=MAX_PERIOD_S)
     offset_s: NonNegFloat = 0.0
 
 
@@ -342,7 +358,9 @@ class Step(Frozen):
     gpu_work: ServiceTime | None = Field(
         None, description="GPU time of the whole step at gpu_speed 1."
     )
-    ram_gb: NonNegFloat = Field(0.0, description="Working memory of the step per instance (GB).")
+    ram_gb: NonNegFloat = Field(
+        0.0, le=MAX_RAM_GB, description="Working memory of the step per instance (GB)."
+    )
     data_out_mb: NonNegFloat = Field(0.0, description="Data passed on to dependent steps (MB).")
     max_parallel: Int = Field(
         1, ge=1, le=1024, description="Most instances the step's work may be split across."
@@ -497,7 +515,7 @@ class FluctuatingWorkload(Frozen):
     name: Name
     base_per_s: PositiveFloat
     amplitude_per_s: NonNegFloat
-    period_s: PositiveFloat = 600.0
+    period_s: PositiveFloat = Field(600.0, le=MAX_PERIOD_S)
     noise_sd_per_s: NonNegFloat = 0.0
     bursts: list[Burst] = Field(default_factory=list, max_length=MAX_ITEMS)
     min_rate_per_s: NonNegFloat = 0.1
@@ -564,6 +582,9 @@ class Settings(Frozen):
     batch_timeout_ms: NonNegFloat = Field(5.0, description="Default dynamic-batching wait.")
     gpu_fallback_slowdown: PositiveFloat = Field(
         20.0, description="GPU work on a machine without GPU runs this much slower on CPU."
+    )
+    cpu_period_ms: PositiveFloat = Field(
+        10.0, description="Period of the servers' CPU quotas (Server.cpu_quota_cores), ms."
     )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()

@@ -66,7 +66,7 @@ class Gateway:
         targets: dict[str, str] | None = None,
         stage_timeout_s: float = 10.0,
         dead_s: float = 1.0,
-        max_inflight: int = 2,
+        max_inflight: int = 256,
         max_pending: int = 4096,
     ):
         self.features_url = features_url
@@ -382,7 +382,12 @@ def main() -> None:
     p.add_argument("--features", default=None)
     p.add_argument("--targets", default="")
     p.add_argument("--stage-timeout-s", type=float, default=10.0)
-    p.add_argument("--max-inflight", type=int, default=2, help="calls outstanding per replica")
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=256,
+        help="calls outstanding per replica (items queue in the stage server, not here)",
+    )
     p.add_argument("--routes", default=None, help="initial routes as JSON (as POST /admin/routes)")
     a = p.parse_args()
     targets = parse_targets(a.targets)

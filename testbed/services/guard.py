@@ -153,6 +153,27 @@ def overloaded(
     return 503, headers, error_body(f"{what} is full; retry later")
 
 
+DRAIN_BYTES = 16 << 20  # most of a refused body read (and dropped) before answering
+
+
+async def _drain(receive: Receive, budget: int = DRAIN_BYTES) -> None:
+    """Read and drop the rest of a refused request's body, up to ``budget`` bytes.
+
+    A server that closes a connection with request bytes still unread makes the
+    kernel send a reset, and the client loses the 4xx it was about to read (the
+    HTTP fuzz saw 266 resets instead of 413s). Reading the body first lets the
+    client see its answer; a body above the budget still gets the reset.
+    """
+    seen = 0
+    while seen <= budget:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 async def _send_error(send: Send, status: int, message: str) -> None:
     body = error_body(message)
     await send(
@@ -200,35 +221,39 @@ class BodyLimit:
                     await _send_error(send, 400, "bad content-length")
                     return
                 if declared > limit:
+                    await _drain(receive)
                     await _send_error(send, 413, f"body is larger than {limit} bytes")
                     return
+        # The whole body is read here, before the app runs (every app of ours reads it
+        # whole anyway): a body without content-length that grows past the limit must
+        # get its 413 from here, since an exception raised inside the app's receive()
+        # turns into Starlette's 500.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                break  # the client left: the app sees the disconnect
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await _drain(receive)
                 await _send_error(send, 413, f"body is larger than {limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        first: Message | None = message
 
+        async def replay() -> Message:
+            nonlocal first
+            if first is not None:
+                out, first = first, None
+                return out
+            return await receive()
 
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 TOKEN_FILE = "admin.token"
@@ -303,6 +328,7 @@ class AdminGuard:
         ):
             presented = dict(scope.get("headers", [])).get(TOKEN_HEADER.encode())
             if not token_ok(presented, self.token):
+                await _drain(receive)
                 await _send_error(send, 401, f"admin route: missing or wrong {TOKEN_HEADER}")
                 return
         await self.app(scope, receive, send)

@@ -14,6 +14,9 @@ API (JSON):
 
 Instances are children of the agent, so they share its cgroup or container; each
 is asked to die with the agent (PR_SET_PDEATHSIG), so no instance outlives it.
+An instance that dies without being stopped (crash, OOM kill, SIGKILL) is started
+again on the same port with the same arguments, so routes to it stay valid; restarts
+back off (1 s, doubling to 30 s while it keeps dying within a minute of starting).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ from testbed.services.guard import (
 )
 
 STOP_GRACE_S = 5.0
+SUPERVISE_EVERY_S = 0.2
+RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, cap; doubles while restarts keep failing
+STABLE_AFTER_S = 60.0  # an instance up this long has its back-off reset
 
 
 def free_port(host: str) -> int:
@@ -95,6 +101,9 @@ class Instance:
     proc: subprocess.Popen
     args: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    restarts: int = 0
+    failures: int = 0  # restarts in a row that died before STABLE_AFTER_S
+    died: float | None = None  # monotonic time the supervisor saw it dead
 
     def info(self) -> dict[str, Any]:
         code = self.proc.poll()
@@ -111,6 +120,7 @@ class Instance:
             "exit_code": code,
             "rss_bytes": rss,
             "args": self.args,
+            "restarts": self.restarts,
         }
 
 
@@ -140,6 +150,9 @@ class NodeAgent:
             lambda: sum(1 for i in list(self.instances.values()) if i.proc.poll() is None)
         )
         self.reg.register(_CpuCounter(lambda: self.usage()["cpu_seconds"] or 0.0))
+        Gauge(
+            "node_instance_restarts", "Instances restarted after dying unasked", registry=self.reg
+        ).set_function(lambda: sum(i.restarts for i in self.instances.values()))
         Gauge("node_memory_bytes", "Memory in use by the node", registry=self.reg).set_function(
             lambda: self.usage()["memory_bytes"] or 0
         )
@@ -151,13 +164,44 @@ class NodeAgent:
         if old is not None and old.proc.poll() is None:
             raise FileExistsError(f"instance {name!r} is already running")
         port = free_port(self.host)
-        argv = service_argv(service, port, self.host, sys.executable, **args)
-        proc = subprocess.Popen(
-            argv, env=service_env(), preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
-        )
-        inst = Instance(name, service, port, proc, args)
+        inst = Instance(name, service, port, self._spawn(service, port, args), args)
         self.instances[name] = inst
         return inst
+
+    def _spawn(self, service: str, port: int, args: dict[str, Any]) -> subprocess.Popen:
+        argv = service_argv(service, port, self.host, sys.executable, **args)
+        return subprocess.Popen(
+            argv, env=service_env(), preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
+        )
+
+    def revive(self, now: float | None = None) -> list[str]:
+        """Start again, on the same port, every instance that died without being stopped.
+
+        Stopped instances are no longer in ``instances``, so whatever exited here
+        crashed or was killed. Returns the names restarted now; one that keeps dying
+        waits longer each time (RESTART_BACKOFF_S), so a broken instance cannot spin.
+        """
+        now = time.monotonic() if now is None else now
+        revived = []
+        for inst in list(self.instances.values()):
+            if inst.proc.poll() is None:
+                continue
+            if inst.died is None:
+                inst.died = now
+                lived = time.time() - inst.started
+                inst.failures = 0 if lived >= STABLE_AFTER_S else inst.failures + 1
+            first, cap = RESTART_BACKOFF_S
+            delay = 0.0 if inst.failures == 0 else min(first * 2 ** (inst.failures - 1), cap)
+            if now - inst.died < delay:
+                continue
+            try:
+                inst.proc = self._spawn(inst.service, inst.port, inst.args)
+            except OSError:
+                continue  # tried again on the next round
+            inst.started, inst.died = time.time(), None
+            inst.restarts += 1
+            revived.append(inst.name)
+        return revived
 
     def stop(self, name: str, grace_s: float = STOP_GRACE_S) -> int | None:
         inst = self.instances.pop(name)
@@ -256,9 +300,17 @@ def create_app(agent: NodeAgent) -> Starlette:
     async def usage(_req: Request) -> Response:
         return JSONResponse(await asyncio.to_thread(agent.usage))
 
+    async def supervise() -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY_S)
+            for name in agent.revive():
+                print(f"node {agent.name}: instance {name} died unasked; restarted", flush=True)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(supervise())
         yield
+        task.cancel()
         await asyncio.to_thread(agent.stop_all)
 
     routes = [

@@ -23,6 +23,13 @@ other route through Starlette; ``create_app`` serves all of them as plain ASGI t
 The model comes from the registry (``--registry``, ``--model`` ``--version``) or a
 file (``--model-file``, for benchmarks). onnxruntime runs with ``--threads`` intra-op
 threads (1 by default: under a CPU quota more threads only spin).
+
+The model runs in one worker thread, apart from the event loop (as Triton's model
+instance runs apart from its HTTP front end): calls that arrive while a batch is
+computed are read and queued at once, so an item's ``queue_ms`` is its whole wait
+for the model, and each batch is answered as soon as it is computed. ``--inline``
+runs the model on the loop instead (cheaper per batch for very light models, but
+calls then wait unread in the socket while a batch runs, which no timing sees).
 """
 
 from __future__ import annotations
@@ -179,6 +186,7 @@ class StageServer:
         )
         self.m_restarts.set_function(lambda: self.batcher.restarts if self.batcher else 0)
         self.max_queue = DEFAULT_MAX_QUEUE
+        self.inline = False  # the model runs in a worker thread (see the module doc)
         self.batcher: DynamicBatcher | None = None
         self._children: dict[str, tuple] = {}
         self._switch_lock = asyncio.Lock()
@@ -212,7 +220,13 @@ class StageServer:
         run = await asyncio.to_thread(make_runner, data, self.threads, self.m_compute_cpu)
         c = self.config
         self.batcher = DynamicBatcher(
-            run, c.batch, c.batch_timeout_ms, c.variant, self._observe, max_queue=self.max_queue
+            run,
+            c.batch,
+            c.batch_timeout_ms,
+            c.variant,
+            self._observe,
+            max_queue=self.max_queue,
+            inline=self.inline,
         )
         self.batcher.start()
 
@@ -485,6 +499,11 @@ def main() -> None:
     p.add_argument(
         "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="rows queued before 503s"
     )
+    p.add_argument(
+        "--inline",
+        action="store_true",
+        help="run the model on the event loop, not in a worker thread",
+    )
     a = p.parse_args()
     if a.model is None and a.model_file is None:
         p.error("give --model (with --registry) or --model-file")
@@ -492,6 +511,7 @@ def main() -> None:
     config = StageConfig(a.variant or model, model, a.version, a.batch, a.batch_timeout_ms)
     server = StageServer(a.name, config, a.threads, a.registry, a.model_file)
     server.max_queue = a.max_queue
+    server.inline = a.inline
     try:  # /v1/batch without uvicorn's ASGI layer (fast_http); the rest as usual
         http: object = fast_protocol(
             {

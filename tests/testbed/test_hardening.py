@@ -228,3 +228,25 @@ def test_fuzz_batch_bodies_are_accepted_or_refused_cleanly(
         assert e.status == 400
         return
     assert rows.ndim == 2 and np.isfinite(rows).all()
+
+
+def test_an_oversized_or_unauthorised_body_gets_its_4xx_not_a_connection_reset() -> None:
+    import httpx
+
+    from tests.testbed.helpers import serve_app
+
+    async def echo(req):  # type: ignore[no-untyped-def]
+        return JSONResponse({"n": len(await req.body())})
+
+    inner = Starlette(
+        routes=[Route("/x", echo, methods=["POST"]), Route("/admin/x", echo, methods=["POST"])]
+    )
+    app = AdminGuard(BodyLimit(inner, max_bytes=1000), token="t")
+    big = b"A" * (4 << 20)  # far above the socket buffers: unread, it used to end in a reset
+    with serve_app(app) as url, httpx.Client(timeout=10) as client:
+        for _ in range(3):
+            assert client.post(url + "/x", content=big).status_code == 413
+            assert client.post(url + "/admin/x", content=big).status_code == 401
+            chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no content-length
+            assert client.post(url + "/x", content=chunks).status_code == 413
+        assert client.post(url + "/x", content=b"ok").json() == {"n": 2}

@@ -220,8 +220,50 @@ def test_validate_refuses_what_simulate_would_refuse_and_force_lets_both_through
 @pytest.mark.parametrize("horizon", [1e9, float("inf"), -1.0])
 def test_absurd_horizons_are_refused_at_once(horizon: float) -> None:
     sc = load_scenario(EXAMPLES / "small-placement.yaml")
-    with pytest.raises(SpecError, match="horizon"):
-        check_work(sc, None, horizon, 1)
+    # the value came from the command line: the option is named, not the file
+    with pytest.raises(SpecError, match="--horizon") as e:
+        check_work(sc, None, horizon, 1, source="s.yaml")
+    assert "s.yaml" not in str(e.value)
+
+
+def test_the_budget_message_names_the_field_that_sets_the_rate(tmp_path: Path) -> None:
+    f, _ = _fast_scenario(tmp_path, 3e6)
+    sc = load_scenario(f)
+    with pytest.raises(SpecError, match=r"processes\[\d+\]\.arrivals\.rate_per_s"):
+        check_work(sc, None, 3600, 1)
+    doc = yaml.safe_load((EXAMPLES / "edge-cloud.yaml").read_text())
+    doc["workloads"][0]["rate_per_s"] = 1e9
+    (tmp_path / "traces").mkdir(exist_ok=True)
+    (tmp_path / "traces" / "sample.csv").write_text(
+        (EXAMPLES / "traces" / "sample.csv").read_text()
+    )
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(doc))
+    sc = load_scenario(tmp_path / "w.yaml")
+    with pytest.raises(SpecError, match=r"via workloads\[0\]\.rate_per_s"):
+        check_work(sc, sc.workloads[0], 3600, 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        (("servers", 0, "cpu_cores"), "cpu_cores"),
+        (("servers", 1, "ram_gb"), "ram_gb"),
+        (("components", 0, "keepalive_cpu_cores"), "keepalive_cpu_cores"),
+        (("processes", 1, "arrivals", "period_s"), "period_s"),
+    ],
+)
+def test_physically_absurd_sizes_are_refused_naming_the_field(
+    tmp_path: Path, path: tuple, field: str
+) -> None:
+    doc = yaml.safe_load((EXAMPLES / "edge-cloud.yaml").read_text())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = 2**80  # used to validate as a machine with 1.2e24 cores
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(SpecError, match=field) as e:
+        load_scenario(tmp_path / "s.yaml")
+    assert "s.yaml" in str(e.value)
 
 
 # -------------------------------------------------------------------- DAG order

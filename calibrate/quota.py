@@ -1,0 +1,261 @@
+"""A calibrated twin whose stages run under the testbed's CPU quota, as the testbed's do.
+
+On the testbed a stage server is a process in a cgroup with a CFS quota (``share``
+host cores per 10 ms period). The model and the server's own HTTP work draw from
+that one quota; while the period's quota lasts a batch runs at full core speed,
+after that it stalls to the next period. So the wall time of a batch is *not* a
+property of the model: 3.3 ms at light load, 6 ms near saturation for the same
+e-large batch (measured, ``benchmarks/results/testbed_knee.md``). A twin fitted on
+those wall times pools both regimes: at light load its service is too slow, near
+the knee too fast (capacity 1 / mean wall instead of share / CPU per item).
+
+This module fits what does not depend on load, from the fit runs' Prometheus
+counters (``metrics.parquet`` of ``loadgen`` runs):
+
+* the model's CPU per batch (``stage_compute_cpu_seconds``, linear in batch size),
+* the server's CPU per HTTP call and its idle CPU (node cgroup CPU minus model CPU,
+  least squares over the runs: ``other = per_call · calls + idle · seconds``),
+* the host's speed ``h`` = model CPU / median model wall time of a batch in the
+  lightest run, where the quota rarely stalls: a runnable process on the 2 shared
+  host cores is not always running, and that time is not charged to the quota.
+
+:func:`quota_scenario` then gives every stage a service time of CPU/h (its wall time
+when not stalled), its server's CPU per call as ``server_overhead``, and every
+machine a quota of ``(share − idle) / h`` cores of that running time
+(``Server.cpu_quota_cores``), so the twin's stall, its capacity (share / CPU per
+item) and its light-load latency are the testbed's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibrate.calibration import Calibration, calibrated_scenario
+from twin.deployment import stage_config
+from twin.spec import (
+    Deployment,
+    GammaServiceTime,
+    LognormalServiceTime,
+    Scenario,
+    ServerOverhead,
+    TableServiceTime,
+)
+
+
+@dataclass(frozen=True)
+class StageCpu:
+    """A stage's CPU on the testbed, fitted over runs (ms of host CPU, cores)."""
+
+    stage: str
+    variant: str
+    node: str
+    batch_ms: float  # model CPU of a batch of one
+    per_item_ms: float  # model CPU of each further item in a batch
+    per_call_ms: float  # the server's CPU per HTTP call (parse, answer, hand-off)
+    calls_per_item: float  # HTTP calls per item served, over the fit runs
+    idle_cores: float  # the node's CPU while nothing is served (agent, scrapes)
+    host_speed: float  # model CPU / model wall time in the lightest run (≤ 1)
+    runs: int
+
+
+def _delta(m: pd.DataFrame, target: str, metric: str) -> tuple[float, float]:
+    """Increase of a counter over a run and the seconds it spans (nan when absent)."""
+    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")
+    if len(x) < 2:
+        return math.nan, math.nan
+    return float(x["value"].iloc[-1] - x["value"].iloc[0]), float(x["t"].iloc[-1] - x["t"].iloc[0])
+
+
+def _counters(folder: Path, node_of: dict[str, str]) -> list[dict]:
+    m = pd.read_parquet(folder / "metrics.parquet")
+    m = m.assign(target=m["target"].astype(str), metric=m["metric"].astype(str))
+    targets = m["target"].unique()
+    rows = []
+    for stage, node in node_of.items():
+        tgt = [t for t in targets if t.startswith(f"{stage}-{node}-")]
+        if len(tgt) != 1:
+            continue
+        # the node agent's counter (``node_cpu_seconds_total``; ``node_cpu_seconds`` before)
+        node_cpu, dt = _delta(m, f"agent:{node}", "node_cpu_seconds_total")
+        if not math.isfinite(node_cpu):
+            node_cpu, dt = _delta(m, f"agent:{node}", "node_cpu_seconds")
+        row = {"stage": stage, "node": node, "node_cpu": node_cpu, "seconds": dt}
+        for key, metric in (
+            ("model_cpu", "stage_compute_cpu_seconds_total"),
+            ("items", "stage_items_total"),
+            ("calls", "stage_calls_total"),
+            ("batches", "stage_batch_size_count"),
+            ("wall", "stage_service_seconds_sum"),
+        ):
+            row[key] = _delta(m, tgt[0], metric)[0]
+        if np.isfinite(list(row.values())[2:]).all() and row["batches"] > 0:
+            rows.append({**row, "folder": str(folder)})
+    return rows
+
+
+def _host_speed(light: pd.Series, stage: str, first_ms: float, more_ms: float) -> float:
+    """Model CPU over model wall time of a batch in the lightest run (≤ 1).
+
+    The *median* wall time of the most common batch size: even at light load some
+    batches straddle a quota stall, which the mean would count as slowness.
+    Without per-visit rows, the run's mean wall time.
+    """
+    visits = Path(light["folder"]) / "visits.parquet"
+    if visits.is_file():
+        v = pd.read_parquet(visits, columns=["component", "batch", "service_s"])
+        v = v[(v["component"].astype(str) == stage) & (v["service_s"] > 0)]
+        if len(v) >= 8:
+            b = int(v["batch"].mode().iloc[0])
+            wall_ms = 1e3 * float(v[v["batch"] == b]["service_s"].median())
+            return float(np.clip((first_ms + more_ms * (b - 1)) / wall_ms, 0.2, 1.0))
+    return float(np.clip(light["model_cpu"] / light["wall"], 0.2, 1.0))
+
+
+def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu]:
+    """Per stage alone on one node: its CPU model fitted over the runs in ``folders``.
+
+    A node's CPU beyond the model cannot be split between co-located stages, so
+    stages that share a node (or span several) are left out.
+    """
+    holders: dict[str, list[str]] = {}
+    for comp, where in deployment.allocation.items():
+        for node, n in where.items():
+            if n > 0:
+                holders.setdefault(node, []).append(comp)
+    node_of = {
+        c: next(iter(w))
+        for c, w in deployment.allocation.items()
+        if len(w) == 1 and holders[next(iter(w))] == [c]
+    }
+    rows = pd.DataFrame([r for f in folders for r in _counters(Path(f), node_of)])
+    out: dict[str, StageCpu] = {}
+    if rows.empty:
+        return out
+    for stage, g in rows.groupby("stage"):
+        b, n = g["batches"].to_numpy(), g["items"].to_numpy()
+        cpu_ms = g["model_cpu"].to_numpy() * 1e3
+        extra = n - b
+        if extra.sum() > 0.05 * n.sum() and len(g) >= 2:
+            (first, more), *_ = np.linalg.lstsq(np.c_[b, extra], cpu_ms, rcond=None)
+            first, more = max(first, 0.0), max(more, 0.0)
+        else:  # batches of one only: the per-item slope is not seen; scale linearly
+            first = more = float(cpu_ms.sum() / n.sum())
+        other = (g["node_cpu"] - g["model_cpu"]).to_numpy()
+        per_call = idle = -1.0
+        if len(g) >= 2:
+            (per_call, idle), *_ = np.linalg.lstsq(
+                np.c_[g["calls"].to_numpy(), g["seconds"].to_numpy()], other, rcond=None
+            )
+        if idle < 0 or per_call < 0:  # too few runs to tell them apart: all per call
+            per_call, idle = float(other.sum() / g["calls"].sum()), 0.0
+        light = g.loc[(g["items"] / g["seconds"]).idxmin()]
+        speed = _host_speed(light, str(stage), float(first), float(more))
+        dep_cfg = deployment.stages.get(str(stage))
+        out[str(stage)] = StageCpu(
+            stage=str(stage),
+            variant=dep_cfg.variant if dep_cfg is not None else "",
+            node=str(g["node"].iloc[0]),
+            batch_ms=float(first),
+            per_item_ms=float(more),
+            per_call_ms=float(per_call) * 1e3,
+            calls_per_item=float(g["calls"].sum() / n.sum()),
+            idle_cores=float(idle),
+            host_speed=speed,
+            runs=len(g),
+        )
+    return out
+
+
+def _cv(model: object) -> float:
+    if isinstance(model, LognormalServiceTime | GammaServiceTime):
+        return model.cv
+    if isinstance(model, TableServiceTime):
+        return float(np.median([p.cv for p in model.points.values()]))
+    return 0.05
+
+
+def quota_scenario(
+    scenario: Scenario,
+    calibration: Calibration,
+    deployment: Deployment,
+    cpu: dict[str, StageCpu],
+    share: float | dict[str, float],
+    rate_per_s: float | None = None,
+) -> Scenario:
+    """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
+    under the testbed's CPU quota (see the module doc).
+
+    ``cpu``: :func:`stage_cpu` of the fit runs; ``share``: host cores of each node's
+    quota (one number, or per stage: the quota of the node it runs on). Stages without
+    a CPU fit keep their fitted wall-time model, and their servers get no quota.
+    ``rate_per_s``: the per-request overhead at this offered rate
+    (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean.
+    """
+    sc, _ = calibrated_scenario(scenario, calibration, shares=share, rate_per_s=rate_per_s)
+    moved_ms = 0.0
+    components = []
+    for c in sc.components:
+        fit = cpu.get(c.name)
+        if fit is None or not c.is_stage:
+            components.append(c)
+            continue
+        h = fit.host_speed
+        current = stage_config(deployment, c).variant
+        variants = []
+        for v in c.variants:
+            if v.name == current:
+                st = LognormalServiceTime(
+                    kind="lognormal",
+                    mean_ms=fit.batch_ms / h,
+                    per_item_ms=fit.per_item_ms / h,
+                    cv=_cv(v.service_time),
+                )
+                v = v.model_copy(update={"service_time": st})
+            variants.append(v)
+        over_ms = fit.per_call_ms * fit.calls_per_item / h
+        moved_ms += over_ms
+        components.append(
+            c.model_copy(
+                update={
+                    "variants": variants,
+                    "server_overhead": ServerOverhead(per_item_ms=over_ms),
+                }
+            )
+        )
+    quota = {}
+    for f in cpu.values():
+        cores = share.get(f.stage, 1.0) if isinstance(share, dict) else share
+        quota[f.node] = max(cores - f.idle_cores, 0.05 * cores) / f.host_speed
+    servers = []
+    for s in sc.servers:
+        machines = s.instance_names()
+        if not any(m in quota for m in machines):
+            servers.append(s)
+            continue
+        if s.count == 1:
+            servers.append(s.model_copy(update={"cpu_quota_cores": quota[machines[0]]}))
+            continue
+        # each machine its own quota (h and idle differ per node): one server type per
+        # machine, named as the machine, so allocations keep their machine names
+        for m in machines:
+            servers.append(
+                s.model_copy(update={"name": m, "count": 1, "cpu_quota_cores": quota.get(m)})
+            )
+    processes = []
+    for p in sc.processes:
+        o = p.request_overhead
+        if p.kind == "request" and isinstance(o, LognormalServiceTime | GammaServiceTime):
+            # the servers' CPU per call now sits in each stage's service; it leaves the
+            # request's overhead, which held it as part of every HTTP hop
+            o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
+            p = p.model_copy(update={"request_overhead": o})
+        processes.append(p)
+    new = sc.model_copy(
+        update={"components": components, "servers": servers, "processes": processes}
+    )
+    return Scenario.model_validate(new.model_dump())

@@ -1,0 +1,88 @@
+"""calibrate.quota: model and server CPU from a run's counters, and the twin under a quota."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibrate import calibration as cal
+from calibrate.fit import fit_variant
+from calibrate.quota import quota_scenario, stage_cpu
+from twin.criteria import stage_capacity_rps
+from twin.load import load_deployment, load_scenario
+
+EXAMPLE = Path("examples/digits-pipeline.yaml")
+DEPLOYMENT = Path("examples/digits-pipeline.deployment.yaml")
+
+
+def _run(folder: Path, rate: float, seconds: float = 20.0, stall: float = 1.0) -> Path:
+    """A run's metrics.parquet: the encoder alone on node-2, 3 ms of model CPU per item
+    (batch 1), 0.4 ms of server CPU per call, 0.01 idle cores; wall = CPU / 0.9 × stall."""
+    items = rate * seconds
+    model = items * 0.003
+    counters = {
+        ("agent:node-2", "node_cpu_seconds"): model + items * 0.0004 + 0.01 * seconds,
+        ("encoder-node-2-2", "stage_compute_cpu_seconds_total"): model,
+        ("encoder-node-2-2", "stage_items_total"): items,
+        ("encoder-node-2-2", "stage_calls_total"): items,
+        ("encoder-node-2-2", "stage_batch_size_count"): items,
+        ("encoder-node-2-2", "stage_service_seconds_sum"): model / 0.9 * stall,
+    }
+    rows = [
+        {"t": t, "target": tgt, "metric": m, "labels": "", "value": v * t / seconds}
+        for (tgt, m), v in counters.items()
+        for t in (0.0, seconds)
+    ]
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(folder / "metrics.parquet")
+    return folder
+
+
+def test_stage_cpu_separates_model_server_idle_and_host_speed(tmp_path: Path) -> None:
+    dep = load_deployment(DEPLOYMENT)
+    runs = [_run(tmp_path / "a", 30), _run(tmp_path / "b", 120, stall=1.6)]
+    cpu = stage_cpu(runs, dep)
+    assert set(cpu) == {"encoder"}  # the other nodes have no counters here
+    enc = cpu["encoder"]
+    assert abs(enc.batch_ms - 3.0) < 1e-6 and abs(enc.per_item_ms - 3.0) < 1e-6
+    assert abs(enc.per_call_ms - 0.4) < 1e-6
+    assert abs(enc.idle_cores - 0.01) < 1e-6
+    # host speed from the lighter run, where the quota did not stall the model
+    assert abs(enc.host_speed - 0.9) < 1e-9
+
+
+def test_quota_scenario_gives_the_stage_cpu_work_and_its_node_the_quota(tmp_path: Path) -> None:
+    sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
+    rng = np.random.default_rng(0)
+    fits = [
+        fit_variant(
+            np.ones(50, dtype=int),
+            rng.lognormal(np.log(ms), 0.1, 50),
+            component=c,
+            variant=v,
+            cpu_share=0.5,
+        )
+        for c, v, ms in (
+            ("denoise", "d-small", 0.2),
+            ("encoder", "e-large", 4.5),
+            ("classifier", "c-mlp", 0.1),
+        )
+    ]
+    calibration = cal.build(fits, sc)
+    runs = [_run(tmp_path / "a", 30), _run(tmp_path / "b", 120, stall=1.6)]
+    cpu = stage_cpu(runs, dep)
+    twin = quota_scenario(sc, calibration, dep, cpu, {"encoder": 0.5})
+    enc = twin.component("encoder")
+    st = enc.variant("e-large").service_time
+    assert abs(st.batch_mean_ms(1) - 3.0 / 0.9) < 1e-6  # CPU at the host's speed, not wall
+    assert enc.server_overhead is not None
+    assert abs(enc.server_overhead.per_item_ms - 0.4 / 0.9) < 1e-6
+    # each machine gets its own quota: only node-2 (the encoder's) had counters here
+    quota = {s.name: s.cpu_quota_cores for s in twin.servers}
+    assert quota["node-1"] is None and quota["node-3"] is None
+    assert abs(quota["node-2"] - 0.49 / 0.9) < 1e-6
+    assert twin.server_instances() == sc.server_instances()
+    # capacity: (quota − idle) over CPU per item, in host CPU: 0.49 / 3.4 ms
+    assert abs(stage_capacity_rps(twin, dep, "encoder") - 490 / 3.4) < 1e-6

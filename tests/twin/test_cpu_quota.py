@@ -1,0 +1,59 @@
+"""A CPU quota (CFS bandwidth control): full speed while the period's quota lasts, then a stall."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.twin.conftest import one_stage
+from twin.criteria import stage_capacity_rps
+from twin.sim import _Quota, simulate_replication
+from twin.spec import Deployment, Scenario
+
+
+def test_work_stalls_to_the_next_period_when_the_quota_is_used() -> None:
+    q = _Quota(cores=0.5, period_s=0.010)  # 5 ms of running per 10 ms
+    assert abs(q.wall_s(0.0, 0.003) - 0.003) < 1e-12  # 3 ms fit in the first period
+    # 2 ms left in period 0, then a stall to 10 ms, then 1 ms more
+    assert abs(q.wall_s(0.003, 0.003) - 0.008) < 1e-12
+    # period 1 has 4 ms left: 12 ms of work runs 4 + 5 + 3 ms over three periods
+    assert abs(q.wall_s(0.011, 0.012) - (0.030 + 0.003 - 0.011)) < 1e-12
+
+
+def _quota_stage(rate_per_s: float, quota_cores: float | None) -> Scenario:
+    sc = one_stage(
+        variants=[
+            {
+                "name": "only",
+                "accuracy": 0.9,
+                "cpu_cores": 1,
+                "service_time": {"kind": "constant", "ms": 3.0},
+            }
+        ]
+    )
+    servers = [sc.servers[0].model_copy(update={"cpu_quota_cores": quota_cores})]
+    proc = sc.processes[0]
+    arrivals = proc.arrivals.model_copy(update={"rate_per_s": rate_per_s})
+    procs = [proc.model_copy(update={"arrivals": arrivals})]
+    return Scenario.model_validate(
+        sc.model_copy(update={"servers": servers, "processes": procs}).model_dump()
+    )
+
+
+DEP = Deployment.model_validate(
+    {"allocation": {"stage": {"m": 1}}, "stages": {"stage": {"variant": "only", "batch": 1}}}
+)
+
+
+def test_quota_sets_capacity_and_light_load_runs_at_full_speed() -> None:
+    # 3 ms of work under a 0.5-core quota: capacity 0.5 / 3 ms ≈ 167/s, not 333/s
+    assert abs(stage_capacity_rps(_quota_stage(20, 0.5), DEP, "stage") - 500 / 3) < 1e-9
+    light = simulate_replication(_quota_stage(20, 0.5), DEP, None, 100.0, seed=2).visits
+    service = (light["t_end"] - light["t_start"]).to_numpy()
+    # at ρ 0.12 most jobs find quota left and take their 3 ms; a few straddle a stall
+    assert abs(float(np.median(service)) - 0.003) < 1e-9
+    assert service.mean() < 0.004
+    over = simulate_replication(_quota_stage(250, 0.5), DEP, None, 40.0, seed=2).visits
+    done = over[over["t_end"] <= 40.0]
+    assert abs(len(done) / 40.0 - 500 / 3) < 5  # throughput is the quota's, not 1/3 ms
+    free = simulate_replication(_quota_stage(250, None), DEP, None, 40.0, seed=2).visits
+    assert abs(len(free[free["t_end"] <= 40.0]) / 40.0 - 250) < 10
