@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: mlserver-venv venv test test-fast lint testbed benchmark clean
+.PHONY: mlserver-venv platform-venv testbed-mlops venv test test-fast lint testbed benchmark clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,13 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: venv lint
+test: venv lint platform-venv
 	$(PY) -m pytest -m "not benchmark" --timeout=900
 
 test-fast: venv
 	$(PY) -m pytest -m "not benchmark and not slow and not docker" -q
 
-testbed: venv  # the whole local experiment (≤ 10 min); make testbed ARGS=--quick for ≤ 3 min
+testbed: venv platform-venv  # the whole local experiment (≤ 10 min); make testbed ARGS=--quick for ≤ 3 min
 	$(VENV)/bin/mlops-twin experiment $(ARGS)
 
 benchmark: venv
@@ -41,3 +41,9 @@ clean:
 
 mlserver-venv:  # MLServer in its own venv (its pins clash with ours): tests and benchmarks/v2_mlserver.py
 	$(PYTHON) -c 'from testbed.mlserver import ensure_venv; ensure_venv()'
+
+platform-venv: venv  # Feast + MLflow in their own venv (their pins clash with ours): the local testbed's feature store and registry (~1.5 min once, ~1 GB)
+	$(PY) -c 'from testbed.platform_venv import ensure_venv; ensure_venv()'
+
+testbed-mlops: venv platform-venv  # the batch processes of examples/mlops-lab.yaml on the local testbed beside the calibrated twin (≈ 4 min)
+	$(PY) -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml --out runs/mlops-lab $(ARGS)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from testbed.backends.base import (
     Capacity,
@@ -106,8 +107,13 @@ class Controller:
     # ------------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """Register the zoo's models and load the test digits into the feature store."""
-        from testbed.services.registry import upload_model
+        """Register the zoo's models and load the test digits into the feature store.
+
+        Each zoo model is registered under ``<stage>.<variant>`` with the alias
+        ``zoo-<sha256[:12]>`` of its build (MLflow), or as that version (builtin
+        registry); stage servers load it by name and alias.
+        """
+        from testbed.services.platform_clients import ingest, register_model
 
         manifest = with_scenario_models(load_manifest(self.model_dir), self.scenario)
         for stage in self.pipeline():
@@ -117,14 +123,12 @@ class Controller:
                     f"{', '.join(manifest['models'])})"
                 )
             for variant, entry in manifest["models"][stage].items():
-                name, version = model_name(stage, variant), entry["sha256"][:12]
+                name, alias = model_name(stage, variant), f"zoo-{entry['sha256'][:12]}"
                 data = (self.model_dir / entry["file"]).read_bytes()
-                upload_model(self.endpoints.registry, name, version, data)
-                self.versions[name] = version
+                register_model(self.endpoints.registry, name, data, alias=alias)
+                self.versions[name] = alias
         x, y = load_testset(self.model_dir)
-        rows = [{"id": i, "features": x[i].tolist(), "label": int(y[i])} for i in range(len(y))]
-        r = self.http.post(f"{self.endpoints.features}/ingest", json={"entities": rows})
-        r.raise_for_status()
+        ingest(self.endpoints.features, np.arange(len(y)), x, y)
 
     def pipeline(self) -> list[str]:
         return pipeline_stages(self.scenario)

@@ -34,8 +34,11 @@ Service entry points
     stage        testbed.services.stage_server       --name --component --registry URL
                                                      --model NAME --version V --batch B
                                                      --batch-timeout-ms T --threads 1
-    registry     testbed.services.registry           --root DIR
-    features     testbed.services.feature_store      --db FILE
+    registry     testbed.services.registry_mlflow    --root DIR   (MLflow, platform venv)
+    features     testbed.services.features_feast     --repo DIR   (Feast, platform venv)
+    registry-builtin / features-builtin              the SQLite stand-ins the Compose
+                 (registry, feature_store)           image runs: --root DIR / --db FILE
+    step         testbed.services.step_job (a job)   --kind K --record FILE ...
     gateway      testbed.services.gateway            --registry URL --features URL
                                                      --targets name=url,...
     node         testbed.services.node_agent         --name --cpu-cores --ram-gb
@@ -96,11 +99,15 @@ from twin.spec import Deployment, Scenario
 # service → module run with ``python -m``
 SERVICES: dict[str, str] = {
     "stage": "testbed.services.stage_server",
-    "registry": "testbed.services.registry",
-    "features": "testbed.services.feature_store",
+    "registry": "testbed.services.registry_mlflow",
+    "features": "testbed.services.features_feast",
+    # the hand-written SQLite services: what the Compose image runs (no platform venv there)
+    "registry-builtin": "testbed.services.registry",
+    "features-builtin": "testbed.services.feature_store",
     "gateway": "testbed.services.gateway",
     "node": "testbed.services.node_agent",
     "trainer": "testbed.services.trainer",
+    "step": "testbed.services.step_job",
 }
 
 DEFAULT_STATE_DIR = Path(".testbed")

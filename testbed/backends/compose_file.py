@@ -130,7 +130,7 @@ def render(
     services: dict[str, Any] = {}
 
     registry = _hardened("registry", common_labels)
-    registry["command"] = _argv("registry", PORTS["registry"], root="/data/registry")
+    registry["command"] = _argv("registry-builtin", PORTS["registry"], root="/data/registry")
     registry["tmpfs"] = [*registry["tmpfs"], "/data:size=512m,mode=1777"]
     registry["healthcheck"] = _healthcheck(PORTS["registry"])
     registry["mem_limit"] = PLATFORM_MEM
@@ -144,7 +144,7 @@ def render(
     services["registry"] = registry
 
     features = _hardened("features", common_labels)
-    features["command"] = _argv("features", PORTS["features"], db="/data/features.db")
+    features["command"] = _argv("features-builtin", PORTS["features"], db="/data/features.db")
     features["tmpfs"] = [*features["tmpfs"], "/data:size=256m,mode=1777"]
     features["healthcheck"] = _healthcheck(PORTS["features"])
     features["mem_limit"] = PLATFORM_MEM

@@ -35,6 +35,7 @@ from testbed.backends.base import (
 )
 from testbed.backends.procs import ProcRecord, spawn, stop
 from testbed.controller import Controller
+from testbed.platform_venv import ensure_venv
 from testbed.services.common import wait_healthy
 from testbed.services.guard import use_token
 from testbed.services.node_agent import free_port
@@ -120,6 +121,7 @@ class LocalBackend(Backend):
                 "run `mlops-twin testbed down` first"
             )
         self.procs, self.cgroups = [], []
+        ensure_venv()  # Feast and MLflow run from it; made once, before any process starts
         use_token(self.state_dir)  # the services inherit it; admin routes need it
         confine = cgroups.available() if self.confine is None else self.confine
         if not confine:
@@ -150,7 +152,7 @@ class LocalBackend(Backend):
                     ports["registry"],
                     HOST,
                     sys.executable,
-                    root=self.state_dir / "registry",
+                    root=(self.state_dir / "registry").resolve(),
                 ),
                 logs,
                 reserve,
@@ -162,7 +164,7 @@ class LocalBackend(Backend):
                     ports["features"],
                     HOST,
                     sys.executable,
-                    db=self.state_dir / "features.sqlite",
+                    repo=(self.state_dir / "feast").resolve(),
                 ),
                 logs,
                 reserve,
@@ -212,7 +214,8 @@ class LocalBackend(Backend):
                 self._spawn(f"node:{node.name}", argv, logs, procs_files)
             for name, url in {**urls, **node_urls}.items():
                 rec = next(p for p in self.procs if p.name in (name, f"node:{name}"))
-                wait_healthy(url, 60.0, is_alive=lambda r=rec: r.process() is not None)
+                # Feast and MLflow start in 10–20 s (more while the platform venv is made)
+                wait_healthy(url, 300.0, is_alive=lambda r=rec: r.process() is not None)
             endpoints = Endpoints(urls["gateway"], urls["registry"], urls["features"], node_urls)
             self._save({"endpoints": endpoints.to_dict(), "confined": confine})
             controller = Controller(endpoints, scenario, scale, self.state_dir, self.model_dir)

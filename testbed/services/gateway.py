@@ -70,6 +70,7 @@ class Gateway:
         max_pending: int = 4096,
     ):
         self.features_url = features_url
+        self.features_api: str | None = None  # "feast" or "builtin", asked on first lookup
         self.max_inflight = max_inflight  # calls outstanding per replica
         self.max_pending = max_pending  # requests in the gateway before it answers 503
         self.pending = 0
@@ -201,6 +202,20 @@ class Gateway:
         """The entity's image from the feature store (KeyError if unknown)."""
         if not self.features_url or self.session is None:
             raise KeyError("no feature store configured")
+        if self.features_api is None:  # which store answers (Feast or the builtin one)
+            async with self.session.get(f"{self.features_url}/healthz") as r:
+                self.features_api = str((await r.json()).get("api", "builtin"))
+        if self.features_api == "feast":
+            body = {"features": ["digits:pixels"], "entities": {"entity_id": [entity_id]}}
+            async with self.session.post(
+                f"{self.features_url}/get-online-features", json=body
+            ) as r:
+                r.raise_for_status()
+                data = await r.json()
+            col = data["results"][data["metadata"]["feature_names"].index("pixels")]
+            if col["statuses"][0] != "PRESENT":
+                raise KeyError(f"unknown entity {entity_id}")
+            return np.asarray(col["values"][0], dtype=np.float32)
         async with self.session.get(f"{self.features_url}/entities/{entity_id}") as r:
             if r.status == 404:
                 raise KeyError(f"unknown entity {entity_id}")
@@ -250,6 +265,15 @@ def create_app(gw: Gateway) -> Starlette:
                 except KeyError as e:
                     gw.m_requests.labels("404").inc()
                     return error(str(e), 404)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    # Feast refuses online reads while a materialization runs (the view is
+                    # MATERIALIZING); a store that cannot answer is a 503, never a 500
+                    gw.m_requests.labels("503").inc()
+                    return JSONResponse(
+                        {"error": f"feature store unavailable: {type(e).__name__}"},
+                        503,
+                        headers={"retry-after": "1"},
+                    )
             try:
                 label, timings = await gw.infer(image)
             except NoReplica as e:

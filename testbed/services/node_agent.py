@@ -147,7 +147,7 @@ class NodeAgent:
             self.cgroup = Cgroup.open(cgroup)
         self.reg = CollectorRegistry()
         Gauge("node_instances", "Running instances", registry=self.reg).set_function(
-            lambda: sum(1 for i in self.instances.values() if i.proc.poll() is None)
+            lambda: sum(1 for i in list(self.instances.values()) if i.proc.poll() is None)
         )
         self.reg.register(_CpuCounter(lambda: self.usage()["cpu_seconds"] or 0.0))
         Gauge(
@@ -268,7 +268,8 @@ def create_app(agent: NodeAgent) -> Starlette:
         )
 
     async def listing(_req: Request) -> Response:
-        return JSONResponse([i.info() for i in agent.instances.values()])
+        # a copy: a DELETE runs agent.stop in a thread and may change the dict meanwhile
+        return JSONResponse([i.info() for i in list(agent.instances.values())])
 
     async def stop(req: Request) -> Response:
         name = req.path_params["name"]

@@ -217,7 +217,7 @@ class StageServer:
     def load_bytes(self, model: str, version: str) -> bytes:
         if self.model_file is not None and self.registry_url is None:
             return self.model_file.read_bytes()
-        from testbed.services.registry import fetch_model
+        from testbed.services.platform_clients import fetch_model
 
         if self.registry_url is None:
             raise RuntimeError("no --registry and no --model-file")

@@ -1,11 +1,13 @@
 """Trainer: a batch job that retrains a model from the feature store and registers it.
 
-Reads every labelled entity from the feature store, trains a small MLP
-(64 → hidden → 10) for ``--steps`` Adam steps in torch (fixed seed), exports it to
-ONNX (opset 17), checks the export against torch, and registers it in the model
-registry as ``--name`` with the next integer version. Prints one JSON line
-(version, sha256, held-out accuracy, seconds) and exits; ``--port``/``--host`` are
-accepted so the node agent can start it like any other service, and unused.
+Reads every labelled entity from the feature store's offline data (Feast's
+parquet file), trains a small MLP (64 → hidden → 10) for ``--steps`` Adam steps in
+torch (fixed seed), exports it to ONNX (opset 17), checks the export against torch,
+and registers it in the model registry as ``--name``: with MLflow a run of the
+``retrain`` experiment (params, accuracy, the model) and a new model version, the
+``--alias`` moved to it when given; with the builtin registry the next integer version.
+Prints one JSON line (version, sha256, held-out accuracy, seconds) and exits;
+``--port``/``--host`` are accepted so the node agent can start it like any other service, unused.
 """
 
 from __future__ import annotations
@@ -24,16 +26,13 @@ import numpy as np
 
 
 def fetch_features(features_url: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled feature vectors (n × d float32) and labels from the feature store."""
-    import httpx
+    """Labelled feature vectors (n × d float32) and labels from the feature store's
+    offline data (Feast's parquet, or the builtin store's export)."""
+    from testbed.services.platform_clients import training_set
 
-    r = httpx.get(f"{features_url}/export", timeout=60)
-    r.raise_for_status()
-    rows = [e for e in r.json()["entities"] if e.get("label") is not None]
-    if not rows:
+    x, y, _ = training_set(features_url)
+    if not len(y):
         raise RuntimeError("the feature store holds no labelled entities to train on")
-    x = np.asarray([e["features"] for e in rows], dtype=np.float32)
-    y = np.asarray([e["label"] for e in rows], dtype=np.int64)
     return x, y
 
 
@@ -82,17 +81,25 @@ def train(x: np.ndarray, y: np.ndarray, steps: int, seed: int, hidden: int = 128
 
 
 def next_version(registry_url: str, name: str) -> str:
-    import httpx
+    """The integer version after the newest one of ``name`` (builtin registry)."""
+    from testbed.services.platform_clients import model_versions
 
-    r = httpx.get(f"{registry_url}/models/{name}", timeout=30)
-    r.raise_for_status()
-    numbers = [int(v["version"]) for v in r.json()["versions"] if str(v["version"]).isdigit()]
+    numbers = [int(v) for v in model_versions(registry_url, name) if v.isdigit()]
     return str(max(numbers, default=0) + 1)
 
 
-def run(registry_url: str, features_url: str, name: str, steps: int, seed: int) -> dict[str, Any]:
-    """The whole job; returns its summary."""
-    from testbed.services.registry import upload_model
+def run(
+    registry_url: str,
+    features_url: str,
+    name: str,
+    steps: int,
+    seed: int,
+    alias: str | None = None,
+) -> dict[str, Any]:
+    """The whole job; returns its summary. MLflow: a run of experiment ``retrain`` with
+    its params, accuracy and model, registered as a new version of ``name`` (``alias``
+    moved to it when given)."""
+    from testbed.services.platform_clients import api_of, register_model
     from testbed.zoo.manifest import ort_session
 
     t0 = time.perf_counter()
@@ -108,11 +115,19 @@ def run(registry_url: str, features_url: str, name: str, steps: int, seed: int) 
     got = sess.run(None, {"x": probe})[0]
     if not np.allclose(ref, got, atol=1e-4):
         raise RuntimeError("ONNX export differs from the torch model")
-    version = next_version(registry_url, name)
-    meta = upload_model(registry_url, name, version, out["onnx"])
+    meta = register_model(
+        registry_url,
+        name,
+        out["onnx"],
+        alias=alias
+        or (None if api_of(registry_url) == "mlflow" else next_version(registry_url, name)),
+        experiment="retrain",
+        params={"steps": steps, "seed": seed, "train_rows": out["train_rows"]},
+        metrics={"accuracy": out["accuracy"]},
+    )
     return {
         "name": name,
-        "version": version,
+        "version": meta["version"],
         "sha256": meta["sha256"],
         "accuracy": out["accuracy"],
         "train_rows": out["train_rows"],
@@ -131,9 +146,12 @@ def main() -> None:
     p.add_argument("--name", default="digits-retrain")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alias", default=None, help="MLflow alias to move to the new version")
     a = p.parse_args()
     try:
-        summary = run(a.registry.rstrip("/"), a.features.rstrip("/"), a.name, a.steps, a.seed)
+        summary = run(
+            a.registry.rstrip("/"), a.features.rstrip("/"), a.name, a.steps, a.seed, a.alias
+        )
     except Exception as e:
         print(f"trainer failed: {e}", file=sys.stderr)
         sys.exit(1)

@@ -29,7 +29,7 @@ def test_a_killed_instance_is_restarted_on_its_port_and_a_stopped_one_is_not(
 ) -> None:
     agent = NodeAgent("n", "127.0.0.1", None, None)
     try:
-        inst = agent.start("fs", "features", {"db": str(tmp_path / "f.db")})
+        inst = agent.start("fs", "features-builtin", {"db": str(tmp_path / "f.db")})
         assert _healthy(inst.port)
         first_pid = inst.proc.pid
         assert agent.revive() == []  # alive: nothing to do

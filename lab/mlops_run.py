@@ -1,0 +1,607 @@
+"""MLOps processes on the testbed: every batch step runs its real work where the allocation says.
+
+``python -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml``
+brings the local testbed up (Feast, MLflow, gateway, one node agent per machine, the
+inference stages), then runs the scenario's batch processes in real time with their
+periods and offsets multiplied by ``--time-scale`` (0.1: a 5-minute retraining runs
+every 30 s): each execution of each process starts on schedule in its own thread (two
+executions may overlap, as in the twin), and each of its steps is a job
+(:mod:`testbed.services.step_job`) started through the node agent of the machine the
+allocation names, split over ``parallelism`` parts, under that machine's CPU quota.
+
+The run folder gets ``visits.parquet`` (one row per step part, the twin's visit
+columns plus ``transfer_s``, ``compute_s``, ``cpu_s``, ``overhead_s``;
+``overhead_s`` = the job's start-up; ``t_end`` is when the runner saw it exit),
+``executions.parquet`` (the twin's request columns: ``process``, ``pid``,
+``t_arrive``, ``t_end``, ``deadline_s``), ``calibrated-scenario.yaml`` (each step's
+``cpu_work`` fitted on the even executions), and ``report.md``: per process the
+testbed's mean time, variance and overruns on the odd (held-out) executions beside
+the calibrated twin's on the same schedule, and the cost.
+
+Data between steps on different machines is read at the slower side's bandwidth by
+the job itself (an application-level throttle): the local backend puts every node on
+127.0.0.1, and shaping with tc would need a network namespace per node, which it
+does not create (yet). The feature store and registry are the testbed's one Feast and
+one MLflow in the host's reserve; steps of those components run as jobs on the
+allocated machine and call them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from twin.criteria import deployment_cost
+from twin.load import dump_yaml, load_deployment, load_scenario
+from twin.spec import Deployment, Process, Scenario, topological_order
+
+KINDS = {"ingest", "materialize", "load-features", "prepare", "train", "evaluate"}
+KINDS |= {"register", "rollout"}
+SERVING_MODEL = "digits-retrain"
+POLL_S = 0.1
+JOB_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Part:
+    """Where one part of a step ran and what it left."""
+
+    machine: str
+    out: Path
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class StepFailed(RuntimeError):
+    """A step job exited with an error."""
+
+
+def machines_of(deployment: Deployment, component: str) -> list[str]:
+    """One entry per instance of ``component`` (machine names, sorted)."""
+    alloc = deployment.allocation.get(component, {})
+    return [m for m in sorted(alloc) for _ in range(alloc[m])]
+
+
+def batch_processes(scenario: Scenario) -> list[Process]:
+    """Batch processes whose every step the testbed knows how to run (checked)."""
+    procs = [p for p in scenario.processes if p.kind == "batch"]
+    for p in procs:
+        for s in p.steps:
+            if s.name not in KINDS:
+                raise ValueError(
+                    f"{scenario.name}: processes.{p.name}.steps.{s.name}: the testbed has no "
+                    f"work for a step of that name (known: {', '.join(sorted(KINDS))})"
+                )
+    return procs
+
+
+def scaled(scenario: Scenario, time_scale: float) -> Scenario:
+    """``scenario`` with every periodic batch arrival's period and offset × ``time_scale``."""
+    procs = []
+    for p in scenario.processes:
+        a = p.arrivals
+        if p.kind == "batch" and a is not None and a.kind == "periodic":
+            a = a.model_copy(
+                update={"period_s": a.period_s * time_scale, "offset_s": a.offset_s * time_scale}
+            )
+        procs.append(p.model_copy(update={"arrivals": a}))
+    return scenario.model_copy(update={"processes": procs})
+
+
+class Runner:
+    """Runs batch process executions on a live local testbed (see module doc)."""
+
+    def __init__(self, scenario: Scenario, deployment: Deployment, endpoints: Any, out: Path):
+        from testbed.services.guard import token_headers
+
+        self.scenario, self.deployment, self.endpoints = scenario, deployment, endpoints
+        self.out = out
+        self.servers = scenario.server_of()
+        self.http = httpx.Client(timeout=60.0, headers=token_headers())
+        self.serving_url = ""
+        self.t0 = time.time()
+        self.visits: list[dict[str, Any]] = []
+        self.executions: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._serial = 0
+
+    # ------------------------------------------------------------ serving the retrained model
+
+    def start_serving(self) -> None:
+        """A first model as ``digits-retrain@champion`` and a stage server for it, on the
+        machine of the rollout step's component."""
+        from sklearn.datasets import load_digits
+
+        from testbed.services.platform_clients import register_model
+        from testbed.services.trainer import train
+
+        rollout = [
+            s for p in batch_processes(self.scenario) for s in p.steps if s.name == "rollout"
+        ]
+        if not rollout:
+            return
+        x, y = load_digits(return_X_y=True)
+        first = train(x.astype(np.float32), y, 50, 0)
+        register_model(self.endpoints.registry, SERVING_MODEL, first["onnx"], alias="champion")
+        machine = machines_of(self.deployment, rollout[0].component)[0]
+        name = f"{rollout[0].component}-{machine}-serving"
+        args = {
+            "name": name,
+            "component": rollout[0].component,
+            "registry": self.endpoints.internal_registry(),
+            "model": SERVING_MODEL,
+            "version": "champion",
+            "threads": 1,
+        }
+        body = {"name": name, "service": "stage", "args": args}
+        r = self.http.post(f"{self.endpoints.nodes[machine]}/instances", json=body)
+        if r.status_code != 201:
+            raise RuntimeError(f"node {machine} refused the serving instance: {r.text[:300]}")
+        self.serving_url = self.endpoints.admin_url(machine, name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get(f"{self.serving_url}/healthz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the serving instance of the retrained model did not become healthy")
+
+    # ------------------------------------------------------------ one job
+
+    def _job(self, machine: str, args: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._serial += 1
+            name = f"job-{self._serial}"
+        node = self.endpoints.nodes[machine]
+        t_req = time.time()
+        r = self.http.post(
+            f"{node}/instances", json={"name": name, "service": "step", "args": args}
+        )
+        if r.status_code != 201:
+            raise StepFailed(f"node {machine} refused job {args['kind']}: {r.text[:300]}")
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while True:
+            try:
+                rows = {i["name"]: i for i in self.http.get(f"{node}/instances").json()}
+            except (httpx.HTTPError, ValueError):  # a busy agent: ask again
+                rows = {name: {"alive": True}}
+            if not rows[name]["alive"]:
+                break
+            if time.monotonic() > deadline:
+                raise StepFailed(f"job {args['kind']} on {machine} ran over {JOB_TIMEOUT_S} s")
+            time.sleep(POLL_S)
+        t_done = time.time()
+        self.http.delete(f"{node}/instances/{name}")
+        try:
+            rec = json.loads(Path(args["record"]).read_text())
+        except (OSError, ValueError):
+            rec = {"ok": False, "detail": {"error": f"exit code {rows[name]['exit_code']}"}}
+        if not rec.get("ok"):
+            raise StepFailed(f"{args['kind']} on {machine}: {rec['detail'].get('error')}")
+        rec["t_request"], rec["t_done"] = t_req, t_done
+        return rec
+
+    # ------------------------------------------------------------ one execution
+
+    def execute(self, proc: Process, pid: int, t_arrive: float, seed: int) -> None:
+        """Run every step of execution ``pid`` of ``proc``; record visits and the execution."""
+        folder = self.out / "work" / f"{proc.name}-{pid}"
+        folder.mkdir(parents=True, exist_ok=True)
+        done: dict[str, list[Part]] = {}
+        steps = {s.name: s for s in proc.steps}
+        ok = True
+        for name in topological_order(proc) or list(steps):
+            step = steps[name]
+            sources = [p for d in step.depends_on for p in done[d]]
+            places = machines_of(self.deployment, step.component)
+            if not places:
+                raise StepFailed(f"{proc.name}.{name}: component {step.component} has no instance")
+            n = min(
+                self.deployment.parallelism.get(f"{proc.name}.{name}", 1),
+                step.max_parallel,
+                len(places),
+            )
+            parts = [Part(places[i % len(places)], folder / f"{name}-{i}.bin") for i in range(n)]
+            ready = time.time()
+            threads = []
+            for i, part in enumerate(parts):
+                remote = [s for s in sources if s.machine != part.machine]
+                bw = [self.servers[s.machine].bandwidth_mbps for s in remote]
+                link = min([*bw, self.servers[part.machine].bandwidth_mbps]) if remote else 0.0
+                args = {
+                    "kind": name,
+                    "record": str(folder / f"{name}-{i}.json"),
+                    "out": str(part.out),
+                    "inputs": ",".join(str(s.out) for s in sources),
+                    "link_mbps": link,
+                    "features": self.endpoints.features,
+                    "registry": self.endpoints.registry,
+                    "model": SERVING_MODEL,
+                    "serving_url": self.serving_url,
+                    "part": i,
+                    "parts": n,
+                    "seed": seed,
+                }
+                th = threading.Thread(target=self._run_part, args=(part, args))
+                th.start()
+                threads.append(th)
+            for th in threads:
+                th.join()
+            failed = [p for p in parts if not p.record]
+            for i, part in enumerate(parts):
+                rec = part.record
+                if not rec:
+                    continue
+                self.visits.append(
+                    {
+                        "process": proc.name,
+                        "pid": pid,
+                        "step": name,
+                        "component": step.component,
+                        "machine": part.machine,
+                        "replica": i,
+                        "part": i,
+                        "t_arrive": ready - self.t0,
+                        "t_start": rec["t_start"] - self.t0,
+                        "t_end": rec["t_done"] - self.t0,
+                        "batch": 1,
+                        "transfer_s": rec["transfer_s"],
+                        "compute_s": rec["compute_s"],
+                        "cpu_s": rec["cpu_s"],
+                        # start-up: from the runner's request to the job's first line
+                        "overhead_s": rec["t_start"] - rec["t_request"],
+                        "bytes_in": rec["bytes_in"],
+                        "bytes_out": rec["bytes_out"],
+                        "parts": n,
+                    }
+                )
+            if failed:
+                ok = False
+                break
+            done[name] = parts
+        print(
+            f"{proc.name} #{pid}: {'done' if ok else 'FAILED'} in {time.time() - t_arrive:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.executions.append(
+            {
+                "process": proc.name,
+                "pid": pid,
+                "t_arrive": t_arrive - self.t0,
+                "t_end": (time.time() - self.t0) if ok else np.nan,
+                "deadline_s": proc.deadline_s if proc.deadline_s is not None else np.nan,
+                "ok": ok,
+            }
+        )
+
+    def _run_part(self, part: Part, args: dict[str, Any]) -> None:
+        try:
+            part.record = self._job(part.machine, args)
+        except (StepFailed, httpx.HTTPError, ValueError, KeyError) as e:
+            with self._lock:
+                self.errors.append(str(e))
+
+    # ------------------------------------------------------------ the schedule
+
+    def run(self, horizon_s: float, seed: int) -> None:
+        """Start every execution whose (scaled) arrival falls in ``horizon_s``; wait for all."""
+        self.t0 = time.time()
+        threads = []
+        plan = []
+        for proc in batch_processes(self.scenario):
+            a = proc.arrivals
+            if a is None or a.kind != "periodic":
+                raise ValueError(f"process {proc.name}: the testbed runs periodic arrivals only")
+            k = 0
+            while a.offset_s + k * a.period_s < horizon_s:
+                plan.append((a.offset_s + k * a.period_s, proc, k))
+                k += 1
+        for at, proc, k in sorted(plan, key=lambda t: t[0]):
+            time.sleep(max(0.0, self.t0 + at - time.time()))
+            th = threading.Thread(
+                target=self.execute, args=(proc, k, self.t0 + at, seed * 1000 + k), daemon=True
+            )
+            th.start()
+            threads.append(th)
+        for th in threads:
+            th.join(JOB_TIMEOUT_S * 4)
+
+
+class InferenceLoad:
+    """Poisson requests at ``rate_per_s`` to the gateway, each an entity looked up in the
+    feature store (Feast's online store), in a thread until :meth:`stop`."""
+
+    def __init__(self, gateway: str, rate_per_s: float, entities: int, seed: int):
+        self.gateway, self.rate, self.entities = gateway, rate_per_s, entities
+        self.rng = np.random.default_rng(seed)
+        self.latency_s: list[float] = []
+        self.codes: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> InferenceLoad:
+        if self.rate > 0:
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        from testbed.api import INFER_PATH
+
+        with httpx.Client(timeout=30) as c:
+            nxt = time.monotonic()
+            while not self._stop.is_set():
+                nxt += self.rng.exponential(1 / self.rate)
+                time.sleep(max(0.0, nxt - time.monotonic()))
+                body = {"id": "x", "entity_id": int(self.rng.integers(self.entities))}
+                t = time.perf_counter()
+                try:
+                    code = c.post(self.gateway + INFER_PATH, json=body).status_code
+                except httpx.HTTPError:
+                    code = 0
+                self.latency_s.append(time.perf_counter() - t)
+                self.codes[code] = self.codes.get(code, 0) + 1
+
+    def stop(self) -> dict[str, Any]:
+        """Stop; the requests' count, status codes and latency percentiles (ms)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        lat = np.asarray(self.latency_s) * 1000
+        pct = {f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 95)} if len(lat) else {}
+        return {"requests": len(lat), "codes": self.codes, **pct}
+
+
+# ---------------------------------------------------------------- calibration and the twin
+
+
+def fit_cpu_work(scenario: Scenario, visits: pd.DataFrame, pids: set[int]) -> Scenario:
+    """``scenario`` with each measured step's ``cpu_work`` fitted from ``visits`` of ``pids``.
+
+    A part's time at cpu_speed 1 is (its wall time from the job request to its exit −
+    the link wait) × its machine's cpu_speed, so job start-up (an on-demand
+    component's price) is in it; a step's work is that × its parts (the twin splits
+    ``cpu_work`` evenly). Lognormal with the samples' mean and cv (≥ 0.02).
+    """
+    speed = {m: s.cpu_speed for m, s in scenario.server_of().items()}
+    v = visits[visits["pid"].isin(pids)].copy()
+    v["work_ms"] = (
+        (v["t_end"] - v["t_start"] + v["overhead_s"] - v["transfer_s"])
+        * v["machine"].map(speed)
+        * v["parts"]
+        * 1000.0
+    )
+    per_exec = v.groupby(["process", "step", "pid"], observed=True)["work_ms"].mean()
+    procs = []
+    for p in scenario.processes:
+        steps = []
+        for s in p.steps:
+            key = (p.name, s.name)
+            if p.kind == "batch" and key in per_exec.index.droplevel("pid"):
+                x = per_exec.loc[key].to_numpy(float)
+                cv = float(x.std(ddof=1) / x.mean()) if len(x) > 1 and x.mean() > 0 else 0.1
+                work = {"kind": "lognormal", "mean_ms": float(x.mean()), "cv": max(cv, 0.02)}
+                s = s.model_copy(update={"cpu_work": type(s.cpu_work).model_validate(work)})
+            steps.append(s)
+        procs.append(p.model_copy(update={"steps": steps}))
+    return scenario.model_copy(update={"processes": procs})
+
+
+def per_process(executions: pd.DataFrame, end_s: float) -> pd.DataFrame:
+    """Per process: executions, mean and variance of time (s), overruns."""
+    from twin.criteria import durations
+
+    rows = []
+    for name, ex in executions.groupby("process", observed=True):
+        t = durations(ex, end_s)
+        over = int(((t > ex["deadline_s"]) & ex["deadline_s"].notna()).sum())
+        rows.append(
+            {
+                "process": str(name),
+                "n": len(t),
+                "mean_s": float(t.mean()),
+                "var_s2": float(t.var(ddof=1)) if len(t) > 1 else 0.0,
+                "overruns": over,
+            }
+        )
+    return pd.DataFrame(rows).set_index("process")
+
+
+def twin_times(
+    scenario: Scenario,
+    deployment: Deployment,
+    horizon_s: float,
+    replications: int,
+    seed: int,
+    workload: Any = None,
+) -> pd.DataFrame:
+    """The twin's per-process table over ``replications`` runs of the same schedule
+    (batch processes; ``workload``: the inference load beside them)."""
+    from twin.evaluate import evaluate
+
+    ev = evaluate(
+        scenario,
+        deployment,
+        workload,
+        horizon_s,
+        replications,
+        seed,
+        keep_records=True,
+        force=True,
+    )
+    req = ev.requests
+    req = req[req["process"].astype(str).isin([p.name for p in batch_processes(scenario)])]
+    return per_process(req, horizon_s * 10)
+
+
+def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str, Any]) -> str:
+    """Write ``report.md`` from the run folder's tables; returns its text."""
+    visits = pd.read_parquet(out / "visits.parquet")
+    every = pd.read_parquet(out / "executions.parquet")
+    # a failed step (the reason is under Errors) is the testbed's fault, not a slow run
+    execs = every[every["ok"]]
+    held = execs[execs["pid"] % 2 == 1]
+    tb = per_process(held, meta["end_s"])
+    # overruns over the whole horizon on both sides (the twin's: mean per replication)
+    tb["overruns"] = per_process(execs, meta["end_s"])["overruns"]
+    tw = pd.read_csv(out / "twin.csv", index_col="process")
+    lines = [
+        f"# MLOps processes on the testbed: {scenario.name} / {deployment.name}",
+        "",
+        f"Schedule × {meta['time_scale']} (periods and offsets), "
+        f"horizon {meta['horizon_s']:.0f} s, "
+        f"run {meta['wall_s']:.0f} s; capacity factor {meta['factor']:.3f}; "
+        f"cgroups {'on' if meta['confined'] else 'off (unconfined)'}. "
+        f"Twin: calibrated on the even executions, {meta['replications']} replications; "
+        "testbed: the odd (held-out) executions.",
+        "",
+        "| process | held-out n | testbed mean s | twin mean s | error % | testbed var s² "
+        "| twin var s² | testbed overruns (all) | twin overruns (per run) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    nan = {"mean_s": float("nan"), "var_s2": float("nan"), "overruns": float("nan")}
+    for name in tb.index:
+        a, b = tb.loc[name], tw.loc[name] if name in tw.index else nan
+        err = (b["mean_s"] / a["mean_s"] - 1) * 100
+        lines.append(
+            f"| {name} | {a['n']:.0f} | {a['mean_s']:.2f} | {b['mean_s']:.2f} | {err:+.1f} | "
+            f"{a['var_s2']:.3f} | {b['var_s2']:.3f} | {a['overruns']:.0f} | "
+            f"{b['overruns'] / meta['replications']:.1f} |"
+        )
+    failed = every[~every["ok"]]
+    names = [f"{p} #{i}" for p, i in zip(failed["process"], failed["pid"], strict=True)]
+    lines += [
+        "",
+        f"Failed executions (left out above): {len(failed)} {' '.join(names)}",
+        "",
+        f"Cost (machines holding an instance, over the horizon): {meta['cost']:.4f} on both "
+        "(the twin's formula; on-demand use is not priced yet).",
+        "",
+        "## Steps (all executions)",
+        "",
+        "| process | step | machine | parts | mean wall s | start-up s | link wait s | CPU s "
+        "| MB in |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    g = visits.assign(wall=visits["t_end"] - visits["t_start"]).groupby(
+        ["process", "step", "machine"], observed=True, sort=False
+    )
+    for (p, s, m), v in g:
+        lines.append(
+            f"| {p} | {s} | {m} | {v['parts'].iloc[0]} | {v['wall'].mean():.2f} | "
+            f"{v['overhead_s'].mean():.2f} | {v['transfer_s'].mean():.2f} | "
+            f"{v['cpu_s'].mean():.2f} | {v['bytes_in'].mean() / 1e6:.2f} |"
+        )
+    inf = meta.get("inference") or {}
+    if inf.get("requests"):
+        lines += [
+            "",
+            f"Inference beside them: {inf['requests']} requests at {meta['rate_per_s']:g}/s "
+            f"(entity lookups in Feast's online store, then the 3 stages), status codes "
+            f"{inf['codes']}, p50 {inf.get('p50_ms', float('nan')):.1f} ms, "
+            f"p95 {inf.get('p95_ms', float('nan')):.1f} ms.",
+        ]
+    if meta["errors"]:
+        lines += ["", "## Errors", "", *[f"- {e}" for e in meta["errors"][:20]]]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("scenario", type=Path)
+    p.add_argument("-d", "--deployment", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/mlops-lab"))
+    p.add_argument("--time-scale", type=float, default=0.1)
+    p.add_argument("--horizon", type=float, default=150.0, help="s of real time")
+    p.add_argument("--replications", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--model-dir", type=Path, default=Path("data/models"))
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        help="inference requests/s beside the batch processes (entity lookups in Feast); 0: none",
+    )
+    a = p.parse_args()
+
+    from testbed.backends.local import LocalBackend
+    from testbed.capacity import plan_capacity
+
+    scenario = scaled(load_scenario(a.scenario), a.time_scale)
+    deployment = load_deployment(a.deployment)
+    batch_processes(scenario)
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (a.model_dir / "manifest.json").is_file():  # the inference stages need the zoo
+        from testbed.zoo.build import build
+
+        print(f"building the model zoo in {a.model_dir} (a few minutes)", file=sys.stderr)
+        build(a.model_dir)
+    cap = plan_capacity(scenario)
+    backend = LocalBackend(state_dir=out / ".testbed", model_dir=a.model_dir)
+    started = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # batch components are not stages
+        endpoints = backend.up(scenario, deployment, cap)
+    try:
+        runner = Runner(scenario, deployment, endpoints, out)
+        runner.start_serving()
+        from testbed.zoo.manifest import load_testset
+
+        n_entities = len(load_testset(a.model_dir)[1])
+        load = InferenceLoad(endpoints.gateway, a.rate, n_entities, a.seed).start()
+        try:
+            runner.run(a.horizon, a.seed)
+        finally:
+            inference = load.stop()
+        end_s = time.time() - runner.t0
+    finally:
+        confined = bool(backend.reserve_procs())
+        backend.down()
+    visits = pd.DataFrame(runner.visits)
+    execs = pd.DataFrame(runner.executions)
+    visits.to_parquet(out / "visits.parquet")
+    execs.to_parquet(out / "executions.parquet")
+    fitted = fit_cpu_work(scenario, visits, {int(i) for i in execs["pid"] if i % 2 == 0})
+    (out / "calibrated-scenario.yaml").write_text(dump_yaml(fitted))
+    from twin.spec import SteadyWorkload
+
+    steady = SteadyWorkload(kind="steady", name=f"steady-{a.rate:g}", rate_per_s=a.rate)
+    tw = twin_times(
+        fitted, deployment, a.horizon, a.replications, a.seed, steady if a.rate > 0 else None
+    )
+    tw.to_csv(out / "twin.csv")
+    meta = {
+        "time_scale": a.time_scale,
+        "horizon_s": a.horizon,
+        "end_s": end_s,
+        "wall_s": time.time() - started,
+        "factor": cap.factor,
+        "confined": confined,
+        "replications": a.replications,
+        "cost": deployment_cost(scenario, deployment, a.horizon),
+        "errors": runner.errors,
+        "inference": inference,
+        "rate_per_s": a.rate,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(report(out, scenario, deployment, meta))
+
+
+if __name__ == "__main__":
+    main()

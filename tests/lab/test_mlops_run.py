@@ -1,0 +1,155 @@
+"""MLOps processes on the testbed: scheduling helpers, calibration of cpu_work, step jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lab.mlops_run import batch_processes, fit_cpu_work, machines_of, per_process, scaled
+from twin.load import load_deployment, load_scenario
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def lab() -> tuple:
+    return (
+        load_scenario(EXAMPLES / "mlops-lab.yaml"),
+        load_deployment(EXAMPLES / "mlops-lab.deployment.yaml"),
+    )
+
+
+def test_schedule_is_scaled_and_steps_are_known(lab: tuple) -> None:
+    scenario, deployment = lab
+    fast = scaled(scenario, 0.1)
+    retrain = next(p for p in fast.processes if p.name == "retraining")
+    assert retrain.arrivals.period_s == pytest.approx(30.0)
+    assert retrain.arrivals.offset_s == pytest.approx(4.0)
+    assert [p.name for p in batch_processes(fast)] == ["feature-refresh", "retraining"]
+    assert machines_of(deployment, "data-prep") == ["edge-1", "edge-2"]
+    bad = scenario.model_copy(
+        update={
+            "processes": [
+                p.model_copy(update={"steps": [p.steps[0].model_copy(update={"name": "dance"})]})
+                if p.name == "feature-refresh"
+                else p
+                for p in scenario.processes
+            ]
+        }
+    )
+    with pytest.raises(ValueError, match=r"feature-refresh\.steps\.dance"):
+        batch_processes(bad)
+
+
+def test_cpu_work_is_fitted_at_speed_one(lab: tuple) -> None:
+    scenario, _ = lab
+    rows = []
+    for pid, wall in enumerate([2.0, 2.2, 1.8, 9.9]):
+        # train on an edge box (cpu_speed 0.5), 0.5 s start-up, 0.25 s waiting on the link
+        rows.append(
+            {
+                "process": "retraining",
+                "step": "train",
+                "pid": pid,
+                "machine": "edge-1",
+                "t_start": 10.0,
+                "t_end": 10.0 + wall,
+                "overhead_s": 0.5,
+                "transfer_s": 0.25,
+                "parts": 1,
+            }
+        )
+    fitted = fit_cpu_work(scenario, pd.DataFrame(rows), {0, 1, 2})  # pid 3 is held out
+    train = next(s for p in fitted.processes for s in p.steps if s.name == "train")
+    assert train.cpu_work.mean_ms == pytest.approx((2.0 + 0.25) * 0.5 * 1000)
+    assert 0.05 < train.cpu_work.cv < 0.2
+    ingest = next(s for p in fitted.processes for s in p.steps if s.name == "ingest")
+    assert ingest.cpu_work.mean_ms == 1500  # not measured: kept
+
+
+def test_per_process_counts_overruns_like_the_twin() -> None:
+    ex = pd.DataFrame(
+        {
+            "process": ["a", "a", "a"],
+            "pid": [0, 1, 2],
+            "t_arrive": [0.0, 10.0, 20.0],
+            "t_end": [5.0, 22.0, np.nan],
+            "deadline_s": [10.0, 10.0, 10.0],
+        }
+    )
+    t = per_process(ex, end_s=25.0)
+    assert t.loc["a", "n"] == 3
+    assert t.loc["a", "overruns"] == 1  # 12 s > 10 s; the unfinished one is censored at 5 s
+    assert t.loc["a", "mean_s"] == pytest.approx((5 + 12 + 5) / 3)
+
+
+def _job(tmp: Path, kind: str, *args: str) -> dict:
+    rec = tmp / f"{kind}.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "testbed.services.step_job",
+            "--kind",
+            kind,
+            "--record",
+            str(rec),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(rec.read_text())
+
+
+def test_prepare_train_evaluate_jobs(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    with open(tmp_path / "rows.bin", "wb") as f:
+        np.savez(f, x=x[:600].astype(np.float32), y=y[:600])
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"p{i}.bin"
+        rec = _job(
+            tmp_path,
+            "prepare",
+            "--inputs",
+            str(tmp_path / "rows.bin"),
+            "--out",
+            str(out),
+            "--part",
+            str(i),
+            "--parts",
+            "2",
+            "--augment",
+            "1",
+            "--link-mbps",
+            "40",
+        )
+        assert rec["detail"]["rows"] == 600  # half the rows, two copies each
+        assert rec["transfer_s"] == pytest.approx(rec["bytes_in"] * 8 / 40e6)
+        parts.append(str(out))
+    rec = _job(
+        tmp_path,
+        "train",
+        "--inputs",
+        ",".join(parts),
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--steps",
+        "150",
+    )
+    assert rec["detail"]["rows"] == 1200 and rec["cpu_s"] > 0
+    rec = _job(
+        tmp_path, "evaluate", "--inputs", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "e.bin")
+    )
+    assert rec["detail"]["accuracy"] > 0.6
