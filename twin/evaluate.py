@@ -147,11 +147,44 @@ def evaluate(
             requests.append(res.requests.assign(replication=r))
         if on_replication is not None:
             on_replication(r)
+    return assemble_evaluation(
+        scenario,
+        deployment,
+        w,
+        horizon_s,
+        replications,
+        seed,
+        rows,
+        events,
+        started,
+        visits if keep_records else None,
+        requests if keep_records else None,
+    )
+
+
+def assemble_evaluation(
+    scenario: Scenario,
+    deployment: Deployment,
+    workload: Workload | None,
+    horizon_s: float,
+    replications: int,
+    seed: int,
+    rows: list[dict],
+    events: int,
+    started: float,
+    visits: list[pd.DataFrame] | None,
+    requests: list[pd.DataFrame] | None,
+) -> Evaluation:
+    """The :class:`Evaluation` of per-replication criteria ``rows`` (one engine's output).
+
+    ``started`` is the ``time.perf_counter()`` reading when the evaluation began (s);
+    ``visits``/``requests`` are per-replication record tables, or None when not kept.
+    """
     per_rep = pd.DataFrame(rows)
     return Evaluation(
         scenario=scenario.name,
         deployment=deployment.name,
-        workload=w.name if w is not None else None,
+        workload=workload.name if workload is not None else None,
         horizon_s=horizon_s,
         replications=replications,
         seed=seed,
@@ -159,6 +192,6 @@ def evaluate(
         summary=summarise(per_rep),
         events=events,
         wall_s=time.perf_counter() - started,
-        visits=pd.concat(visits, ignore_index=True) if keep_records else None,
-        requests=pd.concat(requests, ignore_index=True) if keep_records else None,
+        visits=pd.concat(visits, ignore_index=True) if visits is not None else None,
+        requests=pd.concat(requests, ignore_index=True) if requests is not None else None,
     )

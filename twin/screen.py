@@ -38,9 +38,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from twin.criteria import CRITERIA, cost_criterion, summarise
+from twin.criteria import CRITERIA, cost_criterion
 from twin.deployment import effective_stage, is_always_on, require_feasible
-from twin.evaluate import Evaluation, resolve_workload
+from twin.evaluate import Evaluation, assemble_evaluation, resolve_workload
 from twin.screen_engine import (
     FACTOR_CONST,
     FACTOR_DRAWN,
@@ -558,18 +558,16 @@ def screen(
             v, q = _tables(scenario, lay, e_proc, e_arrive, out)
             visits.append(v.assign(replication=r))
             requests.append(q.assign(replication=r))
-    per_rep = pd.DataFrame(rows)
-    return Evaluation(
-        scenario=scenario.name,
-        deployment=deployment.name,
-        workload=w.name if w is not None else None,
-        horizon_s=horizon_s,
-        replications=replications,
-        seed=seed,
-        per_replication=per_rep,
-        summary=summarise(per_rep),
-        events=events,
-        wall_s=time.perf_counter() - started,
-        visits=pd.concat(visits, ignore_index=True) if keep_records else None,
-        requests=pd.concat(requests, ignore_index=True) if keep_records else None,
+    return assemble_evaluation(
+        scenario,
+        deployment,
+        w,
+        horizon_s,
+        replications,
+        seed,
+        rows,
+        events,
+        started,
+        visits if keep_records else None,
+        requests if keep_records else None,
     )

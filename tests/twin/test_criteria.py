@@ -15,6 +15,7 @@ from twin.criteria import (
     placement_criteria,
     qos,
 )
+from twin.sim import VISIT_COLUMNS
 from twin.spec import QoSWeights
 
 
@@ -85,19 +86,7 @@ def test_pipeline_metrics_by_hand(digits) -> None:
             rows.append(("digits", pid, step, step, "node-1", 0, 0, t, t, t + 0.01, 1))
     visits = pd.DataFrame(
         rows,
-        columns=[
-            "process",
-            "pid",
-            "step",
-            "component",
-            "machine",
-            "replica",
-            "part",
-            "t_arrive",
-            "t_start",
-            "t_end",
-            "batch",
-        ],
+        columns=list(VISIT_COLUMNS),
     )
     m = pipeline_metrics(visits, sc, dep, "digits", 0.0, 10.0, offered_rps=50.0)
     variants = {c.name: c.variant(dep.stages[c.name].variant) for c in sc.components}
