@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadgen.host import HOST_TARGET, host_samples
 from testbed.api import METRICS_PATH
+from testbed.services.guard import token_headers
 
 METRIC_COLUMNS = ("t", "target", "metric", "labels", "value")
 
@@ -65,8 +66,11 @@ class Scraper:
         """One round over every target, then the host's counters."""
         for name, base in self.targets.items():
             t = time.time() - self.t0
+            # Targets behind a gateway's admin proxy (the Compose backend publishes only
+            # the gateway) need the testbed's admin token; nothing else is sent it.
+            headers = token_headers() if "/admin/" in base else {}
             try:
-                resp = client.get(base.rstrip("/") + METRICS_PATH)
+                resp = client.get(base.rstrip("/") + METRICS_PATH, headers=headers)
                 resp.raise_for_status()
                 samples = parse_samples(resp.text)
             except (httpx.HTTPError, ValueError):

@@ -173,6 +173,30 @@ def _v1_paths(name: str) -> list[Path]:
     return paths
 
 
+def weighted_parent(name: str, weight: float = PARENT_WEIGHT) -> Path | None:
+    """Make (or keep) the top-level group ``name`` with ``weight`` × a default group's
+    share of contended CPU; its cpu folder, or None where groups cannot be made.
+
+    For containers (Docker's ``cgroup_parent``): Docker puts them under its own
+    ``docker`` group, which has one default share against every other process on
+    the host, so on a busy host the containers' quotas would not hold.
+    """
+    if not available():
+        return None
+    v = version()
+    path = ROOT / name if v == 2 else ROOT / "cpu" / name
+    try:
+        path.mkdir(exist_ok=True)
+        if v == 2:
+            _write(path / "cgroup.subtree_control", "+cpu +memory", ok_fail=True)
+            _write(path / "cpu.weight", str(min(round(100 * weight), 10000)))
+        else:
+            _write(path / "cpu.shares", str(round(1024 * weight)))
+    except (OSError, RuntimeError):
+        return None
+    return path
+
+
 def leave(pid: int) -> None:
     """Move ``pid`` back to the root groups (so the group it was in can be removed)."""
     v = version()

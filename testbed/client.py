@@ -72,8 +72,15 @@ def targets_from_status(status: dict, endpoints: dict | None = None) -> Targets:
     server_of = {"gateway": "platform"}
     replica_nodes = {}
     host = gateway.split("//", 1)[-1].rsplit(":", 1)[0]
+    nodes = endpoints.get("nodes") or {}
     for inst in status.get("instances", []):
-        metrics[inst["name"]] = f"http://{host}:{inst['port']}"
+        if endpoints.get("node_hosts") and inst["node"] in nodes:
+            # instances in containers are reached through their node agent (Compose)
+            metrics[inst["name"]] = (
+                f"{nodes[inst['node']].rstrip('/')}/instances/{inst['name']}/http"
+            )
+        else:
+            metrics[inst["name"]] = f"http://{host}:{inst['port']}"
         server_of[inst["name"]] = inst["node"]
         replica_nodes[inst["name"]] = inst["node"]
     for service in ("registry", "features"):
@@ -159,6 +166,13 @@ class CliTestbed:
         """Start the testbed with ``deployment``; what it offers the load generator."""
         argv = ("up", str(scenario), "-d", str(deployment), "--backend", self.backend, "--json")
         self.up_json = json.loads(self._cli(*argv))
+        if self.up_json.get("endpoints", {}).get("node_hosts"):
+            # Compose: scrapes go through the gateway's admin proxy, which needs the
+            # testbed's token in this process (and the load runs it starts).
+            from testbed.backends.base import DEFAULT_STATE_DIR
+            from testbed.services.guard import use_token
+
+            use_token(self.state_dir or DEFAULT_STATE_DIR)
         return targets_from_status(self.status(), self.up_json.get("endpoints"))
 
     def apply(self, deployment: Path, timeout_s: float = 120.0) -> list[dict]:

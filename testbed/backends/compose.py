@@ -47,13 +47,20 @@ from testbed.backends.compose_file import (
     project_name,
     render,
 )
-from testbed.services.guard import use_token
+from testbed.services.guard import token_headers, use_token
 from twin.spec import Deployment, Scenario
 
 PROJECT_LABEL = "com.docker.compose.project"
 IMAGE_LABEL = "org.mlops-twin.image=node"  # set by compose/Dockerfile's final stage
 STATE_FILE = "compose-state.json"
 COMPOSE_FILE = "docker-compose.yml"
+# The containers' health probe (compose_file.HEALTH_PROBES); "python" reproduces the old
+# probe for benchmarks/testbed_compose_tail.py's before/after.
+HEALTH_PROBE_ENV = "MLOPS_TWIN_COMPOSE_HEALTH_PROBE"
+# The cgroup every container goes under (with the local backend's parent weight), so
+# the containers' quotas hold on a busy host; "none" leaves them in Docker's group.
+CGROUP_PARENT_ENV = "MLOPS_TWIN_COMPOSE_CGROUP_PARENT"
+CGROUP_PARENT = "mlops-twin-compose"
 
 
 def compose_command() -> list[str]:
@@ -144,7 +151,17 @@ class ComposeBackend(Backend):
         self.compose_file.parent.mkdir(parents=True, exist_ok=True)
         self.compose_file.write_text(
             "# Rendered by testbed.backends.compose; do not edit.\n"
-            + yaml.safe_dump(render(scenario, deployment, scale, port), sort_keys=False)
+            + yaml.safe_dump(
+                render(
+                    scenario,
+                    deployment,
+                    scale,
+                    port,
+                    health_probe=os.environ.get(HEALTH_PROBE_ENV, "shell"),
+                    cgroup_parent=weighted_cgroup_parent(),
+                ),
+                sort_keys=False,
+            )
         )
         self._save_state(
             {
@@ -168,7 +185,7 @@ class ComposeBackend(Backend):
             self._timed(
                 "up_s", "containers", lambda: self._compose(command, "up", "-d", "--no-build")
             )
-            self._timed("healthy_s", "health checks", self.wait_healthy)
+            self._timed("healthy_s", "health checks", lambda: self.wait_healthy(endpoints))
             self._timed(
                 "deploy_s",
                 f"deployment {deployment.name}",
@@ -257,8 +274,11 @@ class ComposeBackend(Backend):
         self._compose(command, "build", timeout=900)
         _docker("image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}")
 
-    def wait_healthy(self, timeout_s: float = 120.0) -> None:
-        """Poll until every container reports healthy; fail fast when one exits."""
+    def wait_healthy(self, endpoints: Endpoints | None = None, timeout_s: float = 120.0) -> None:
+        """Poll until every container with a healthcheck reports healthy and every other
+        one runs; then, with ``endpoints``, until every node agent answers ``/healthz``
+        through the gateway (the emulated servers have no Docker healthcheck: it
+        would run inside their CPU quota). Fails fast when a container exits."""
         deadline = time.monotonic() + timeout_s
         while True:
             containers = project_containers(self.project)
@@ -270,17 +290,40 @@ class ComposeBackend(Backend):
                     f"container {c['Name'].lstrip('/')} exited with code "
                     f"{c['State'].get('ExitCode')}: " + _tail(logs.stdout + logs.stderr)
                 )
-            health = [(c.get("State", {}).get("Health") or {}).get("Status") for c in containers]
+            health = [
+                (c.get("State", {}).get("Health") or {}).get("Status")
+                or ("healthy" if c["State"]["Status"] == "running" else "starting")
+                for c in containers
+            ]
             if containers and all(h == "healthy" for h in health):
-                return
-            if time.monotonic() > deadline:
+                waiting = self._agents_down(endpoints) if endpoints else []
+                if not waiting:
+                    return
+            else:
                 waiting = [
                     c["Name"].lstrip("/")
                     for c, h in zip(containers, health, strict=True)
                     if h != "healthy"
                 ]
+            if time.monotonic() > deadline:
                 raise TimeoutError(f"containers not healthy after {timeout_s:.0f} s: {waiting}")
             time.sleep(0.5)
+
+    @staticmethod
+    def _agents_down(endpoints: Endpoints) -> list[str]:
+        """Node agents that do not answer ``/healthz`` through the gateway yet."""
+        import httpx
+
+        down = []
+        with httpx.Client(timeout=2.0) as http:
+            for node, url in endpoints.nodes.items():
+                try:
+                    ok = http.get(f"{url}/healthz", headers=token_headers()).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if not ok:
+                    down.append(node)
+        return down
 
     def save_logs(self) -> Path:
         """Copy every container's output to ``state_dir/logs/<service>.log``; the folder."""
@@ -343,6 +386,24 @@ class ComposeBackend(Backend):
     def _load_state(self) -> dict[str, Any] | None:
         path = self.state_dir / STATE_FILE
         return json.loads(path.read_text()) if path.exists() else None
+
+
+def weighted_cgroup_parent() -> str | None:
+    """The ``cgroup_parent`` for the containers: ``CGROUP_PARENT``, made with the local
+    backend's parent weight, when Docker uses the cgroupfs driver and this process
+    may make groups; else None (Docker's own group, with a warning)."""
+    if os.environ.get(CGROUP_PARENT_ENV, "") == "none":
+        return None
+    from testbed import cgroups
+
+    driver = _docker("info", "--format", "{{.CgroupDriver}}").stdout.strip()
+    if driver == "cgroupfs" and cgroups.weighted_parent(CGROUP_PARENT) is not None:
+        return "/" + CGROUP_PARENT
+    _say(
+        f"containers stay in Docker's own cgroup (driver {driver or '?'}, or no root): "
+        "on a busy host other processes can take part of their CPU quota"
+    )
+    return None
 
 
 @contextlib.contextmanager

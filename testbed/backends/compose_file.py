@@ -40,6 +40,9 @@ CONTAINER_ENV = {
     "HOME": "/tmp/home",
 }
 PLATFORM_MEM = "1g"  # registry / feature store / gateway: not emulated machines
+# Under ``cgroup_parent`` (a group with the local backend's parent weight) every
+# container gets the local backend's group weight: 4 × a default share.
+CPU_SHARES = 4096
 
 
 def compose_dir() -> Path:
@@ -58,19 +61,37 @@ def service_key(machine: str) -> str:
     return machine.lower().replace("_", "-")
 
 
-def _healthcheck(port: int) -> dict[str, Any]:
-    # minbase has no curl: probe with the venv's python. No start_interval (Docker 25+).
-    probe = (
-        "import sys, urllib.request; "
-        f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2)"
-        ".status != 200)"
-    )
-    return {
-        "test": ["CMD", VENV_PYTHON, "-c", probe],
-        "interval": "1s",
-        "timeout": "3s",
-        "retries": 60,
-    }
+# Health probes: "shell" (bash's /dev/tcp, grep) costs about a millisecond of the
+# container's CPU; "python" (the venv's interpreter, as before) costs tens of
+# milliseconds. Docker runs the probe inside the container, so an emulated server's
+# probe is charged to that server's CPU quota every interval: with a 0.5-core quota
+# over a 10 ms period, a python probe stalled the stage server for several periods
+# once a second, which was most of the Compose backend's p95 at low load
+# (benchmarks/results/testbed_compose_tail.md).
+HEALTH_PROBES = ("shell", "python")
+
+
+def _healthcheck(port: int, probe: str = "shell") -> dict[str, Any]:
+    if probe == "shell":
+        # minbase has bash and grep but no curl; no "$" (Compose would interpolate it).
+        test = [
+            "CMD",
+            "bash",
+            "-c",
+            f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
+            "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '",
+        ]
+    elif probe == "python":
+        code = (
+            "import sys, urllib.request; "
+            f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2)"
+            ".status != 200)"
+        )
+        test = ["CMD", VENV_PYTHON, "-c", code]
+    else:
+        raise ValueError(f"health probe {probe!r}: expected one of {HEALTH_PROBES}")
+    # No start_interval (Docker 25+).
+    return {"test": test, "interval": "1s", "timeout": "3s", "retries": 60}
 
 
 def _argv(service: str, port: int, **options: Any) -> list[str]:
@@ -104,6 +125,8 @@ def render(
     scale: Capacity,
     gateway_port: int,
     context: Path | None = None,
+    health_probe: str = "shell",
+    cgroup_parent: str | None = None,
 ) -> dict[str, Any]:
     """The Compose file (as a dict) for ``scenario`` on emulated capacity ``scale``.
 
@@ -111,6 +134,11 @@ def render(
     scaled cores over a ``CPU_PERIOD_US`` µs period, ``mem_limit`` = its RAM) plus
     registry, feature store and gateway. Only the gateway is published, on
     ``127.0.0.1:gateway_port``. Compose Specification form, without ``version:``.
+    ``health_probe``: ``"shell"`` (cheap; the default) or ``"python"`` (see
+    ``HEALTH_PROBES``); only the platform services have one, the emulated servers
+    none (``health_probe="python"`` gives them the old one too, for the before/after
+    benchmark). ``cgroup_parent``: the cgroup every container is put under, with
+    ``cpu_shares`` = ``CPU_SHARES`` (None: Docker's default group and shares).
     """
     machines = scenario.server_instances()
     keys = {m: service_key(m) for m in machines}
@@ -132,7 +160,7 @@ def render(
     registry = _hardened("registry", common_labels)
     registry["command"] = _argv("registry-builtin", PORTS["registry"], root="/data/registry")
     registry["tmpfs"] = [*registry["tmpfs"], "/data:size=512m,mode=1777"]
-    registry["healthcheck"] = _healthcheck(PORTS["registry"])
+    registry["healthcheck"] = _healthcheck(PORTS["registry"], health_probe)
     registry["mem_limit"] = PLATFORM_MEM
     # The one service that carries the build: `build` runs before `up`, offline.
     registry["build"] = {
@@ -146,7 +174,7 @@ def render(
     features = _hardened("features", common_labels)
     features["command"] = _argv("features-builtin", PORTS["features"], db="/data/features.db")
     features["tmpfs"] = [*features["tmpfs"], "/data:size=256m,mode=1777"]
-    features["healthcheck"] = _healthcheck(PORTS["features"])
+    features["healthcheck"] = _healthcheck(PORTS["features"], health_probe)
     features["mem_limit"] = PLATFORM_MEM
     services["features"] = features
 
@@ -160,7 +188,11 @@ def render(
         svc["cpu_period"] = CPU_PERIOD_US
         svc["cpu_quota"] = cpu_quota_us(node.cpu_cores)
         svc["mem_limit"] = f"{max(1, round(node.ram_gb * 1024))}m"
-        svc["healthcheck"] = _healthcheck(PORTS["node"])
+        if health_probe == "python":
+            svc["healthcheck"] = _healthcheck(PORTS["node"], health_probe)
+        # Otherwise none: a probe runs inside the container and is charged to the
+        # emulated server's quota every interval (even bash's costs ≈ 14 ms of CPU,
+        # mostly `runc exec`); the backend asks the node agents through the gateway.
         services[keys[m]] = svc
 
     targets = {m: f"http://{keys[m]}:{PORTS['node']}" for m in machines}
@@ -173,7 +205,7 @@ def render(
         features=features_url,
         targets=",".join(f"{k}={v}" for k, v in targets.items()),
     )
-    gateway["healthcheck"] = _healthcheck(PORTS["gateway"])
+    gateway["healthcheck"] = _healthcheck(PORTS["gateway"], health_probe)
     gateway["mem_limit"] = PLATFORM_MEM
     # A container only on an internal network is silently not published: the
     # gateway also joins `frontend`.
@@ -183,6 +215,10 @@ def render(
     # and the backend waits for every container to be healthy; so all start at once.
     services["gateway"] = gateway
 
+    if cgroup_parent:
+        for svc in services.values():
+            svc["cgroup_parent"] = cgroup_parent
+            svc["cpu_shares"] = CPU_SHARES
     return {
         "services": services,
         "networks": {

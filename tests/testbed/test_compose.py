@@ -87,6 +87,14 @@ def test_cpu_quota_is_spec_cores_times_factor(factor):
         assert float(argv[argv.index("--cpu-cores") + 1]) == pytest.approx(cores, rel=1e-3)
 
 
+def test_the_twins_quota_period_is_the_backends():
+    # the twin's CPU quota model (twin.sim._Quota) stalls per Settings.cpu_period_ms;
+    # both backends must use that period (Docker's default, 100 ms, stalls ~10× longer)
+    from twin.spec import Settings
+
+    assert Settings().cpu_period_ms * 1000 == CPU_PERIOD_US
+
+
 def test_every_service_is_hardened(case):
     _, doc = case
     for name, svc in doc["services"].items():
@@ -104,14 +112,48 @@ def test_every_service_is_hardened(case):
         assert "privileged" not in svc and "cap_add" not in svc, name
 
 
-def test_healthchecks_use_the_venv_python(case):
+def test_healthchecks_are_a_cheap_shell_probe_of_the_services_port(case):
+    # The probe runs inside the container, charged to the emulated server's quota:
+    # bash /dev/tcp, not an interpreter start (benchmarks/results/testbed_compose_tail.md).
     _, doc = case
     for name, svc in doc["services"].items():
+        if svc["labels"][cf.ROLE_LABEL] == "node":
+            # an emulated server's probe would run inside its CPU quota: none
+            assert "healthcheck" not in svc, name
+            continue
         hc = svc["healthcheck"]
-        assert hc["test"][:2] == ["CMD", cf.VENV_PYTHON], name
+        assert hc["test"][:3] == ["CMD", "bash", "-c"], name
+        assert "python" not in " ".join(hc["test"]), name
+        assert "$" not in hc["test"][-1], name  # Compose would interpolate it
         assert "start_interval" not in hc, name  # needs Docker 25+
         port = svc["command"][svc["command"].index("--port") + 1]
-        assert f"127.0.0.1:{port}/healthz" in hc["test"][-1], name
+        assert f"/dev/tcp/127.0.0.1/{port} " in hc["test"][-1], name
+        assert "GET /healthz HTTP/1.0" in hc["test"][-1], name
+
+
+def test_the_old_python_probe_is_still_available_and_bad_probes_are_refused():
+    scenario = load_scenario(EXAMPLES / "digits-pipeline.yaml")
+    deployment = load_deployment(EXAMPLES / "digits-pipeline.deployment.yaml")
+    scale = capacity(scenario, 16.0)
+    doc = cf.render(scenario, deployment, scale, GATEWAY_PORT, health_probe="python")
+    assert all(
+        s["healthcheck"]["test"][:2] == ["CMD", cf.VENV_PYTHON] for s in doc["services"].values()
+    )
+    with pytest.raises(ValueError, match="health probe"):
+        cf.render(scenario, deployment, scale, GATEWAY_PORT, health_probe="curl")
+
+
+def test_cgroup_parent_puts_every_container_under_it_with_the_local_weight(case):
+    _, doc = case
+    assert not any("cgroup_parent" in s or "cpu_shares" in s for s in doc["services"].values())
+    scenario = load_scenario(EXAMPLES / "digits-pipeline.yaml")
+    deployment = load_deployment(EXAMPLES / "digits-pipeline.deployment.yaml")
+    weighted = cf.render(
+        scenario, deployment, capacity(scenario, 16.0), GATEWAY_PORT, cgroup_parent="/p"
+    )
+    for svc in weighted["services"].values():
+        assert svc["cgroup_parent"] == "/p"
+        assert svc["cpu_shares"] == cf.CPU_SHARES == 4096
 
 
 def test_only_the_gateway_is_published_and_only_on_loopback(case):
