@@ -19,6 +19,11 @@ Resumable, one deployment per command (each < 10 min; run under the lock)::
 
 Run folders land in ``runs/knee/<deployment>/rho<ρ>-<repeat>/``; the result in
 ``benchmarks/results/testbed_knee.md``.
+
+``--backend compose`` (on ``run`` and ``report``) does the same on the Compose backend:
+run folders in ``runs/knee-compose/``, the result in
+``benchmarks/results/testbed_knee_compose.md``, which also puts the local backend's
+levels (from ``runs/knee/``, when there) beside Compose's.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from twin.spec import SteadyWorkload
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "knee"
+OUTS = {"local": OUT, "compose": ROOT / "runs" / "knee-compose"}
+BACKEND = "local"
 RHOS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2)
 BASE_RATE = 100.0  # the scenario's knee workload; levels scale it
 BOTTLENECK = "encoder"
@@ -93,10 +100,10 @@ def capacity_rps(share: float) -> float:
     return share * 1000.0 / ITEM_CPU_MS
 
 
-def run(name: str, duration_s: float, repeats: int) -> None:
+def run(name: str, duration_s: float, repeats: int, rhos: tuple[float, ...] = RHOS) -> None:
     scenario, deployment = _files(name)
     d = OUT / name
-    testbed = CliTestbed("local", OUT / f".{name}.testbed", log=OUT / f".{name}.log")
+    testbed = CliTestbed(BACKEND, OUT / f".{name}.testbed", log=OUT / f".{name}.log")
     targets = testbed.up(scenario, deployment)
     try:
         share = float(targets.factor or 0.25) * 2.0  # a node's 2 cores at the testbed's factor
@@ -104,7 +111,7 @@ def run(name: str, duration_s: float, repeats: int) -> None:
         (d / "capacity.json").write_text(json.dumps({"share": share, "capacity_rps": cap}))
         metrics = [f"{k}={v}" for k, v in targets.metrics.items()]
         for rep in range(repeats):
-            for rho in RHOS:
+            for rho in rhos:
                 out = d / f"rho{rho:.1f}-{rep}"
                 if (out / "summary.json").exists():
                     continue
@@ -262,7 +269,7 @@ def _knee(rates: np.ndarray, p95: np.ndarray) -> float:
 
 def report() -> None:
     parts = [
-        "# The knee: testbed vs held-out calibrated twin (digits pipeline, local backend)",
+        f"# The knee: testbed vs held-out calibrated twin (digits pipeline, {BACKEND} backend)",
         "",
         f"- {machine_line()}",
         "- command: `flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py run "
@@ -395,7 +402,86 @@ def report() -> None:
                 markdown_table(["ρ", "testbed p95 ratio", "twin p95 ratio", "error %"], rows),
                 "",
             ]
-    write_result("testbed_knee", "\n".join(parts))
+    if BACKEND != "local":
+        parts += side_by_side(p95_at)
+    write_result("testbed_knee" + ("" if BACKEND == "local" else f"_{BACKEND}"), "\n".join(parts))
+
+
+def use_backend(backend: str) -> None:
+    """Point the run folders (and the result's name) at ``backend``'s."""
+    global OUT, BACKEND
+    OUT, BACKEND = OUTS[backend], backend
+
+
+def _summary(name: str) -> pd.DataFrame:
+    """Per level of ``name``: the testbed's mean p50/p95/p99 (usable runs) and the
+    held-out twin's error %, as :func:`report` computes them."""
+    runs = _levels(name)
+    rows = []
+    for rho, g in runs.groupby("rho") if not runs.empty else ():
+        ok = g[g["usable"]]
+        m = ok if len(ok) else g
+        tw = twin_level(name, rho, runs)
+        row = {"rho": rho, "n_ok": len(ok), "offered": g["offered"].mean()}
+        for q in ("p50", "p95", "p99"):
+            row[q] = m[q].mean()
+            row[f"err_{q}"] = 100 * (tw[f"twin_{q}"] / row[q] - 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cells(x: dict | None) -> list[str]:
+    if x is None:
+        return ["–"] * 5
+    errs = "/".join(f"{x[f'err_{q}']:+.0f}" for q in ("p50", "p95", "p99"))
+    return [
+        f"{x['p50']:.1f}",
+        f"{x['p95']:.1f}",
+        f"{x['p99']:.1f}",
+        f"{x['p95'] / x['p50']:.2f}",
+        errs,
+    ]
+
+
+def side_by_side(this: dict[str, pd.DataFrame]) -> list[str]:
+    """Markdown: the local backend's levels beside this backend's, per deployment."""
+    here = BACKEND
+    use_backend("local")
+    try:
+        parts = ["## Both backends side by side (testbed ms; twin error % held out)", ""]
+        for name, s in this.items():
+            loc = _summary(name) if (OUT / name / "capacity.json").exists() else pd.DataFrame()
+            if loc.empty:
+                parts += [f"{name}: no local-backend runs in {OUT / name}", ""]
+                continue
+            rows = []
+            for r in s.to_dict("records"):
+                lo = loc[loc["rho"] == r["rho"]].to_dict("records")
+                rows.append([f"{r['rho']:.1f}", *_cells(lo[0] if lo else None), *_cells(r)])
+            parts += [
+                f"{name}:",
+                "",
+                markdown_table(
+                    [
+                        "ρ",
+                        "local p50",
+                        "local p95",
+                        "local p99",
+                        "local p95/p50",
+                        "local twin err p50/p95/p99 %",
+                        f"{here} p50",
+                        f"{here} p95",
+                        f"{here} p99",
+                        f"{here} p95/p50",
+                        f"{here} twin err p50/p95/p99 %",
+                    ],
+                    rows,
+                ),
+                "",
+            ]
+        return parts
+    finally:
+        use_backend(here)
 
 
 def main() -> None:
@@ -405,10 +491,15 @@ def main() -> None:
     r.add_argument("--deployment", choices=list(DEPLOYMENTS), required=True)
     r.add_argument("--duration", type=float, default=20.0, help="s per run")
     r.add_argument("--repeats", type=int, default=2)
-    sub.add_parser("report", help="calibrate held-out twins and write the result")
+    r.add_argument("--rhos", default=None, help="comma-separated levels (default: all)")
+    rp = sub.add_parser("report", help="calibrate held-out twins and write the result")
+    for q in (r, rp):
+        q.add_argument("--backend", choices=list(OUTS), default="local")
     a = ap.parse_args()
+    use_backend(a.backend)
     if a.cmd == "run":
-        run(a.deployment, a.duration, a.repeats)
+        rhos = tuple(float(x) for x in a.rhos.split(",")) if a.rhos else RHOS
+        run(a.deployment, a.duration, a.repeats, rhos)
     else:
         report()
 

@@ -174,6 +174,7 @@ def header_lines(lab: LabRun, wall_s: float) -> list[str]:
         else f"{cfg.twin_scenario or cfg.scenario}"
     )
     factor = targets.factor if targets.factor is not None else "not reported"
+    backend = next((n.split()[1] for n in targets.notes if n.startswith("backend ")), "local")
     return [
         f"# Experiment: {lab.scenario.name} / {lab.deployment.name}",
         "",
@@ -182,11 +183,11 @@ def header_lines(lab: LabRun, wall_s: float) -> list[str]:
         "replication 0 has the same arrival instants)",
         f"- twin: {cfg.replications} replications per workload of " + twin,
         f"- inputs: {cfg.inputs_file or 'scikit-learn digits (clean)'}",
-        f"- testbed: local backend, gateway {targets.gateway}, "
+        f"- testbed: {backend} backend, gateway {targets.gateway}, "
         f"capacity factor {factor} (host cores per emulated core)",
         f"- wall time {wall_s / 60:.1f} min; host load average {lab.load[0]:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores, shared)",
-        *[f"- {n}" for n in targets.notes],
+        *[f"- {n}" for n in targets.notes if not n.startswith("backend ")],
     ]
 
 
