@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import psutil
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -278,19 +279,27 @@ def create_app(agent: NodeAgent) -> Starlette:
         code = await asyncio.to_thread(agent.stop, name)
         return JSONResponse({"name": name, "exit_code": code})
 
+    # One client for every forward: building an httpx client loads the TLS trust store
+    # (≈ 23 ms of CPU), which a client per call charged to the node's CPU quota at
+    # every metrics scrape (once a second on the Compose backend, where scrapes of
+    # instances come through here) — enough to stall the stage it serves.
+    clients: list[httpx.AsyncClient] = []
+
+    def client() -> httpx.AsyncClient:
+        if not clients:
+            clients.append(httpx.AsyncClient(timeout=60))
+        return clients[0]
+
     async def forward(req: Request) -> Response:
         inst = agent.instances.get(req.path_params["name"])
         if inst is None:
             return error(f"no instance {req.path_params['name']!r}", 404)
-        import httpx
-
         url = f"http://{_loopback(agent.host)}:{inst.port}/{req.path_params['path']}"
         headers = {
             k: v for k, v in req.headers.items() if k.lower() in ("content-type", TOKEN_HEADER)
         }
         try:
-            async with httpx.AsyncClient(timeout=60) as client:
-                r = await client.request(req.method, url, content=await req.body(), headers=headers)
+            r = await client().request(req.method, url, content=await req.body(), headers=headers)
         except httpx.HTTPError as e:
             return error(f"instance {inst.name} unreachable: {type(e).__name__}", 502)
         return Response(
@@ -311,6 +320,8 @@ def create_app(agent: NodeAgent) -> Starlette:
         task = asyncio.create_task(supervise())
         yield
         task.cancel()
+        for c in clients:
+            await c.aclose()
         await asyncio.to_thread(agent.stop_all)
 
     routes = [
