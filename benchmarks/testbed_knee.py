@@ -273,7 +273,13 @@ def report() -> None:
         "",
         f"- {machine_line()}",
         "- command: `flock /work/bench.lock .venv/bin/python benchmarks/testbed_knee.py run "
-        "--deployment D` for D in default, variant, batch, then `… report`",
+        + ("" if BACKEND == "local" else f"--backend {BACKEND} ")
+        + "--deployment D` for D in default, variant, batch, then `… report`"
+        + (
+            ""
+            if BACKEND == "local"
+            else f" --backend {BACKEND}; run folders {os.path.relpath(OUT, ROOT)}"
+        ),
         "- a level's twin is calibrated on the other levels' runs of the same deployment "
         "(`calibrate fit`, held out) and simulated at the level's mean offered rate "
         "(8 seeds × the runs' duration); error % = (twin − testbed) / testbed on the mean "
@@ -495,8 +501,12 @@ def main() -> None:
     rp = sub.add_parser("report", help="calibrate held-out twins and write the result")
     for q in (r, rp):
         q.add_argument("--backend", choices=list(OUTS), default="local")
+        q.add_argument("--runs", type=Path, default=None, help="run folders (default per backend)")
     a = ap.parse_args()
     use_backend(a.backend)
+    if a.runs is not None:
+        OUTS[a.backend] = a.runs
+        use_backend(a.backend)
     if a.cmd == "run":
         rhos = tuple(float(x) for x in a.rhos.split(",")) if a.rhos else RHOS
         run(a.deployment, a.duration, a.repeats, rhos)
