@@ -24,6 +24,7 @@ Run under the shared lock: ``flock /work/bench.lock python benchmarks/perf_analy
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -75,8 +76,7 @@ def perf_analyzer(exe: Path, port: int, model: str, rate: float, out: Path) -> d
     """One request-rate run; the CSV row (µs) as floats."""
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o777)
-    argv = ["docker", "run", "--rm", "--network", "host", "-v", f"{exe.parent}:/pa:ro"]
-    argv += ["-v", f"{out}:/out", IMAGE, "/pa/perf_analyzer", "-m", model]
+    argv = ["/pa/perf_analyzer", "-m", model]
     argv += ["-u", f"127.0.0.1:{port}", "-i", "http", "--shape", "x:1,64"]
     argv += ["--input-tensor-format=json", "--output-tensor-format=json"]
     argv += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
@@ -85,13 +85,72 @@ def perf_analyzer(exe: Path, port: int, model: str, rate: float, out: Path) -> d
     # stable measurement"); 50 % keeps the check against drift, not against Poisson noise
     argv += ["--measurement-interval", "10000", "--max-trials", "6"]
     argv += ["--stability-percentage", "50", "-f", "/out/pa.csv"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    # every request's timestamps (the CSV holds only the last stable windows), and the
+    # client's own CPU time (bash's ``times``: children's user and system seconds)
+    argv += ["--profile-export-file", "/out/profile.json"]
+    inner = " ".join(argv) + '; rc=$?; times > /out/times.txt; exit "$rc"'
+    docker = ["docker", "run", "--rm", "--network", "host", "-v", f"{exe.parent}:/pa:ro"]
+    docker += ["-v", f"{out}:/out", IMAGE, "bash", "-c", inner]
+    done = subprocess.run(docker, capture_output=True, text=True, timeout=300)
     (out / "stdout.txt").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise SystemExit(f"perf_analyzer failed ({done.returncode}): {done.stdout[-1500:]}")
     with (out / "pa.csv").open() as f:
         row = next(csv.DictReader(f))
-    return {k: float(v) for k, v in row.items() if v not in ("", None)}
+    result = {k: float(v) for k, v in row.items() if v not in ("", None)}
+    result.update(whole_run(out / "profile.json"))
+    result["cpu_s"] = children_cpu_s(out / "times.txt")
+    return result
+
+
+def whole_run(path: Path) -> dict:
+    """p50/p95/p99 (ms) and throughput over every request in perf_analyzer's profile export."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    lat, first, last = [], float("inf"), 0.0
+    for exp in doc.get("experiments", []):
+        for r in exp.get("requests", []):
+            answers = r.get("response_timestamps") or []
+            if answers:
+                lat.append((answers[-1] - r["timestamp"]) / 1e6)
+                first, last = min(first, r["timestamp"]), max(last, answers[-1])
+    if not lat:
+        return {}
+    q = np.percentile(lat, [50, 95, 99])
+    span = (last - first) / 1e9
+    return {
+        "all_p50_ms": q[0],
+        "all_p95_ms": q[1],
+        "all_p99_ms": q[2],
+        "all_n": len(lat),
+        "all_per_s": len(lat) / span if span > 0 else float("nan"),
+    }
+
+
+def children_cpu_s(path: Path) -> float:
+    """Children's user + system seconds from bash's ``times`` output (second line)."""
+    try:
+        line = path.read_text().splitlines()[1]
+    except (OSError, IndexError):
+        return float("nan")
+    total = 0.0
+    for part in line.split():  # e.g. 0m1.234s
+        m, s_ = part.rstrip("s").split("m")
+        total += 60 * float(m) + float(s_)
+    return total
+
+
+def server_cpu_s(marker: str) -> float:
+    """CPU seconds so far of the processes whose command line holds ``marker`` (MLServer)."""
+    import psutil
+
+    total = 0.0
+    for p in psutil.process_iter(["cmdline", "cpu_times"]):
+        if marker in " ".join(p.info["cmdline"] or []) and p.info["cpu_times"] is not None:
+            total += p.info["cpu_times"].user + p.info["cpu_times"].system
+    return total
 
 
 def ours(url: str, rate: float, work: Path) -> dict:
@@ -131,18 +190,24 @@ def ours(url: str, rate: float, work: Path) -> dict:
         }
     )
     w = SteadyWorkload(kind="steady", name=f"rate-{int(rate)}", rate_per_s=rate)
-    t0 = time.time()
+    t0, c0 = time.time(), os.times()
     result = execute(LoadRun(sc, w, url, DURATION_S, seed=3, protocol="v2", drain_s=5), work)
+    c1 = os.times()  # the Locust worker is a child process, waited for by now
     req = result.requests
     ok = req[req["ok"]]
     lat = (ok["t_end"] - ok["t_arrive"]).to_numpy() * 1e3
+    sent = (ok["t_end"] - ok["t_send"]).to_numpy() * 1e3  # from the actual send, as PA
     span = float(ok["t_end"].max() - ok["t_arrive"].min()) if len(ok) else time.time() - t0
     return {
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
         "p99_ms": float(np.percentile(lat, 99)),
+        "send_p50_ms": float(np.percentile(sent, 50)),
+        "send_p95_ms": float(np.percentile(sent, 95)),
+        "lag_p95_ms": float(np.percentile(ok["lag_s"].to_numpy() * 1e3, 95)),
         "throughput": len(ok) / span,
         "sent": len(req),
+        "cpu_s": (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system),
     }
 
 
@@ -172,12 +237,17 @@ def main() -> None:
     bin_dir = mlserver.ensure_venv()
     port = free_port("127.0.0.1")
     mlserver.write_repository(work / "repo", port, bin_dir)
-    rows, twin_rows = [], []
+    rows, twin_rows, extra = [], [], []
     with mlserver.serve(work / "repo", port, bin_dir) as url:
         sc, dep = profile(url, work / "profile")
         for rate in RATES:
+            marker = str(work / "repo")
+            m0 = server_cpu_s(marker)
             pa = perf_analyzer(exe, port, mlserver.MODEL, rate, work / f"pa-{int(rate)}")
+            m1 = server_cpu_s(marker)
             us = ours(url, rate, work / f"ours-{int(rate)}")
+            m2 = server_cpu_s(marker)
+            n_pa = pa.get("all_n", float("nan"))
             tw = predict(sc, dep, rate, horizon_s=600, replications=3)
             e50, e95 = (
                 100 * (tw["p50_ms"] / us["p50_ms"] - 1),
@@ -195,31 +265,55 @@ def main() -> None:
                     "yes" if abs(e50) <= 10 and abs(e95) <= 15 else "no",
                 ]
             )
+            for who, q in (("PA, stable windows", None), ("PA, every request", "all")):
+                if q is None:
+                    v = [pa["Inferences/Second"]] + [
+                        pa[f"p{k} latency"] / 1e3 for k in (50, 95, 99)
+                    ]
+                else:
+                    v = [pa.get(f"all_{k}", float("nan")) for k in ("per_s", "p50_ms")]
+                    v += [pa.get(f"all_{k}", float("nan")) for k in ("p95_ms", "p99_ms")]
+                rows.append(
+                    [
+                        f"{rate:g}",
+                        who,
+                        *(f"{x:.2f}" for x in v),
+                        "",
+                        "",
+                        f"{1e3 * pa['cpu_s'] / n_pa:.3f}",
+                        f"{1e3 * (m1 - m0) / n_pa:.2f}",
+                    ]
+                )
+            n_us = us["sent"]
             rows.append(
                 [
                     f"{rate:g}",
-                    f"{pa['Inferences/Second']:.1f}",
-                    f"{us['throughput']:.1f}",
-                    f"{pa['p50 latency'] / 1e3:.2f}",
+                    "ours (Locust)",
+                    f"{us['throughput']:.2f}",
                     f"{us['p50_ms']:.2f}",
-                    f"{pa['p95 latency'] / 1e3:.2f}",
                     f"{us['p95_ms']:.2f}",
-                    f"{pa['p99 latency'] / 1e3:.2f}",
                     f"{us['p99_ms']:.2f}",
-                    f"{(pa.get('Client Send', 0) + pa.get('Client Recv', 0)) / 1e3:.3f}",
+                    f"{us['send_p50_ms']:.2f} / {us['send_p95_ms']:.2f}",
+                    f"{us['lag_p95_ms']:.2f}",
+                    f"{1e3 * us['cpu_s'] / n_us:.3f}",
+                    f"{1e3 * (m2 - m1) / n_us:.2f}",
                 ]
+            )
+            extra.append(
+                f"{rate:g}/s: PA {pa.get('Client Send', 0) / 1e3:.3f} ms client send, "
+                f"{pa.get('Client Recv', 0) / 1e3:.3f} ms client recv (its CSV)"
             )
     head = [
         "rate/s",
-        "PA req/s",
-        "ours req/s",
-        "PA p50 ms",
-        "ours p50",
-        "PA p95 ms",
-        "ours p95",
-        "PA p99 ms",
-        "ours p99",
-        "PA client send+recv ms",
+        "client",
+        "answers/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "ours from send p50/p95",
+        "ours send lag p95 ms",
+        "client CPU ms/request",
+        "MLServer CPU ms/request",
     ]
     text = "\n".join(
         [
@@ -228,10 +322,14 @@ def main() -> None:
             f"- {machine_line()}",
             f"- MLServer 1.7.1 (sklearn forest, 50 trees, parallel_workers 0) on 127.0.0.1; "
             f"perf_analyzer 2.60.0 (PyPI wheel, in a Debian 13 container, host network), "
-            "request-rate mode, Poisson, JSON tensors, 10 s windows until stable (≤ 4); "
+            "request-rate mode, Poisson, JSON tensors, 10 s windows until stable (50 % band, ≤ 6); "
             f"ours: Locust FastHttpUser (`load run --protocol v2`), Poisson, {DURATION_S:g} s",
             "",
             markdown_table(head, rows),
+            "",
+            *(f"- {line}" for line in extra),
+            "",
+            f"Raw files (perf_analyzer CSV, profile export, our request log): {work}",
             "",
             "The twin after `calibrate profile --target` (batch 1 × clients 1,2,4, 4 s each, and "
             "4 s of a paced client: the overhead of a request that finds the server idle), "
