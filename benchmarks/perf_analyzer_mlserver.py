@@ -17,8 +17,9 @@ Locust worker at the same rate. Both report client-side latency (send → answer
 throughput is answers per second; the twin's p50/p95 at the same rate (held out:
 the profile ran closed loop) are the third view of the same server.
 
-Run under the shared lock: ``flock /work/bench.lock python benchmarks/perf_analyzer_mlserver.py``
-(≈ 3 min; the first run downloads the wheel and builds the trixie image, ≈ 1.5 min more).
+Run under the shared lock: ``flock /work/bench.lock python
+benchmarks/perf_analyzer_mlserver.py [--nice -5]`` (≈ 3.5 min; the first run downloads
+the wheel and builds the trixie image, ≈ 1.5 min more).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from benchmarks._report import machine_line, markdown_table, write_result
+from twin.spec import Serving, TensorInput
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_DIR = ROOT / ".perf-analyzer"  # gitignored: the binary taken from the wheel
@@ -46,6 +48,15 @@ PIN = "perf-analyzer==2.60.0"
 IMAGE = "mlops-twin-base:trixie"
 RATES = (80.0, 160.0)
 DURATION_S = 30.0
+NICE = 0  # --nice N: this benchmark, MLServer, Locust and perf_analyzer at that priority
+
+
+# the tensors both clients send (uniform draws in [0, 1), as the profile's)
+SERVING = Serving(
+    model="digits-forest",
+    version="v1",
+    inputs=[TensorInput(name="x", datatype="FP32", shape=[1, 64])],
+)
 
 
 def ensure_binary() -> Path:
@@ -78,6 +89,9 @@ def perf_analyzer(exe: Path, port: int, model: str, rate: float, out: Path) -> d
     out.chmod(0o777)
     argv = ["/pa/perf_analyzer", "-m", model]
     argv += ["-u", f"127.0.0.1:{port}", "-i", "http", "--shape", "x:1,64"]
+    # the same tensors as ours (its default random bits make floats like 1e31 whose JSON
+    # is longer, and cost the server more); up to 16 requests in flight, as ours can
+    argv += ["--input-data", "/out/input.json", "--max-threads", "16"]
     argv += ["--input-tensor-format=json", "--output-tensor-format=json"]
     argv += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
     # Poisson arrivals make the window averages wander more than the default 10 %
@@ -88,8 +102,11 @@ def perf_analyzer(exe: Path, port: int, model: str, rate: float, out: Path) -> d
     # every request's timestamps (the CSV holds only the last stable windows), and the
     # client's own CPU time (bash's ``times``: children's user and system seconds)
     argv += ["--profile-export-file", "/out/profile.json"]
-    inner = " ".join(argv) + '; rc=$?; times > /out/times.txt; exit "$rc"'
+    (out / "input.json").write_text(json.dumps(input_data()))
+    inner = f"nice -n {NICE} " * bool(NICE) + " ".join(argv)
+    inner += '; rc=$?; times > /out/times.txt; exit "$rc"'
     docker = ["docker", "run", "--rm", "--network", "host", "-v", f"{exe.parent}:/pa:ro"]
+    docker += ["--cap-add", "SYS_NICE"] if NICE < 0 else []
     docker += ["-v", f"{out}:/out", IMAGE, "bash", "-c", inner]
     done = subprocess.run(docker, capture_output=True, text=True, timeout=300)
     (out / "stdout.txt").write_text(done.stdout + done.stderr)
@@ -101,6 +118,15 @@ def perf_analyzer(exe: Path, port: int, model: str, rate: float, out: Path) -> d
     result.update(whole_run(out / "profile.json"))
     result["cpu_s"] = children_cpu_s(out / "times.txt")
     return result
+
+
+def input_data(n: int = 64) -> dict:
+    """perf_analyzer's ``--input-data`` JSON: the rows our load generator sends."""
+    from loadgen.tensors import body_pool
+
+    bodies, _ = body_pool(SERVING, seed=3, size=n)
+    rows = [json.loads(b)["inputs"][0] for b in bodies]
+    return {"data": [{"x": {"content": r["data"], "shape": r["shape"]}} for r in rows]}
 
 
 def whole_run(path: Path) -> dict:
@@ -179,10 +205,7 @@ def ours(url: str, rate: float, work: Path) -> dict:
                 {
                     "name": "infer",
                     "kind": "request",
-                    "serving": {
-                        "model": "digits-forest",
-                        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64]}],
-                    },
+                    "serving": SERVING.model_dump(mode="json"),
                     "steps": [{"name": "infer", "component": "forest"}],
                 }
             ],
@@ -227,6 +250,11 @@ def profile(url: str, out: Path) -> tuple:
 
 
 def main() -> None:
+    global NICE
+    args = sys.argv[1:]
+    if args[:1] == ["--nice"]:  # e.g. --nice -5: ours before co-tenants outside the lock
+        NICE = int(args[1])
+        os.nice(NICE)
     from calibrate.target import predict
     from testbed import mlserver
     from testbed.services.node_agent import free_port
@@ -322,7 +350,8 @@ def main() -> None:
             f"- {machine_line()}",
             f"- MLServer 1.7.1 (sklearn forest, 50 trees, parallel_workers 0) on 127.0.0.1; "
             f"perf_analyzer 2.60.0 (PyPI wheel, in a Debian 13 container, host network), "
-            "request-rate mode, Poisson, JSON tensors, 10 s windows until stable (50 % band, ≤ 6); "
+            "request-rate mode, Poisson, JSON tensors (the same 64 rows as ours), ≤ 16 threads, "
+            "10 s windows until stable (50 % band, ≤ 6); "
             f"ours: Locust FastHttpUser (`load run --protocol v2`), Poisson, {DURATION_S:g} s",
             "",
             markdown_table(head, rows),
@@ -349,8 +378,11 @@ def main() -> None:
                 twin_rows,
             ),
             "",
+            f"Priority: nice {NICE} for MLServer, both clients and this script (co-tenants "
+            "outside the lock at their own).",
+            "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/perf_analyzer_mlserver.py`",
+            "benchmarks/perf_analyzer_mlserver.py --nice -5`",
         ]
     )
     write_result("perf_analyzer_mlserver", text)
