@@ -18,7 +18,7 @@ throughput is answers per second; the twin's p50/p95 at the same rate (held out:
 the profile ran closed loop) are the third view of the same server.
 
 Run under the shared lock: ``flock /work/bench.lock python
-benchmarks/perf_analyzer_mlserver.py [--nice -5]`` (≈ 3.5 min; the first run downloads
+benchmarks/perf_analyzer_mlserver.py [--nice -5] [--rt 10]`` (≈ 3.5 min; the first run downloads
 the wheel and builds the trixie image, ≈ 1.5 min more).
 """
 
@@ -47,8 +47,10 @@ TOOL_DIR = ROOT / ".perf-analyzer"  # gitignored: the binary taken from the whee
 PIN = "perf-analyzer==2.60.0"
 IMAGE = "mlops-twin-base:trixie"
 RATES = (80.0, 160.0)
-DURATION_S = 30.0
+DURATION_S = 20.0  # ours, per rate
+WINDOW_MS = 6000  # perf_analyzer's measurement window (≥ 3 until stable)
 NICE = 0  # --nice N: this benchmark, MLServer, Locust and perf_analyzer at that priority
+RT = 0  # --rt N: this script, MLServer and Locust SCHED_RR at priority N (co-tenants' CPU)
 
 
 # the tensors both clients send (uniform draws in [0, 1), as the profile's)
@@ -97,12 +99,13 @@ def perf_analyzer(exe: Path, port: int, model: str, rate: float, out: Path) -> d
     # Poisson arrivals make the window averages wander more than the default 10 %
     # stability band: at 80/s perf_analyzer gave up after 4 windows ("Failed to obtain
     # stable measurement"); 50 % keeps the check against drift, not against Poisson noise
-    argv += ["--measurement-interval", "10000", "--max-trials", "6"]
+    argv += ["--measurement-interval", str(WINDOW_MS), "--max-trials", "6"]
     argv += ["--stability-percentage", "50", "-f", "/out/pa.csv"]
     # every request's timestamps (the CSV holds only the last stable windows), and the
     # client's own CPU time (bash's ``times``: children's user and system seconds)
     argv += ["--profile-export-file", "/out/profile.json"]
     (out / "input.json").write_text(json.dumps(input_data()))
+    # (not SCHED_RR: Docker's cpu cgroup has no real-time budget, cpu.rt_runtime_us 0)
     inner = f"nice -n {NICE} " * bool(NICE) + " ".join(argv)
     inner += '; rc=$?; times > /out/times.txt; exit "$rc"'
     docker = ["docker", "run", "--rm", "--network", "host", "-v", f"{exe.parent}:/pa:ro"]
@@ -127,6 +130,15 @@ def input_data(n: int = 64) -> dict:
     bodies, _ = body_pool(SERVING, seed=3, size=n)
     rows = [json.loads(b)["inputs"][0] for b in bodies]
     return {"data": [{"x": {"content": r["data"], "shape": r["shape"]}} for r in rows]}
+
+
+def cpu_pressure_s() -> float:
+    """Seconds so far in which some runnable task waited for a CPU (PSI ``some``)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return float("nan")
+    return int(line.rsplit("total=", 1)[1]) / 1e6
 
 
 def whole_run(path: Path) -> dict:
@@ -251,10 +263,17 @@ def profile(url: str, out: Path) -> tuple:
 
 def main() -> None:
     global NICE
+    global RT
     args = sys.argv[1:]
-    if args[:1] == ["--nice"]:  # e.g. --nice -5: ours before co-tenants outside the lock
-        NICE = int(args[1])
-        os.nice(NICE)
+    while args[:1] in (["--nice"], ["--rt"]):  # ours before co-tenants outside the lock
+        if args[0] == "--nice":
+            NICE = int(args[1])
+            os.nice(NICE)
+        else:  # children (MLServer, the Locust worker) inherit the policy
+            RT = int(args[1])
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT))
+        args = args[2:]
+    pressure0, wall0 = cpu_pressure_s(), time.time()
     from calibrate.target import predict
     from testbed import mlserver
     from testbed.services.node_agent import free_port
@@ -331,6 +350,7 @@ def main() -> None:
                 f"{rate:g}/s: PA {pa.get('Client Send', 0) / 1e3:.3f} ms client send, "
                 f"{pa.get('Client Recv', 0) / 1e3:.3f} ms client recv (its CSV)"
             )
+    pressure = (cpu_pressure_s() - pressure0) / (time.time() - wall0)
     head = [
         "rate/s",
         "client",
@@ -351,7 +371,7 @@ def main() -> None:
             f"- MLServer 1.7.1 (sklearn forest, 50 trees, parallel_workers 0) on 127.0.0.1; "
             f"perf_analyzer 2.60.0 (PyPI wheel, in a Debian 13 container, host network), "
             "request-rate mode, Poisson, JSON tensors (the same 64 rows as ours), ≤ 16 threads, "
-            "10 s windows until stable (50 % band, ≤ 6); "
+            f"{WINDOW_MS / 1e3:g} s windows until stable (50 % band, ≤ 6); "
             f"ours: Locust FastHttpUser (`load run --protocol v2`), Poisson, {DURATION_S:g} s",
             "",
             markdown_table(head, rows),
@@ -378,11 +398,13 @@ def main() -> None:
                 twin_rows,
             ),
             "",
-            f"Priority: nice {NICE} for MLServer, both clients and this script (co-tenants "
-            "outside the lock at their own).",
+            f"Priority: nice {NICE}, {f'SCHED_RR {RT}' if RT else 'normal scheduling'} for "
+            "MLServer, both clients and this script (co-tenants outside the lock at their own); "
+            f"CPU pressure during the run (some task waiting for a CPU): {pressure:.0%} of "
+            "the time.",
             "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/perf_analyzer_mlserver.py --nice -5`",
+            "benchmarks/perf_analyzer_mlserver.py --rt 10`",
         ]
     )
     write_result("perf_analyzer_mlserver", text)
