@@ -167,6 +167,28 @@ def whole_run(path: Path) -> dict:
     }
 
 
+def by_in_flight(send_s: np.ndarray, done_s: np.ndarray, most: int = 3) -> list[str]:
+    """p50 latency (ms) of the requests sent while 0, 1, … ``most`` others were in flight."""
+    o = np.argsort(send_s)
+    send_s, done_s = send_s[o], done_s[o]
+    lat = (done_s - send_s) * 1e3
+    ahead = np.array([np.sum(done_s[max(0, i - 64) : i] > send_s[i]) for i in range(len(send_s))])
+    out = []
+    for k in range(most + 1):
+        hit = lat[ahead == k]
+        out.append(f"{np.percentile(hit, 50):.2f} ({hit.size})" if hit.size else "–")
+    return out
+
+
+def pa_times(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Send and answer times (s) of every request in perf_analyzer's profile export."""
+    reqs = json.loads(path.read_text())["experiments"][0]["requests"]
+    reqs = [r for r in reqs if r.get("response_timestamps")]
+    send = np.array([int(r["timestamp"]) for r in reqs], dtype=float) / 1e9
+    done = np.array([int(r["response_timestamps"][-1]) for r in reqs], dtype=float) / 1e9
+    return send, done
+
+
 def children_cpu_s(path: Path) -> float:
     """Children's user + system seconds from bash's ``times`` output (second line)."""
     try:
@@ -242,6 +264,7 @@ def ours(url: str, rate: float, work: Path) -> dict:
         "lag_p95_ms": float(np.percentile(ok["lag_s"].to_numpy() * 1e3, 95)),
         "throughput": len(ok) / span,
         "sent": len(req),
+        "in_flight": by_in_flight(ok["t_send"].to_numpy(float), ok["t_end"].to_numpy(float)),
         "cpu_s": (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system),
     }
 
@@ -284,7 +307,7 @@ def main() -> None:
     bin_dir = mlserver.ensure_venv()
     port = free_port("127.0.0.1")
     mlserver.write_repository(work / "repo", port, bin_dir)
-    rows, twin_rows, extra = [], [], []
+    rows, twin_rows, extra, flight_rows = [], [], [], []
     with mlserver.serve(work / "repo", port, bin_dir) as url:
         sc, dep = profile(url, work / "profile")
         for rate in RATES:
@@ -346,6 +369,14 @@ def main() -> None:
                     f"{1e3 * (m2 - m1) / n_us:.2f}",
                 ]
             )
+            try:
+                pa_flight = by_in_flight(*pa_times(work / f"pa-{int(rate)}" / "profile.json"))
+            except (OSError, ValueError, KeyError, IndexError):
+                pa_flight = ["–"] * 4
+            flight_rows += [
+                [f"{rate:g}", "PA", *pa_flight],
+                [f"{rate:g}", "ours (from send)", *us["in_flight"]],
+            ]
             extra.append(
                 f"{rate:g}/s: PA {pa.get('Client Send', 0) / 1e3:.3f} ms client send, "
                 f"{pa.get('Client Recv', 0) / 1e3:.3f} ms client recv (its CSV)"
@@ -377,6 +408,12 @@ def main() -> None:
             markdown_table(head, rows),
             "",
             *(f"- {line}" for line in extra),
+            "",
+            "p50 latency (ms, from the send; requests in brackets) by how many of the same "
+            "client's requests were still in flight when it was sent: with none, the server "
+            "was idle, and the difference between the clients is their own per-request cost",
+            "",
+            markdown_table(["rate/s", "client", "0", "1", "2", "3"], flight_rows),
             "",
             f"Raw files (perf_analyzer CSV, profile export, our request log): {work}",
             "",
