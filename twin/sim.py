@@ -131,20 +131,28 @@ class _Quota:
     from one quota: each reserves its running time period by period in the order
     it starts (so a machine never runs more than its quota; a later job does not
     slow an earlier one down — an approximation for co-located instances, exact
-    for one).
+    for one). Every job is single-threaded (it runs on at most one core), so a
+    job alone on a machine runs at ``min(1, cores)`` of the machine's speed: a
+    batch step of seconds under a quarter-core quota takes four times its
+    running time, as a single-threaded job in a cgroup with that quota does.
     """
 
-    __slots__ = ("period_s", "quota_s", "used")
+    __slots__ = ("period_s", "quota_s", "swept", "used")
 
     def __init__(self, cores: float, period_s: float) -> None:
         self.period_s, self.quota_s = period_s, cores * period_s
         self.used: dict[int, float] = {}  # period index → running time reserved (s)
+        self.swept = 0  # period index of the last sweep
 
     def wall_s(self, now: float, work_s: float) -> float:
         """Wall time (s) of ``work_s`` of running time that starts at ``now``; reserves it."""
         p, q, used = self.period_s, self.quota_s, self.used
-        if len(used) > 64:  # periods that have passed are never read again
-            k_now = int(now // p)
+        k_now = int(now // p)
+        # Periods that have passed are never read again. A batch step of seconds
+        # reserves hundreds of future periods, so sweep at most every 64 periods,
+        # not on every call while the dict is large.
+        if len(used) > 64 and k_now >= self.swept + 64:
+            self.swept = k_now
             for k in [k for k in used if k < k_now]:
                 del used[k]
         t, left, k = now, work_s, int(now // p)
@@ -265,9 +273,11 @@ class _Instance:
         "queue",
         "replica",
         "retired",
+        "run_left",
         "sampler",
         "startup_s",
         "t_busy",
+        "then",
         "timeout_s",
     )
 
@@ -300,6 +310,7 @@ class _Instance:
         self.outstanding = 0
         self.current: list[list[Any]] = []
         self.cpu_s = self.gpu_s = 0.0
+        self.run_left, self.then = 0.0, None  # CPU work still to run in slices (s)
         self.gpu_req: Any = None
         self.retired = False
         self.is_idle = True
@@ -364,7 +375,7 @@ class _Instance:
             return True
         if m.cpu is None and gpu_s == 0 and cpu_s > 0:
             # The common case — own cores, no GPU: one event for the service.
-            _Wake(env, self._cpu_wall_s(), self._after_cpu)
+            self._run_cpu(self._after_cpu)
             return True
         self._compute()
         return True
@@ -375,18 +386,38 @@ class _Instance:
             if m.cpu is not None:
                 m.cpu.get(self.cores).callbacks.append(self._cpu_granted)
             else:
-                _Wake(self.env, self._cpu_wall_s(), self._after_cpu)
+                self._run_cpu(self._after_cpu)
         else:
             self._after_cpu()
 
-    def _cpu_wall_s(self) -> float:
-        """Wall time of the current CPU work: at the machine's speed, stalled by its quota."""
+    def _run_cpu(self, then: Any) -> None:
+        """Run the current CPU work at the machine's speed, stalled by its quota; then ``then``.
+
+        Work longer than one period's quota (a batch step of seconds) reserves the
+        quota one period's worth at a time, so jobs that start while it runs take
+        their turn period by period, as CFS shares a cgroup's quota among its
+        runnable threads, instead of waiting until it ends.
+        """
         m = self.machine
         run_s = self.cpu_s / m.speed
-        return run_s if m.quota is None else m.quota.wall_s(self.env._now, run_s)
+        q = m.quota
+        if q is None:
+            _Wake(self.env, run_s, then)
+        elif run_s <= q.quota_s:
+            _Wake(self.env, q.wall_s(self.env._now, run_s), then)
+        else:
+            self.run_left, self.then = run_s, then
+            self._slice()
+
+    def _slice(self, _e: Any = None) -> None:
+        q = self.machine.quota
+        r = min(self.run_left, q.quota_s)  # type: ignore[union-attr]
+        self.run_left -= r
+        last = self.run_left <= 1e-12
+        _Wake(self.env, q.wall_s(self.env._now, r), self.then if last else self._slice)  # type: ignore[union-attr]
 
     def _cpu_granted(self, _e: Any) -> None:
-        _Wake(self.env, self._cpu_wall_s(), self._release_cpu)
+        self._run_cpu(self._release_cpu)
 
     def _release_cpu(self, _e: Any) -> None:
         self.machine.cpu.put(self.cores)  # type: ignore[union-attr]
