@@ -1,16 +1,19 @@
 """Deploy-back of MLOps placements: run each on the testbed, compare with the twin.
 
-``python -m lab.mlops_deploy_back SCENARIO --deployment chosen=runs/x/chosen.yaml
---deployment greedy=runs/x/greedy.yaml --pairs 3 --horizon 35 --out runs/db``
+``python -m lab.mlops_deploy_back SCENARIO --testbed-scenario examples/mlops-lab.yaml
+--deployment chosen=runs/x/chosen.yaml --deployment greedy=runs/x/greedy.yaml --pairs 3
+--horizon 35 --out runs/db``
 
-``SCENARIO`` is the twin of the testbed (:func:`lab.mlops_run.calibrate`'s output:
-schedule already scaled, servers at host speed under the testbed's quotas, each
-step's ``cpu_work`` fitted on an earlier run), so the twin predicts exactly the runs
-the testbed makes. For each pair ``k`` every deployment runs once on the local
-testbed (:func:`lab.mlops_run.run_on_testbed`: Feast, MLflow, the serving instance,
-inference load at ``--rate``, the batch processes' executions of ``--horizon`` s of
-schedule, arrival seed ``seed + k``), the order alternating between pairs; the twin
-simulates the same horizon with ``--replications`` replications per deployment.
+The testbed runs ``--testbed-scenario`` (its schedule × ``--time-scale``; its servers'
+sizes and speeds give the nodes' CPU quotas); ``SCENARIO`` is the twin of the testbed
+(:func:`lab.mlops_run.calibrate`'s output: schedule already scaled, servers at host
+speed under the testbed's quotas, each step's ``cpu_work`` fitted on an earlier run),
+so the twin predicts exactly the runs the testbed makes. For each pair ``k`` every
+deployment runs once on the local testbed (:func:`lab.mlops_run.run_on_testbed`:
+Feast, MLflow, the serving instance, inference load at ``--rate``, the batch
+processes' executions of ``--horizon`` s of schedule, arrival seed ``seed + k``), the
+order alternating between pairs; the twin simulates the same horizon with
+``--replications`` replications per deployment.
 
 Both sides are scored with the twin's own ``placement_criteria`` over the batch
 processes' executions (the inference requests are load beside them), the cost as
@@ -42,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from lab.deploy_back import Difference, paired_difference, verdict
-from lab.mlops_run import run_on_testbed
+from lab.mlops_run import run_on_testbed, scaled
 from twin.criteria import CRITERIA, busy_from_visits, placement_criteria
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, SteadyWorkload
@@ -192,6 +195,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("scenario", type=Path, help="the twin of the testbed (calibrated, scaled)")
     p.add_argument(
+        "--testbed-scenario",
+        type=Path,
+        required=True,
+        help="the scenario the testbed runs (its servers' sizes and speeds set the quotas), "
+        "e.g. examples/mlops-lab.yaml",
+    )
+    p.add_argument("--time-scale", type=float, default=0.1, help="of --testbed-scenario")
+    p.add_argument(
         "--deployment",
         action="append",
         required=True,
@@ -210,6 +221,9 @@ def main() -> None:
     a = p.parse_args()
 
     scenario = load_scenario(a.scenario)
+    on_testbed = scaled(load_scenario(a.testbed_scenario), a.time_scale)
+    if [p.name for p in on_testbed.processes] != [p.name for p in scenario.processes]:
+        p.error(f"{a.testbed_scenario} and {a.scenario} have different processes")
     deps: dict[str, Deployment] = {}
     for item in a.deployment:
         label, _, file = item.partition("=")
@@ -229,9 +243,11 @@ def main() -> None:
             if (folder / "criteria.json").is_file():
                 continue
             visits, execs, meta = run_on_testbed(
-                scenario, deps[label], folder, a.horizon, a.seed + k, a.rate, a.model_dir
+                on_testbed, deps[label], folder, a.horizon, a.seed + k, a.rate, a.model_dir
             )
-            crit = measured_criteria(scenario, deps[label], visits, execs, a.horizon, meta["end_s"])
+            crit = measured_criteria(
+                on_testbed, deps[label], visits, execs, a.horizon, meta["end_s"]
+            )
             (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             (folder / "criteria.json").write_text(json.dumps(crit, indent=1))
             print(f"{label}-{k}: {crit}", flush=True)
