@@ -45,29 +45,13 @@ import numpy as np
 import pandas as pd
 
 from lab.deploy_back import Difference, paired_difference, verdict
-from lab.mlops_run import run_on_testbed, scaled
+from lab.mlops_run import as_deployed, run_on_testbed, scaled
 from twin.criteria import CRITERIA, busy_from_visits, placement_criteria
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, SteadyWorkload
 
 TIME_TOLERANCE = 0.25  # the issue's ±25 % on the predicted difference in mean time
 TIE_WITHIN = 0.05  # a difference below 5 % of the second deployment's value is a tie
-
-
-def as_deployed(scenario: Scenario, deployment: Deployment) -> Deployment:
-    """``deployment`` as the MLOps testbed runs it, whatever its constant-run decisions.
-
-    The testbed starts a job per batch step and stops it after (on demand), and keeps
-    its services up for the whole run: Feast, MLflow, the serving instance of the
-    rolled-out model, the inference stages. Which is which is each component's own
-    ``always_on`` in the scenario (the batch workers of ``mlops-lab.yaml`` are on
-    demand, the platform components constant-run); a component that serves a request
-    process's step or a rollout is up in any case.
-    """
-    served = {s.component for p in scenario.processes if p.kind == "request" for s in p.steps}
-    served |= {s.component for p in scenario.processes for s in p.steps if s.name == "rollout"}
-    on = {c.name: c.always_on or c.name in served for c in scenario.components}
-    return deployment.model_copy(update={"always_on": on})
 
 
 def measured_criteria(

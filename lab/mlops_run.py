@@ -42,7 +42,6 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from twin.criteria import deployment_cost
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Process, Scenario, topological_order
 
@@ -499,9 +498,9 @@ def twin_times(
     replications: int,
     seed: int,
     workload: Any = None,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, float]:
     """The twin's per-process table over ``replications`` runs of the same schedule
-    (batch processes; ``workload``: the inference load beside them)."""
+    (batch processes; ``workload``: the inference load beside them) and its mean cost."""
     from twin.evaluate import evaluate
 
     ev = evaluate(
@@ -516,7 +515,34 @@ def twin_times(
     )
     req = ev.requests
     req = req[req["process"].astype(str).isin([p.name for p in batch_processes(scenario)])]
-    return per_process(req, horizon_s * 10)
+    return per_process(req, horizon_s * 10), float(ev.per_replication["cost"].mean())
+
+
+def as_deployed(scenario: Scenario, deployment: Deployment) -> Deployment:
+    """``deployment`` as the MLOps testbed runs it, whatever its constant-run decisions.
+
+    The testbed starts a job per batch step and stops it after (on demand), and keeps
+    its services up for the whole run: Feast, MLflow, the serving instance of the
+    rolled-out model, the inference stages. Which is which is each component's own
+    ``always_on`` in the scenario (the batch workers of ``mlops-lab.yaml`` are on
+    demand, the platform components constant-run); a component that serves a request
+    process's step or a rollout is up in any case.
+    """
+    served = {s.component for p in scenario.processes if p.kind == "request" for s in p.steps}
+    served |= {s.component for p in scenario.processes for s in p.steps if s.name == "rollout"}
+    on = {c.name: c.always_on or c.name in served for c in scenario.components}
+    return deployment.model_copy(update={"always_on": on})
+
+
+def measured_cost(
+    scenario: Scenario, deployment: Deployment, visits: pd.DataFrame, horizon_s: float
+) -> float:
+    """The cost criterion of a testbed run (:func:`as_deployed`): constant-run instances
+    over the horizon, on-demand ones for the seconds their jobs ran."""
+    from twin.criteria import busy_from_visits, cost_criterion
+
+    dep = as_deployed(scenario, deployment)
+    return cost_criterion(scenario, dep, horizon_s, busy_from_visits(scenario, visits))
 
 
 def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str, Any]) -> str:
@@ -559,8 +585,9 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
         "",
         f"Failed executions (left out above): {len(failed)} {' '.join(names)}",
         "",
-        f"Cost (machines holding an instance, over the horizon): {meta['cost']:.4f} on both "
-        "(the twin's formula; on-demand use is not priced yet).",
+        f"Cost ({scenario.settings.cost_criterion}; as deployed: batch workers on demand, "
+        f"priced while their jobs ran): testbed {meta['cost']:.5f}, twin "
+        f"{meta['twin_cost']:.5f} (mean per replication).",
         "",
         "## Steps (all executions)",
         "",
@@ -699,8 +726,9 @@ def main() -> None:
     from twin.spec import SteadyWorkload
 
     steady = SteadyWorkload(kind="steady", name=f"steady-{a.rate:g}", rate_per_s=a.rate)
-    tw = twin_times(
-        fitted, deployment, a.horizon, a.replications, a.seed, steady if a.rate > 0 else None
+    deployed = as_deployed(scenario, deployment)
+    tw, twin_cost = twin_times(
+        fitted, deployed, a.horizon, a.replications, a.seed, steady if a.rate > 0 else None
     )
     tw.to_csv(out / "twin.csv")
     meta.update(
@@ -708,7 +736,8 @@ def main() -> None:
             "time_scale": a.time_scale,
             "horizon_s": a.horizon,
             "replications": a.replications,
-            "cost": deployment_cost(scenario, deployment, a.horizon),
+            "cost": measured_cost(scenario, deployment, visits, a.horizon),
+            "twin_cost": twin_cost,
             "rate_per_s": a.rate,
         }
     )
