@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.mlops_deploy_back import as_deployed, compare, measured_criteria, report
+from lab.mlops_deploy_back import compare, measured_criteria, report, requests_as_load
+from lab.mlops_run import as_deployed
 from twin.criteria import instance_price_per_s
 from twin.load import load_deployment, load_scenario
 
@@ -30,6 +31,14 @@ def test_batch_workers_run_on_demand_and_services_stay_up(lab: tuple) -> None:
     on = as_deployed(scenario, asked).always_on
     assert {c for c, up in on.items() if not up} == {"ingest", "data-prep", "trainer", "evaluator"}
     assert on["model-registry"] and on["model-server"] and on["encoder"]
+
+
+def test_inference_requests_are_load_only(lab: tuple) -> None:
+    scenario, _ = lab
+    digits = next(p for p in requests_as_load(scenario).processes if p.name == "digits")
+    assert digits.weight == 0 and digits.deadline_s is None
+    retraining = next(p for p in requests_as_load(scenario).processes if p.name == "retraining")
+    assert retraining.deadline_s == 120 and retraining.weight == 1
 
 
 def test_testbed_runs_are_priced_by_the_seconds_their_jobs_ran(lab: tuple) -> None:
