@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from lab.deploy_back import Difference, paired_difference, verdict
-from lab.mlops_run import as_deployed, run_on_testbed, scaled
+from lab.mlops_run import as_deployed, run_on_testbed, scaled, with_startup
 from twin.criteria import CRITERIA, busy_from_visits, placement_criteria
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, SteadyWorkload
@@ -78,7 +78,7 @@ def measured_criteria(
     a slow one; the cost prices on-demand instances by their jobs' busy seconds.
     """
     ok = executions[executions["ok"]] if "ok" in executions else executions
-    busy = busy_from_visits(scenario, visits)
+    busy = busy_from_visits(scenario, with_startup(visits))
     out = placement_criteria(ok, scenario, deployment, horizon_s, end_s, busy)
     out["failed"] = float(len(executions) - len(ok))
     return out

@@ -542,7 +542,17 @@ def measured_cost(
     from twin.criteria import busy_from_visits, cost_criterion
 
     dep = as_deployed(scenario, deployment)
-    return cost_criterion(scenario, dep, horizon_s, busy_from_visits(scenario, visits))
+    return cost_criterion(
+        scenario, dep, horizon_s, busy_from_visits(scenario, with_startup(visits))
+    )
+
+
+def with_startup(visits: pd.DataFrame) -> pd.DataFrame:
+    """Testbed visits whose ``t_start`` includes the job's start-up (``overhead_s``), as
+    an on-demand instance's busy time does in the twin."""
+    if "overhead_s" not in visits:
+        return visits
+    return visits.assign(t_start=visits["t_start"] - visits["overhead_s"].fillna(0.0))
 
 
 def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str, Any]) -> str:

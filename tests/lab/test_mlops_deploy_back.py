@@ -61,6 +61,7 @@ def test_testbed_runs_are_priced_by_the_seconds_their_jobs_ran(lab: tuple) -> No
             "replica": [0, 0],
             "t_start": [5.0, 35.0],
             "t_end": [15.0, 40.0],
+            "overhead_s": [0.5, 0.5],  # job start-up, before t_start
         }
     )
     got = measured_criteria(scenario, dep, visits, execs, horizon_s=60.0, end_s=60.0)
@@ -77,8 +78,8 @@ def test_testbed_runs_are_priced_by_the_seconds_their_jobs_ran(lab: tuple) -> No
         for m, n in per.items()
         if dep.always_on[c]
     )
-    # constant-run instances pay the horizon; the trainer its 15 busy seconds only
-    assert got["cost"] == pytest.approx(constant + trainer * 15.0)
+    # constant-run instances pay the horizon; the trainer its 15 busy seconds + start-ups
+    assert got["cost"] == pytest.approx(constant + trainer * 16.0)
 
 
 def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
