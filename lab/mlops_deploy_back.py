@@ -114,7 +114,7 @@ def compare(
     whether the twin's difference is within ±25 % of the testbed's."""
     rows = []
     for c in CRITERIA:
-        tb = testbed.pivot(index="pair", columns="deployment", values=c).dropna()
+        tb = testbed.pivot(index="pair", columns="deployment", values=c)[[first, second]].dropna()
         tw = twin.pivot(index="replication", columns="deployment", values=c)
         d_tb = _difference(tb[first].to_numpy(), tb[second].to_numpy())
         d_tw = _difference(tw[first].to_numpy(), tw[second].to_numpy())
@@ -207,6 +207,7 @@ def main() -> None:
     p.add_argument("--horizon", type=float, default=35.0, help="s of (scaled) schedule per run")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--only-pair", type=int, default=None, help="run this pair only")
+    p.add_argument("--only-label", action="append", default=None, help="run these deployments only")
     p.add_argument("--replications", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=10.0, help="inference requests/s beside them")
@@ -233,6 +234,8 @@ def main() -> None:
     for k in [] if a.report_only else pairs:
         order = labels if k % 2 == 0 else labels[::-1]
         for label in order:
+            if a.only_label and label not in a.only_label:
+                continue
             folder = out / "runs" / f"{label}-{k}"
             if (folder / "criteria.json").is_file():
                 continue
