@@ -131,3 +131,11 @@ def test_the_twin_is_judged_on_order_and_on_the_size_of_the_time_difference(
     meta = {"scenario": "s", "horizon_s": 35, "seed": 1, "rate_per_s": 10, "replications": 10}
     text = report(tmp_path, ["edge", "core"], tb, tw, meta)
     assert "within ±25 %? **yes**" in text and (tmp_path / "report.md").is_file()
+
+
+def test_a_comparison_uses_the_pairs_where_both_ran() -> None:
+    tb, tw = _tables()
+    base = tb[tb["deployment"] == "core"].assign(deployment="base")
+    tb = pd.concat([tb, base[base["pair"] == 0]], ignore_index=True)  # base ran in pair 0 only
+    rows = {r["criterion"]: r for r in compare(tb, tw, "edge", "core")}
+    assert rows["time_mean_s"]["testbed"].n == 3
