@@ -131,28 +131,20 @@ class _Quota:
     from one quota: each reserves its running time period by period in the order
     it starts (so a machine never runs more than its quota; a later job does not
     slow an earlier one down — an approximation for co-located instances, exact
-    for one). Every job is single-threaded (it runs on at most one core), so a
-    job alone on a machine runs at ``min(1, cores)`` of the machine's speed: a
-    batch step of seconds under a quarter-core quota takes four times its
-    running time, as a single-threaded job in a cgroup with that quota does.
+    for one).
     """
 
-    __slots__ = ("period_s", "quota_s", "swept", "used")
+    __slots__ = ("period_s", "quota_s", "used")
 
     def __init__(self, cores: float, period_s: float) -> None:
         self.period_s, self.quota_s = period_s, cores * period_s
         self.used: dict[int, float] = {}  # period index → running time reserved (s)
-        self.swept = 0  # period index of the last sweep
 
     def wall_s(self, now: float, work_s: float) -> float:
         """Wall time (s) of ``work_s`` of running time that starts at ``now``; reserves it."""
         p, q, used = self.period_s, self.quota_s, self.used
-        k_now = int(now // p)
-        # Periods that have passed are never read again. A batch step of seconds
-        # reserves hundreds of future periods, so sweep at most every 64 periods,
-        # not on every call while the dict is large.
-        if len(used) > 64 and k_now >= self.swept + 64:
-            self.swept = k_now
+        if len(used) > 64:  # periods that have passed are never read again
+            k_now = int(now // p)
             for k in [k for k in used if k < k_now]:
                 del used[k]
         t, left, k = now, work_s, int(now // p)
@@ -393,9 +385,12 @@ class _Instance:
     def _run_cpu(self, then: Any) -> None:
         """Run the current CPU work at the machine's speed, stalled by its quota; then ``then``.
 
-        Work longer than one period's quota (a batch step of seconds) reserves the
-        quota one period's worth at a time, so jobs that start while it runs take
-        their turn period by period, as CFS shares a cgroup's quota among its
+        An instance is single-threaded: it runs on at most one core, so alone on a
+        machine it gets ``min(1, quota)`` of a core — a batch step of seconds under a
+        quarter-core quota takes four times its running time, as a one-thread job in
+        a cgroup with that quota does. Work longer than one period's quota reserves
+        the quota one period's worth at a time, so jobs that start while it runs
+        take their turn period by period, as CFS shares a cgroup's quota among its
         runnable threads, instead of waiting until it ends.
         """
         m = self.machine
