@@ -193,10 +193,12 @@ class _Machine:
         self.speed, self.gpu_speed, self.slowdown = server.cpu_speed, server.gpu_speed, slowdown
         available = max(server.cpu_cores - keepalive_cores, 0.05 * server.cpu_cores)
         # A core pool costs two events per service; only build it when
-        # instances can actually contend (overcommitted machines).
+        # instances can actually contend (overcommitted machines). Under a CPU
+        # quota the quota is the limit (a cgroup's threads run on any host core
+        # until it is used up), so there is no pool to wait for.
         self.cpu = (
             simpy.Container(env, capacity=available, init=available)
-            if work_cores > available + 1e-9
+            if work_cores > available + 1e-9 and self.quota is None
             else None
         )
         self.gpu = simpy.Resource(env, capacity=server.gpus) if server.gpus else None

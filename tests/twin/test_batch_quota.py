@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from twin.sim import simulate_replication
@@ -82,9 +83,9 @@ def test_a_step_over_thousands_of_periods() -> None:
     )
 
 
-def test_co_located_steps_share_the_quota_period_by_period() -> None:
-    # A (1 s of work) from 0 s and B (0.1 s) from 0.5 s on one machine, 0.25 cores:
-    # until 0.5 s A has every period; then B and A alternate periods until B is done
+def _two_jobs(cores: float, a: tuple[float, float], b: tuple[float, float]) -> pd.DataFrame:
+    """Jobs ``a`` and ``b`` (start s, work ms) on one machine of ``cores`` at 0.25 quota."""
+
     def proc(name: str, offset_s: float, work_ms: float) -> dict:
         return {
             "name": name,
@@ -97,16 +98,30 @@ def test_co_located_steps_share_the_quota_period_by_period() -> None:
     sc = Scenario.model_validate(
         {
             "name": "shared-quota",
-            "servers": [{"name": "m", "cpu_cores": 2, "ram_gb": 4, "cpu_quota_cores": 0.25}],
+            "servers": [{"name": "m", "cpu_cores": cores, "ram_gb": 4, "cpu_quota_cores": 0.25}],
             "components": [{"name": n, "always_on": False, "cpu_cores": 1} for n in "ab"],
-            "processes": [proc("a", 0.0, 1000.0), proc("b", 0.5, 100.0)],
+            "processes": [proc("a", *a), proc("b", *b)],
             "settings": {"cpu_period_ms": PERIOD_S * 1e3},
         }
     )
     dep = Deployment.model_validate({"allocation": {"a": {"m": 1}, "b": {"m": 1}}})
-    v = simulate_replication(sc, dep, None, 50.0, seed=1).visits.set_index("component")
+    return simulate_replication(sc, dep, None, 50.0, seed=1).visits.set_index("component")
+
+
+def test_co_located_steps_share_the_quota_period_by_period() -> None:
+    # A (1 s of work) from 0 s and B (0.1 s) from 0.5 s on one machine, 0.25 cores:
+    # until 0.5 s A has every period; then B and A alternate periods until B is done
+    v = _two_jobs(2, (0.0, 1000.0), (0.5, 100.0))
     # period 50 is A's (reserved as its slice of period 49 ended); B runs 2.5 ms in
     # each of periods 51, 53, … 129: 40 periods
     assert float(v.loc["b", "t_end"]) == pytest.approx(1.29 + 0.0025, abs=1e-9)
     # A loses those 40 periods: 400 + 40 periods in all
     assert float(v.loc["a", "t_end"]) == pytest.approx(_stalled_s(1.0, 0.25) + 0.4, abs=1e-9)
+
+
+def test_under_a_quota_jobs_do_not_wait_for_a_core() -> None:
+    # one core, two one-core jobs: the quota, not the core count, limits them (a
+    # cgroup's threads run on any host core), so B shares from its start: its 200
+    # periods of 2.5 ms are every other one from period 771 (A holds 770) to 1169
+    v = _two_jobs(1, (0.0, 4000.0), (7.7, 500.0))
+    assert float(v.loc["b", "t_end"]) == pytest.approx(11.69 + 0.0025, abs=1e-9)
