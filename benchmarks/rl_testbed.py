@@ -226,6 +226,95 @@ def cmd_twin(args: argparse.Namespace) -> None:
     )
 
 
+def _control_options(s: dict, steps: int):  # type: ignore[no-untyped-def]
+    """The ``rl control`` options a run folder's summary was made with."""
+    from lab.control import ControlOptions
+
+    return ControlOptions(
+        s["policy"],
+        None,
+        s["shape"],
+        float(s["duration_s"]),
+        int(s["seed"]),
+        float(s["cpu_factor"]),
+        float(s["rate_scale"]),
+        True,
+        steps,
+        ROOT / "runs" / "rl-policies",
+        "local",
+        ROOT / ".testbed-rl",
+        None,
+    )
+
+
+def cmd_retwin(args: argparse.Namespace) -> None:
+    """Replay every run's control loop in a twin calibrated on the *other* runs.
+
+    Leave-one-run-out on the same workload (the overhead moves with the host's load):
+    the calibration of a run's twin (``lab.control_calibrate``)
+    never sees that run's rows. Writes ``twin-calibrated-intervals``,
+    ``side-by-side-calibrated`` and ``summary.json``'s ``twin_calibrated``.
+    """
+    import torch
+
+    from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
+    from lab.control_calibrate import calibrated_twin
+    from lab.control_twin import TwinReplay, replay
+    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
+    from twin.load import dump_yaml, load_scenario
+    from twin.runs import write_table
+    from twin.workload import scale_workload
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    pred = _predictor(str(DEFAULT_PREDICTOR))
+    runs = _summaries()
+    for s in runs:
+        if args.policies and s["policy"] not in args.policies.split(","):
+            continue
+        others = [o for o in runs if o["folder"] != s["folder"]]
+        if not args.all_workloads:  # the overhead moves with the host's load: fit at this one
+            others = [o for o in others if o["shape"] == s["shape"]]
+        if not others:
+            raise SystemExit("retwin needs at least two runs (leave-one-run-out)")
+        scale = float(s.get("rate_scale", args.rate_scale))
+        scaled = sc.model_copy(
+            update={"workloads": [scale_workload(w, scale) for w in sc.workloads]}
+        )
+        fit_on = [(o["folder"] / "load", scaled.workload(o["shape"])) for o in others]
+        started = time.perf_counter()
+        rate = None
+        if args.rate_aware:
+            rate = float(pd.read_parquet(s["folder"] / "intervals.parquet")["offered_rps"].mean())
+        cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+        own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
+        opts = _control_options({**own, "rate_scale": scale}, args.steps)
+        run, make_decider, envs = prepare_control(
+            sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+        )
+        rows = pd.read_parquet(s["folder"] / "intervals.parquet")
+        spec = TwinReplay(
+            envs[1],
+            run.view.workload(s["shape"]),
+            int(s["seed"]),
+            float(s["duration_s"]) + LOAD_MARGIN_S,
+            float(s["offset_s"]),
+            len(rows),
+            s.get("change_seconds_median") or {},
+            sim_scenario=cal_sc,
+        )
+        twin_rows, _ = replay(spec, make_decider())
+        folder = s["folder"]
+        write_table(twin_rows, folder / "twin-calibrated-intervals")
+        write_table(side_by_side(rows, twin_rows), folder / "side-by-side-calibrated")
+        (folder / "inputs" / "twin-calibrated.yaml").write_text(dump_yaml(cal_sc))
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["twin_calibrated"] = summarise(twin_rows)
+        summary["twin_calibrated_on"] = [o["folder"].name for o in others]
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------------- report
 
 
@@ -457,12 +546,14 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global RUNS
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="step", required=True)
-    for name in ("train", "run", "twin", "report"):
+    for name in ("train", "run", "twin", "retwin", "report"):
         p = sub.add_parser(name)
         p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
-        p.add_argument("--steps", type=int, default=36_000, help="PPO training steps")
+        p.add_argument("--steps", type=int, default=120_000, help="PPO training steps")
+        p.add_argument("--runs", type=Path, help=f"folder of the run folders ({RUNS})")
         if name == "run":
             p.add_argument("--workloads", default=",".join(WORKLOADS))
             p.add_argument("--policies", default=",".join(POLICIES))
@@ -473,10 +564,25 @@ def main() -> None:
         if name == "twin":
             p.add_argument("--cycle", type=float, default=300.0)
             p.add_argument("--seed", type=int, default=1)
+        if name == "retwin":
+            p.add_argument("--policies", default="", help="replay only these (default: all)")
+            p.add_argument(
+                "--rate-aware",
+                action="store_true",
+                help="the request overhead at the run's offered rate (not the pooled one)",
+            )
+            p.add_argument(
+                "--all-workloads",
+                action="store_true",
+                help="calibrate on the other runs of every workload (default: the run's own)",
+            )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
     args = ap.parse_args()
-    {"train": cmd_train, "run": cmd_run, "twin": cmd_twin, "report": cmd_report}[args.step](args)
+    if args.runs is not None:
+        RUNS = args.runs
+    steps = {"train": cmd_train, "run": cmd_run, "twin": cmd_twin, "retwin": cmd_retwin}
+    {**steps, "report": cmd_report}[args.step](args)
 
 
 if __name__ == "__main__":
