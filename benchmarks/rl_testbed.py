@@ -325,10 +325,20 @@ def _summaries() -> list[dict]:
         if f.is_file():
             s = json.loads(f.read_text())
             s["folder"] = d
-            tag = d.name.split("-r", 1)[-1].lstrip("0123456789")
+            tag = d.name.rsplit("-r", 1)[-1].lstrip("0123456789")
             s["policy"] = s["policy"] + tag  # e.g. ppo-kept: a variant of the code
             out.append(s)
     return out
+
+
+def _host(folder: Path) -> dict:
+    """The host's busy and stolen cores and CPU pressure over a run (``loadgen.host``)."""
+    from loadgen.host import host_summary
+
+    f = folder / "load" / "metrics.parquet"
+    if not f.is_file():
+        return dict.fromkeys(("busy_cores", "pressure", "steal_cores"), np.nan)
+    return host_summary(pd.read_parquet(f))
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -389,6 +399,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows, fid, changes = [], [], []
     for s in runs:
         tb, tw, tc = s["testbed"], s.get("twin") or {}, s.get("twin_calibrated") or {}
+        host = _host(s["folder"])
         rows.append(
             [
                 s["shape"],
@@ -410,6 +421,9 @@ def cmd_report(args: argparse.Namespace) -> None:
                 100 * tc.get("slo_violations", np.nan),
                 tb["failed"],
                 tb["decision_ms_mean"],
+                host["busy_cores"],
+                host["pressure"],
+                host["steal_cores"],
             ]
         )
         folder = s["folder"]
@@ -445,6 +459,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         "SLO viol. % (calibrated twin)",
         "failed requests",
         "decision ms",
+        "host busy cores",
+        "host CPU pressure",
+        "host steal cores",
     ]
     lines += [
         "## Means per run (testbed, and the same loop in the twin)",
