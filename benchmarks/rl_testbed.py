@@ -16,6 +16,10 @@ one turn of the shared CPU lock:
     Twin only: PPO, the IPA-style solver and the perfect-foresight optimum (the
     exact solver given the true mean load of the next interval) over one cycle
     of each workload; PPO's and IPA's fraction of the optimum's objective.
+``retwin``
+    Replays every run's control loop in a twin calibrated (the lab's
+    ``fit_run_calibration``) on the *other* runs of the same workload; no lock
+    needed (simulation only).
 ``report``
     ``benchmarks/results/rl_testbed.md`` and one plot per workload (load,
     configuration and p95 over time per policy), from whatever has run.
@@ -25,9 +29,8 @@ Usage::
     flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py train
     flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
         --workloads steady-low,steady-high --duration 40
-    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
-        --workloads fluctuating --duration 60
-    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py twin --cycle 300
+    nice -n 19 .venv/bin/python benchmarks/rl_testbed.py twin --cycle 1200
+    nice -n 19 .venv/bin/python benchmarks/rl_testbed.py retwin
     .venv/bin/python benchmarks/rl_testbed.py report
 """
 
