@@ -474,8 +474,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     ]
     frame = pd.DataFrame(rows, columns=headers)
     checks = ["## Acceptance, as measured", ""]
-    for w, g in frame.groupby("workload", sort=False):
-        g = g.set_index("policy")
+    for w, runs_w in frame.groupby("workload", sort=False):
+        # one row per policy: the mean over its repeats (n of them)
+        by = runs_w.groupby("policy", sort=False)
+        g = by.mean(numeric_only=True).assign(n=by.size())
         if len(g) > 1:
             taus = [
                 f"{name} {kendall_tau(list(g['objective (testbed)']), list(g[col])):.2f}"
@@ -495,7 +497,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                 if ref in g.index:
                     r = g.loc[ref]
                     checks.append(
-                        f"- {w}: PPO objective {ppo['objective (testbed)']:.3f} vs {ref} "
+                        f"- {w} (runs: PPO {ppo['n']:.0f}, {ref} {r['n']:.0f}; means): "
+                        f"PPO objective {ppo['objective (testbed)']:.3f} vs {ref} "
                         f"{r['objective (testbed)']:.3f} (ratio "
                         f"{ppo['objective (testbed)'] / r['objective (testbed)']:.3f}); SLO "
                         f"violations {ppo['SLO viol. % (testbed)']:.2f} % vs "
