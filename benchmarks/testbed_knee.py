@@ -48,7 +48,7 @@ from twin.spec import SteadyWorkload
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "runs" / "knee"
+OUT = Path(os.environ.get("KNEE_RUNS", ROOT / "runs" / "knee"))  # another sweep: KNEE_RUNS=dir
 RHOS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2)
 BASE_RATE = 100.0  # the scenario's knee workload; levels scale it
 BOTTLENECK = "encoder"
@@ -205,6 +205,8 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
             str(d / "scenario.yaml"),
             "--cpu-share",
             f"{share:g}",
+            "--deployment",
+            str(d / "deployment.yaml"),
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",
@@ -213,7 +215,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     dep = load_deployment(d / "deployment.yaml")
     calibration = cal.load(cal_dir / "calibration.yaml")
     base = load_scenario(d / "scenario.yaml")
-    cpu = stage_cpu([d / r for r in other["run"]], dep)
+    cpu = stage_cpu([d / r for r in other["run"]], dep, share)
     (cal_dir / "stage_cpu.json").write_text(
         json.dumps({k: v.__dict__ for k, v in cpu.items()}, indent=1)
     )

@@ -255,7 +255,7 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
     )
     (folder / "calibration.yaml").write_text(cal.dump(lab.calibration))
     fit_dirs = sorted(p.parent for p in (folder / "load").glob("fit-*/metrics.parquet"))
-    lab.stage_cpu = stage_cpu(fit_dirs, lab.deployment)
+    lab.stage_cpu = stage_cpu(fit_dirs, lab.deployment, lab.shares)
     if lab.stage_cpu:
         # stages under the testbed's CPU quota: model and server CPU per call from the
         # fit runs' counters, full speed until a period's quota is used (calibrate.quota)
