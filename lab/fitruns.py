@@ -324,6 +324,7 @@ def overhead_text(calibration: cal.Calibration) -> str:
                 for r in ov.by_rate
             )
             + f" (mean {100 * (hi.mean_ms / lo.mean_ms - 1):+.0f}% from "
-            f"{lo.rate_per_s:g} to {hi.rate_per_s:g}/s; the twin uses one distribution)"
+            f"{lo.rate_per_s:g} to {hi.rate_per_s:g}/s; a twin under CPU quotas takes it at "
+            "each workload's mean rate, interpolated, otherwise one distribution)"
         )
     return text
