@@ -53,7 +53,8 @@ from twin.spec import SteadyWorkload
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "runs" / "knee"
+# another sweep: KNEE_RUNS=dir (its result: KNEE_RESULT=name, in benchmarks/results/)
+OUT = Path(os.environ.get("KNEE_RUNS", ROOT / "runs" / "knee"))
 OUTS = {"local": OUT, "compose": ROOT / "runs" / "knee-compose"}
 BACKEND = "local"
 RHOS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2)
@@ -191,11 +192,14 @@ def _levels(name: str) -> pd.DataFrame:
 def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dict:
     """The twin calibrated on the other levels' runs, at this level's offered rate.
 
-    Two twins: ``twin_*`` runs each stage under the testbed's CPU quota
+    Three twins: ``twin_*`` runs each stage under the testbed's CPU quota
     (:mod:`calibrate.quota`: model and server CPU per call from the fit runs'
-    counters, full speed until the period's quota is used); ``plain_*`` is the
-    calibration as ``calibrate fit`` gives it (service = the measured wall time of a
-    batch, pooled over the fit levels; no quota).
+    counters, full speed until the period's quota is used, capacity from the
+    quota-bound intervals) with the per-request overhead at this offered rate
+    (interpolated between the fit levels'); ``mean_*`` is the same with one overhead
+    for every rate (the fit levels' mean, as the lab's experiment twin has it);
+    ``plain_*`` is the calibration as ``calibrate fit`` gives it (service = the
+    measured wall time of a batch, pooled over the fit levels; no quota).
     """
     d = OUT / name
     share = json.loads((d / "capacity.json").read_text())["share"]
@@ -212,6 +216,8 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
             str(d / "scenario.yaml"),
             "--cpu-share",
             f"{share:g}",
+            "--deployment",
+            str(d / "deployment.yaml"),
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",
@@ -220,7 +226,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     dep = load_deployment(d / "deployment.yaml")
     calibration = cal.load(cal_dir / "calibration.yaml")
     base = load_scenario(d / "scenario.yaml")
-    cpu = stage_cpu([d / r for r in other["run"]], dep)
+    cpu = stage_cpu([d / r for r in other["run"]], dep, share)
     (cal_dir / "stage_cpu.json").write_text(
         json.dumps({k: v.__dict__ for k, v in cpu.items()}, indent=1)
     )
@@ -232,7 +238,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     quota_sc = quota_scenario(base, calibration, dep, cpu, share)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
     rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate)
-    for key, sc in (("twin", quota_sc), ("plain", plain_sc), ("rate", rate_sc)):
+    for key, sc in (("twin", rate_sc), ("plain", plain_sc), ("mean", quota_sc)):
         lat, done = [], 0
         for seed in range(seeds):
             r = simulate_replication(sc, dep, wl, horizon, seed, visits=False).requests
@@ -247,10 +253,10 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
             f"{key}_rps": done / (horizon / 2 * seeds),
         }
     enc = cpu.get(BOTTLENECK)
-    out["twin_capacity"] = stage_capacity_rps(quota_sc, dep, BOTTLENECK)
+    out["twin_capacity"] = stage_capacity_rps(rate_sc, dep, BOTTLENECK)
     out["server_cpu_ms"] = (
         f"model {enc.batch_ms:.2f}+{enc.per_item_ms:.2f}(b−1), server {enc.per_call_ms:.2f}/call, "
-        f"h {enc.host_speed:.2f}"
+        f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, sat ×{enc.saturated_scale:.3f}"
         if enc
         else ""
     )
@@ -281,7 +287,8 @@ def report() -> None:
             else f" --backend {BACKEND}; run folders {os.path.relpath(OUT, ROOT)}"
         ),
         "- a level's twin is calibrated on the other levels' runs of the same deployment "
-        "(`calibrate fit`, held out) and simulated at the level's mean offered rate "
+        "(`calibrate fit --deployment`, `calibrate.quota.stage_cpu`; held out) and simulated "
+        "at the level's mean offered rate, with the per-request overhead interpolated to it "
         "(8 seeds × the runs' duration); error % = (twin − testbed) / testbed on the mean "
         "of the level's repeats; runs *behind* (achieved/offered < 0.99 or release lag p99 "
         "> 5 ms) are counted in 'runs ok'; the figures use the runs with lag p99 ≤ 20 ms "
@@ -333,7 +340,7 @@ def report() -> None:
                     f"{tw['twin_p99']:.1f}",
                     *(f"{err[q]:+.1f}" for q in ("p50", "p95", "p99")),
                     f"{100 * (tw['plain_p95'] / row['p95'] - 1):+.1f}",
-                    f"{100 * (tw['rate_p95'] / row['p95'] - 1):+.1f}",
+                    f"{100 * (tw['mean_p95'] / row['p95'] - 1):+.1f}",
                     f"{row['steal']:.3f}",
                     tw["server_cpu_ms"],
                 ]
@@ -348,6 +355,9 @@ def report() -> None:
         fidelity = (
             f"- fidelity, ρ ≤ 0.9 ({len(held)} levels): worst |error| p50 {worst['p50']:.1f} % "
             f"(goal 5), p95 {worst['p95']:.1f} % (goal 10), p99 {worst['p99']:.1f} % (goal 15)"
+        )
+        left_out = ", ".join(
+            f"{r.run} (lag p99 {r.lag_p99_ms:.0f} ms)" for r in runs.itertuples() if not r.usable
         )
         parts += [
             f"## {name}: encoder {DEPLOYMENTS[name]['variant']} batch "
@@ -371,7 +381,7 @@ def report() -> None:
                     "p95 err %",
                     "p99 err %",
                     "p95 err % wall-time fit, no quota",
-                    "p95 err % quota + overhead at the level's rate",
+                    "p95 err % one overhead for all rates (the lab's twin)",
                     "steal cores",
                     "encoder CPU fit (ms)",
                 ],
@@ -379,6 +389,7 @@ def report() -> None:
             ),
             "",
             fidelity,
+            f"- runs left out of the fidelity figures: {left_out or 'none'}",
             f"- knee (p95 = 2 × its lowest-load value): testbed {knee_tb:.0f}/s, twin "
             f"{knee_tw:.0f}/s ({100 * (knee_tw / knee_tb - 1):+.1f} %)",
             *(
@@ -410,7 +421,8 @@ def report() -> None:
             ]
     if BACKEND != "local":
         parts += side_by_side(p95_at)
-    write_result("testbed_knee" + ("" if BACKEND == "local" else f"_{BACKEND}"), "\n".join(parts))
+    default_name = "testbed_knee" + ("" if BACKEND == "local" else f"_{BACKEND}")
+    write_result(os.environ.get("KNEE_RESULT", default_name), "\n".join(parts))
 
 
 def use_backend(backend: str) -> None:

@@ -255,9 +255,11 @@ def service_time_at(
 def overhead_at(calibration: Calibration, rate_per_s: float) -> ServiceTime | None:
     """The fitted overhead with its mean moved to ``rate_per_s`` (req/s offered); cv kept.
 
-    The mean follows the least-squares line through the fit levels' measured
-    means (``overheads.by_rate``), floored at half the lowest level's; with
-    fewer than two levels the fitted distribution as it is.
+    The mean is interpolated linearly between the fit levels' measured means
+    (``overheads.by_rate``) and held at the nearest level's outside them: the
+    overhead stays flat at light load and grows faster as the host's cores fill,
+    so a straight line through the levels is too low below them and too high
+    above. With fewer than two levels the fitted distribution as it is.
     """
     model = calibration.overheads.per_request
     levels = calibration.overheads.by_rate
@@ -267,11 +269,10 @@ def overhead_at(calibration: Calibration, rate_per_s: float) -> ServiceTime | No
         or not isinstance(model, LognormalServiceTime | GammaServiceTime)
     ):
         return model
-    x = np.array([lv.rate_per_s for lv in levels])
-    y = np.array([lv.mean_ms for lv in levels])
-    slope, icpt = np.polyfit(x, y, 1)
-    mean = max(float(icpt + slope * rate_per_s), 0.5 * float(y.min()))
-    return model.model_copy(update={"mean_ms": mean})
+    order = sorted(levels, key=lambda lv: lv.rate_per_s)
+    x = np.array([lv.rate_per_s for lv in order])
+    y = np.array([lv.mean_ms for lv in order])
+    return model.model_copy(update={"mean_ms": float(np.interp(rate_per_s, x, y))})
 
 
 def check_matches(scenario: Scenario, calibration: Calibration) -> None:

@@ -12,10 +12,12 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from pydantic import TypeAdapter
 from rich.table import Table
 
 from twin.console import err, fail, out
-from twin.load import SpecError, load_scenario
+from twin.load import SpecError, load_deployment, load_scenario
+from twin.spec import Deployment, Scenario, Workload
 
 app = typer.Typer(
     add_completion=False,
@@ -26,7 +28,10 @@ app = typer.Typer(
 
 
 def read_samples(
-    source: Path, cpu_share: float | None
+    source: Path,
+    cpu_share: float | None,
+    scenario: Scenario | None = None,
+    deployment: Deployment | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     """Samples, mean overheads and per-request overheads from a profile, load run or table.
 
@@ -34,8 +39,11 @@ def read_samples(
     folder (``mlops-twin load run``) holds ``visits.parquet`` and
     ``requests.parquet``, whose per-request overheads (ms) come back as a
     table (None for the other sources); a file is a samples table (parquet or CSV).
+    With the ``scenario`` and the ``deployment`` the load runs had, each request's
+    overhead also holds its stages' batch dispatch lag
+    (:func:`calibrate.samples.dispatch_lag`), as the lab's fit has it.
     """
-    from calibrate.samples import overheads, request_overheads, testbed_samples
+    from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
 
     if source.is_dir() and (source / "samples.parquet").is_file():
         manifest = source / "manifest.json"
@@ -51,7 +59,12 @@ def read_samples(
         return (
             testbed_samples(visits, float(share)),
             overheads(rows, visits),
-            request_overheads(rows, visits),
+            request_overheads(
+                rows,
+                visits,
+                _run_workload(source),
+                None if deployment is None else dispatch_lag(visits, scenario, deployment),
+            ).assign(level=str(source)),
         )
     if source.is_file():
         frame = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
@@ -60,6 +73,19 @@ def read_samples(
         return frame, {}, None
     fail(f"{source}: not a profile folder, a load-run folder or a samples table")
     raise AssertionError  # unreachable: fail exits
+
+
+def _run_workload(folder: Path) -> Workload | None:
+    """The workload a load run offered (its ``run.json``), or None when it does not say.
+
+    It gives each request's offered rate, so the calibration's overhead gets its
+    measured levels per rate (``overheads.by_rate``) and ``--rate`` can move it.
+    """
+    try:
+        meta = json.loads((folder / "run.json").read_text())
+        return TypeAdapter(Workload).validate_python(meta["workload"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @app.command()
@@ -79,6 +105,15 @@ def fit(
             "scenario's stages (default: the most-sampled share)."
         ),
     ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            "--deployment",
+            "-d",
+            help="The deployment the load runs had: each request's overhead then holds its "
+            "stages' batch dispatch lag (timer and event-loop lag), as in the lab's fit.",
+        ),
+    ] = None,
     holdout: Annotated[float, typer.Option(help="Held-out fraction for model choice.")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -93,9 +128,10 @@ def fit(
 
     try:
         sc = load_scenario(scenario)
+        dep = load_deployment(deployment) if deployment is not None else None
         frames, ovs, per_request = [], [], []
         for s in sources:
-            frame, ov, over = read_samples(s, cpu_share)
+            frame, ov, over = read_samples(s, cpu_share, sc, dep)
             frames.append(frame)
             if ov:
                 ovs.append(ov)
@@ -105,9 +141,16 @@ def fit(
         fits = fit_samples(samples, holdout=holdout, seed=seed)
         ov = _pool_overheads(ovs)
         model, scores = None, {}
-        if per_request:
+        over = pd.concat(per_request, ignore_index=True) if per_request else None
+        if over is not None:
+            # one fit per run (a load level), then their mean mean and cv: pooling would
+            # let the busiest run decide the mean and widen the spread by the gap
+            # between levels, which no single load shows
             model, scores = fit_overhead(
-                pd.concat(per_request)["overhead_ms"].to_numpy(), holdout=holdout, seed=seed
+                over["overhead_ms"].to_numpy(),
+                over["level"].to_numpy() if "level" in over else None,
+                holdout=holdout,
+                seed=seed,
             )
         doc = cal.build(
             fits,
@@ -117,6 +160,8 @@ def fit(
             ov,
             per_request=model,
             heldout_loglik=scores,
+            by_rate=cal.overhead_levels(over) if over is not None else None,
+            dispatch_lag_ms=float(over["lag_ms"].mean()) if over is not None else 0.0,
         )
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump(doc))

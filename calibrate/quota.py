@@ -43,8 +43,16 @@ from twin.spec import (
     LognormalServiceTime,
     Scenario,
     ServerOverhead,
-    TableServiceTime,
 )
+
+# Linux leaves up to min_cfs_rq_runtime (1 ms) of a group's runtime on a CPU when the
+# group goes idle there, and since 5.4 that runtime does not expire at the period's end:
+# the model's thread may run that much beyond the period's quota after an idle spell
+CFS_CARRY_MS = 1.0
+# a scrape interval in which a node's CPU rate reached this share of its quota was
+# quota-bound (cgroup counters read 0.49–0.50 of a 0.50-core quota when backlogged)
+SATURATED = 0.95
+MIN_SATURATED_S = 6.0  # seconds of such intervals (half a run) before they set the capacity
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,12 @@ class StageCpu:
     idle_cores: float  # the node's CPU while nothing is served (agent, scrapes)
     host_speed: float  # model CPU / model wall time in the lightest run (≤ 1)
     runs: int
+    # spread of a batch's time when the quota does not stall it (lightest run, from the
+    # interquartile range: stalls and preemptions only reach the upper tail)
+    service_cv: float = 0.05
+    # measured CPU / fitted CPU over the fit runs' quota-bound intervals; the CPU per
+    # batch, item and call above is already multiplied by it (1: no such interval)
+    saturated_scale: float = 1.0
 
 
 def _delta(m: pd.DataFrame, target: str, metric: str) -> tuple[float, float]:
@@ -98,12 +112,57 @@ def _counters(folder: Path, node_of: dict[str, str]) -> list[dict]:
     return rows
 
 
-def _host_speed(light: pd.Series, stage: str, first_ms: float, more_ms: float) -> float:
-    """Model CPU over model wall time of a batch in the lightest run (≤ 1).
+def _series(m: pd.DataFrame, target: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")
+    return x["t"].to_numpy(dtype=float), x["value"].to_numpy(dtype=float)
+
+
+def _saturated(folder: Path, stage: str, node: str, share: float) -> dict[str, float]:
+    """Counter increases over the scrape intervals in which the node ran at its quota.
+
+    An interval counts when the node's CPU rate was ≥ ``SATURATED`` × ``share``:
+    the stage was backlogged and the quota, not the load, set its pace. The stage's
+    counters are read at the agent's scrape times (linear interpolation). Keys:
+    ``seconds``, ``node_cpu``, ``items``, ``calls``, ``batches``; all 0 when none.
+    """
+    out = dict.fromkeys(("seconds", "node_cpu", "items", "calls", "batches"), 0.0)
+    m = pd.read_parquet(folder / "metrics.parquet")
+    m = m.assign(target=m["target"].astype(str), metric=m["metric"].astype(str))
+    tgt = [t for t in m["target"].unique() if t.startswith(f"{stage}-{node}-")]
+    t, cpu = _series(m, f"agent:{node}", "node_cpu_seconds_total")
+    if len(t) < 2:  # the agent's counter before it was renamed
+        t, cpu = _series(m, f"agent:{node}", "node_cpu_seconds")
+    if len(tgt) != 1 or len(t) < 2:
+        return out
+    dt, dcpu = np.diff(t), np.diff(cpu)
+    hot = (dt > 0) & (dcpu >= SATURATED * share * dt)
+    if not hot.any():
+        return out
+    out["seconds"], out["node_cpu"] = float(dt[hot].sum()), float(dcpu[hot].sum())
+    for key, metric in (
+        ("items", "stage_items_total"),
+        ("calls", "stage_calls_total"),
+        ("batches", "stage_batch_size_count"),
+    ):
+        ts, v = _series(m, tgt[0], metric)
+        if len(ts) < 2:
+            return dict.fromkeys(out, 0.0)
+        out[key] = float(np.diff(np.interp(t, ts, v))[hot].sum())
+    return out
+
+
+def _host_speed(
+    light: pd.Series, stage: str, first_ms: float, more_ms: float
+) -> tuple[float, float]:
+    """Model CPU over model wall time of a batch in the lightest run (≤ 1), and the cv of
+    that wall time when nothing stalls it.
 
     The *median* wall time of the most common batch size: even at light load some
-    batches straddle a quota stall, which the mean would count as slowness.
-    Without per-visit rows, the run's mean wall time.
+    batches straddle a quota stall, which the mean would count as slowness. The cv
+    comes from the interquartile range of the log wall times (a lognormal's σ is
+    IQR / 1.349): stalls and preemptions lengthen the upper tail only, and the twin
+    makes those itself (its quota), so counting them in the spread would count them
+    twice. Without per-visit rows, the run's mean wall time and a cv of 0.05.
     """
     visits = Path(light["folder"]) / "visits.parquet"
     if visits.is_file():
@@ -111,16 +170,29 @@ def _host_speed(light: pd.Series, stage: str, first_ms: float, more_ms: float) -
         v = v[(v["component"].astype(str) == stage) & (v["service_s"] > 0)]
         if len(v) >= 8:
             b = int(v["batch"].mode().iloc[0])
-            wall_ms = 1e3 * float(v[v["batch"] == b]["service_s"].median())
-            return float(np.clip((first_ms + more_ms * (b - 1)) / wall_ms, 0.2, 1.0))
-    return float(np.clip(light["model_cpu"] / light["wall"], 0.2, 1.0))
+            wall = 1e3 * v[v["batch"] == b]["service_s"].to_numpy(dtype=float)
+            speed = float(np.clip((first_ms + more_ms * (b - 1)) / np.median(wall), 0.2, 1.0))
+            q25, q75 = np.percentile(np.log(wall), [25, 75])
+            sigma = (q75 - q25) / 1.349
+            return speed, float(np.sqrt(np.expm1(sigma * sigma)))
+    return float(np.clip(light["model_cpu"] / light["wall"], 0.2, 1.0)), 0.05
 
 
-def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu]:
+def stage_cpu(
+    folders: list[Path],
+    deployment: Deployment,
+    share: float | dict[str, float] | None = None,
+) -> dict[str, StageCpu]:
     """Per stage alone on one node: its CPU model fitted over the runs in ``folders``.
 
     A node's CPU beyond the model cannot be split between co-located stages, so
-    stages that share a node (or span several) are left out.
+    stages that share a node (or span several) are left out. With ``share`` (host
+    cores of each stage's node quota: one number or per stage), the scrape intervals
+    in which a node ran at its quota set the stage's capacity: the CPU per batch,
+    item and call is scaled so that the fit's CPU over those intervals is what the
+    node used (``StageCpu.saturated_scale``). The per-run least squares weighs light
+    runs as much as backlogged ones, and the CPU per item is a little lower when the
+    server is backlogged (2–4 % here), which near the knee is the whole difference.
     """
     holders: dict[str, list[str]] = {}
     for comp, where in deployment.allocation.items():
@@ -153,8 +225,32 @@ def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu
             )
         if idle < 0 or per_call < 0:  # too few runs to tell them apart: all per call
             per_call, idle = float(other.sum() / g["calls"].sum()), 0.0
+        scale = 1.0
+        cores = share.get(str(stage)) if isinstance(share, dict) else share
+        if cores is not None:
+            hot = pd.DataFrame(
+                [
+                    _saturated(Path(f), str(stage), str(g["node"].iloc[0]), cores)
+                    for f in g["folder"]
+                ]
+            ).sum()
+            if hot["seconds"] >= MIN_SATURATED_S and hot["items"] > 0:
+                fitted = (
+                    first * hot["batches"]
+                    + more * (hot["items"] - hot["batches"])
+                    + per_call * 1e3 * hot["calls"]
+                ) / 1e3 + idle * hot["seconds"]
+                scale = float(
+                    np.clip(
+                        (hot["node_cpu"] - idle * hot["seconds"])
+                        / (fitted - idle * hot["seconds"]),
+                        0.7,
+                        1.3,
+                    )
+                )
+                first, more, per_call = first * scale, more * scale, per_call * scale
         light = g.loc[(g["items"] / g["seconds"]).idxmin()]
-        speed = _host_speed(light, str(stage), float(first), float(more))
+        speed, cv = _host_speed(light, str(stage), float(first), float(more))
         dep_cfg = deployment.stages.get(str(stage))
         out[str(stage)] = StageCpu(
             stage=str(stage),
@@ -167,16 +263,10 @@ def stage_cpu(folders: list[Path], deployment: Deployment) -> dict[str, StageCpu
             idle_cores=float(idle),
             host_speed=speed,
             runs=len(g),
+            service_cv=cv,
+            saturated_scale=scale,
         )
     return out
-
-
-def _cv(model: object) -> float:
-    if isinstance(model, LognormalServiceTime | GammaServiceTime):
-        return model.cv
-    if isinstance(model, TableServiceTime):
-        return float(np.median([p.cv for p in model.points.values()]))
-    return 0.05
 
 
 def quota_scenario(
@@ -186,6 +276,7 @@ def quota_scenario(
     cpu: dict[str, StageCpu],
     share: float | dict[str, float],
     rate_per_s: float | None = None,
+    carry_ms: float = CFS_CARRY_MS,
 ) -> Scenario:
     """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
     under the testbed's CPU quota (see the module doc).
@@ -193,6 +284,7 @@ def quota_scenario(
     ``cpu``: :func:`stage_cpu` of the fit runs; ``share``: host cores of each node's
     quota (one number, or per stage: the quota of the node it runs on). Stages without
     a CPU fit keep their fitted wall-time model, and their servers get no quota.
+    ``carry_ms``: quota a period may pass to the next (``Settings.cpu_quota_carry_ms``).
     ``rate_per_s``: the per-request overhead at this offered rate
     (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean.
     """
@@ -213,7 +305,7 @@ def quota_scenario(
                     kind="lognormal",
                     mean_ms=fit.batch_ms / h,
                     per_item_ms=fit.per_item_ms / h,
-                    cv=_cv(v.service_time),
+                    cv=fit.service_cv,
                 )
                 v = v.model_copy(update={"service_time": st})
             variants.append(v)
@@ -223,7 +315,9 @@ def quota_scenario(
             c.model_copy(
                 update={
                     "variants": variants,
-                    "server_overhead": ServerOverhead(per_item_ms=over_ms),
+                    # the stage server reads and answers calls in its event loop while
+                    # the model runs in a worker thread: one quota, not one queue
+                    "server_overhead": ServerOverhead(per_item_ms=over_ms, concurrent=True),
                 }
             )
         )
@@ -255,7 +349,13 @@ def quota_scenario(
             o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
             p = p.model_copy(update={"request_overhead": o})
         processes.append(p)
+    settings = sc.settings.model_copy(update={"cpu_quota_carry_ms": carry_ms})
     new = sc.model_copy(
-        update={"components": components, "servers": servers, "processes": processes}
+        update={
+            "components": components,
+            "servers": servers,
+            "processes": processes,
+            "settings": settings,
+        }
     )
     return Scenario.model_validate(new.model_dump())

@@ -121,12 +121,15 @@ def _batch_executions(visits: pd.DataFrame) -> pd.DataFrame:
 def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deployment) -> pd.Series:
     """Per stage visit: how much later its batch started than the twin's batching says (s).
 
-    The twin starts a batch when it is full or when its oldest item has waited
-    the batch timeout. On the testbed a batch that was not full started after
-    its oldest item waited ``max queue_s`` (timeout + timer and event-loop
-    lag); a full one after its newest item waited ``min queue_s`` (≈ 0 in the
-    twin). The difference, ≥ 0, holds no capacity; it grows with the host's
-    load. Aligned with ``visits``' index (0 for components that are not stages).
+    The twin starts a batch when its replica is free and the batch is full, or
+    its oldest item has waited the batch timeout. On the testbed a batch that was
+    not full became ready when its oldest item had waited the timeout, a full one
+    when its newest item arrived (arrival = ``t_start − queue_s``); neither can
+    start before the replica's previous batch ended (``t_start + service_s``). The
+    start beyond both, ≥ 0, is timer and event-loop lag: it holds no capacity and
+    grows with the host's load. The queue behind a busy replica is *not* lag — the
+    twin's queue makes it. Aligned with ``visits``' index (0 for components that
+    are not stages and for stages of batch 1).
     """
     rows = _batch_executions(visits)
     size, timeout = {}, {}
@@ -135,18 +138,35 @@ def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deploymen
             eff = effective_stage(scenario, deployment, c)
             size[c.name] = eff.batch
             timeout[c.name] = eff.batch_timeout_ms / 1e3
-    component = rows["component"].astype(str)
-    queue = rows.groupby(
-        ["component", "replica_name", "batch", "_ms", "_exec"], observed=True, sort=False
-    )["queue_s"]
-    full = rows["batch"].to_numpy() >= component.map(size).fillna(1).to_numpy()
-    late = np.where(
-        full,
-        queue.transform("min").to_numpy(),
-        queue.transform("max").to_numpy() - component.map(timeout).fillna(0).to_numpy(),
+    keys = ["component", "replica_name", "batch", "_ms", "_exec"]
+    arrive = rows["t_start"] - rows["queue_s"]
+    grouped = rows.assign(_arrive=arrive).groupby(keys, observed=True, sort=False)
+    ex = grouped.agg(
+        start=("t_start", "min"),
+        service=("service_s", "first"),
+        newest=("_arrive", "max"),
+        oldest=("_arrive", "min"),
+    ).reset_index()
+    comp = ex["component"].astype(str)
+    ex = ex.assign(end=ex["start"] + ex["service"]).sort_values(
+        ["component", "replica_name", "start"]
     )
-    late = np.where(component.isin(size).to_numpy(), np.clip(late, 0.0, None), 0.0)
-    return pd.Series(late, index=rows.index).reindex(visits.index)
+    prev_end = ex.groupby(["component", "replica_name"], observed=True)["end"].shift(1)
+    full = ex["batch"].to_numpy() >= comp.map(size).fillna(1).reindex(ex.index).to_numpy()
+    ready = np.where(
+        full,
+        ex["newest"].to_numpy(),
+        ex["oldest"].to_numpy() + comp.map(timeout).fillna(0).reindex(ex.index).to_numpy(),
+    )
+    ready = np.maximum(ready, prev_end.fillna(-np.inf).to_numpy())
+    late = np.clip(ex["start"].to_numpy() - ready, 0.0, None)
+    # only batching stages: a stage of batch 1 has no timer, and its late starts are the
+    # worker waking up — under a CPU quota the quota's stall, which the twin makes itself
+    batching = comp.map(lambda c: size.get(c, 1) > 1).reindex(ex.index).to_numpy(dtype=bool)
+    late = np.where(batching, late, 0.0)
+    ex = ex.assign(_late=late)
+    per_row = rows[keys].merge(ex[[*keys, "_late"]], on=keys, how="left")["_late"].to_numpy()
+    return pd.Series(per_row, index=rows.index).reindex(visits.index)
 
 
 def request_overheads(

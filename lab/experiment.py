@@ -169,7 +169,13 @@ def header_lines(lab: LabRun, wall_s: float) -> list[str]:
     """Title and what ran: workloads, twin, inputs, testbed, wall time, host load."""
     cfg, targets = lab.cfg, lab.targets
     twin = (
-        "the scenario calibrated on this run's fit runs (`calibrated-scenario.yaml`)"
+        "the scenario calibrated on this run's fit runs (`calibrated-scenario.yaml`"
+        + (
+            "; stages under their CPU quota, and each workload's per-request overhead at its "
+            "mean offered rate, interpolated between the fit levels')"
+            if lab.stage_cpu
+            else ")"
+        )
         if lab.calibration is not None
         else f"{cfg.twin_scenario or cfg.scenario}"
     )

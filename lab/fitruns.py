@@ -248,8 +248,8 @@ def rate_aware_errors(
 ) -> pd.DataFrame:
     """Latency error % of the twin calibrated *for each workload's mean offered rate*.
 
-    The same calibration, with the overhead's mean on the fit levels' line at
-    the workload's mean offered rate (:func:`calibration.overhead_at`; the
+    The same calibration, with the overhead's mean interpolated between the fit
+    levels' at the workload's mean offered rate (:func:`calibration.overhead_at`; the
     rate is the workload spec's, not a measurement): how much of the
     remaining error is the overhead's growth with load, which one
     ``request_overhead`` distribution cannot follow. ``outcomes``: the
@@ -284,9 +284,9 @@ def rate_aware_lines(tab: pd.DataFrame) -> list[str]:
         return []
     lines = [
         "",
-        "With the overhead's mean set for each workload's mean offered rate (the fit levels' "
-        "line; what a load-dependent `request_overhead` would give — the spec has one "
-        "distribution per process, so this is not the twin above):",
+        "With the overhead's mean set for each workload's mean offered rate (interpolated "
+        "between the fit levels'; what a load-dependent `request_overhead` would give — the "
+        "spec has one distribution per process, so this is not the twin above):",
         "",
         "| workload | mean offered (req/s) | overhead mean (ms) | p50 error % | p95 error % | "
         "p99 error % |",
@@ -324,6 +324,7 @@ def overhead_text(calibration: cal.Calibration) -> str:
                 for r in ov.by_rate
             )
             + f" (mean {100 * (hi.mean_ms / lo.mean_ms - 1):+.0f}% from "
-            f"{lo.rate_per_s:g} to {hi.rate_per_s:g}/s; the twin uses one distribution)"
+            f"{lo.rate_per_s:g} to {hi.rate_per_s:g}/s; a twin under CPU quotas takes it at "
+            "each workload's mean rate, interpolated, otherwise one distribution)"
         )
     return text

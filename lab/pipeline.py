@@ -43,7 +43,7 @@ from twin.criteria import latency_summary
 from twin.evaluate import evaluate
 from twin.load import load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, Workload
-from twin.workload import scale_workload
+from twin.workload import rate_series, scale_workload
 
 WORKLOADS = ("steady-low", "fluctuating", "steady-high")
 Say = Callable[[str], None]
@@ -174,11 +174,16 @@ def simulate(
     dep: Deployment,
     outcomes: list[WorkloadOutcome],
     workloads: dict[str, Workload],
+    per_workload: dict[str, Scenario] | None = None,
 ) -> None:
-    """The twin on the same deployment and (scaled) workloads, same seed and horizon."""
+    """The twin on the same deployment and (scaled) workloads, same seed and horizon.
+
+    ``per_workload``: a scenario of its own for a workload (by name), else ``sc``.
+    """
     for o in outcomes:
         w = workloads[o.name]
-        o.twin = evaluate(sc, dep, w, cfg.duration_s, cfg.replications, cfg.seed, keep_records=True)
+        s = (per_workload or {}).get(o.name, sc)
+        o.twin = evaluate(s, dep, w, cfg.duration_s, cfg.replications, cfg.seed, keep_records=True)
 
 
 def spec_latencies(
@@ -255,7 +260,7 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
     )
     (folder / "calibration.yaml").write_text(cal.dump(lab.calibration))
     fit_dirs = sorted(p.parent for p in (folder / "load").glob("fit-*/metrics.parquet"))
-    lab.stage_cpu = stage_cpu(fit_dirs, lab.deployment)
+    lab.stage_cpu = stage_cpu(fit_dirs, lab.deployment, lab.shares)
     if lab.stage_cpu:
         # stages under the testbed's CPU quota: model and server CPU per call from the
         # fit runs' counters, full speed until a period's quota is used (calibrate.quota)
@@ -301,7 +306,22 @@ def run(
         lab.shares = dict(cfg.shares) or stage_shares(sc, dep, targets.factor or 1.0)
         _calibrate(lab, folder, say)
     say("twin: simulating the same deployment and workloads")
-    simulate(cfg, lab.twin_scenario, dep, outcomes, workloads)
+    per_workload = None
+    if lab.stage_cpu and lab.calibration is not None:
+        # the per-request overhead grows with the host's load: each workload's twin has
+        # it at the workload's mean offered rate (interpolated between the fit levels')
+        per_workload = {
+            name: quota_scenario(
+                sc,
+                lab.calibration,
+                dep,
+                lab.stage_cpu,
+                lab.shares,
+                rate_per_s=float(rate_series(w, cfg.duration_s).mean()),
+            )
+            for name, w in workloads.items()
+        }
+    simulate(cfg, lab.twin_scenario, dep, outcomes, workloads, per_workload)
     if lab.calibration is not None:
         lab.rate_aware = rate_aware_errors(
             sc,

@@ -127,30 +127,45 @@ class _Quota:
 
     Work runs at full speed while the current period has quota left, then stalls
     until the next period begins — so a job's wall time depends on how much of the
-    quota the load has used, not only on its work. Instances of one machine draw
-    from one quota: each reserves its running time period by period in the order
-    it starts (so a machine never runs more than its quota; a later job does not
-    slow an earlier one down — an approximation for co-located instances, exact
-    for one).
+    quota the load has used, not only on its work. Up to ``carry_s`` of a period's
+    unused quota is still available in the next one (the runtime the kernel leaves on
+    a CPU across periods). Instances of one machine draw from one quota: each
+    reserves its running time period by period in the order it starts (so a machine
+    never runs more than its quota; a later job does not slow an earlier one down —
+    an approximation for co-located instances, exact for one).
     """
 
-    __slots__ = ("period_s", "quota_s", "used")
+    __slots__ = ("avail", "carry_s", "period_s", "quota_s", "used")
 
-    def __init__(self, cores: float, period_s: float) -> None:
-        self.period_s, self.quota_s = period_s, cores * period_s
+    def __init__(self, cores: float, period_s: float, carry_s: float = 0.0) -> None:
+        self.period_s, self.quota_s, self.carry_s = period_s, cores * period_s, carry_s
         self.used: dict[int, float] = {}  # period index → running time reserved (s)
+        self.avail: dict[int, float] = {}  # period index → running time it may use (s)
+
+    def _avail(self, k: int) -> float:
+        a = self.avail.get(k)
+        if a is None:
+            if self.carry_s <= 0:
+                a = self.quota_s
+            else:
+                before = self.avail.get(k - 1)  # unknown: idle then, its whole quota was left
+                left = self.quota_s if before is None else before - self.used.get(k - 1, 0.0)
+                a = self.quota_s + min(self.carry_s, max(left, 0.0))
+            self.avail[k] = a
+        return a
 
     def wall_s(self, now: float, work_s: float) -> float:
         """Wall time (s) of ``work_s`` of running time that starts at ``now``; reserves it."""
-        p, q, used = self.period_s, self.quota_s, self.used
+        p, used = self.period_s, self.used
         if len(used) > 64:  # periods that have passed are never read again
-            k_now = int(now // p)
+            k_now = int(now // p) - 1  # the one before now: the carry reads it
             for k in [k for k in used if k < k_now]:
                 del used[k]
+                self.avail.pop(k, None)
         t, left, k = now, work_s, int(now // p)
         while left > 1e-12:
             u = used.get(k, 0.0)
-            room = min(q - u, (k + 1) * p - t)
+            room = min(self._avail(k) - u, (k + 1) * p - t)
             if room > 1e-12:
                 r = min(room, left)
                 used[k] = u + r
@@ -161,6 +176,19 @@ class _Quota:
             k += 1
             t = max(t, k * p)
         return t - now
+
+    def beside_s(self, now: float, work_s: float) -> float:
+        """Wall time (s) of ``work_s`` run in another thread beside the machine's jobs.
+
+        The kernel runs the two threads side by side on the host's cores, so the
+        work does not wait for the jobs' booked running time; its own running time
+        is booked in the earliest room, so the jobs that start after it find that
+        much less quota (the machine's capacity counts it). Its stalls when the
+        group is throttled are left to the calibrated per-request overhead, which
+        measured them (it grows with the offered rate).
+        """
+        self.wall_s(now, work_s)  # books the running time
+        return work_s
 
 
 class _Machine:
@@ -186,10 +214,11 @@ class _Machine:
         keepalive_cores: float,
         slowdown: float,
         period_s: float = 0.01,
+        carry_s: float = 0.0,
     ) -> None:
         self.code, self.name, self.server = code, name, server
         quota = server.cpu_quota_cores
-        self.quota = _Quota(quota, period_s) if quota is not None else None
+        self.quota = _Quota(quota, period_s, carry_s) if quota is not None else None
         self.speed, self.gpu_speed, self.slowdown = server.cpu_speed, server.gpu_speed, slowdown
         available = max(server.cpu_cores - keepalive_cores, 0.05 * server.cpu_cores)
         # A core pool costs two events per service; only build it when
@@ -605,8 +634,9 @@ class Simulation:
                 work[m] += n * _working_cores(c, dep)
         slowdown = sc.settings.gpu_fallback_slowdown
         period_s = sc.settings.cpu_period_ms / 1e3
+        carry_s = sc.settings.cpu_quota_carry_ms / 1e3
         self.machines = {
-            m: _Machine(env, j, m, servers[m], work[m], keep[m], slowdown, period_s)
+            m: _Machine(env, j, m, servers[m], work[m], keep[m], slowdown, period_s, carry_s)
             for j, m in enumerate(self.machine_names)
         }
         self.machine_list = list(self.machines.values())
@@ -615,10 +645,16 @@ class Simulation:
         self.samplers: dict[int, Sampler | None] = {}
         self.next_replica = [0] * len(sc.components)
         self.busy = [[0.0] * len(self.machine_names) for _ in sc.components]
+        # per component: the server's CPU (s at speed 1) each visit spends beside the
+        # model before it joins the queue (ServerOverhead.concurrent); 0 when none
+        self.beside_s = [0.0] * len(sc.components)
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
             self.instances[k] = []
+            o = c.server_overhead
+            if o is not None and o.concurrent and c.dispatch != "shared_queue":
+                self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
         self._apply_allocation(dep)
         self._build_plans()
         self.routing = stream(self.seed, self.replication, STREAM_ROUTING)
@@ -678,7 +714,7 @@ class Simulation:
                     variant = c.variant(cfg.variant)
                     self.samplers[k] = _with_overhead(
                         make_sampler(variant.service_time, self._service_rngs[k]),
-                        c.server_overhead,
+                        c.server_overhead if self.beside_s[k] == 0 else None,
                     )
             eff = effective_stage(sc, dep, c)
             batch, timeout_ms = eff.batch, eff.batch_timeout_ms
@@ -875,6 +911,10 @@ class Simulation:
                     sp.index,
                 ]
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
+                if self.beside_s[k] > 0:  # the server reads the call beside the model
+                    m = inst.machine
+                    run_s = self.beside_s[k] / m.speed
+                    delay += run_s if m.quota is None else m.quota.beside_s(env._now, run_s)
                 if delay > 0:
                     _Wake(env, delay, lambda _e, i=inst, j=job: i.put(j))
                 else:

@@ -245,6 +245,14 @@ class ServerOverhead(Frozen):
 
     per_call_ms: NonNegFloat = Field(0.0, description="CPU per batch executed (ms).")
     per_item_ms: NonNegFloat = Field(0.0, description="CPU per item (a stage visit) (ms).")
+    concurrent: bool = Field(
+        False,
+        description="The server does this work in its own thread, beside the model (a "
+        "stage server whose model runs in a worker thread): each visit's CPU "
+        "(per_call_ms + per_item_ms) is spent as it arrives, before it joins the queue, "
+        "drawing on the machine's CPU quota (Server.cpu_quota_cores) but not holding the "
+        "model. False: added to every batch's service time. Shared-queue stages always add it.",
+    )
 
 
 class Component(Frozen):
@@ -585,6 +593,13 @@ class Settings(Frozen):
     )
     cpu_period_ms: PositiveFloat = Field(
         10.0, description="Period of the servers' CPU quotas (Server.cpu_quota_cores), ms."
+    )
+    cpu_quota_carry_ms: NonNegFloat = Field(
+        0.0,
+        description="Running time a CPU quota left unused in one period that the next period "
+        "may still use, at most (ms). Linux keeps up to 1 ms per CPU of a group's runtime "
+        "on that CPU across periods (min_cfs_rq_runtime), so a group that was idle can run "
+        "a little beyond its quota in the next period.",
     )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()

@@ -229,7 +229,7 @@ def test_dispatch_lag_is_queue_time_beyond_the_twins_batching():
     assert moved["lag_ms"].tolist() == pytest.approx([0.5, 0.4, 0.4, 0.4, 0.4])
 
 
-def test_overhead_at_a_rate_follows_the_fit_levels_line(samples):
+def test_overhead_at_a_rate_follows_the_fit_levels(samples):
     sc = load_scenario(SCENARIO)
     model = GammaServiceTime(kind="gamma", mean_ms=9.0, cv=0.3)
     levels = [
@@ -241,10 +241,15 @@ def test_overhead_at_a_rate_follows_the_fit_levels_line(samples):
     )
     at = cal.overhead_at(doc, 52.5)
     assert at.batch_mean_ms(1) == pytest.approx(9.0) and at.batch_cv(1) == pytest.approx(0.3)
-    assert cal.overhead_at(doc, 165).batch_mean_ms(1) == pytest.approx(18.0)  # extrapolated
-    assert cal.overhead_at(doc, 0).batch_mean_ms(1) == pytest.approx(4.8)
+    # outside the levels: the nearest level's mean, not the line's
+    assert cal.overhead_at(doc, 165).batch_mean_ms(1) == pytest.approx(12.0)
+    assert cal.overhead_at(doc, 0).batch_mean_ms(1) == pytest.approx(6.0)
     new, _ = cal.calibrated_scenario(sc, doc, rate_per_s=165)
-    assert new.processes[0].request_overhead.batch_mean_ms(1) == pytest.approx(18.0)
+    assert new.processes[0].request_overhead.batch_mean_ms(1) == pytest.approx(12.0)
+    top = cal.RateLevel(rate_per_s=120, n=600, mean_ms=20.0, p50_ms=18, p95_ms=30)
+    three = [*doc.overheads.by_rate, top]
+    bent = doc.model_copy(update={"overheads": doc.overheads.model_copy(update={"by_rate": three})})
+    assert cal.overhead_at(bent, 105).batch_mean_ms(1) == pytest.approx(16.0)  # between 90 and 120
     one = doc.model_copy(update={"overheads": doc.overheads.model_copy(update={"by_rate": []})})
     assert cal.overhead_at(one, 165) == model  # one level: nothing to follow
 
@@ -266,3 +271,31 @@ def test_server_cpu_only_for_stages_alone_on_their_servers(samples):
     new, _ = cal.calibrated_scenario(sc, doc, shares=0.5, server_cpu=cpu)
     assert new.component("denoise").server_overhead.per_item_ms == pytest.approx(0.5)
     assert new.component("encoder").server_overhead is None
+
+
+def test_dispatch_lag_leaves_the_queue_behind_a_busy_replica_to_the_twin():
+    from calibrate.samples import dispatch_lag
+
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)
+    enc = dep.stages["encoder"].model_copy(update={"batch": 2})
+    dep = dep.model_copy(update={"stages": {**dep.stages, "encoder": enc}})
+    # batch A (pids 0, 1) runs 0–10 ms; batch B's items came at 2 and 4 ms, waited for
+    # the replica, and started 0.5 ms after it was free: only that 0.5 ms is lag
+    visits = pd.DataFrame(
+        {
+            "pid": [0, 1, 2, 3],
+            "component": ["encoder"] * 4,
+            "replica_name": ["e-0"] * 4,
+            "batch": [2, 2, 2, 2],
+            "service_s": [0.010, 0.010, 0.003, 0.003],
+            "queue_s": [0.0, 0.0, 0.0085, 0.0065],
+            "t_start": [0.0, 0.0, 0.0105, 0.0105],
+        }
+    )
+    assert dispatch_lag(visits, sc, dep).tolist() == pytest.approx([0.0, 0.0, 0.0005, 0.0005])
+    # a stage of batch 1 has no batching timer: no lag, whatever its queue
+    one = dep.model_copy(
+        update={"stages": {**dep.stages, "encoder": enc.model_copy(update={"batch": 1})}}
+    )
+    alone = visits.assign(batch=1, t_start=[0.0, 0.0105, 0.0205, 0.0240])
+    assert dispatch_lag(alone, sc, one).tolist() == pytest.approx([0.0] * 4)

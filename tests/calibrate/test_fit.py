@@ -225,3 +225,21 @@ def test_overhead_levels_give_their_mean_mean_and_within_level_cv():
     assert pooled.batch_mean_ms(1) > 9.0 and pooled.batch_cv(1) > 0.33
     with pytest.raises(ValueError, match="at least 8"):
         fit_overhead(np.array([1.0] * 20 + [2.0] * 3), np.array([0] * 20 + [1] * 3))
+
+
+def test_overhead_cv_follows_a_tail_heavier_than_the_bulk():
+    from calibrate.fit import fit_overhead
+
+    rng = np.random.default_rng(6)
+    s = math.sqrt(math.log1p(0.25**2))
+    x = 5.0 * np.exp(s * rng.standard_normal(4000) - s * s / 2)
+    x[rng.random(x.size) < 0.03] *= 3.0  # 3 % of requests met a busy host
+    bulk, _ = fit_overhead(x[x < 9.0], seed=2)
+    model, _ = fit_overhead(x, seed=2)
+    assert model.batch_cv(1) > bulk.batch_cv(1) + 0.1
+    # the fitted family has the sample's 99th percentile over its median, within 10 %
+    sigma = math.sqrt(math.log1p(model.batch_cv(1) ** 2))
+    ratio = math.exp(2.3263 * sigma) if model.kind == "lognormal" else None
+    if ratio is not None:
+        q50, q99 = np.percentile(x, [50, 99])
+        assert ratio == pytest.approx(q99 / q50, rel=0.1)

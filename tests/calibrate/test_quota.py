@@ -86,3 +86,73 @@ def test_quota_scenario_gives_the_stage_cpu_work_and_its_node_the_quota(tmp_path
     assert twin.server_instances() == sc.server_instances()
     # capacity: (quota − idle) over CPU per item, in host CPU: 0.49 / 3.4 ms
     assert abs(stage_capacity_rps(twin, dep, "encoder") - 490 / 3.4) < 1e-6
+
+
+def _saturated_run(folder: Path, rate: float, node_cores: float, seconds: float = 20.0) -> Path:
+    """A run whose node CPU rate is ``node_cores`` (the encoder alone on node-2), with
+    counters scraped every second."""
+    items = rate * seconds
+    counters = {
+        ("agent:node-2", "node_cpu_seconds_total"): node_cores * seconds,
+        ("encoder-node-2-2", "stage_compute_cpu_seconds_total"): items * 0.003,
+        ("encoder-node-2-2", "stage_items_total"): items,
+        ("encoder-node-2-2", "stage_calls_total"): items,
+        ("encoder-node-2-2", "stage_batch_size_count"): items,
+        ("encoder-node-2-2", "stage_service_seconds_sum"): items * 0.006,
+    }
+    rows = [
+        {"t": float(t), "target": tgt, "metric": m, "labels": "", "value": v * t / seconds}
+        for (tgt, m), v in counters.items()
+        for t in range(int(seconds) + 1)
+    ]
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(folder / "metrics.parquet")
+    return folder
+
+
+def test_quota_bound_intervals_set_the_stage_capacity(tmp_path: Path) -> None:
+    sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
+    rng = np.random.default_rng(1)
+    fits = [
+        fit_variant(
+            np.ones(50, dtype=int),
+            rng.lognormal(np.log(4.5), 0.1, 50),
+            component="encoder",
+            variant="e-large",
+            cpu_share=0.5,
+        )
+    ]
+    calibration = cal.build(fits, sc)
+    # light runs say 3.4 ms of node CPU per item (capacity 0.49 / 3.4 ms = 144/s), but
+    # backlogged the node ran its 0.5-core quota at 150 items/s
+    runs = [_run(tmp_path / "a", 30), _run(tmp_path / "b", 90)]
+    runs.append(_saturated_run(tmp_path / "c", 150, node_cores=0.5))
+    blind = stage_cpu(runs, dep)["encoder"]
+    assert blind.saturated_scale == 1.0  # without the quota nothing is known to be bound
+    seen = stage_cpu(runs, dep, {"encoder": 0.5})["encoder"]
+    assert seen.saturated_scale < 1.0
+    twin = quota_scenario(sc, calibration, dep, {"encoder": seen}, {"encoder": 0.5})
+    assert abs(stage_capacity_rps(twin, dep, "encoder") - 150) < 1e-6
+    # a run that never reached its quota sets nothing
+    light = stage_cpu([*runs[:2], _saturated_run(tmp_path / "d", 60, 0.2)], dep, 0.5)
+    assert light["encoder"].saturated_scale == 1.0
+
+
+def test_quota_scenario_carries_the_kernels_leftover_runtime(tmp_path: Path) -> None:
+    sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
+    rng = np.random.default_rng(2)
+    fits = [
+        fit_variant(
+            np.ones(20, dtype=int),
+            rng.lognormal(np.log(4.5), 0.1, 20),
+            component="encoder",
+            variant="e-large",
+            cpu_share=0.5,
+        )
+    ]
+    cpu = stage_cpu([_run(tmp_path / "a", 30), _run(tmp_path / "b", 120)], dep)
+    twin = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5)
+    assert twin.settings.cpu_quota_carry_ms == 1.0
+    assert twin.component("encoder").server_overhead.concurrent  # the server's own thread
+    none = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5, carry_ms=0.0)
+    assert none.settings.cpu_quota_carry_ms == 0.0

@@ -7,7 +7,7 @@ import numpy as np
 from tests.twin.conftest import one_stage
 from twin.criteria import stage_capacity_rps
 from twin.sim import _Quota, simulate_replication
-from twin.spec import Deployment, Scenario
+from twin.spec import Deployment, Scenario, ServerOverhead
 
 
 def test_work_stalls_to_the_next_period_when_the_quota_is_used() -> None:
@@ -57,3 +57,41 @@ def test_quota_sets_capacity_and_light_load_runs_at_full_speed() -> None:
     assert abs(len(done) / 40.0 - 500 / 3) < 5  # throughput is the quota's, not 1/3 ms
     free = simulate_replication(_quota_stage(250, None), DEP, None, 40.0, seed=2).visits
     assert abs(len(free[free["t_end"] <= 40.0]) / 40.0 - 250) < 10
+
+
+def test_unused_quota_carries_into_the_next_period_up_to_the_carry() -> None:
+    tight = _Quota(cores=0.5, period_s=0.010)
+    assert abs(tight.wall_s(0.0, 0.006) - 0.011) < 1e-12  # 5 ms, stall to 10 ms, 1 ms
+    q = _Quota(cores=0.5, period_s=0.010, carry_s=0.001)
+    # after an idle spell the period has its 5 ms and 1 ms carried over: no stall
+    assert abs(q.wall_s(0.0, 0.006) - 0.006) < 1e-12
+    # period 0 used all 6 ms: nothing carries into period 1, and 6 ms stall again
+    assert abs(q.wall_s(0.010, 0.006) - 0.011) < 1e-12
+    # period 2 was left with 4 ms unused: period 3 may run 5 + 1 ms
+    assert abs(q.wall_s(0.030, 0.006) - 0.006) < 1e-12
+
+
+def _beside(rate_per_s: float, concurrent: bool) -> Scenario:
+    sc = _quota_stage(rate_per_s, 0.5)
+    over = ServerOverhead(per_item_ms=1.0, concurrent=concurrent)
+    comps = [sc.components[0].model_copy(update={"server_overhead": over})]
+    return Scenario.model_validate(sc.model_copy(update={"components": comps}).model_dump())
+
+
+def test_concurrent_server_work_shares_the_quota_but_not_the_models_time() -> None:
+    # 3 ms of model + 1 ms of server work per visit, one 0.5-core quota: 125/s either way
+    for concurrent in (True, False):
+        assert abs(stage_capacity_rps(_beside(20, concurrent), DEP, "stage") - 125) < 1e-9
+    serial = simulate_replication(_beside(250, False), DEP, None, 40.0, seed=3).requests
+    assert abs((serial["t_end"] <= 40.0).sum() / 40.0 - 125) < 5
+    # overloaded, the server still reads every call as it comes (250/s × 1 ms): the
+    # model is left 0.25 core, 83/s — the server's work draws on the one quota
+    beside = simulate_replication(_beside(250, True), DEP, None, 40.0, seed=3).requests
+    assert abs((beside["t_end"] <= 40.0).sum() / 40.0 - 250 / 3) < 5
+    light = simulate_replication(_beside(20, True), DEP, None, 60.0, seed=3)
+    service = (light.visits["t_end"] - light.visits["t_start"]).to_numpy()
+    latency = (light.requests["t_end"] - light.requests["t_arrive"]).to_numpy()
+    assert abs(float(np.median(service)) - 0.003) < 1e-9  # the model alone holds the stage
+    assert abs(float(np.median(latency)) - 0.004) < 1e-9  # the visit waited for its parse
+    serial = simulate_replication(_beside(20, False), DEP, None, 60.0, seed=3).visits
+    assert abs(float(np.median(serial["t_end"] - serial["t_start"])) - 0.004) < 1e-9
