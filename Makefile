@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: mlserver-venv platform-venv testbed-mlops venv test test-fast lint testbed benchmark clean
+.PHONY: mlserver-venv platform-venv testbed-mlops testbed-mlops-deploy-back venv test test-fast lint testbed benchmark clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,9 @@ platform-venv: venv  # Feast + MLflow in their own venv (their pins clash with o
 
 testbed-mlops: venv platform-venv  # the batch processes of examples/mlops-lab.yaml on the local testbed beside the calibrated twin (≈ 4 min)
 	$(PY) -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml --out runs/mlops-lab $(ARGS)
+
+# deploy back two placements of mlops-lab.yaml (DEPLOYMENTS="a=fileA b=fileB") against the
+# twin of the testbed calibrated by testbed-mlops (3 pairs of runs, ≈ 4 min a pair)
+DEPLOYMENTS ?= default=examples/mlops-lab.deployment.yaml edge=examples/mlops-lab.trainer-on-edge.deployment.yaml
+testbed-mlops-deploy-back: venv platform-venv
+	$(PY) -m lab.mlops_deploy_back runs/mlops-lab/calibrated-scenario.yaml --testbed-scenario examples/mlops-lab.yaml $(foreach d,$(DEPLOYMENTS),--deployment $(d)) --out runs/mlops-deploy-back $(ARGS)

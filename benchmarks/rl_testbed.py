@@ -16,6 +16,10 @@ one turn of the shared CPU lock:
     Twin only: PPO, the IPA-style solver and the perfect-foresight optimum (the
     exact solver given the true mean load of the next interval) over one cycle
     of each workload; PPO's and IPA's fraction of the optimum's objective.
+``retwin``
+    Replays every run's control loop in a twin calibrated (the lab's
+    ``fit_run_calibration``) on the *other* runs of the same workload; no lock
+    needed (simulation only).
 ``report``
     ``benchmarks/results/rl_testbed.md`` and one plot per workload (load,
     configuration and p95 over time per policy), from whatever has run.
@@ -25,9 +29,8 @@ Usage::
     flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py train
     flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
         --workloads steady-low,steady-high --duration 40
-    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
-        --workloads fluctuating --duration 60
-    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py twin --cycle 300
+    nice -n 19 .venv/bin/python benchmarks/rl_testbed.py twin --cycle 1200
+    nice -n 19 .venv/bin/python benchmarks/rl_testbed.py retwin
     .venv/bin/python benchmarks/rl_testbed.py report
 """
 
@@ -226,6 +229,95 @@ def cmd_twin(args: argparse.Namespace) -> None:
     )
 
 
+def _control_options(s: dict, steps: int):  # type: ignore[no-untyped-def]
+    """The ``rl control`` options a run folder's summary was made with."""
+    from lab.control import ControlOptions
+
+    return ControlOptions(
+        s["policy"],
+        None,
+        s["shape"],
+        float(s["duration_s"]),
+        int(s["seed"]),
+        float(s["cpu_factor"]),
+        float(s["rate_scale"]),
+        True,
+        steps,
+        ROOT / "runs" / "rl-policies",
+        "local",
+        ROOT / ".testbed-rl",
+        None,
+    )
+
+
+def cmd_retwin(args: argparse.Namespace) -> None:
+    """Replay every run's control loop in a twin calibrated on the *other* runs.
+
+    Leave-one-run-out on the same workload (the overhead moves with the host's load):
+    the calibration of a run's twin (``lab.control_calibrate``)
+    never sees that run's rows. Writes ``twin-calibrated-intervals``,
+    ``side-by-side-calibrated`` and ``summary.json``'s ``twin_calibrated``.
+    """
+    import torch
+
+    from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
+    from lab.control_calibrate import calibrated_twin
+    from lab.control_twin import TwinReplay, replay
+    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
+    from twin.load import dump_yaml, load_scenario
+    from twin.runs import write_table
+    from twin.workload import scale_workload
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    pred = _predictor(str(DEFAULT_PREDICTOR))
+    runs = _summaries()
+    for s in runs:
+        if args.policies and s["policy"] not in args.policies.split(","):
+            continue
+        others = [o for o in runs if o["folder"] != s["folder"]]
+        if not args.all_workloads:  # the overhead moves with the host's load: fit at this one
+            others = [o for o in others if o["shape"] == s["shape"]]
+        if not others:
+            raise SystemExit("retwin needs at least two runs (leave-one-run-out)")
+        scale = float(s.get("rate_scale", args.rate_scale))
+        scaled = sc.model_copy(
+            update={"workloads": [scale_workload(w, scale) for w in sc.workloads]}
+        )
+        fit_on = [(o["folder"] / "load", scaled.workload(o["shape"])) for o in others]
+        started = time.perf_counter()
+        rate = None
+        if args.rate_aware:
+            rate = float(pd.read_parquet(s["folder"] / "intervals.parquet")["offered_rps"].mean())
+        cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+        own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
+        opts = _control_options({**own, "rate_scale": scale}, args.steps)
+        run, make_decider, envs = prepare_control(
+            sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+        )
+        rows = pd.read_parquet(s["folder"] / "intervals.parquet")
+        spec = TwinReplay(
+            envs[1],
+            run.view.workload(s["shape"]),
+            int(s["seed"]),
+            float(s["duration_s"]) + LOAD_MARGIN_S,
+            float(s["offset_s"]),
+            len(rows),
+            s.get("change_seconds_median") or {},
+            sim_scenario=cal_sc,
+        )
+        twin_rows, _ = replay(spec, make_decider())
+        folder = s["folder"]
+        write_table(twin_rows, folder / "twin-calibrated-intervals")
+        write_table(side_by_side(rows, twin_rows), folder / "side-by-side-calibrated")
+        (folder / "inputs" / "twin-calibrated.yaml").write_text(dump_yaml(cal_sc))
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["twin_calibrated"] = summarise(twin_rows)
+        summary["twin_calibrated_on"] = [o["folder"].name for o in others]
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------------- report
 
 
@@ -236,10 +328,20 @@ def _summaries() -> list[dict]:
         if f.is_file():
             s = json.loads(f.read_text())
             s["folder"] = d
-            tag = d.name.split("-r", 1)[-1].lstrip("0123456789")
+            tag = d.name.rsplit("-r", 1)[-1].lstrip("0123456789")
             s["policy"] = s["policy"] + tag  # e.g. ppo-kept: a variant of the code
             out.append(s)
     return out
+
+
+def _host(folder: Path) -> dict:
+    """The host's busy and stolen cores and CPU pressure over a run (``loadgen.host``)."""
+    from loadgen.host import host_summary
+
+    f = folder / "load" / "metrics.parquet"
+    if not f.is_file():
+        return dict.fromkeys(("busy_cores", "pressure", "steal_cores"), np.nan)
+    return host_summary(pd.read_parquet(f))
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -299,7 +401,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     ]
     rows, fid, changes = [], [], []
     for s in runs:
-        tb, tw = s["testbed"], s.get("twin") or {}
+        tb, tw, tc = s["testbed"], s.get("twin") or {}, s.get("twin_calibrated") or {}
+        host = _host(s["folder"])
         rows.append(
             [
                 s["shape"],
@@ -309,28 +412,36 @@ def cmd_report(args: argparse.Namespace) -> None:
                 tb["reconfigurations"],
                 tb["objective_mean"],
                 tw.get("objective_mean", np.nan),
+                tc.get("objective_mean", np.nan),
                 tb["Q_mean"],
                 tb["C_mean"],
                 tb["V_mean"],
                 1e3 * tb["p95_s_mean"],
                 1e3 * tw.get("p95_s_mean", np.nan),
+                1e3 * tc.get("p95_s_mean", np.nan),
                 100 * tb["slo_violations"],
                 100 * tw.get("slo_violations", np.nan),
+                100 * tc.get("slo_violations", np.nan),
                 tb["failed"],
                 tb["decision_ms_mean"],
+                host["busy_cores"],
+                host["pressure"],
+                host["steal_cores"],
             ]
         )
         folder = s["folder"]
         ch = folder / "changes.parquet"
         if ch.is_file():
             changes.append(pd.read_parquet(ch).assign(policy=s["policy"], workload=s["shape"]))
-        sbs = folder / "side-by-side.parquet"
-        if sbs.is_file():
-            t = pd.read_parquet(sbs)
-            intervals = pd.read_parquet(folder / "intervals.parquet")
-            rho = intervals["offered_rps"] / intervals["capacity_rps"]
-            t = t.assign(rho=rho.to_numpy()[: len(t)], policy=s["policy"], workload=s["shape"])
-            fid.append(t)
+        for twin, name in (("view", "side-by-side"), ("calibrated", "side-by-side-calibrated")):
+            sbs = folder / f"{name}.parquet"
+            if sbs.is_file():
+                t = pd.read_parquet(sbs)
+                intervals = pd.read_parquet(folder / "intervals.parquet")
+                rho = (intervals["offered_rps"] / intervals["capacity_rps"]).to_numpy()
+                fid.append(
+                    t.assign(rho=rho[: len(t)], policy=s["policy"], workload=s["shape"], twin=twin)
+                )
     headers = [
         "workload",
         "policy",
@@ -339,15 +450,21 @@ def cmd_report(args: argparse.Namespace) -> None:
         "reconfig.",
         "objective (testbed)",
         "objective (twin)",
+        "objective (calibrated twin)",
         "Q",
         "C (cores)",
         "V",
         "p95 ms (testbed)",
         "p95 ms (twin)",
+        "p95 ms (calibrated twin)",
         "SLO viol. % (testbed)",
         "SLO viol. % (twin)",
+        "SLO viol. % (calibrated twin)",
         "failed requests",
         "decision ms",
+        "host busy cores",
+        "host CPU pressure",
+        "host steal cores",
     ]
     lines += [
         "## Means per run (testbed, and the same loop in the twin)",
@@ -357,12 +474,22 @@ def cmd_report(args: argparse.Namespace) -> None:
     ]
     frame = pd.DataFrame(rows, columns=headers)
     checks = ["## Acceptance, as measured", ""]
-    for w, g in frame.groupby("workload", sort=False):
-        g = g.set_index("policy")
+    for w, runs_w in frame.groupby("workload", sort=False):
+        # one row per policy: the mean over its repeats (n of them)
+        by = runs_w.groupby("policy", sort=False)
+        g = by.mean(numeric_only=True).assign(n=by.size())
         if len(g) > 1:
-            tau = kendall_tau(list(g["objective (testbed)"]), list(g["objective (twin)"]))
+            taus = [
+                f"{name} {kendall_tau(list(g['objective (testbed)']), list(g[col])):.2f}"
+                for name, col in (
+                    ("twin", "objective (twin)"),
+                    ("calibrated twin", "objective (calibrated twin)"),
+                )
+                if g[col].notna().all()
+            ]
             checks.append(
-                f"- {w}: Kendall τ of the policies' objective, twin vs testbed: {tau:.2f}"
+                f"- {w}: Kendall τ of the {len(g)} policies' objective vs the testbed's: "
+                + ", ".join(taus)
             )
         if "ppo" in g.index:
             ppo = g.loc["ppo"]
@@ -370,7 +497,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                 if ref in g.index:
                     r = g.loc[ref]
                     checks.append(
-                        f"- {w}: PPO objective {ppo['objective (testbed)']:.3f} vs {ref} "
+                        f"- {w} (runs: PPO {ppo['n']:.0f}, {ref} {r['n']:.0f}; means): "
+                        f"PPO objective {ppo['objective (testbed)']:.3f} vs {ref} "
                         f"{r['objective (testbed)']:.3f} (ratio "
                         f"{ppo['objective (testbed)'] / r['objective (testbed)']:.3f}); SLO "
                         f"violations {ppo['SLO viol. % (testbed)']:.2f} % vs "
@@ -380,14 +508,26 @@ def cmd_report(args: argparse.Namespace) -> None:
     checks.append(f"- failed requests across all runs: {total_failed:g}")
     if fid:
         f = pd.concat(fid, ignore_index=True)
-        ok = f[(f["rho"] <= 0.9) & f["p95_s_testbed"].notna() & f["p95_s_twin"].notna()]
-        err = (ok["p95_s_twin"] - ok["p95_s_testbed"]) / ok["p95_s_testbed"]
-        within = float((err.abs() <= 0.15).mean()) if len(err) else float("nan")
-        checks.append(
-            f"- per-interval p95, twin vs testbed, on the {len(ok)} intervals with ρ ≤ 0.9: "
-            f"median error {100 * err.median():+.0f} %, {100 * within:.0f} % of intervals "
-            "within ±15 %"
-        )
+        for twin, label in (
+            ("view", "the uncalibrated twin (the policies' view)"),
+            ("calibrated", "the twin calibrated on the other runs of the workload"),
+        ):
+            g = f[f["twin"] == twin]
+            ok = g[(g["rho"] <= 0.9) & g["p95_s_testbed"].notna() & g["p95_s_twin"].notna()]
+            if ok.empty:
+                continue
+            err = (ok["p95_s_twin"] - ok["p95_s_testbed"]) / ok["p95_s_testbed"]
+            within = float((err.abs() <= 0.15).mean())
+            per_w = ", ".join(
+                f"{w} {100 * float((e.abs() <= 0.15).mean()):.0f} %"
+                for w, e in err.groupby(ok["workload"], sort=False)
+            )
+            checks.append(
+                f"- per-interval p95, {label} vs testbed, on the {len(ok)} intervals with "
+                f"ρ ≤ 0.9: median error {100 * err.median():+.0f} %, median |error| "
+                f"{100 * err.abs().median():.0f} %, {100 * within:.0f} % of intervals within "
+                f"±15 % ({per_w})"
+            )
     lines += [*checks, ""]
     if changes:
         c = pd.concat(changes, ignore_index=True).astype({"seconds": float})
@@ -457,12 +597,14 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global RUNS
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="step", required=True)
-    for name in ("train", "run", "twin", "report"):
+    for name in ("train", "run", "twin", "retwin", "report"):
         p = sub.add_parser(name)
         p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
-        p.add_argument("--steps", type=int, default=36_000, help="PPO training steps")
+        p.add_argument("--steps", type=int, default=120_000, help="PPO training steps")
+        p.add_argument("--runs", type=Path, help=f"folder of the run folders ({RUNS})")
         if name == "run":
             p.add_argument("--workloads", default=",".join(WORKLOADS))
             p.add_argument("--policies", default=",".join(POLICIES))
@@ -473,10 +615,25 @@ def main() -> None:
         if name == "twin":
             p.add_argument("--cycle", type=float, default=300.0)
             p.add_argument("--seed", type=int, default=1)
+        if name == "retwin":
+            p.add_argument("--policies", default="", help="replay only these (default: all)")
+            p.add_argument(
+                "--rate-aware",
+                action="store_true",
+                help="the request overhead at the run's offered rate (not the pooled one)",
+            )
+            p.add_argument(
+                "--all-workloads",
+                action="store_true",
+                help="calibrate on the other runs of every workload (default: the run's own)",
+            )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
     args = ap.parse_args()
-    {"train": cmd_train, "run": cmd_run, "twin": cmd_twin, "report": cmd_report}[args.step](args)
+    if args.runs is not None:
+        RUNS = args.runs
+    steps = {"train": cmd_train, "run": cmd_run, "twin": cmd_twin, "retwin": cmd_retwin}
+    {**steps, "report": cmd_report}[args.step](args)
 
 
 if __name__ == "__main__":

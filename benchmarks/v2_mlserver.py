@@ -215,7 +215,7 @@ def run_mlserver() -> None:
             *capacity_lines(fit["capacity_table"]),
             "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/v2_mlserver.py mlserver`",
+            "benchmarks/v2_mlserver.py --nice -5 --rt 10 mlserver`",
         ]
     )
     write_result("v2_mlserver", text)
@@ -283,18 +283,26 @@ def main() -> None:
         nice = int(args[i + 1])
         del args[i : i + 2]
         os.nice(nice)
+    rt = 0
+    if "--rt" in args:  # e.g. --rt 10: SCHED_RR, inherited by MLServer and the Locust worker
+        i = args.index("--rt")
+        rt = int(args[i + 1])
+        del args[i : i + 2]
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt))
     global PRIORITY
     PRIORITY = (
-        f"This run: the benchmark and every process it started at nice {nice} (co-tenants "
-        "at their own), so that jobs outside the shared lock take less from it."
-        if nice
+        f"This run: the benchmark and every process it started at nice {nice}"
+        + (f", real-time SCHED_RR priority {rt}" if rt else "")
+        + " (co-tenants at their own), so that jobs outside the shared lock take less from it."
+        if nice or rt
         else "This run: default priority."
     )
     which = args or ["mlserver", "testbed"]
     unknown = set(which) - {"mlserver", "testbed"}
     if unknown:
         raise SystemExit(
-            f"usage: v2_mlserver.py [--nice N] [mlserver] [testbed] (unknown: {sorted(unknown)})"
+            f"usage: v2_mlserver.py [--nice N] [--rt N] [mlserver] [testbed] "
+            f"(unknown: {sorted(unknown)})"
         )
     if "mlserver" in which:
         run_mlserver()

@@ -14,13 +14,18 @@ single-threaded (or ``replicas``-threaded) model server:
   instances is ``S(b) = replicas / X(b)``;
 - a request that finds the server idle pays its overhead plus its service:
   the overhead (client, network, parsing, waking an idle server — time that
-  holds no capacity) is ``L − S``; the service samples are those latencies
-  scaled to mean ``S(b)`` (their spread is the server's). ``L`` comes from a
+  holds no capacity) is ``L − S`` on average. ``L`` comes from a
   *paced* client (one request at a time, exponential think time between
   them, ``concurrency`` 0 in the samples), because open-loop traffic finds
   the server idle, not warm from a back-to-back request: measured on MLServer,
   an isolated request took 4.8 ms against 3.5 ms back to back. Without the
   paced cell (``paced_s`` 0) the ``c = 1`` latencies are used;
+- the service's spread comes from the gaps between answers in the closed-loop
+  cells where the server is saturated (≥ 2 clients, ≥ 90 % of capacity): one
+  request's service time each, in whatever order the server takes them
+  (:func:`saturated_gaps`; without such a cell, the latencies' spread). The
+  overhead gets the rest of the idle latencies' variance (:func:`overhead_samples`),
+  so that overhead + service spread as the idle latencies did;
 - service times are fitted per batch with :func:`calibrate.fit.fit_samples`
   (lognormal or gamma, linear in b or a table), the overhead with
   :func:`calibrate.fit.fit_overhead`, into the usual calibration file: the
@@ -248,6 +253,43 @@ def capacity(samples: pd.DataFrame, cell_s: float) -> pd.DataFrame:
     ).reset_index()
 
 
+def saturated_gaps(
+    good: pd.DataFrame, cap: pd.DataFrame, replicas: int = 1, share: float = 0.9, least: int = 30
+) -> dict[int, np.ndarray]:
+    """Per batch size: the gaps (ms) between consecutive answers in the closed-loop
+    cells of ≥ 2 clients that reach ``share`` of the batch's capacity, times ``replicas``.
+
+    There the server always has work waiting, so one instance's gap between two
+    answers is one request's service time, whatever order the server takes them in
+    and whatever the clients add: the server's own spread under load. Batches with
+    fewer than ``least`` gaps are left out."""
+    best = cap.groupby("batch")["throughput_per_s"].max()
+    out: dict[int, list[np.ndarray]] = {}
+    for (b, c), g in good[good["concurrency"] >= 2].groupby(["batch", "concurrency"]):
+        hit = cap[(cap["batch"] == b) & (cap["concurrency"] == c)]["throughput_per_s"]
+        if hit.empty or float(hit.iloc[0]) < share * float(best[b]):
+            continue
+        done = np.sort((g["t_send_s"] + g["latency_ms"] / 1e3).to_numpy(dtype=float))
+        gap = np.diff(done) * 1e3 * replicas
+        out.setdefault(int(b), []).append(gap[gap > 0])
+    joined = {b: np.concatenate(v) for b, v in out.items()}
+    return {b: v for b, v in joined.items() if v.size >= least}
+
+
+def overhead_samples(
+    latency_ms: np.ndarray, service_mean_ms: float, service_var: float
+) -> np.ndarray:
+    """Overheads (ms) of an idle server's latencies: mean ``L − S`` and the variance
+    ``Var(L) − Var(S)``, so that overhead + service, drawn independently as the twin
+    does, spread as the measured latencies do. (Splitting each latency in proportion
+    would make the two perfectly correlated, and the twin's independent draws would
+    narrow the sum by up to √2.) At least a tenth of the latencies' variance is kept."""
+    lat = np.asarray(latency_ms, dtype=float)
+    var = float(lat.var())
+    keep = np.sqrt(max(var - service_var, 0.1 * var) / var) if var > 0 else 0.0
+    return float(lat.mean()) - service_mean_ms + (lat - lat.mean()) * keep
+
+
 def target_scenario(
     serving: Serving, component: str, variant: str, max_batch: int, replicas: int, rate: float
 ) -> tuple[Scenario, Deployment]:
@@ -317,12 +359,17 @@ def fit_target(
     good = samples[samples["status"] == 200]
     ok = good[good["concurrency"] == 1]
     paced = good[good["concurrency"] == 0]
+    gaps = saturated_gaps(good, cap, replicas)
     rows, over = [], []
     for b, g in ok.groupby("batch"):
         if b in set(paced["batch"]):  # an idle server's latency (module doc)
             g = paced[paced["batch"] == b]
         lat = g["latency_ms"].to_numpy(dtype=float)
         s_mean = min(float(service_mean[b]), float(lat.mean()))
+        # the service's spread: the gaps between answers of a saturated server when
+        # measured (module doc), else the latencies' own
+        shape = gaps.get(int(b), lat)
+        service = shape * s_mean / shape.mean()
         rows.append(
             pd.DataFrame(
                 {
@@ -330,12 +377,12 @@ def fit_target(
                     "variant": variant,
                     "batch": int(b),
                     "cpu_share": 1.0,
-                    "service_ms": lat * s_mean / lat.mean(),
+                    "service_ms": service,
                 }
             )
         )
         if b == min(grid.batches):
-            over = lat - s_mean * lat / lat.mean()
+            over = overhead_samples(lat, s_mean, float(service.var()))
     fits = fit_samples(pd.concat(rows, ignore_index=True), seed=seed)
     overhead, scores = fit_overhead(np.clip(over, 1e-3, None), seed=seed)
     rate = float(best.get(1, best.iloc[0]))

@@ -131,7 +131,7 @@ def control(
         float, typer.Option(help="Multiply the workload's rates (load run, policies, twin).")
     ] = 1.0,
     twin: Annotated[bool, typer.Option(help="Replay the same loop in the twin.")] = True,
-    train_steps: Annotated[int, typer.Option(help="PPO steps when a policy is trained.")] = 36_000,
+    train_steps: Annotated[int, typer.Option(help="PPO steps when a policy is trained.")] = 120_000,
     policy_cache: Annotated[Path, typer.Option(help="Folder of cached PPO policies.")] = Path(
         "runs/rl-policies"
     ),

@@ -348,6 +348,7 @@ def run_control(
         "shape": run.shape,
         "duration_s": run.duration_s,
         "seed": run.seed,
+        "rate_scale": run.rate_scale,
         "cpu_factor": tb.factor,
         "offset_s": round(tb.offset_s, 3),
         "testbed": summarise(rows, float(tb.load_summary.get("failures", rows["failed"].sum()))),

@@ -28,7 +28,7 @@ from optimizer.rl.predictor import HISTORY_S
 from optimizer.rl.space import ConfigSpace, Option
 from twin.criteria import pipeline_metrics, step_window
 from twin.sim import Simulation
-from twin.spec import Workload
+from twin.spec import Scenario, Workload
 
 
 def change_kinds(old: list[Option], new: list[Option]) -> list[str]:
@@ -61,6 +61,10 @@ class TwinReplay:
     offset_s: float  # load-run time at which the controller's first interval began
     intervals: int
     change_seconds: dict[str, float]  # median seconds per kind of change, measured
+    # What the twin simulates; None: the policies' view (``env.space.scenario``). A
+    # calibrated scenario changes service times and overheads only, so the scores
+    # (Q, C, E from the modelled capacity) stay the view's, as on the testbed.
+    sim_scenario: Scenario | None = None
 
 
 def _window(
@@ -91,7 +95,8 @@ def replay(
     interval = env.interval_s
     current = list(env.current)
     dep = space.deployment(current, name="twin-initial")
-    sim = Simulation(space.scenario, dep, run.workload, run.horizon_s, run.seed, 0)
+    simulated = run.sim_scenario or space.scenario
+    sim = Simulation(simulated, dep, run.workload, run.horizon_s, run.seed, 0)
     sim.start()
     history = np.asarray(env.history, dtype=float)
     pending: tuple[float, Any, list[Option]] | None = None

@@ -235,6 +235,12 @@ def run_deploy_back(
         raise ValueError(f"repeat must be ≥ 1, got {cfg.repeat}")
     opt = read_optimize_run(cfg.run)
     sc = opt.scenario
+    batch = [p.name for p in sc.processes if p.kind == "batch"]
+    if batch:
+        say(
+            f"note: this offers the inference workload only; the batch processes "
+            f"({', '.join(batch)}) run on the testbed with python -m lab.mlops_deploy_back"
+        )
     name = _workload_name(cfg, opt)
     w = sc.workload(name)
     twin_sc, calibration = sc, None

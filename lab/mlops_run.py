@@ -42,7 +42,6 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from twin.criteria import deployment_cost
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Process, Scenario, topological_order
 
@@ -368,19 +367,83 @@ class InferenceLoad:
 # ---------------------------------------------------------------- calibration and the twin
 
 
-def fit_cpu_work(scenario: Scenario, visits: pd.DataFrame, pids: set[int]) -> Scenario:
+def quota_servers(scenario: Scenario, quotas: dict[str, float]) -> Scenario:
+    """``scenario``'s servers as the testbed runs them: every machine at the host's core
+    speed (``cpu_speed`` 1) under the CFS quota the testbed gives it
+    (``cpu_quota_cores``; ``quotas``: machine → host cores, as
+    :func:`testbed.capacity.plan_capacity` sets them).
+
+    The testbed emulates a server's size and speed by one quota of ``cpu_cores ×
+    cpu_speed × factor`` host cores, and a single-threaded job there runs at
+    ``min(1, quota)`` of a host core: the core server's step at a full core, an edge
+    box's at a quarter, four times slower rather than the twin's two (its speed
+    0.5). The twin's quota model (:class:`twin.sim._Quota`) does the same once the
+    servers carry those quotas at speed 1, with ``cpu_work`` in host-core time
+    (:func:`fit_cpu_work`). A server type whose machines got different quotas is an
+    error (the testbed gives every machine of a type the same).
+    """
+    servers = []
+    for s in scenario.servers:
+        q = {quotas[m] for m in s.instance_names() if m in quotas}
+        if len(q) > 1:
+            raise ValueError(f"server type {s.name}: machines with different quotas {sorted(q)}")
+        update: dict[str, Any] = {"cpu_speed": 1.0}
+        if q:
+            update["cpu_quota_cores"] = q.pop()
+        servers.append(s.model_copy(update=update))
+    return scenario.model_copy(update={"servers": servers})
+
+
+def alone_s(visits: pd.DataFrame, quotas: dict[str, float]) -> pd.Series:
+    """Each part's wall time as if it had had its machine to itself (s).
+
+    While ``n`` single-threaded jobs run on a machine under a quota of ``Q`` cores,
+    each gets ``min(1, Q/n)`` of a core instead of ``min(1, Q)`` alone, so a second
+    of wall time shared with another job is worth half a second alone. Summed over
+    the part's ``t_start``…``t_end`` from the jobs' intervals on its machine (every
+    execution's, held-out ones too: they took the quota all the same).
+    """
+    out = pd.Series(0.0, index=visits.index)
+    for machine, v in visits.groupby("machine", observed=True):
+        q = quotas.get(str(machine), 1.0)
+        start, end = v["t_start"].to_numpy(float), v["t_end"].to_numpy(float)
+        edges = np.unique(np.concatenate([start, end]))
+        mid = (edges[:-1] + edges[1:]) / 2
+        running = ((start[:, None] <= mid) & (mid < end[:, None])).sum(axis=0)
+        worth = np.minimum(1.0, q / np.maximum(running, 1)) / min(1.0, q) * np.diff(edges)
+        for i, (a, b) in zip(v.index, zip(start, end, strict=True), strict=True):
+            inside = (edges[:-1] >= a) & (edges[1:] <= b)
+            out[i] = float(worth[inside].sum())
+    return out
+
+
+def fit_cpu_work(
+    scenario: Scenario,
+    visits: pd.DataFrame,
+    pids: set[int],
+    quotas: dict[str, float] | None = None,
+) -> Scenario:
     """``scenario`` with each measured step's ``cpu_work`` fitted from ``visits`` of ``pids``.
 
-    A part's time at cpu_speed 1 is (its wall time from the job request to its exit −
-    the link wait) × its machine's cpu_speed, so job start-up (an on-demand
-    component's price) is in it; a step's work is that × its parts (the twin splits
-    ``cpu_work`` evenly). Lognormal with the samples' mean and cv (≥ 0.02).
+    A part's work is its time on one full core of its machine: (its wall time from
+    the job request to its exit − the link wait) × the share of a core a
+    single-threaded job gets there, ``cpu_speed × min(1, cpu_quota_cores)`` (with
+    :func:`quota_servers`' servers: the quota, in host cores). Job start-up (an
+    on-demand component's price) is in it. With ``quotas`` (machine → host cores)
+    the wall time is taken as if alone on the machine (:func:`alone_s`), since the
+    twin shares the quota among co-located jobs itself. A step's work is that × its
+    parts (the twin splits ``cpu_work`` evenly). Lognormal with the samples' mean and
+    cv (≥ 0.02).
     """
-    speed = {m: s.cpu_speed for m, s in scenario.server_of().items()}
-    v = visits[visits["pid"].isin(pids)].copy()
+    rate = {
+        m: s.cpu_speed * min(1.0, s.cpu_quota_cores or 1.0) for m, s in scenario.server_of().items()
+    }
+    v = visits.copy()
+    v["wall_s"] = v["t_end"] - v["t_start"] if quotas is None else alone_s(v, quotas)
+    v = v[v["pid"].isin(pids)]
     v["work_ms"] = (
-        (v["t_end"] - v["t_start"] + v["overhead_s"] - v["transfer_s"])
-        * v["machine"].map(speed)
+        (v["wall_s"] + v["overhead_s"] - v["transfer_s"])
+        * v["machine"].map(rate)
         * v["parts"]
         * 1000.0
     )
@@ -398,6 +461,14 @@ def fit_cpu_work(scenario: Scenario, visits: pd.DataFrame, pids: set[int]) -> Sc
             steps.append(s)
         procs.append(p.model_copy(update={"steps": steps}))
     return scenario.model_copy(update={"processes": procs})
+
+
+def calibrate(
+    scenario: Scenario, visits: pd.DataFrame, pids: set[int], quotas: dict[str, float]
+) -> Scenario:
+    """The twin of the testbed run: :func:`quota_servers`, then :func:`fit_cpu_work`."""
+    sc = fit_cpu_work(quota_servers(scenario, quotas), visits, pids, quotas)
+    return Scenario.model_validate(sc.model_dump())
 
 
 def per_process(executions: pd.DataFrame, end_s: float) -> pd.DataFrame:
@@ -427,9 +498,9 @@ def twin_times(
     replications: int,
     seed: int,
     workload: Any = None,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, float]:
     """The twin's per-process table over ``replications`` runs of the same schedule
-    (batch processes; ``workload``: the inference load beside them)."""
+    (batch processes; ``workload``: the inference load beside them) and its mean cost."""
     from twin.evaluate import evaluate
 
     ev = evaluate(
@@ -444,7 +515,44 @@ def twin_times(
     )
     req = ev.requests
     req = req[req["process"].astype(str).isin([p.name for p in batch_processes(scenario)])]
-    return per_process(req, horizon_s * 10)
+    return per_process(req, horizon_s * 10), float(ev.per_replication["cost"].mean())
+
+
+def as_deployed(scenario: Scenario, deployment: Deployment) -> Deployment:
+    """``deployment`` as the MLOps testbed runs it, whatever its constant-run decisions.
+
+    The testbed starts a job per batch step and stops it after (on demand), and keeps
+    its services up for the whole run: Feast, MLflow, the serving instance of the
+    rolled-out model, the inference stages. Which is which is each component's own
+    ``always_on`` in the scenario (the batch workers of ``mlops-lab.yaml`` are on
+    demand, the platform components constant-run); a component that serves a request
+    process's step or a rollout is up in any case.
+    """
+    served = {s.component for p in scenario.processes if p.kind == "request" for s in p.steps}
+    served |= {s.component for p in scenario.processes for s in p.steps if s.name == "rollout"}
+    on = {c.name: c.always_on or c.name in served for c in scenario.components}
+    return deployment.model_copy(update={"always_on": on})
+
+
+def measured_cost(
+    scenario: Scenario, deployment: Deployment, visits: pd.DataFrame, horizon_s: float
+) -> float:
+    """The cost criterion of a testbed run (:func:`as_deployed`): constant-run instances
+    over the horizon, on-demand ones for the seconds their jobs ran."""
+    from twin.criteria import busy_from_visits, cost_criterion
+
+    dep = as_deployed(scenario, deployment)
+    return cost_criterion(
+        scenario, dep, horizon_s, busy_from_visits(scenario, with_startup(visits))
+    )
+
+
+def with_startup(visits: pd.DataFrame) -> pd.DataFrame:
+    """Testbed visits whose ``t_start`` includes the job's start-up (``overhead_s``), as
+    an on-demand instance's busy time does in the twin."""
+    if "overhead_s" not in visits:
+        return visits
+    return visits.assign(t_start=visits["t_start"] - visits["overhead_s"].fillna(0.0))
 
 
 def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str, Any]) -> str:
@@ -487,8 +595,9 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
         "",
         f"Failed executions (left out above): {len(failed)} {' '.join(names)}",
         "",
-        f"Cost (machines holding an instance, over the horizon): {meta['cost']:.4f} on both "
-        "(the twin's formula; on-demand use is not priced yet).",
+        f"Cost ({scenario.settings.cost_criterion}; as deployed: batch workers on demand, "
+        f"priced while their jobs ran): testbed {meta['cost']:.5f}, twin "
+        f"{meta['twin_cost']:.5f} (mean per replication).",
         "",
         "## Steps (all executions)",
         "",
@@ -521,6 +630,67 @@ def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str
     return text
 
 
+def run_on_testbed(
+    scenario: Scenario,
+    deployment: Deployment,
+    out: Path,
+    horizon_s: float,
+    seed: int,
+    rate_per_s: float,
+    model_dir: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """One run on the local testbed: up, the serving instance, ``rate_per_s`` inference
+    requests beside the batch executions of ``horizon_s`` s (``scenario`` already
+    scaled), down. Writes ``visits.parquet`` and ``executions.parquet`` to ``out``;
+    returns them and the run's facts (``end_s``, ``wall_s``, ``factor``, ``quotas``:
+    machine → host cores, ``confined``, ``errors``, ``inference``)."""
+    from testbed.backends.local import LocalBackend
+    from testbed.capacity import plan_capacity
+
+    batch_processes(scenario)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (model_dir / "manifest.json").is_file():  # the inference stages need the zoo
+        from testbed.zoo.build import build
+
+        print(f"building the model zoo in {model_dir} (a few minutes)", file=sys.stderr)
+        build(model_dir)
+    cap = plan_capacity(scenario)
+    backend = LocalBackend(state_dir=out / ".testbed", model_dir=model_dir)
+    started = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # batch components are not stages
+        endpoints = backend.up(scenario, deployment, cap)
+    try:
+        runner = Runner(scenario, deployment, endpoints, out)
+        runner.start_serving()
+        from testbed.zoo.manifest import load_testset
+
+        n_entities = len(load_testset(model_dir)[1])
+        load = InferenceLoad(endpoints.gateway, rate_per_s, n_entities, seed).start()
+        try:
+            runner.run(horizon_s, seed)
+        finally:
+            inference = load.stop()
+        end_s = time.time() - runner.t0
+    finally:
+        confined = bool(backend.reserve_procs())
+        backend.down()
+    visits = pd.DataFrame(runner.visits)
+    execs = pd.DataFrame(runner.executions)
+    visits.to_parquet(out / "visits.parquet")
+    execs.to_parquet(out / "executions.parquet")
+    meta = {
+        "end_s": end_s,
+        "wall_s": time.time() - started,
+        "factor": cap.factor,
+        "quotas": {n.name: n.cpu_cores for n in cap.nodes},
+        "confined": confined,
+        "errors": runner.errors,
+        "inference": inference,
+    }
+    return visits, execs, meta
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("scenario", type=Path)
@@ -537,68 +707,50 @@ def main() -> None:
         default=10.0,
         help="inference requests/s beside the batch processes (entity lookups in Feast); 0: none",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="calibrate and report again from the run folder's records (no testbed)",
+    )
     a = p.parse_args()
-
-    from testbed.backends.local import LocalBackend
-    from testbed.capacity import plan_capacity
 
     scenario = scaled(load_scenario(a.scenario), a.time_scale)
     deployment = load_deployment(a.deployment)
-    batch_processes(scenario)
     out = a.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if not (a.model_dir / "manifest.json").is_file():  # the inference stages need the zoo
-        from testbed.zoo.build import build
+    if a.report_only:
+        visits = pd.read_parquet(out / "visits.parquet")
+        execs = pd.read_parquet(out / "executions.parquet")
+        meta = json.loads((out / "meta.json").read_text())
+        if "quotas" not in meta:  # a run folder from before quotas were recorded
+            from testbed.capacity import plan_capacity
 
-        print(f"building the model zoo in {a.model_dir} (a few minutes)", file=sys.stderr)
-        build(a.model_dir)
-    cap = plan_capacity(scenario)
-    backend = LocalBackend(state_dir=out / ".testbed", model_dir=a.model_dir)
-    started = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # batch components are not stages
-        endpoints = backend.up(scenario, deployment, cap)
-    try:
-        runner = Runner(scenario, deployment, endpoints, out)
-        runner.start_serving()
-        from testbed.zoo.manifest import load_testset
-
-        n_entities = len(load_testset(a.model_dir)[1])
-        load = InferenceLoad(endpoints.gateway, a.rate, n_entities, a.seed).start()
-        try:
-            runner.run(a.horizon, a.seed)
-        finally:
-            inference = load.stop()
-        end_s = time.time() - runner.t0
-    finally:
-        confined = bool(backend.reserve_procs())
-        backend.down()
-    visits = pd.DataFrame(runner.visits)
-    execs = pd.DataFrame(runner.executions)
-    visits.to_parquet(out / "visits.parquet")
-    execs.to_parquet(out / "executions.parquet")
-    fitted = fit_cpu_work(scenario, visits, {int(i) for i in execs["pid"] if i % 2 == 0})
+            cap = plan_capacity(scenario, factor=meta["factor"])
+            meta["quotas"] = {n.name: n.cpu_cores for n in cap.nodes}
+    else:
+        visits, execs, meta = run_on_testbed(
+            scenario, deployment, out, a.horizon, a.seed, a.rate, a.model_dir
+        )
+    pids = {int(i) for i in execs["pid"] if i % 2 == 0}
+    fitted = calibrate(scenario, visits, pids, meta["quotas"])
     (out / "calibrated-scenario.yaml").write_text(dump_yaml(fitted))
     from twin.spec import SteadyWorkload
 
     steady = SteadyWorkload(kind="steady", name=f"steady-{a.rate:g}", rate_per_s=a.rate)
-    tw = twin_times(
-        fitted, deployment, a.horizon, a.replications, a.seed, steady if a.rate > 0 else None
+    deployed = as_deployed(scenario, deployment)
+    tw, twin_cost = twin_times(
+        fitted, deployed, a.horizon, a.replications, a.seed, steady if a.rate > 0 else None
     )
     tw.to_csv(out / "twin.csv")
-    meta = {
-        "time_scale": a.time_scale,
-        "horizon_s": a.horizon,
-        "end_s": end_s,
-        "wall_s": time.time() - started,
-        "factor": cap.factor,
-        "confined": confined,
-        "replications": a.replications,
-        "cost": deployment_cost(scenario, deployment, a.horizon),
-        "errors": runner.errors,
-        "inference": inference,
-        "rate_per_s": a.rate,
-    }
+    meta.update(
+        {
+            "time_scale": a.time_scale,
+            "horizon_s": a.horizon,
+            "replications": a.replications,
+            "cost": measured_cost(scenario, deployment, visits, a.horizon),
+            "twin_cost": twin_cost,
+            "rate_per_s": a.rate,
+        }
+    )
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     print(report(out, scenario, deployment, meta))
 

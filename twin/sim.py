@@ -193,10 +193,12 @@ class _Machine:
         self.speed, self.gpu_speed, self.slowdown = server.cpu_speed, server.gpu_speed, slowdown
         available = max(server.cpu_cores - keepalive_cores, 0.05 * server.cpu_cores)
         # A core pool costs two events per service; only build it when
-        # instances can actually contend (overcommitted machines).
+        # instances can actually contend (overcommitted machines). Under a CPU
+        # quota the quota is the limit (a cgroup's threads run on any host core
+        # until it is used up), so there is no pool to wait for.
         self.cpu = (
             simpy.Container(env, capacity=available, init=available)
-            if work_cores > available + 1e-9
+            if work_cores > available + 1e-9 and self.quota is None
             else None
         )
         self.gpu = simpy.Resource(env, capacity=server.gpus) if server.gpus else None
@@ -265,9 +267,11 @@ class _Instance:
         "queue",
         "replica",
         "retired",
+        "run_left",
         "sampler",
         "startup_s",
         "t_busy",
+        "then",
         "timeout_s",
     )
 
@@ -300,6 +304,7 @@ class _Instance:
         self.outstanding = 0
         self.current: list[list[Any]] = []
         self.cpu_s = self.gpu_s = 0.0
+        self.run_left, self.then = 0.0, None  # CPU work still to run in slices (s)
         self.gpu_req: Any = None
         self.retired = False
         self.is_idle = True
@@ -364,7 +369,7 @@ class _Instance:
             return True
         if m.cpu is None and gpu_s == 0 and cpu_s > 0:
             # The common case — own cores, no GPU: one event for the service.
-            _Wake(env, self._cpu_wall_s(), self._after_cpu)
+            self._run_cpu(self._after_cpu)
             return True
         self._compute()
         return True
@@ -375,18 +380,41 @@ class _Instance:
             if m.cpu is not None:
                 m.cpu.get(self.cores).callbacks.append(self._cpu_granted)
             else:
-                _Wake(self.env, self._cpu_wall_s(), self._after_cpu)
+                self._run_cpu(self._after_cpu)
         else:
             self._after_cpu()
 
-    def _cpu_wall_s(self) -> float:
-        """Wall time of the current CPU work: at the machine's speed, stalled by its quota."""
+    def _run_cpu(self, then: Any) -> None:
+        """Run the current CPU work at the machine's speed, stalled by its quota; then ``then``.
+
+        An instance is single-threaded: it runs on at most one core, so alone on a
+        machine it gets ``min(1, quota)`` of a core — a batch step of seconds under a
+        quarter-core quota takes four times its running time, as a one-thread job in
+        a cgroup with that quota does. Work longer than one period's quota reserves
+        the quota one period's worth at a time, so jobs that start while it runs
+        take their turn period by period, as CFS shares a cgroup's quota among its
+        runnable threads, instead of waiting until it ends.
+        """
         m = self.machine
         run_s = self.cpu_s / m.speed
-        return run_s if m.quota is None else m.quota.wall_s(self.env._now, run_s)
+        q = m.quota
+        if q is None:
+            _Wake(self.env, run_s, then)
+        elif run_s <= q.quota_s:
+            _Wake(self.env, q.wall_s(self.env._now, run_s), then)
+        else:
+            self.run_left, self.then = run_s, then
+            self._slice()
+
+    def _slice(self, _e: Any = None) -> None:
+        q = self.machine.quota
+        r = min(self.run_left, q.quota_s)  # type: ignore[union-attr]
+        self.run_left -= r
+        last = self.run_left <= 1e-12
+        _Wake(self.env, q.wall_s(self.env._now, r), self.then if last else self._slice)  # type: ignore[union-attr]
 
     def _cpu_granted(self, _e: Any) -> None:
-        _Wake(self.env, self._cpu_wall_s(), self._release_cpu)
+        self._run_cpu(self._release_cpu)
 
     def _release_cpu(self, _e: Any) -> None:
         self.machine.cpu.put(self.cores)  # type: ignore[union-attr]

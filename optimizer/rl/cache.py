@@ -29,7 +29,7 @@ DEFAULT_CACHE = Path("runs") / "rl-policies"
 class TrainSettings:
     """What a cached policy is trained with (part of its cache key)."""
 
-    steps: int = 36_000
+    steps: int = 120_000  # the mean episode reward levels off after ≈ 90k (36k: still rising)
     seed: int = 0
     gamma: float = 0.9
     expert_every: int = 4

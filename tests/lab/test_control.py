@@ -3,6 +3,8 @@ the twin replay of a control loop, and the policy cache key."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -140,3 +142,65 @@ def test_a_new_configuration_keeps_replicas_where_they_run(scenario):
         for m, n in per.items()
     )
     assert moved > 0  # packing from scratch would have moved some (the churn we avoid)
+
+
+def _fake_load_run(folder, rng, e_large_ms=6.0, overhead_ms=5.0, n=600):
+    """A load-run folder of a d-large → e-large → c-deep run at 50/s with known times."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    times = {"denoise": ("d-large", 1.0), "encoder": ("e-large", e_large_ms)}
+    times["classifier"] = ("c-deep", 0.3)
+    visits, requests = [], []
+    for pid in range(n):
+        t = pid / 50.0
+        start = t
+        for comp, (variant, ms) in times.items():
+            service = rng.lognormal(np.log(ms / 1e3), 0.1)
+            visits.append(
+                {
+                    "pid": pid,
+                    "component": comp,
+                    "variant": variant,
+                    "batch": 1,
+                    "replica_name": f"{comp}-node-1-1",
+                    "t_start": start,
+                    "queue_s": 0.0,
+                    "service_s": round(service, 7),
+                    "hop_s": 0.0005,
+                }
+            )
+            start += service + 0.0005
+        over = rng.lognormal(np.log(overhead_ms / 1e3), 0.2)
+        requests.append(
+            {
+                "pid": pid,
+                "t_arrive": t,
+                "t_send": t,
+                "t_end": start + over,
+                "t_response": start + over,
+                "ok": True,
+            }
+        )
+    pd.DataFrame(visits).to_parquet(folder / "visits.parquet")
+    pd.DataFrame(requests).to_parquet(folder / "requests.parquet")
+    (folder / "run.json").write_text('{"t0_unix_s": 0.0, "duration_s": 12.0}')
+    return folder
+
+
+def test_replay_twin_is_calibrated_on_other_runs(scenario, tmp_path):
+    from lab.control_calibrate import calibrated_twin, load_result
+
+    rng = np.random.default_rng(0)
+    runs = [(_fake_load_run(tmp_path / f"r{i}", rng), scenario.workloads[0]) for i in range(2)]
+    sc, calibration = calibrated_twin(scenario, Path(SCENARIO), runs, factor=0.25)
+    assert {f.variant for f in calibration.fits} == {"d-large", "e-large", "c-deep"}
+    enc = {v.name: v.service_time for v in sc.component("encoder").variants}
+    # served: the measured wall time (6 ms), not the manifest's 2.8 ms at the 0.5-core share
+    assert enc["e-large"].mean_ms + enc["e-large"].per_item_ms == pytest.approx(6.0, rel=0.1)
+    # not served: the view's time, the manifest's at the replica's share (0.5 core)
+    manifest = {v.name: v.service_time for v in scenario.component("encoder").variants}
+    assert enc["e-small"].mean_ms == pytest.approx(manifest["e-small"].mean_ms / 0.5)
+    over = sc.process("digits").request_overhead
+    assert over is not None and over.mean_ms == pytest.approx(6.5, rel=0.25)  # 5 ms + 3 hops
+    with pytest.raises(ValueError, match="not a finished load run"):
+        load_result(tmp_path / "missing")

@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.mlops_run import batch_processes, fit_cpu_work, machines_of, per_process, scaled
+from lab.mlops_run import (
+    alone_s,
+    batch_processes,
+    calibrate,
+    fit_cpu_work,
+    machines_of,
+    per_process,
+    quota_servers,
+    scaled,
+)
 from twin.load import load_deployment, load_scenario
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -71,6 +80,59 @@ def test_cpu_work_is_fitted_at_speed_one(lab: tuple) -> None:
     assert 0.05 < train.cpu_work.cv < 0.2
     ingest = next(s for p in fitted.processes for s in p.steps if s.name == "ingest")
     assert ingest.cpu_work.mean_ms == 1500  # not measured: kept
+
+
+def test_the_twin_of_the_testbed_runs_at_host_speed_under_its_quotas(lab: tuple) -> None:
+    from testbed.capacity import plan_capacity
+
+    scenario, _ = lab
+    cap = plan_capacity(scenario, host_cores=2, reserve_cores=0.5)
+    quotas = {n.name: n.cpu_cores for n in cap.nodes}
+    # core: 2 cores × speed 1 × 0.5; edge: 1 core × speed 0.5 × 0.5
+    assert quotas == {"core": 1.0, "edge-1": 0.25, "edge-2": 0.25}
+    servers = quota_servers(scenario, quotas).server_of()
+    assert {m: (s.cpu_speed, s.cpu_quota_cores) for m, s in servers.items()} == {
+        "core": (1.0, 1.0),
+        "edge-1": (1.0, 0.25),
+        "edge-2": (1.0, 0.25),
+    }
+    with pytest.raises(ValueError, match="different quotas"):
+        quota_servers(scenario, {**quotas, "edge-2": 0.5})
+    rows = [
+        {
+            "process": "retraining",
+            "step": "train",
+            "pid": 0,
+            "machine": m,
+            "t_start": 0.0,
+            "t_end": wall,
+            "overhead_s": 0.5,
+            "transfer_s": 0.5,
+            "parts": 1,
+        }
+        for m, wall in [("edge-1", 8.0)]
+    ]
+    fitted = calibrate(scenario, pd.DataFrame(rows), {0}, quotas)
+    train = next(s for p in fitted.processes for s in p.steps if s.name == "train")
+    # a single-threaded job gets a quarter of a host core on an edge box: 8 s × 0.25
+    assert train.cpu_work.mean_ms == pytest.approx(8.0 * 0.25 * 1000)
+
+
+def test_time_shared_with_another_job_counts_half() -> None:
+    v = pd.DataFrame(
+        {
+            "machine": ["edge-1", "edge-1", "core", "edge-1"],
+            "t_start": [0.0, 4.0, 5.0, 20.0],
+            "t_end": [10.0, 6.0, 8.0, 21.0],
+        }
+    )
+    # edge-1 (0.25 cores): the first job shares 4…6 s with the second; the core job is
+    # on another machine; the last one is alone
+    got = alone_s(v, {"edge-1": 0.25, "core": 1.0})
+    assert got.tolist() == pytest.approx([10.0 - 1.0, 1.0, 3.0, 1.0])
+    # three jobs on a 2-core quota: each still gets a full core
+    w = pd.DataFrame({"machine": ["m"] * 3, "t_start": [0.0, 0.0, 0.0], "t_end": [3.0] * 3})
+    assert alone_s(w, {"m": 2.0}).tolist() == pytest.approx([2.0, 2.0, 2.0])
 
 
 def test_per_process_counts_overruns_like_the_twin() -> None:
