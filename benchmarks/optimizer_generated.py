@@ -112,6 +112,8 @@ class Screening:
     screens_x: float = 4.0  # screens during the search: at most screens_x · B
     polish_x: float = 1.0  # end-game screens: polish_x · B
     search_x: float = 0.7  # DES runs during the search: at most search_x · B (rest: end game)
+    extreme_x: float = 0.0  # end-game neighbourhoods of the front's top contributors: · B screens
+    pop_x: float = 1.0  # population: budget_pop(pop_x · B)
 
     def settings(self, budget: int) -> MultiFidelity:
         """The :class:`MultiFidelity` for a DES budget of ``budget``."""
@@ -120,6 +122,7 @@ class Screening:
             self.des_share,
             polish_screens=int(self.polish_x * budget),
             max_screens=max(1, int(self.screens_x * budget)),
+            extreme_screens=int(self.extreme_x * budget),
         )
 
 
@@ -138,6 +141,11 @@ def methods() -> list[Method]:
             "default + screening (multi-fidelity)",
             {},
             Screening(),
+        ),
+        Method(
+            "default + screening + extreme polish",
+            {},
+            Screening(extreme_x=1.0),
         ),
         Method(
             "default + screening, equal cost",
@@ -165,41 +173,23 @@ def methods() -> list[Method]:
 
 
 def ablations() -> list[Method]:
-    """One change at a time from the first-round NSGA-II (pop 20), and population sizes."""
+    """One change at a time from the default (this session's candidates; earlier sessions'
+    ablations are in git history and their results in notes)."""
     return [
         Method("ablation: fit-aware moves", dict(operators="placement+fit")),
         Method(
-            "ablation: fit-aware moves + screening",
-            dict(operators="placement+fit"),
-            Screening(),
+            "ablation: rejection sampling (the previous default)",
+            dict(operators="placement+rejection-sampling"),
         ),
         Method(
-            "ablation: + machine-set sampling",
-            dict(algorithm="nsga2", operators="custom+subset", pop_size=20),
+            "ablation: rejection sampling + screening + extreme polish",
+            dict(operators="placement+rejection-sampling"),
+            Screening(extreme_x=1.0),
         ),
         Method(
-            "ablation: + evacuate/relocate moves",
-            dict(algorithm="nsga2", operators="custom+evacuate", pop_size=20),
-        ),
-        Method(
-            "ablation: stock variation + machine-set sampling",
-            dict(algorithm="nsga2", operators="stock+subset", pop_size=20),
-        ),
-        Method(
-            "ablation: default + unbiased repair",
-            dict(algorithm="nsga2", operators="placement+unbiased-repair"),
-        ),
-        Method(
-            "ablation: default operators, pop 20",
-            dict(algorithm="nsga2", operators="placement", pop_size=20),
-        ),
-        Method(
-            "ablation: default operators, pop 4",
-            dict(algorithm="nsga2", operators="placement", pop_size=4),
-        ),
-        Method(
-            "ablation: SMS-EMOA, default operators",
-            dict(algorithm="smsemoa", operators="placement"),
+            "ablation: screening + extreme polish, population by screens",
+            {},
+            Screening(extreme_x=1.0, pop_x=4.0),
         ),
     ]
 
@@ -224,7 +214,11 @@ def run_method(
         ev: Evaluator = TableMultiFidelity(genome, FIDELITY, front, settings, screens)
         search_budget = max(1, int(method.screening.search_x * budget))
         config = default_config(
-            search_budget, n_gen=100_000, seed=seed, pop_size=budget_pop(budget), **method.config
+            search_budget,
+            n_gen=100_000,
+            seed=seed,
+            pop_size=budget_pop(int(method.screening.pop_x * budget)),
+            **method.config,
         )
         search = Search.start(config, ev)
         search.run()
@@ -341,7 +335,9 @@ def score(
 def outcome_path(front_key: str, method: Method, seed: int) -> Path:
     """Where one search's outcome is kept: keyed on the front, the method and the optimizer's
     source, so the search phase resumes after a stop and re-runs when the optimizer changes."""
-    h = hashlib.sha1(f"{front_key}|{method.label}|{method.config!r}|{seed}".encode())
+    h = hashlib.sha1(
+        f"{front_key}|{method.label}|{method.config!r}|{method.screening!r}|{seed}".encode()
+    )
     h.update(_optimizer_source())
     return CACHE / "outcomes" / f"{h.hexdigest()[:20]}.json"
 
@@ -516,9 +512,10 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
         [
             "# Placement search on generated instances vs their exhaustive fronts",
             "",
-            "Commands (each under `flock /work/bench.lock`):",
+            "Commands (hypervolume figures, not timings: run without the bench lock under "
+            "`nice -n 19`, so the wall times below are inflated by the host's other work):",
             f"`.venv/bin/python benchmarks/optimizer_generated.py --instances {args.instances} "
-            "--fronts-only --minutes 8` (repeated until every front is cached), then "
+            "--fronts-only --minutes 60` (rerun until every front is cached), then "
             f"`.venv/bin/python benchmarks/optimizer_generated.py --instances {args.instances} "
             f"--seeds {args.seeds}`",
             "",
@@ -552,13 +549,19 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
             "enter the front), then the end game screens 1 × budget one-move neighbours of the "
             "front and DES-scores every screening-only member of the final front ('equal cost': "
             "45 %, 2.5 × and 0.5 ×, so that DES runs plus screens at their measured cost stay "
-            "near 5 %). Only DES-scored allocations count "
+            "near 5 %). 'Extreme polish' adds to the end game 1 × budget screens spent on whole "
+            "one-move neighbourhoods of the front's largest hypervolume contributors "
+            "(`optimizer.multifidelity.polish_extremes`); 'population by screens' sizes the "
+            "population by the screen budget (budget_pop(4 × budget)) instead of the DES "
+            "budget (an ablation). Only DES-scored allocations count "
             "in their front and HV. Screens are not free: over the exhaustive tables one screen "
             f"took {screen_cost:.3f} of a DES run's wall time ({screens_wall:.0f} s vs "
             f"{fronts_wall:.0f} s for the same allocations), and the 'cost in DES runs' column "
             "adds them at that rate, so the multi-fidelity methods' 5 % is DES runs, not cost.",
             "- the default is `optimizer.ga.default_config(budget)` (NSGA-II, operators "
-            "`placement`, population budget/8 within 6–100); at a budget of 100: "
+            "`placement` — machine-set sampling of allocations built to fit with stratified "
+            "instance counts, matrix crossover, move/add/remove/evacuate/relocate moves — "
+            "population budget/8 within 6–100); at a budget of 100: "
             f"{cfg.describe()}",
             f"- wall time of the whole search phase: {search_wall:.0f} s summed over "
             f"{len(outcomes)} searches (table lookups; resumable, run in slices), plus the "

@@ -228,10 +228,11 @@ def report() -> Path:
         "member of the final front until the front is all DES. Both fronts compared are "
         "DES-scored. The simulation CPU ratio (DES-only's CPU in simulations over "
         "multi-fidelity's, screening included) does not move with the shared host's load as "
-        "wall time does. The DES-only runs are the first session's (15:0x UTC): the current "
-        "code reproduces their first generations bit for bit with the pinned operators, so "
-        "they were not re-run; their wall times are from that hour's host load. A variant "
-        "named `…-first-measurement` keeps a measurement that was repeated (both are shown).",
+        "wall time does. Every run in this table was made on the code after the three-matrix "
+        "merge (execution cost, on-demand metering in the twin), each under the bench lock; "
+        "the earlier sessions' runs (rental cost, so their fronts are not comparable) are kept "
+        "in `.optimizer_multifidelity/pre-matrices/` and reported in git history, including "
+        "the LocalCluster 1- vs 2-worker scale-out measurement.",
         "",
     ]
     variants = sorted(

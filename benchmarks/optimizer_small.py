@@ -36,7 +36,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, write_result
-from optimizer_generated import TableEvaluator
+from optimizer_generated import Method, Screening, TableEvaluator, run_method
 
 from optimizer.baselines import count_candidates, enumerate_feasible, random_search
 from optimizer.distributed import evaluation_client
@@ -126,6 +126,9 @@ def run(args: argparse.Namespace, client: object) -> None:
         ("NSGA-III, matrix operators", dict(algorithm="nsga3", operators="custom")),
         ("SMS-EMOA, matrix operators", dict(algorithm="smsemoa", operators="custom")),
         ("random feasible search", None),
+        # Multi-fidelity as on the generated instances (DES runs read the table, screens run
+        # the screening twin): only DES-scored candidates count in its front.
+        ("default + screening + extreme polish (multi-fidelity)", Screening(extreme_x=1.0)),
     ]
     rows, summary = [], []
     for label, cfg in methods:
@@ -133,7 +136,9 @@ def run(args: argparse.Namespace, client: object) -> None:
         for seed in range(1, args.seeds + 1):
             ev = TableEvaluator(genome, FIDELITY, Front(X, F, wall))
             started = time.perf_counter()
-            if cfg is None:
+            if isinstance(cfg, Screening):
+                ev = run_method(Method(label, {}, cfg), genome, Front(X, F, wall), budget, seed)
+            elif cfg is None:
                 random_search(ev, budget, seed)
             else:
                 config = SearchConfig(
@@ -142,6 +147,8 @@ def run(args: argparse.Namespace, client: object) -> None:
                 Search.start(config, ev).run()
             secs = time.perf_counter() - started
             _, Fs, _ = ev.evaluated()
+            if isinstance(cfg, Screening):
+                Fs = Fs[[i for i, k in enumerate(ev.order) if k in ev.des_keys]]
             found = Fs[non_dominated(Fs)]
             ratio = hypervolume(found, lo, hi) / hv_true
             ratios.append(ratio)
@@ -185,6 +192,10 @@ def run(args: argparse.Namespace, client: object) -> None:
             f"- budget of every method: {budget} distinct simulations "
             f"({BUDGET_SHARE:.0%} of exhaustive); population {args.pop} unless the method "
             "says otherwise",
+            "",
+            "- the multi-fidelity row: settings as in benchmarks/optimizer_generated.md "
+            "('default + screening + extreme polish'); 'simulations' counts its DES runs "
+            "(end-game confirmations included), its screens are extra",
             "",
             "## Hypervolume ratio to the true front (mean and worst over seeds)",
             "",

@@ -125,6 +125,14 @@ def optimize(
             min=0,
         ),
     ] = 0,
+    screen_extremes: Annotated[
+        int,
+        typer.Option(
+            help="End game of --screen: screen up to this many one-move neighbours of the "
+            "front's largest hypervolume contributors, whole neighbourhoods (0: none).",
+            min=0,
+        ),
+    ] = 0,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -203,7 +211,12 @@ def optimize(
                 final_max=final_max,
                 reference_F=ref_F,
                 multifidelity=(
-                    MultiFidelity(screen_margin, screen_des_share, polish_screens=screen_polish)
+                    MultiFidelity(
+                        screen_margin,
+                        screen_des_share,
+                        polish_screens=screen_polish,
+                        extreme_screens=screen_extremes,
+                    )
                     if screen
                     else None
                 ),

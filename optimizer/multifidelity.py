@@ -55,6 +55,7 @@ class MultiFidelity:
     des_share: float = 0.1
     polish_screens: int = 0
     polish_rounds: int = 4
+    extreme_screens: int = 0  # end game: screened neighbourhoods of the front's top contributors
     max_screens: int | None = None  # screens during the search (end game excluded); None: no cap
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class MultiFidelity:
             raise ValueError(f"polish_screens must be ≥ 0, got {self.polish_screens}")
         if self.max_screens is not None and self.max_screens < 1:
             raise ValueError(f"max_screens must be ≥ 1 or None, got {self.max_screens}")
+        if self.extreme_screens < 0:
+            raise ValueError(f"extreme_screens must be ≥ 0, got {self.extreme_screens}")
         if self.polish_rounds < 1:
             raise ValueError(f"polish_rounds must be ≥ 1, got {self.polish_rounds}")
 
@@ -82,6 +85,11 @@ class MultiFidelity:
                 f"; end game: {self.polish_screens} screened one-move neighbours of the front "
                 f"in {self.polish_rounds} rounds"
             )
+        if self.extreme_screens:
+            text += (
+                f"; end game: up to {self.extreme_screens} screened one-move neighbourhoods "
+                "of the front's largest hypervolume contributors"
+            )
         return text + "; the final front DES-scored"
 
 
@@ -89,12 +97,22 @@ def screen_matrix(
     scenario: Scenario, base: Deployment, matrix: np.ndarray, fidelity: Fidelity
 ) -> Score:
     """Screening-fidelity score of one allocation (pure and picklable, like evaluate_matrix)."""
+    return screen_deployment(scenario, with_matrix(scenario, matrix, base), fidelity)
+
+
+def screen_deployment(scenario: Scenario, dep: Deployment, fidelity: Fidelity) -> Score:
+    """Screening-fidelity score of one deployment, any genome's (pure and picklable).
+
+    The screening engine has no cold starts: an on-demand instance with a
+    ``startup_s`` is screened as if it were already up, so such deployments
+    screen optimistic on time (exact otherwise). See :class:`MultiFidelityEvaluator`
+    for why the search stays correct with that.
+    """
     # numba (via twin.screen) is loaded only when screening runs: plain `optimize` does not
     # pay its start-up, nor its address-space reservation (which fails under a 500 MB cap)
     from twin.screen import screen_criteria
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    dep = with_matrix(scenario, matrix, base)
     rows = screen_criteria(
         scenario, dep, fidelity.workload, fidelity.horizon_s, fidelity.replications, fidelity.seed
     )
@@ -105,11 +123,9 @@ def screen_matrix(
     return Score(mean=mean, ci=ci, wall_s=wall, cpu_s=time.process_time() - cpu0)
 
 
-def screen_many(
-    scenario: Scenario, base: Deployment, matrices: list[np.ndarray], fidelity: Fidelity
-) -> list[Score]:
-    """:func:`screen_matrix` of each allocation (one Dask task for a chunk of them)."""
-    return [screen_matrix(scenario, base, m, fidelity) for m in matrices]
+def screen_many(scenario: Scenario, deps: list[Deployment], fidelity: Fidelity) -> list[Score]:
+    """:func:`screen_deployment` of each deployment (one Dask task for a chunk of them)."""
+    return [screen_deployment(scenario, d, fidelity) for d in deps]
 
 
 def could_enter(candidates: np.ndarray, known: np.ndarray, margin: float) -> np.ndarray:
@@ -128,7 +144,18 @@ def could_enter(candidates: np.ndarray, known: np.ndarray, margin: float) -> np.
 
 
 class MultiFidelityEvaluator(Evaluator):
-    """An :class:`Evaluator` that screens every candidate and DES-scores the promising ones."""
+    """An :class:`Evaluator` that screens every candidate and DES-scores the promising ones.
+
+    Any genome works: candidates are screened as the deployments the genome
+    makes of them (allocation, alignment, constant run). The screening engine
+    has no cold starts, so a deployment with an on-demand component that has
+    a ``startup_s`` screens optimistic on time. That cannot lose a candidate
+    for good: an optimistic screen that enters the front is DES-scored (now,
+    or by :func:`confirm_front`), and a candidate it wrongly dominated keeps
+    its own screening score, so it is back on the running front — and
+    DES-scored at the end — as soon as the optimistic one is corrected.
+    It costs DES runs on such candidates, not correctness.
+    """
 
     def __init__(
         self, genome: Genome, fidelity: Fidelity, settings: MultiFidelity, client: Any | None = None
@@ -176,8 +203,9 @@ class MultiFidelityEvaluator(Evaluator):
         CI = np.array([self.cache[k].ci for k in keys], dtype=float)
         return F, CI
 
-    def _matrices(self, keys: list[bytes]) -> list[np.ndarray]:
-        return [np.frombuffer(k, dtype=np.int64).reshape(self.genome.shape) for k in keys]
+    def _vectors(self, keys: list[bytes]) -> list[np.ndarray]:
+        """The genome vectors of cache keys (a plain genome's: its allocation, row-major)."""
+        return [np.frombuffer(k, dtype=np.int64) for k in keys]
 
     def screen_only(self, X: np.ndarray) -> int:
         """Screen the new allocations among ``X`` (flat) and cache their screening scores.
@@ -193,7 +221,7 @@ class MultiFidelityEvaluator(Evaluator):
 
     def _score(self, missing: list[bytes], des: bool = True) -> None:
         started = time.perf_counter()
-        screened = self._screen(self._matrices(missing))
+        screened = self._screen(self._vectors(missing))
         self.screen_wall_s += time.perf_counter() - started
         S = np.array([s.mean for s in screened], dtype=float)
         known = np.array([self.cache[k].mean for k in self.front_keys], dtype=float)
@@ -216,19 +244,18 @@ class MultiFidelityEvaluator(Evaluator):
         self.batches += 1
         self.confirm([k for k, p in zip(missing, promising, strict=True) if p], also=missing)
 
-    def _screen(self, matrices: list[np.ndarray]) -> list[Score]:
+    def _screen(self, vectors: list[np.ndarray]) -> list[Score]:
         """Screen inline, or in one chunk per Dask worker (a screen is a few ms: one task each
         would cost more in scheduling than in simulation)."""
-        sc, base, fid = self.genome.scenario, self.genome.base, self.fidelity
+        sc, fid = self.genome.scenario, self.fidelity
+        deps = [self.genome.deployment(v) for v in vectors]
         if self.client is None:
-            return screen_many(sc, base, matrices, fid)
-        n = max(1, min(len(self.client.scheduler_info().get("workers", {})), len(matrices)))
-        chunks = [matrices[i::n] for i in range(n)]
-        futures = [
-            self.client.submit(screen_many, sc, base, c, fid, pure=False) for c in chunks if c
-        ]
+            return screen_many(sc, deps, fid)
+        n = max(1, min(len(self.client.scheduler_info().get("workers", {})), len(deps)))
+        chunks = [deps[i::n] for i in range(n)]
+        futures = [self.client.submit(screen_many, sc, c, fid, pure=False) for c in chunks if c]
         parts = self.client.gather(futures)
-        out: list[Score] = [None] * len(matrices)  # type: ignore[list-item]
+        out: list[Score] = [None] * len(deps)  # type: ignore[list-item]
         for i, part in enumerate(parts):
             out[i::n] = part
         return out
@@ -238,7 +265,7 @@ class MultiFidelityEvaluator(Evaluator):
         todo = [k for k in keys if k not in self.des_keys]
         if todo:
             started = time.perf_counter()
-            scores = self._run(self._matrices(todo))  # the base class's DES path (inline/Dask)
+            scores = self._run(self._vectors(todo))  # the base class's DES path (inline/Dask)
             self.des_wall_s += time.perf_counter() - started
             rows = {r["key"]: r for r in self.log}
             for k, s in zip(todo, scores, strict=True):
@@ -315,9 +342,14 @@ def polish(search: Search, screens: int, rounds: int = 4) -> int:
     if not isinstance(ev, MultiFidelityEvaluator) or screens <= 0:
         return 0
     # Local import: operators imports genome only, but keep this module's import list lean.
+    from optimizer.matrices import DecisionGenome, LiftedMutation, LiftedRepair
     from optimizer.operators import MUTATION_WEIGHTS, PlacementMutation, PlacementRepair
 
-    mutation, repair = PlacementMutation(MUTATION_WEIGHTS), PlacementRepair()
+    mutation: Any = PlacementMutation(MUTATION_WEIGHTS)
+    repair: Any = PlacementRepair()
+    if isinstance(ev.genome, DecisionGenome):
+        # Moves on the allocation part, or one alignment / constant-run gene (the GA's own mix).
+        mutation, repair = LiftedMutation(mutation), LiftedRepair()
     rng = np.random.default_rng([search.config.seed, 20])
     per_round = max(1, screens // rounds)
     done = 0
@@ -341,6 +373,111 @@ def polish(search: Search, screens: int, rounds: int = 4) -> int:
     return done
 
 
+def neighbours(genome: Genome, x: np.ndarray) -> list[np.ndarray]:
+    """Every feasible allocation one move from ``x``: one instance moved to another machine,
+    one added, or one removed (never a component's last); a DecisionGenome's alignment and
+    constant-run genes are kept as they are."""
+    from optimizer.matrices import DecisionGenome
+
+    if isinstance(genome, DecisionGenome):
+        m0, align, run = genome.split(x)
+        alloc = genome.allocation_genome(run)
+
+        def vector(m: np.ndarray) -> np.ndarray:
+            return genome.join(m, align, run)
+    else:
+        m0, alloc = genome.decode(x), genome
+
+        def vector(m: np.ndarray) -> np.ndarray:
+            return m.reshape(-1)
+
+    ub = alloc.cell_bounds()
+    K, S = m0.shape
+    out: dict[bytes, np.ndarray] = {}
+
+    def consider(m: np.ndarray) -> None:
+        if alloc.is_feasible(m.reshape(-1)):
+            v = vector(m)
+            out.setdefault(genome.key(v), v)
+
+    for k in range(K):
+        for j in range(S):
+            if m0[k, j] < ub[k, j]:  # add one on j
+                m = m0.copy()
+                m[k, j] += 1
+                consider(m)
+            if m0[k, j] == 0:
+                continue
+            if m0[k].sum() > 1:  # remove one from j
+                m = m0.copy()
+                m[k, j] -= 1
+                consider(m)
+            for t in range(S):  # move one from j to t
+                if t != j and m0[k, t] < ub[k, t]:
+                    m = m0.copy()
+                    m[k, j] -= 1
+                    m[k, t] += 1
+                    consider(m)
+    out.pop(genome.key(x), None)
+    return list(out.values())
+
+
+def contributions(F: np.ndarray) -> np.ndarray:
+    """Each row's exclusive hypervolume (what the front loses without it), criteria normalised
+    over the front, reference point 1.1: the extremes and the isolated points score highest."""
+    from optimizer.ga import hypervolume
+
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    total = hypervolume(F, lo, hi)
+    idx = np.arange(len(F))
+    return np.array([total - hypervolume(F[idx != i], lo, hi) for i in idx])
+
+
+def polish_extremes(search: Search, screens: int) -> int:
+    """End game: a screened local search on the front's largest hypervolume contributors.
+
+    Repeatedly take the front member (every candidate scored so far) with the
+    largest exclusive hypervolume whose neighbourhood was not searched yet,
+    and screen *all* its one-move neighbours (:func:`neighbours`) — until
+    ``screens`` are spent. A new member that enters the front is searched in
+    turn, so an extreme walks downhill move by move.
+
+    Why: a four-criterion front at a small budget loses most of its
+    hypervolume through a few missing points — often one extreme of a slice
+    of a discrete criterion (e.g. the lowest variance among the fewest
+    overruns), reached only by one specific move such as a third instance of
+    a heavy component on the right machine. Random one-move polish
+    (:func:`polish`) finds such a move with probability ~1/(its neighbourhood
+    size) per try; searching the neighbourhood of the points that matter
+    finds it for sure. Returns how many candidates were screened.
+    """
+    ev = search.evaluator
+    if not isinstance(ev, MultiFidelityEvaluator) or screens <= 0:
+        return 0
+    done_parents: set[bytes] = set()
+    done = 0
+    while done < screens:
+        keys = ev.order
+        F = np.array([ev.cache[k].mean for k in keys], dtype=float)
+        front = [keys[i] for i in non_dominated(F)]
+        todo = [k for k in front if k not in done_parents]
+        if not todo:
+            break
+        Ff = np.array([ev.cache[k].mean for k in front], dtype=float)
+        gain = dict(zip(front, contributions(Ff), strict=True)) if len(front) > 1 else {}
+        parent = max(todo, key=lambda k: gain.get(k, 0.0))
+        done_parents.add(parent)
+        fresh = [
+            v
+            for v in neighbours(ev.genome, np.frombuffer(parent, dtype=np.int64))
+            if ev.genome.key(v) not in ev.cache
+        ]
+        if fresh:
+            done += ev.screen_only(np.array(fresh[: screens - done]))
+    ev.polished = getattr(ev, "polished", 0) + done
+    return done
+
+
 def end_game(search: Search) -> dict[str, int]:
     """A multi-fidelity search's finish: :func:`polish` (if its settings ask), then
     :func:`confirm_front`. Returns the counts of both (zeros for a DES-only search)."""
@@ -348,9 +485,10 @@ def end_game(search: Search) -> dict[str, int]:
     if not isinstance(ev, MultiFidelityEvaluator):
         return {"polished": 0, "confirmed": 0}
     s = ev.settings
-    polished = (
-        polish(search, s.polish_screens, s.polish_rounds) if not getattr(ev, "polished", 0) else 0
-    )
+    polished = 0
+    if not getattr(ev, "polished", 0):
+        polished = polish(search, s.polish_screens, s.polish_rounds)
+        polished += polish_extremes(search, getattr(s, "extreme_screens", 0))
     return {"polished": polished, "confirmed": confirm_front(search)}
 
 
@@ -373,10 +511,14 @@ __all__ = [
     "MultiFidelity",
     "MultiFidelityEvaluator",
     "confirm_front",
+    "contributions",
     "could_enter",
     "end_game",
     "evaluate_matrix",
+    "neighbours",
     "polish",
+    "polish_extremes",
+    "screen_deployment",
     "screen_matrix",
     "start_multifidelity",
 ]

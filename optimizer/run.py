@@ -188,11 +188,6 @@ def optimize(
     constant-run matrices (:mod:`optimizer.matrices`); 'allocation' the
     allocation matrix only, the others copied from ``base``.
     """
-    if multifidelity is not None and decisions != "allocation":
-        raise ValueError(
-            "--screen scores allocation matrices only (the screening engine has no cold "
-            "starts of on-demand instances): add --decisions allocation"
-        )
     genome = make_genome(scenario, base, decisions)
     search = start_or_resume(
         genome, config, search_fidelity, out, resume, client, reference_F, multifidelity

@@ -10,7 +10,7 @@ from optimizer.evaluation import Evaluator
 from optimizer.ga import budget_pop, default_config
 from optimizer.genome import Genome
 from optimizer.instances import MAX_CANDIDATES, MAX_FEASIBLE, MIN_FEASIBLE, generate
-from optimizer.operators import PlacementMutation, SubsetSampling, _evacuate
+from optimizer.operators import PlacementMutation, SubsetSampling, _evacuate, packed_allocation
 from optimizer.problem import PlacementProblem
 from tests.optimizer.conftest import CHEAP
 
@@ -130,3 +130,35 @@ def test_fit_aware_adds_stay_feasible_where_blind_adds_overload() -> None:
                 assert genome.is_feasible(m.reshape(-1))  # an add where there is room
         counts[fit] = ok
     assert counts[True] > counts[False]
+
+
+def test_packed_sampling_is_feasible_and_stratifies_instance_counts() -> None:
+    sc, _ = generate(11)  # tight: three instances of its heaviest component rarely fit
+    genome = Genome(sc)
+    problem = PlacementProblem(Evaluator(genome, CHEAP))
+    rng = np.random.default_rng(2)
+    X = SubsetSampling(packed=True).do(problem, 30, random_state=rng).get("X")
+    assert len(X) == 30 and all(genome.is_feasible(x) for x in X)
+    assert len({x.tobytes() for x in X}) == 30
+    counts = X.reshape(-1, *genome.shape).sum(axis=2)
+    heavy = int(np.argmax(genome.cpu))
+    # Every count of the heaviest component appears; rejection sampling gives three rarely.
+    assert set(counts[:, heavy]) == set(range(1, int(genome.max_replicas[heavy]) + 1))
+    blind = SubsetSampling().do(problem, 30, random_state=np.random.default_rng(2)).get("X")
+    top = int(genome.max_replicas[heavy])
+    packed_top = (counts[:, heavy] == top).sum()
+    blind_top = (blind.reshape(-1, *genome.shape).sum(axis=2)[:, heavy] == top).sum()
+    assert packed_top > blind_top
+
+
+def test_packed_allocation_places_only_where_there_is_room() -> None:
+    sc, _ = generate(11)
+    genome = Genome(sc)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        m = packed_allocation(genome, rng, counts=genome.max_replicas)
+        if m is None:
+            continue
+        assert np.all(genome.cpu @ m <= genome.cap_cpu + 1e-9)
+        assert np.all(genome.ram @ m <= genome.cap_ram + 1e-9)
+        assert np.all(m.sum(axis=1) >= 1) and np.all(m.sum(axis=1) <= genome.max_replicas)

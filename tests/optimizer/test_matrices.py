@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from optimizer.baselines import greedy
@@ -155,10 +156,15 @@ def test_cli_decisions_option(tmp_path: Path) -> None:
     runner = CliRunner()
     fast = ["--pop", "6", "--gens", "2", "--horizon", "60", "--final-horizon", "60"]
     fast += ["--final-replications", "1", "--final-max", "2", "--json"]
+    # Multi-fidelity searches all three matrices too: screened, and the front DES-scored.
     res = runner.invoke(
         optimize_app, [str(MATRICES), *fast, "--screen", "--out", str(tmp_path / "a")]
     )
-    assert res.exit_code == 2 and "--decisions allocation" in res.output
+    assert res.exit_code == 0, res.output
+    fid = pd.read_parquet(tmp_path / "a" / "fidelity.parquet")
+    assert len(fid) > 0 and fid["des"].any()
+    screened = load_deployment(tmp_path / "a" / "chosen.yaml")
+    assert set(screened.always_on) == {"model-server", "prep-worker", "trainer"}
     out = tmp_path / "b"
     res = runner.invoke(optimize_app, [str(MATRICES), *fast, "--out", str(out)])
     assert res.exit_code == 0, res.output

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from optimizer.evaluation import Fidelity, evaluate_matrix
-from optimizer.ga import Search, SearchConfig
+from optimizer.ga import Search, SearchConfig, non_dominated
 from optimizer.genome import Genome
 from optimizer.multifidelity import (
     MultiFidelity,
     MultiFidelityEvaluator,
     confirm_front,
+    contributions,
     could_enter,
     end_game,
+    neighbours,
     screen_matrix,
 )
 from twin.load import load_scenario
@@ -92,3 +94,58 @@ def test_screen_cap_ends_the_search(small: Genome) -> None:
     search.run()
     assert 20 <= ev.screened < 20 + 8  # stops in the generation that reaches the cap
     assert len(search.history) < 50
+
+
+def test_neighbours_are_every_feasible_single_move(small: Genome) -> None:
+    rng = np.random.default_rng(6)
+    x = small.repair(np.ones(small.n_var, dtype=np.int64), rng)
+    got = neighbours(small, x)
+    assert got and len({small.key(v) for v in got}) == len(got)
+    m0 = small.decode(x)
+    for v in got:
+        assert small.is_feasible(v) and small.key(v) != small.key(x)
+        d = small.decode(v) - m0
+        # One instance added or removed (|d| = 1), or moved (one +1 and one −1 in a row).
+        assert np.abs(d).sum() in (1, 2) and (np.abs(d).sum() == 1 or d.sum() == 0)
+        assert np.count_nonzero(d.any(axis=1)) == 1
+    # Complete: a brute force over all ±1 cells and moves finds no other feasible neighbour.
+    K, S = small.shape
+    brute = set()
+    for k in range(K):
+        for j in range(S):
+            for dj in (-1, 1):
+                m = m0.copy()
+                m[k, j] += dj
+                if small.is_feasible(m.reshape(-1)):
+                    brute.add(m.tobytes())
+            for t in range(S):
+                m = m0.copy()
+                m[k, j] -= 1
+                m[k, t] += 1
+                if t != j and m0[k, j] > 0 and small.is_feasible(m.reshape(-1)):
+                    brute.add(m.tobytes())
+    assert brute == {small.key(v) for v in got}
+
+
+def test_contributions_rank_extremes_above_dominated_neighbours() -> None:
+    F = np.array([[0.0, 1.0], [0.5, 0.5], [0.51, 0.51], [1.0, 0.0]])
+    c = contributions(F)
+    assert c[0] > 0 and c[3] > 0 and c[2] == pytest.approx(0.0)
+    assert c[1] > c[2]
+
+
+def test_extreme_polish_screens_whole_neighbourhoods_then_confirms(small: Genome) -> None:
+    ev = MultiFidelityEvaluator(small, FID, MultiFidelity(0.0, 0.25, extreme_screens=40))
+    search = Search.start(SearchConfig(pop_size=8, n_gen=3, seed=3), ev)
+    search.run()
+    screened = ev.screened
+    # The member the end game starts from: the front's largest hypervolume contributor.
+    F = np.array([ev.cache[k].mean for k in ev.order])
+    front = [ev.order[i] for i in non_dominated(F)]
+    top = front[int(np.argmax(contributions(F[non_dominated(F)])))]
+    hood = {small.key(v) for v in neighbours(small, np.frombuffer(top, dtype=np.int64))}
+    assert 0 < len(hood - set(ev.cache)) <= 40
+    got = end_game(search)
+    assert 0 < got["polished"] <= 40 and ev.screened == screened + got["polished"]
+    assert hood <= set(ev.cache)  # searched whole, not sampled
+    assert set(search.front_keys) <= ev.des_keys
