@@ -1,9 +1,11 @@
-"""Tiny helpers shared by the benchmark scripts: markdown tables and result files."""
+"""Tiny helpers shared by the benchmark scripts: markdown tables, result files, the CLI."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,3 +39,13 @@ def write_result(name: str, text: str) -> Path:
     path.write_text(text + "\n")
     print(text)
     return path
+
+
+def run_cli(*args: str) -> str:
+    """Run ``mlops-twin ARGS`` in this interpreter's environment; its stdout, or an error
+    naming the subcommand with the tail of its stderr."""
+    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", *args]
+    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
+    if res.returncode != 0:
+        raise RuntimeError(f"mlops-twin {' '.join(args[:2])}: {res.stderr.strip()[-500:]}")
+    return res.stdout

@@ -63,17 +63,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    """The cached PPO policy of the testbed view (trained now when missing)."""
-    import torch
+def _policy_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The ``rl control`` options whose cached PPO policy ``train`` builds and ``twin`` replays."""
+    from lab.control import ControlOptions
 
-    from lab.control import ControlOptions, prepare_control
-    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
-    from twin.load import load_scenario
-
-    torch.set_num_threads(1)
-    sc = load_scenario(SCENARIO)
-    opts = ControlOptions(
+    return ControlOptions(
         "ppo",
         None,
         "fluctuating",
@@ -88,6 +82,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         ROOT / ".testbed-rl",
         None,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """The cached PPO policy of the testbed view (trained now when missing)."""
+    import torch
+
+    from lab.control import prepare_control
+    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
+    from twin.load import load_scenario
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    opts = _policy_options(args)
     started = time.perf_counter()
     run, _, _ = prepare_control(
         sc,
@@ -177,7 +184,7 @@ def cmd_twin(args: argparse.Namespace) -> None:
     """PPO and IPA against the perfect-foresight optimum in the twin; rows to RUNS/twin."""
     import torch
 
-    from lab.control import ControlOptions, prepare_control
+    from lab.control import prepare_control
     from optimizer.rl import experiments
     from optimizer.rl.baselines import IPAPolicy
     from optimizer.rl.cli import (
@@ -192,21 +199,7 @@ def cmd_twin(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     sc = load_scenario(SCENARIO)
     pred = _predictor(str(DEFAULT_PREDICTOR))
-    opts = ControlOptions(
-        "ppo",
-        None,
-        "fluctuating",
-        60.0,
-        1,
-        None,
-        args.rate_scale,
-        False,
-        args.steps,
-        ROOT / "runs" / "rl-policies",
-        "local",
-        ROOT / ".testbed-rl",
-        None,
-    )
+    opts = _policy_options(args)
     run, make_ppo, _ = prepare_control(
         sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
     )

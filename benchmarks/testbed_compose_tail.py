@@ -46,7 +46,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_line, markdown_table, write_result
+from _report import machine_line, markdown_table, run_cli, write_result
 
 from testbed.backends.compose import (
     CGROUP_PARENT,
@@ -78,14 +78,6 @@ PROBES = {
         "&& head -n 1 <&3 | grep -q ' 200 '",
     ],
 }
-
-
-def _cli(*args: str) -> str:
-    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", *args]
-    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
-    if res.returncode != 0:
-        raise RuntimeError(f"mlops-twin {' '.join(args[:2])}: {res.stderr.strip()[-500:]}")
-    return res.stdout
 
 
 def _files(d: Path) -> tuple[Path, Path]:
@@ -146,7 +138,7 @@ def _delta(a: dict, b: dict) -> dict[str, dict[str, float]]:
 
 def _load(d: Path, scenario: Path, target: str, metrics: dict[str, str], duration: float) -> dict:
     out = d / "load"
-    _cli(
+    run_cli(
         "load",
         "run",
         "-s",

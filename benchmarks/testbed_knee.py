@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_line, markdown_table, write_result
+from _report import machine_line, markdown_table, run_cli, write_result
 
 from calibrate import calibration as cal
 from calibrate.quota import quota_scenario, stage_cpu
@@ -72,14 +71,6 @@ MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
 # On this shared host (other helpers' tests run outside the lock) most runs had a release
 # lag p99 of 6–11 ms; runs up to USABLE_LAG_S are still used, and reported apart.
 USABLE_LAG_S = 0.020
-
-
-def _cli(*args: str) -> str:
-    argv = [sys.executable, "-c", "from mlops_twin.cli import main; main()", *args]
-    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
-    if res.returncode != 0:
-        raise RuntimeError(f"mlops-twin {' '.join(args[:2])}: {res.stderr.strip()[-500:]}")
-    return res.stdout
 
 
 def _files(name: str) -> tuple[Path, Path]:
@@ -118,7 +109,7 @@ def run(name: str, duration_s: float, repeats: int, rhos: tuple[float, ...] = RH
                     continue
                 rate = rho * cap
                 print(f"{name} ρ {rho} ({rate:.0f}/s) repeat {rep}", file=sys.stderr)
-                _cli(
+                run_cli(
                     "load",
                     "run",
                     "-s",
@@ -208,7 +199,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     other = runs[(runs["rho"] != rho) & runs["usable"]]
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
-        _cli(
+        run_cli(
             "calibrate",
             "fit",
             *[str(d / r) for r in other["run"]],
