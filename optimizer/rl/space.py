@@ -192,22 +192,9 @@ class ConfigSpace:
                 s.component, StageConfig(variant=s.variants[o.variant].name, batch=o.batch)
             )
             items += [(cpu, ram, s.name)] * o.replicas
-        items.sort(key=lambda it: -it[0])
         # Plain floats: a handful of machines, called for every option of every mask.
         free_cpu, free_ram = self._free_cpu_list[:], self._free_ram_list[:]
-        out: dict[str, dict[str, int]] = {}
-        for cpu, ram, name in items:
-            best, room = -1, -1.0
-            for j, (fc, fr) in enumerate(zip(free_cpu, free_ram, strict=True)):
-                if fc >= cpu - EPS and fr >= ram - EPS and fc > room:
-                    best, room = j, fc
-            if best < 0:
-                return None
-            free_cpu[best] -= cpu
-            free_ram[best] -= ram
-            per = out.setdefault(name, {})
-            per[self.machines[best]] = per.get(self.machines[best], 0) + 1
-        return out
+        return self._worst_fit(items, free_cpu, free_ram, {})
 
     def place_near(
         self, options: list[Option], keep: dict[str, dict[str, int]]
@@ -235,8 +222,20 @@ class ConfigSpace:
                     out.setdefault(s.name, {})[m] = out.get(s.name, {}).get(m, 0) + 1
                     n, left = n - 1, left - 1
             rest += [(cpu, ram, s.name)] * left
-        rest.sort(key=lambda it: -it[0])
-        for cpu, ram, name in rest:
+        return self._worst_fit(rest, free_cpu, free_ram, out)
+
+    def _worst_fit(
+        self,
+        items: list[tuple[float, float, str]],
+        free_cpu: list[float],
+        free_ram: list[float],
+        out: dict[str, dict[str, int]],
+    ) -> dict[str, dict[str, int]] | None:
+        """Pack ``items`` (cores, GiB, stage) largest first, each on the machine with the
+        most free CPU that holds it, into ``out`` (and the free lists, in place). None when
+        one does not fit."""
+        items.sort(key=lambda it: -it[0])
+        for cpu, ram, name in items:
             best, room = -1, -1.0
             for j, (fc, fr) in enumerate(zip(free_cpu, free_ram, strict=True)):
                 if fc >= cpu - EPS and fr >= ram - EPS and fc > room:
