@@ -197,6 +197,8 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     cal_dir = d / f"twin-rho{rho:.1f}"
     cal_dir.mkdir(exist_ok=True)
     other = runs[(runs["rho"] != rho) & runs["usable"]]
+    if other.empty:  # no other level had a usable run (a busy host): fit on them all
+        other = runs[runs["rho"] != rho]
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
         run_cli(
