@@ -53,6 +53,9 @@ from twin.spec import (
 # group goes idle there, and since 5.4 that runtime does not expire at the period's end:
 # the model's thread may run that much beyond the period's quota after an idle spell
 CFS_CARRY_MS = 1.0
+# the kernel checks a running thread's group runtime at its scheduler tick (CONFIG_HZ=250
+# here: 4 ms; no high-resolution tick), so the thread overruns the quota until then
+CFS_TICK_MS = 4.0
 # the pooled capacity fit needs runs this far apart in item rate (max / min): the
 # node's CPU against its item rate is then a line with a slope, not a point
 MIN_RATE_SPREAD = 1.5
@@ -252,6 +255,7 @@ def quota_scenario(
     share: float | dict[str, float],
     rate_per_s: float | None = None,
     carry_ms: float = CFS_CARRY_MS,
+    tick_ms: float = CFS_TICK_MS,
 ) -> Scenario:
     """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
     under the testbed's CPU quota (see the module doc).
@@ -259,7 +263,8 @@ def quota_scenario(
     ``cpu``: :func:`stage_cpu` of the fit runs; ``share``: host cores of each node's
     quota (one number, or per stage: the quota of the node it runs on). Stages without
     a CPU fit keep their fitted wall-time model, and their servers get no quota.
-    ``carry_ms``: quota a period may pass to the next (``Settings.cpu_quota_carry_ms``).
+    ``carry_ms``: quota a period may pass to the next (``Settings.cpu_quota_carry_ms``);
+    ``tick_ms``: when the quota is enforced (``Settings.cpu_quota_tick_ms``).
     ``rate_per_s``: the per-request overhead at this offered rate
     (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean.
     """
@@ -324,7 +329,9 @@ def quota_scenario(
             o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
             p = p.model_copy(update={"request_overhead": o})
         processes.append(p)
-    settings = sc.settings.model_copy(update={"cpu_quota_carry_ms": carry_ms})
+    settings = sc.settings.model_copy(
+        update={"cpu_quota_carry_ms": carry_ms, "cpu_quota_tick_ms": tick_ms}
+    )
     new = sc.model_copy(
         update={
             "components": components,

@@ -166,6 +166,8 @@ def test_quota_scenario_carries_the_kernels_leftover_runtime(tmp_path: Path) -> 
     cpu = stage_cpu([_run(tmp_path / "a", 30), _run(tmp_path / "b", 120)], dep)
     twin = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5)
     assert twin.settings.cpu_quota_carry_ms == 1.0
+    assert twin.settings.cpu_quota_tick_ms == 4.0  # the kernel enforces it at HZ=250's tick
     assert twin.component("encoder").server_overhead.concurrent  # the server's own thread
-    none = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5, carry_ms=0.0)
+    none = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5, carry_ms=0.0, tick_ms=0.0)
     assert none.settings.cpu_quota_carry_ms == 0.0
+    assert none.settings.cpu_quota_tick_ms == 0.0
