@@ -85,15 +85,23 @@ def batch_processes(scenario: Scenario) -> list[Process]:
 
 
 def scaled(scenario: Scenario, time_scale: float) -> Scenario:
-    """``scenario`` with every periodic batch arrival's period and offset × ``time_scale``."""
+    """``scenario`` with every periodic batch arrival's period and offset, and every batch
+    process's ``deadline_s``, × ``time_scale``.
+
+    The deadline goes with the schedule: a retraining due within 2 of its 5 minutes is
+    due within 12 of its 30 s at × 0.1; left as it was, nothing overruns in a scaled
+    run and the overrun criterion cannot tell placements apart. A request pipeline's
+    deadline (a per-request latency limit) is not a schedule and stays.
+    """
     procs = []
     for p in scenario.processes:
-        a = p.arrivals
+        a, deadline = p.arrivals, p.deadline_s
         if p.kind == "batch" and a is not None and a.kind == "periodic":
             a = a.model_copy(
                 update={"period_s": a.period_s * time_scale, "offset_s": a.offset_s * time_scale}
             )
-        procs.append(p.model_copy(update={"arrivals": a}))
+            deadline = None if deadline is None else deadline * time_scale
+        procs.append(p.model_copy(update={"arrivals": a, "deadline_s": deadline}))
     return scenario.model_copy(update={"processes": procs})
 
 

@@ -40,6 +40,9 @@ def test_schedule_is_scaled_and_steps_are_known(lab: tuple) -> None:
     retrain = next(p for p in fast.processes if p.name == "retraining")
     assert retrain.arrivals.period_s == pytest.approx(30.0)
     assert retrain.arrivals.offset_s == pytest.approx(4.0)
+    # deadlines go with the schedule (120 s → 12 s); the request pipeline's latency limit stays
+    assert retrain.deadline_s == pytest.approx(12.0)
+    assert next(p for p in fast.processes if p.name == "digits").deadline_s == pytest.approx(0.1)
     assert [p.name for p in batch_processes(fast)] == ["feature-refresh", "retraining"]
     assert machines_of(deployment, "data-prep") == ["edge-1", "edge-2"]
     bad = scenario.model_copy(
