@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from lab.deploy_back import Difference, paired_difference, verdict
-from lab.mlops_run import as_deployed, run_on_testbed, scaled, with_startup
+from lab.mlops_run import as_deployed, run_on_testbed, scaled, with_deadlines, with_startup
 from twin.criteria import CRITERIA, busy_from_visits, placement_criteria
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, SteadyWorkload
@@ -91,9 +91,7 @@ def folder_criteria(
     from ``scenario`` (not the one recorded at run time), so a report made after the
     scenario's deadlines changed counts overruns as the twin does."""
     visits = pd.read_parquet(folder / "visits.parquet")
-    execs = pd.read_parquet(folder / "executions.parquet")
-    deadline = {p.name: p.deadline_s for p in scenario.processes}
-    execs["deadline_s"] = execs["process"].astype(str).map(deadline).astype(float)
+    execs = with_deadlines(pd.read_parquet(folder / "executions.parquet"), scenario)
     end_s = float(json.loads((folder / "meta.json").read_text())["end_s"])
     return measured_criteria(scenario, deployment, visits, execs, horizon_s, end_s)
 
