@@ -3,9 +3,10 @@
 ``python -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml``
 brings the local testbed up (Feast, MLflow, gateway, one node agent per machine, the
 inference stages), then runs the scenario's batch processes in real time with their
-periods and offsets multiplied by ``--time-scale`` (0.1: a 5-minute retraining runs
-every 30 s): each execution of each process starts on schedule in its own thread (two
-executions may overlap, as in the twin), and each of its steps is a job
+periods, offsets and deadlines multiplied by ``--time-scale`` (0.1: a 5-minute
+retraining due within 2 minutes runs every 30 s, due within 12 s): each execution
+of each process starts on schedule in its own thread (two executions may overlap,
+as in the twin), and each of its steps is a job
 (:mod:`testbed.services.step_job`) started through the node agent of the machine the
 allocation names, split over ``parallelism`` parts, under that machine's CPU quota.
 
@@ -14,7 +15,8 @@ columns plus ``transfer_s``, ``compute_s``, ``cpu_s``, ``overhead_s``;
 ``overhead_s`` = the job's start-up; ``t_end`` is when the runner saw it exit),
 ``executions.parquet`` (the twin's request columns: ``process``, ``pid``,
 ``t_arrive``, ``t_end``, ``deadline_s``), ``calibrated-scenario.yaml`` (each step's
-``cpu_work`` fitted on the even executions), and ``report.md``: per process the
+``cpu_work`` and ``wait`` fitted on the even executions, :func:`fit_cpu_work`), and
+``report.md``: per process the
 testbed's mean time, variance and overruns on the odd (held-out) executions beside
 the calibrated twin's on the same schedule, and the cost.
 

@@ -240,6 +240,12 @@ class _Layout:
                 nxt += [index[t.name] for t in p.steps if s.name in t.depends_on]
                 next_ptr.append(len(nxt))
                 stage = sc.component(s.component).is_stage
+                if s.wait is not None and not stage:  # a wait left out would look free
+                    raise ValueError(
+                        f"processes.{p.name}.steps.{s.name}.wait: the screening fidelity "
+                        "does not model step waits; score this scenario with the DES "
+                        "(optimize without --screen)"
+                    )
                 self.step_models.append((None if stage else s.cpu_work, s.gpu_work))
                 self.step_names.append(s.name)
             roots += [index[s.name] for s in p.steps if not s.depends_on]

@@ -173,3 +173,12 @@ def test_bad_waits_are_refused_with_the_field_named() -> None:
                 ],
             }
         )
+
+
+def test_the_screening_fidelity_refuses_a_wait_it_would_leave_out() -> None:
+    from twin.screen import screen
+
+    sc = _scenario({"a": _step(100.0, {"kind": "constant", "ms": 50.0})})
+    dep = Deployment.model_validate({"allocation": {"a": {"m": 1}}})
+    with pytest.raises(ValueError, match=r"processes\.a\.steps\.s\.wait: the screening"):
+        screen(sc, dep, None, 10.0, 1, 1)
