@@ -21,6 +21,7 @@ from optimizer.multifidelity import (
     search_budget,
 )
 from optimizer.rowsweep import component_rows, pinned_row, row_neighbours
+from twin.spec import Scenario
 
 FID = Fidelity(None, 600.0, 1, 1)  # the generated benchmark's search fidelity
 
@@ -137,3 +138,24 @@ def test_default_search_finds_the_narrow_corner_within_budget(tight: Genome) -> 
         ratio = hypervolume(Fd[non_dominated(Fd)], lo, hi) / total
         assert ratio >= 0.99, (seed, ratio)
         assert ev.des_runs <= 1.5 * budget
+
+
+def test_row_neighbours_of_the_three_matrix_genome_keep_its_other_decisions(
+    small: Scenario,
+) -> None:
+    from optimizer.matrices import DecisionGenome
+
+    g = DecisionGenome(small)
+    rng = np.random.default_rng(1)
+    x = g.repair(np.zeros(g.n_var, dtype=np.int64), rng)
+    m0, align, run = g.split(x)
+    hood = row_neighbours(g, x)
+    assert hood
+    alloc = g.allocation_genome(run)
+    changed_rows = set()
+    for v in hood:
+        m, a, r = g.split(v)
+        assert np.array_equal(a, align) and np.array_equal(r, run)
+        assert alloc.is_feasible(m.reshape(-1))
+        changed_rows |= {k for k in range(m.shape[0]) if not np.array_equal(m[k], m0[k])}
+    assert len(changed_rows) == m0.shape[0]  # every component was re-placed somewhere
