@@ -256,7 +256,7 @@ def test_the_time_beyond_a_jobs_cpu_is_fitted_as_its_wait(lab: tuple) -> None:
     m = step(every, "materialize")
     assert m.cpu_work.mean_ms == pytest.approx(200.0)
     assert m.wait.mean_ms == pytest.approx(400.0)  # 0.3 s and 0.5 s
-    assert m.wait.cv == pytest.approx((0.1 * 2**0.5) / 0.4)
+    assert m.wait.cv == pytest.approx(1.4826 * 0.1 / 0.4)  # MAD / median, robust
     i = step(every, "ingest")
     assert i.cpu_work.mean_ms == pytest.approx(250.0)
     assert i.wait.mean_ms == pytest.approx(1500.0)
@@ -273,3 +273,20 @@ def test_the_time_beyond_a_jobs_cpu_is_fitted_as_its_wait(lab: tuple) -> None:
     assert step(none, "materialize").cpu_work.mean_ms == pytest.approx(600.0)
     with pytest.raises(ValueError, match="waits: expected one of"):
         calibrate(scenario, v, {0, 2}, quotas, waits="some")
+
+
+def test_one_slow_execution_does_not_set_a_steps_spread(lab: tuple) -> None:
+    scenario, _ = lab
+    quotas = {"core": 1.0, "edge-1": 0.25, "edge-2": 0.25}
+    # five materializes on the core server, all CPU; one slowed threefold (warm-up)
+    walls = [0.5, 0.51, 0.49, 0.5, 1.5]
+    v = pd.DataFrame(
+        [
+            {**_visit("materialize", "feature-refresh", 2 * i, "core", w, 10.0), "overhead_s": 0.0}
+            for i, w in enumerate(walls)
+        ]
+    )
+    fitted = calibrate(scenario, v, {0, 2, 4, 6, 8}, quotas)
+    m = next(s for p in fitted.processes for s in p.steps if s.name == "materialize")
+    assert m.cpu_work.mean_ms == pytest.approx(1000 * sum(walls) / 5)  # the mean keeps it
+    assert m.cpu_work.cv == pytest.approx(1.4826 * 0.01 / 0.5)  # the spread does not
