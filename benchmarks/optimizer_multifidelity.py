@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def run_one(
     genome = Genome(sc, load_deployment(BASE))
     fid = Fidelity(None, horizon, 1, seed)
     config = SearchConfig(pop_size=pop, n_gen=gens, seed=seed, operators="custom")
-    j0 = _cpu_jiffies()
+    j0, load0, t0 = _cpu_jiffies(), os.getloadavg()[0], time.time()
     with evaluation_client(workers) as client:
         if mode == "mf":
             ev: Evaluator = MultiFidelityEvaluator(
@@ -112,6 +113,11 @@ def run_one(
         "variant": variant if mode == "mf" else None,
         "sim_cpu_s": ev.sim_cpu_s,
         "steal": steal_since(j0),
+        # 1-min load average before and after, and when it ran: the lock keeps other timing
+        # jobs off the host, not other helpers' unlocked nice-19 work
+        "load_before": load0,
+        "load_after": os.getloadavg()[0],
+        "started_utc": time.strftime("%H:%M:%S", time.gmtime(t0)),
         "mf": ev.summary() if isinstance(ev, MultiFidelityEvaluator) else None,
         "des_cpu_per_run_s": _des_cpu(ev),
     }
