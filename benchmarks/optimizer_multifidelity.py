@@ -70,6 +70,7 @@ def run_one(
     polish: int = 0,
     polish_rounds: int = 4,
     variant: str = "first",
+    confirm_max: int | None = None,
 ) -> Path:
     """One search; writes its DES-scored front, wall time and counts to the cache."""
     sc = load_scenario(SCENARIO)
@@ -80,7 +81,10 @@ def run_one(
     with evaluation_client(workers) as client:
         if mode == "mf":
             ev: Evaluator = MultiFidelityEvaluator(
-                genome, fid, MultiFidelity(margin, des_share, polish, polish_rounds), client
+                genome,
+                fid,
+                MultiFidelity(margin, des_share, polish, polish_rounds, confirm_max=confirm_max),
+                client,
             )
             # Load the compiled screening engine (numba caches it on disk) outside the timing.
             screen_matrix(sc, genome.base, _any_matrix(genome), fid)
@@ -352,6 +356,12 @@ def main() -> None:
     ap.add_argument("--polish", type=int, default=0, help="end-game screens (0: none)")
     ap.add_argument("--polish-rounds", type=int, default=4)
     ap.add_argument("--variant", default="first", help="name of the multi-fidelity settings")
+    ap.add_argument(
+        "--confirm-max",
+        type=int,
+        default=None,
+        help="end game's DES runs on the final front (default: every member)",
+    )
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     if a.mode:
@@ -368,6 +378,7 @@ def main() -> None:
                 a.polish,
                 a.polish_rounds,
                 a.variant,
+                a.confirm_max,
             )
         )
     if a.report or not a.mode:
