@@ -170,6 +170,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--check", type=int, default=40, help="table entries to re-simulate")
     ap.add_argument(
+        "--search-share",
+        type=float,
+        default=0.7,
+        help="shortlist row: share of the DES budget the search may spend (the end game's "
+        "confirmations get the rest)",
+    )
+    ap.add_argument(
         "--only",
         default=None,
         help="run only the methods whose label contains this text; the result goes to "
@@ -233,7 +240,8 @@ def run(args: argparse.Namespace, client: object) -> None:
         ),
         (
             f"NSGA-II, 3 matrices, default + screening + extreme polish, pop {pop}, "
-            "shortlist confirmation within the 5 % DES budget",
+            "shortlist confirmation within the 5 % DES budget"
+            + (f", search to {args.search_share:.0%} of it" if args.search_share != 0.7 else ""),
             "placement",
             pop,
             True,
@@ -266,7 +274,9 @@ def run(args: argparse.Namespace, client: object) -> None:
                     operators=operators,
                     pop_size=pop_size,
                     n_gen=10_000,
-                    max_evals=int(0.7 * budget),
+                    max_evals=int(
+                        (args.search_share if more[1] == "mf-shortlist" else 0.7) * budget
+                    ),
                     seed=seed,
                 )
                 search = Search.start(config, ev)
@@ -325,6 +335,7 @@ def run(args: argparse.Namespace, client: object) -> None:
             "benchmarks/optimizer_small_matrices.py "
             f"--workers {args.workers} --seeds {args.seeds} --check {args.check}"
             + (f" --only {args.only}" if args.only else "")
+            + (f" --search-share {args.search_share}" if args.search_share != 0.7 else "")
             + "` "
             "(hypervolume figures, not timings: run without the bench lock)",
             "",
@@ -382,6 +393,8 @@ def run(args: argparse.Namespace, client: object) -> None:
         ]
     )
     name = "optimizer_small_matrices" + (f"_{_slug(args.only)}" if args.only else "")
+    if args.search_share != 0.7:
+        name += f"_search{round(100 * args.search_share)}"
     write_result(name, text)
 
 
