@@ -234,7 +234,7 @@ def comparison(runs: list[dict], variant: str) -> tuple[list[str], float, float]
             rows,
         ),
         "",
-        f"Worst speed-up {min(wall_ratios):.1f}× (goal ≥ 5×: "
+        f"Over {len(rows)} seed(s): worst speed-up {min(wall_ratios):.1f}× (goal ≥ 5×: "
         f"{'met' if min(wall_ratios) >= 5 else 'NOT met'}); worst HV ratio "
         f"{min(hv_ratios):.4f} (goal ≥ 0.99: {'met' if min(hv_ratios) >= 0.99 else 'NOT met'}).",
         "",
