@@ -25,6 +25,7 @@ candidate ran at which fidelity; the run folder gets that log
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class MultiFidelity:
     polish_screens: int = 0
     polish_rounds: int = 4
     extreme_screens: int = 0  # end game: screened neighbourhoods of the front's top contributors
+    row_screens: int = 0  # end game: screened row neighbourhoods (optimizer.rowsweep) of them
     max_screens: int | None = None  # screens during the search (end game excluded); None: no cap
     confirm_max: int | None = None  # end game's DES runs on the final front; None: every member
 
@@ -72,10 +74,33 @@ class MultiFidelity:
             raise ValueError(f"max_screens must be ≥ 1 or None, got {self.max_screens}")
         if self.extreme_screens < 0:
             raise ValueError(f"extreme_screens must be ≥ 0, got {self.extreme_screens}")
+        if self.row_screens < 0:
+            raise ValueError(f"row_screens must be ≥ 0, got {self.row_screens}")
         if self.polish_rounds < 1:
             raise ValueError(f"polish_rounds must be ≥ 1, got {self.polish_rounds}")
         if self.confirm_max is not None and self.confirm_max < 0:
             raise ValueError(f"confirm_max must be ≥ 0 or None, got {self.confirm_max}")
+
+    @classmethod
+    def for_budget(cls, max_evals: int) -> MultiFidelity:
+        """The default multi-fidelity settings for a budget of ``max_evals`` DES runs (B).
+
+        The rule (what won on generated instances, benchmarks/results/optimizer_generated.md):
+        at most a quarter of each generation DES-scored, the search stops after 4·B screens
+        (or :data:`SEARCH_DES_SHARE`·B DES runs, see :func:`search_budget`), then the end game
+        screens B random one-move neighbours of the front, 8·B row neighbours and B whole
+        one-move neighbourhoods of its largest hypervolume contributors, and DES-scores
+        whatever of them enters the front. Screens cost 0.07–0.13 of a DES run each.
+        """
+        b = max(1, int(max_evals))
+        return cls(
+            0.0,
+            0.25,
+            polish_screens=b,
+            max_screens=4 * b,
+            extreme_screens=b,
+            row_screens=8 * b,
+        )
 
     def describe(self) -> str:
         """One line for reports."""
@@ -90,6 +115,11 @@ class MultiFidelity:
                 f"; end game: {self.polish_screens} screened one-move neighbours of the front "
                 f"in {self.polish_rounds} rounds"
             )
+        if self.row_screens:
+            text += (
+                f"; end game: up to {self.row_screens} screened row neighbours (one component "
+                "re-placed, the rest fitted around it) of the front's largest contributors"
+            )
         if self.extreme_screens:
             text += (
                 f"; end game: up to {self.extreme_screens} screened one-move neighbourhoods "
@@ -101,6 +131,15 @@ class MultiFidelity:
             f"; at most {self.confirm_max} DES runs confirm the final front's largest "
             "hypervolume contributors, the front reported is the DES-scored candidates' own"
         )
+
+
+SEARCH_DES_SHARE = 0.7  # of a multi-fidelity budget spent in the search; the rest: end game
+
+
+def search_budget(max_evals: int) -> int:
+    """DES runs the search itself may spend of a budget of ``max_evals`` (the end game's
+    confirmations take the rest, and may overrun it a little)."""
+    return max(1, int(SEARCH_DES_SHARE * max_evals))
 
 
 def screen_matrix(
@@ -503,7 +542,11 @@ def contributions(F: np.ndarray) -> np.ndarray:
     return np.array([total - hypervolume(F[idx != i], lo, hi) for i in idx])
 
 
-def polish_extremes(search: Search, screens: int) -> int:
+def polish_extremes(
+    search: Search,
+    screens: int,
+    hood: Callable[[Genome, np.ndarray], list[np.ndarray]] = neighbours,
+) -> int:
     """End game: a screened local search on the front's largest hypervolume contributors.
 
     Repeatedly take the front member (every candidate scored so far) with the
@@ -519,7 +562,9 @@ def polish_extremes(search: Search, screens: int) -> int:
     a heavy component on the right machine. Random one-move polish
     (:func:`polish`) finds such a move with probability ~1/(its neighbourhood
     size) per try; searching the neighbourhood of the points that matter
-    finds it for sure. Returns how many candidates were screened.
+    finds it for sure. ``hood``: the neighbourhood searched (one move by default;
+    :func:`optimizer.rowsweep.row_neighbours` re-places one component at a time).
+    Returns how many candidates were screened.
     """
     ev = search.evaluator
     if not isinstance(ev, MultiFidelityEvaluator) or screens <= 0:
@@ -539,7 +584,7 @@ def polish_extremes(search: Search, screens: int) -> int:
         done_parents.add(parent)
         fresh = [
             v
-            for v in neighbours(ev.genome, np.frombuffer(parent, dtype=np.int64))
+            for v in hood(ev.genome, np.frombuffer(parent, dtype=np.int64))
             if ev.genome.key(v) not in ev.cache
         ]
         if fresh:
@@ -549,15 +594,19 @@ def polish_extremes(search: Search, screens: int) -> int:
 
 
 def end_game(search: Search) -> dict[str, int]:
-    """A multi-fidelity search's finish: :func:`polish` (if its settings ask), then
-    :func:`confirm_front`. Returns the counts of both (zeros for a DES-only search)."""
+    """A multi-fidelity search's finish: :func:`polish`, row sweeps and :func:`polish_extremes`
+    (as its settings ask), then :func:`confirm_front`. Returns the counts of screens and
+    confirmations (zeros for a DES-only search)."""
     ev = search.evaluator
     if not isinstance(ev, MultiFidelityEvaluator):
         return {"polished": 0, "confirmed": 0}
     s = ev.settings
     polished = 0
     if not getattr(ev, "polished", 0):
+        from optimizer.rowsweep import row_neighbours
+
         polished = polish(search, s.polish_screens, s.polish_rounds)
+        polished += polish_extremes(search, getattr(s, "row_screens", 0), hood=row_neighbours)
         polished += polish_extremes(search, getattr(s, "extreme_screens", 0))
     return {"polished": polished, "confirmed": confirm_front(search)}
 
@@ -591,5 +640,6 @@ __all__ = [
     "polish_extremes",
     "screen_deployment",
     "screen_matrix",
+    "search_budget",
     "start_multifidelity",
 ]
