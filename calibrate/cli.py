@@ -290,6 +290,17 @@ def profile(
     ] = "1,2,4,8",
     cell_s: Annotated[float, typer.Option(help="--target: seconds per cell.")] = 4.0,
     replicas: Annotated[int, typer.Option(help="--target: model instances in the server.")] = 1,
+    open_s: Annotated[
+        float,
+        typer.Option(
+            help="--target: seconds of the open-loop Poisson cell, sent by the load generator, "
+            "that the service time and overhead are read from (0: closed loop only)."
+        ),
+    ] = 15.0,
+    open_share: Annotated[
+        float,
+        typer.Option(help="--target: the open-loop cell's rate as a share of measured capacity."),
+    ] = 0.5,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="--target: profile folder to write.")
     ] = None,
@@ -300,7 +311,8 @@ def profile(
 
     if target is not None:
         spec = (model, version, inputs or [], scenario)
-        _profile_target(target, *spec, batches, concurrency, cell_s, replicas, out_dir)
+        cells = (cell_s, open_s, open_share)
+        _profile_target(target, *spec, batches, concurrency, cells, replicas, out_dir)
         return
     try:
         sh, factor = default_shares(scenario)
@@ -328,7 +340,7 @@ def _profile_target(
     scenario: Path,
     batches: str,
     concurrency: str,
-    cell_s: float,
+    cells: tuple[float, float, float],
     replicas: int,
     out_dir: Path | None,
 ) -> None:
@@ -361,7 +373,9 @@ def _profile_target(
         grid = tg.TargetGrid(
             batches=tuple(int(b) for b in floats(batches)),
             concurrency=tuple(int(c) for c in floats(concurrency)),
-            cell_s=cell_s,
+            cell_s=cells[0],
+            open_s=cells[1],
+            open_share=cells[2],
         )
         name = tg.name_of(f"{serving.model}-{serving.version or 'default'}")
         folder = out_dir or Path("runs") / time.strftime(f"profile-{name}-%Y%m%d-%H%M%S")
