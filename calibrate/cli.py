@@ -290,6 +290,14 @@ def profile(
     ] = "1,2,4,8",
     cell_s: Annotated[float, typer.Option(help="--target: seconds per cell.")] = 4.0,
     replicas: Annotated[int, typer.Option(help="--target: model instances in the server.")] = 1,
+    dispatch: Annotated[
+        str,
+        typer.Option(
+            help="--target: how the server hands requests to its --replicas instances: "
+            "round_robin (e.g. MLServer's parallel_workers), least_outstanding, random, or "
+            "shared_queue (instances pull from one queue)."
+        ),
+    ] = "least_outstanding",
     open_s: Annotated[
         float,
         typer.Option(
@@ -312,7 +320,8 @@ def profile(
     if target is not None:
         spec = (model, version, inputs or [], scenario)
         cells = (cell_s, open_s, open_share)
-        _profile_target(target, *spec, batches, concurrency, cells, replicas, out_dir)
+        instances = (replicas, dispatch)
+        _profile_target(target, *spec, batches, concurrency, cells, instances, out_dir)
         return
     try:
         sh, factor = default_shares(scenario)
@@ -341,7 +350,7 @@ def _profile_target(
     batches: str,
     concurrency: str,
     cells: tuple[float, float, float],
-    replicas: int,
+    instances: tuple[int, str],
     out_dir: Path | None,
 ) -> None:
     """``calibrate profile --target``: sweep a V2 server (calibrate.target) and fit it."""
@@ -379,7 +388,7 @@ def _profile_target(
         )
         name = tg.name_of(f"{serving.model}-{serving.version or 'default'}")
         folder = out_dir or Path("runs") / time.strftime(f"profile-{name}-%Y%m%d-%H%M%S")
-        tg.run_target_profile(url, serving, folder, grid, replicas, say)
+        tg.run_target_profile(url, serving, folder, grid, instances[0], say, instances[1])
     except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
         fail(str(exc))
         return

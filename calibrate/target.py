@@ -78,6 +78,10 @@ from twin.spec import (
 )
 
 SAMPLE_FIELDS = ("batch", "concurrency", "client", "t_send_s", "latency_ms", "status")
+# how a server of several instances hands requests to them (the twin's names):
+# a dispatcher sending each to one instance's own queue — round-robin (MLServer's
+# parallel_workers), the least busy, or at random — or instances pulling from one queue
+DISPATCH = ("least_outstanding", "round_robin", "random", "shared_queue")
 PACED, OPEN = 0, -1  # ``concurrency`` of the paced client's rows and the open-loop cell's
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -453,9 +457,19 @@ def fit_open_loop(
 
 
 def target_scenario(
-    serving: Serving, component: str, variant: str, max_batch: int, replicas: int, rate: float
+    serving: Serving,
+    component: str,
+    variant: str,
+    max_batch: int,
+    replicas: int,
+    rate: float,
+    dispatch: str = "least_outstanding",
 ) -> tuple[Scenario, Deployment]:
-    """A one-stage scenario of the server (constant 1 ms service, replaced by the fit)."""
+    """A one-stage scenario of the server (constant 1 ms service, replaced by the fit);
+    ``dispatch`` (one of ``DISPATCH``): how its ``replicas`` instances get requests."""
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch must be one of {', '.join(DISPATCH)}, got {dispatch!r}")
+    shared = dispatch == "shared_queue"
     sc = Scenario.model_validate(
         {
             "name": f"{component}-v2",
@@ -466,6 +480,7 @@ def target_scenario(
                     "name": component,
                     "max_batch": max_batch,
                     "max_replicas": replicas,
+                    "dispatch": "shared_queue" if shared else "balanced",
                     "variants": [
                         {
                             "name": variant,
@@ -492,7 +507,10 @@ def target_scenario(
                 }
                 for f in (0.25, 0.5, 0.75)
             ],
-            "settings": {"network": {"intra_zone_latency_ms": 0, "inter_zone_latency_ms": 0}},
+            "settings": {
+                "network": {"intra_zone_latency_ms": 0, "inter_zone_latency_ms": 0},
+                "load_balancing": "least_outstanding" if shared else dispatch,
+            },
         }
     )
     dep = Deployment.model_validate(
@@ -506,7 +524,12 @@ def target_scenario(
 
 
 def fit_target(
-    samples: pd.DataFrame, serving: Serving, grid: TargetGrid, replicas: int = 1, seed: int = 0
+    samples: pd.DataFrame,
+    serving: Serving,
+    grid: TargetGrid,
+    replicas: int = 1,
+    seed: int = 0,
+    dispatch: str = "least_outstanding",
 ) -> tuple:
     """``(calibration, calibrated scenario, deployment, capacity table, open-loop match)``
     from a sweep (the match is {} without an open-loop cell)."""
@@ -549,7 +572,9 @@ def fit_target(
     fits = fit_samples(pd.concat(rows, ignore_index=True), seed=seed)
     overhead, scores = fit_overhead(np.clip(over, 1e-3, None), seed=seed)
     rate = float(best.get(1, best.iloc[0]))
-    base, dep = target_scenario(serving, component, variant, max(grid.batches), replicas, rate)
+    base, dep = target_scenario(
+        serving, component, variant, max(grid.batches), replicas, rate, dispatch
+    )
     doc = cal.build(
         fits, base, source="calibrate profile --target", per_request=overhead, heldout_loglik=scores
     )
@@ -569,14 +594,19 @@ def run_target_profile(
     grid: TargetGrid = TargetGrid(),
     replicas: int = 1,
     say: Callable[[str], None] = lambda _m: None,
+    dispatch: str = "least_outstanding",
 ) -> Path:
-    """Sweep, fit and write the profile folder (see module doc); returns it."""
+    """Sweep, fit and write the profile folder (see module doc); returns it. ``replicas``
+    and ``dispatch``: the server's instances and how it hands them requests (``DISPATCH``;
+    from the server's own settings, e.g. MLServer's parallel_workers N: N, round_robin)."""
     from calibrate import calibration as cal
     from twin.runs import atomic_dir
 
     started = time.perf_counter()
     samples = sweep(url, serving, grid, say)
-    doc, scenario, dep, cap, opened = fit_target(samples, serving, grid, replicas)
+    doc, scenario, dep, cap, opened = fit_target(
+        samples, serving, grid, replicas, dispatch=dispatch
+    )
     with atomic_dir(out_dir) as tmp:
         samples.to_parquet(tmp / "samples.parquet", index=False)
         (tmp / "calibration.yaml").write_text(cal.dump(doc))
@@ -589,6 +619,7 @@ def run_target_profile(
             "serving": serving.model_dump(mode="json"),
             "grid": asdict(grid),
             "replicas": replicas,
+            "dispatch": dispatch,
             "capacity": cap.to_dict(orient="records"),
             "open_loop": opened,
             "requests": len(samples),

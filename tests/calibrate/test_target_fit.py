@@ -94,3 +94,27 @@ def test_overhead_and_service_spread_as_the_idle_latencies_did() -> None:
     assert over.var() + 0.6**2 == pytest.approx(lat.var(), rel=1e-9)
     # a service spread wider than the latencies' keeps a tenth of their variance
     assert overhead_samples(lat, 3.0, service_var=9.0).var() == pytest.approx(0.1 * lat.var())
+
+
+@pytest.mark.parametrize(
+    ("dispatch", "component_dispatch", "balancing"),
+    [
+        ("round_robin", "balanced", "round_robin"),
+        ("random", "balanced", "random"),
+        ("shared_queue", "shared_queue", "least_outstanding"),
+    ],
+)
+def test_the_server_s_dispatch_becomes_the_twin_s(
+    dispatch: str, component_dispatch: str, balancing: str
+) -> None:
+    grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0)
+    _doc, scenario, dep, _cap, _open = fit_target(samples(True), SERVING, grid, 2, 0, dispatch)
+    assert scenario.component("m").dispatch == component_dispatch
+    assert scenario.settings.load_balancing == balancing
+    assert dep.allocation["m"]["server"] == 2
+
+
+def test_an_unknown_dispatch_is_refused() -> None:
+    grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0)
+    with pytest.raises(ValueError, match="dispatch must be one of"):
+        fit_target(samples(True), SERVING, grid, 2, 0, "fastest")
