@@ -36,6 +36,7 @@ DURATION_S = 40.0
 OPEN_S = 15.0  # the profile's open-loop cell (at half the closed-loop capacity)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRIORITY = ""
+ARGS = ""  # this run's options, for the results' "Reproduce" line
 
 
 def steal_share() -> float:
@@ -234,7 +235,7 @@ def run_mlserver() -> None:
             *capacity_lines(fit["capacity_table"]),
             "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/v2_mlserver.py mlserver`",
+            f"benchmarks/v2_mlserver.py {ARGS}mlserver`",
         ]
     )
     write_result("v2_mlserver", text)
@@ -282,7 +283,7 @@ def run_testbed() -> None:
             *capacity_lines(fit["capacity_table"]),
             "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/v2_mlserver.py testbed`",
+            f"benchmarks/v2_mlserver.py {ARGS}testbed`",
         ]
     )
     write_result("v2_testbed", text)
@@ -309,7 +310,9 @@ def main() -> None:
         rt = int(args[i + 1])
         del args[i : i + 2]
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt))
-    global PRIORITY
+    global PRIORITY, ARGS
+    ARGS = " ".join(a for a in sys.argv[1:] if a not in ("mlserver", "testbed"))
+    ARGS += " " if ARGS else ""
     PRIORITY = (
         f"This run: the benchmark and every process it started at nice {nice}"
         + (f", real-time SCHED_RR priority {rt}" if rt else "")
@@ -317,11 +320,16 @@ def main() -> None:
         if nice or rt
         else "This run: default priority."
     )
+    if "--duration" in args:  # seconds per held-out rate (default 40), to fit a lock turn
+        i = args.index("--duration")
+        global DURATION_S
+        DURATION_S = float(args[i + 1])
+        del args[i : i + 2]
     which = args or ["mlserver", "testbed"]
     unknown = set(which) - {"mlserver", "testbed"}
     if unknown:
         raise SystemExit(
-            f"usage: v2_mlserver.py [--nice N] [--rt N] [mlserver] [testbed] "
+            f"usage: v2_mlserver.py [--nice N] [--rt N] [--duration S] [mlserver] [testbed] "
             f"(unknown: {sorted(unknown)})"
         )
     if "mlserver" in which:
