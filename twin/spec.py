@@ -601,6 +601,13 @@ class Settings(Frozen):
         "on that CPU across periods (min_cfs_rq_runtime), so a group that was idle can run "
         "a little beyond its quota in the next period.",
     )
+    cpu_quota_tick_ms: NonNegFloat = Field(
+        0.0,
+        description="Scheduler tick (ms) at which a CPU quota is enforced; 0: at once. Linux "
+        "checks a running thread's group runtime at its ticks (4 ms at HZ=250), so a thread "
+        "that used up the period's quota runs on until the next tick, and the next period's "
+        "quota pays the overrun back.",
+    )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()
     cost_criterion: Literal["execution", "rental"] = Field(
