@@ -177,6 +177,17 @@ def optimize(
         pop_size = pop if pop is not None else budget_pop(max_evals)
         mf = None
         if screen:
+            from twin.screen import unscreenable
+
+            field = unscreenable(sc)
+            if field is not None:  # the screen would leave the wait out
+                typer.echo(
+                    f"note: {scenario}: {field}: the screening fidelity does not model step "
+                    "waits, so every candidate is DES-scored (as with --no-screen)",
+                    err=True,
+                )
+                screen = False
+        if screen:
             mf = _screening(
                 max_evals if max_evals is not None else pop_size * gens,
                 screen_margin,

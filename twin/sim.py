@@ -73,7 +73,7 @@ REQUEST_COLUMNS = ("process", "pid", "t_arrive", "t_end", "deadline_s")
 # engine state that is dropped when the records are collected.
 _MACHINE, _REPLICA = 4, 5
 _T_ARRIVE, _T_START, _T_END, _BATCH = 7, 8, 9, 10
-_EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP = 11, 12, 13, 14, 15, 16
+_EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP, _WAIT = 11, 12, 13, 14, 15, 16, 17
 _REQUEST_T_END = REQUEST_COLUMNS.index("t_end")
 _NAN = float("nan")
 
@@ -408,10 +408,12 @@ class _Instance:
             gpu_s = 0.0
         self.cpu_s, self.gpu_s = cpu_s, gpu_s
         self.t_busy = now
-        delay = 0.0
+        # Start-up, the input's transfer and the step's wait elapse off the machine's
+        # CPU: none of them takes cores or quota (only the instance).
+        delay = max(j[_WAIT] for j in jobs) if len(jobs) > 1 else jobs[0][_WAIT]
         if self.cold:
             self.cold = False
-            delay = self.startup_s
+            delay += self.startup_s
         if self.fetch is not None:
             for j in jobs:
                 j[_MACHINE] = m.code
@@ -522,6 +524,7 @@ class _StepPlan:
     gpu: Sampler | None
     dependents: list[int]
     depends_on: list[int]
+    wait: Sampler | None = None
 
 
 @dataclass
@@ -699,7 +702,8 @@ class Simulation:
             index = {s.name: i for i, s in enumerate(p.steps)}
             steps = []
             for i, s in enumerate(p.steps):
-                rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{p.name}.{s.name}")
+                key = (self.seed, self.replication, STREAM_SERVICE)
+                rng = stream(*key, f"{p.name}.{s.name}")
                 comp = sc.component(s.component)
                 steps.append(
                     _StepPlan(
@@ -714,6 +718,10 @@ class Simulation:
                         gpu=make_sampler(s.gpu_work, rng) if s.gpu_work else None,
                         dependents=[j for j, t in enumerate(p.steps) if s.name in t.depends_on],
                         depends_on=[index[d] for d in s.depends_on],
+                        # a stream of its own: a scenario without waits draws as before
+                        wait=make_sampler(s.wait, stream(*key, f"{p.name}.{s.name}.wait"))
+                        if s.wait and not comp.is_stage
+                        else None,
                     )
                 )
                 self.step_names.append(s.name)
@@ -893,6 +901,7 @@ class Simulation:
             n = len(targets)
         cpu_s = sp.cpu(1) / n if sp.cpu is not None else 0.0
         gpu_s = sp.gpu(1) / n if sp.gpu is not None else 0.0
+        wait_s = sp.wait(1) if sp.wait is not None else 0.0
         jobs = []
         plan = ex.plan
         for part, inst in enumerate(targets):
@@ -915,6 +924,7 @@ class Simulation:
                     sources,
                     n,
                     sp.index,
+                    wait_s,
                 ]
                 shared.put(job)  # type: ignore[union-attr]
             else:
@@ -936,6 +946,7 @@ class Simulation:
                     None,
                     n,
                     sp.index,
+                    wait_s,
                 ]
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
                 if self.beside_s[k] > 0:  # the server reads the call beside the model

@@ -190,3 +190,36 @@ def test_screening_is_the_default_with_settings_from_the_budget(
     info = json.loads((out / "run.json").read_text())
     assert info["search"]["max_evals"] == 14  # the search stops at 0.7 B; the end game confirms
     assert (info["multifidelity"]["row_screens"], info["multifidelity"]["max_screens"]) == (7, 80)
+
+
+def test_a_scenario_with_step_waits_is_searched_with_the_des_only(tmp_path: Path) -> None:
+    # the screening fidelity does not model Step.wait: optimize says so and DES-scores all
+    from twin.load import dump_yaml
+    from twin.screen import unscreenable
+    from twin.spec import ConstantServiceTime
+
+    sc = load_scenario(SMALL)
+    procs = [
+        p.model_copy(
+            update={
+                "steps": [
+                    s.model_copy(update={"wait": ConstantServiceTime(kind="constant", ms=5.0)})
+                    if s.name == "features"
+                    else s
+                    for s in p.steps
+                ]
+            }
+        )
+        for p in sc.processes
+    ]
+    waiting = type(sc).model_validate(sc.model_copy(update={"processes": procs}).model_dump())
+    field = unscreenable(waiting)
+    assert field is not None and field.endswith(".steps.features.wait")
+    assert unscreenable(sc) is None
+    path = tmp_path / "waiting.yaml"
+    path.write_text(dump_yaml(waiting))
+    out = tmp_path / "run"
+    res = runner.invoke(optimize_app, [str(path), *FAST, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "does not model step waits" in res.output
+    assert json.loads((out / "run.json").read_text())["multifidelity"] is None
