@@ -42,6 +42,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,7 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     import torch
 
     from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
-    from lab.control_calibrate import calibrated_twin
+    from lab.control_calibrate import calibrated_twin, node_cpu, quota_twin
     from lab.control_twin import TwinReplay, replay
     from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
     from twin.load import dump_yaml, load_scenario
@@ -283,6 +284,11 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         if args.rate_aware:
             rate = float(pd.read_parquet(s["folder"] / "intervals.parquet")["offered_rps"].mean())
         cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+        kind, extra = "calibrated", {}
+        if args.quota:  # the nodes' CFS quota on top, its server CPU fitted on the others
+            cpu = node_cpu([o["folder"] / "load" for o in others], scaled)
+            cal_sc = quota_twin(cal_sc, scaled, float(s["cpu_factor"]), cpu)
+            kind, extra = "quota", {"twin_quota_cpu": asdict(cpu)}
         own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
         opts = _control_options({**own, "rate_scale": scale}, args.steps)
         run, make_decider, envs = prepare_control(
@@ -301,12 +307,13 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         )
         twin_rows, _ = replay(spec, make_decider())
         folder = s["folder"]
-        write_table(twin_rows, folder / "twin-calibrated-intervals")
-        write_table(side_by_side(rows, twin_rows), folder / "side-by-side-calibrated")
-        (folder / "inputs" / "twin-calibrated.yaml").write_text(dump_yaml(cal_sc))
+        write_table(twin_rows, folder / f"twin-{kind}-intervals")
+        write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
+        (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
         summary = json.loads((folder / "summary.json").read_text())
-        summary["twin_calibrated"] = summarise(twin_rows)
-        summary["twin_calibrated_on"] = [o["folder"].name for o in others]
+        summary[f"twin_{kind}"] = summarise(twin_rows)
+        summary[f"twin_{kind}_on"] = [o["folder"].name for o in others]
+        summary.update(extra)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -426,7 +433,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         ch = folder / "changes.parquet"
         if ch.is_file():
             changes.append(pd.read_parquet(ch).assign(policy=s["policy"], workload=s["shape"]))
-        for twin, name in (("view", "side-by-side"), ("calibrated", "side-by-side-calibrated")):
+        for twin, name in (
+            ("view", "side-by-side"),
+            ("calibrated", "side-by-side-calibrated"),
+            ("quota", "side-by-side-quota"),
+        ):
             sbs = folder / f"{name}.parquet"
             if sbs.is_file():
                 t = pd.read_parquet(sbs)
@@ -504,6 +515,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         for twin, label in (
             ("view", "the uncalibrated twin (the policies' view)"),
             ("calibrated", "the twin calibrated on the other runs of the workload"),
+            ("quota", "that twin with every node under its CFS quota (quota_twin)"),
         ):
             g = f[f["twin"] == twin]
             ok = g[(g["rho"] <= 0.9) & g["p95_s_testbed"].notna() & g["p95_s_twin"].notna()]
@@ -619,6 +631,12 @@ def main() -> None:
                 "--all-workloads",
                 action="store_true",
                 help="calibrate on the other runs of every workload (default: the run's own)",
+            )
+            p.add_argument(
+                "--quota",
+                action="store_true",
+                help="also put every node under its CFS quota (lab.control_calibrate.quota_twin); "
+                "writes twin-quota-* beside twin-calibrated-*",
             )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
