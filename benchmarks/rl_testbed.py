@@ -344,6 +344,105 @@ def _host(folder: Path) -> dict:
     return host_summary(pd.read_parquet(f))
 
 
+OVERHEAD_MODELS = {
+    "one value (pooled)": [],
+    "the configuration's model CPU": ["model_cores"],
+    "the host's CPU pressure": ["pressure"],
+    "both": ["model_cores", "pressure"],
+}
+
+
+def _overhead_rows(runs: list[dict]) -> pd.DataFrame:
+    """Per testbed interval: the per-request overhead's p50/p95 (latency minus the
+    stages' queue and service: client, gateway, HTTP hops; ms), the model CPU the
+    configuration spent (each visit at its variant's manifest time; cores) and the
+    host's CPU pressure (``loadgen.host``)."""
+    from loadgen.host import host_summary
+    from twin.load import load_scenario
+
+    sc = load_scenario(SCENARIO)
+    cpu_ms = {v.name: v.service_time.batch_mean_ms(1) for c in sc.components for v in c.variants}
+    out = []
+    for s in runs:
+        load = s["folder"] / "load"
+        req = pd.read_parquet(load / "requests.parquet", columns=["pid", "t_arrive", "t_end", "ok"])
+        vis = pd.read_parquet(
+            load / "visits.parquet", columns=["pid", "t_arrive", "variant", "queue_s", "service_s"]
+        )
+        metrics = pd.read_parquet(load / "metrics.parquet")
+        stage_s = vis.groupby("pid")[["queue_s", "service_s"]].sum().sum(axis=1)
+        req = req[req["ok"]].set_index("pid").join(stage_s.rename("stage_s"), how="inner")
+        over_ms = 1e3 * (req["t_end"] - req["t_arrive"] - req["stage_s"])
+        starts = pd.read_parquet(s["folder"] / "intervals.parquet")["t_s"].to_numpy()
+        step = float(s["duration_s"]) / max(len(starts), 1)
+        for k, t in enumerate(starts):
+            t0 = float(s["offset_s"]) + float(t)
+            x = over_ms[(req["t_arrive"] >= t0) & (req["t_arrive"] < t0 + step)]
+            v = vis[(vis["t_arrive"] >= t0) & (vis["t_arrive"] < t0 + step)]
+            if len(x) < 20:
+                continue
+            host = host_summary(metrics, t0, t0 + step)
+            out.append(
+                {
+                    "run": s["folder"].name,
+                    "interval": k,
+                    "over_p50_ms": float(np.percentile(x, 50)),
+                    "over_p95_ms": float(np.percentile(x, 95)),
+                    "model_cores": float(v["variant"].astype(str).map(cpu_ms).sum()) / 1e3 / step,
+                    "pressure": host["pressure"],
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _overhead_study(runs: list[dict]) -> list[str]:
+    """How well the *other* runs predict an interval's overhead (leave-one-run-out
+    least squares on its log), per predictor; report lines."""
+    d = _overhead_rows(runs).dropna()
+    if d["run"].nunique() < 3:
+        return []
+    rows = []
+    for name, cols in OVERHEAD_MODELS.items():
+        x = np.c_[np.ones(len(d)), d[cols].to_numpy(dtype=float)]
+        cells = [name]
+        for q in ("over_p50_ms", "over_p95_ms"):
+            y = np.log(d[q].to_numpy(dtype=float))
+            pred = np.empty(len(d))
+            for run in d["run"].unique():
+                test = (d["run"] == run).to_numpy()
+                coef, *_ = np.linalg.lstsq(x[~test], y[~test], rcond=None)
+                pred[test] = x[test] @ coef
+            err = np.expm1(pred - y)
+            cells += [
+                round(100 * float(np.mean(np.abs(err) <= 0.15))),
+                round(100 * float(np.median(np.abs(err)))),
+            ]
+        rows.append(cells)
+    corr = d[["over_p95_ms", "model_cores", "pressure"]].corr()["over_p95_ms"]
+    return [
+        "## Can the twin know an interval's per-request overhead?",
+        "",
+        f"Per testbed interval ({len(d)} intervals, {d['run'].nunique()} runs), the overhead "
+        "(latency minus the stages' queue and service: client, gateway, HTTP hops) predicted "
+        "from the other runs' intervals (leave-one-run-out, least squares on its log). The "
+        "overhead's p95 is most of a request's p95 on this host; correlation of its p95 with "
+        f"the configuration's model CPU {corr['model_cores']:.2f}, with the host's CPU "
+        f"pressure {corr['pressure']:.2f}.",
+        "",
+        markdown_table(
+            [
+                "predictor",
+                "p50 within ±15 % (%)",
+                "p50 median abs. error (%)",
+                "p95 within ±15 % (%)",
+                "p95 median abs. error (%)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     """Kendall's τ-b of two rankings (scipy)."""
     from scipy.stats import kendalltau
@@ -534,6 +633,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"±15 % ({per_w})"
             )
     lines += [*checks, ""]
+    lines += _overhead_study(runs)
     if changes:
         c = pd.concat(changes, ignore_index=True).astype({"seconds": float})
         g = c.groupby("kind")["seconds"]
