@@ -208,8 +208,13 @@ class NodeAgent:
         if inst.confined or self.cgroup is None:
             inst.confined = True
             return
-        with contextlib.suppress(RuntimeError):  # it exited meanwhile: revive starts it again
+        try:
             self.cgroup.add(inst.proc.pid)
+        except RuntimeError as e:
+            # it exited meanwhile (revive starts it again), or, on cgroup v1, the node's
+            # memory limit cannot hold what it took while starting
+            if inst.proc.poll() is None:
+                print(f"node {self.name}: {inst.name} stays outside the node's cgroup: {e}")
         inst.confined = True
 
     def _join_memory_charges(self) -> None:
