@@ -18,6 +18,9 @@ With ``--start-cgroup`` (the local backend passes the host's reserve) an instanc
 starts outside the node's CPU quota and joins the node's cgroup once it answers
 ``/healthz`` (or after START_OUTSIDE_MAX_S): loading onnxruntime, the model and the
 warm-up would otherwise spend the node's quota and stall the replicas serving there.
+The memory it took while starting stays charged to the start cgroup: cgroup v1 can
+move charges with a process, but while it does every task charging memory in either
+group waits, which would stall the replicas serving there all the same.
 An instance that dies without being stopped (crash, OOM kill, SIGKILL) is started
 again on the same port with the same arguments, so routes to it stay valid; restarts
 back off (1 s, doubling to 30 s while it keeps dying within a minute of starting).
@@ -36,7 +39,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -158,7 +160,6 @@ class NodeAgent:
             self.cgroup = Cgroup.open(cgroup)
             # where instances start, outside the node's quota, until they are healthy
             self.start_cgroup = Cgroup.open(start_cgroup) if start_cgroup else None
-            self._join_memory_charges()
         self.reg = CollectorRegistry()
         Gauge("node_instances", "Running instances", registry=self.reg).set_function(
             lambda: sum(1 for i in list(self.instances.values()) if i.proc.poll() is None)
@@ -216,14 +217,6 @@ class NodeAgent:
             if inst.proc.poll() is None:
                 print(f"node {self.name}: {inst.name} stays outside the node's cgroup: {e}")
         inst.confined = True
-
-    def _join_memory_charges(self) -> None:
-        """cgroup v1: memory a starting instance took (the model) moves with it into the
-        node's group, so the node's memory limit and usage cover it (v2 cannot move it)."""
-        if self.start_cgroup is None or self.cgroup is None or self.cgroup.version != 1:
-            return
-        with contextlib.suppress(OSError):
-            (Path(self.cgroup.paths[1]) / "memory.move_charge_at_immigrate").write_text("3")
 
     def revive(self, now: float | None = None) -> list[str]:
         """Start again, on the same port, every instance that died without being stopped.
