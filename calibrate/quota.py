@@ -15,6 +15,10 @@ counters (``metrics.parquet`` of ``loadgen`` runs):
 * the model's CPU per batch (``stage_compute_cpu_seconds``, linear in batch size),
 * the server's CPU per HTTP call and its idle CPU (node cgroup CPU minus model CPU,
   least squares over the runs: ``other = per_call · calls + idle · seconds``),
+* the node's idle CPU and the scale of the CPU above, from one line through all the
+  runs' node CPU rates against their work rates: its slope is the marginal CPU of an
+  item, which sets the capacity (light runs spend more CPU per item, which a fit of
+  their totals would carry to saturation),
 * the host's speed ``h`` = model CPU / median model wall time of a batch in the
   lightest run, where the quota rarely stalls: a runnable process on the 2 shared
   host cores is not always running, and that time is not charged to the quota.
@@ -49,10 +53,12 @@ from twin.spec import (
 # group goes idle there, and since 5.4 that runtime does not expire at the period's end:
 # the model's thread may run that much beyond the period's quota after an idle spell
 CFS_CARRY_MS = 1.0
-# a scrape interval in which a node's CPU rate reached this share of its quota was
-# quota-bound (cgroup counters read 0.49–0.50 of a 0.50-core quota when backlogged)
-SATURATED = 0.95
-MIN_SATURATED_S = 6.0  # seconds of such intervals (half a run) before they set the capacity
+# the kernel checks a running thread's group runtime at its scheduler tick (CONFIG_HZ=250
+# here: 4 ms; no high-resolution tick), so the thread overruns the quota until then
+CFS_TICK_MS = 4.0
+# the pooled capacity fit needs runs this far apart in item rate (max / min): the
+# node's CPU against its item rate is then a line with a slope, not a point
+MIN_RATE_SPREAD = 1.5
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,10 @@ class StageCpu:
     # spread of a batch's time when the quota does not stall it (lightest run, from the
     # interquartile range: stalls and preemptions only reach the upper tail)
     service_cv: float = 0.05
-    # measured CPU / fitted CPU over the fit runs' quota-bound intervals; the CPU per
-    # batch, item and call above is already multiplied by it (1: no such interval)
-    saturated_scale: float = 1.0
+    # the node's marginal CPU (pooled over the runs, see :func:`_capacity_fit`) over the
+    # per-run fit's; the CPU per batch, item and call above is already multiplied by it
+    # (1: too few runs, or their item rates too close, to tell)
+    capacity_scale: float = 1.0
 
 
 def _delta(m: pd.DataFrame, target: str, metric: str) -> tuple[float, float]:
@@ -112,43 +119,31 @@ def _counters(folder: Path, node_of: dict[str, str]) -> list[dict]:
     return rows
 
 
-def _series(m: pd.DataFrame, target: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")
-    return x["t"].to_numpy(dtype=float), x["value"].to_numpy(dtype=float)
+def _capacity_fit(
+    g: pd.DataFrame, first_ms: float, more_ms: float, per_call_ms: float
+) -> tuple[float, float] | None:
+    """The node's idle CPU (cores) and a scale of the per-run fit's CPU, from one line
+    through every run's node CPU *rate* against its fitted work rate (least squares).
 
-
-def _saturated(folder: Path, stage: str, node: str, share: float) -> dict[str, float]:
-    """Counter increases over the scrape intervals in which the node ran at its quota.
-
-    An interval counts when the node's CPU rate was ≥ ``SATURATED`` × ``share``:
-    the stage was backlogged and the quota, not the load, set its pace. The stage's
-    counters are read at the agent's scrape times (linear interpolation). Keys:
-    ``seconds``, ``node_cpu``, ``items``, ``calls``, ``batches``; all 0 when none.
+    ``node_cpu / s = idle + scale · (first · batches + more · extra items + per_call ·
+    calls) / s``. Each run counts once whatever its length or load, and the slope is the
+    *marginal* CPU of the work: what a backlogged node spends on one more item. The
+    per-run fit's totals instead hold the light runs' extra CPU per item (cold caches
+    between sparse inferences, event-loop wake-ups per call: 3.6–3.9 ms of node CPU per
+    e-large item at 25/s against 3.3–3.4 ms at 120/s), which put the capacity 3–7 %
+    low. ``None`` when the runs' item rates are too close to give a slope.
     """
-    out = dict.fromkeys(("seconds", "node_cpu", "items", "calls", "batches"), 0.0)
-    m = pd.read_parquet(folder / "metrics.parquet")
-    m = m.assign(target=m["target"].astype(str), metric=m["metric"].astype(str))
-    tgt = [t for t in m["target"].unique() if t.startswith(f"{stage}-{node}-")]
-    t, cpu = _series(m, f"agent:{node}", "node_cpu_seconds_total")
-    if len(t) < 2:  # the agent's counter before it was renamed
-        t, cpu = _series(m, f"agent:{node}", "node_cpu_seconds")
-    if len(tgt) != 1 or len(t) < 2:
-        return out
-    dt, dcpu = np.diff(t), np.diff(cpu)
-    hot = (dt > 0) & (dcpu >= SATURATED * share * dt)
-    if not hot.any():
-        return out
-    out["seconds"], out["node_cpu"] = float(dt[hot].sum()), float(dcpu[hot].sum())
-    for key, metric in (
-        ("items", "stage_items_total"),
-        ("calls", "stage_calls_total"),
-        ("batches", "stage_batch_size_count"),
-    ):
-        ts, v = _series(m, tgt[0], metric)
-        if len(ts) < 2:
-            return dict.fromkeys(out, 0.0)
-        out[key] = float(np.diff(np.interp(t, ts, v))[hot].sum())
-    return out
+    rate = g["items"] / g["seconds"]
+    if len(g) < 2 or rate.max() < MIN_RATE_SPREAD * rate.min():
+        return None
+    work = (
+        first_ms * g["batches"] + more_ms * (g["items"] - g["batches"]) + per_call_ms * g["calls"]
+    ) / 1e3
+    x = np.c_[np.ones(len(g)), work / g["seconds"]]
+    (idle, scale), *_ = np.linalg.lstsq(x, g["node_cpu"] / g["seconds"], rcond=None)
+    if idle < 0 or not 0.7 <= scale <= 1.3:  # no line a node's CPU could follow
+        return None
+    return float(idle), float(scale)
 
 
 def _host_speed(
@@ -186,13 +181,15 @@ def stage_cpu(
     """Per stage alone on one node: its CPU model fitted over the runs in ``folders``.
 
     A node's CPU beyond the model cannot be split between co-located stages, so
-    stages that share a node (or span several) are left out. With ``share`` (host
-    cores of each stage's node quota: one number or per stage), the scrape intervals
-    in which a node ran at its quota set the stage's capacity: the CPU per batch,
-    item and call is scaled so that the fit's CPU over those intervals is what the
-    node used (``StageCpu.saturated_scale``). The per-run least squares weighs light
-    runs as much as backlogged ones, and the CPU per item is a little lower when the
-    server is backlogged (2–4 % here), which near the knee is the whole difference.
+    stages that share a node (or span several) are left out. The stage's capacity
+    comes from all the runs at once (:func:`_capacity_fit`): the node's CPU rate
+    against its work rate is one line, whose slope scales the CPU per batch, item and
+    call (``StageCpu.capacity_scale``) and whose intercept is the idle CPU. Pass
+    every run whose counters are valid, also those whose load generator fell behind:
+    the more load levels, the steadier the slope. ``share`` is accepted for the
+    callers of an earlier version, which scaled by the quota-bound intervals only; it
+    is not used (those intervals are a few seconds of one or two runs, and moved the
+    capacity by 3–7 % with the runs chosen).
     """
     holders: dict[str, list[str]] = {}
     for comp, where in deployment.allocation.items():
@@ -226,29 +223,10 @@ def stage_cpu(
         if idle < 0 or per_call < 0:  # too few runs to tell them apart: all per call
             per_call, idle = float(other.sum() / g["calls"].sum()), 0.0
         scale = 1.0
-        cores = share.get(str(stage)) if isinstance(share, dict) else share
-        if cores is not None:
-            hot = pd.DataFrame(
-                [
-                    _saturated(Path(f), str(stage), str(g["node"].iloc[0]), cores)
-                    for f in g["folder"]
-                ]
-            ).sum()
-            if hot["seconds"] >= MIN_SATURATED_S and hot["items"] > 0:
-                fitted = (
-                    first * hot["batches"]
-                    + more * (hot["items"] - hot["batches"])
-                    + per_call * 1e3 * hot["calls"]
-                ) / 1e3 + idle * hot["seconds"]
-                scale = float(
-                    np.clip(
-                        (hot["node_cpu"] - idle * hot["seconds"])
-                        / (fitted - idle * hot["seconds"]),
-                        0.7,
-                        1.3,
-                    )
-                )
-                first, more, per_call = first * scale, more * scale, per_call * scale
+        pooled = _capacity_fit(g, first, more, per_call * 1e3)
+        if pooled is not None:
+            idle, scale = pooled
+            first, more, per_call = first * scale, more * scale, per_call * scale
         light = g.loc[(g["items"] / g["seconds"]).idxmin()]
         speed, cv = _host_speed(light, str(stage), float(first), float(more))
         dep_cfg = deployment.stages.get(str(stage))
@@ -264,7 +242,7 @@ def stage_cpu(
             host_speed=speed,
             runs=len(g),
             service_cv=cv,
-            saturated_scale=scale,
+            capacity_scale=scale,
         )
     return out
 
@@ -277,6 +255,7 @@ def quota_scenario(
     share: float | dict[str, float],
     rate_per_s: float | None = None,
     carry_ms: float = CFS_CARRY_MS,
+    tick_ms: float = CFS_TICK_MS,
 ) -> Scenario:
     """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
     under the testbed's CPU quota (see the module doc).
@@ -284,7 +263,8 @@ def quota_scenario(
     ``cpu``: :func:`stage_cpu` of the fit runs; ``share``: host cores of each node's
     quota (one number, or per stage: the quota of the node it runs on). Stages without
     a CPU fit keep their fitted wall-time model, and their servers get no quota.
-    ``carry_ms``: quota a period may pass to the next (``Settings.cpu_quota_carry_ms``).
+    ``carry_ms``: quota a period may pass to the next (``Settings.cpu_quota_carry_ms``);
+    ``tick_ms``: when the quota is enforced (``Settings.cpu_quota_tick_ms``).
     ``rate_per_s``: the per-request overhead at this offered rate
     (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean.
     """
@@ -349,7 +329,9 @@ def quota_scenario(
             o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
             p = p.model_copy(update={"request_overhead": o})
         processes.append(p)
-    settings = sc.settings.model_copy(update={"cpu_quota_carry_ms": carry_ms})
+    settings = sc.settings.model_copy(
+        update={"cpu_quota_carry_ms": carry_ms, "cpu_quota_tick_ms": tick_ms}
+    )
     new = sc.model_copy(
         update={
             "components": components,

@@ -9,8 +9,12 @@
 #           host (TLS to the index does not work from inside containers), plus
 #           the project itself as a wheel (compose/wheels/project/). The
 #           Dockerfile installs only from them.
+#   platform  the platform image (compose/Dockerfile.platform: the serving image
+#           $SERVING_IMAGE plus Feast and MLflow, what `mlops-twin export k8s` runs
+#           for the registry and feature store) from a wheelhouse in
+#           compose/wheels/platform/ downloaded on the host; not part of `all`.
 #
-# Usage: compose/build-base-image.sh [all|base|wheels]     (default: all)
+# Usage: compose/build-base-image.sh [all|base|wheels|platform]     (default: all)
 # Env:   BASE_IMAGE (mlops-twin-base:bookworm), PYTHON (python with pip, default
 #        the repo's .venv), SUITE (bookworm), FORCE=1, MIRROR (override the
 #        mirror read from the apt sources).
@@ -133,9 +137,32 @@ build_project_wheel() {
   echo "$want" >"$stamp"
 }
 
+# Feast and MLflow at the testbed's pins (testbed/platform_venv.py), as wheels for
+# the image's CPython 3.11, then the platform image built from them with no network.
+build_platform() {
+  local t0=$SECONDS pins dir="$WHEELS/platform"
+  pins=$(cd "$ROOT" && "$PYTHON" -c 'from testbed.platform_venv import PINS; print("\n".join(PINS))')
+  mkdir -p "$dir"
+  printf '%s\n' "$pins" >"$dir/requirements.txt"
+  # the stamp platform_venv.is_ready looks for: .installed-<pins joined by '-'>
+  printf '.installed-%s' "$(printf '%s' "$pins" | paste -sd-)" >"$dir/stamp-name"
+  PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$PYTHON" -m pip download -q \
+    --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+    -d "$dir" -r "$dir/requirements.txt" \
+    || die "pip download of the platform wheels failed (is PyPI reachable from the host?)"
+  docker build -q -f "$HERE/Dockerfile.platform" --network none \
+    --build-arg "SERVING_IMAGE=${SERVING_IMAGE:-mlops-twin-node:latest}" \
+    -t "${PLATFORM_IMAGE:-mlops-twin-platform:latest}" "$HERE" >/dev/null \
+    || die "building the platform image failed (build the serving image first)"
+  say "platform image ${PLATFORM_IMAGE:-mlops-twin-platform:latest} built in $((SECONDS - t0)) s"
+}
+
 case "$what" in
   all) build_base; build_wheels ;;
   base) build_base ;;
   wheels) build_wheels ;;
-  *) die "unknown step '$what' (all|base|wheels)" ;;
+  platform) build_platform ;;
+  *) die "unknown step '$what' (all|base|wheels|platform)" ;;
 esac

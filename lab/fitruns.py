@@ -284,9 +284,11 @@ def rate_aware_lines(tab: pd.DataFrame) -> list[str]:
         return []
     lines = [
         "",
-        "With the overhead's mean set for each workload's mean offered rate (interpolated "
-        "between the fit levels'; what a load-dependent `request_overhead` would give — the "
-        "spec has one distribution per process, so this is not the twin above):",
+        "For contrast, the wall-time calibration alone (`calibrate fit`'s scenario: each "
+        "batch's measured wall time, no CPU quota) with the overhead's mean set for each "
+        "workload's mean offered rate (interpolated between the fit levels'). Where the "
+        "stages run under their quota, the twin above already has the per-rate overhead; "
+        "this table shows what the quota adds:",
         "",
         "| workload | mean offered (req/s) | overhead mean (ms) | p50 error % | p95 error % | "
         "p99 error % |",

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from lab.deploy_back import Difference, paired_difference, verdict
-from lab.mlops_run import as_deployed, run_on_testbed, scaled, with_startup
+from lab.mlops_run import as_deployed, run_on_testbed, scaled, with_deadlines, with_startup
 from twin.criteria import CRITERIA, busy_from_visits, placement_criteria
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, SteadyWorkload
@@ -82,6 +82,18 @@ def measured_criteria(
     out = placement_criteria(ok, scenario, deployment, horizon_s, end_s, busy)
     out["failed"] = float(len(executions) - len(ok))
     return out
+
+
+def folder_criteria(
+    folder: Path, scenario: Scenario, deployment: Deployment, horizon_s: float
+) -> dict[str, float]:
+    """:func:`measured_criteria` of the run in ``folder``, each execution's deadline taken
+    from ``scenario`` (not the one recorded at run time), so a report made after the
+    scenario's deadlines changed counts overruns as the twin does."""
+    visits = pd.read_parquet(folder / "visits.parquet")
+    execs = with_deadlines(pd.read_parquet(folder / "executions.parquet"), scenario)
+    end_s = float(json.loads((folder / "meta.json").read_text())["end_s"])
+    return measured_criteria(scenario, deployment, visits, execs, horizon_s, end_s)
 
 
 def twin_replications(
@@ -225,6 +237,11 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=10.0, help="inference requests/s beside them")
     p.add_argument("--model-dir", type=Path, default=Path("data/models"))
     p.add_argument("--report-only", action="store_true", help="no runs: report what is there")
+    p.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="the testbed runs only, no twin and no report (keeps a locked command short)",
+    )
     a = p.parse_args()
 
     scenario = requests_as_load(load_scenario(a.scenario))
@@ -260,11 +277,13 @@ def main() -> None:
             (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             (folder / "criteria.json").write_text(json.dumps(crit, indent=1))
             print(f"{label}-{k}: {crit}", flush=True)
+    if a.runs_only:
+        return
     rows = []
     for folder in sorted((out / "runs").glob("*-*")):
         label, _, k = folder.name.rpartition("-")
         if label in deps and (folder / "criteria.json").is_file():
-            crit = json.loads((folder / "criteria.json").read_text())
+            crit = folder_criteria(folder, on_testbed, deps[label], a.horizon)
             rows.append({"deployment": label, "pair": int(k), **crit})
     testbed = pd.DataFrame(rows)
     testbed.to_csv(out / "testbed.csv", index=False)

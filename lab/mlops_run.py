@@ -3,9 +3,10 @@
 ``python -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml``
 brings the local testbed up (Feast, MLflow, gateway, one node agent per machine, the
 inference stages), then runs the scenario's batch processes in real time with their
-periods and offsets multiplied by ``--time-scale`` (0.1: a 5-minute retraining runs
-every 30 s): each execution of each process starts on schedule in its own thread (two
-executions may overlap, as in the twin), and each of its steps is a job
+periods, offsets and deadlines multiplied by ``--time-scale`` (0.1: a 5-minute
+retraining due within 2 minutes runs every 30 s, due within 12 s): each execution
+of each process starts on schedule in its own thread (two executions may overlap,
+as in the twin), and each of its steps is a job
 (:mod:`testbed.services.step_job`) started through the node agent of the machine the
 allocation names, split over ``parallelism`` parts, under that machine's CPU quota.
 
@@ -14,7 +15,8 @@ columns plus ``transfer_s``, ``compute_s``, ``cpu_s``, ``overhead_s``;
 ``overhead_s`` = the job's start-up; ``t_end`` is when the runner saw it exit),
 ``executions.parquet`` (the twin's request columns: ``process``, ``pid``,
 ``t_arrive``, ``t_end``, ``deadline_s``), ``calibrated-scenario.yaml`` (each step's
-``cpu_work`` fitted on the even executions), and ``report.md``: per process the
+``cpu_work`` and ``wait`` fitted on the even executions, :func:`fit_cpu_work`), and
+``report.md``: per process the
 testbed's mean time, variance and overruns on the odd (held-out) executions beside
 the calibrated twin's on the same schedule, and the cost.
 
@@ -43,12 +45,20 @@ import numpy as np
 import pandas as pd
 
 from twin.load import dump_yaml, load_deployment, load_scenario
-from twin.spec import Deployment, Process, Scenario, topological_order
+from twin.spec import (
+    ConstantServiceTime,
+    Deployment,
+    LognormalServiceTime,
+    Process,
+    Scenario,
+    topological_order,
+)
 
 KINDS = {"ingest", "materialize", "load-features", "prepare", "train", "evaluate"}
 KINDS |= {"register", "rollout"}
 SERVING_MODEL = "digits-retrain"
 POLL_S = 0.1
+WAIT_RULES = ("unthrottled", "every", "none")
 JOB_TIMEOUT_S = 600.0
 
 
@@ -85,15 +95,23 @@ def batch_processes(scenario: Scenario) -> list[Process]:
 
 
 def scaled(scenario: Scenario, time_scale: float) -> Scenario:
-    """``scenario`` with every periodic batch arrival's period and offset × ``time_scale``."""
+    """``scenario`` with every periodic batch arrival's period and offset, and every batch
+    process's ``deadline_s``, × ``time_scale``.
+
+    The deadline goes with the schedule: a retraining due within 2 of its 5 minutes is
+    due within 12 of its 30 s at × 0.1; left as it was, nothing overruns in a scaled
+    run and the overrun criterion cannot tell placements apart. A request pipeline's
+    deadline (a per-request latency limit) is not a schedule and stays.
+    """
     procs = []
     for p in scenario.processes:
-        a = p.arrivals
+        a, deadline = p.arrivals, p.deadline_s
         if p.kind == "batch" and a is not None and a.kind == "periodic":
             a = a.model_copy(
                 update={"period_s": a.period_s * time_scale, "offset_s": a.offset_s * time_scale}
             )
-        procs.append(p.model_copy(update={"arrivals": a}))
+            deadline = None if deadline is None else deadline * time_scale
+        procs.append(p.model_copy(update={"arrivals": a, "deadline_s": deadline}))
     return scenario.model_copy(update={"processes": procs})
 
 
@@ -422,52 +440,121 @@ def fit_cpu_work(
     visits: pd.DataFrame,
     pids: set[int],
     quotas: dict[str, float] | None = None,
+    waits: str = "unthrottled",
 ) -> Scenario:
-    """``scenario`` with each measured step's ``cpu_work`` fitted from ``visits`` of ``pids``.
+    """``scenario`` with each measured step's ``cpu_work`` (and ``wait``) fitted from
+    ``visits`` of ``pids``.
 
-    A part's work is its time on one full core of its machine: (its wall time from
-    the job request to its exit − the link wait) × the share of a core a
-    single-threaded job gets there, ``cpu_speed × min(1, cpu_quota_cores)`` (with
-    :func:`quota_servers`' servers: the quota, in host cores). Job start-up (an
-    on-demand component's price) is in it. With ``quotas`` (machine → host cores)
-    the wall time is taken as if alone on the machine (:func:`alone_s`), since the
-    twin shares the quota among co-located jobs itself. A step's work is that × its
-    parts (the twin splits ``cpu_work`` evenly). Lognormal with the samples' mean and
-    cv (≥ 0.02).
+    A part's time is its wall time from the job request to its exit − the link wait
+    (job start-up, an on-demand component's price, is in it). With ``quotas``
+    (machine → host cores, the testbed calibration of :func:`quota_servers`' servers)
+    it is taken as if alone on the machine (:func:`alone_s`), since the twin shares
+    the quota among co-located jobs itself, and split in two by the CPU time the job
+    used (``cpu_s``, from its rusage): the CPU part ``cpu_s`` host-core seconds,
+    which run at ``min(1, quota)`` of a core there, and the rest of the time, spent
+    waiting on Feast, MLflow or the serving instance outside the machine, as the
+    step's ``wait`` (:func:`split_time`). Without ``quotas`` (or ``cpu_s``) all of
+    it is work: time × ``cpu_speed × min(1, cpu_quota_cores)``. A step's work is a
+    part's × its parts (the twin splits ``cpu_work`` evenly), its wait a part's
+    (every part waits). Each lognormal with the executions' mean and a robust cv
+    (:func:`_lognormal`).
+
+    ``waits`` — which parts' rest counts as a wait: ``"unthrottled"`` (default) only
+    parts on a machine whose quota is at least one core, where a single-threaded
+    job never waits for quota; under a smaller quota the rest also holds the
+    throttling of the job's replies by the node's other processes (stage servers,
+    the node agent), which grows with the machine's load and is the machine's, so
+    there it stays work (on the testbed a materialize waited 0.3 s on the core
+    server, 1.7 s on a quarter-core edge box). ``"every"``: every part's rest.
+    ``"none"``: no waits (all time is work, as before waits existed).
     """
+    if waits not in WAIT_RULES:
+        raise ValueError(f"waits: expected one of {', '.join(WAIT_RULES)}, got {waits!r}")
     rate = {
         m: s.cpu_speed * min(1.0, s.cpu_quota_cores or 1.0) for m, s in scenario.server_of().items()
     }
     v = visits.copy()
     v["wall_s"] = v["t_end"] - v["t_start"] if quotas is None else alone_s(v, quotas)
     v = v[v["pid"].isin(pids)]
-    v["work_ms"] = (
-        (v["wall_s"] + v["overhead_s"] - v["transfer_s"])
-        * v["machine"].map(rate)
-        * v["parts"]
-        * 1000.0
-    )
-    per_exec = v.groupby(["process", "step", "pid"], observed=True)["work_ms"].mean()
+    time_s = v["wall_s"] + v["overhead_s"] - v["transfer_s"]
+    r = v["machine"].map(rate)
+    split = quotas is not None and "cpu_s" in v and waits != "none"
+    if split:
+        work_s, wait_s = split_time(time_s, v["cpu_s"], r)
+        if waits == "unthrottled":
+            # under a quota below one core the rest of a job's time also holds the
+            # throttling by the node's other processes: work of the machine, not a wait
+            throttled = v["machine"].map(lambda m: quotas.get(str(m), 1.0) < 1.0 - 1e-9)
+            wait_s = wait_s.where(~throttled, 0.0)
+            work_s = (time_s - wait_s) * r
+    else:
+        work_s, wait_s = time_s * r, time_s * 0.0
+    v["work_ms"] = work_s * v["parts"] * 1000.0
+    v["wait_ms"] = wait_s * 1000.0
+    cols = ["work_ms", "wait_ms"]
+    per_exec = v.groupby(["process", "step", "pid"], observed=True)[cols].mean()
+    measured = per_exec.index.droplevel("pid")
     procs = []
     for p in scenario.processes:
         steps = []
         for s in p.steps:
             key = (p.name, s.name)
-            if p.kind == "batch" and key in per_exec.index.droplevel("pid"):
-                x = per_exec.loc[key].to_numpy(float)
-                cv = float(x.std(ddof=1) / x.mean()) if len(x) > 1 and x.mean() > 0 else 0.1
-                work = {"kind": "lognormal", "mean_ms": float(x.mean()), "cv": max(cv, 0.02)}
-                s = s.model_copy(update={"cpu_work": type(s.cpu_work).model_validate(work)})
+            if p.kind == "batch" and key in measured:
+                rows = per_exec.loc[key]
+                work = _lognormal(rows["work_ms"])
+                update: dict[str, Any] = {
+                    "cpu_work": work or ConstantServiceTime(kind="constant", ms=0)
+                }
+                if split:
+                    update["wait"] = _lognormal(rows["wait_ms"])
+                s = s.model_copy(update=update)
             steps.append(s)
         procs.append(p.model_copy(update={"steps": steps}))
     return scenario.model_copy(update={"processes": procs})
 
 
+def split_time(time_s: pd.Series, cpu_s: pd.Series, rate: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A part's time alone (s) as CPU work (host-core s) and wait (s).
+
+    The job's ``cpu_s`` ran at ``rate`` (= ``min(1, quota)`` of a host core) and so
+    took ``cpu_s / rate`` of the time; the rest is the wait. Where the measured CPU
+    needs more than the time (a job that ran beyond its share, or a share the alone
+    correction under-counted), the wait is 0 and the work the whole time × rate, so
+    that work / rate + wait is always the part's time.
+    """
+    wait = (time_s - cpu_s / rate).clip(lower=0.0)
+    return (time_s - wait) * rate, wait
+
+
+def _lognormal(x: pd.Series) -> LognormalServiceTime | None:
+    """Lognormal with the samples' mean and a robust cv: 1.4826 × the median absolute
+    deviation / the median (the sd / mean of a normal sample; ≥ 0.02, 0.1 from one
+    sample). None where the mean is not positive (no time of that kind).
+
+    A step's spread comes from a handful of executions of one run, and one of them
+    slowed by the run's warm-up or by a job beside it (load-features: 0.76, 1.44,
+    0.75 s) made sd / mean 0.40 where the others vary by 1 %; the twin draws
+    contention by itself, so the step's own spread is its typical one.
+    """
+    a = x.to_numpy(float)
+    mean = float(a.mean())
+    if not mean > 0:
+        return None
+    med = float(np.median(a))
+    mad = float(np.median(np.abs(a - med)))
+    cv = 1.4826 * mad / med if len(a) > 1 and med > 0 else 0.1
+    return LognormalServiceTime(kind="lognormal", mean_ms=mean, cv=max(cv, 0.02))
+
+
 def calibrate(
-    scenario: Scenario, visits: pd.DataFrame, pids: set[int], quotas: dict[str, float]
+    scenario: Scenario,
+    visits: pd.DataFrame,
+    pids: set[int],
+    quotas: dict[str, float],
+    waits: str = "unthrottled",
 ) -> Scenario:
     """The twin of the testbed run: :func:`quota_servers`, then :func:`fit_cpu_work`."""
-    sc = fit_cpu_work(quota_servers(scenario, quotas), visits, pids, quotas)
+    sc = fit_cpu_work(quota_servers(scenario, quotas), visits, pids, quotas, waits)
     return Scenario.model_validate(sc.model_dump())
 
 
@@ -547,6 +634,15 @@ def measured_cost(
     )
 
 
+def with_deadlines(executions: pd.DataFrame, scenario: Scenario) -> pd.DataFrame:
+    """``executions`` with each one's ``deadline_s`` from ``scenario`` (NaN: none), not
+    the one recorded at run time, so records made before a scenario's deadlines
+    changed (e.g. were scaled with the schedule) count overruns as the twin does."""
+    deadline = {p.name: p.deadline_s for p in scenario.processes}
+    d = executions["process"].astype(str).map(deadline).astype(float)
+    return executions.assign(deadline_s=d)
+
+
 def with_startup(visits: pd.DataFrame) -> pd.DataFrame:
     """Testbed visits whose ``t_start`` includes the job's start-up (``overhead_s``), as
     an on-demand instance's busy time does in the twin."""
@@ -558,7 +654,7 @@ def with_startup(visits: pd.DataFrame) -> pd.DataFrame:
 def report(out: Path, scenario: Scenario, deployment: Deployment, meta: dict[str, Any]) -> str:
     """Write ``report.md`` from the run folder's tables; returns its text."""
     visits = pd.read_parquet(out / "visits.parquet")
-    every = pd.read_parquet(out / "executions.parquet")
+    every = with_deadlines(pd.read_parquet(out / "executions.parquet"), scenario)
     # a failed step (the reason is under Errors) is the testbed's fault, not a slow run
     execs = every[every["ok"]]
     held = execs[execs["pid"] % 2 == 1]
@@ -712,6 +808,12 @@ def main() -> None:
         action="store_true",
         help="calibrate and report again from the run folder's records (no testbed)",
     )
+    p.add_argument(
+        "--waits",
+        choices=WAIT_RULES,
+        default="unthrottled",
+        help="which steps' time beyond their CPU is fitted as a wait (see fit_cpu_work)",
+    )
     a = p.parse_args()
 
     scenario = scaled(load_scenario(a.scenario), a.time_scale)
@@ -730,8 +832,9 @@ def main() -> None:
         visits, execs, meta = run_on_testbed(
             scenario, deployment, out, a.horizon, a.seed, a.rate, a.model_dir
         )
+    execs = with_deadlines(execs, scenario)
     pids = {int(i) for i in execs["pid"] if i % 2 == 0}
-    fitted = calibrate(scenario, visits, pids, meta["quotas"])
+    fitted = calibrate(scenario, visits, pids, meta["quotas"], a.waits)
     (out / "calibrated-scenario.yaml").write_text(dump_yaml(fitted))
     from twin.spec import SteadyWorkload
 

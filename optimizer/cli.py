@@ -109,30 +109,46 @@ def optimize(
     ] = None,
     screen: Annotated[
         bool,
-        typer.Option(help="Multi-fidelity: screen every candidate, DES those near the front."),
-    ] = False,
+        typer.Option(
+            help="Multi-fidelity (default): screen every candidate with the fast twin, DES-score "
+            "those that could enter the front, end game of screened local searches; settings "
+            "from --max-evals (optimizer.multifidelity.MultiFidelity.for_budget; without it, "
+            "from --pop × --gens). --no-screen: every candidate DES-scored (no numba, "
+            "~100 MB less peak memory)."
+        ),
+    ] = True,
     screen_margin: Annotated[
         float, typer.Option(help="Relative slack of the screening domination test.", min=0)
     ] = 0.0,
     screen_des_share: Annotated[
-        float, typer.Option(help="Most DES-scored share of each generation (--screen).", min=0)
-    ] = 0.1,
+        float | None,
+        typer.Option(help="Most DES-scored share of each generation (default 0.25).", min=0),
+    ] = None,
     screen_polish: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="End game of --screen: screen this many one-move neighbours of the front, "
-            "then DES-score what enters it (0: none).",
+            help="End game: screen this many one-move neighbours of the front, then DES-score "
+            "what enters it (default: the budget B; 0: none).",
             min=0,
         ),
-    ] = 0,
+    ] = None,
+    screen_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="End game: screen up to this many row neighbours (one component re-placed, "
+            "the rest fitted around it) of the front's largest hypervolume contributors "
+            "(default 8 × B; 0: none).",
+            min=0,
+        ),
+    ] = None,
     screen_extremes: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="End game of --screen: screen up to this many one-move neighbours of the "
-            "front's largest hypervolume contributors, whole neighbourhoods (0: none).",
+            help="End game: screen up to this many one-move neighbours of the front's largest "
+            "hypervolume contributors, whole neighbourhoods (default: B; 0: none).",
             min=0,
         ),
-    ] = 0,
+    ] = None,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -147,7 +163,7 @@ def optimize(
     from optimizer.distributed import evaluation_client
     from optimizer.evaluation import Fidelity
     from optimizer.ga import SearchConfig, budget_pop
-    from optimizer.multifidelity import MultiFidelity
+    from optimizer.multifidelity import search_budget
     from optimizer.report import run_settings, write_run
     from optimizer.run import optimize as run_optimize
     from twin.evaluate import resolve_workload
@@ -158,12 +174,36 @@ def optimize(
         base_dep = load_deployment(base) if base is not None else None
         w = None if workload == "none" else workload
         resolve_workload(sc, w)
+        pop_size = pop if pop is not None else budget_pop(max_evals)
+        mf = None
+        if screen:
+            from twin.screen import unscreenable
+
+            field = unscreenable(sc)
+            if field is not None:  # the screen would leave the wait out
+                typer.echo(
+                    f"note: {scenario}: {field}: the screening fidelity does not model step "
+                    "waits, so every candidate is DES-scored (as with --no-screen)",
+                    err=True,
+                )
+                screen = False
+        if screen:
+            mf = _screening(
+                max_evals if max_evals is not None else pop_size * gens,
+                screen_margin,
+                screen_des_share,
+                screen_polish,
+                screen_rows,
+                screen_extremes,
+            )
         config = SearchConfig(
             algorithm=algorithm,
             operators=operators,
-            pop_size=pop if pop is not None else budget_pop(max_evals),
+            pop_size=pop_size,
             n_gen=gens,
-            max_evals=max_evals,
+            # multi-fidelity: the search stops short of the budget, the end game's
+            # confirmations spend the rest
+            max_evals=search_budget(max_evals) if mf is not None and max_evals else max_evals,
             max_time_s=max_time,
             seed=seed,
             max_instances=max_instances,
@@ -210,16 +250,7 @@ def optimize(
                 on_generation=tick,
                 final_max=final_max,
                 reference_F=ref_F,
-                multifidelity=(
-                    MultiFidelity(
-                        screen_margin,
-                        screen_des_share,
-                        polish_screens=screen_polish,
-                        extreme_screens=screen_extremes,
-                    )
-                    if screen
-                    else None
-                ),
+                multifidelity=mf,
                 decisions=decisions,
             )
         write_run(out_dir, scenario, result, out_dir.name)
@@ -245,6 +276,33 @@ def optimize(
         f"{settings['generations']} generations, {settings['simulations']} simulations, "
         f"{settings['search_time_s']:.1f} s; front {settings['front_size']}; run folder {out_dir}",
         highlight=False,
+    )
+
+
+def _screening(
+    budget: int,
+    margin: float,
+    des_share: float | None,
+    polish: int | None,
+    rows: int | None,
+    extremes: int | None,
+):
+    """The multi-fidelity settings for a DES budget of ``budget``: the documented rule
+    (:meth:`MultiFidelity.for_budget`), with any option the user gave instead."""
+    from dataclasses import replace
+
+    from optimizer.multifidelity import MultiFidelity
+
+    given = {
+        "des_share": des_share,
+        "polish_screens": polish,
+        "row_screens": rows,
+        "extreme_screens": extremes,
+    }
+    return replace(
+        MultiFidelity.for_budget(budget),
+        margin=margin,
+        **{k: v for k, v in given.items() if v is not None},
     )
 
 

@@ -23,6 +23,7 @@ gets that log (``fidelity.csv``) and the settings.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ class MultiFidelity:
     polish_screens: int = 0
     polish_rounds: int = 4
     extreme_screens: int = 0  # end game: screened neighbourhoods of the front's top contributors
+    row_screens: int = 0  # end game: screened row neighbourhoods (optimizer.rowsweep) of them
     max_screens: int | None = None  # screens during the search (end game excluded); None: no cap
 
     def __post_init__(self) -> None:
@@ -69,8 +71,31 @@ class MultiFidelity:
             raise ValueError(f"max_screens must be ≥ 1 or None, got {self.max_screens}")
         if self.extreme_screens < 0:
             raise ValueError(f"extreme_screens must be ≥ 0, got {self.extreme_screens}")
+        if self.row_screens < 0:
+            raise ValueError(f"row_screens must be ≥ 0, got {self.row_screens}")
         if self.polish_rounds < 1:
             raise ValueError(f"polish_rounds must be ≥ 1, got {self.polish_rounds}")
+
+    @classmethod
+    def for_budget(cls, max_evals: int) -> MultiFidelity:
+        """The default multi-fidelity settings for a budget of ``max_evals`` DES runs (B).
+
+        The rule (what won on generated instances, benchmarks/results/optimizer_generated.md):
+        at most a quarter of each generation DES-scored, the search stops after 4·B screens
+        (or :data:`SEARCH_DES_SHARE`·B DES runs, see :func:`search_budget`), then the end game
+        screens B random one-move neighbours of the front, 8·B row neighbours and B whole
+        one-move neighbourhoods of its largest hypervolume contributors, and DES-scores
+        whatever of them enters the front. Screens cost 0.07–0.13 of a DES run each.
+        """
+        b = max(1, int(max_evals))
+        return cls(
+            0.0,
+            0.25,
+            polish_screens=b,
+            max_screens=4 * b,
+            extreme_screens=b,
+            row_screens=8 * b,
+        )
 
     def describe(self) -> str:
         """One line for reports."""
@@ -85,12 +110,26 @@ class MultiFidelity:
                 f"; end game: {self.polish_screens} screened one-move neighbours of the front "
                 f"in {self.polish_rounds} rounds"
             )
+        if self.row_screens:
+            text += (
+                f"; end game: up to {self.row_screens} screened row neighbours (one component "
+                "re-placed, the rest fitted around it) of the front's largest contributors"
+            )
         if self.extreme_screens:
             text += (
                 f"; end game: up to {self.extreme_screens} screened one-move neighbourhoods "
                 "of the front's largest hypervolume contributors"
             )
         return text + "; the final front DES-scored"
+
+
+SEARCH_DES_SHARE = 0.7  # of a multi-fidelity budget spent in the search; the rest: end game
+
+
+def search_budget(max_evals: int) -> int:
+    """DES runs the search itself may spend of a budget of ``max_evals`` (the end game's
+    confirmations take the rest, and may overrun it a little)."""
+    return max(1, int(SEARCH_DES_SHARE * max_evals))
 
 
 def screen_matrix(
@@ -433,7 +472,11 @@ def contributions(F: np.ndarray) -> np.ndarray:
     return np.array([total - hypervolume(F[idx != i], lo, hi) for i in idx])
 
 
-def polish_extremes(search: Search, screens: int) -> int:
+def polish_extremes(
+    search: Search,
+    screens: int,
+    hood: Callable[[Genome, np.ndarray], list[np.ndarray]] = neighbours,
+) -> int:
     """End game: a screened local search on the front's largest hypervolume contributors.
 
     Repeatedly take the front member (every candidate scored so far) with the
@@ -449,7 +492,9 @@ def polish_extremes(search: Search, screens: int) -> int:
     a heavy component on the right machine. Random one-move polish
     (:func:`polish`) finds such a move with probability ~1/(its neighbourhood
     size) per try; searching the neighbourhood of the points that matter
-    finds it for sure. Returns how many candidates were screened.
+    finds it for sure. ``hood``: the neighbourhood searched (one move by default;
+    :func:`optimizer.rowsweep.row_neighbours` re-places one component at a time).
+    Returns how many candidates were screened.
     """
     ev = search.evaluator
     if not isinstance(ev, MultiFidelityEvaluator) or screens <= 0:
@@ -469,7 +514,7 @@ def polish_extremes(search: Search, screens: int) -> int:
         done_parents.add(parent)
         fresh = [
             v
-            for v in neighbours(ev.genome, np.frombuffer(parent, dtype=np.int64))
+            for v in hood(ev.genome, np.frombuffer(parent, dtype=np.int64))
             if ev.genome.key(v) not in ev.cache
         ]
         if fresh:
@@ -479,15 +524,19 @@ def polish_extremes(search: Search, screens: int) -> int:
 
 
 def end_game(search: Search) -> dict[str, int]:
-    """A multi-fidelity search's finish: :func:`polish` (if its settings ask), then
-    :func:`confirm_front`. Returns the counts of both (zeros for a DES-only search)."""
+    """A multi-fidelity search's finish: :func:`polish`, row sweeps and :func:`polish_extremes`
+    (as its settings ask), then :func:`confirm_front`. Returns the counts of screens and
+    confirmations (zeros for a DES-only search)."""
     ev = search.evaluator
     if not isinstance(ev, MultiFidelityEvaluator):
         return {"polished": 0, "confirmed": 0}
     s = ev.settings
     polished = 0
     if not getattr(ev, "polished", 0):
+        from optimizer.rowsweep import row_neighbours
+
         polished = polish(search, s.polish_screens, s.polish_rounds)
+        polished += polish_extremes(search, getattr(s, "row_screens", 0), hood=row_neighbours)
         polished += polish_extremes(search, getattr(s, "extreme_screens", 0))
     return {"polished": polished, "confirmed": confirm_front(search)}
 
@@ -520,5 +569,6 @@ __all__ = [
     "polish_extremes",
     "screen_deployment",
     "screen_matrix",
+    "search_budget",
     "start_multifidelity",
 ]

@@ -89,7 +89,15 @@ def write_run(out: Path, scenario_file: Path, result: RunResult, run_name: str) 
         convergence_plot(result, tmp / "convergence.png")
         (tmp / "report.md").write_text(report_markdown(result, run_name))
         search.checkpoint = tmp / "checkpoint.pkl"
-        search.save()
+        pending = checkpoint_path(out)
+        if pending.is_file():
+            # The last generation's checkpoint, from before the end game: --resume goes on
+            # from where an uninterrupted longer run would be, and its end game runs once,
+            # at the end (the screens of this run's end game would count against the
+            # resumed search's screen budget, and its DES runs would change the front).
+            shutil.copy(pending, search.checkpoint)
+        else:
+            search.save()
     search.checkpoint = out / "checkpoint.pkl"
     checkpoint_path(out).unlink(missing_ok=True)
 

@@ -94,6 +94,9 @@ def start_or_resume(
             "resume with the same --seed/--horizon/--replications/--workload"
         )
     search.checkpoint = checkpoint_path(out)
+    if multifidelity is not None and isinstance(search.evaluator, MultiFidelityEvaluator):
+        # A larger budget brings larger screen caps and end game (MultiFidelity.for_budget)
+        search.evaluator.settings = multifidelity
     search.extend(n_gen=config.n_gen, max_evals=config.max_evals, max_time_s=config.max_time_s)
     return search
 

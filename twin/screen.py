@@ -240,6 +240,11 @@ class _Layout:
                 nxt += [index[t.name] for t in p.steps if s.name in t.depends_on]
                 next_ptr.append(len(nxt))
                 stage = sc.component(s.component).is_stage
+                if s.wait is not None and not stage:  # a wait left out would look free
+                    raise ValueError(
+                        f"{unscreenable(sc)}: the screening fidelity does not model step "
+                        "waits; score this scenario with the DES (optimize --no-screen)"
+                    )
                 self.step_models.append((None if stage else s.cpu_work, s.gpu_work))
                 self.step_names.append(s.name)
             roots += [index[s.name] for s in p.steps if not s.depends_on]
@@ -253,6 +258,16 @@ class _Layout:
         self.step_dep_ptr, self.step_deps = np.array(deps_ptr, i64), np.array(deps, i64)
         self.step_next_ptr, self.step_next = np.array(next_ptr, i64), np.array(nxt, i64)
         self.p_roots_ptr, self.p_roots = np.array(roots_ptr, i64), np.array(roots, i64)
+
+
+def unscreenable(scenario: Scenario) -> str | None:
+    """The first field of ``scenario`` the screening fidelity cannot model (a batch
+    step's ``wait``), as ``processes.P.steps.S.wait``; None when it can screen it."""
+    for p in scenario.processes:
+        for s in p.steps:
+            if s.wait is not None and not scenario.component(s.component).is_stage:
+                return f"processes.{p.name}.steps.{s.name}.wait"
+    return None
 
 
 def _arrivals(

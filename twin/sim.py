@@ -73,7 +73,7 @@ REQUEST_COLUMNS = ("process", "pid", "t_arrive", "t_end", "deadline_s")
 # engine state that is dropped when the records are collected.
 _MACHINE, _REPLICA = 4, 5
 _T_ARRIVE, _T_START, _T_END, _BATCH = 7, 8, 9, 10
-_EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP = 11, 12, 13, 14, 15, 16
+_EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP, _WAIT = 11, 12, 13, 14, 15, 16, 17
 _REQUEST_T_END = REQUEST_COLUMNS.index("t_end")
 _NAN = float("nan")
 
@@ -129,28 +129,36 @@ class _Quota:
     until the next period begins — so a job's wall time depends on how much of the
     quota the load has used, not only on its work. Up to ``carry_s`` of a period's
     unused quota is still available in the next one (the runtime the kernel leaves on
-    a CPU across periods). Instances of one machine draw from one quota: each
-    reserves its running time period by period in the order it starts (so a machine
-    never runs more than its quota; a later job does not slow an earlier one down —
-    an approximation for co-located instances, exact for one).
+    a CPU across periods). With ``tick_s`` the quota is enforced as the kernel does:
+    work that used up the period's quota runs on until the scheduler's next tick
+    (every ``tick_s`` from 0), and the overrun is taken from the next period's quota.
+    Instances of one machine draw from one quota: each reserves its running time
+    period by period in the order it starts (so a machine never runs more than its
+    quota over time; a later job does not slow an earlier one down — an
+    approximation for co-located instances, exact for one).
     """
 
-    __slots__ = ("avail", "carry_s", "period_s", "quota_s", "used")
+    __slots__ = ("avail", "carry_s", "period_s", "quota_s", "tick_s", "until", "used")
 
-    def __init__(self, cores: float, period_s: float, carry_s: float = 0.0) -> None:
+    def __init__(
+        self, cores: float, period_s: float, carry_s: float = 0.0, tick_s: float = 0.0
+    ) -> None:
         self.period_s, self.quota_s, self.carry_s = period_s, cores * period_s, carry_s
+        self.tick_s = tick_s
+        self.until = -1.0  # the tick that throttles the machine once it overran its quota
         self.used: dict[int, float] = {}  # period index → running time reserved (s)
         self.avail: dict[int, float] = {}  # period index → running time it may use (s)
 
     def _avail(self, k: int) -> float:
         a = self.avail.get(k)
         if a is None:
-            if self.carry_s <= 0:
+            if self.carry_s <= 0 and self.tick_s <= 0:
                 a = self.quota_s
             else:
                 before = self.avail.get(k - 1)  # unknown: idle then, its whole quota was left
                 left = self.quota_s if before is None else before - self.used.get(k - 1, 0.0)
-                a = self.quota_s + min(self.carry_s, max(left, 0.0))
+                # left < 0: the previous period's overrun, paid back from this one's quota
+                a = self.quota_s + min(self.carry_s, left)
             self.avail[k] = a
         return a
 
@@ -165,7 +173,8 @@ class _Quota:
         t, left, k = now, work_s, int(now // p)
         while left > 1e-12:
             u = used.get(k, 0.0)
-            room = min(self._avail(k) - u, (k + 1) * p - t)
+            end = (k + 1) * p
+            room = min(self._avail(k) - u, end - t)
             if room > 1e-12:
                 r = min(room, left)
                 used[k] = u + r
@@ -173,6 +182,20 @@ class _Quota:
                 left -= r
                 if left <= 1e-12:
                     break
+                if self.tick_s > 0 and t < end - 1e-12:  # out of quota while running
+                    self.until = (math.floor(t / self.tick_s + 1e-9) + 1) * self.tick_s
+            if t < self.until and t < end - 1e-12:
+                # the kernel has not looked yet: work runs on to the tick, the next job
+                # too (the woken worker thread runs on the other CPU's runqueue, whose
+                # local runtime the overrun did not use up)
+                r = min(self.until - t, end - t, left)
+                used[k] = used.get(k, 0.0) + r
+                t += r
+                left -= r
+                if left <= 1e-12:
+                    break
+                if t < end - 1e-12:  # throttled at the tick until the period ends
+                    self.until = -1.0
             k += 1
             t = max(t, k * p)
         return t - now
@@ -215,10 +238,11 @@ class _Machine:
         slowdown: float,
         period_s: float = 0.01,
         carry_s: float = 0.0,
+        tick_s: float = 0.0,
     ) -> None:
         self.code, self.name, self.server = code, name, server
         quota = server.cpu_quota_cores
-        self.quota = _Quota(quota, period_s, carry_s) if quota is not None else None
+        self.quota = _Quota(quota, period_s, carry_s, tick_s) if quota is not None else None
         self.speed, self.gpu_speed, self.slowdown = server.cpu_speed, server.gpu_speed, slowdown
         available = max(server.cpu_cores - keepalive_cores, 0.05 * server.cpu_cores)
         # A core pool costs two events per service; only build it when
@@ -384,10 +408,12 @@ class _Instance:
             gpu_s = 0.0
         self.cpu_s, self.gpu_s = cpu_s, gpu_s
         self.t_busy = now
-        delay = 0.0
+        # Start-up, the input's transfer and the step's wait elapse off the machine's
+        # CPU: none of them takes cores or quota (only the instance).
+        delay = max(j[_WAIT] for j in jobs) if len(jobs) > 1 else jobs[0][_WAIT]
         if self.cold:
             self.cold = False
-            delay = self.startup_s
+            delay += self.startup_s
         if self.fetch is not None:
             for j in jobs:
                 j[_MACHINE] = m.code
@@ -498,6 +524,7 @@ class _StepPlan:
     gpu: Sampler | None
     dependents: list[int]
     depends_on: list[int]
+    wait: Sampler | None = None
 
 
 @dataclass
@@ -635,8 +662,11 @@ class Simulation:
         slowdown = sc.settings.gpu_fallback_slowdown
         period_s = sc.settings.cpu_period_ms / 1e3
         carry_s = sc.settings.cpu_quota_carry_ms / 1e3
+        tick_s = sc.settings.cpu_quota_tick_ms / 1e3
         self.machines = {
-            m: _Machine(env, j, m, servers[m], work[m], keep[m], slowdown, period_s, carry_s)
+            m: _Machine(
+                env, j, m, servers[m], work[m], keep[m], slowdown, period_s, carry_s, tick_s
+            )
             for j, m in enumerate(self.machine_names)
         }
         self.machine_list = list(self.machines.values())
@@ -672,7 +702,8 @@ class Simulation:
             index = {s.name: i for i, s in enumerate(p.steps)}
             steps = []
             for i, s in enumerate(p.steps):
-                rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{p.name}.{s.name}")
+                key = (self.seed, self.replication, STREAM_SERVICE)
+                rng = stream(*key, f"{p.name}.{s.name}")
                 comp = sc.component(s.component)
                 steps.append(
                     _StepPlan(
@@ -687,6 +718,10 @@ class Simulation:
                         gpu=make_sampler(s.gpu_work, rng) if s.gpu_work else None,
                         dependents=[j for j, t in enumerate(p.steps) if s.name in t.depends_on],
                         depends_on=[index[d] for d in s.depends_on],
+                        # a stream of its own: a scenario without waits draws as before
+                        wait=make_sampler(s.wait, stream(*key, f"{p.name}.{s.name}.wait"))
+                        if s.wait and not comp.is_stage
+                        else None,
                     )
                 )
                 self.step_names.append(s.name)
@@ -866,6 +901,7 @@ class Simulation:
             n = len(targets)
         cpu_s = sp.cpu(1) / n if sp.cpu is not None else 0.0
         gpu_s = sp.gpu(1) / n if sp.gpu is not None else 0.0
+        wait_s = sp.wait(1) if sp.wait is not None else 0.0
         jobs = []
         plan = ex.plan
         for part, inst in enumerate(targets):
@@ -888,6 +924,7 @@ class Simulation:
                     sources,
                     n,
                     sp.index,
+                    wait_s,
                 ]
                 shared.put(job)  # type: ignore[union-attr]
             else:
@@ -909,6 +946,7 @@ class Simulation:
                     None,
                     n,
                     sp.index,
+                    wait_s,
                 ]
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
                 if self.beside_s[k] > 0:  # the server reads the call beside the model

@@ -366,6 +366,16 @@ class Step(Frozen):
     gpu_work: ServiceTime | None = Field(
         None, description="GPU time of the whole step at gpu_speed 1."
     )
+    wait: ServiceTime | None = Field(
+        None,
+        description="Time each part of the step waits on something off its machine (a "
+        "feature store's or registry's server elsewhere, a remote API), in ms like "
+        "cpu_work: it elapses at any machine speed and holds neither the machine's cores "
+        "nor its CPU quota, though the instance stays busy (and on-demand, paid) through "
+        "it. Drawn once per execution of the step; a step split over parts does not wait "
+        "less. None: no wait (all of the step's time is cpu_work/gpu_work). Batch steps "
+        "only: an inference stage's time comes from its variant.",
+    )
     ram_gb: NonNegFloat = Field(
         0.0, le=MAX_RAM_GB, description="Working memory of the step per instance (GB)."
     )
@@ -601,6 +611,13 @@ class Settings(Frozen):
         "on that CPU across periods (min_cfs_rq_runtime), so a group that was idle can run "
         "a little beyond its quota in the next period.",
     )
+    cpu_quota_tick_ms: NonNegFloat = Field(
+        0.0,
+        description="Scheduler tick (ms) at which a CPU quota is enforced; 0: at once. Linux "
+        "checks a running thread's group runtime at its ticks (4 ms at HZ=250), so a thread "
+        "that used up the period's quota runs on until the next tick, and the next period's "
+        "quota pays the overrun back.",
+    )
     network: NetworkSettings = NetworkSettings()
     qos: QoSWeights = QoSWeights()
     cost_criterion: Literal["execution", "rental"] = Field(
@@ -643,6 +660,12 @@ class Scenario(Frozen):
                     raise ValueError(
                         f"{where}.component: unknown component {s.component!r} "
                         f"(known: {', '.join(comps)})"
+                    )
+                if c.is_stage and s.wait is not None:
+                    raise ValueError(
+                        f"{where}.wait: step on inference stage {c.name!r} cannot wait "
+                        "(a stage's time comes from its variant's service_time; wait is "
+                        "for batch steps)"
                     )
                 if not c.is_stage and s.cpu_work is None and s.gpu_work is None:
                     raise ValueError(

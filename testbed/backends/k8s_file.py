@@ -11,7 +11,13 @@ scenario YAML. Every container runs a testbed service with its command:
 
 - stages: ``stage_server`` (model ``component.variant`` from the registry's
   Service; a scenario without a registry component gets one added);
-- registry, feature store, gateway: their testbed services;
+- registry, feature store, gateway: their testbed services — the registry is
+  MLflow's tracking server and model registry (``registry_mlflow``), the feature
+  store Feast (``features_feast``), as the testbed runs them, from the platform
+  image (``--platform-image``: the serving image plus Feast and MLflow in
+  :data:`PLATFORM_VENV`, built by ``compose/Dockerfile.platform``), with a start-up
+  probe for their slower start; ``--platform builtin`` exports the hand-written
+  SQLite stand-ins instead (any serving image runs those);
 - every other component (ingest, data-prep, trainer, evaluator, drift
   detector …): a ``step_worker`` that does batch steps' work; a stage or
   platform component that also runs batch steps gets one beside it (port
@@ -53,6 +59,11 @@ WORK_PORT = 8081  # a step-worker sidecar beside a service that also runs batch 
 RUN_AS = 10001
 CONFIG_MOUNT = "/etc/mlops-twin"  # the ConfigMap's files (scenario.yaml, deployment.yaml)
 REGISTRY = "model-registry"  # the Service added when stages need a registry the scenario lacks
+# "feast-mlflow": Feast and MLflow as on the testbed; "builtin": the SQLite stand-ins
+PLATFORMS = ("feast-mlflow", "builtin")
+PLATFORM_IMAGE = "mlops-twin-platform:latest"
+PLATFORM_VENV = "/opt/venv-platform"  # Feast and MLflow in the platform image
+PLATFORM_MODULES = ("testbed.services.registry_mlflow", "testbed.services.features_feast")
 _DNS = re.compile(r"[^a-z0-9-]+")
 
 
@@ -129,18 +140,26 @@ def worker_args(name: str, port: int) -> list[str]:
     ]
 
 
-def platform_args(scenario: Scenario, c: Component) -> list[str]:
+def platform_args(scenario: Scenario, c: Component, platform: str = "feast-mlflow") -> list[str]:
     """``python`` arguments of a registry, feature store or gateway component ([] otherwise).
 
+    ``platform`` "feast-mlflow": MLflow (``registry_mlflow``) and Feast
+    (``features_feast``) as the testbed runs them; "builtin": the SQLite stand-ins.
     Their state lives under ``/tmp`` (an emptyDir): the cluster's own registry and
     feature store replace these for production; these make the export start as it is.
     """
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform: expected one of {', '.join(PLATFORMS)}, got {platform!r}")
     name = c.name.lower()
     base = ["--port", str(PORT), "--host", "0.0.0.0"]
+    builtin = platform == "builtin"
     if "registry" in name:
-        return ["-m", "testbed.services.registry", *base, "--root", "/tmp/registry"]
+        module = "testbed.services.registry" if builtin else PLATFORM_MODULES[0]
+        return ["-m", module, *base, "--root", "/tmp/registry"]
     if "feature" in name:
-        return ["-m", "testbed.services.feature_store", *base, "--db", "/tmp/features.db"]
+        if builtin:
+            return ["-m", "testbed.services.feature_store", *base, "--db", "/tmp/features.db"]
+        return ["-m", PLATFORM_MODULES[1], *base, "--repo", "/tmp/feast"]
     if name == "gateway":
         features = [x.name for x in scenario.components if "feature" in x.name.lower()]
         extra = ["--features", f"http://{dns_name(features[0])}:{PORT}"] if features else []
@@ -227,6 +246,19 @@ def stage_args(scenario: Scenario, deployment: Deployment, c: Component) -> list
     ]
 
 
+def on_platform_image(container: dict[str, Any], platform_image: str) -> dict[str, Any]:
+    """``container`` as Feast or MLflow run (from the platform image, which keeps them in
+    :data:`PLATFORM_VENV`), with a start-up probe: ``feast apply`` and MLflow's server
+    take tens of seconds before ``/healthz`` answers, and the liveness probe must not
+    restart them meanwhile. Other containers are returned as they are."""
+    args = container.get("args", [])
+    if len(args) < 2 or args[1] not in PLATFORM_MODULES:
+        return container
+    env = [*container["env"], {"name": "MLOPS_TWIN_PLATFORM_VENV", "value": PLATFORM_VENV}]
+    startup = {**container["readinessProbe"], "failureThreshold": 36}  # 3 minutes
+    return {**container, "image": platform_image, "env": env, "startupProbe": startup}
+
+
 def _containers(
     scenario: Scenario,
     deployment: Deployment,
@@ -234,6 +266,8 @@ def _containers(
     image: str,
     configmap: str,
     gpus: int = 0,
+    platform: str = "feast-mlflow",
+    platform_image: str = PLATFORM_IMAGE,
 ) -> list[dict[str, Any]]:
     """The containers of one instance of ``c``: its service, and a step worker beside a
     stage or platform service that also runs batch steps. Together they request what the
@@ -244,7 +278,7 @@ def _containers(
     if c.is_stage:
         args = stage_args(scenario, deployment, c)
     else:
-        args = platform_args(scenario, c) or worker_args(c.name, PORT)
+        args = platform_args(scenario, c, platform) or worker_args(c.name, PORT)
     side = needs_sidecar(scenario, c)
     # the worker: the working cores and the steps' memory; the service: its keep-alive
     side_cpu = min(c.cpu_cores, cpu - c.keepalive_cpu_cores) if side else 0.0
@@ -253,7 +287,11 @@ def _containers(
     if gpus:  # a GPU step on a machine with GPUs: the device plugin's resource
         resources["nvidia.com/gpu"] = str(gpus)
     name = dns_name(c.name)
-    out = [_hardened(name, image, args, PORT, resources, c.name, configmap)]
+    out = [
+        on_platform_image(
+            _hardened(name, image, args, PORT, resources, c.name, configmap), platform_image
+        )
+    ]
     if side:
         res = {"cpu": cpu_quantity(side_cpu), "memory": memory_quantity(side_ram)}
         args = worker_args(c.name, WORK_PORT)
@@ -279,11 +317,14 @@ def _deployment(
     image: str,
     namespace: str,
     configmap: str,
+    platform: str = "feast-mlflow",
+    platform_image: str = PLATFORM_IMAGE,
 ) -> dict[str, Any]:
     labels = _labels(scenario, deployment, c.name)
     selector = {**labels, MACHINE_LABEL: machine}
+    gpus = gpus_of(scenario, c, machine)
     containers = _containers(
-        scenario, deployment, c, image, configmap, gpus_of(scenario, c, machine)
+        scenario, deployment, c, image, configmap, gpus, platform, platform_image
     )
     return _workload(
         dns_name(c.name, machine), namespace, selector, replicas, containers, _affinity(machine)
@@ -319,16 +360,24 @@ def _workload(
 
 
 def _added_registry(
-    scenario: Scenario, deployment: Deployment, image: str, namespace: str, configmap: str
+    scenario: Scenario,
+    deployment: Deployment,
+    image: str,
+    namespace: str,
+    configmap: str,
+    platform: str = "feast-mlflow",
+    platform_image: str = PLATFORM_IMAGE,
 ) -> list[dict[str, Any]]:
     """Service + Deployment of a model registry for stage servers when the scenario has
     none (e.g. the digits pipeline): their ``--registry`` must name a Service that exists.
     Not part of the placement, so not pinned to a machine."""
     labels = _labels(scenario, deployment, REGISTRY)
-    args = ["-m", "testbed.services.registry", "--port", str(PORT), "--host", "0.0.0.0"]
-    args += ["--root", "/tmp/registry"]
+    module = "testbed.services.registry" if platform == "builtin" else PLATFORM_MODULES[0]
+    args = ["-m", module, "--port", str(PORT), "--host", "0.0.0.0", "--root", "/tmp/registry"]
     res = {"cpu": cpu_quantity(0.25), "memory": memory_quantity(0.5)}
-    box = _hardened(REGISTRY, image, args, PORT, res, REGISTRY, configmap)
+    box = on_platform_image(
+        _hardened(REGISTRY, image, args, PORT, res, REGISTRY, configmap), platform_image
+    )
     svc = _service_doc(REGISTRY, namespace, labels, [PORT])
     return [svc, _workload(REGISTRY, namespace, labels, 1, [box])]
 
@@ -472,14 +521,22 @@ def manifests(
     deployment: Deployment,
     image: str = "mlops-twin:latest",
     namespace: str = "mlops-twin",
+    platform: str = "feast-mlflow",
+    platform_image: str = PLATFORM_IMAGE,
 ) -> list[dict[str, Any]]:
     """Namespace, ConfigMap, then per component its Service and per machine a Deployment,
     a registry when stages need one the scenario lacks, and per batch process a CronJob
     (periodic arrivals) or Job.
 
+    ``platform``: "feast-mlflow" (the registry and feature store run MLflow and Feast
+    as on the testbed, from ``platform_image``) or "builtin" (the SQLite stand-ins,
+    from ``image``).
+
     Raises ``InfeasibleDeployment`` when the deployment breaks the scenario's
     constraints: what the cluster is asked to reserve is what the twin checked.
     """
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform: expected one of {', '.join(PLATFORMS)}, got {platform!r}")
     require_feasible(scenario, deployment)
     machines = set(scenario.server_instances())
     namespace = dns_name(namespace)
@@ -498,14 +555,25 @@ def manifests(
                 raise ValueError(f"allocation names unknown machine {machine!r}")
             out.append(
                 _deployment(
-                    scenario, deployment, c, machine, row[machine], image, namespace, configmap
+                    scenario,
+                    deployment,
+                    c,
+                    machine,
+                    row[machine],
+                    image,
+                    namespace,
+                    configmap,
+                    platform,
+                    platform_image,
                 )
             )
     has_registry = any("registry" in c.name.lower() for c in scenario.components)
     if not has_registry and any(
         c.is_stage and deployment.instances(c.name) for c in scenario.components
     ):
-        out += _added_registry(scenario, deployment, image, namespace, configmap)
+        out += _added_registry(
+            scenario, deployment, image, namespace, configmap, platform, platform_image
+        )
     for p in scenario.processes:
         if p.kind == "batch":
             out.append(_process_job(scenario, deployment, p, image, namespace, configmap))
@@ -557,6 +625,20 @@ def k8s(
         "mlops-twin:latest"
     ),
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "mlops-twin",
+    platform: Annotated[
+        str,
+        typer.Option(
+            help="feast-mlflow: the registry and feature store run MLflow and Feast as on "
+            "the testbed (from --platform-image); builtin: the SQLite stand-ins (from --image)."
+        ),
+    ] = "feast-mlflow",
+    platform_image: Annotated[
+        str,
+        typer.Option(
+            help="Image of MLflow and Feast: the serving image plus both in "
+            f"{PLATFORM_VENV} (compose/Dockerfile.platform)."
+        ),
+    ] = PLATFORM_IMAGE,
 ) -> None:
     """Kubernetes manifests: a Deployment per component per machine, Services, a ConfigMap,
     a CronJob or Job per batch process."""
@@ -567,7 +649,14 @@ def k8s(
 
     err = Console(stderr=True)
     try:
-        docs = manifests(load_scenario(scenario), load_deployment(deployment), image, namespace)
+        docs = manifests(
+            load_scenario(scenario),
+            load_deployment(deployment),
+            image,
+            namespace,
+            platform,
+            platform_image,
+        )
         paths = write_manifests(docs, out_dir)
     except (SpecError, InfeasibleDeployment, ValueError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

@@ -139,3 +139,42 @@ def test_a_comparison_uses_the_pairs_where_both_ran() -> None:
     tb = pd.concat([tb, base[base["pair"] == 0]], ignore_index=True)  # base ran in pair 0 only
     rows = {r["criterion"]: r for r in compare(tb, tw, "edge", "core")}
     assert rows["time_mean_s"]["testbed"].n == 3
+
+
+def test_a_run_recorded_with_old_deadlines_counts_overruns_with_the_scenarios(
+    lab: tuple, tmp_path: Path
+) -> None:
+    import json
+
+    from lab.mlops_deploy_back import folder_criteria
+    from lab.mlops_run import scaled
+
+    scenario, deployment = lab
+    # recorded before deadlines were scaled with the schedule: 120 s and 30 s
+    pd.DataFrame(
+        {
+            "process": ["retraining", "retraining", "feature-refresh"],
+            "pid": [0, 1, 0],
+            "t_arrive": [4.0, 34.0, 1.0],
+            "t_end": [20.0, 45.0, 3.5],
+            "deadline_s": [120.0, 120.0, 30.0],
+            "ok": [True, True, True],
+        }
+    ).to_parquet(tmp_path / "executions.parquet")
+    visits = pd.DataFrame(
+        {
+            "component": ["trainer"],
+            "machine": ["core"],
+            "replica": [0],
+            "t_start": [5.0],
+            "t_end": [15.0],
+            "overhead_s": [0.5],
+        }
+    )
+    visits.to_parquet(tmp_path / "visits.parquet")
+    (tmp_path / "meta.json").write_text(json.dumps({"end_s": 45.0}))
+    fast = scaled(scenario, 0.1)  # deadlines 12 s and 3 s
+    dep = as_deployed(fast, deployment)
+    # retraining 16 s > 12 s, 11 s ≤ 12 s; refresh 2.5 s ≤ 3 s
+    assert folder_criteria(tmp_path, fast, dep, 35.0)["overruns"] == 1.0
+    assert folder_criteria(tmp_path, scenario, dep, 35.0)["overruns"] == 0.0

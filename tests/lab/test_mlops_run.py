@@ -40,6 +40,9 @@ def test_schedule_is_scaled_and_steps_are_known(lab: tuple) -> None:
     retrain = next(p for p in fast.processes if p.name == "retraining")
     assert retrain.arrivals.period_s == pytest.approx(30.0)
     assert retrain.arrivals.offset_s == pytest.approx(4.0)
+    # deadlines go with the schedule (120 s → 12 s); the request pipeline's latency limit stays
+    assert retrain.deadline_s == pytest.approx(12.0)
+    assert next(p for p in fast.processes if p.name == "digits").deadline_s == pytest.approx(0.1)
     assert [p.name for p in batch_processes(fast)] == ["feature-refresh", "retraining"]
     assert machines_of(deployment, "data-prep") == ["edge-1", "edge-2"]
     bad = scenario.model_copy(
@@ -215,3 +218,75 @@ def test_prepare_train_evaluate_jobs(tmp_path: Path) -> None:
         tmp_path, "evaluate", "--inputs", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "e.bin")
     )
     assert rec["detail"]["accuracy"] > 0.6
+
+
+def _visit(step: str, process: str, pid: int, machine: str, wall: float, cpu: float) -> dict:
+    return {
+        "process": process,
+        "step": step,
+        "pid": pid,
+        "machine": machine,
+        "t_start": 100.0 * pid,
+        "t_end": 100.0 * pid + wall,
+        "overhead_s": 0.1,
+        "transfer_s": 0.0,
+        "cpu_s": cpu,
+        "parts": 1,
+    }
+
+
+def test_the_time_beyond_a_jobs_cpu_is_fitted_as_its_wait(lab: tuple) -> None:
+    scenario, _ = lab
+    quotas = {"core": 1.0, "edge-1": 0.25, "edge-2": 0.25}
+    rows = [
+        # materialize on the core server (a full core): 0.5 s in all, 0.2 s of it CPU
+        _visit("materialize", "feature-refresh", 0, "core", 0.4, 0.2),
+        _visit("materialize", "feature-refresh", 2, "core", 0.6, 0.2),
+        # ingest on an edge box (a quarter core): 2.5 s, 0.25 s of CPU = 1 s there
+        _visit("ingest", "feature-refresh", 0, "edge-1", 2.4, 0.25),
+        # more CPU than the time allows at a quarter core: no wait, all work
+        _visit("register", "retraining", 0, "edge-2", 0.9, 0.5),
+    ]
+    v = pd.DataFrame(rows)
+
+    def step(sc, name):
+        return next(s for p in sc.processes for s in p.steps if s.name == name)
+
+    every = calibrate(scenario, v, {0, 2}, quotas, waits="every")
+    m = step(every, "materialize")
+    assert m.cpu_work.mean_ms == pytest.approx(200.0)
+    assert m.wait.mean_ms == pytest.approx(400.0)  # 0.3 s and 0.5 s
+    assert m.wait.cv == pytest.approx(1.4826 * 0.1 / 0.4)  # MAD / median, robust
+    i = step(every, "ingest")
+    assert i.cpu_work.mean_ms == pytest.approx(250.0)
+    assert i.wait.mean_ms == pytest.approx(1500.0)
+    r = step(every, "register")
+    assert r.wait is None
+    assert r.cpu_work.mean_ms == pytest.approx(1.0 * 0.25 * 1000)  # the whole time × rate
+    # by default a quarter-core box's rest is the machine's throttling, not a wait
+    default = calibrate(scenario, v, {0, 2}, quotas)
+    assert step(default, "materialize").wait.mean_ms == pytest.approx(400.0)
+    assert step(default, "ingest").wait is None
+    assert step(default, "ingest").cpu_work.mean_ms == pytest.approx(2.5 * 0.25 * 1000)
+    none = calibrate(scenario, v, {0, 2}, quotas, waits="none")
+    assert step(none, "materialize").wait is None
+    assert step(none, "materialize").cpu_work.mean_ms == pytest.approx(600.0)
+    with pytest.raises(ValueError, match="waits: expected one of"):
+        calibrate(scenario, v, {0, 2}, quotas, waits="some")
+
+
+def test_one_slow_execution_does_not_set_a_steps_spread(lab: tuple) -> None:
+    scenario, _ = lab
+    quotas = {"core": 1.0, "edge-1": 0.25, "edge-2": 0.25}
+    # five materializes on the core server, all CPU; one slowed threefold (warm-up)
+    walls = [0.5, 0.51, 0.49, 0.5, 1.5]
+    v = pd.DataFrame(
+        [
+            {**_visit("materialize", "feature-refresh", 2 * i, "core", w, 10.0), "overhead_s": 0.0}
+            for i, w in enumerate(walls)
+        ]
+    )
+    fitted = calibrate(scenario, v, {0, 2, 4, 6, 8}, quotas)
+    m = next(s for p in fitted.processes for s in p.steps if s.name == "materialize")
+    assert m.cpu_work.mean_ms == pytest.approx(1000 * sum(walls) / 5)  # the mean keeps it
+    assert m.cpu_work.cv == pytest.approx(1.4826 * 0.01 / 0.5)  # the spread does not

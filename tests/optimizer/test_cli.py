@@ -168,3 +168,58 @@ def test_reference_front_gives_igd(run_dir: Path, tmp_path: Path) -> None:
     assert history["igd"].notna().all() and (history["igd"] >= 0).all()
     res = runner.invoke(optimize_app, [str(SMALL), "--reference", str(tmp_path / "none.csv")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_screening_is_the_default_with_settings_from_the_budget(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    # run_dir: no --max-evals, so the budget B is --pop × --gens = 24 DES runs
+    info = json.loads((run_dir / "run.json").read_text())
+    mf = info["multifidelity"]
+    assert mf is not None and mf["des"] == info["simulations"]
+    assert (mf["max_screens"], mf["polish_screens"], mf["row_screens"]) == (96, 24, 192)
+    assert (run_dir / "fidelity.parquet").is_file()
+    out = tmp_path / "des"
+    res = runner.invoke(optimize_app, [str(SMALL), *FAST, "--no-screen", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["multifidelity"] is None
+    out = tmp_path / "budget"
+    args = [str(SMALL), *FAST, "--max-evals", "20", "--screen-rows", "7", "--out", str(out)]
+    res = runner.invoke(optimize_app, args)
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["search"]["max_evals"] == 14  # the search stops at 0.7 B; the end game confirms
+    assert (info["multifidelity"]["row_screens"], info["multifidelity"]["max_screens"]) == (7, 80)
+
+
+def test_a_scenario_with_step_waits_is_searched_with_the_des_only(tmp_path: Path) -> None:
+    # the screening fidelity does not model Step.wait: optimize says so and DES-scores all
+    from twin.load import dump_yaml
+    from twin.screen import unscreenable
+    from twin.spec import ConstantServiceTime
+
+    sc = load_scenario(SMALL)
+    procs = [
+        p.model_copy(
+            update={
+                "steps": [
+                    s.model_copy(update={"wait": ConstantServiceTime(kind="constant", ms=5.0)})
+                    if s.name == "features"
+                    else s
+                    for s in p.steps
+                ]
+            }
+        )
+        for p in sc.processes
+    ]
+    waiting = type(sc).model_validate(sc.model_copy(update={"processes": procs}).model_dump())
+    field = unscreenable(waiting)
+    assert field is not None and field.endswith(".steps.features.wait")
+    assert unscreenable(sc) is None
+    path = tmp_path / "waiting.yaml"
+    path.write_text(dump_yaml(waiting))
+    out = tmp_path / "run"
+    res = runner.invoke(optimize_app, [str(path), *FAST, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "does not model step waits" in res.output
+    assert json.loads((out / "run.json").read_text())["multifidelity"] is None

@@ -12,6 +12,9 @@ from typer.testing import CliRunner
 
 from testbed.backends.k8s_file import (
     MACHINE_LABEL,
+    PLATFORM_IMAGE,
+    PLATFORM_VENV,
+    PLATFORMS,
     REGISTRY,
     app,
     cpu_quantity,
@@ -165,25 +168,84 @@ def test_gpu_steps_request_a_gpu_and_stages_find_the_registry_by_its_name() -> N
 
 def test_manifests_validate_against_the_kubernetes_schemas(tmp_path: Path) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    for name in ("edge-cloud", "digits-pipeline"):
+    for name in ("edge-cloud", "digits-pipeline", "mlops-lab"):
         sc = load_scenario(EXAMPLES / f"{name}.yaml")
-        for doc in manifests(sc, load_deployment(EXAMPLES / f"{name}.deployment.yaml")):
-            kubernetes_validate.validate(doc, "1.32", strict=True)
+        dep = load_deployment(EXAMPLES / f"{name}.deployment.yaml")
+        for platform in PLATFORMS:
+            for doc in manifests(sc, dep, platform=platform):
+                kubernetes_validate.validate(doc, "1.32", strict=True)
+
+
+def _first_containers(docs: list[dict]) -> dict[str, dict]:
+    """Component → the first container of its (first) Deployment."""
+    out: dict[str, dict] = {}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+            out.setdefault(component, d["spec"]["template"]["spec"]["containers"][0])
+    return out
 
 
 def test_platform_components_have_their_service_command() -> None:
     sc = load_scenario(EXAMPLES / "edge-cloud.yaml")
-    docs = manifests(sc, load_deployment(EXAMPLES / "edge-cloud.deployment.yaml"))
-    modules = {}
-    for d in docs:
-        if d["kind"] == "Deployment":
-            container = d["spec"]["template"]["spec"]["containers"][0]
-            args = container.get("args", [])
-            component = d["metadata"]["labels"]["app.kubernetes.io/component"]
-            modules[component] = args[1] if args else None
+    dep = load_deployment(EXAMPLES / "edge-cloud.deployment.yaml")
+    # the SQLite stand-ins on request, from the serving image
+    builtin = _first_containers(manifests(sc, dep, platform="builtin"))
+    modules = {c: box["args"][1] for c, box in builtin.items() if box.get("args")}
     assert modules["model-registry"] == "testbed.services.registry"
     assert modules["feature-store"] == "testbed.services.feature_store"
     assert modules["gateway"] == "testbed.services.gateway"
+    assert builtin["feature-store"]["image"] == "mlops-twin:latest"
+    assert "startupProbe" not in builtin["feature-store"]
+    with pytest.raises(ValueError, match="platform: expected one of"):
+        manifests(sc, dep, platform="sqlite")
+
+
+def test_the_lab_export_runs_feast_and_mlflow_as_the_testbed_does(tmp_path: Path) -> None:
+    sc = load_scenario(EXAMPLES / "mlops-lab.yaml")
+    dep = load_deployment(EXAMPLES / "mlops-lab.deployment.yaml")
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(
+        app,
+        [
+            "k8s",
+            str(EXAMPLES / "mlops-lab.deployment.yaml"),
+            "-s",
+            str(EXAMPLES / "mlops-lab.yaml"),
+            "-o",
+            str(out),
+            "--platform-image",
+            "lab-platform:1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
+    boxes = _first_containers(docs)
+    # the testbed's own services and options: MLflow (SQLite + local artifacts) and Feast
+    assert boxes["model-registry"]["args"][:2] == ["-m", "testbed.services.registry_mlflow"]
+    assert boxes["model-registry"]["args"][-2:] == ["--root", "/tmp/registry"]
+    assert boxes["feature-store"]["args"][:2] == ["-m", "testbed.services.features_feast"]
+    assert boxes["feature-store"]["args"][-2:] == ["--repo", "/tmp/feast"]
+    for c in ("model-registry", "feature-store"):
+        box = boxes[c]
+        assert box["image"] == "lab-platform:1"
+        env = {e["name"]: e["value"] for e in box["env"]}
+        assert env["MLOPS_TWIN_PLATFORM_VENV"] == PLATFORM_VENV
+        assert box["startupProbe"]["failureThreshold"] * box["startupProbe"]["periodSeconds"] >= 120
+        # pinned where the allocation put them, like every other component
+        assert dep.allocation[c] == {"core": 1}
+    # everything else stays on the serving image
+    assert boxes["trainer"]["image"] == "mlops-twin:latest"
+    assert "startupProbe" not in boxes["trainer"]
+    # the same from the library, and a registry added for stages is MLflow too
+    lab = _first_containers(manifests(sc, dep))
+    assert lab["feature-store"]["args"] == boxes["feature-store"]["args"]
+    digits = load_scenario(EXAMPLES / "digits-pipeline.yaml")
+    added = _first_containers(
+        manifests(digits, load_deployment(EXAMPLES / "digits-pipeline.deployment.yaml"))
+    )
+    assert added[REGISTRY]["args"][1] == "testbed.services.registry_mlflow"
+    assert added[REGISTRY]["image"] == PLATFORM_IMAGE
 
 
 def workloads(docs: list[dict]) -> list[tuple[dict, dict]]:

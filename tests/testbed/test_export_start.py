@@ -195,7 +195,9 @@ def image() -> str:
 def test_every_exported_workload_becomes_ready(image, example, tmp_path, zoo):
     sc = load_scenario(EXAMPLES / f"{example}.yaml")
     dep = load_deployment(EXAMPLES / f"{example}.deployment.yaml")
-    docs = manifests(sc, dep)
+    # the SQLite stand-ins: this image is the serving one, without Feast and MLflow
+    # (compose/Dockerfile.platform adds them), and SEED uploads to the built-in registry
+    docs = manifests(sc, dep, platform="builtin")
     config_dir, models = tmp_path / "config", tmp_path / "models"
     config_dir.mkdir(mode=0o755)
     stage_models(sc, dep, zoo, models)

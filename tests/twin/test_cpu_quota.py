@@ -71,6 +71,30 @@ def test_unused_quota_carries_into_the_next_period_up_to_the_carry() -> None:
     assert abs(q.wall_s(0.030, 0.006) - 0.006) < 1e-12
 
 
+def test_a_running_thread_overruns_its_quota_until_the_tick_and_pays_it_back() -> None:
+    q = _Quota(cores=0.5, period_s=0.010, tick_s=0.004)
+    # 5 ms of quota used at 5 ms; the tick at 8 ms throttles it: 3 ms overrun, then the
+    # stall to 10 ms; period 1 has 5 − 3 = 2 ms: the last 1 ms runs at once
+    assert abs(q.wall_s(0.0, 0.009) - 0.011) < 1e-12
+    # period 1 has 1 ms left: out of it at 12.5 ms, the job runs on to its end at
+    # 14.5 ms, before the tick at 16 ms
+    assert abs(q.wall_s(0.0115, 0.003) - 0.003) < 1e-12
+    # the next job starts before that tick too: it runs to 16 ms, is throttled, and
+    # period 2 has 5 − 3 ms (period 1 ran 5 ms of its 2): its last 1 ms runs from 20 ms
+    assert abs(q.wall_s(0.015, 0.002) - 0.006) < 1e-12
+    # a job that starts after the throttle in an overdrawn period waits for the next
+    r = _Quota(cores=0.5, period_s=0.010, tick_s=0.004)
+    assert abs(r.wall_s(0.0, 0.006) - 0.006) < 1e-12  # out at 5 ms, done by the 8-ms tick
+    assert abs(r.wall_s(0.0065, 0.001) - 0.001) < 1e-12  # before the tick: runs on
+    assert abs(r.wall_s(0.0085, 0.001) - 0.0025) < 1e-12  # after it: waits to 10 ms
+    # over time the quota still holds: back-to-back work runs at 0.5 core
+    b = _Quota(cores=0.5, period_s=0.010, tick_s=0.004)
+    t = 0.0
+    for _ in range(2000):
+        t += b.wall_s(t, 0.003)
+    assert abs(2000 * 0.003 / t - 0.5) < 0.005
+
+
 def _beside(rate_per_s: float, concurrent: bool) -> Scenario:
     sc = _quota_stage(rate_per_s, 0.5)
     over = ServerOverhead(per_item_ms=1.0, concurrent=concurrent)
