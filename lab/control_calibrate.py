@@ -202,7 +202,7 @@ def quota_twin(calibrated: Scenario, manifest: Scenario, factor: float, cpu: Nod
     HTTP work compete for one node's CPU, as on the testbed, and the latency grows
     with the configuration's CPU. The servers' CPU leaves the per-request overhead.
     """
-    from calibrate.quota import CFS_CARRY_MS
+    from calibrate.quota import CFS_CARRY_MS, CFS_TICK_MS
     from twin.spec import ServerOverhead
 
     h = cpu.host_speed
@@ -234,7 +234,9 @@ def quota_twin(calibrated: Scenario, manifest: Scenario, factor: float, cpu: Nod
             o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
             p = p.model_copy(update={"request_overhead": o})
         processes.append(p)
-    settings = calibrated.settings.model_copy(update={"cpu_quota_carry_ms": CFS_CARRY_MS})
+    settings = calibrated.settings.model_copy(
+        update={"cpu_quota_carry_ms": CFS_CARRY_MS, "cpu_quota_tick_ms": CFS_TICK_MS}
+    )
     new = calibrated.model_copy(
         update={
             "servers": servers,
