@@ -288,7 +288,11 @@ def test_every_exported_workload_becomes_ready(request, image, example, platform
     compose = [*compose_cmd(), "-p", project, "-f", str(tmp_path / "docker-compose.yml")]
     try:
         up = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
-        assert up.returncode == 0, up.stderr[-3000:]
+        if up.returncode != 0:  # e.g. the registry never healthy: its own words say why
+            logs = subprocess.run(
+                [*compose, "logs", "--tail", "20"], capture_output=True, text=True
+            )
+            pytest.fail(f"compose up: {up.stderr[-2000:]}\n{logs.stdout[-4000:]}")
         workloads = [s for s in doc["services"] if s != "seed"]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
