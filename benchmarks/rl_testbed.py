@@ -42,6 +42,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,7 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     import torch
 
     from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
-    from lab.control_calibrate import calibrated_twin
+    from lab.control_calibrate import calibrated_twin, node_cpu, quota_twin
     from lab.control_twin import TwinReplay, replay
     from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
     from twin.load import dump_yaml, load_scenario
@@ -283,6 +284,11 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         if args.rate_aware:
             rate = float(pd.read_parquet(s["folder"] / "intervals.parquet")["offered_rps"].mean())
         cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+        kind, extra = "calibrated", {}
+        if args.quota:  # the nodes' CFS quota on top, its server CPU fitted on the others
+            cpu = node_cpu([o["folder"] / "load" for o in others], scaled)
+            cal_sc = quota_twin(cal_sc, scaled, float(s["cpu_factor"]), cpu)
+            kind, extra = "quota", {"twin_quota_cpu": asdict(cpu)}
         own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
         opts = _control_options({**own, "rate_scale": scale}, args.steps)
         run, make_decider, envs = prepare_control(
@@ -301,12 +307,13 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         )
         twin_rows, _ = replay(spec, make_decider())
         folder = s["folder"]
-        write_table(twin_rows, folder / "twin-calibrated-intervals")
-        write_table(side_by_side(rows, twin_rows), folder / "side-by-side-calibrated")
-        (folder / "inputs" / "twin-calibrated.yaml").write_text(dump_yaml(cal_sc))
+        write_table(twin_rows, folder / f"twin-{kind}-intervals")
+        write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
+        (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
         summary = json.loads((folder / "summary.json").read_text())
-        summary["twin_calibrated"] = summarise(twin_rows)
-        summary["twin_calibrated_on"] = [o["folder"].name for o in others]
+        summary[f"twin_{kind}"] = summarise(twin_rows)
+        summary[f"twin_{kind}_on"] = [o["folder"].name for o in others]
+        summary.update(extra)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -335,6 +342,105 @@ def _host(folder: Path) -> dict:
     if not f.is_file():
         return dict.fromkeys(("busy_cores", "pressure", "steal_cores"), np.nan)
     return host_summary(pd.read_parquet(f))
+
+
+OVERHEAD_MODELS = {
+    "one value (pooled)": [],
+    "the configuration's model CPU": ["model_cores"],
+    "the host's CPU pressure": ["pressure"],
+    "both": ["model_cores", "pressure"],
+}
+
+
+def _overhead_rows(runs: list[dict]) -> pd.DataFrame:
+    """Per testbed interval: the per-request overhead's p50/p95 (latency minus the
+    stages' queue and service: client, gateway, HTTP hops; ms), the model CPU the
+    configuration spent (each visit at its variant's manifest time; cores) and the
+    host's CPU pressure (``loadgen.host``)."""
+    from loadgen.host import host_summary
+    from twin.load import load_scenario
+
+    sc = load_scenario(SCENARIO)
+    cpu_ms = {v.name: v.service_time.batch_mean_ms(1) for c in sc.components for v in c.variants}
+    out = []
+    for s in runs:
+        load = s["folder"] / "load"
+        req = pd.read_parquet(load / "requests.parquet", columns=["pid", "t_arrive", "t_end", "ok"])
+        vis = pd.read_parquet(
+            load / "visits.parquet", columns=["pid", "t_arrive", "variant", "queue_s", "service_s"]
+        )
+        metrics = pd.read_parquet(load / "metrics.parquet")
+        stage_s = vis.groupby("pid")[["queue_s", "service_s"]].sum().sum(axis=1)
+        req = req[req["ok"]].set_index("pid").join(stage_s.rename("stage_s"), how="inner")
+        over_ms = 1e3 * (req["t_end"] - req["t_arrive"] - req["stage_s"])
+        starts = pd.read_parquet(s["folder"] / "intervals.parquet")["t_s"].to_numpy()
+        step = float(s["duration_s"]) / max(len(starts), 1)
+        for k, t in enumerate(starts):
+            t0 = float(s["offset_s"]) + float(t)
+            x = over_ms[(req["t_arrive"] >= t0) & (req["t_arrive"] < t0 + step)]
+            v = vis[(vis["t_arrive"] >= t0) & (vis["t_arrive"] < t0 + step)]
+            if len(x) < 20:
+                continue
+            host = host_summary(metrics, t0, t0 + step)
+            out.append(
+                {
+                    "run": s["folder"].name,
+                    "interval": k,
+                    "over_p50_ms": float(np.percentile(x, 50)),
+                    "over_p95_ms": float(np.percentile(x, 95)),
+                    "model_cores": float(v["variant"].astype(str).map(cpu_ms).sum()) / 1e3 / step,
+                    "pressure": host["pressure"],
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _overhead_study(runs: list[dict]) -> list[str]:
+    """How well the *other* runs predict an interval's overhead (leave-one-run-out
+    least squares on its log), per predictor; report lines."""
+    d = _overhead_rows(runs).dropna()
+    if d["run"].nunique() < 3:
+        return []
+    rows = []
+    for name, cols in OVERHEAD_MODELS.items():
+        x = np.c_[np.ones(len(d)), d[cols].to_numpy(dtype=float)]
+        cells = [name]
+        for q in ("over_p50_ms", "over_p95_ms"):
+            y = np.log(d[q].to_numpy(dtype=float))
+            pred = np.empty(len(d))
+            for run in d["run"].unique():
+                test = (d["run"] == run).to_numpy()
+                coef, *_ = np.linalg.lstsq(x[~test], y[~test], rcond=None)
+                pred[test] = x[test] @ coef
+            err = np.expm1(pred - y)
+            cells += [
+                round(100 * float(np.mean(np.abs(err) <= 0.15))),
+                round(100 * float(np.median(np.abs(err)))),
+            ]
+        rows.append(cells)
+    corr = d[["over_p95_ms", "model_cores", "pressure"]].corr()["over_p95_ms"]
+    return [
+        "## Can the twin know an interval's per-request overhead?",
+        "",
+        f"Per testbed interval ({len(d)} intervals, {d['run'].nunique()} runs), the overhead "
+        "(latency minus the stages' queue and service: client, gateway, HTTP hops) predicted "
+        "from the other runs' intervals (leave-one-run-out, least squares on its log). The "
+        "overhead's p95 is most of a request's p95 on this host; correlation of its p95 with "
+        f"the configuration's model CPU {corr['model_cores']:.2f}, with the host's CPU "
+        f"pressure {corr['pressure']:.2f}.",
+        "",
+        markdown_table(
+            [
+                "predictor",
+                "p50 within ±15 % (%)",
+                "p50 median abs. error (%)",
+                "p95 within ±15 % (%)",
+                "p95 median abs. error (%)",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -426,7 +532,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         ch = folder / "changes.parquet"
         if ch.is_file():
             changes.append(pd.read_parquet(ch).assign(policy=s["policy"], workload=s["shape"]))
-        for twin, name in (("view", "side-by-side"), ("calibrated", "side-by-side-calibrated")):
+        for twin, name in (
+            ("view", "side-by-side"),
+            ("calibrated", "side-by-side-calibrated"),
+            ("quota", "side-by-side-quota"),
+        ):
             sbs = folder / f"{name}.parquet"
             if sbs.is_file():
                 t = pd.read_parquet(sbs)
@@ -504,6 +614,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         for twin, label in (
             ("view", "the uncalibrated twin (the policies' view)"),
             ("calibrated", "the twin calibrated on the other runs of the workload"),
+            ("quota", "that twin with every node under its CFS quota (quota_twin)"),
         ):
             g = f[f["twin"] == twin]
             ok = g[(g["rho"] <= 0.9) & g["p95_s_testbed"].notna() & g["p95_s_twin"].notna()]
@@ -522,6 +633,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"±15 % ({per_w})"
             )
     lines += [*checks, ""]
+    lines += _overhead_study(runs)
     if changes:
         c = pd.concat(changes, ignore_index=True).astype({"seconds": float})
         g = c.groupby("kind")["seconds"]
@@ -619,6 +731,12 @@ def main() -> None:
                 "--all-workloads",
                 action="store_true",
                 help="calibrate on the other runs of every workload (default: the run's own)",
+            )
+            p.add_argument(
+                "--quota",
+                action="store_true",
+                help="also put every node under its CFS quota (lab.control_calibrate.quota_twin); "
+                "writes twin-quota-* beside twin-calibrated-*",
             )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")

@@ -33,8 +33,10 @@ from benchmarks._report import machine_line, markdown_table, write_result
 
 FRACTIONS = (0.3, 0.6)  # held-out rates as fractions of the profiled capacity
 DURATION_S = 40.0
+OPEN_S = 15.0  # the profile's open-loop cell (at half the closed-loop capacity)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRIORITY = ""
+ARGS = ""  # this run's options, for the results' "Reproduce" line
 
 
 def steal_share() -> float:
@@ -93,7 +95,7 @@ def profile_and_hold_out(
     argv = [*cli, "calibrate", "profile", "--target", url, "--model", model]
     argv += ["--version", version] if version else []
     argv += ["--input", tensor, "--batches", grid["batches"], "--concurrency", grid["concurrency"]]
-    argv += ["--cell-s", str(grid["cell_s"]), "--out", str(prof)]
+    argv += ["--cell-s", str(grid["cell_s"]), "--open-s", str(OPEN_S), "--out", str(prof)]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise SystemExit(res.stderr)
@@ -125,6 +127,7 @@ def profile_and_hold_out(
                 f"{rate:g}",
                 f"{f:g}",
                 f"{len(ok)}/{len(result.requests)}",
+                f"{len(result.requests) / DURATION_S:.1f}",
                 round(measured[50], 2),
                 round(twin["p50_ms"], 2),
                 f"{e50:+.1f}",
@@ -145,6 +148,7 @@ def profile_and_hold_out(
         f"{variant.service_time.batch_mean_ms(1):.2f} ms",
         "overhead": f"mean {over.batch_mean_ms(1):.2f} ms" if over else "none",
         "capacity_table": meta["capacity"],
+        "open_loop": meta.get("open_loop") or {},
     }
     return rows, fit
 
@@ -153,6 +157,7 @@ HEAD = [
     "rate/s",
     "of capacity",
     "answered/sent",
+    "sent/s",
     "p50 ms",
     "twin p50",
     "err %",
@@ -164,6 +169,20 @@ HEAD = [
     "host busy cores",
     "others' cores",
 ]
+
+
+def open_loop_line(info: dict) -> str:
+    """What the profile's open-loop cell measured (the fit's service and overhead)."""
+    if not info:
+        return "- no open-loop cell: service and overhead from the closed-loop cells"
+    return (
+        f"- profile's open-loop cell (Poisson, the load generator, {OPEN_S:g} s): "
+        f"{info['rate_per_s']:.1f} requests/s, {info['requests']} requests, "
+        f"{info['idle_requests']} found none ahead, {info['busy_gaps']} answer gaps of a busy "
+        f"server → service mean {info['service_mean_ms']:.2f} ms, cv "
+        f"{info['service_cv']:.2f} ({info['service_factor']:.2f}× the closed-loop "
+        f"1/capacity), overhead mean {info['overhead_mean_ms']:.2f} ms"
+    )
 
 
 def capacity_lines(table: list[dict]) -> list[str]:
@@ -203,6 +222,7 @@ def run_mlserver() -> None:
             f"{fit['capacity_per_s']:.1f} requests/s",
             f"- fitted service time: {fit['service']} at batch 1; "
             f"request overhead {fit['overhead']}",
+            open_loop_line(fit["open_loop"]),
             f"- held-out: open-loop Poisson (Locust, `load run --protocol v2`'s code), "
             f"{DURATION_S:g} s per rate (rates not in the closed-loop profile); twin: 3 × 600 s",
             "",
@@ -215,7 +235,7 @@ def run_mlserver() -> None:
             *capacity_lines(fit["capacity_table"]),
             "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/v2_mlserver.py --nice -5 --rt 10 mlserver`",
+            f"benchmarks/v2_mlserver.py {ARGS}mlserver`",
         ]
     )
     write_result("v2_mlserver", text)
@@ -251,6 +271,7 @@ def run_testbed() -> None:
             "requests/s",
             f"- fitted service time: {fit['service']} at batch 1; "
             f"request overhead {fit['overhead']}",
+            open_loop_line(fit["open_loop"]),
             f"- held-out: open-loop Poisson (Locust), {DURATION_S:g} s per rate; twin: 3 × 600 s",
             "",
             markdown_table(HEAD, rows),
@@ -262,7 +283,7 @@ def run_testbed() -> None:
             *capacity_lines(fit["capacity_table"]),
             "",
             "Reproduce: `flock /work/bench.lock .venv/bin/python "
-            "benchmarks/v2_mlserver.py testbed`",
+            f"benchmarks/v2_mlserver.py {ARGS}testbed`",
         ]
     )
     write_result("v2_testbed", text)
@@ -289,7 +310,9 @@ def main() -> None:
         rt = int(args[i + 1])
         del args[i : i + 2]
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt))
-    global PRIORITY
+    global PRIORITY, ARGS
+    ARGS = " ".join(a for a in sys.argv[1:] if a not in ("mlserver", "testbed"))
+    ARGS += " " if ARGS else ""
     PRIORITY = (
         f"This run: the benchmark and every process it started at nice {nice}"
         + (f", real-time SCHED_RR priority {rt}" if rt else "")
@@ -297,11 +320,16 @@ def main() -> None:
         if nice or rt
         else "This run: default priority."
     )
+    if "--duration" in args:  # seconds per held-out rate (default 40), to fit a lock turn
+        i = args.index("--duration")
+        global DURATION_S
+        DURATION_S = float(args[i + 1])
+        del args[i : i + 2]
     which = args or ["mlserver", "testbed"]
     unknown = set(which) - {"mlserver", "testbed"}
     if unknown:
         raise SystemExit(
-            f"usage: v2_mlserver.py [--nice N] [--rt N] [mlserver] [testbed] "
+            f"usage: v2_mlserver.py [--nice N] [--rt N] [--duration S] [mlserver] [testbed] "
             f"(unknown: {sorted(unknown)})"
         )
     if "mlserver" in which:

@@ -290,6 +290,25 @@ def profile(
     ] = "1,2,4,8",
     cell_s: Annotated[float, typer.Option(help="--target: seconds per cell.")] = 4.0,
     replicas: Annotated[int, typer.Option(help="--target: model instances in the server.")] = 1,
+    dispatch: Annotated[
+        str,
+        typer.Option(
+            help="--target: how the server hands requests to its --replicas instances: "
+            "round_robin (e.g. MLServer's parallel_workers), least_outstanding, random, or "
+            "shared_queue (instances pull from one queue)."
+        ),
+    ] = "least_outstanding",
+    open_s: Annotated[
+        float,
+        typer.Option(
+            help="--target: seconds of the open-loop Poisson cell, sent by the load generator, "
+            "that the service time and overhead are read from (0: closed loop only)."
+        ),
+    ] = 15.0,
+    open_share: Annotated[
+        float,
+        typer.Option(help="--target: the open-loop cell's rate as a share of measured capacity."),
+    ] = 0.5,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="--target: profile folder to write.")
     ] = None,
@@ -300,7 +319,9 @@ def profile(
 
     if target is not None:
         spec = (model, version, inputs or [], scenario)
-        _profile_target(target, *spec, batches, concurrency, cell_s, replicas, out_dir)
+        cells = (cell_s, open_s, open_share)
+        instances = (replicas, dispatch)
+        _profile_target(target, *spec, batches, concurrency, cells, instances, out_dir)
         return
     try:
         sh, factor = default_shares(scenario)
@@ -328,8 +349,8 @@ def _profile_target(
     scenario: Path,
     batches: str,
     concurrency: str,
-    cell_s: float,
-    replicas: int,
+    cells: tuple[float, float, float],
+    instances: tuple[int, str],
     out_dir: Path | None,
 ) -> None:
     """``calibrate profile --target``: sweep a V2 server (calibrate.target) and fit it."""
@@ -361,11 +382,13 @@ def _profile_target(
         grid = tg.TargetGrid(
             batches=tuple(int(b) for b in floats(batches)),
             concurrency=tuple(int(c) for c in floats(concurrency)),
-            cell_s=cell_s,
+            cell_s=cells[0],
+            open_s=cells[1],
+            open_share=cells[2],
         )
         name = tg.name_of(f"{serving.model}-{serving.version or 'default'}")
         folder = out_dir or Path("runs") / time.strftime(f"profile-{name}-%Y%m%d-%H%M%S")
-        tg.run_target_profile(url, serving, folder, grid, replicas, say)
+        tg.run_target_profile(url, serving, folder, grid, instances[0], say, instances[1])
     except (SpecError, ValueError, KeyError, OSError, RuntimeError) as exc:
         fail(str(exc))
         return

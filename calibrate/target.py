@@ -26,6 +26,19 @@ single-threaded (or ``replicas``-threaded) model server:
   (:func:`saturated_gaps`; without such a cell, the latencies' spread). The
   overhead gets the rest of the idle latencies' variance (:func:`overhead_samples`),
   so that overhead + service spread as the idle latencies did;
+- with an **open-loop cell** (``open_s`` > 0, the default; ``concurrency`` −1 in the
+  samples): Poisson arrivals at ``open_share`` of the measured capacity, sent by
+  the load generator (``load run --protocol v2``'s Locust workers), as production
+  traffic and held-out measurements arrive. A closed loop keeps the server warm:
+  each poll of an event-loop server finds the next request already read, and
+  several clients' requests are taken in rounds (MLServer at 4 clients answered
+  them in a fixed rotation, 60 % after ≈ 3 and 30 % after ≈ 6 service times).
+  Arriving one at a time, MLServer's requests took 3.8 ms (cv 0.45) against 3.1 ms
+  (cv 0.12) back to back. So the service's mean and cv at the cell's batch size
+  come from the cell's busy-server answer gaps (:func:`busy_gaps`; every batch's
+  mean scaled by the same factor), and the overhead from the cell's requests that
+  found none ahead (:func:`fit_open_loop`) — the same client as ``load run``, so
+  its client cost is in the overhead too;
 - service times are fitted per batch with :func:`calibrate.fit.fit_samples`
   (lognormal or gamma, linear in b or a table), the overhead with
   :func:`calibrate.fit.fit_overhead`, into the usual calibration file: the
@@ -52,9 +65,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twin.spec import Deployment, Scenario, Serving, TensorInput
+from twin.spec import (
+    Deployment,
+    GammaServiceTime,
+    LognormalServiceTime,
+    Scenario,
+    ServiceTime,
+    Serving,
+    TablePoint,
+    TableServiceTime,
+    TensorInput,
+)
 
 SAMPLE_FIELDS = ("batch", "concurrency", "client", "t_send_s", "latency_ms", "status")
+# how a server of several instances hands requests to them (the twin's names):
+# a dispatcher sending each to one instance's own queue — round-robin (MLServer's
+# parallel_workers), the least busy, or at random — or instances pulling from one queue
+DISPATCH = ("least_outstanding", "round_robin", "random", "shared_queue")
+PACED, OPEN = 0, -1  # ``concurrency`` of the paced client's rows and the open-loop cell's
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -69,6 +97,8 @@ class TargetGrid:
     timeout_s: float = 30.0
     paced_s: float = 4.0  # seconds of the paced single client (0: none), smallest batch
     think_ms: float = 20.0  # its mean think time between requests (exponential)
+    open_s: float = 15.0  # seconds of the open-loop Poisson cell (0: none; module doc)
+    open_share: float = 0.5  # its offered rate as a share of the measured capacity
 
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1:
@@ -81,6 +111,10 @@ class TargetGrid:
             raise ValueError(f"cell seconds must be > 0, got {self.cell_s}")
         if self.paced_s < 0 or self.think_ms <= 0:
             raise ValueError(f"paced_s must be ≥ 0 and think_ms > 0, got {self}")
+        if self.open_s < 0 or not 0 < self.open_share < 1:
+            raise ValueError(
+                f"open_s must be ≥ 0 and open_share in (0, 1), got {self.open_s}, {self.open_share}"
+            )
 
 
 def name_of(text: str) -> str:
@@ -213,6 +247,30 @@ def measure_cell(
     return [(k, t - t0, lat, status) for k, t, lat, status in rows]
 
 
+def open_loop_cell(
+    url: str, serving: Serving, rate_per_s: float, seconds: float, seed: int = 0
+) -> list[tuple[float, float, int]]:
+    """Poisson arrivals at ``rate_per_s`` for ``seconds``, sent by the load generator
+    (``load run --protocol v2``'s Locust workers, the serving's own tensors); per
+    scheduled request: (arrival s, latency ms from the arrival, status; 0 if unanswered)."""
+    import tempfile
+
+    from loadgen.run import LoadRun, execute
+    from twin.spec import SteadyWorkload
+
+    sc, _ = target_scenario(serving, name_of(serving.model), "default", 1, 1, rate_per_s)
+    w = SteadyWorkload(kind="steady", name="open-loop", rate_per_s=rate_per_s)
+    run = LoadRun(sc, w, url, seconds, seed=seed, protocol="v2", drain_s=2.0, serving=serving)
+    with tempfile.TemporaryDirectory(prefix="profile-open-") as tmp:
+        req = execute(run, Path(tmp)).requests
+    lat = ((req["t_end"] - req["t_arrive"]) * 1e3).to_numpy(dtype=float)
+    status = np.where(np.isfinite(lat), req["status"].to_numpy(), 0)
+    return [
+        (float(t), float(x) if np.isfinite(x) else float("nan"), int(s))
+        for t, x, s in zip(req["t_arrive"].to_numpy(dtype=float), lat, status, strict=True)
+    ]
+
+
 def sweep(
     url: str, serving: Serving, grid: TargetGrid, say: Callable[[str], None] = lambda _m: None
 ) -> pd.DataFrame:
@@ -230,7 +288,15 @@ def sweep(
         if grid.paced_s > 0 and b == min(grid.batches):
             say(f"profile {serving.model}: batch {b}, paced client, {grid.paced_s:g} s")
             rows = measure_cell(url, path, bodies, 1, grid, grid.think_ms, grid.paced_s)
-            out += [(b, 0, k, t, lat, status) for k, t, lat, status in rows]
+            out += [(b, PACED, k, t, lat, status) for k, t, lat, status in rows]
+    if grid.open_s > 0:
+        b = int(serving.inputs[0].shape[0]) if serving.inputs[0].shape else 1
+        mine = [r for r in out if r[0] == min(grid.batches) and r[1] > 0 and r[5] == 200]
+        best = max(sum(1 for r in mine if r[1] == c) for c in grid.concurrency) / grid.cell_s
+        rate = grid.open_share * best
+        say(f"profile {serving.model}: open loop, {rate:.1f} requests/s, {grid.open_s:g} s")
+        for t, lat, status in open_loop_cell(url, serving, rate, grid.open_s):
+            out.append((b, OPEN, 0, t, lat, status))
     frame = pd.DataFrame(out, columns=list(SAMPLE_FIELDS))
     bad = frame[frame["status"] != 200]
     if len(bad) > 0.05 * len(frame):
@@ -290,10 +356,120 @@ def overhead_samples(
     return float(lat.mean()) - service_mean_ms + (lat - lat.mean()) * keep
 
 
+def in_flight_at_send(t_send_s: np.ndarray, latency_ms: np.ndarray) -> np.ndarray:
+    """Per request (in the given order): how many requests sent before it were not yet
+    answered when it was sent — what it found ahead of it (ties count as answered)."""
+    send = np.asarray(t_send_s, dtype=float)
+    end = send + np.asarray(latency_ms, dtype=float) / 1e3
+    order = np.argsort(send, kind="stable")
+    # every request sent later ends after this send, so the answered ones among the
+    # earlier are all requests that ended by now
+    answered = np.searchsorted(np.sort(end), send[order], side="right")
+    out = np.empty(send.size, dtype=np.int64)
+    out[order] = np.arange(send.size) - answered
+    return out
+
+
+def _reshaped(model: ServiceTime, factor: float, cv: float) -> ServiceTime:
+    """``model`` with every mean times ``factor`` and every cv set to ``cv``."""
+    if isinstance(model, TableServiceTime):
+        points = {b: TablePoint(mean_ms=p.mean_ms * factor, cv=cv) for b, p in model.points.items()}
+        return model.model_copy(update={"points": points})
+    if isinstance(model, LognormalServiceTime | GammaServiceTime):
+        update = {"mean_ms": model.mean_ms * factor, "per_item_ms": model.per_item_ms * factor}
+        return model.model_copy(update={**update, "cv": cv})
+    raise ValueError(f"cannot reshape a {model.kind} service time")
+
+
+def busy_gaps(t_send_s: np.ndarray, latency_ms: np.ndarray, lead_ms: float) -> np.ndarray:
+    """Gaps (ms) between consecutive answers where the later answered request was sent
+    at least ``lead_ms`` before the earlier answer: it had reached the server and was
+    waiting, so the server went straight from one to the next and the gap is one
+    service time (a single FIFO server; what it spends between requests included)."""
+    send = np.asarray(t_send_s, dtype=float)
+    end = send + np.asarray(latency_ms, dtype=float) / 1e3
+    order = np.argsort(end, kind="stable")
+    send, end = send[order], end[order]
+    waiting = send[1:] <= end[:-1] - lead_ms / 1e3
+    return np.diff(end)[waiting] * 1e3
+
+
+def fit_open_loop(
+    doc, base: Scenario, rows: pd.DataFrame, replicas: int = 1, least: int = 50
+) -> tuple:
+    """The calibration with service and overhead read from the open-loop cell.
+
+    Closed-loop clients keep the server warm: each poll of its event loop finds the
+    next request already there. Under Poisson arrivals, as in production and in
+    ``load run``, requests come one at a time; measured on MLServer, its service
+    then took 3.8 ms (cv 0.45) against 3.1 ms (cv 0.12) back to back. So, from the
+    cell's own requests:
+
+    - service: :func:`busy_gaps`, with the lead a median latency of a request that
+      found none ahead (an arrival sent that long before the previous answer has
+      surely reached the server) — mean and cv at the cell's batch size; every
+      batch's mean is scaled by the same factor and gets that cv (times
+      ``replicas`` for the gaps of several instances);
+    - overhead: the requests that found none ahead (:func:`in_flight_at_send`) paid
+      overhead + service; the overhead gets their mean minus the service's and what
+      is left of their variance (as :func:`overhead_samples`).
+
+    Returns ``(calibration, calibrated scenario, figures)``; ValueError when the cell
+    has fewer than ``least`` busy gaps or idle requests (a rate too low or too high)."""
+    from calibrate import calibration as cal
+
+    t_send = rows["t_send_s"].to_numpy(dtype=float)
+    lat = rows["latency_ms"].to_numpy(dtype=float)
+    idle = lat[in_flight_at_send(t_send, lat) == 0]
+    if idle.size < least:
+        raise ValueError(f"the open-loop cell has {idle.size} requests that found none ahead")
+    gaps = busy_gaps(t_send, lat, float(np.median(idle))) * replicas
+    if gaps.size < least:
+        raise ValueError(f"the open-loop cell has {gaps.size} answers of a busy server")
+    fit = doc.fits[0]
+    batch = int(rows["batch"].iloc[0])
+    s_mean, cv = float(gaps.mean()), float(gaps.std() / gaps.mean())
+    factor = s_mean / fit.service_time.batch_mean_ms(batch)
+    o_mean = max(float(idle.mean()) - s_mean, 0.05 * float(idle.mean()))
+    o_var = max(float(idle.var()) - float(gaps.var()), 0.1 * float(idle.var()))
+    over = doc.overheads.per_request.model_copy(
+        update={"mean_ms": o_mean, "cv": float(np.sqrt(o_var)) / o_mean}
+    )
+    new = doc.model_copy(
+        update={
+            "fits": [
+                fit.model_copy(update={"service_time": _reshaped(fit.service_time, factor, cv)}),
+                *doc.fits[1:],
+            ],
+            "overheads": doc.overheads.model_copy(update={"per_request": over}),
+        }
+    )
+    info = {
+        "requests": int(lat.size),
+        "idle_requests": int(idle.size),
+        "busy_gaps": int(gaps.size),
+        "service_mean_ms": s_mean,
+        "service_cv": cv,
+        "service_factor": factor,
+        "overhead_mean_ms": o_mean,
+    }
+    return new, cal.calibrated_scenario(base, new, 1.0)[0], info
+
+
 def target_scenario(
-    serving: Serving, component: str, variant: str, max_batch: int, replicas: int, rate: float
+    serving: Serving,
+    component: str,
+    variant: str,
+    max_batch: int,
+    replicas: int,
+    rate: float,
+    dispatch: str = "least_outstanding",
 ) -> tuple[Scenario, Deployment]:
-    """A one-stage scenario of the server (constant 1 ms service, replaced by the fit)."""
+    """A one-stage scenario of the server (constant 1 ms service, replaced by the fit);
+    ``dispatch`` (one of ``DISPATCH``): how its ``replicas`` instances get requests."""
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch must be one of {', '.join(DISPATCH)}, got {dispatch!r}")
+    shared = dispatch == "shared_queue"
     sc = Scenario.model_validate(
         {
             "name": f"{component}-v2",
@@ -304,6 +480,7 @@ def target_scenario(
                     "name": component,
                     "max_batch": max_batch,
                     "max_replicas": replicas,
+                    "dispatch": "shared_queue" if shared else "balanced",
                     "variants": [
                         {
                             "name": variant,
@@ -330,7 +507,10 @@ def target_scenario(
                 }
                 for f in (0.25, 0.5, 0.75)
             ],
-            "settings": {"network": {"intra_zone_latency_ms": 0, "inter_zone_latency_ms": 0}},
+            "settings": {
+                "network": {"intra_zone_latency_ms": 0, "inter_zone_latency_ms": 0},
+                "load_balancing": "least_outstanding" if shared else dispatch,
+            },
         }
     )
     dep = Deployment.model_validate(
@@ -344,9 +524,15 @@ def target_scenario(
 
 
 def fit_target(
-    samples: pd.DataFrame, serving: Serving, grid: TargetGrid, replicas: int = 1, seed: int = 0
+    samples: pd.DataFrame,
+    serving: Serving,
+    grid: TargetGrid,
+    replicas: int = 1,
+    seed: int = 0,
+    dispatch: str = "least_outstanding",
 ) -> tuple:
-    """``(calibration, calibrated scenario, deployment, capacity table)`` from a sweep."""
+    """``(calibration, calibrated scenario, deployment, capacity table, open-loop match)``
+    from a sweep (the match is {} without an open-loop cell)."""
     from calibrate import calibration as cal
     from calibrate.fit import fit_overhead, fit_samples
 
@@ -386,12 +572,19 @@ def fit_target(
     fits = fit_samples(pd.concat(rows, ignore_index=True), seed=seed)
     overhead, scores = fit_overhead(np.clip(over, 1e-3, None), seed=seed)
     rate = float(best.get(1, best.iloc[0]))
-    base, dep = target_scenario(serving, component, variant, max(grid.batches), replicas, rate)
+    base, dep = target_scenario(
+        serving, component, variant, max(grid.batches), replicas, rate, dispatch
+    )
     doc = cal.build(
         fits, base, source="calibrate profile --target", per_request=overhead, heldout_loglik=scores
     )
     scenario, _ = cal.calibrated_scenario(base, doc, 1.0)
-    return doc, scenario, dep, cap
+    opened = good[good["concurrency"] == OPEN]
+    info: dict = {}
+    if len(opened) >= 100 and grid.open_s > 0:
+        doc, scenario, info = fit_open_loop(doc, base, opened, replicas)
+        info["rate_per_s"] = int((samples["concurrency"] == OPEN).sum()) / grid.open_s
+    return doc, scenario, dep, cap, info
 
 
 def run_target_profile(
@@ -401,14 +594,19 @@ def run_target_profile(
     grid: TargetGrid = TargetGrid(),
     replicas: int = 1,
     say: Callable[[str], None] = lambda _m: None,
+    dispatch: str = "least_outstanding",
 ) -> Path:
-    """Sweep, fit and write the profile folder (see module doc); returns it."""
+    """Sweep, fit and write the profile folder (see module doc); returns it. ``replicas``
+    and ``dispatch``: the server's instances and how it hands them requests (``DISPATCH``;
+    from the server's own settings, e.g. MLServer's parallel_workers N: N, round_robin)."""
     from calibrate import calibration as cal
     from twin.runs import atomic_dir
 
     started = time.perf_counter()
     samples = sweep(url, serving, grid, say)
-    doc, scenario, dep, cap = fit_target(samples, serving, grid, replicas)
+    doc, scenario, dep, cap, opened = fit_target(
+        samples, serving, grid, replicas, dispatch=dispatch
+    )
     with atomic_dir(out_dir) as tmp:
         samples.to_parquet(tmp / "samples.parquet", index=False)
         (tmp / "calibration.yaml").write_text(cal.dump(doc))
@@ -421,7 +619,9 @@ def run_target_profile(
             "serving": serving.model_dump(mode="json"),
             "grid": asdict(grid),
             "replicas": replicas,
+            "dispatch": dispatch,
             "capacity": cap.to_dict(orient="records"),
+            "open_loop": opened,
             "requests": len(samples),
             "wall_s": round(time.perf_counter() - started, 1),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -212,7 +212,7 @@ def control_testbed(run: ControlRun, env: Any, decider: Any, work: Path) -> Test
     load = None
     try:
         err.print(f"testbed up ({run.backend}) …", highlight=False)
-        testbed.up(run.scenario_file, first)
+        targets = testbed.up(run.scenario_file, first)
         factor = float(testbed.up_json.get("factor", 1.0))
         if abs(factor - run.factor) > 1e-6:
             raise RuntimeError(
@@ -228,7 +228,13 @@ def control_testbed(run: ControlRun, env: Any, decider: Any, work: Path) -> Test
             run.duration_s + LOAD_MARGIN_S,
             run.seed,
             run.rate_scale,
-        ).start()
+        )
+        # the node agents outlive every reconfiguration, so the load run can scrape them:
+        # each node's cgroup CPU per second (stage servers come and go, and are not)
+        for name, url in targets.metrics.items():
+            if name.startswith("agent:"):
+                load.argv += ["--metrics", f"{name}={url}"]
+        load.start()
         http = httpx.Client(timeout=5.0)
 
         def scrape() -> str:

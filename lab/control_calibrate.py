@@ -13,17 +13,21 @@ The calibrated scenario only replaces what the simulation draws; the replay
 scores every interval on the view (Q, C and E from the modelled capacity), as the
 testbed side is scored, so only latency can move.
 
-Known gap: the CPU a replica start takes from co-located stages, and replicas
-sharing one node's quota, are not in the twin; nor is the quota's stall
-(``calibrate.quota`` models it for a fixed deployment; a control run changes its
-deployment every interval).
+Known gap of that twin: replicas sharing one node's quota, and the quota's stall,
+are not in it. :func:`quota_twin` adds them (``calibrate.quota``'s model, which
+is for a fixed deployment, applied to the machines, so it holds as the deployment
+changes), with the node cgroups' CPU beside the models fitted by :func:`node_cpu`
+from the node agents' counters that control runs scrape. The CPU a replica start
+took from the node it joined is gone: the agent starts replicas outside the quota.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from calibrate import calibration as cal
@@ -108,3 +112,137 @@ def calibrated_twin(
             comps.append(c.model_copy(update={"variants": vs}))
         sc = Scenario.model_validate(sc.model_copy(update={"components": comps}).model_dump())
     return sc, calibration
+
+
+# ------------------------------------------------------------------ the CFS quota replay
+
+
+@dataclass(frozen=True)
+class NodeCpu:
+    """A node cgroup's CPU beside its models, over control runs (ms of CPU, host cores).
+
+    Defaults are the knee benchmark's fit for the e-large stage server
+    (``benchmarks/results/testbed_knee.md``: 0.34 ms per call, h 0.97), used when no
+    control run scraped its node agents.
+    """
+
+    per_call_ms: float = 0.34  # a stage server's CPU per HTTP call (parse, answer)
+    idle_cores: float = 0.0  # the node's CPU with nothing served (agent, scrapes)
+    host_speed: float = 0.97  # model CPU / model wall time on the busy host (≤ 1)
+    rows: int = 0  # (run, node) totals the fit used; 0: the defaults
+
+
+def _node_of(replica: str, nodes: list[str]) -> str | None:
+    return next((n for n in nodes if f"-{n}-" in f"{replica}-"), None)
+
+
+def node_cpu(folders: list[Path], scenario: Scenario) -> NodeCpu:
+    """Fit :class:`NodeCpu` from the node agents' counters of finished load runs.
+
+    Per run and node: the cgroup's CPU over the scraped span, minus the models'
+    CPU (each served batch at the manifest's full-core time, split over its items),
+    is ``per_call · calls + idle · seconds`` (least squares over all rows). Runs
+    without ``agent:*`` targets in ``metrics.parquet`` are skipped; with fewer than
+    three rows the defaults are returned.
+    """
+    nodes = scenario.server_instances()
+    cost: dict[str, tuple[float, float]] = {}
+    for c in scenario.components:
+        for v in c.variants:
+            st = v.service_time
+            cost[v.name] = (st.batch_mean_ms(1), st.batch_mean_ms(2) - st.batch_mean_ms(1))
+    rows = []
+    for folder in folders:
+        mfile = folder / "metrics.parquet"
+        if not mfile.is_file():
+            continue
+        m = pd.read_parquet(mfile)
+        m = m[m["target"].astype(str).str.startswith("agent:")]
+        if m.empty:
+            continue
+        visits = pd.read_parquet(
+            folder / "visits.parquet", columns=["replica_name", "variant", "batch", "t_end"]
+        )
+        visits = visits.assign(node=[_node_of(str(r), nodes) for r in visits["replica_name"]])
+        per = np.array([cost.get(str(v), (np.nan, np.nan)) for v in visits["variant"]])
+        b = visits["batch"].to_numpy(dtype=float)
+        visits = visits.assign(model_ms=(per[:, 0] + per[:, 1] * (b - 1)) / b)
+        for target, g in m.groupby(m["target"].astype(str)):
+            node = target.split(":", 1)[1]
+            g = g[g["metric"].astype(str).isin(("node_cpu_seconds_total", "node_cpu_seconds"))]
+            if len(g) < 2:
+                continue
+            g = g.sort_values("t")
+            t0, t1 = float(g["t"].iloc[0]), float(g["t"].iloc[-1])
+            mine = visits[(visits["node"] == node) & visits["t_end"].between(t0, t1)]
+            rows.append(
+                (
+                    float(g["value"].iloc[-1] - g["value"].iloc[0]) - mine["model_ms"].sum() / 1e3,
+                    float(len(mine)),
+                    t1 - t0,
+                )
+            )
+    if len(rows) < 3:
+        return NodeCpu()
+    y, calls, secs = np.array(rows, dtype=float).T
+    (per_call, idle), *_ = np.linalg.lstsq(np.c_[calls, secs], y, rcond=None)
+    if per_call < 0 or idle < 0:  # not separable on these rows: all of it per call
+        per_call, idle = float(max(y.sum(), 0.0) / max(calls.sum(), 1.0)), 0.0
+    return NodeCpu(per_call_ms=1e3 * float(per_call), idle_cores=float(idle), rows=len(rows))
+
+
+def quota_twin(calibrated: Scenario, manifest: Scenario, factor: float, cpu: NodeCpu) -> Scenario:
+    """The calibrated replay scenario with every node under the testbed's CFS quota.
+
+    What :mod:`calibrate.quota` does for a fixed deployment, for one that changes
+    every interval: each node a quota of ``(cores × speed × factor − idle) / h`` cores
+    of running time shared by all its replicas, every variant its manifest (full-core)
+    time run at speed ``h``, and each stage visit's server CPU (``per_call_ms``) spent
+    beside the model from the same quota. So co-located replicas and the servers'
+    HTTP work compete for one node's CPU, as on the testbed, and the latency grows
+    with the configuration's CPU. The servers' CPU leaves the per-request overhead.
+    """
+    from calibrate.quota import CFS_CARRY_MS, CFS_TICK_MS
+    from twin.spec import ServerOverhead
+
+    h = cpu.host_speed
+    servers = []
+    for s, m in zip(calibrated.servers, manifest.servers, strict=True):
+        share = m.cpu_cores * m.cpu_speed * factor  # host cores of the node's quota
+        quota = max(share - cpu.idle_cores, 0.05 * share) / h
+        servers.append(s.model_copy(update={"cpu_speed": h, "cpu_quota_cores": quota}))
+    comps = []
+    stages = 0
+    for c in calibrated.components:
+        if not c.is_stage:
+            comps.append(c)
+            continue
+        stages += 1
+        comps.append(
+            c.model_copy(
+                update={
+                    "variants": manifest.component(c.name).variants,
+                    "server_overhead": ServerOverhead(per_item_ms=cpu.per_call_ms, concurrent=True),
+                }
+            )
+        )
+    moved_ms = stages * cpu.per_call_ms / h
+    processes = []
+    for p in calibrated.processes:
+        o = p.request_overhead
+        if p.kind == "request" and o is not None and hasattr(o, "mean_ms"):
+            o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
+            p = p.model_copy(update={"request_overhead": o})
+        processes.append(p)
+    settings = calibrated.settings.model_copy(
+        update={"cpu_quota_carry_ms": CFS_CARRY_MS, "cpu_quota_tick_ms": CFS_TICK_MS}
+    )
+    new = calibrated.model_copy(
+        update={
+            "servers": servers,
+            "components": comps,
+            "processes": processes,
+            "settings": settings,
+        }
+    )
+    return Scenario.model_validate(new.model_dump())

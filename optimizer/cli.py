@@ -149,6 +149,15 @@ def optimize(
             min=0,
         ),
     ] = None,
+    screen_confirm: Annotated[
+        int | None,
+        typer.Option(
+            help="End game: DES-score at most this many screening-only members of the final "
+            "front, those adding the most hypervolume to the DES-scored ones; the front "
+            "reported is the DES-scored candidates' own (default: every member).",
+            min=0,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0: inline).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, tcp://host:port.")
@@ -195,6 +204,7 @@ def optimize(
                 screen_polish,
                 screen_rows,
                 screen_extremes,
+                screen_confirm,
             )
         config = SearchConfig(
             algorithm=algorithm,
@@ -286,6 +296,7 @@ def _screening(
     polish: int | None,
     rows: int | None,
     extremes: int | None,
+    confirm: int | None = None,
 ):
     """The multi-fidelity settings for a DES budget of ``budget``: the documented rule
     (:meth:`MultiFidelity.for_budget`), with any option the user gave instead."""
@@ -298,6 +309,7 @@ def _screening(
         "polish_screens": polish,
         "row_screens": rows,
         "extreme_screens": extremes,
+        "confirm_max": confirm,
     }
     return replace(
         MultiFidelity.for_budget(budget),

@@ -13,11 +13,13 @@ comparable with the DES's. Each batch of new candidates is:
 3. the rest — those that could enter the front — are simulated by the DES
    (inline or on the Dask client) and carry the DES score from then on.
 
-:func:`confirm_front` DES-scores any screening-only member of the final front,
-repeating until the front is all DES, so what a run reports was always
-simulated by the reference twin. :class:`MultiFidelityEvaluator` counts both
-kinds of runs and logs which candidate ran at which fidelity; the run folder
-gets that log (``fidelity.csv``) and the settings.
+:func:`confirm_front` DES-scores the screening-only members of the final front
+(all of them, or a shortlist of the largest hypervolume contributors under a
+DES budget), and the front a run reports is the DES-scored candidates' own, so
+what a run reports was always simulated by the reference twin.
+:class:`MultiFidelityEvaluator` counts both kinds of runs and logs which
+candidate ran at which fidelity; the run folder gets that log
+(``fidelity.csv``) and the settings.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from optimizer.evaluation import Evaluator, Fidelity, Score, _round, evaluate_matrix
-from optimizer.ga import Search, non_dominated
+from optimizer.ga import REF_POINT, Search, non_dominated
 from optimizer.genome import Genome
 from twin.criteria import CRITERIA, confidence_interval
 from twin.deployment import with_matrix
@@ -59,6 +61,7 @@ class MultiFidelity:
     extreme_screens: int = 0  # end game: screened neighbourhoods of the front's top contributors
     row_screens: int = 0  # end game: screened row neighbourhoods (optimizer.rowsweep) of them
     max_screens: int | None = None  # screens during the search (end game excluded); None: no cap
+    confirm_max: int | None = None  # end game's DES runs on the final front; None: every member
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin <= 1:
@@ -75,6 +78,8 @@ class MultiFidelity:
             raise ValueError(f"row_screens must be ≥ 0, got {self.row_screens}")
         if self.polish_rounds < 1:
             raise ValueError(f"polish_rounds must be ≥ 1, got {self.polish_rounds}")
+        if self.confirm_max is not None and self.confirm_max < 0:
+            raise ValueError(f"confirm_max must be ≥ 0 or None, got {self.confirm_max}")
 
     @classmethod
     def for_budget(cls, max_evals: int) -> MultiFidelity:
@@ -120,7 +125,12 @@ class MultiFidelity:
                 f"; end game: up to {self.extreme_screens} screened one-move neighbourhoods "
                 "of the front's largest hypervolume contributors"
             )
-        return text + "; the final front DES-scored"
+        if self.confirm_max is None:
+            return text + "; the final front DES-scored"
+        return text + (
+            f"; at most {self.confirm_max} DES runs confirm the final front's largest "
+            "hypervolume contributors, the front reported is the DES-scored candidates' own"
+        )
 
 
 SEARCH_DES_SHARE = 0.7  # of a multi-fidelity budget spent in the search; the rest: end game
@@ -343,26 +353,86 @@ class MultiFidelityEvaluator(Evaluator):
         }
 
 
-def confirm_front(search: Search) -> int:
-    """DES-score every screening-only member of the search's front until none is left.
+def hv_shortlist(F: np.ndarray, fixed: np.ndarray, k: int) -> np.ndarray:
+    """Indices of at most ``k`` rows of ``F`` (not among ``fixed``) that add the most
+    hypervolume to the ``fixed`` rows, chosen greedily (criteria minimised).
 
-    Returns how many candidates this DES-scored. The search's front keys are
-    recomputed over every candidate scored, so a member that loses its place
-    once DES-scored is replaced by the next best (confirmed in turn).
+    Criteria are normalised over ``F`` (its ideal and nadir), reference point
+    1.1 in each, as the searches' hypervolume. Greedy forward selection: each
+    step adds the row with the largest hypervolume gain over the rows kept so
+    far; gains only shrink as rows are added (hypervolume is submodular), so a
+    stale gain is an upper bound and only the top row's is recomputed (lazy
+    greedy). Greedy subset selection keeps at least 1 − 1/e of the best
+    k-subset's gain. Rows that add nothing are never picked.
+    """
+    import heapq
+
+    from moocore import hypervolume as hv  # exact, compiled (pymoo's own dependency)
+
+    F = np.atleast_2d(np.asarray(F, dtype=float))
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    Fn = (F - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)
+    ref = np.full(F.shape[1], REF_POINT)
+    kept = [int(i) for i in np.flatnonzero(fixed)]
+    base = hv(Fn[kept], ref=ref) if kept else 0.0
+    heap = [(-(hv(Fn[[*kept, i]], ref=ref) - base), i) for i in np.flatnonzero(~fixed)]
+    heapq.heapify(heap)
+    fresh = set(range(len(F)))  # whose gain was computed against the current `kept`
+    picked: list[int] = []
+    while heap and len(picked) < k:
+        neg, i = heapq.heappop(heap)
+        if i not in fresh:
+            heapq.heappush(heap, (-(hv(Fn[[*kept, i]], ref=ref) - base), i))
+            fresh.add(i)
+            continue
+        if -neg <= 1e-15:
+            break
+        picked.append(i)
+        kept.append(i)
+        base = hv(Fn[kept], ref=ref)
+        fresh = set()
+    return np.array(picked, dtype=int)
+
+
+def confirm_front(search: Search, budget: int | None = None) -> int:
+    """DES-score the search's final front: every screening-only member, or a shortlist.
+
+    Returns how many candidates this DES-scored. ``budget`` (default: the
+    settings' ``confirm_max``) caps the DES runs; None confirms every member,
+    repeating until none is left (a member that loses its place once
+    DES-scored is replaced by the next best, confirmed in turn). Under a cap,
+    each round confirms the screening-only members that add the most
+    hypervolume to the DES-scored members (:func:`hv_shortlist`), half the
+    remaining budget at a time so a member whose DES score disappoints is
+    replaced by the next contributor. The reported front (``search.front_keys``)
+    is the non-dominated set of the DES-scored candidates.
     """
     ev = search.evaluator
     if not isinstance(ev, MultiFidelityEvaluator):
         return 0
+    if budget is None:
+        budget = getattr(ev.settings, "confirm_max", None)
     before = ev.des_runs
     while True:
         keys = ev.order
         F = np.array([ev.cache[k].mean for k in keys], dtype=float)
         front = [keys[i] for i in non_dominated(F)]
         todo = [k for k in front if k not in ev.des_keys]
-        if not todo:
-            search.front_keys = front
-            return ev.des_runs - before
+        room = None if budget is None else budget - (ev.des_runs - before)
+        if not todo or (room is not None and room <= 0):
+            break
+        if room is not None and len(todo) > room:
+            take = room if room <= 16 else (room + 1) // 2
+            Ff = np.array([ev.cache[k].mean for k in front], dtype=float)
+            fixed = np.array([k in ev.des_keys for k in front])
+            todo = [front[i] for i in hv_shortlist(Ff, fixed, take)]
+            if not todo:
+                break
         ev.confirm(todo)
+    des = [k for k in ev.order if k in ev.des_keys]
+    F = np.array([ev.cache[k].mean for k in des], dtype=float).reshape(-1, len(CRITERIA))
+    search.front_keys = [des[i] for i in non_dominated(F)]
+    return ev.des_runs - before
 
 
 def polish(search: Search, screens: int, rounds: int = 4) -> int:
@@ -564,6 +634,7 @@ __all__ = [
     "could_enter",
     "end_game",
     "evaluate_matrix",
+    "hv_shortlist",
     "neighbours",
     "polish",
     "polish_extremes",

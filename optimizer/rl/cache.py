@@ -40,10 +40,17 @@ class TrainSettings:
 def policy_key(
     scenario: Scenario, process: str, workloads: list[Workload], settings: TrainSettings
 ) -> str:
-    """12 hex digits naming (scenario, pipeline, workloads, settings)."""
+    """12 hex digits naming (scenario, pipeline, workloads, settings).
+
+    Fields at their defaults are left out, so a field added to the spec later (with
+    a default that keeps the old behaviour) does not orphan the policies trained
+    before it.
+    """
     blob = json.dumps(
         {
-            "scenario": scenario.model_dump(mode="json", exclude={"description"}),
+            "scenario": scenario.model_dump(
+                mode="json", exclude={"description"}, exclude_defaults=True
+            ),
             "process": process,
             "workloads": [w.name for w in workloads],
             "settings": asdict(settings),

@@ -8,7 +8,8 @@ Layout of a running testbed, all on 127.0.0.1:
                                         scaled cores with a 10 ms period, memory
                                         limit = its RAM) when running as root;
                                         unconfined, with a warning, otherwise
-    stage instances                     children of their node agent (same cgroup)
+    stage instances                     children of their node agent; they start in the
+                                        reserve and join the node's cgroup once healthy
 
 ``.testbed/local.json`` records every process (PID and start time, so a reused PID is
 never killed) and cgroup; ``down`` stops them all and removes the cgroups.
@@ -210,6 +211,8 @@ class LocalBackend(Backend):
                     cpu_cores=node.cpu_cores,
                     ram_gb=node.ram_gb,
                     cgroup=cg_name,
+                    # replicas start in the reserve and join the node's quota once healthy
+                    start_cgroup=platform.name if confine else None,
                 )
                 self._spawn(f"node:{node.name}", argv, logs, procs_files)
             for name, url in {**urls, **node_urls}.items():

@@ -14,6 +14,13 @@ API (JSON):
 
 Instances are children of the agent, so they share its cgroup or container; each
 is asked to die with the agent (PR_SET_PDEATHSIG), so no instance outlives it.
+With ``--start-cgroup`` (the local backend passes the host's reserve) an instance
+starts outside the node's CPU quota and joins the node's cgroup once it answers
+``/healthz`` (or after START_OUTSIDE_MAX_S): loading onnxruntime, the model and the
+warm-up would otherwise spend the node's quota and stall the replicas serving there.
+The memory it took while starting stays charged to the start cgroup: cgroup v1 can
+move charges with a process, but while it does every task charging memory in either
+group waits, which would stall the replicas serving there all the same.
 An instance that dies without being stopped (crash, OOM kill, SIGKILL) is started
 again on the same port with the same arguments, so routes to it stay valid; restarts
 back off (1 s, doubling to 30 s while it keeps dying within a minute of starting).
@@ -44,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from testbed.api import HEALTH_PATH
 from testbed.backends.base import SERVICES, service_argv, service_env
 from testbed.services.common import base_parser, common_routes, error, serve
 from testbed.services.guard import (
@@ -59,6 +67,7 @@ STOP_GRACE_S = 5.0
 SUPERVISE_EVERY_S = 0.2
 RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, cap; doubles while restarts keep failing
 STABLE_AFTER_S = 60.0  # an instance up this long has its back-off reset
+START_OUTSIDE_MAX_S = 60.0  # an instance never healthy joins the node's cgroup after this
 
 
 def free_port(host: str) -> int:
@@ -105,6 +114,7 @@ class Instance:
     restarts: int = 0
     failures: int = 0  # restarts in a row that died before STABLE_AFTER_S
     died: float | None = None  # monotonic time the supervisor saw it dead
+    confined: bool = True  # in the node's cgroup (False while it starts in the start cgroup)
 
     def info(self) -> dict[str, Any]:
         code = self.proc.poll()
@@ -122,6 +132,7 @@ class Instance:
             "rss_bytes": rss,
             "args": self.args,
             "restarts": self.restarts,
+            "confined": self.confined,
         }
 
 
@@ -135,17 +146,20 @@ class NodeAgent:
         cpu_cores: float | None,
         ram_gb: float | None,
         cgroup: str | None = None,
+        start_cgroup: str | None = None,
     ):
         self.name = name
         self.host = host
         self.cpu_cores = cpu_cores
         self.ram_gb = ram_gb
         self.instances: dict[str, Instance] = {}
-        self.cgroup = None
+        self.cgroup = self.start_cgroup = None
         if cgroup:
             from testbed.cgroups import Cgroup
 
             self.cgroup = Cgroup.open(cgroup)
+            # where instances start, outside the node's quota, until they are healthy
+            self.start_cgroup = Cgroup.open(start_cgroup) if start_cgroup else None
         self.reg = CollectorRegistry()
         Gauge("node_instances", "Running instances", registry=self.reg).set_function(
             lambda: sum(1 for i in list(self.instances.values()) if i.proc.poll() is None)
@@ -166,14 +180,43 @@ class NodeAgent:
             raise FileExistsError(f"instance {name!r} is already running")
         port = free_port(self.host)
         inst = Instance(name, service, port, self._spawn(service, port, args), args)
+        inst.confined = self.start_cgroup is None
         self.instances[name] = inst
         return inst
 
     def _spawn(self, service: str, port: int, args: dict[str, Any]) -> subprocess.Popen:
         argv = service_argv(service, port, self.host, sys.executable, **args)
+        procs = self.start_cgroup.procs_files() if self.start_cgroup is not None else []
+
+        def before_exec() -> None:
+            _die_with_parent()
+            for path in procs:  # from the first instruction, so the start is all outside
+                with open(path, "w") as f:
+                    f.write(str(os.getpid()))
+
         return subprocess.Popen(
-            argv, env=service_env(), preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
+            argv, env=service_env(), preexec_fn=before_exec, stdin=subprocess.DEVNULL
         )
+
+    def starting(self) -> list[Instance]:
+        """Live instances still in the start cgroup (not yet in the node's)."""
+        return [
+            i for i in list(self.instances.values()) if not i.confined and i.proc.poll() is None
+        ]
+
+    def confine(self, inst: Instance) -> None:
+        """Move a started instance into the node's cgroup (its quota applies from now on)."""
+        if inst.confined or self.cgroup is None:
+            inst.confined = True
+            return
+        try:
+            self.cgroup.add(inst.proc.pid)
+        except RuntimeError as e:
+            # it exited meanwhile (revive starts it again), or, on cgroup v1, the node's
+            # memory limit cannot hold what it took while starting
+            if inst.proc.poll() is None:
+                print(f"node {self.name}: {inst.name} stays outside the node's cgroup: {e}")
+        inst.confined = True
 
     def revive(self, now: float | None = None) -> list[str]:
         """Start again, on the same port, every instance that died without being stopped.
@@ -200,6 +243,7 @@ class NodeAgent:
             except OSError:
                 continue  # tried again on the next round
             inst.started, inst.died = time.time(), None
+            inst.confined = self.start_cgroup is None
             inst.restarts += 1
             revived.append(inst.name)
         return revived
@@ -302,6 +346,10 @@ def create_app(agent: NodeAgent) -> Starlette:
             r = await client().request(req.method, url, content=await req.body(), headers=headers)
         except httpx.HTTPError as e:
             return error(f"instance {inst.name} unreachable: {type(e).__name__}", 502)
+        health = req.path_params["path"] == HEALTH_PATH.lstrip("/")
+        if health and r.status_code == 200 and not inst.confined:
+            # before the controller sees it healthy and routes to it
+            await asyncio.to_thread(agent.confine, inst)
         return Response(
             r.content, status_code=r.status_code, media_type=r.headers.get("content-type")
         )
@@ -309,11 +357,21 @@ def create_app(agent: NodeAgent) -> Starlette:
     async def usage(_req: Request) -> Response:
         return JSONResponse(await asyncio.to_thread(agent.usage))
 
+    async def healthy(inst: Instance) -> bool:
+        url = f"http://{_loopback(agent.host)}:{inst.port}{HEALTH_PATH}"
+        try:
+            return (await client().get(url, timeout=1.0)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     async def supervise() -> None:
         while True:
             await asyncio.sleep(SUPERVISE_EVERY_S)
             for name in agent.revive():
                 print(f"node {agent.name}: instance {name} died unasked; restarted", flush=True)
+            for inst in agent.starting():
+                if time.time() - inst.started > START_OUTSIDE_MAX_S or await healthy(inst):
+                    await asyncio.to_thread(agent.confine, inst)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
@@ -348,8 +406,13 @@ def main() -> None:
     p.add_argument("--cpu-cores", type=float, default=None)
     p.add_argument("--ram-gb", type=float, default=None)
     p.add_argument("--cgroup", default=None, help="name of the cgroup it runs in (for usage)")
+    p.add_argument(
+        "--start-cgroup",
+        default=None,
+        help="cgroup instances start in, outside the node's quota, until they are healthy",
+    )
     a = p.parse_args()
-    agent = NodeAgent(a.name, a.host, a.cpu_cores, a.ram_gb, a.cgroup)
+    agent = NodeAgent(a.name, a.host, a.cpu_cores, a.ram_gb, a.cgroup, a.start_cgroup)
     # SIGTERM → uvicorn's graceful shutdown → lifespan stops the instances
     try:
         serve(create_app(agent), a.host, a.port)

@@ -36,7 +36,7 @@ def samples(paced: bool) -> pd.DataFrame:
 @pytest.mark.parametrize(("paced", "overhead_ms"), [(True, 1.8), (False, 0.5)])
 def test_overhead_is_read_from_an_idle_server(paced: bool, overhead_ms: float) -> None:
     grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0)
-    doc, scenario, _dep, cap = fit_target(samples(paced), SERVING, grid)
+    doc, scenario, _dep, cap, _open = fit_target(samples(paced), SERVING, grid)
     assert set(cap["concurrency"]) == {1, 2}  # the paced rows are no throughput cell
     service = scenario.component("m").variants[0].service_time
     assert service.batch_mean_ms(1) == pytest.approx(3.0, rel=0.02)  # 1 / 333 per s
@@ -67,7 +67,7 @@ def test_service_spread_comes_from_a_saturated_server_s_answer_gaps() -> None:
     out += saturated(900, service)
     frame = pd.DataFrame(out, columns=list(SAMPLE_FIELDS))
     grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=2.7)
-    _doc, scenario, _dep, _cap = fit_target(frame, SERVING, grid)
+    _doc, scenario, _dep, _cap, _open = fit_target(frame, SERVING, grid)
     fitted = scenario.component("m").variants[0].service_time
     assert fitted.batch_mean_ms(1) == pytest.approx(3.0, rel=0.05)
     cv = fitted.points[1].cv if fitted.kind == "table" else fitted.cv
@@ -94,3 +94,27 @@ def test_overhead_and_service_spread_as_the_idle_latencies_did() -> None:
     assert over.var() + 0.6**2 == pytest.approx(lat.var(), rel=1e-9)
     # a service spread wider than the latencies' keeps a tenth of their variance
     assert overhead_samples(lat, 3.0, service_var=9.0).var() == pytest.approx(0.1 * lat.var())
+
+
+@pytest.mark.parametrize(
+    ("dispatch", "component_dispatch", "balancing"),
+    [
+        ("round_robin", "balanced", "round_robin"),
+        ("random", "balanced", "random"),
+        ("shared_queue", "shared_queue", "least_outstanding"),
+    ],
+)
+def test_the_server_s_dispatch_becomes_the_twin_s(
+    dispatch: str, component_dispatch: str, balancing: str
+) -> None:
+    grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0)
+    _doc, scenario, dep, _cap, _open = fit_target(samples(True), SERVING, grid, 2, 0, dispatch)
+    assert scenario.component("m").dispatch == component_dispatch
+    assert scenario.settings.load_balancing == balancing
+    assert dep.allocation["m"]["server"] == 2
+
+
+def test_an_unknown_dispatch_is_refused() -> None:
+    grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0)
+    with pytest.raises(ValueError, match="dispatch must be one of"):
+        fit_target(samples(True), SERVING, grid, 2, 0, "fastest")

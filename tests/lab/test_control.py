@@ -204,3 +204,60 @@ def test_replay_twin_is_calibrated_on_other_runs(scenario, tmp_path):
     assert over is not None and over.mean_ms == pytest.approx(6.5, rel=0.25)  # 5 ms + 3 hops
     with pytest.raises(ValueError, match="not a finished load run"):
         load_result(tmp_path / "missing")
+
+
+def _agent_run(folder, rate, seconds=20.0, per_call_ms=0.4, idle_cores=0.02):
+    """Visits of e-large on node-1 at ``rate``/s and that node agent's CPU counter:
+    the manifest's model CPU + ``per_call_ms`` per visit + ``idle_cores``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    t_end = np.arange(0.0, seconds, 1.0 / rate)
+    pd.DataFrame(
+        {
+            "replica_name": "encoder-node-1-1",
+            "variant": "e-large",
+            "batch": 1,
+            "t_end": t_end,
+        }
+    ).to_parquet(folder / "visits.parquet")
+    model_ms = 2.774  # e-large's manifest time of a batch of one
+    t = np.arange(0.0, seconds + 1.0, 1.0)
+    served = np.searchsorted(t_end, t, side="right")
+    cpu = served * (model_ms + per_call_ms) / 1e3 + idle_cores * t
+    pd.DataFrame(
+        {"t": t, "target": "agent:node-1", "metric": "node_cpu_seconds_total", "value": cpu}
+    ).to_parquet(folder / "metrics.parquet")
+    return folder
+
+
+def test_node_cpu_recovers_the_servers_cpu_beside_the_model(scenario, tmp_path):
+    from lab.control_calibrate import NodeCpu, node_cpu
+
+    runs = [_agent_run(tmp_path / f"r{r}", r) for r in (20, 50, 100)]
+    fit = node_cpu(runs, scenario)
+    assert fit.rows == 3
+    assert fit.per_call_ms == pytest.approx(0.4, abs=0.02)
+    assert fit.idle_cores == pytest.approx(0.02, abs=0.005)
+    # runs without node-agent counters: the knee benchmark's defaults
+    assert node_cpu([tmp_path / "none"], scenario) == NodeCpu()
+
+
+def test_quota_twin_puts_every_node_under_its_quota(scenario, tmp_path):
+    from lab.control_calibrate import NodeCpu, calibrated_twin, quota_twin
+
+    rng = np.random.default_rng(0)
+    runs = [(_fake_load_run(tmp_path / f"r{i}", rng), scenario.workloads[0]) for i in range(2)]
+    cal_sc, _ = calibrated_twin(scenario, Path(SCENARIO), runs, factor=0.25)
+    cpu = NodeCpu(per_call_ms=0.4, idle_cores=0.05, host_speed=0.9)
+    sc = quota_twin(cal_sc, scenario, 0.25, cpu)
+    for s in sc.servers:  # 2 cores × 0.25: 0.5 host cores less the idle, in running time
+        assert s.cpu_quota_cores == pytest.approx((0.5 - 0.05) / 0.9)
+        assert s.cpu_speed == pytest.approx(0.9)
+    enc = sc.component("encoder")
+    # every variant at its manifest (full-core) time: the quota, not the time, slows it
+    assert enc.variants == scenario.component("encoder").variants
+    assert enc.server_overhead is not None and enc.server_overhead.concurrent
+    assert enc.server_overhead.per_item_ms == pytest.approx(0.4)
+    before = cal_sc.process("digits").request_overhead.mean_ms
+    after = sc.process("digits").request_overhead.mean_ms
+    assert after == pytest.approx(before - 3 * 0.4 / 0.9)  # three hops' server CPU moved

@@ -190,6 +190,22 @@ def test_screening_is_the_default_with_settings_from_the_budget(
     info = json.loads((out / "run.json").read_text())
     assert info["search"]["max_evals"] == 14  # the search stops at 0.7 B; the end game confirms
     assert (info["multifidelity"]["row_screens"], info["multifidelity"]["max_screens"]) == (7, 80)
+    assert info["multifidelity"]["confirm_max"] is None  # default: every final-front member
+
+
+def test_screen_confirm_caps_the_end_games_des_runs(tmp_path: Path) -> None:
+    des = {}
+    for cap in (0, 2):  # same seed, so the same search: only the end game differs
+        out = tmp_path / f"confirm{cap}"
+        args = [str(SMALL), *FAST, "--max-evals", "20", "--screen-confirm", str(cap)]
+        res = runner.invoke(optimize_app, [*args, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        info = json.loads((out / "run.json").read_text())
+        assert info["multifidelity"]["confirm_max"] == cap
+        des[cap] = info["multifidelity"]["des"]
+        table = pd.read_parquet(out / "fidelity.parquet")
+        assert len(table) > des[cap]  # screening-only candidates exist
+    assert des[0] < des[2] <= des[0] + 2  # the cap binds: the front had more to confirm
 
 
 def test_a_scenario_with_step_waits_is_searched_with_the_des_only(tmp_path: Path) -> None:

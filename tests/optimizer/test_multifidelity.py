@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from optimizer.evaluation import Fidelity, evaluate_matrix
-from optimizer.ga import Search, SearchConfig, non_dominated
+from optimizer.ga import Search, SearchConfig, hypervolume, non_dominated
 from optimizer.genome import Genome
 from optimizer.multifidelity import (
     MultiFidelity,
@@ -17,7 +17,9 @@ from optimizer.multifidelity import (
     contributions,
     could_enter,
     end_game,
+    hv_shortlist,
     neighbours,
+    polish,
     screen_matrix,
 )
 from twin.load import load_scenario
@@ -149,3 +151,41 @@ def test_extreme_polish_screens_whole_neighbourhoods_then_confirms(small: Genome
     assert 0 < got["polished"] <= 40 and ev.screened == screened + got["polished"]
     assert hood <= set(ev.cache)  # searched whole, not sampled
     assert set(search.front_keys) <= ev.des_keys
+
+
+def test_hv_shortlist_adds_the_largest_hypervolume_gain_at_each_step() -> None:
+    rng = np.random.default_rng(8)
+    P = rng.random((400, 3))
+    F = P[non_dominated(P)]  # a 3-criterion front of a few dozen points
+    fixed = np.zeros(len(F), dtype=bool)
+    fixed[rng.choice(len(F), size=5, replace=False)] = True
+    got = hv_shortlist(F, fixed, 6)
+    assert len(got) == 6 and not fixed[got].any() and len(set(got.tolist())) == 6
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    kept = list(np.flatnonzero(fixed))
+    for i in got:  # the lazy greedy's pick is the exhaustive argmax of the gain
+        base = hypervolume(F[kept], lo, hi)
+        gains = {j: hypervolume(F[[*kept, j]], lo, hi) - base for j in range(len(F))}
+        best = max((j for j in gains if j not in kept), key=lambda j: gains[j])
+        assert gains[i] == pytest.approx(gains[best], abs=1e-12)
+        kept.append(i)
+    # A row that adds nothing (a copy of a kept one) is never picked.
+    dup = np.vstack([F, F[fixed][:1]])
+    assert len(F) not in hv_shortlist(dup, np.append(fixed, False), len(dup)).tolist()
+
+
+def test_confirm_front_under_a_budget_reports_the_des_scored_front(small: Genome) -> None:
+    ev = MultiFidelityEvaluator(small, FID, MultiFidelity(0.0, 0.1, polish_screens=60))
+    search = Search.start(SearchConfig(pop_size=16, n_gen=4, seed=5), ev)
+    search.run()
+    polish(search, 60)
+    F = np.array([ev.cache[k].mean for k in ev.order])
+    pending = [ev.order[i] for i in non_dominated(F) if ev.order[i] not in ev.des_keys]
+    assert len(pending) > 3  # the cap binds
+    confirmed = confirm_front(search, budget=3)
+    assert confirmed == 3
+    assert set(search.front_keys) <= ev.des_keys
+    des = [k for k in ev.order if k in ev.des_keys]
+    Fd = np.array([ev.cache[k].mean for k in des])
+    assert {des[i] for i in non_dominated(Fd)} == set(search.front_keys)
+    assert confirm_front(search, budget=0) == 0
