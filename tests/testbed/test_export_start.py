@@ -14,8 +14,15 @@ zoo's by position. The test checks that every workload becomes healthy, then
 runs each CronJob/Job's container once (``MLOPS_WORK_SCALE`` 0.0001) and checks
 it walks its process to the end.
 
-Needs a Docker engine (``compose/ensure-docker.sh``) and builds the serving
-image offline like the compose backend; marked ``docker`` and ``slow``.
+The lab deployment is exported as it runs on the testbed: its registry is MLflow
+and its feature store Feast, from the platform image (``compose/Dockerfile.platform``).
+Beyond their health checks, a probe container then asks them over their own APIs:
+``/healthz`` names ``mlflow`` and ``feast``, a few feature rows pushed to Feast are
+read back online, and a stage model seeded into MLflow comes back sha256-checked.
+
+Needs a Docker engine (``compose/ensure-docker.sh``) and builds the serving and
+platform images offline like the compose backend (the platform wheels are
+downloaded on the host first); marked ``docker`` and ``slow``.
 """
 
 from __future__ import annotations
@@ -40,14 +47,34 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 IMAGE = "mlops-twin-export-test:latest"
+PLATFORM_IMAGE = "mlops-twin-export-test-platform:latest"
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ZOO_ORDER = ("denoise", "encoder", "classifier")
+# component.variant.onnx -> model "component.variant" (the stage servers load its latest
+# version): a run's artifact registered in MLflow, or version "1" of the built-in registry
 SEED = """
 import os, sys
-from testbed.services.registry import upload_model
+from testbed.services.platform_clients import api_of, register_model
+alias = None if api_of(sys.argv[1]) == "mlflow" else "1"
 for f in sorted(os.listdir("/models")):
-    upload_model(sys.argv[1], f.removesuffix(".onnx"), "1", open(f"/models/{f}", "rb").read())
+    data = open(f"/models/{f}", "rb").read()
+    register_model(sys.argv[1], f.removesuffix(".onnx"), data, alias=alias)
 print("seeded", len(os.listdir("/models")))
+"""
+# Feast and MLflow over their APIs, through the testbed's clients
+PROBE = """
+import hashlib, json, sys
+import numpy as np
+from testbed.services import platform_clients as pc
+registry, features, model, sha = sys.argv[1:5]
+apis = {"registry": pc.api_of(registry), "features": pc.api_of(features)}
+x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+pc.ingest(features, np.arange(5), x, np.arange(5))
+got = pc.online(features, list(range(5)))
+same = sorted(got) == list(range(5)) and all(np.allclose(got[i], x[i]) for i in got)
+data, version = pc.fetch_model(registry, model, "latest")
+ok = hashlib.sha256(data).hexdigest() == sha
+print(json.dumps({**apis, "online_rows_match": bool(same), "model_sha_ok": ok}))
 """
 
 
@@ -90,12 +117,17 @@ def stage_models(scenario, deployment, zoo: Path, out: Path) -> None:
         os.chmod(out / f"{c.name}.{variant}.onnx", 0o644)
 
 
-def healthcheck(probe: dict) -> dict:
+def healthcheck(probe: dict, startup: dict | None = None) -> dict:
+    """The readiness probe as a Compose health check; a start-up probe (Feast, MLflow)
+    becomes its start period, as a cluster would not count failures before it passes."""
     port, path = probe["httpGet"]["port"], probe["httpGet"]["path"]
     code = (
         f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=2)"
     )
-    return {"test": ["CMD", "python", "-c", code], "interval": "2s", "retries": 60}
+    check = {"test": ["CMD", "python", "-c", code], "interval": "2s", "retries": 60}
+    if startup:
+        check["start_period"] = f"{startup['periodSeconds'] * startup['failureThreshold']}s"
+    return check
 
 
 def to_compose(docs: list[dict], config_dir: Path, models: Path) -> tuple[dict, list[dict]]:
@@ -133,14 +165,14 @@ def to_compose(docs: list[dict], config_dir: Path, models: Path) -> tuple[dict, 
         for i, c in enumerate(d["spec"]["template"]["spec"]["containers"]):
             sec = c["securityContext"]
             svc = {
-                "image": IMAGE,
+                "image": c["image"],
                 "command": [*c["command"], *c["args"]],
                 "environment": {**cm_env, **{e["name"]: e["value"] for e in c["env"]}},
                 "user": f"{sec['runAsUser']}:{sec['runAsGroup']}",
                 "read_only": sec["readOnlyRootFilesystem"],
                 "cap_drop": ["ALL"],
                 "tmpfs": ["/tmp:mode=1777"],
-                "healthcheck": healthcheck(c["readinessProbe"]),
+                "healthcheck": healthcheck(c["readinessProbe"], c.get("startupProbe")),
                 "labels": {"export-test.workload": name},
             }
             if i == 0:
@@ -162,6 +194,31 @@ def to_compose(docs: list[dict], config_dir: Path, models: Path) -> tuple[dict, 
             jobs.append({"name": d["metadata"]["name"], "argv": [*c["command"], *c["args"]]})
     doc = {"services": services, "networks": {"pods": {}}}
     return doc, jobs
+
+
+def check_platform_apis(network: str, models: Path) -> None:
+    """Feast and MLflow answer their own APIs (a probe container on the pods' network)."""
+    import hashlib
+
+    f = sorted(models.glob("*.onnx"))[0]
+    sha = hashlib.sha256(f.read_bytes()).hexdigest()
+    urls = ["http://model-registry:8080", "http://feature-store:8080"]
+    pod = ["--network", network, "--user", "10001:10001", "--read-only"]
+    pod += ["--tmpfs", "/tmp:mode=1777", "-e", "HOME=/tmp", IMAGE]
+    run = subprocess.run(
+        ["docker", "run", "--rm", *pod, "python", "-c", PROBE, *urls, f.stem, sha],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got == {
+        "registry": "mlflow",
+        "features": "feast",
+        "online_rows_match": True,
+        "model_sha_ok": True,
+    }
 
 
 def states(project: str) -> dict[str, str]:
@@ -191,13 +248,37 @@ def image() -> str:
     return IMAGE
 
 
-@pytest.mark.parametrize("example", ["digits-pipeline", "edge-cloud"])
-def test_every_exported_workload_becomes_ready(image, example, tmp_path, zoo):
+@pytest.fixture(scope="module")
+def platform_image(image) -> str:
+    """The platform image on top of this checkout's serving image (Docker's cache makes
+    a rebuild of an unchanged one take seconds; a changed one reinstalls Feast and MLflow)."""
+    import sys
+
+    from testbed.backends.compose_file import compose_dir
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    env |= {"SERVING_IMAGE": image, "PLATFORM_IMAGE": PLATFORM_IMAGE}
+    script = compose_dir() / "build-base-image.sh"
+    run = subprocess.run(
+        [str(script), "platform"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return PLATFORM_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("example", "platform"),
+    [("digits-pipeline", "builtin"), ("edge-cloud", "builtin"), ("mlops-lab", "feast-mlflow")],
+)
+def test_every_exported_workload_becomes_ready(request, image, example, platform, tmp_path, zoo):
     sc = load_scenario(EXAMPLES / f"{example}.yaml")
     dep = load_deployment(EXAMPLES / f"{example}.deployment.yaml")
-    # the SQLite stand-ins: this image is the serving one, without Feast and MLflow
-    # (compose/Dockerfile.platform adds them), and SEED uploads to the built-in registry
-    docs = manifests(sc, dep, platform="builtin")
+    # builtin: the SQLite stand-ins in the serving image; feast-mlflow: the testbed's
+    # own services from the platform image (built only for the examples that need it)
+    kw = {}
+    if platform != "builtin":
+        kw["platform_image"] = request.getfixturevalue("platform_image")
+    docs = manifests(sc, dep, image=IMAGE, platform=platform, **kw)
     config_dir, models = tmp_path / "config", tmp_path / "models"
     config_dir.mkdir(mode=0o755)
     stage_models(sc, dep, zoo, models)
@@ -207,7 +288,11 @@ def test_every_exported_workload_becomes_ready(image, example, tmp_path, zoo):
     compose = [*compose_cmd(), "-p", project, "-f", str(tmp_path / "docker-compose.yml")]
     try:
         up = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
-        assert up.returncode == 0, up.stderr[-3000:]
+        if up.returncode != 0:  # e.g. the registry never healthy: its own words say why
+            logs = subprocess.run(
+                [*compose, "logs", "--tail", "20"], capture_output=True, text=True
+            )
+            pytest.fail(f"compose up: {up.stderr[-2000:]}\n{logs.stdout[-4000:]}")
         workloads = [s for s in doc["services"] if s != "seed"]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -243,6 +328,8 @@ def test_every_exported_workload_becomes_ready(image, example, tmp_path, zoo):
             assert summary["process"] == job["name"]
             assert summary["steps"] == len(sc.process(job["name"]).steps)
         assert len(jobs) == sum(p.kind == "batch" for p in sc.processes)
+        if platform == "feast-mlflow":
+            check_platform_apis(network, models)
     finally:
         subprocess.run([*compose, "down", "-v", "-t", "2"], capture_output=True, timeout=120)
     assert states(project) == {}
