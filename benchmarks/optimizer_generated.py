@@ -34,7 +34,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class Screening:
     extreme_x: float = 0.0  # end-game neighbourhoods of the front's top contributors: · B screens
     pop_x: float = 1.0  # population: budget_pop(pop_x · B)
     rows_x: float = 0.0  # end-game row neighbourhoods (optimizer.rowsweep) of top contributors: · B
+    within_budget: bool = False  # end game confirms at most what the search left of B
 
     def settings(self, budget: int) -> MultiFidelity:
         """The :class:`MultiFidelity` for a DES budget of ``budget``."""
@@ -125,6 +126,7 @@ class Screening:
             max_screens=max(1, int(self.screens_x * budget)),
             extreme_screens=int(self.extreme_x * budget),
             row_screens=int(self.rows_x * budget),
+            des_budget=budget if self.within_budget else None,
         )
 
 
@@ -133,18 +135,28 @@ class Method:
     label: str
     config: dict[str, Any] | None  # SearchConfig fields; None: random feasible search
     screening: Screening | None = None  # multi-fidelity: screen, DES within the budget
+    was: str | None = None  # the label its outcomes were cached under (--only reuses them)
 
 
-DEFAULT_SCREENING = Screening(extreme_x=1.0, rows_x=8.0)  # = MultiFidelity.for_budget
+# = MultiFidelity.for_budget
+DEFAULT_SCREENING = Screening(extreme_x=1.0, rows_x=8.0, within_budget=True)
+PREVIOUS_DEFAULT = "default (`mlops-twin optimize`): screening + row sweep + extreme polish"
 
 
 def methods() -> list[Method]:
     """Every method compared, the default first."""
     return [
         Method(
-            "default (`mlops-twin optimize`): screening + row sweep + extreme polish",
+            "default (`mlops-twin optimize`): screening + row sweep + extreme polish, "
+            "end game within the budget",
             {},
             DEFAULT_SCREENING,
+        ),
+        Method(
+            "previous default (session 4): the same, every final-front member confirmed",
+            {},
+            Screening(extreme_x=1.0, rows_x=8.0),
+            was=PREVIOUS_DEFAULT,
         ),
         Method("DES only (`mlops-twin optimize --no-screen`)", {}),
         Method(
@@ -343,11 +355,31 @@ def _optimizer_source() -> bytes:
     return b"".join(p.read_bytes() for p in files)
 
 
+@functools.cache
+def _latest_outcomes() -> dict[tuple[str, int, int], Path]:
+    """The newest cached outcome file of each (method label, instance, seed), whatever the
+    optimizer's source it was computed with (for ``--only``)."""
+    latest: dict[tuple[str, int, int], tuple[float, Path]] = {}
+    for p in (CACHE / "outcomes").glob("*.json"):
+        o = json.loads(p.read_text())
+        k, t = (o["method"], o["instance"], o["seed"]), p.stat().st_mtime
+        if k not in latest or t > latest[k][0]:
+            latest[k] = (t, p)
+    return {k: p for k, (_, p) in latest.items()}
+
+
 def _instance_searches(
-    s: int, n_seeds: int, chosen: list[Method], stop_at: float | None
+    s: int,
+    n_seeds: int,
+    chosen: list[Method],
+    stop_at: float | None,
+    only: str | None = None,
 ) -> tuple[tuple, list[Outcome] | None]:
     """Every method × seed on instance ``s`` (cached outcomes reused); (row, outcomes), or
-    (row, None) when ``stop_at`` passed before all were done. Runs in a worker process."""
+    (row, None) when ``stop_at`` passed before all were done. Runs in a worker process.
+
+    With ``only``, methods whose label does not contain it are not searched: their newest
+    cached outcome is reused (under ``Method.was`` when set), whatever source it ran."""
     sc, info = generate(s)
     genome = Genome(sc)
     front = exhaustive_front(sc, FIDELITY, CACHE)
@@ -363,6 +395,12 @@ def _instance_searches(
     for m in chosen:
         for seed in range(1, n_seeds + 1):
             path = outcome_path(key, m, seed)
+            if only is not None and only not in m.label:
+                old = _latest_outcomes().get((m.was or m.label, s, seed))
+                if old is None:
+                    raise RuntimeError(f"--only: no cached outcome of {m.label!r}, {s}, {seed}")
+                outcomes.append(replace(Outcome.load(old), method=m.label))
+                continue
             if path.is_file():
                 outcomes.append(Outcome.load(path))
                 continue
@@ -393,6 +431,7 @@ def search_all(
     chosen: list[Method],
     stop_at: float | None = None,
     workers: int = 2,
+    only: str | None = None,
 ) -> tuple[list, list, float, list] | None:
     """Every method × seed on every instance; (outcomes, instance rows, wall seconds, cases).
 
@@ -406,7 +445,9 @@ def search_all(
     complete = True
     with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool, Progress() as progress:
         task = progress.add_task("instances", total=len(seeds))
-        futures = [pool.submit(_instance_searches, s, n_seeds, chosen, stop_at) for s in seeds]
+        futures = [
+            pool.submit(_instance_searches, s, n_seeds, chosen, stop_at, only) for s in seeds
+        ]
         for fut in futures:  # in instance order
             row, got = fut.result()
             rows.append(row)
@@ -427,7 +468,8 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
     """Run every method and write benchmarks/results/optimizer_generated.md."""
     steal0, t0 = steal_cores()
     chosen = methods() + ([] if args.no_ablations else ablations())
-    got = search_all(seeds, args.seeds, chosen, time.monotonic() + 60 * args.minutes, args.workers)
+    stop_at = time.monotonic() + 60 * args.minutes
+    got = search_all(seeds, args.seeds, chosen, stop_at, args.workers, args.only)
     if got is None:
         print("time is up in the search phase: rerun to continue", file=sys.stderr)
         sys.exit(3)
@@ -698,6 +740,11 @@ def main() -> None:
         help="stop (fronts, or searches) after this; rerun to continue",
     )
     ap.add_argument("--fronts-only", action="store_true", help="only compute missing fronts")
+    ap.add_argument(
+        "--only",
+        help="search only the methods whose label contains this; reuse the newest cached "
+        "outcomes of the others",
+    )
     ap.add_argument("--no-ablations", action="store_true", help="only the methods, no ablations")
     args = ap.parse_args()
     seeds = list(range(1, args.instances + 1))

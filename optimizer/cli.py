@@ -154,7 +154,8 @@ def optimize(
         typer.Option(
             help="End game: DES-score at most this many screening-only members of the final "
             "front, those adding the most hypervolume to the DES-scored ones; the front "
-            "reported is the DES-scored candidates' own (default: every member).",
+            "reported is the DES-scored candidates' own (default: as many as the search "
+            "left of the DES budget).",
             min=0,
         ),
     ] = None,

@@ -50,8 +50,9 @@ class MultiFidelity:
     batch is DES-scored during the search — with four criteria a quarter of
     the offspring are non-dominated when screened, so the cap is what makes
     the search cheap; the ones nearest the front's ideal point (criteria
-    normalised over the front) go first. The final front is DES-scored
-    whatever the cap (:func:`confirm_front`).
+    normalised over the front) go first. The final front reported is
+    DES-scored (:func:`confirm_front`): every screening-only member, or, under
+    ``confirm_max`` / ``des_budget``, those adding the most hypervolume.
     """
 
     margin: float = 0.0
@@ -62,6 +63,9 @@ class MultiFidelity:
     row_screens: int = 0  # end game: screened row neighbourhoods (optimizer.rowsweep) of them
     max_screens: int | None = None  # screens during the search (end game excluded); None: no cap
     confirm_max: int | None = None  # end game's DES runs on the final front; None: every member
+    # DES runs of search and end game together: the end game confirms at most what the
+    # search left of it (None: no such cap)
+    des_budget: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin <= 1:
@@ -80,6 +84,8 @@ class MultiFidelity:
             raise ValueError(f"polish_rounds must be ≥ 1, got {self.polish_rounds}")
         if self.confirm_max is not None and self.confirm_max < 0:
             raise ValueError(f"confirm_max must be ≥ 0 or None, got {self.confirm_max}")
+        if self.des_budget is not None and self.des_budget < 1:
+            raise ValueError(f"des_budget must be ≥ 1 or None, got {self.des_budget}")
 
     @classmethod
     def for_budget(cls, max_evals: int) -> MultiFidelity:
@@ -90,7 +96,10 @@ class MultiFidelity:
         (or :data:`SEARCH_DES_SHARE`·B DES runs, see :func:`search_budget`), then the end game
         screens B random one-move neighbours of the front, 8·B row neighbours and B whole
         one-move neighbourhoods of its largest hypervolume contributors, and DES-scores
-        whatever of them enters the front. Screens cost 0.07–0.13 of a DES run each.
+        whatever of them enters the front, within what the search left of B (``des_budget``
+        = B: when the front has more screening-only members than that, the ones adding the
+        most hypervolume, :func:`confirm_front`). Search and end game together never
+        DES-score more than B candidates. Screens cost 0.07–0.13 of a DES run each.
         """
         b = max(1, int(max_evals))
         return cls(
@@ -100,6 +109,7 @@ class MultiFidelity:
             max_screens=4 * b,
             extreme_screens=b,
             row_screens=8 * b,
+            des_budget=b,
         )
 
     def describe(self) -> str:
@@ -125,10 +135,13 @@ class MultiFidelity:
                 f"; end game: up to {self.extreme_screens} screened one-move neighbourhoods "
                 "of the front's largest hypervolume contributors"
             )
-        if self.confirm_max is None:
+        if self.confirm_max is None and self.des_budget is None:
             return text + "; the final front DES-scored"
+        caps = [f"{self.confirm_max} DES runs"] if self.confirm_max is not None else []
+        if self.des_budget is not None:
+            caps.append(f"what the search left of {self.des_budget} DES runs")
         return text + (
-            f"; at most {self.confirm_max} DES runs confirm the final front's largest "
+            f"; at most {' and '.join(caps)} confirm the final front's largest "
             "hypervolume contributors, the front reported is the DES-scored candidates' own"
         )
 
@@ -138,7 +151,7 @@ SEARCH_DES_SHARE = 0.7  # of a multi-fidelity budget spent in the search; the re
 
 def search_budget(max_evals: int) -> int:
     """DES runs the search itself may spend of a budget of ``max_evals`` (the end game's
-    confirmations take the rest, and may overrun it a little)."""
+    confirmations take the rest: :attr:`MultiFidelity.des_budget`)."""
     return max(1, int(SEARCH_DES_SHARE * max_evals))
 
 
@@ -398,7 +411,8 @@ def confirm_front(search: Search, budget: int | None = None) -> int:
     """DES-score the search's final front: every screening-only member, or a shortlist.
 
     Returns how many candidates this DES-scored. ``budget`` (default: the
-    settings' ``confirm_max``) caps the DES runs; None confirms every member,
+    settings' ``confirm_max``, lowered to what the search left of their
+    ``des_budget``) caps the DES runs; None confirms every member,
     repeating until none is left (a member that loses its place once
     DES-scored is replaced by the next best, confirmed in turn). Under a cap,
     each round confirms the screening-only members that add the most
@@ -412,6 +426,10 @@ def confirm_front(search: Search, budget: int | None = None) -> int:
         return 0
     if budget is None:
         budget = getattr(ev.settings, "confirm_max", None)
+        total = getattr(ev.settings, "des_budget", None)
+        if total is not None:
+            left = max(total - ev.des_runs, 0)
+            budget = left if budget is None else min(budget, left)
     before = ev.des_runs
     while True:
         keys = ev.order

@@ -190,7 +190,9 @@ def test_screening_is_the_default_with_settings_from_the_budget(
     info = json.loads((out / "run.json").read_text())
     assert info["search"]["max_evals"] == 14  # the search stops at 0.7 B; the end game confirms
     assert (info["multifidelity"]["row_screens"], info["multifidelity"]["max_screens"]) == (7, 80)
-    assert info["multifidelity"]["confirm_max"] is None  # default: every final-front member
+    assert info["multifidelity"]["confirm_max"] is None  # no cap of its own, but …
+    assert info["multifidelity"]["des_budget"] == 20  # … the end game gets what the search left
+    assert info["multifidelity"]["des"] <= 20 and info["simulations"] <= 20
 
 
 def test_screen_confirm_caps_the_end_games_des_runs(tmp_path: Path) -> None:

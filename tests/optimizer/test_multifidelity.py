@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from optimizer.evaluation import Fidelity, evaluate_matrix
-from optimizer.ga import Search, SearchConfig, hypervolume, non_dominated
+from optimizer.ga import Search, SearchConfig, default_config, hypervolume, non_dominated
 from optimizer.genome import Genome
 from optimizer.multifidelity import (
     MultiFidelity,
@@ -21,6 +21,7 @@ from optimizer.multifidelity import (
     neighbours,
     polish,
     screen_matrix,
+    search_budget,
 )
 from twin.load import load_scenario
 
@@ -189,3 +190,25 @@ def test_confirm_front_under_a_budget_reports_the_des_scored_front(small: Genome
     Fd = np.array([ev.cache[k].mean for k in des])
     assert {des[i] for i in non_dominated(Fd)} == set(search.front_keys)
     assert confirm_front(search, budget=0) == 0
+
+
+@pytest.mark.parametrize("budget", [12, 20, 40])
+def test_the_default_never_spends_more_des_runs_than_its_budget(small: Genome, budget: int) -> None:
+    # As `mlops-twin optimize --max-evals B` runs it: search to 0.7 B, then the end game.
+    # On this small instance the final front holds far more screening-only members than
+    # the budget leaves, so confirming all of them would overrun B (checked below).
+    from dataclasses import replace
+
+    fid = Fidelity(None, 120.0, 1, 2)
+    for seed in (1, 2, 3):
+        spent = {}
+        for cap in (True, False):
+            settings = MultiFidelity.for_budget(budget)
+            settings = settings if cap else replace(settings, des_budget=None)
+            ev = MultiFidelityEvaluator(small, fid, settings)
+            search = Search.start(default_config(search_budget(budget), seed=seed), ev)
+            search.run()
+            end_game(search)
+            assert set(search.front_keys) <= ev.des_keys
+            spent[cap] = ev.des_runs
+        assert spent[True] <= budget < spent[False]
