@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,6 +237,27 @@ class DecisionGenome(Genome):
             c: {self.machines[j]: int(m[i, j]) for j in np.flatnonzero(m[i])}
             for i, c in enumerate(self.components)
         }
+
+
+def allocation_view(
+    genome: Genome, x: np.ndarray
+) -> tuple[np.ndarray, Genome, Callable[[np.ndarray], np.ndarray]]:
+    """``x``'s allocation matrix, the genome that checks allocations, and the map from an
+    allocation matrix back to a vector of ``genome``: a DecisionGenome keeps ``x``'s alignment and
+    constant-run genes, a plain allocation genome flattens the matrix. Neighbourhood searches
+    change the allocation only."""
+    if isinstance(genome, DecisionGenome):
+        m0, align, run = genome.split(x)
+
+        def joined(m: np.ndarray) -> np.ndarray:
+            return genome.join(m, align, run)
+
+        return m0, genome.allocation_genome(run), joined
+
+    def flat(m: np.ndarray) -> np.ndarray:
+        return m.reshape(-1)
+
+    return genome.decode(x), genome, flat
 
 
 def make_genome(scenario: Scenario, base: Deployment | None, decisions: str = "all") -> Genome:

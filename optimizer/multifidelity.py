@@ -504,19 +504,9 @@ def neighbours(genome: Genome, x: np.ndarray) -> list[np.ndarray]:
     """Every feasible allocation one move from ``x``: one instance moved to another machine,
     one added, or one removed (never a component's last); a DecisionGenome's alignment and
     constant-run genes are kept as they are."""
-    from optimizer.matrices import DecisionGenome
+    from optimizer.matrices import allocation_view
 
-    if isinstance(genome, DecisionGenome):
-        m0, align, run = genome.split(x)
-        alloc = genome.allocation_genome(run)
-
-        def vector(m: np.ndarray) -> np.ndarray:
-            return genome.join(m, align, run)
-    else:
-        m0, alloc = genome.decode(x), genome
-
-        def vector(m: np.ndarray) -> np.ndarray:
-            return m.reshape(-1)
+    m0, alloc, vector = allocation_view(genome, x)
 
     ub = alloc.cell_bounds()
     K, S = m0.shape

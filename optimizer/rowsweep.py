@@ -95,19 +95,9 @@ def pinned_row(genome: Genome, m0: np.ndarray, k: int, row: np.ndarray) -> np.nd
 def row_neighbours(genome: Genome, x: np.ndarray) -> list[np.ndarray]:
     """Every distinct feasible allocation that :func:`pinned_row` makes of ``x`` by giving one
     component another row; a DecisionGenome's alignment and constant-run genes are kept."""
-    from optimizer.matrices import DecisionGenome
+    from optimizer.matrices import allocation_view
 
-    if isinstance(genome, DecisionGenome):
-        m0, align, run = genome.split(x)
-        alloc = genome.allocation_genome(run)
-
-        def vector(m: np.ndarray) -> np.ndarray:
-            return genome.join(m, align, run)
-    else:
-        m0, alloc = genome.decode(x), genome
-
-        def vector(m: np.ndarray) -> np.ndarray:
-            return m.reshape(-1)
+    m0, alloc, vector = allocation_view(genome, x)
 
     out: dict[bytes, np.ndarray] = {}
     for k in range(m0.shape[0]):
