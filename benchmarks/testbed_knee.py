@@ -93,7 +93,15 @@ def capacity_rps(share: float) -> float:
     return share * 1000.0 / ITEM_CPU_MS
 
 
-def run(name: str, duration_s: float, repeats: int, rhos: tuple[float, ...] = RHOS) -> None:
+def run(
+    name: str,
+    duration_s: float,
+    repeats: int,
+    rhos: tuple[float, ...] = RHOS,
+    durations: dict[float, float] | None = None,
+) -> None:
+    """One deployment's sweep: ``repeats`` × ``rhos``, each run ``duration_s`` long unless
+    ``durations`` gives its level another length (s); runs already done are skipped."""
     scenario, deployment = _files(name)
     d = OUT / name
     testbed = CliTestbed(BACKEND, OUT / f".{name}.testbed", log=OUT / f".{name}.log")
@@ -122,7 +130,7 @@ def run(name: str, duration_s: float, repeats: int, rhos: tuple[float, ...] = RH
                     "--out",
                     str(out),
                     "--duration",
-                    f"{duration_s:g}",
+                    f"{(durations or {}).get(rho, duration_s):g}",
                     "--rate-scale",
                     f"{rate / BASE_RATE:.4f}",
                     "--seed",
@@ -181,18 +189,12 @@ def _levels(name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dict:
-    """The twin calibrated on the other levels' runs, at this level's offered rate.
-
-    Three twins: ``twin_*`` runs each stage under the testbed's CPU quota
-    (:mod:`calibrate.quota`: model and server CPU per call from the fit runs'
-    counters, full speed until the period's quota is used, capacity from the
-    quota-bound intervals) with the per-request overhead at this offered rate
-    (interpolated between the fit levels'); ``mean_*`` is the same with one overhead
-    for every rate (the fit levels' mean, as the lab's experiment twin has it);
-    ``plain_*`` is the calibration as ``calibrate fit`` gives it (service = the
-    measured wall time of a batch, pooled over the fit levels; no quota).
-    """
+def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
+    """Level ``rho``'s twins, calibrated on the other levels' runs of ``name`` (cached in
+    ``twin-rho<ρ>/``): ``twin`` (CPU quota, overhead at this rate), ``mean`` (one overhead
+    for every rate), ``plain`` (wall-time fit, no quota) scenarios, with the
+    ``deployment``, the stages' CPU fit ``cpu`` and the level's mean offered ``rate``
+    (req/s)."""
     d = OUT / name
     share = json.loads((d / "capacity.json").read_text())["share"]
     cal_dir = d / f"twin-rho{rho:.1f}"
@@ -227,13 +229,38 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
         json.dumps({k: v.__dict__ for k, v in cpu.items()}, indent=1)
     )
     rate = float(runs[runs["rho"] == rho]["offered"].mean())
+    quota_sc = quota_scenario(base, calibration, dep, cpu, share)
+    plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
+    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate)
+    return {
+        "twin": rate_sc,
+        "mean": quota_sc,
+        "plain": plain_sc,
+        "deployment": dep,
+        "cpu": cpu,
+        "rate": rate,
+    }
+
+
+def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dict:
+    """The twin calibrated on the other levels' runs, at this level's offered rate.
+
+    Three twins: ``twin_*`` runs each stage under the testbed's CPU quota
+    (:mod:`calibrate.quota`: model and server CPU per call from the fit runs'
+    counters, full speed until the period's quota is used, capacity from the
+    quota-bound intervals) with the per-request overhead at this offered rate
+    (interpolated between the fit levels'); ``mean_*`` is the same with one overhead
+    for every rate (the fit levels' mean, as the lab's experiment twin has it);
+    ``plain_*`` is the calibration as ``calibrate fit`` gives it (service = the
+    measured wall time of a batch, pooled over the fit levels; no quota).
+    """
+    held = held_out_twin(name, rho, runs)
+    rate, dep, cpu = held["rate"], held["deployment"], held["cpu"]
+    rate_sc, quota_sc, plain_sc = held["twin"], held["mean"], held["plain"]
     wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=rate)
     out: dict[str, float] = {}
     # as long as a testbed run (each starts with empty queues), over more seeds
     horizon = float(runs[runs["rho"] == rho]["duration"].mean())
-    quota_sc = quota_scenario(base, calibration, dep, cpu, share)
-    plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
-    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate)
     for key, sc in (("twin", rate_sc), ("plain", plain_sc), ("mean", quota_sc)):
         lat, done = [], 0
         for seed in range(seeds):
@@ -515,7 +542,12 @@ def main() -> None:
     r.add_argument("--deployment", choices=list(DEPLOYMENTS), required=True)
     r.add_argument("--duration", type=float, default=20.0, help="s per run")
     r.add_argument("--repeats", type=int, default=2)
-    r.add_argument("--rhos", default=None, help="comma-separated levels (default: all)")
+    r.add_argument(
+        "--rhos",
+        default=None,
+        help="comma-separated levels (default: all), each optionally with its own run "
+        "length in s: 0.2:20,0.9:90",
+    )
     rp = sub.add_parser("report", help="calibrate held-out twins and write the result")
     for q in (r, rp):
         q.add_argument("--backend", choices=list(OUTS), default="local")
@@ -526,8 +558,10 @@ def main() -> None:
         OUTS[a.backend] = a.runs
         use_backend(a.backend)
     if a.cmd == "run":
-        rhos = tuple(float(x) for x in a.rhos.split(",")) if a.rhos else RHOS
-        run(a.deployment, a.duration, a.repeats, rhos)
+        levels = [x.split(":") for x in a.rhos.split(",")] if a.rhos else [[str(x)] for x in RHOS]
+        rhos = tuple(float(x[0]) for x in levels)
+        durations = {float(x[0]): float(x[1]) for x in levels if len(x) > 1}
+        run(a.deployment, a.duration, a.repeats, rhos, durations)
     else:
         report()
 

@@ -10,6 +10,8 @@ Layout of a running testbed, all on 127.0.0.1:
                                         unconfined, with a warning, otherwise
     stage instances                     children of their node agent; they start in the
                                         reserve and join the node's cgroup once healthy
+                                        (MLOPS_TWIN_START_OUTSIDE=0: in the node's
+                                        cgroup from the start, as before; for A/B runs)
 
 ``.testbed/local.json`` records every process (PID and start time, so a reused PID is
 never killed) and cgroup; ``down`` stops them all and removes the cgroups.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -44,10 +47,18 @@ from testbed.zoo.manifest import DEFAULT_DIR
 from twin.spec import Deployment, Scenario
 
 STATE = "local.json"
+# "0": replicas start inside their node's quota (the behaviour before the start cgroup),
+# so a benchmark can compare both in one hour (benchmarks/testbed_start_cgroup.py)
+START_OUTSIDE_ENV = "MLOPS_TWIN_START_OUTSIDE"
 # CPU weight of the reserve (gateway, registry, feature store, and a load generator
 # that joins it) relative to any other group or process on a contended host
 PLATFORM_WEIGHT = 4.0
 HOST = "127.0.0.1"
+
+
+def start_outside() -> bool:
+    """Whether replicas start in the reserve (default) rather than in their node's quota."""
+    return os.environ.get(START_OUTSIDE_ENV, "1").strip() != "0"
 
 
 class Unconfined(UserWarning):
@@ -212,7 +223,7 @@ class LocalBackend(Backend):
                     ram_gb=node.ram_gb,
                     cgroup=cg_name,
                     # replicas start in the reserve and join the node's quota once healthy
-                    start_cgroup=platform.name if confine else None,
+                    start_cgroup=platform.name if confine and start_outside() else None,
                 )
                 self._spawn(f"node:{node.name}", argv, logs, procs_files)
             for name, url in {**urls, **node_urls}.items():
