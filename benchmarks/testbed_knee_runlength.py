@@ -136,7 +136,64 @@ def testbed_runs(root: Path, levels: tuple[float, ...]) -> list[list[str]]:
     return out
 
 
-def report(runs: Path, levels: tuple[float, ...], testbeds: list[Path], seeds: int, name: str):
+def error_by_length(root: Path, levels: tuple[float, ...], seeds: int = 8) -> list[list[str]]:
+    """The held-out twin's p50/p95/p99 error (%) on the first T s of each long run of
+    ``root/default``, the twin simulated T s per seed (``seeds`` seeds), for T = 12 s,
+    30 s and the whole run: does the error shrink as the runs get longer?"""
+    knee.OUT = root
+    runs = knee._levels("default")
+    out = []
+    for rho in levels:
+        level = runs[runs["rho"] == rho]
+        if level.empty:
+            continue
+        held = knee.held_out_twin("default", rho, runs)
+        full = float(level["duration"].min())
+        tb = []
+        for run in level["run"]:
+            r = pd.read_parquet(root / "default" / run / "requests.parquet")
+            r = r[r["ok"]]
+            tb.append(r.assign(t=r["t_arrive"] - r["t_arrive"].min()))
+        wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=held["rate"])
+        for t in sorted({12.0, 30.0, full}):
+            if t > full:
+                continue
+            tb_q = np.mean(
+                [
+                    np.percentile(1e3 * (x["t_end"] - x["t_arrive"])[x["t"] < t], (50, 95, 99))
+                    for x in tb
+                ],
+                axis=0,
+            )
+            lat = []
+            for seed in range(seeds):
+                sim = simulate_replication(
+                    held["twin"], held["deployment"], wl, t, seed, visits=False
+                )
+                q = sim.requests
+                lat.append((q["t_end"] - q["t_arrive"]).dropna().to_numpy() * 1e3)
+            tw_q = np.percentile(np.concatenate(lat), (50, 95, 99))
+            err = 100 * (tw_q / tb_q - 1)
+            out.append(
+                [
+                    f"{rho:g}",
+                    f"{t:g}",
+                    " / ".join(f"{x:.1f}" for x in tb_q),
+                    " / ".join(f"{x:.1f}" for x in tw_q),
+                    " / ".join(f"{x:+.1f}" for x in err),
+                ]
+            )
+    return out
+
+
+def report(
+    runs: Path,
+    levels: tuple[float, ...],
+    testbeds: list[Path],
+    seeds: int,
+    name: str,
+    long: Path | None = None,
+) -> None:
     knee.OUT = runs
     all_runs = knee._levels("default")
     parts = [
@@ -228,6 +285,25 @@ def report(runs: Path, levels: tuple[float, ...], testbeds: list[Path], seeds: i
             ),
             "",
         ]
+    if long is not None:
+        parts += [
+            f"## Error against run length: the long runs of {os.path.relpath(long, ROOT)}",
+            "",
+            "Each level's twin is calibrated on the other levels' (whole) runs of that sweep; "
+            "the testbed figure is the run's first T s of arrivals, the twin's 8 seeds × T s.",
+            "",
+            markdown_table(
+                [
+                    "ρ",
+                    "T s",
+                    "testbed p50 / p95 / p99 ms",
+                    "twin p50 / p95 / p99 ms",
+                    "error % p50 / p95 / p99",
+                ],
+                error_by_length(long, levels),
+            ),
+            "",
+        ]
     write_result(name, "\n".join(parts))
 
 
@@ -237,12 +313,22 @@ def main() -> None:
     ap.add_argument("--levels", default="0.8,0.9")
     ap.add_argument("--testbed", type=Path, action="append", default=[], help="sweeps to list")
     ap.add_argument("--seeds", type=int, default=40)
+    ap.add_argument(
+        "--long", type=Path, default=None, help="a sweep of long runs: its error by run length"
+    )
     ap.add_argument("--result", default="testbed_knee_runlength")
     a = ap.parse_args()
     if not (a.runs / "default" / "capacity.json").exists():
         ap.error(f"--runs {a.runs}: expected a knee sweep with default/capacity.json")
     levels = tuple(float(x) for x in a.levels.split(","))
-    report(a.runs.resolve(), levels, [t.resolve() for t in a.testbed], a.seeds, a.result)
+    report(
+        a.runs.resolve(),
+        levels,
+        [t.resolve() for t in a.testbed],
+        a.seeds,
+        a.result,
+        a.long.resolve() if a.long else None,
+    )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def run_row(folder: Path) -> dict[str, float]:
     return row
 
 
-def report() -> None:
+def report(note: str = "") -> None:
     rows, table = {}, []
     for arm, i in ORDER:
         found = sorted((OUT / f"{arm}-{i}" / "default").glob("rho*-0"))
@@ -108,6 +108,7 @@ def report() -> None:
     parts = [
         "# Replicas started outside the node's quota vs inside it: capacity at saturation",
         "",
+        *([f"- {note}"] if note else []),
         f"- {machine_line()}",
         "- command: `flock /work/bench.lock python benchmarks/testbed_start_cgroup.py run` "
         "then `… report`; default knee deployment (encoder e-large batch 1), one level, "
@@ -130,12 +131,13 @@ def main() -> None:
     r = sub.add_parser("run", help="the four runs (under the lock)")
     r.add_argument("--rho", type=float, default=1.2)
     r.add_argument("--duration", type=float, default=25.0, help="s per run")
-    sub.add_parser("report", help="the result from the run folders")
+    rp = sub.add_parser("report", help="the result from the run folders")
+    rp.add_argument("--note", default="", help="a line on when and on how busy a host it ran")
     a = ap.parse_args()
     if a.cmd == "run":
         run(a.rho, a.duration)
     else:
-        report()
+        report(a.note)
 
 
 if __name__ == "__main__":
