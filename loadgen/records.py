@@ -16,6 +16,9 @@ clocks, so a visit's instants are rebuilt: the stages are laid end to end from
 the request's send time, half of each stage's HTTP hop before it and half
 after, and the client↔gateway overhead split evenly before the first and after
 the last stage. Durations are exact; instants are exact up to that split.
+``t_server_s`` is when the stage server queued the call on its own clock (s from
+the run's time zero; NaN when the server did not report it): the receive delay the
+split cannot see.
 """
 
 from __future__ import annotations
@@ -108,13 +111,17 @@ def _step_of(process: Process) -> dict[str, tuple[str, str]]:
 
 
 def visits_table(
-    raw: pd.DataFrame, process: Process, replica_nodes: dict[str, str] | None = None
+    raw: pd.DataFrame,
+    process: Process,
+    replica_nodes: dict[str, str] | None = None,
+    t0_unix: float | None = None,
 ) -> pd.DataFrame:
     """One row per stage visit of each answered request, rebuilt from the timings header.
 
     ``replica_nodes`` maps the gateway's replica names to machines; without it
     the replica name stands for the machine. ``replica`` numbers a component's
-    replicas 0, 1, … in name order, like the twin.
+    replicas 0, 1, … in name order, like the twin. ``t0_unix`` (the run's time zero,
+    Unix s) turns the servers' receive stamps into ``t_server_s``.
     """
     steps = _step_of(process)
     nodes = replica_nodes or {}
@@ -149,10 +156,13 @@ def visits_table(
                     st.queue_ms / 1e3,
                     st.service_ms / 1e3,
                     st.hop_ms / 1e3,
+                    np.nan
+                    if st.received_unix is None or t0_unix is None
+                    else st.received_unix - t0_unix,
                 )
             )
     cols = [*VISIT_COLUMNS[:5], "replica_name", *VISIT_COLUMNS[6:], "variant"]
-    cols += ["queue_s", "service_s", "hop_s"]
+    cols += ["queue_s", "service_s", "hop_s", "t_server_s"]
     frame = pd.DataFrame(rows, columns=cols)
     frame["replica"] = (
         frame.groupby("component")["replica_name"].rank(method="dense").astype(np.int32) - 1
@@ -162,7 +172,8 @@ def visits_table(
     for c in ("process", "step", "component", "machine"):
         frame[c] = frame[c].astype("category")
     frame["batch"] = frame["batch"].astype(np.int32)
-    return frame[[*VISIT_COLUMNS, "replica_name", "variant", "queue_s", "service_s", "hop_s"]]
+    extra = ["replica_name", "variant", "queue_s", "service_s", "hop_s", "t_server_s"]
+    return frame[[*VISIT_COLUMNS, *extra]]
 
 
 def per_second_table(requests: pd.DataFrame, duration_s: float) -> pd.DataFrame:

@@ -262,7 +262,7 @@ def execute(
     )
     schedule = arrival_schedule(run.workload, process.name, run.duration_s, run.seed)
     requests = requests_table(raw, schedule, process.name, process.deadline_s)
-    visits = visits_table(raw, process, run.replica_nodes)
+    visits = visits_table(raw, process, run.replica_nodes, t0)
     expected = float(rate_series(run.workload, run.duration_s).sum())
     summary = run_summary(requests, run.duration_s, expected)
     summary["batch_executions"] = float(len(batch))

@@ -185,7 +185,14 @@ class Gateway:
             self.m_hop.labels(route.name).observe(rt_ms / 1000)
             hop = max(rt_ms - res.queue_ms - res.service_ms, 0.0)
             timing = StageTiming(
-                route.name, rep.name, res.variant, res.batch, res.queue_ms, res.service_ms, hop
+                route.name,
+                rep.name,
+                res.variant,
+                res.batch,
+                res.queue_ms,
+                res.service_ms,
+                hop,
+                res.received_unix,
             )
             return res.output, timing
 

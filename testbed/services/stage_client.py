@@ -49,6 +49,7 @@ class StageResult:
     service_ms: float
     batch: int
     variant: str
+    received_unix: float | None = None  # when the server queued the call (its clock, s)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class ReplicaClient:
                 out = np.frombuffer(body, dtype=dtype).astype(np.float32).reshape(n, d)
                 timings = resp.headers["x-item-timings"].split(";")
                 variant = resp.headers.get("x-variant", "")
+                received = resp.headers.get("x-received-unix")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             _fail(items, ReplicaUnreachable(f"{self.url}: {type(e).__name__}: {e}"))
             return
@@ -151,7 +153,14 @@ class ReplicaClient:
             waited_ms = (t_send - item.t_enqueue) * 1000
             if not item.future.done():
                 item.future.set_result(
-                    StageResult(row, waited_ms + float(q), float(s), int(b), variant)
+                    StageResult(
+                        row,
+                        waited_ms + float(q),
+                        float(s),
+                        int(b),
+                        variant,
+                        float(received) if received else None,
+                    )
                 )
 
 

@@ -4,7 +4,8 @@ API:
     POST /v1/batch      body = rows (C order), header ``x-shape: n,d`` and ``x-dtype``
                         (float32, the default, or float16 to halve the bytes); answers the
                         output rows the same way, with ``x-item-timings``
-                        ``queue_ms,service_ms,batch;...`` (one per row) and ``x-variant``
+                        ``queue_ms,service_ms,batch;...`` (one per row), ``x-variant``
+                        and ``x-received-unix`` (when the call was queued, Unix s)
     V2 (Open Inference Protocol): the model under its registry name, stage name or variant;
                         per-call timings in the response's parameters (testbed.services.v2)
     GET  /admin/config  {"variant", "model", "version", "batch", "batch_timeout_ms"}
@@ -343,6 +344,9 @@ def start_batch(server: StageServer, headers: Headers, body: bytes, respond: Res
     call), and by the ASGI app through :func:`answer_batch`.
     """
     assert server.batcher is not None
+    # the server's own clock: the gateway's send time plus a hop does not say when the
+    # call reached the queue (the receive delay varies by call)
+    received = time.time()
     try:
         rows, dtype, dtype_name = parse_rows(headers, body, server.row_width())
     except BadRequest as e:
@@ -355,7 +359,7 @@ def start_batch(server: StageServer, headers: Headers, body: bytes, respond: Res
             respond(*_error(f"inference failed: {outcome}", 500))
             return
         try:
-            answer = _batch_answer(outcome, len(rows), dtype, dtype_name)
+            answer = _batch_answer(outcome, len(rows), dtype, dtype_name, received)
         except Exception as e:  # e.g. a switch mid-call changed the output width
             answer = _error(f"inference failed: {type(e).__name__}: {e}", 500)
         respond(*answer)
@@ -398,7 +402,7 @@ def parse_rows(headers: Headers, body: bytes, width: int | None) -> tuple[np.nda
 
 
 def _batch_answer(
-    result: CallResult, n: int, dtype: type, dtype_name: bytes
+    result: CallResult, n: int, dtype: type, dtype_name: bytes, received: float
 ) -> tuple[int, Headers, list[Buffer]]:
     runs = result.runs
     chunks: list[Buffer] = [
@@ -413,6 +417,7 @@ def _batch_answer(
         (b"x-dtype", dtype_name),
         (b"x-item-timings", item_timings(result).encode()),
         (b"x-variant", runs[-1].tag.encode()),
+        (b"x-received-unix", f"{received:.6f}".encode()),
     ]
     return 200, out_headers, chunks
 

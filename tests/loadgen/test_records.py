@@ -118,3 +118,22 @@ def test_per_second_counts_add_up():
     assert per["rps"].tolist() == [1, 1]
     assert per["failures"].tolist() == [1, 0]  # the unanswered one has no response time
     assert per.loc[0, "p50_s"] == pytest.approx(0.02)
+
+
+def test_visits_carry_the_servers_receive_time_when_reported(scenario):
+    process = scenario.processes[0]
+    t0 = 1_000_000.0
+    stamped = encode_timings(
+        [
+            StageTiming("denoise", "denoise-a", "d-small", 1, 0.5, 1.0, 0.2, t0 + 0.1015),
+            StageTiming("encoder", "encoder-b", "e-medium", 1, 0.5, 2.0, 0.2, t0 + 0.1040),
+            StageTiming("classifier", "classifier-a", "c-mlp", 1, 0.5, 0.5, 0.2, t0 + 0.1071),
+        ]
+    )
+    raw = _raw().assign(timings=[stamped, "", _header()])
+    vis = visits_table(raw, process, None, t0)
+    r0 = vis[vis["pid"] == 0]
+    assert np.allclose(r0["t_server_s"], [0.1015, 0.1040, 0.1071])
+    # a server that does not report it (older image, V2 path): NaN, the rest unchanged
+    assert vis[vis["pid"] == 3]["t_server_s"].isna().all()
+    assert visits_table(raw, process)["t_server_s"].isna().all()  # no time zero given

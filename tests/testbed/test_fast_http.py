@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def _read_all(s: socket.socket) -> bytes:
     while chunk := s.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_a_batch_answer_says_when_the_server_queued_the_call(tmp_path: Path) -> None:
+    with serve_stage(tmp_path) as url, httpx.Client(base_url=url) as c:
+        x = np.ones((2, 64), dtype=np.float32)
+        before = time.time()
+        r = c.post("/v1/batch", content=x.tobytes(), headers={"x-shape": "2,64"})
+        after = time.time()
+        assert r.status_code == 200
+        received = float(r.headers["x-received-unix"])
+        # queued after the client sent it and before the answer came back
+        assert before <= received <= after
