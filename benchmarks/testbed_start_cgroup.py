@@ -19,6 +19,9 @@ Usage (run under the lock; about 4 min)::
     flock /work/bench.lock python benchmarks/testbed_start_cgroup.py run
     python benchmarks/testbed_start_cgroup.py report     # no lock: reads the run folders
 
+``report --compare runs/knee-s4`` adds the same figures for every run of earlier knee
+sweeps (default deployment), to set the A/B beside other hours of the same host.
+
 Run folders: ``runs/start-cgroup/<arm>-<i>/default/``; the result
 ``benchmarks/results/testbed_start_cgroup.md``.
 """
@@ -88,7 +91,7 @@ def run_row(folder: Path) -> dict[str, float]:
     return row
 
 
-def report(note: str = "") -> None:
+def report(note: str = "", compare: tuple[Path, ...] = ()) -> None:
     rows, table = {}, []
     for arm, i in ORDER:
         found = sorted((OUT / f"{arm}-{i}" / "default").glob("rho*-0"))
@@ -122,6 +125,26 @@ def report(note: str = "") -> None:
         markdown_table(["figure", "outside", "inside", "outside vs inside %"], diff),
         "",
     ]
+    for sweep in compare:
+        # the same figures on an earlier knee sweep's runs, each level: the host's hour
+        # shows in the model's CPU per item, which no testbed change touches
+        runs = sorted((sweep / "default").glob("rho*-*/summary.json"))
+        if not runs:
+            continue
+        cmp = pd.DataFrame({f.parent.name: run_row(f.parent) for f in runs}).T
+        parts += [
+            f"Per run of {sweep.name} ({os.path.relpath(sweep, ROOT)}):",
+            "",
+            markdown_table(
+                ["run", *cmp.columns],
+                [[i, *(f"{v:.3f}" for v in r)] for i, r in cmp.iterrows()],
+            ),
+            "",
+            f"{sweep.name}, median over its runs: encoder model "
+            f"{cmp['encoder model ms/item'].median():.3f} ms/item, probe "
+            f"{cmp['probe ms (median)'].median():.3f} ms",
+            "",
+        ]
     write_result("testbed_start_cgroup", "\n".join(parts))
 
 
@@ -133,11 +156,14 @@ def main() -> None:
     r.add_argument("--duration", type=float, default=25.0, help="s per run")
     rp = sub.add_parser("report", help="the result from the run folders")
     rp.add_argument("--note", default="", help="a line on when and on how busy a host it ran")
+    rp.add_argument(
+        "--compare", type=Path, action="append", default=[], help="earlier knee sweeps to list"
+    )
     a = ap.parse_args()
     if a.cmd == "run":
         run(a.rho, a.duration)
     else:
-        report(a.note)
+        report(a.note, tuple(p.resolve() for p in a.compare))
 
 
 if __name__ == "__main__":
