@@ -105,6 +105,39 @@ def test_screen_records_give_pipeline_metrics(digits) -> None:
     assert a.L == pytest.approx(b.L, rel=0.1)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_screen_models_cold_starts_as_the_simpy_twin(seed: int) -> None:
+    """On-demand components with a ``startup_s`` start cold after every idle spell; the
+    screen pays that start-up as the DES does (time, overruns and the execution cost,
+    which bills the start-up), and agrees with the DES with every component constant too."""
+    from twin.load import load_scenario
+    from twin.spec import Deployment
+
+    sc = load_scenario("examples/small-matrices.yaml")
+    alloc = {
+        "feature-store": {"cloud": 1},
+        "model-server": {"edge": 1},
+        "prep-worker": {"cloud": 2},
+        "trainer": {"cloud": 1},
+    }
+    got = {}
+    for on in (False, True):
+        dep = Deployment(
+            allocation=alloc,
+            parallelism={"retraining.prepare": 2},
+            always_on={c: on for c in ("model-server", "prep-worker", "trainer")},
+        )
+        fast = screen(sc, dep, None, 480.0, 2, seed=seed).summary["mean"]
+        des = evaluate(sc, dep, None, 480.0, 2, seed=seed).summary["mean"]
+        for c in CRITERIA:
+            assert fast[c] == pytest.approx(des[c], rel=0.01), (on, c)
+        got[on] = fast
+    # The cold starts are what on demand costs here: a 1.5 s start of the model server
+    # misses the 0.5 s deadline of every request after an idle spell.
+    assert got[False]["overruns"] > 3 * got[True]["overruns"]
+    assert got[False]["time_mean_s"] > got[True]["time_mean_s"] + 4.0
+
+
 @pytest.fixture(scope="module")
 def edge_cloud():
     from twin.load import load_deployment, load_scenario
