@@ -138,6 +138,36 @@ def test_screen_models_cold_starts_as_the_simpy_twin(seed: int) -> None:
     assert got[False]["time_mean_s"] > got[True]["time_mean_s"] + 4.0
 
 
+def test_screen_hands_shared_queue_work_to_the_worker_idle_longest() -> None:
+    """Shared-queue workers on a slow and a fast machine: work goes to the one idle longest,
+    as twin.sim's FIFO of idle instances does (not the lowest-numbered), so each job runs
+    where the DES runs it and the retraining times agree."""
+    from twin.load import load_scenario
+    from twin.spec import Deployment
+
+    sc = load_scenario("examples/small-matrices.yaml")
+    dep = Deployment(
+        allocation={
+            "feature-store": {"cloud": 1},
+            "model-server": {"cloud": 1},
+            "prep-worker": {"edge": 2, "cloud": 1},
+            "trainer": {"cloud": 2},
+        },
+        always_on={"model-server": True, "prep-worker": False, "trainer": False},
+    )
+    fast = screen(sc, dep, None, 150.0, 1, seed=2, keep_records=True)
+    des = evaluate(sc, dep, None, 150.0, 1, seed=2, keep_records=True)
+
+    def where(visits):
+        v = visits[visits["step"] == "prepare"].sort_values("pid")
+        return list(zip(v["machine"].astype(str), v["replica"], strict=True))
+
+    placed = where(fast.visits)
+    assert placed == where(des.visits)
+    assert ("cloud", 2) in placed  # the third run goes to the never-used cloud worker
+    assert fast.criteria()[0] == pytest.approx(des.criteria()[0], rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def edge_cloud():
     from twin.load import load_deployment, load_scenario
