@@ -159,6 +159,64 @@ def cmd_run(args: argparse.Namespace) -> None:
                 print(f"  {took:.0f} s", file=sys.stderr, flush=True)
 
 
+def cmd_block(args: argparse.Namespace) -> None:
+    """Every policy on one testbed per (workload, repeat): up once, reset and warm
+    between policies, order rotated per repeat (``lab.control_block``); no twin
+    replay here (``retwin --view`` does it without the lock). Blocks whose folders
+    all exist are skipped; a block is not started past ``--budget`` seconds."""
+    import torch
+
+    from lab.control import control_live, prepare_control, write_run
+    from lab.control_block import BlockMember, LiveBlockTestbed, rotated, run_block
+    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
+    from testbed.client import CliTestbed
+    from twin.load import load_scenario
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    pred = _predictor(str(DEFAULT_PREDICTOR))
+    began = time.perf_counter()
+    for r in [int(x) for x in args.repeat_ids.split(",")]:
+        for w in args.workloads.split(","):
+            order = rotated(args.policies.split(","), r)
+            todo = [p for p in order if not (RUNS / f"{w}-{p}-r{r}" / "summary.json").is_file()]
+            if not todo:
+                continue
+            guess = len(todo) * (args.duration + 20.0) + 30.0
+            if time.perf_counter() - began + guess > args.budget:
+                print(f"budget: block {w} r{r} left for the next call", file=sys.stderr)
+                return
+            members = []
+            for p in todo:
+                s = {"policy": p, "shape": w, "duration_s": args.duration, "seed": 1 + r}
+                opts = _control_options(
+                    {**s, "cpu_factor": None, "rate_scale": args.rate_scale}, args.steps
+                )
+                opts.twin = False
+                run, make_decider, envs = prepare_control(
+                    sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+                )
+                run.notes.append(f"block {w}-r{r}: one testbed, policies in the order {todo}")
+                members.append(
+                    BlockMember(run, envs[0], make_decider, envs[1], RUNS / f"{w}-{p}-r{r}")
+                )
+            started = time.perf_counter()
+            cli = CliTestbed("local", ROOT / ".testbed-rl", log=RUNS / f"block-{w}-r{r}.log")
+            RUNS.mkdir(parents=True, exist_ok=True)
+            run_block(
+                members,
+                LiveBlockTestbed(cli, members[0].run),
+                lambda tb, targets, m, work: control_live(
+                    tb.cli, targets, m.run, m.env, m.make_decider(), work
+                ),
+                lambda m, tb, work, extra: write_run(
+                    m.run, tb, m.env.interval_s, m.make_decider, m.twin_env, work, m.target, extra
+                ),
+                block=f"{w}-r{r}",
+            )
+            print(f"block {w} r{r}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
 class Foresight:
     """The exact solver (eq. 4, CP-SAT) given the true mean load of the next interval."""
 
@@ -233,7 +291,7 @@ def _control_options(s: dict, steps: int):  # type: ignore[no-untyped-def]
         s["shape"],
         float(s["duration_s"]),
         int(s["seed"]),
-        float(s["cpu_factor"]),
+        None if s["cpu_factor"] is None else float(s["cpu_factor"]),
         float(s["rate_scale"]),
         True,
         steps,
@@ -283,9 +341,16 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         rate = None
         if args.rate_aware:
             rate = float(pd.read_parquet(s["folder"] / "intervals.parquet")["offered_rps"].mean())
-        cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
         kind, extra = "calibrated", {}
-        if args.quota:  # the nodes' CFS quota on top, its server CPU fitted on the others
+        if args.view:  # the policies' own view, uncalibrated (a block run has none yet)
+            if s.get("twin") is not None:
+                continue
+            cal_sc, kind = None, "view"
+        else:
+            cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+        if (
+            args.quota and not args.view
+        ):  # the nodes' CFS quota on top, its server CPU fitted on the others
             cpu = node_cpu([o["folder"] / "load" for o in others], scaled)
             cal_sc = quota_twin(cal_sc, scaled, float(s["cpu_factor"]), cpu)
             kind, extra = "quota", {"twin_quota_cpu": asdict(cpu)}
@@ -307,12 +372,17 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         )
         twin_rows, _ = replay(spec, make_decider())
         folder = s["folder"]
-        write_table(twin_rows, folder / f"twin-{kind}-intervals")
-        write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
-        (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
         summary = json.loads((folder / "summary.json").read_text())
-        summary[f"twin_{kind}"] = summarise(twin_rows)
-        summary[f"twin_{kind}_on"] = [o["folder"].name for o in others]
+        if kind == "view":
+            write_table(twin_rows, folder / "twin-intervals")
+            write_table(side_by_side(rows, twin_rows), folder / "side-by-side")
+            summary["twin"] = summarise(twin_rows)
+        else:
+            write_table(twin_rows, folder / f"twin-{kind}-intervals")
+            write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
+            (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
+            summary[f"twin_{kind}"] = summarise(twin_rows)
+            summary[f"twin_{kind}_on"] = [o["folder"].name for o in others]
         summary.update(extra)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -705,7 +775,7 @@ def main() -> None:
     global RUNS
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="step", required=True)
-    for name in ("train", "run", "twin", "retwin", "report"):
+    for name in ("train", "run", "block", "twin", "retwin", "report"):
         p = sub.add_parser(name)
         p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
         p.add_argument("--steps", type=int, default=120_000, help="PPO training steps")
@@ -717,6 +787,12 @@ def main() -> None:
             p.add_argument("--duration", type=float, default=60.0)
             p.add_argument("--budget", type=float, default=450.0, help="seconds for this call")
             p.add_argument("--tag", default="", help="suffix of the run folders (a variant)")
+        if name == "block":
+            p.add_argument("--workloads", default="steady-high,fluctuating")
+            p.add_argument("--policies", default=",".join(POLICIES))
+            p.add_argument("--repeat-ids", default="1", help="repeats to run, e.g. 1,2")
+            p.add_argument("--duration", type=float, default=40.0)
+            p.add_argument("--budget", type=float, default=340.0, help="seconds for this call")
         if name == "twin":
             p.add_argument("--cycle", type=float, default=300.0)
             p.add_argument("--seed", type=int, default=1)
@@ -733,6 +809,12 @@ def main() -> None:
                 help="calibrate on the other runs of every workload (default: the run's own)",
             )
             p.add_argument(
+                "--view",
+                action="store_true",
+                help="the uncalibrated twin (the policies' view) for runs that have none "
+                "(block runs): twin-intervals, side-by-side, summary's twin",
+            )
+            p.add_argument(
                 "--quota",
                 action="store_true",
                 help="also put every node under its CFS quota (lab.control_calibrate.quota_twin); "
@@ -743,7 +825,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.runs is not None:
         RUNS = args.runs
-    steps = {"train": cmd_train, "run": cmd_run, "twin": cmd_twin, "retwin": cmd_retwin}
+    steps = {"train": cmd_train, "run": cmd_run, "block": cmd_block, "twin": cmd_twin}
+    steps["retwin"] = cmd_retwin
     {**steps, "report": cmd_report}[args.step](args)
 
 
