@@ -513,6 +513,135 @@ def _overhead_study(runs: list[dict]) -> list[str]:
     ]
 
 
+def _interval_kinds(intervals: pd.DataFrame) -> list[str]:
+    """Each testbed interval's kind: ``first`` of the run, ``after change`` (the
+    decision before it reconfigured: the change runs in its first seconds), ``light``
+    (a steady interval without e-large, 2.8 ms a request: the others' encoders take
+    0.2 ms or less, so the configuration's model CPU is a tenth), else ``steady``."""
+    applied = intervals.get("apply_s", intervals.get("change_delay_s")).to_numpy()
+    out = []
+    for k, config in enumerate(intervals["config"]):
+        if k == 0:
+            out.append("first")
+        elif applied[k - 1] > 0:
+            out.append("after change")
+        elif "e-large" not in config:
+            out.append("light")
+        else:
+            out.append("steady")
+    return out
+
+
+def _t_interval(x: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t interval (nan with one value)."""
+    from scipy.stats import t
+
+    a = np.asarray(x, dtype=float)
+    if len(a) < 2:
+        return float(a.mean()), float("nan")
+    return float(a.mean()), float(t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+
+
+def _pm(x: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    m, h = _t_interval([scale * v for v in x])
+    return f"{m:.{digits}f}" if not np.isfinite(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def _repeat(folder: Path) -> int:
+    return int(folder.name.rsplit("-r", 1)[-1].rstrip("abcdefghijklmnopqrstuvwxyz-"))
+
+
+def _repeats_section(runs: list[dict], title: str, note: str) -> list[str]:
+    """Per workload and policy: means over repeats with 95 % t-intervals, and the
+    acceptance on those means, plus PPO against each reference paired by repeat (the
+    runs of one block share the testbed, the host's moment and the arrivals)."""
+    if not runs:
+        return []
+    d = pd.DataFrame(
+        [
+            {
+                "workload": s["shape"],
+                "policy": s["policy"],
+                "repeat": _repeat(s["folder"]),
+                "objective": s["testbed"]["objective_mean"],
+                "slo_pct": 100 * s["testbed"]["slo_violations"],
+                "p95_ms": 1e3 * s["testbed"]["p95_s_mean"],
+                "failed": s["testbed"]["failed"],
+                "host_busy": _host(s["folder"])["busy_cores"],
+                "host_steal": _host(s["folder"])["steal_cores"],
+            }
+            for s in runs
+        ]
+    )
+    rows = []
+    for (w, p), g in d.groupby(["workload", "policy"], sort=False):
+        rows.append(
+            [
+                w,
+                p,
+                len(g),
+                ",".join(str(r) for r in sorted(g["repeat"])),
+                _pm(list(g["objective"])),
+                _pm(list(g["slo_pct"])),
+                _pm(list(g["p95_ms"]), digits=1),
+                int(g["failed"].sum()),
+                f"{g['host_busy'].mean():.2f}",
+                f"{g['host_steal'].mean():.3f}",
+            ]
+        )
+    lines = [
+        f"## {title}",
+        "",
+        note,
+        "",
+        markdown_table(
+            [
+                "workload",
+                "policy",
+                "n",
+                "repeats",
+                "objective (mean ± 95 % t)",
+                "SLO viol. % (mean ± 95 % t)",
+                "p95 ms (mean ± 95 % t)",
+                "failed",
+                "host busy cores",
+                "host steal cores",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    checks = []
+    for w, g in d.groupby("workload", sort=False):
+        by = g.pivot_table(index="repeat", columns="policy", values=["objective", "slo_pct"])
+        if ("objective", "ppo") not in by.columns:
+            continue
+        mean = g.groupby("policy")[["objective", "slo_pct"]].mean()
+        for ref, need in (("greedy", 1.0), ("ipa", 0.95)):
+            if ref not in mean.index:
+                continue
+            both = by.dropna(subset=[("objective", "ppo"), ("objective", ref)])
+            ratio = list(both[("objective", "ppo")] / both[("objective", ref)])
+            ok = mean.loc["ppo", "objective"] >= need * mean.loc[ref, "objective"]
+            text = (
+                f"- {w}: PPO objective {mean.loc['ppo', 'objective']:.2f} vs {ref} "
+                f"{mean.loc[ref, 'objective']:.2f} (needs ≥ {need:g}×): "
+                f"{'met' if ok else 'NOT met'} on the means; paired PPO/{ref} ratio "
+                f"{_pm(ratio, digits=3)} over {len(ratio)} repeats"
+            )
+            if ref == "ipa":
+                diff = list(both[("slo_pct", "ppo")] - both[("slo_pct", ref)])
+                slo_ok = mean.loc["ppo", "slo_pct"] <= mean.loc[ref, "slo_pct"] + 1.0
+                text += (
+                    f"; SLO violations {mean.loc['ppo', 'slo_pct']:.2f} % vs "
+                    f"{mean.loc[ref, 'slo_pct']:.2f} % (needs ≤ IPA + 1 pt): "
+                    f"{'met' if slo_ok else 'NOT met'}; paired difference "
+                    f"{_pm(diff)} pt"
+                )
+            checks.append(text)
+    return [*lines, *checks, ""]
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     """Kendall's τ-b of two rankings (scipy)."""
     from scipy.stats import kendalltau
@@ -613,7 +742,13 @@ def cmd_report(args: argparse.Namespace) -> None:
                 intervals = pd.read_parquet(folder / "intervals.parquet")
                 rho = (intervals["offered_rps"] / intervals["capacity_rps"]).to_numpy()
                 fid.append(
-                    t.assign(rho=rho[: len(t)], policy=s["policy"], workload=s["shape"], twin=twin)
+                    t.assign(
+                        rho=rho[: len(t)],
+                        kind=_interval_kinds(intervals)[: len(t)],
+                        policy=s["policy"],
+                        workload=s["shape"],
+                        twin=twin,
+                    )
                 )
     headers = [
         "workload",
@@ -696,13 +831,27 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"{w} {100 * float((e.abs() <= 0.15).mean()):.0f} %"
                 for w, e in err.groupby(ok["workload"], sort=False)
             )
+            by_kind = ", ".join(
+                f"{k} {100 * float((e.abs() <= 0.15).mean()):.0f} % of {len(e)} "
+                f"(median {100 * e.median():+.0f} %)"
+                for k, e in err.groupby(ok["kind"], sort=True)
+            )
             checks.append(
                 f"- per-interval p95, {label} vs testbed, on the {len(ok)} intervals with "
                 f"ρ ≤ 0.9: median error {100 * err.median():+.0f} %, median |error| "
                 f"{100 * err.abs().median():.0f} %, {100 * within:.0f} % of intervals within "
-                f"±15 % ({per_w})"
+                f"±15 % ({per_w}); by kind of interval: {by_kind}"
             )
     lines += [*checks, ""]
+    block = [s for s in runs if s.get("start_check")]
+    lines += _repeats_section(
+        block,
+        "Repeats on one testbed per block (means with 95 % t-intervals)",
+        "Runs of `block`: one testbed up per (workload, repeat), the policies one after "
+        "another in an order rotated per repeat, each from the same initial configuration "
+        "(reset, 40 warm-up requests, empty queue: checked, `start_check` in its "
+        "summary). Repeat r uses load seed r + 1.",
+    )
     lines += _overhead_study(runs)
     if changes:
         c = pd.concat(changes, ignore_index=True).astype({"seconds": float})
