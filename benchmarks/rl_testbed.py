@@ -57,6 +57,9 @@ SCENARIO = ROOT / "examples" / "digits-pipeline.yaml"
 RUNS = ROOT / "runs" / "rl-testbed"
 POLICIES = ("ppo", "ipa", "ipa-paper", "greedy", "random")
 WORKLOADS = ("steady-low", "fluctuating", "steady-high")
+# a block's load runs outlast the control by this much (s); the control starts at the
+# first arrival (offsets 0.1-0.2 s), so the 8 s of a lone run are not needed
+BLOCK_LOAD_MARGIN_S = 3.0
 RATE_SCALE = 1.4  # steady-high 196/s and the fluctuating peaks cross e-large×1's ≈ 165/s
 
 
@@ -197,6 +200,7 @@ def cmd_block(args: argparse.Namespace) -> None:
                     sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
                 )
                 run.notes.append(f"block {w}-r{r}: one testbed, policies in the order {todo}")
+                run.load_margin_s = BLOCK_LOAD_MARGIN_S
                 members.append(
                     BlockMember(run, envs[0], make_decider, envs[1], RUNS / f"{w}-{p}-r{r}")
                 )
@@ -364,7 +368,7 @@ def cmd_retwin(args: argparse.Namespace) -> None:
             envs[1],
             run.view.workload(s["shape"]),
             int(s["seed"]),
-            float(s["duration_s"]) + LOAD_MARGIN_S,
+            float(s["duration_s"]) + float(s.get("load_margin_s", LOAD_MARGIN_S)),
             float(s["offset_s"]),
             len(rows),
             s.get("change_seconds_median") or {},

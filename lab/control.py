@@ -65,6 +65,7 @@ class ControlRun:
     twin: bool = True
     training: Path | None = None  # folder of the PPO policy (its curves go in the run folder)
     notes: list[str] = field(default_factory=list)
+    load_margin_s: float = LOAD_MARGIN_S  # the load run this much longer than the control
 
 
 @dataclass
@@ -250,7 +251,7 @@ def control_live(
         run.shape,
         gateway,
         work / "load",
-        run.duration_s + LOAD_MARGIN_S,
+        run.duration_s + run.load_margin_s,
         run.seed,
         run.rate_scale,
     )
@@ -271,7 +272,7 @@ def control_live(
         ctl = OnlineController(env, decider, scrape, testbed.apply_live)
         err.print(f"controlling with {run.policy} for {run.duration_s:g} s …", highlight=False)
         rows = ctl.run(run.duration_s)
-        line = load.wait(timeout_s=LOAD_MARGIN_S + 300)
+        line = load.wait(timeout_s=run.load_margin_s + 300)
         summary = json.loads(line) if line.startswith("{") else {"error": line}
     finally:
         load.stop()
@@ -385,7 +386,13 @@ def write_run(
         err.print("the same loop in the twin …", highlight=False)
         w = next(x for x in run.view.workloads if x.name == run.shape)
         spec = TwinReplay(
-            twin_env, w, run.seed, run.duration_s + LOAD_MARGIN_S, tb.offset_s, len(rows), seconds
+            twin_env,
+            w,
+            run.seed,
+            run.duration_s + run.load_margin_s,
+            tb.offset_s,
+            len(rows),
+            seconds,
         )
         twin_rows, _ = replay(spec, make_decider())
     summary: dict[str, Any] = {
@@ -397,6 +404,7 @@ def write_run(
         "rate_scale": run.rate_scale,
         "cpu_factor": tb.factor,
         "offset_s": round(tb.offset_s, 3),
+        "load_margin_s": run.load_margin_s,
         "testbed": summarise(rows, float(tb.load_summary.get("failures", rows["failed"].sum()))),
         "twin": summarise(twin_rows) if twin_rows is not None else None,
         "change_seconds_median": seconds,

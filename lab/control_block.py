@@ -168,6 +168,7 @@ def run_block(
     root = Path(tempfile.mkdtemp(prefix="rl-block-"))
     (root / "initial.deployment.yaml").write_text(dump_yaml(initial))
     measured: list[tuple[BlockMember, Any, Path, dict]] = []
+    error: BaseException | None = None
     try:
         targets = testbed.up(root / "initial.deployment.yaml")
         for k, m in enumerate(members):
@@ -182,9 +183,13 @@ def run_block(
             work = root / f"{k}-{m.run.policy}"
             work.mkdir()
             measured.append((m, control(testbed, targets, m, work), work, check))
+    except BaseException as exc:  # an interrupt too: the runs measured so far are written
+        error = exc
     finally:
         testbed.down()
     out = [write(m, tb, work, {"start_check": check}) for m, tb, work, check in measured]
+    if error is not None:
+        raise error
     shutil.rmtree(root, ignore_errors=True)  # kept on a failure: the load runs are in it
     return out
 

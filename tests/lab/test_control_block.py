@@ -139,3 +139,21 @@ def test_start_check_sees_batch_replicas_and_queue(view, tmp_path):
     assert not start_check([*rows, rows[0]], wanted(dep), 0)["config_matches"]  # a replica more
     sick = [dict(rows[0], healthy=False), *rows[1:]]
     assert not start_check(sick, wanted(dep), 0)["ok"]
+
+
+def test_an_interrupted_block_writes_the_runs_it_measured(view, tmp_path):
+    tb = FakeTestbed()
+    written = []
+
+    def control(tb_, targets, m, work):
+        if m.run.policy == "ipa":
+            raise KeyboardInterrupt  # the lock's timeout
+        return _control(tb_, targets, m, work)
+
+    def write(m, measured, work, extra):
+        written.append(m.run.policy)
+        return _write(m, measured, work, extra)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_block(_members(view, ["ppo", "ipa", "greedy"], tmp_path), tb, control, write)
+    assert written == ["ppo"] and tb.calls == ["up", "down"]
