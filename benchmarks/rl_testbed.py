@@ -351,6 +351,8 @@ def cmd_retwin(args: argparse.Namespace) -> None:
                 continue
             cal_sc, kind = None, "view"
         else:
+            if args.missing and s.get("twin_quota" if args.quota else "twin_calibrated"):
+                continue
             cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
         if (
             args.quota and not args.view
@@ -960,6 +962,11 @@ def main() -> None:
                 "--all-workloads",
                 action="store_true",
                 help="calibrate on the other runs of every workload (default: the run's own)",
+            )
+            p.add_argument(
+                "--missing",
+                action="store_true",
+                help="only runs without this twin yet (the others keep theirs)",
             )
             p.add_argument(
                 "--view",
