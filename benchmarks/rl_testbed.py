@@ -12,6 +12,13 @@ one turn of the shared CPU lock:
     10 s the policy decides and the controller applies it live → down; then
     the same loop in the twin with the same arrivals. Run folders go to
     ``runs/rl-testbed/<workload>-<policy>-r<repeat>/``.
+``block``
+    Repeats made affordable (``lab.control_block``): one testbed up per
+    (workload, repeat), the five policies one after another, each from the same
+    initial configuration (reset, warmed, queue empty: checked and kept as
+    ``start_check`` in its summary), their order rotated per repeat; repeat r
+    offers load seed r + 1. No twin replay under the lock: ``retwin --view`` adds
+    it. Folders ``runs/rl-testbed/<workload>-<policy>-r<repeat>/``.
 ``twin``
     Twin only: PPO, the IPA-style solver and the perfect-foresight optimum (the
     exact solver given the true mean load of the next interval) over one cycle
@@ -26,6 +33,10 @@ one turn of the shared CPU lock:
 
 Usage::
 
+    flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py block \\
+        --workloads steady-high --repeat-ids 1
+    nice -n 19 .venv/bin/python benchmarks/rl_testbed.py retwin --view
+    nice -n 19 .venv/bin/python benchmarks/rl_testbed.py retwin --quota --missing
     flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py train
     flock /work/bench.lock .venv/bin/python benchmarks/rl_testbed.py run \\
         --workloads steady-low,steady-high --duration 40
