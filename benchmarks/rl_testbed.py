@@ -181,7 +181,7 @@ def cmd_block(args: argparse.Namespace) -> None:
     import torch
 
     from lab.control import control_live, prepare_control, write_run
-    from lab.control_block import BlockMember, LiveBlockTestbed, rotated, run_block
+    from lab.control_block import QUIET_S, BlockMember, LiveBlockTestbed, rotated, run_block
     from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
     from testbed.client import CliTestbed
     from twin.load import load_scenario
@@ -196,7 +196,7 @@ def cmd_block(args: argparse.Namespace) -> None:
             todo = [p for p in order if not (RUNS / f"{w}-{p}-r{r}" / "summary.json").is_file()]
             if not todo:
                 continue
-            guess = len(todo) * (args.duration + 20.0) + 30.0
+            guess = len(todo) * (args.duration + 14.0 + QUIET_S) + 30.0  # 52 s a run, measured
             if time.perf_counter() - began + guess > args.budget:
                 print(f"budget: block {w} r{r} left for the next call", file=sys.stderr)
                 return

@@ -104,7 +104,7 @@ def test_rotation_gives_every_policy_each_place():
 def test_every_policy_starts_from_the_same_configuration_and_an_empty_queue(view, tmp_path):
     tb = FakeTestbed()
     members = _members(view, ["ppo", "ipa", "greedy"], tmp_path)
-    out = run_block(members, tb, _control, _write, block="steady-high-r1")
+    out = run_block(members, tb, _control, _write, block="steady-high-r1", quiet_s=0)
     assert tb.calls == ["up", "down"]  # one testbed for the whole block
     assert [o["policy"] for o in out] == ["ppo", "ipa", "greedy"]
     assert len({str(o["started"]) for o in out}) == 1  # the same start for each
@@ -121,7 +121,9 @@ def test_every_policy_starts_from_the_same_configuration_and_an_empty_queue(view
 def test_a_reset_that_does_not_take_stops_the_block(view, tmp_path):
     tb = FakeTestbed(stuck=True)
     with pytest.raises(RuntimeError, match="would not start from the initial"):
-        run_block(_members(view, ["ppo", "ipa"], tmp_path), tb, _control, _write, block="b")
+        run_block(
+            _members(view, ["ppo", "ipa"], tmp_path), tb, _control, _write, block="b", quiet_s=0
+        )
     assert tb.calls == ["up", "down"]  # down whatever happens
 
 
@@ -130,7 +132,7 @@ def test_start_check_sees_batch_replicas_and_queue(view, tmp_path):
     dep = m.env.space.deployment(m.env.current)
     tb = FakeTestbed()
     tb.apply_live(dep)
-    assert reset(tb, dep)["ok"]
+    assert reset(tb, dep, quiet_s=0)["ok"]
     rows = tb.instances()
     assert start_check(rows, wanted(dep), 0)["ok"]
     assert not start_check(rows, wanted(dep), 2)["ok"]  # requests still queued
@@ -155,5 +157,5 @@ def test_an_interrupted_block_writes_the_runs_it_measured(view, tmp_path):
         return _write(m, measured, work, extra)
 
     with pytest.raises(KeyboardInterrupt):
-        run_block(_members(view, ["ppo", "ipa", "greedy"], tmp_path), tb, control, write)
+        run_block(_members(view, ["ppo", "ipa", "greedy"], tmp_path), tb, control, write, quiet_s=0)
     assert written == ["ppo"] and tb.calls == ["up", "down"]
