@@ -953,8 +953,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             "",
             markdown_table(["kind", "n", "median", "p95", "max"], crow),
             "",
-            "The twin's replay applies each decision after the median time of its changes "
-            "(in order: variant/batch switches, replica starts, routes, replica stops).",
+            "The twin's replay applies each decision in the controller's steps, each after "
+            "the median time of its kind (`lab.control_twin.change_steps`): every replica of "
+            "a changed stage switches variant or batch in place, one after another; then the "
+            "new replicas start one at a time; then the routes move to exactly the new set.",
             "",
         ]
     twin_csv = RUNS / "twin-foresight.csv"
