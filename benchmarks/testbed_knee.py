@@ -222,7 +222,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     base = load_scenario(d / "scenario.yaml")
     # the CPU fit sees every other level's run: a run whose load generator fell behind
     # has valid CPU counters (the capacity's slope needs the backlogged levels)
-    cpu = stage_cpu([d / r for r in runs[runs["rho"] != rho]["run"]], dep)
+    cpu = stage_cpu([d / r for r in runs[runs["rho"] != rho]["run"]], dep, share)
     (cal_dir / "stage_cpu.json").write_text(
         json.dumps({k: v.__dict__ for k, v in cpu.items()}, indent=1)
     )
@@ -254,7 +254,8 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     out["twin_capacity"] = stage_capacity_rps(rate_sc, dep, BOTTLENECK)
     out["server_cpu_ms"] = (
         f"model {enc.batch_ms:.2f}+{enc.per_item_ms:.2f}(b−1), server {enc.per_call_ms:.2f}/call, "
-        f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}"
+        f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}, "
+        f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s)"
         if enc
         else ""
     )
