@@ -361,6 +361,20 @@ def report() -> None:
             f"- fidelity, ρ ≤ 0.9 ({len(held)} levels): worst |error| p50 {worst['p50']:.1f} % "
             f"(goal 5), p95 {worst['p95']:.1f} % (goal 10), p99 {worst['p99']:.1f} % (goal 15)"
         )
+        # the levels are fractions of the local backend's estimate (capacity.json); a
+        # backend that serves fewer per quota is further along its own knee at each level
+        served = s[s["rho"] == 1.0]["served"]
+        own = s["offered"] / float(served.mean()) if len(served) else None
+        if own is not None:
+            mine = s[(own <= 0.9) & (s["n_ok"] > 0)]
+            w = {q: mine[f"err_{q}"].abs().max() for q in ("p50", "p95", "p99")}
+            fidelity += (
+                f"\n- the testbed's own ρ (offered / its answers per second backlogged at ρ 1.0, "
+                f"{float(served.mean()):.1f}/s): "
+                + ", ".join(f"{a:.1f} → {b:.2f}" for a, b in zip(s["rho"], own, strict=True))
+                + f"; fidelity at own ρ ≤ 0.9 ({len(mine)} levels): worst |error| p50 "
+                f"{w['p50']:.1f} %, p95 {w['p95']:.1f} %, p99 {w['p99']:.1f} %"
+            )
         left_out = ", ".join(
             f"{r.run} (lag p99 {r.lag_p99_ms:.0f} ms)" for r in runs.itertuples() if not r.usable
         )
