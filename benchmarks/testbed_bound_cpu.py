@@ -12,10 +12,11 @@ interpolated to the node agent's scrape times):
   to the node's processes);
 * the items served per second in the bound intervals, scaled to the whole quota: the
   testbed's capacity, read directly;
-* ``calibrate.quota.stage_cpu`` over all runs and held out at ρ 1.0 (the runs the knee
-  report's saturation twin is fitted on): the line's capacity, the bound factor and the
-  capacity with it, against the testbed's answers per second over the ρ 1.0 runs'
-  second half (backlogged; the knee report's saturation throughput).
+* ``calibrate.quota.stage_cpu`` over all runs and held out at the most loaded level
+  (the runs the knee report's twin of that level is fitted on): the line's capacity,
+  the bound factor and the capacity with it, against the testbed's answers per second
+  over that level's runs' second half (backlogged; the knee report's saturation
+  throughput).
 
 Usage (no lock)::
 
@@ -87,11 +88,14 @@ def sweep_rows(root: Path, deployment: str) -> dict:
     out: dict = {"share": share, "bound_s": bound["dt"].sum(), "busy_s": busy["dt"].sum()}
     out["bound_node"], out["bound_model"] = _per_item(bound) if len(bound) else (np.nan,) * 2
     out["busy_node"], out["busy_model"] = _per_item(busy) if len(busy) else (np.nan,) * 2
-    sat = [r for r in runs if r.name.startswith("rho1.0-")]
+    # the most loaded level (ρ ≥ 1.0): backlogged the longest
+    top = max((r.name.split("-")[0] for r in runs), key=lambda x: float(x[3:]))
+    sat = [r for r in runs if r.name.startswith(f"{top}-") and float(top[3:]) >= 1.0]
+    out["top"] = top[3:]
     out["served"] = float(np.mean([_served_rps(r) for r in sat])) if sat else np.nan
     for key, fit_runs in (
         ("all", runs),
-        ("held", [r for r in runs if not r.name.startswith("rho1.0-")]),
+        ("held", [r for r in runs if r not in sat]),
     ):
         cpu = stage_cpu(fit_runs, dep, share)[BOTTLENECK]
         per_item = cpu.per_item_ms + cpu.per_call_ms * cpu.calls_per_item
@@ -133,7 +137,7 @@ def report(runs: dict[str, Path], deployments: list[str], name: str) -> None:
                     f"{r['busy_node']:.2f} / {r['busy_model']:.2f} ({r['busy_s']:.0f} s)",
                     f"{r['bound_node']:.2f} / {r['bound_model']:.2f} ({r['bound_s']:.0f} s)",
                     f"{100 * (r['bound_node'] / r['busy_node'] - 1):+.1f}",
-                    f"{r['served']:.1f}",
+                    f"{r['served']:.1f} (ρ {r['top']})",
                     f"{r['bound_rate']:.1f}",
                     f"{r['all_factor']:.3f}",
                     pct(r["all_line"]),
@@ -155,12 +159,13 @@ def report(runs: dict[str, Path], deployments: list[str], name: str) -> None:
         f"- bound: a ~1-s scrape interval whose node CPU rate is ≥ {BOUND_FRACTION:g} × the "
         f"quota; busy: not bound and ≥ {BUSY_RATE:.0f} items/s. CPU per item in ms of host "
         "CPU, node / model (the rest is the server, the agent and the kernel time charged to "
-        "them). 'served': the testbed's answers per second over the second half of its "
-        "ρ 1.0 runs (backlogged). 'bound items/s': the bound intervals' items per second "
+        "them). 'served': the testbed's answers per second over the second half of the "
+        "runs of its most loaded level (ρ in brackets; backlogged). 'bound items/s': the "
+        "bound intervals' items per second "
         "scaled to the whole quota above idle. 'line': the capacity from the one line "
         "through the runs' node CPU rates (`calibrate.quota`, before this term); "
         "'with factor': the line's capacity over the bound factor (what the twin now uses); "
-        "'held out': fitted without the ρ 1.0 runs, as the knee report's saturation twin",
+        "'held out': fitted without that level's runs, as the knee report's twin of it",
         "",
         markdown_table(
             [

@@ -66,9 +66,10 @@ CFS_TICK_MS = 4.0
 # node's CPU against its item rate is then a line with a slope, not a point
 MIN_RATE_SPREAD = 1.5
 # a scrape interval whose node CPU rate is this fraction of the quota or more is
-# quota-bound; the bound factor needs this many seconds of them over the runs
+# quota-bound; the bound factor needs this many seconds of them over the runs (ten
+# ~1-s scrape intervals: a single run's brief spell at the quota gives a noisy factor)
 BOUND_FRACTION = 0.95
-MIN_BOUND_S = 3.0
+MIN_BOUND_S = 10.0
 
 
 @dataclass(frozen=True)
