@@ -192,6 +192,13 @@ def report(
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     failed = int(testbed["failed"].sum()) if "failed" in testbed else 0
     lines += ["", f"Failed executions on the testbed (left out): {failed}.", ""]
+    n = int(testbed["pair"].nunique())
+    if n < 6:
+        lines += [
+            f"With {n} pair(s) the testbed orders nothing: the smallest two-sided Wilcoxon "
+            f"p is 2 / 2^{n} = {2 / 2**n:.2g} > 5 % (6 pairs of one sign are needed).",
+            "",
+        ]
     for first, second in itertools.combinations(labels, 2):
         rows = compare(testbed, twin, first, second)
         lines += [
@@ -248,7 +255,12 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/mlops-deploy-back"))
     p.add_argument("--horizon", type=float, default=35.0, help="s of (scaled) schedule per run")
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=6,
+        help="pairs of runs; the rank test that orders them needs 6 for 5 %% (p ≥ 2 / 2^pairs)",
+    )
     p.add_argument("--only-pair", type=int, default=None, help="run this pair only")
     p.add_argument("--only-label", action="append", default=None, help="run these deployments only")
     p.add_argument("--replications", type=int, default=20)
