@@ -204,7 +204,8 @@ def report(
         lines += [
             f"## {first} − {second}",
             "",
-            "Each side: mean ± 95 % t interval (Wilcoxon signed-rank p; pairs +/−). Order "
+            "Each side: mean ± 95 % t interval (Wilcoxon signed-rank p, sign-test p; pairs "
+            "+/−). Order "
             f"by the Wilcoxon test at 5 % ({first} lower / higher, or undecided), ties "
             f"within {100 * TIE_WITHIN:.0f} % of {second}'s mean.",
             "",

@@ -49,13 +49,14 @@ class PairedTest:
         return int(np.sign(self.hodges_lehmann))
 
     def text(self, fmt: str = ".3g") -> str:
-        """``mean ± half-width (Wilcoxon p, signs +/−)``."""
+        """``mean ± half-width (Wilcoxon p, sign-test p; signs +/−)``."""
         core = f"{self.mean:+{fmt}}"
         if math.isfinite(self.half_width):
             core += f" ± {self.half_width:{fmt}}"
         if self.n < 2:
             return core
-        return f"{core} (W p={self.p_wilcoxon:.2g}; {self.positive}+/{self.negative}−)"
+        p = f"W p={self.p_wilcoxon:.2g}, sign p={self.p_sign:.2g}"
+        return f"{core} ({p}; {self.positive}+/{self.negative}−)"
 
 
 def paired_test(

@@ -133,7 +133,7 @@ def test_the_twin_is_judged_on_order_and_on_the_size_of_the_time_difference(
     meta = {"scenario": "s", "horizon_s": 35, "seed": 1, "rate_per_s": 10, "replications": 10}
     text = report(tmp_path, ["edge", "core"], tb, tw, meta)
     assert "within ±25 %? **yes**" in text and (tmp_path / "report.md").is_file()
-    assert "| time_mean_s | +15 ± 0 (W p=0.031; 6+/0−) | higher |" in text
+    assert "| time_mean_s | +15 ± 0 (W p=0.031, sign p=0.031; 6+/0−) | higher |" in text
 
 
 def test_a_comparison_uses_the_pairs_where_both_ran() -> None:
