@@ -229,14 +229,16 @@ class NodeAgent:
         """Start again, on the same port, every instance that died without being stopped.
 
         Stopped instances are no longer in ``instances``, so whatever exited here
-        crashed or was killed. Returns the names restarted now; one that keeps dying
-        waits longer each time (RESTART_BACKOFF_S), so a broken instance cannot spin.
+        crashed or was killed — except a job (:data:`JOBS`), which exits when done and
+        stays so until its runner reads its record and stops it. Returns the names
+        restarted now; one that keeps dying waits longer each time (RESTART_BACKOFF_S),
+        so a broken instance cannot spin.
         """
         now = time.monotonic() if now is None else now
         revived = []
         for inst in list(self.instances.values()):
-            if inst.proc.poll() is None:
-                continue
+            if inst.proc.poll() is None or inst.service in JOBS:
+                continue  # a job that exited has run to its end: it is never started again
             if inst.died is None:
                 inst.died = now
                 lived = time.time() - inst.started
