@@ -583,7 +583,10 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
             "instances 1–4's DES tables were recomputed whole with the current twin, equal to "
             "the carried-over ones except instance 2's, where of two cached versions differing "
             "in cost only the one the current twin reproduces is used, for DES and screens "
-            "alike), besides the check below",
+            "alike), besides the check below. Session 5 changed the screening engine (cold "
+            "starts, longest-idle shared-queue workers: neither occurs here) and carried the "
+            "tables to its source key again after 10 more random entries of each DES and "
+            "screening table matched exactly",
             f"- searches read each allocation's criteria from the exhaustive tables (evaluation "
             f"is pure); {checked} random entries of each table (DES and screening) were "
             "re-simulated and matched exactly",
@@ -618,7 +621,10 @@ def report(args: argparse.Namespace, seeds: list[int]) -> None:
             "may overrun the budget.",
             "- outcomes reused: a search's outcome is cached under its table, method, seed and "
             "the optimizer's source. This run (`--only`) searched only the default again "
-            "(its end game changed); every other row, including the previous default's, is "
+            "(session 5: the screening engine now models cold starts and hands shared-queue "
+            "work to the worker idle longest; generated instances have neither, and the "
+            "default's figures came out as in session 4's run); every other row, including "
+            "the previous default's, is "
             "the newest cached outcome of its method from session 4's run on the same tables "
             "(code those methods run is unchanged: the budget cap is off for them). Their wall "
             "times are session 4's; the default's were measured in this run on 1 process at "

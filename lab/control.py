@@ -65,6 +65,7 @@ class ControlRun:
     twin: bool = True
     training: Path | None = None  # folder of the PPO policy (its curves go in the run folder)
     notes: list[str] = field(default_factory=list)
+    load_margin_s: float = LOAD_MARGIN_S  # the load run this much longer than the control
 
 
 @dataclass
@@ -190,66 +191,92 @@ class TestbedResult:
     factor: float
 
 
-def wait_for_load(load: BackgroundLoad, scrape: Any, limit_s: int = 120) -> None:
-    """Wait until requests arrive (Locust workers take a while to start), at most ``limit_s``."""
+def wait_for_load(
+    load: BackgroundLoad, scrape: Any, limit_s: int = 120, since: float = 0.0
+) -> None:
+    """Wait until requests arrive (Locust workers take a while to start), at most ``limit_s``.
+
+    ``since``: the gateway's arrivals counter before the load began (a testbed that
+    served earlier runs has counted their requests).
+    """
     from optimizer.rl.online import parse_gateway
 
     for _ in range(limit_s):
-        if not load.running() or parse_gateway(scrape()).arrived > 0:
+        if not load.running() or parse_gateway(scrape()).arrived > since:
             return
         time.sleep(0.25)
 
 
 def control_testbed(run: ControlRun, env: Any, decider: Any, work: Path) -> TestbedResult:
     """Up → background load → control for ``duration_s`` → down; what was measured."""
+    first = initial_deployment(env)
+    (work / "initial.deployment.yaml").write_text(dump_yaml(first))
+    testbed = CliTestbed(run.backend, run.state_dir, log=work / "testbed.log")
+    try:
+        targets = bring_up(testbed, run, work / "initial.deployment.yaml")
+        return control_live(testbed, targets, run, env, decider, work)
+    finally:
+        stop(testbed)
+
+
+def initial_deployment(env: Any) -> Any:
+    """The deployment of the environment's current (initial) configuration."""
+    return env.space.deployment(env.current, name="rl-initial")
+
+
+def bring_up(testbed: CliTestbed, run: ControlRun, deployment: Path) -> Any:
+    """``testbed up`` with ``deployment``, checked to run at the policies' CPU factor."""
+    err.print(f"testbed up ({run.backend}) …", highlight=False)
+    targets = testbed.up(run.scenario_file, deployment)
+    factor = float(testbed.up_json.get("factor", 1.0))
+    if abs(factor - run.factor) > 1e-6:
+        raise RuntimeError(
+            f"the testbed came up at CPU factor {factor:g}, the policies were given "
+            f"{run.factor:g} (pass --factor {factor:g})"
+        )
+    return targets
+
+
+def control_live(
+    testbed: CliTestbed, targets: Any, run: ControlRun, env: Any, decider: Any, work: Path
+) -> TestbedResult:
+    """Background load → control for ``duration_s`` on a testbed that is up; what was measured."""
     import httpx
 
-    from optimizer.rl.online import OnlineController
+    from optimizer.rl.online import OnlineController, parse_gateway
 
-    first = work / "initial.deployment.yaml"
-    first.write_text(dump_yaml(env.space.deployment(env.current, name="rl-initial")))
-    testbed = CliTestbed(run.backend, run.state_dir, log=work / "testbed.log")
-    load = None
+    gateway = testbed.up_json["endpoints"]["gateway"]
+    load = BackgroundLoad(
+        run.scenario_file,
+        run.shape,
+        gateway,
+        work / "load",
+        run.duration_s + run.load_margin_s,
+        run.seed,
+        run.rate_scale,
+    )
+    # the node agents outlive every reconfiguration, so the load run can scrape them:
+    # each node's cgroup CPU per second (stage servers come and go, and are not)
+    for name, url in targets.metrics.items():
+        if name.startswith("agent:"):
+            load.argv += ["--metrics", f"{name}={url}"]
+    http = httpx.Client(timeout=5.0)
+
+    def scrape() -> str:
+        return http.get(f"{gateway}/metrics").text
+
     try:
-        err.print(f"testbed up ({run.backend}) …", highlight=False)
-        targets = testbed.up(run.scenario_file, first)
-        factor = float(testbed.up_json.get("factor", 1.0))
-        if abs(factor - run.factor) > 1e-6:
-            raise RuntimeError(
-                f"the testbed came up at CPU factor {factor:g}, the policies were given "
-                f"{run.factor:g} (pass --factor {factor:g})"
-            )
-        gateway = testbed.up_json["endpoints"]["gateway"]
-        load = BackgroundLoad(
-            run.scenario_file,
-            run.shape,
-            gateway,
-            work / "load",
-            run.duration_s + LOAD_MARGIN_S,
-            run.seed,
-            run.rate_scale,
-        )
-        # the node agents outlive every reconfiguration, so the load run can scrape them:
-        # each node's cgroup CPU per second (stage servers come and go, and are not)
-        for name, url in targets.metrics.items():
-            if name.startswith("agent:"):
-                load.argv += ["--metrics", f"{name}={url}"]
+        since = parse_gateway(scrape()).arrived
         load.start()
-        http = httpx.Client(timeout=5.0)
-
-        def scrape() -> str:
-            return http.get(f"{gateway}/metrics").text
-
-        wait_for_load(load, scrape)
+        wait_for_load(load, scrape, since=since)
         ctl = OnlineController(env, decider, scrape, testbed.apply_live)
         err.print(f"controlling with {run.policy} for {run.duration_s:g} s …", highlight=False)
         rows = ctl.run(run.duration_s)
-        line = load.wait(timeout_s=LOAD_MARGIN_S + 300)
+        line = load.wait(timeout_s=run.load_margin_s + 300)
         summary = json.loads(line) if line.startswith("{") else {"error": line}
     finally:
-        if load is not None:
-            load.stop()
-        stop(testbed)
+        load.stop()
+        http.close()
     meta = json.loads((work / "load" / "run.json").read_text())
     requests = pd.read_parquet(work / "load" / "requests.parquet")
     return TestbedResult(
@@ -258,7 +285,7 @@ def control_testbed(run: ControlRun, env: Any, decider: Any, work: Path) -> Test
         summary,
         requests,
         ctl.started_unix - float(meta["t0_unix_s"]),
-        factor,
+        float(testbed.up_json.get("factor", 1.0)),
     )
 
 
@@ -332,12 +359,26 @@ def run_control(
     seeded Random draws the same sequence); ``twin_env`` is a second environment
     built like ``env``.
     """
+    work = Path(tempfile.mkdtemp(prefix="rl-control-"))
+    tb = control_testbed(run, env, make_decider(), work)
+    return write_run(run, tb, env.interval_s, make_decider, twin_env, work, target)
+
+
+def write_run(
+    run: ControlRun,
+    tb: TestbedResult,
+    interval: float,
+    make_decider: Any,
+    twin_env: Any,
+    work: Path,
+    target: Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A measured run (and, when ``run.twin``, its twin replay) into ``target``; its
+    summary (with ``extra`` merged in). ``work`` holds the load run and is removed."""
     from lab.control_plot import plot_run
     from lab.control_twin import TwinReplay, replay
 
-    work = Path(tempfile.mkdtemp(prefix="rl-control-"))
-    tb = control_testbed(run, env, make_decider(), work)
-    interval = env.interval_s
     rows = with_latency(run, tb, interval)
     seconds = change_medians(tb.changes)
     twin_rows = None
@@ -345,7 +386,13 @@ def run_control(
         err.print("the same loop in the twin …", highlight=False)
         w = next(x for x in run.view.workloads if x.name == run.shape)
         spec = TwinReplay(
-            twin_env, w, run.seed, run.duration_s + LOAD_MARGIN_S, tb.offset_s, len(rows), seconds
+            twin_env,
+            w,
+            run.seed,
+            run.duration_s + run.load_margin_s,
+            tb.offset_s,
+            len(rows),
+            seconds,
         )
         twin_rows, _ = replay(spec, make_decider())
     summary: dict[str, Any] = {
@@ -357,12 +404,14 @@ def run_control(
         "rate_scale": run.rate_scale,
         "cpu_factor": tb.factor,
         "offset_s": round(tb.offset_s, 3),
+        "load_margin_s": run.load_margin_s,
         "testbed": summarise(rows, float(tb.load_summary.get("failures", rows["failed"].sum()))),
         "twin": summarise(twin_rows) if twin_rows is not None else None,
         "change_seconds_median": seconds,
         "changes": len(tb.changes),
         "load_run": tb.load_summary,
         "notes": run.notes,
+        **(extra or {}),
     }
     with atomic_dir(target, keep_failed=True) as tmp:
         write_table(rows, tmp / "intervals")

@@ -28,7 +28,7 @@ from optimizer.rl.predictor import HISTORY_S
 from optimizer.rl.space import ConfigSpace, Option
 from twin.criteria import pipeline_metrics, step_window
 from twin.sim import Simulation
-from twin.spec import Scenario, Workload
+from twin.spec import Deployment, Scenario, Workload
 
 
 def change_kinds(old: list[Option], new: list[Option]) -> list[str]:
@@ -50,6 +50,45 @@ def change_delay_s(kinds: list[str], seconds: dict[str, float]) -> float:
     return float(sum(seconds.get(k, 0.0) for k in kinds))
 
 
+def change_steps(
+    old: Deployment, new: Deployment, stages: list[str], seconds: dict[str, float]
+) -> list[tuple[float, Deployment]]:
+    """The deployments the testbed runs while its controller goes from ``old`` to
+    ``new``, each with the seconds after the decision it takes effect.
+
+    The controller's order (``testbed.controller.Controller.deploy``): every
+    running replica of a changed stage switches variant or batch in place, one
+    replica after another; then the missing replicas start one at a time, each
+    routed only when all have started; then the gateway routes to exactly the new
+    replicas (surplus ones stop taking work). So a switch to a heavier variant runs
+    on the old replica count until the new replicas are up: the capacity dip a
+    change applied all at once would hide. ``stages`` in pipeline order.
+    """
+    t = 0.0
+    steps: list[tuple[float, Deployment]] = []
+    alloc = {c: dict(m) for c, m in old.allocation.items()}
+    switched = False
+    for stage in stages:
+        a, b = old.stages.get(stage), new.stages.get(stage)
+        if a is None or b is None or (a.variant, a.batch) == (b.variant, b.batch):
+            continue
+        kind = "variant" if a.variant != b.variant else "batch"
+        t += seconds.get(kind, 0.0) * sum(old.allocation.get(stage, {}).values())
+        switched = True
+    if switched:
+        steps.append((t, old.model_copy(update={"stages": dict(new.stages), "allocation": alloc})))
+    started = False
+    for stage in stages:
+        want, have = new.allocation.get(stage, {}), old.allocation.get(stage, {})
+        for m in sorted(set(want) | set(have)):
+            t += seconds.get("replica-start", 0.0) * max(want.get(m, 0) - have.get(m, 0), 0)
+            started = started or want.get(m, 0) > have.get(m, 0)
+    # started replicas take work only from the routes on: the gateway gets them then
+    t += seconds.get("routes", 0.0)
+    steps.append((t, new))
+    return steps if (switched or started or old.allocation != new.allocation) else []
+
+
 @dataclass
 class TwinReplay:
     """What the replay needs: the testbed's view of the scenario and the run's clock."""
@@ -65,6 +104,9 @@ class TwinReplay:
     # calibrated scenario changes service times and overheads only, so the scores
     # (Q, C, E from the modelled capacity) stay the view's, as on the testbed.
     sim_scenario: Scenario | None = None
+    # the controller's steps one after another (:func:`change_steps`); False: each
+    # decision applied whole after the sum of its changes' times (the earlier replay)
+    staged: bool = True
 
 
 def _window(
@@ -99,16 +141,16 @@ def replay(
     sim = Simulation(simulated, dep, run.workload, run.horizon_s, run.seed, 0)
     sim.start()
     history = np.asarray(env.history, dtype=float)
-    pending: tuple[float, Any, list[Option]] | None = None
+    pending: list[tuple[float, Any]] = []  # (load-run time, deployment) still to apply
+    stages = [s.name for s in space.stages]
     rows = []
     for k in range(run.intervals):
         t0 = run.offset_s + k * interval
         t1 = t0 + interval
-        if pending is not None:  # the last decision takes effect after the change time
-            at, new_dep, new = pending
-            sim.advance(min(at, t1))
-            sim.reconfigure(new_dep)
-            dep, current, pending = new_dep, new, None
+        while pending and pending[0][0] < t1:  # the last decision's steps, in order
+            at, step = pending.pop(0)
+            sim.advance(at)
+            sim.reconfigure(step)
         sim.advance(t1)
         w = _window(sim, space, env, dep, t0, t1)
         history = np.concatenate([history, w.arrivals])[-HISTORY_S:]
@@ -116,10 +158,19 @@ def replay(
             env, decider, current, w, history, t1 - run.offset_s, len(current)
         )
         delay = 0.0
+        config = describe(space, current)
         if chosen != current:
-            delay = change_delay_s(change_kinds(current, chosen), run.change_seconds)
             new_dep = space.deployment(chosen, name=f"twin-t{k}", keep=dep)
-            pending = (t1 + delay, new_dep, chosen)
+            if run.staged:
+                steps = change_steps(dep, new_dep, stages, run.change_seconds)
+            else:
+                steps = [
+                    (change_delay_s(change_kinds(current, chosen), run.change_seconds), new_dep)
+                ]
+            steps = steps or [(0.0, new_dep)]
+            delay = steps[-1][0]
+            pending += [(t1 + s, d) for s, d in steps]
+            dep, current = new_dep, chosen  # what the next decision starts from
         rows.append(
             {
                 "t_s": t0 - run.offset_s,
@@ -127,7 +178,7 @@ def replay(
                 **w.metrics.as_dict(),
                 "decision_ms": decision_ms,
                 "change_delay_s": delay,
-                "config": describe(space, current),
+                "config": config,
             }
         )
         if on_interval:

@@ -23,10 +23,12 @@ distribution is drawn as a lognormal of the same mean and cv (the DES
 draws those one call at a time with a cv that depends on the batch); the
 machine core pool is replaced by a slowdown of overcommitted machines by
 work/available cores (a feasible deployment never overcommits, so the pool
-is never built there); equal-time
-ties among idle shared-queue workers go to the lowest instance number
-instead of the longest idle. ``tests/twin/test_screen.py`` checks it against
-closed forms and against the SimPy twin.
+is never built there). As there, idle shared-queue workers take work
+longest idle first, and an on-demand instance of a component with a
+``startup_s`` starts stopped, stops whenever it finishes with nothing to take
+at once, and waits ``startup_s`` (off the CPU) before the next batch it takes.
+``tests/twin/test_screen.py`` checks it against closed forms and against the
+SimPy twin.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ class _Layout:
         work = np.zeros(len(srv))
         self.components = [c.name for c in sc.components]
         i_machine, i_batch, i_timeout, i_queue, i_replica = [], [], [], [], []
+        i_startup: list[float] = []
         c_inst_ptr, q_inst_ptr, q_comp = [0], [0], []
         self.c_shared = np.array([c.dispatch == "shared_queue" for c in sc.components], np.int64)
         self.c_stage = np.array([c.is_stage for c in sc.components], dtype=np.int64)
@@ -165,6 +168,7 @@ class _Layout:
             if model is not None:
                 self._stage_model(k, model, max_b)
             want = dep.allocation.get(c.name, {})
+            startup_s = 0.0 if is_always_on(c, dep) else c.startup_s
             first_queue = len(q_comp)
             for m in self.machines:
                 n = want.get(m, 0)
@@ -180,6 +184,7 @@ class _Layout:
                     i_machine.append(midx[m])
                     i_batch.append(batch)
                     i_timeout.append(timeout_ms / 1e3)
+                    i_startup.append(startup_s)
             c_inst_ptr.append(len(i_machine))
         available = np.maximum(
             np.array([s.cpu_cores for s in srv]) - keep, 0.05 * np.array([s.cpu_cores for s in srv])
@@ -188,6 +193,7 @@ class _Layout:
         self.i_machine = np.array(i_machine, dtype=np.int64)
         self.i_batch = np.array(i_batch, dtype=np.int64)
         self.i_timeout = np.array(i_timeout, dtype=float)
+        self.i_startup = np.array(i_startup, dtype=float)
         self.i_queue = np.array(i_queue, dtype=np.int64)
         self.i_replica = np.array(i_replica, dtype=np.int64)
         self.c_inst_ptr = np.array(c_inst_ptr, dtype=np.int64)
@@ -372,6 +378,7 @@ def _replication(
         lay.i_machine,
         lay.i_batch,
         lay.i_timeout,
+        lay.i_startup,
         lay.i_queue,
         len(lay.q_comp),
         lay.q_inst_ptr,
@@ -439,7 +446,8 @@ def _criteria(
 def _busy(sc: Scenario, dep: Deployment, lay: _Layout, out: tuple) -> np.ndarray | None:
     """Seconds on-demand instances served (K×S); None when every component runs constantly.
 
-    The screen has no cold starts, so this is service time only (a batch counted once).
+    Service time from the batch's start, so a cold start is billed as the DES bills it
+    (a batch counted once).
     """
     if all(is_always_on(c, dep) for c in sc.components):
         return None

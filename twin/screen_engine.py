@@ -4,7 +4,8 @@ Same model as :mod:`twin.sim` — executions walk their process DAG, each step
 split over up to ``parallelism`` instances chosen by the load-balancing
 policy, FIFO queues with dynamic batching (own queue under balanced dispatch,
 one per component under shared-queue dispatch), a network transfer before a
-part whose input was produced elsewhere, a GPU pool per machine — but every
+part whose input was produced elsewhere, a GPU pool per machine, cold starts of
+on-demand instances — but every
 random number is drawn beforehand in numpy blocks and the event loop runs in
 numba over flat arrays, so it costs tens of nanoseconds per event instead of
 SimPy's microseconds. What it leaves out (see :mod:`twin.screen`): the
@@ -141,6 +142,7 @@ def run_engine(
     i_machine,
     i_batch,
     i_timeout,
+    i_startup,
     i_queue,
     n_queues,
     q_inst_ptr,
@@ -206,6 +208,12 @@ def run_engine(
     q_timer = np.full(n_queues, np.nan)
     # instances
     i_idle = np.ones(n_inst, np.bool_)
+    # On-demand instances with a start-up time start cold, and go cold again whenever
+    # they finish with nothing to take at once (as twin.sim's instances do).
+    i_cold = i_startup > 0
+    # Order in which instances went idle (first: in creation order, as twin.sim's)
+    i_idle_seq = np.arange(n_inst)
+    idle_seq = n_inst
     i_out = np.zeros(n_inst, np.int64)
     i_cur = np.zeros((n_inst, max_batch), np.int64)
     i_ncur = np.zeros(n_inst, np.int64)
@@ -330,6 +338,9 @@ def run_engine(
                         pend_s[npend] = d
                         npend += 1
             i_idle[inst] = True
+            i_idle_seq[inst] = idle_seq
+            idle_seq += 1
+            i_cold[inst] = i_startup[inst] > 0  # unless it takes work again at once (below)
             q = i_queue[inst]
         # launch steps whose dependencies are met
         for pe in range(npend):
@@ -435,11 +446,14 @@ def run_engine(
             q = tq[ti]
             k = q_comp[q]
             shared = c_shared[k] == 1
-            for r in range(q_inst_ptr[q], q_inst_ptr[q + 1]):
-                inst = q_inst[r]
-                if not i_idle[inst]:
-                    continue
-                if q_len[q] == 0:
+            while q_len[q] > 0:
+                # the instance idle longest first, as twin.sim's FIFO of idle instances
+                inst = -1
+                for r in range(q_inst_ptr[q], q_inst_ptr[q + 1]):
+                    cand = q_inst[r]
+                    if i_idle[cand] and (inst < 0 or i_idle_seq[cand] < i_idle_seq[inst]):
+                        inst = cand
+                if inst < 0:
                     break
                 batch = i_batch[inst]
                 if batch > 1 and q_len[q] < batch and i_timeout[inst] > 0:
@@ -492,6 +506,9 @@ def run_engine(
                         if d > fetch:
                             fetch = d
                 i_ncur[inst] = n
+                if i_cold[inst] and not (kind == EV_DONE and x == inst):
+                    fetch += i_startup[inst]  # off the CPU, like the transfer
+                i_cold[inst] = False
                 if shared:
                     i_out[inst] += n  # balanced instances counted theirs at dispatch
                 if c_stage[k]:

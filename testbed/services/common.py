@@ -81,6 +81,9 @@ def quiet_server(config: object) -> object:
     return Server(config)  # type: ignore[arg-type]
 
 
+KEEP_ALIVE_S = 75  # s a service keeps an idle client connection open
+
+
 def serve(app: object, host: str, port: int, http: object = "auto") -> None:
     """Run ``app`` with uvicorn (uvloop + httptools when installed), no access log.
 
@@ -99,6 +102,10 @@ def serve(app: object, host: str, port: int, http: object = "auto") -> None:
         loop="auto",
         http=http,  # type: ignore[arg-type]
         timeout_graceful_shutdown=2,
+        # longer than any client's idle pool (the gateway keeps connections 30 s): when the
+        # server closed idle connections first (uvicorn's default is 5 s), a request sent on
+        # one as it closed failed, and a stage with one replica answered 503
+        timeout_keep_alive=KEEP_ALIVE_S,
         proxy_headers=False,
         server_header=False,
         date_header=False,

@@ -50,6 +50,7 @@ from testbed.services.routing import Picker, Replica, StageRoute
 from testbed.services.stage_client import ReplicaClient, ReplicaUnreachable, StageError
 from testbed.services.v2 import gateway_routes
 
+POOL_KEEPALIVE_S = 30  # s the gateway keeps an idle stage connection (services keep theirs longer)
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -107,7 +108,7 @@ class Gateway:
 
     async def open(self) -> None:
         if self.session is None:
-            conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_S)
             self.session = aiohttp.ClientSession(connector=conn)
 
     async def close(self) -> None:

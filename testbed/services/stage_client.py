@@ -119,6 +119,19 @@ class ReplicaClient:
 
     async def _post(self, items: list[_Pending], t_send: float) -> None:
         rows = np.stack([i.row for i in items]).astype(self.wire_dtype)
+        for attempt in range(2):
+            try:
+                await self._post_once(items, rows, t_send)
+                return
+            except aiohttp.ServerDisconnectedError as e:
+                # a pooled keep-alive connection the server closed as we sent on it: the
+                # replica is alive, so try once more (on a fresh connection) before calling
+                # it unreachable; inference is idempotent, so a repeat is harmless
+                if attempt == 1:
+                    _fail(items, ReplicaUnreachable(f"{self.url}: {type(e).__name__}: {e}"))
+
+    async def _post_once(self, items: list[_Pending], rows: np.ndarray, t_send: float) -> None:
+        """One call: a server disconnect is raised for a retry, other failures fail the items."""
         self.calls += 1
         try:
             async with self.session.post(
@@ -140,6 +153,8 @@ class ReplicaClient:
                 out = np.frombuffer(body, dtype=dtype).astype(np.float32).reshape(n, d)
                 timings = resp.headers["x-item-timings"].split(";")
                 variant = resp.headers.get("x-variant", "")
+        except aiohttp.ServerDisconnectedError:
+            raise
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             _fail(items, ReplicaUnreachable(f"{self.url}: {type(e).__name__}: {e}"))
             return

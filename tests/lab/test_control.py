@@ -261,3 +261,57 @@ def test_quota_twin_puts_every_node_under_its_quota(scenario, tmp_path):
     before = cal_sc.process("digits").request_overhead.mean_ms
     after = sc.process("digits").request_overhead.mean_ms
     assert after == pytest.approx(before - 3 * 0.4 / 0.9)  # three hops' server CPU moved
+
+
+def test_change_steps_follow_the_controllers_order(scenario):
+    from lab.control_twin import change_steps
+    from optimizer.rl.space import ConfigSpace
+
+    space = ConfigSpace(view_of(scenario, 0.25), "digits")
+    stages = [s.name for s in space.stages]
+    old_opts = [Option(2, 1, 1), Option(0, 1, 1), Option(2, 1, 1)]
+    new_opts = [Option(2, 1, 1), Option(2, 3, 4), Option(2, 1, 1)]
+    old = space.deployment(old_opts)
+    new = space.deployment(new_opts, keep=old)
+    secs = {"variant": 0.2, "replica-start": 1.5, "routes": 0.01}
+    steps = change_steps(old, new, stages, secs)
+    assert [round(t, 3) for t, _ in steps] == [0.2, 3.21]
+    switched = steps[0][1]
+    # the kept replica runs the new variant and batch first, on the old replica count
+    assert switched.stages["encoder"] == new.stages["encoder"]
+    assert switched.allocation == old.allocation
+    assert steps[-1][1] == new
+    assert change_steps(old, old, stages, secs) == []
+    more = space.deployment([Option(2, 1, 1), Option(2, 2, 1), Option(2, 1, 1)])
+    fewer = space.deployment([Option(2, 1, 1)] * 3, keep=more)
+    down = change_steps(more, fewer, stages, secs)
+    assert [t for t, _ in down] == [pytest.approx(0.01)]  # only the routes: no dip
+
+
+def test_staged_replay_shows_the_dip_of_a_switch_before_its_starts(scenario):
+    from optimizer.rl.baselines import Policy
+
+    class Heavier(Policy):
+        """Light encoder for the first decision, then e-large×3 (a heavier switch)."""
+
+        def __init__(self):
+            self.n = 0
+
+        def decide(self, space, load_rps, weights):
+            self.n += 1
+            if self.n == 1:
+                return [Option(2, 1, 1), Option(0, 1, 1), Option(2, 1, 1)]
+            return [Option(2, 1, 1), Option(2, 3, 1), Option(2, 1, 1)]
+
+    view = view_of(scenario, 0.25, rate_scale=1.4)
+    ws = [view.workload("steady-low"), view.workload("steady-high")]
+    p95 = {}
+    for staged in (False, True):
+        env = make_env(view, "digits", ws, "analytic", None)
+        env.reset(seed=1, options={"workload": "steady-high"})
+        secs = {"variant": 0.2, "replica-start": 3.0, "routes": 0.01}
+        spec = TwinReplay(env, ws[1], 1, 45.0, 2.0, 3, secs, staged=staged)
+        rows, _ = replay(spec, Heavier())
+        p95[staged] = rows["p95_s"].iloc[2]
+    # e-large×1 carries the load alone for 6 s while two replicas start: a queue
+    assert p95[True] > 2 * p95[False]
