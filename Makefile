@@ -49,7 +49,8 @@ testbed-mlops: venv platform-venv  # the batch processes of examples/mlops-lab.y
 	$(PY) -m lab.mlops_run examples/mlops-lab.yaml -d examples/mlops-lab.deployment.yaml --out runs/mlops-lab $(ARGS)
 
 # deploy back two placements of mlops-lab.yaml (DEPLOYMENTS="a=fileA b=fileB") against the
-# twin of the testbed calibrated by testbed-mlops (3 pairs of runs, ≈ 4 min a pair)
+# twin of the testbed calibrated by testbed-mlops (6 pairs of runs, ≈ 4 min a pair: the rank
+# test that orders each criterion needs 6 pairs of one sign for 5 %)
 DEPLOYMENTS ?= default=examples/mlops-lab.deployment.yaml edge=examples/mlops-lab.trainer-on-edge.deployment.yaml
 testbed-mlops-deploy-back: venv platform-venv
 	$(PY) -m lab.mlops_deploy_back runs/mlops-lab/calibrated-scenario.yaml --testbed-scenario examples/mlops-lab.yaml $(foreach d,$(DEPLOYMENTS),--deployment $(d)) --out runs/mlops-deploy-back $(ARGS)

@@ -51,6 +51,31 @@ def busy_s() -> float:
     return (f[0] + f[1] + f[2] + f[5] + f[6]) / os.sysconf("SC_CLK_TCK")
 
 
+def per_cpu_busy_s() -> list[float]:
+    """Cumulative busy seconds of each CPU (``cpuN`` lines of /proc/stat)."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            f = [int(x) for x in line.split()[1:8]]
+            out.append((f[0] + f[1] + f[2] + f[5] + f[6]) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def server_cpu_s(markers: tuple[str, ...]) -> dict[int, float]:
+    """CPU seconds so far of the served processes (command line holds a marker; not the
+    load generator's workers), by pid."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        line = " ".join(p.info["cmdline"] or [])
+        if "loadgen.worker" in line or p.info["cpu_times"] is None:
+            continue
+        if any(m in line for m in markers):
+            out[p.info["pid"]] = p.info["cpu_times"].user + p.info["cpu_times"].system
+    return out
+
+
 def others_cpu_s(mine: set[int]) -> dict[int, float]:
     """CPU seconds so far of every process outside ``mine`` (pids), by pid."""
     import psutil
@@ -110,8 +135,19 @@ def profile_and_hold_out(
         run = LoadRun(sc, w, url, DURATION_S, seed=7, protocol="v2", drain_s=5)
         mine = our_pids(ours)
         s0, b0, o0, t0 = steal_share(), busy_s(), others_cpu_s(mine), time.time()
+        c0, v0, k0 = per_cpu_busy_s(), server_cpu_s(ours), os.times()
         result = execute(run, work / f"raw-{f:g}")
         wall = time.time() - t0
+        c1, v1, k1 = per_cpu_busy_s(), server_cpu_s(ours), os.times()
+        n_sent = max(len(result.requests), 1)
+        # CPU per request: the server's processes, and the load generator's workers
+        # (children of this process, waited for by execute)
+        server_ms = 1e3 * sum(v1[p] - v0[p] for p in v1 if p in v0) / n_sent
+        load_ms = 1e3 * (
+            k1.children_user + k1.children_system - k0.children_user - k0.children_system
+        )
+        load_ms /= n_sent
+        cores = "/".join(f"{(b - a) / wall:.2f}" for a, b in zip(c0, c1, strict=True))
         steal = (steal_share() - s0) / wall / (os.cpu_count() or 1)
         o1 = others_cpu_s(our_pids(ours))
         others = sum(o1[p] - o0[p] for p in o1 if p in o0) / wall  # cores used by others
@@ -137,7 +173,10 @@ def profile_and_hold_out(
                 "yes" if abs(e50) <= 10 and abs(e95) <= 15 else "no",
                 f"{100 * steal:.1f}",
                 f"{busy:.2f}",
+                cores,
                 f"{others:.2f}",
+                f"{server_ms:.2f}",
+                f"{load_ms:.2f}",
             ]
         )
     variant = sc.components[0].variants[0]
@@ -167,7 +206,10 @@ HEAD = [
     "within 10/15 %",
     "steal %",
     "host busy cores",
+    "per CPU",
     "others' cores",
+    "server CPU ms/req",
+    "load gen CPU ms/req",
 ]
 
 
@@ -179,9 +221,18 @@ def open_loop_line(info: dict) -> str:
         f"- profile's open-loop cell (Poisson, the load generator, {OPEN_S:g} s): "
         f"{info['rate_per_s']:.1f} requests/s, {info['requests']} requests, "
         f"{info['idle_requests']} found none ahead, {info['busy_gaps']} answer gaps of a busy "
-        f"server → service mean {info['service_mean_ms']:.2f} ms, cv "
-        f"{info['service_cv']:.2f} ({info['service_factor']:.2f}× the closed-loop "
-        f"1/capacity), overhead mean {info['overhead_mean_ms']:.2f} ms"
+        f"server, gap mean {info['gap_mean_ms']:.2f} ms → service mean "
+        f"{info['service_mean_ms']:.2f} ms"
+        + (" (bounded by the closed-loop 1/capacity)" if info["service_bounded"] else "")
+        + f", cv {info['service_cv']:.2f}, overhead mean {info['overhead_mean_ms']:.2f} ms"
+        + "".join(
+            f"; {name.replace('_', '-')} fit vs the cell's own p50/p95 "
+            f"({c['p50_ms']:.2f}/{c['p95_ms']:.2f} ms): {100 * c['err_p50']:+.1f} / "
+            f"{100 * c['err_p95']:+.1f} %"
+            for name, c in info["check"].items()
+        )
+        + f"; kept: the {info['kept'].replace('_', '-')} fit"
+        + (f" (warning: {info['warning']})" if info.get("warning") else "")
     )
 
 
@@ -292,7 +343,9 @@ def run_testbed() -> None:
 NOTE = (
     "Columns 'host busy cores' and \"others' cores\": CPU the whole host used during the "
     "held-out run, and the part used by processes that are not this benchmark's (other "
-    "jobs on the shared 2-core host). {priority}"
+    "jobs on the shared 2-core host); 'per CPU': each CPU's busy share (/proc/stat). "
+    "'server CPU ms/req' and 'load gen CPU ms/req': CPU time per sent request of the served "
+    "processes and of the load generator's workers (all on this host). {priority}"
 )
 
 

@@ -25,11 +25,14 @@ constant-run decision says, and the services (Feast, MLflow, the serving stages)
 run all the time.
 
 The report: every criterion per deployment, twin vs testbed; for every two
-deployments the difference (testbed: mean and 95 % interval over the pairs; twin:
-over its paired replications), whether the twin orders them as the testbed does,
-and whether it predicts the difference in mean process time within ±25 % of the
-measured one. Each run's records stay under ``runs/<label>-<k>/`` and a run already
-there is not made again, so pairs can be run one at a time (``--only-pair``).
+deployments the difference (testbed: over the pairs; twin: over its paired
+replications) with its t interval, Wilcoxon signed-rank p and signs
+(:mod:`lab.paired_test`), each side's order by one rule — the Wilcoxon test at 5 %
+(a run's variance of five executions is heavy-tailed, and one noisy pair sets a t
+interval's width) — whether the twin agrees with the testbed, and whether it
+predicts the difference in mean process time within ±25 % of the measured one.
+Each run's records stay under ``runs/<label>-<k>/`` and a run already there is not
+made again, so pairs can be run one at a time (``--only-pair``).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.deploy_back import Difference, paired_difference, verdict
 from lab.mlops_run import as_deployed, run_on_testbed, scaled, with_deadlines, with_startup
+from lab.paired_test import PairedTest, agreement, paired_test
 from twin.criteria import CRITERIA, busy_from_visits, placement_criteria
 from twin.load import dump_yaml, load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, SteadyWorkload
@@ -123,8 +126,8 @@ def twin_replications(
     return pd.DataFrame(rows)
 
 
-def _difference(a: np.ndarray, b: np.ndarray) -> Difference:
-    return paired_difference(a, b, tie_within=TIE_WITHIN)
+def _difference(a: np.ndarray, b: np.ndarray) -> PairedTest:
+    return paired_test(a, b, tie_within=TIE_WITHIN)
 
 
 def _relative(difference: float, base: float) -> float:
@@ -134,8 +137,9 @@ def _relative(difference: float, base: float) -> float:
 def compare(
     testbed: pd.DataFrame, twin: pd.DataFrame, first: str, second: str
 ) -> list[dict[str, Any]]:
-    """Per criterion: ``first − second`` on both sides, the verdict, and for the mean time
-    whether the twin's difference is within ±25 % of the testbed's."""
+    """Per criterion: ``first − second`` on both sides (:class:`PairedTest`), the twin's
+    ``agreement`` with the testbed (``agree``, ``disagree``, ``undecided``), and for the
+    mean time whether the twin's difference is within ±25 % of the testbed's."""
     rows = []
     for c in CRITERIA:
         tb = testbed.pivot(index="pair", columns="deployment", values=c)[[first, second]].dropna()
@@ -146,13 +150,22 @@ def compare(
             "criterion": c,
             "testbed": d_tb,
             "twin": d_tw,
-            "same_order": verdict(d_tw, d_tb),
+            "agreement": agreement(d_tw, d_tb),
             "relative_testbed": _relative(d_tb.mean, float(tb[second].mean())),
         }
         if c == "time_mean_s" and math.isfinite(d_tb.mean) and d_tb.mean != 0:
             row["twin_error_of_difference"] = (d_tw.mean - d_tb.mean) / abs(d_tb.mean)
         rows.append(row)
     return rows
+
+
+def _interval(d: PairedTest) -> str:
+    hw = f" ± {d.half_width:.3g}" if math.isfinite(d.half_width) else ""
+    return f"{d.mean:+.3g}{hw}"
+
+
+def _order(d: PairedTest) -> str:
+    return {-1: "lower", 1: "higher", 0: "undecided"}[d.order]
 
 
 def report(
@@ -179,28 +192,42 @@ def report(
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     failed = int(testbed["failed"].sum()) if "failed" in testbed else 0
     lines += ["", f"Failed executions on the testbed (left out): {failed}.", ""]
+    n = int(testbed["pair"].nunique())
+    if n < 6:
+        lines += [
+            f"With {n} pair(s) the testbed orders nothing: the smallest two-sided Wilcoxon "
+            f"p is 2 / 2^{n} = {2 / 2**n:.2g} > 5 % (6 pairs of one sign are needed).",
+            "",
+        ]
     for first, second in itertools.combinations(labels, 2):
         rows = compare(testbed, twin, first, second)
         lines += [
             f"## {first} − {second}",
             "",
-            "| criterion | testbed | twin | relative (testbed) | same order? |",
-            "|---|---:|---:|---:|---|",
+            "Each side: mean ± 95 % t interval (Wilcoxon signed-rank p, sign-test p; pairs "
+            "+/−). Order "
+            f"by the Wilcoxon test at 5 % ({first} lower / higher, or undecided), ties "
+            f"within {100 * TIE_WITHIN:.0f} % of {second}'s mean.",
+            "",
+            "| criterion | testbed | testbed order | twin | twin order | relative "
+            "(testbed) | twin vs testbed |",
+            "|---|---:|---|---:|---|---:|---|",
         ]
         for r in rows:
-            v = {True: "yes", False: "**no**", None: "tie/not judged"}[r["same_order"]]
+            v = {"agree": "agree", "disagree": "**disagree**", "undecided": "undecided"}
             lines.append(
-                f"| {r['criterion']} | {r['testbed'].text()} | {r['twin'].text()} | "
-                f"{100 * r['relative_testbed']:+.1f} % | {v} |"
+                f"| {r['criterion']} | {r['testbed'].text()} | {_order(r['testbed'])} | "
+                f"{r['twin'].text()} | {_order(r['twin'])} | "
+                f"{100 * r['relative_testbed']:+.1f} % | {v[r['agreement']]} |"
             )
         t = rows[0]
         err = t.get("twin_error_of_difference", math.nan)
         within = "**yes**" if abs(err) <= TIME_TOLERANCE else "**no**"
         lines += [
             "",
-            f"Mean process time: the testbed measures {t['testbed'].text()} s "
+            f"Mean process time: the testbed measures {_interval(t['testbed'])} s "
             f"({100 * t['relative_testbed']:+.1f} % of {second}'s), the twin predicts "
-            f"{t['twin'].text()} s: its error on the difference is {100 * err:+.1f} % "
+            f"{_interval(t['twin'])} s: its error on the difference is {100 * err:+.1f} % "
             f"(within ±{100 * TIME_TOLERANCE:.0f} %? {within}).",
             "",
         ]
@@ -229,7 +256,12 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/mlops-deploy-back"))
     p.add_argument("--horizon", type=float, default=35.0, help="s of (scaled) schedule per run")
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=6,
+        help="pairs of runs; the rank test that orders them needs 6 for 5 %% (p ≥ 2 / 2^pairs)",
+    )
     p.add_argument("--only-pair", type=int, default=None, help="run this pair only")
     p.add_argument("--only-label", action="append", default=None, help="run these deployments only")
     p.add_argument("--replications", type=int, default=20)

@@ -59,6 +59,9 @@ KINDS |= {"register", "rollout"}
 SERVING_MODEL = "digits-retrain"
 POLL_S = 0.1
 WAIT_RULES = ("unthrottled", "every", "none")
+# how a split step's measured part is fitted: its own work (``part_cpu_work``) or a
+# share of a divisible step's (``cpu_work`` = a part's × the parts); see fit_cpu_work
+PART_RULES = ("each", "share")
 JOB_TIMEOUT_S = 600.0
 
 
@@ -441,23 +444,33 @@ def fit_cpu_work(
     pids: set[int],
     quotas: dict[str, float] | None = None,
     waits: str = "unthrottled",
+    parts: str = "each",
 ) -> Scenario:
-    """``scenario`` with each measured step's ``cpu_work`` (and ``wait``) fitted from
-    ``visits`` of ``pids``.
+    """``scenario`` with each measured step's ``cpu_work`` (and ``wait``,
+    ``part_cpu_work``) fitted from ``visits`` of ``pids``.
 
     A part's time is its wall time from the job request to its exit − the link wait
     (job start-up, an on-demand component's price, is in it). With ``quotas``
     (machine → host cores, the testbed calibration of :func:`quota_servers`' servers)
     it is taken as if alone on the machine (:func:`alone_s`), since the twin shares
     the quota among co-located jobs itself, and split in two by the CPU time the job
-    used (``cpu_s``, from its rusage): the CPU part ``cpu_s`` host-core seconds,
+    used (:func:`job_cpu_s`: its rusage and its exit): the CPU part, host-core seconds
     which run at ``min(1, quota)`` of a core there, and the rest of the time, spent
     waiting on Feast, MLflow or the serving instance outside the machine, as the
     step's ``wait`` (:func:`split_time`). Without ``quotas`` (or ``cpu_s``) all of
-    it is work: time × ``cpu_speed × min(1, cpu_quota_cores)``. A step's work is a
-    part's × its parts (the twin splits ``cpu_work`` evenly), its wait a part's
-    (every part waits). Each lognormal with the executions' mean and a robust cv
-    (:func:`_lognormal`).
+    it is work: time × ``cpu_speed × min(1, cpu_quota_cores)``. The wait is a
+    part's (every part waits). Each lognormal with the executions' mean and a robust
+    cv (:func:`_lognormal`).
+
+    ``parts`` — a step measured in several parts: ``"each"`` (default) fits a part's
+    work as ``part_cpu_work``, done by every part whatever the split (``cpu_work``
+    0); ``"share"`` as a share of the step's ``cpu_work`` (a part's × its parts,
+    which the twin splits evenly again). The testbed's prepare job starts Python
+    and numpy and reads the whole input in every part, so its CPU does not shrink
+    with the split: 0.21–0.31 s per part in two parts (session 2's base run), 0.24
+    and 0.25 s in one (the deploy-back's greedy runs), on the same inputs; with
+    ``"share"`` the twin made greedy's single part twice the work it is (prepare
+    7.8 s on an edge box where the testbed took 2.5 s).
 
     ``waits`` — which parts' rest counts as a wait: ``"unthrottled"`` (default) only
     parts on a machine whose quota is at least one core, where a single-threaded
@@ -470,6 +483,8 @@ def fit_cpu_work(
     """
     if waits not in WAIT_RULES:
         raise ValueError(f"waits: expected one of {', '.join(WAIT_RULES)}, got {waits!r}")
+    if parts not in PART_RULES:
+        raise ValueError(f"parts: expected one of {', '.join(PART_RULES)}, got {parts!r}")
     rate = {
         m: s.cpu_speed * min(1.0, s.cpu_quota_cores or 1.0) for m, s in scenario.server_of().items()
     }
@@ -480,7 +495,7 @@ def fit_cpu_work(
     r = v["machine"].map(rate)
     split = quotas is not None and "cpu_s" in v and waits != "none"
     if split:
-        work_s, wait_s = split_time(time_s, v["cpu_s"], r)
+        work_s, wait_s = split_time(time_s, job_cpu_s(v, r), r)
         if waits == "unthrottled":
             # under a quota below one core the rest of a job's time also holds the
             # throttling by the node's other processes: work of the machine, not a wait
@@ -489,9 +504,9 @@ def fit_cpu_work(
             work_s = (time_s - wait_s) * r
     else:
         work_s, wait_s = time_s * r, time_s * 0.0
-    v["work_ms"] = work_s * v["parts"] * 1000.0
+    v["work_ms"] = work_s * (v["parts"] if parts == "share" else 1) * 1000.0
     v["wait_ms"] = wait_s * 1000.0
-    cols = ["work_ms", "wait_ms"]
+    cols = ["work_ms", "wait_ms", "parts"]
     per_exec = v.groupby(["process", "step", "pid"], observed=True)[cols].mean()
     measured = per_exec.index.droplevel("pid")
     procs = []
@@ -502,15 +517,34 @@ def fit_cpu_work(
             if p.kind == "batch" and key in measured:
                 rows = per_exec.loc[key]
                 work = _lognormal(rows["work_ms"])
-                update: dict[str, Any] = {
-                    "cpu_work": work or ConstantServiceTime(kind="constant", ms=0)
-                }
+                none = ConstantServiceTime(kind="constant", ms=0)
+                update: dict[str, Any] = {"cpu_work": work or none}
+                if parts == "each" and float(rows["parts"].max()) > 1:
+                    update = {"cpu_work": none, "part_cpu_work": work}
                 if split:
                     update["wait"] = _lognormal(rows["wait_ms"])
                 s = s.model_copy(update=update)
             steps.append(s)
         procs.append(p.model_copy(update={"steps": steps}))
     return scenario.model_copy(update={"processes": procs})
+
+
+def job_cpu_s(visits: pd.DataFrame, rate: pd.Series) -> pd.Series:
+    """Each part's CPU (host-core s): its rusage ``cpu_s`` and its exit.
+
+    The job reads its rusage before it exits; the exit that follows (from the end of
+    its record, ``t_start + transfer_s + compute_s``, to the runner seeing it gone,
+    ``t_end``) is the interpreter tearing down what the step loaded, CPU at the
+    machine's ``rate``: train's took 0.9 s on the core server and 3.8 s on a
+    quarter-core edge box (session 2's base run, the deploy-back's greedy runs).
+    Counted as a wait it would not slow down on the edge box. Without
+    ``compute_s`` (older records) it is ``cpu_s`` alone.
+    """
+    cpu = visits["cpu_s"]
+    if "compute_s" not in visits:
+        return cpu
+    wall = visits["t_end"] - visits["t_start"] - visits["transfer_s"] - visits["compute_s"]
+    return cpu + wall.clip(lower=0.0) * rate
 
 
 def split_time(time_s: pd.Series, cpu_s: pd.Series, rate: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -552,9 +586,10 @@ def calibrate(
     pids: set[int],
     quotas: dict[str, float],
     waits: str = "unthrottled",
+    parts: str = "each",
 ) -> Scenario:
     """The twin of the testbed run: :func:`quota_servers`, then :func:`fit_cpu_work`."""
-    sc = fit_cpu_work(quota_servers(scenario, quotas), visits, pids, quotas, waits)
+    sc = fit_cpu_work(quota_servers(scenario, quotas), visits, pids, quotas, waits, parts)
     return Scenario.model_validate(sc.model_dump())
 
 
@@ -814,6 +849,13 @@ def main() -> None:
         default="unthrottled",
         help="which steps' time beyond their CPU is fitted as a wait (see fit_cpu_work)",
     )
+    p.add_argument(
+        "--parts",
+        choices=PART_RULES,
+        default="each",
+        help="a split step's part: its own work (part_cpu_work) or a share of the step's "
+        "cpu_work (see fit_cpu_work)",
+    )
     a = p.parse_args()
 
     scenario = scaled(load_scenario(a.scenario), a.time_scale)
@@ -834,7 +876,7 @@ def main() -> None:
         )
     execs = with_deadlines(execs, scenario)
     pids = {int(i) for i in execs["pid"] if i % 2 == 0}
-    fitted = calibrate(scenario, visits, pids, meta["quotas"], a.waits)
+    fitted = calibrate(scenario, visits, pids, meta["quotas"], a.waits, a.parts)
     (out / "calibrated-scenario.yaml").write_text(dump_yaml(fitted))
     from twin.spec import SteadyWorkload
 

@@ -190,10 +190,11 @@ def optimize(
             from twin.screen import unscreenable
 
             field = unscreenable(sc)
-            if field is not None:  # the screen would leave the wait out
+            if field is not None:  # the screen would leave that field out
                 typer.echo(
                     f"note: {scenario}: {field}: the screening fidelity does not model step "
-                    "waits, so every candidate is DES-scored (as with --no-screen)",
+                    "waits or per-part work, so every candidate is DES-scored (as with "
+                    "--no-screen)",
                     err=True,
                 )
                 screen = False

@@ -246,10 +246,12 @@ class _Layout:
                 nxt += [index[t.name] for t in p.steps if s.name in t.depends_on]
                 next_ptr.append(len(nxt))
                 stage = sc.component(s.component).is_stage
-                if s.wait is not None and not stage:  # a wait left out would look free
+                if not stage and (s.wait is not None or s.part_cpu_work is not None):
+                    # a wait or per-part work left out would make a step look cheaper
                     raise ValueError(
                         f"{unscreenable(sc)}: the screening fidelity does not model step "
-                        "waits; score this scenario with the DES (optimize --no-screen)"
+                        "waits or per-part work; score this scenario with the DES "
+                        "(optimize --no-screen)"
                     )
                 self.step_models.append((None if stage else s.cpu_work, s.gpu_work))
                 self.step_names.append(s.name)
@@ -268,11 +270,15 @@ class _Layout:
 
 def unscreenable(scenario: Scenario) -> str | None:
     """The first field of ``scenario`` the screening fidelity cannot model (a batch
-    step's ``wait``), as ``processes.P.steps.S.wait``; None when it can screen it."""
+    step's ``wait`` or ``part_cpu_work``), as ``processes.P.steps.S.<field>``; None when
+    it can screen it."""
     for p in scenario.processes:
         for s in p.steps:
-            if s.wait is not None and not scenario.component(s.component).is_stage:
-                return f"processes.{p.name}.steps.{s.name}.wait"
+            if scenario.component(s.component).is_stage:
+                continue
+            for name in ("wait", "part_cpu_work"):
+                if getattr(s, name) is not None:
+                    return f"processes.{p.name}.steps.{s.name}.{name}"
     return None
 
 

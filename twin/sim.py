@@ -525,6 +525,7 @@ class _StepPlan:
     dependents: list[int]
     depends_on: list[int]
     wait: Sampler | None = None
+    part_cpu: Sampler | None = None
 
 
 @dataclass
@@ -722,6 +723,12 @@ class Simulation:
                         wait=make_sampler(s.wait, stream(*key, f"{p.name}.{s.name}.wait"))
                         if s.wait and not comp.is_stage
                         else None,
+                        # a stream of its own too: a scenario without it draws as before
+                        part_cpu=make_sampler(
+                            s.part_cpu_work, stream(*key, f"{p.name}.{s.name}.part")
+                        )
+                        if s.part_cpu_work and not comp.is_stage
+                        else None,
                     )
                 )
                 self.step_names.append(s.name)
@@ -900,6 +907,8 @@ class Simulation:
             targets = self._choose(k, sp.parallel)  # type: ignore[assignment]
             n = len(targets)
         cpu_s = sp.cpu(1) / n if sp.cpu is not None else 0.0
+        if sp.part_cpu is not None:  # every part's own, however many share cpu_work
+            cpu_s += sp.part_cpu(1)
         gpu_s = sp.gpu(1) / n if sp.gpu is not None else 0.0
         wait_s = sp.wait(1) if sp.wait is not None else 0.0
         jobs = []

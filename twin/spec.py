@@ -376,6 +376,14 @@ class Step(Frozen):
         "less. None: no wait (all of the step's time is cpu_work/gpu_work). Batch steps "
         "only: an inference stage's time comes from its variant.",
     )
+    part_cpu_work: ServiceTime | None = Field(
+        None,
+        description="CPU time each part of the step takes whatever the split, at cpu_speed 1, "
+        "beside its share of cpu_work: a job's start-up, reading the step's whole input. "
+        "Drawn once per execution (every part the same); it runs on the part's machine "
+        "under its quota like cpu_work. None: the step's CPU time is all cpu_work, which its "
+        "parts share evenly. Batch steps only.",
+    )
     ram_gb: NonNegFloat = Field(
         0.0, le=MAX_RAM_GB, description="Working memory of the step per instance (GB)."
     )
@@ -666,6 +674,12 @@ class Scenario(Frozen):
                         f"{where}.wait: step on inference stage {c.name!r} cannot wait "
                         "(a stage's time comes from its variant's service_time; wait is "
                         "for batch steps)"
+                    )
+                if c.is_stage and s.part_cpu_work is not None:
+                    raise ValueError(
+                        f"{where}.part_cpu_work: step on inference stage {c.name!r} has no "
+                        "work of its own (a stage's time comes from its variant's "
+                        "service_time; part_cpu_work is for batch steps)"
                     )
                 if not c.is_stage and s.cpu_work is None and s.gpu_work is None:
                     raise ValueError(

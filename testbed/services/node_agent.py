@@ -21,6 +21,9 @@ warm-up would otherwise spend the node's quota and stall the replicas serving th
 The memory it took while starting stays charged to the start cgroup: cgroup v1 can
 move charges with a process, but while it does every task charging memory in either
 group waits, which would stall the replicas serving there all the same.
+A job (the ``step`` service: an MLOps step that runs and exits, never healthy) is
+not a replica: its start-up is part of the step's work on that server, so it runs
+in the node's cgroup from its first instruction.
 An instance that dies without being stopped (crash, OOM kill, SIGKILL) is started
 again on the same port with the same arguments, so routes to it stay valid; restarts
 back off (1 s, doubling to 30 s while it keeps dying within a minute of starting).
@@ -67,6 +70,8 @@ STOP_GRACE_S = 5.0
 SUPERVISE_EVERY_S = 0.2
 RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, cap; doubles while restarts keep failing
 STABLE_AFTER_S = 60.0  # an instance up this long has its back-off reset
+# services that run to their end (no /healthz): in the node's quota from the start
+JOBS = frozenset({"step"})
 START_OUTSIDE_MAX_S = 60.0  # an instance never healthy joins the node's cgroup after this
 
 
@@ -180,17 +185,19 @@ class NodeAgent:
             raise FileExistsError(f"instance {name!r} is already running")
         port = free_port(self.host)
         inst = Instance(name, service, port, self._spawn(service, port, args), args)
-        inst.confined = self.start_cgroup is None
+        inst.confined = self.start_cgroup is None or service in JOBS
         self.instances[name] = inst
         return inst
 
     def _spawn(self, service: str, port: int, args: dict[str, Any]) -> subprocess.Popen:
         argv = service_argv(service, port, self.host, sys.executable, **args)
-        procs = self.start_cgroup.procs_files() if self.start_cgroup is not None else []
+        group = self.cgroup if service in JOBS else self.start_cgroup
+        procs = group.procs_files() if group is not None else []
 
         def before_exec() -> None:
             _die_with_parent()
-            for path in procs:  # from the first instruction, so the start is all outside
+            # from the first instruction: a replica starts all outside, a job all inside
+            for path in procs:
                 with open(path, "w") as f:
                     f.write(str(os.getpid()))
 
@@ -222,14 +229,16 @@ class NodeAgent:
         """Start again, on the same port, every instance that died without being stopped.
 
         Stopped instances are no longer in ``instances``, so whatever exited here
-        crashed or was killed. Returns the names restarted now; one that keeps dying
-        waits longer each time (RESTART_BACKOFF_S), so a broken instance cannot spin.
+        crashed or was killed — except a job (:data:`JOBS`), which exits when done and
+        stays so until its runner reads its record and stops it. Returns the names
+        restarted now; one that keeps dying waits longer each time (RESTART_BACKOFF_S),
+        so a broken instance cannot spin.
         """
         now = time.monotonic() if now is None else now
         revived = []
         for inst in list(self.instances.values()):
-            if inst.proc.poll() is None:
-                continue
+            if inst.proc.poll() is None or inst.service in JOBS:
+                continue  # a job that exited has run to its end: it is never started again
             if inst.died is None:
                 inst.died = now
                 lived = time.time() - inst.started
@@ -243,7 +252,7 @@ class NodeAgent:
             except OSError:
                 continue  # tried again on the next round
             inst.started, inst.died = time.time(), None
-            inst.confined = self.start_cgroup is None
+            inst.confined = self.start_cgroup is None or inst.service in JOBS
             inst.restarts += 1
             revived.append(inst.name)
         return revived

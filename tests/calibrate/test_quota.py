@@ -171,3 +171,61 @@ def test_quota_scenario_carries_the_kernels_leftover_runtime(tmp_path: Path) -> 
     none = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5, carry_ms=0.0, tick_ms=0.0)
     assert none.settings.cpu_quota_carry_ms == 0.0
     assert none.settings.cpu_quota_tick_ms == 0.0
+
+
+def _scraped_run(folder: Path, rate: float, node_cores: float, seconds: int = 12) -> Path:
+    """A run scraped every second: the encoder serves ``rate`` items/s (batch 1, 3.0 ms
+    of model CPU each) while its node spends ``node_cores``; the stage is scraped 30 ms
+    after the agent, as the testbed's scraper does."""
+    per_s = {
+        ("agent:node-2", "node_cpu_seconds_total"): node_cores,
+        ("encoder-node-2-2", "stage_compute_cpu_seconds_total"): 0.003 * rate,
+        ("encoder-node-2-2", "stage_items_total"): rate,
+        ("encoder-node-2-2", "stage_calls_total"): rate,
+        ("encoder-node-2-2", "stage_batch_size_count"): rate,
+        ("encoder-node-2-2", "stage_service_seconds_sum"): 0.0033 * rate,
+    }
+    rows = [
+        {"t": t, "target": tgt, "metric": m, "labels": "", "value": v * t}
+        for (tgt, m), v in per_s.items()
+        for t in np.arange(seconds + 1) + (0.0 if tgt.startswith("agent") else 0.03)
+    ]
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(folder / "metrics.parquet")
+    return folder
+
+
+def test_the_quota_bound_cpu_per_item_sets_the_capacity(tmp_path: Path) -> None:
+    """Compose's nodes spend more per item while their quota binds than the line through
+    the runs says; the bound factor, fitted from those scrape intervals, shrinks the
+    twin's quota so its capacity is the items a bound quota serves."""
+    sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
+    rng = np.random.default_rng(3)
+    fits = [
+        fit_variant(
+            np.ones(50, dtype=int),
+            rng.lognormal(np.log(4.5), 0.1, 50),
+            component="encoder",
+            variant="e-large",
+            cpu_share=0.5,
+        )
+    ]
+    calibration = cal.build(fits, sc)
+    light = [_scraped_run(tmp_path / f"r{r}", r, 0.02 + 0.0032 * r) for r in (25, 50, 100)]
+    # backlogged: 140 items/s at 0.49 cores, 3.36 ms above idle against the line's 3.2
+    runs = [*light, _scraped_run(tmp_path / "sat", 140, 0.49)]
+    enc = stage_cpu(runs, dep, 0.5)["encoder"]
+    assert enc.bound_s > 10 and enc.bound_factor > 1.01
+    twin = quota_scenario(sc, calibration, dep, {"encoder": enc}, 0.5)
+    cap = stage_capacity_rps(twin, dep, "encoder")
+    # a bound quota's items, scaled from the intervals' 0.49 cores to the whole quota
+    # (within the 30 ms by which the first interval's items are read late: 0.25 %)
+    assert abs(cap / (140 * (0.5 - enc.idle_cores) / (0.49 - enc.idle_cores)) - 1) < 0.004
+    # the light-load service is unchanged: the extra CPU is spent only while bound
+    st = twin.component("encoder").variant("e-large").service_time
+    assert abs(st.batch_mean_ms(1) - 3.3) < 1e-6
+    # without the quota the bound intervals are not found: the line alone
+    assert stage_cpu(runs, dep)["encoder"].bound_factor == 1.0
+    # a node whose bound CPU per item is the line's (the local backend): factor 1
+    on_line = [*light, _scraped_run(tmp_path / "line", 143.75, 0.02 + 0.0032 * 143.75)]
+    assert abs(stage_cpu(on_line, dep, 0.5)["encoder"].bound_factor - 1.0) < 0.004

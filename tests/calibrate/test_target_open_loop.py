@@ -16,6 +16,7 @@ from calibrate.target import (
     SAMPLE_FIELDS,
     TargetGrid,
     busy_gaps,
+    choose_fit,
     fit_open_loop,
     fit_target,
     in_flight_at_send,
@@ -94,7 +95,8 @@ def twin_cell(service_ms: float, cv: float, overhead_ms: float, rate: float) -> 
 
 
 def closed_loop(service_ms: float, n: int = 400) -> pd.DataFrame:
-    """A warm server, back to back: faster than the open-loop truth (the module doc)."""
+    """One second of 1 and of 2 clients: ``n`` answers each (a capacity of ``n``/s with
+    ``cell_s`` 1), latencies ≈ ``service_ms`` and twice that."""
     rng = np.random.default_rng(0)
     rows = [(1, 1, 0, i / n, float(x), 200) for i, x in enumerate(rng.normal(service_ms, 0.1, n))]
     rows += [
@@ -109,7 +111,9 @@ def test_open_loop_fit_recovers_the_service_and_overhead_the_cell_ran_with(
 ) -> None:
     cell = twin_cell(service_ms, cv, 1.0, rate)
     grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0, paced_s=0, open_s=120.0)
-    closed = closed_loop(0.8 * service_ms)
+    # back to back it looked slower (1.25 × S, e.g. stages that overlap only under
+    # random arrivals): the closed-loop capacity allows the cell's service time
+    closed = closed_loop(1.25 * service_ms, n=int(1e3 / (1.25 * service_ms)))
     doc, scenario, _dep, _cap, info = fit_target(pd.concat([closed, cell]), SERVING, grid)
     service = scenario.component("m").variants[0].service_time
     assert service.batch_mean_ms(1) == pytest.approx(service_ms, rel=0.05)
@@ -117,6 +121,44 @@ def test_open_loop_fit_recovers_the_service_and_overhead_the_cell_ran_with(
     assert doc.overheads.per_request.mean_ms == pytest.approx(1.0, rel=0.15)
     assert info["rate_per_s"] == pytest.approx(rate, rel=0.05)
     assert info["busy_gaps"] > 1000
+    assert not info["service_bounded"]
+    # the fitted twin reproduces the cell it was read from, so it is kept, unwarned
+    assert info["kept"] == "open_loop" and "warning" not in info
+    assert info["check"]["open_loop"]["score"] <= 1
+
+
+def test_the_open_loop_service_never_implies_less_than_the_closed_loop_capacity() -> None:
+    # the cell's server needs 6 ms per request, but 1 and 2 back-to-back clients got
+    # 278 answers/s (3.6 ms each): the open-loop service is bounded by the closed loop's
+    # (without the bound the fit said 6 ms, a twin that saturates at 167/s)
+    cell = twin_cell(6.0, 0.25, 1.0, 130.0)
+    grid = TargetGrid(batches=(1,), concurrency=(1, 2), cell_s=1.0, paced_s=0, open_s=120.0)
+    closed = closed_loop(3.6, n=278)
+    doc, scenario, _dep, _cap, info = fit_target(pd.concat([closed, cell]), SERVING, grid)
+    assert info["gap_mean_ms"] == pytest.approx(6.0, rel=0.05)
+    assert info["service_bounded"]
+    service = scenario.component("m").variants[0].service_time
+    assert service.batch_mean_ms(1) == pytest.approx(1e3 / 278, rel=0.01)
+    if info["kept"] == "open_loop":  # the rest of an idle request's latency is overhead
+        assert doc.overheads.per_request.mean_ms == pytest.approx(7.0 - 3.6, rel=0.15)
+    # a twin bounded so cannot reproduce a 6-ms server's queue: the profile says so
+    assert "misses the open-loop cell" in info["warning"]
+    assert info["check"][info["kept"]]["err_p95"] < -0.15
+
+
+def _check(e50: float, e95: float) -> dict:
+    return {"err_p50": e50, "err_p95": e95, "score": max(abs(e50) / 0.10, abs(e95) / 0.15)}
+
+
+def test_choose_fit_keeps_the_open_loop_fit_unless_the_closed_loop_one_is_closer() -> None:
+    assert choose_fit(_check(0.05, -0.10), _check(0.01, 0.01)) == ("open_loop", "")
+    keep, warning = choose_fit(_check(0.05, -0.40), _check(-0.05, -0.10))
+    assert keep == "closed_loop" and warning == ""  # the closed-loop fit reproduces the cell
+    keep, warning = choose_fit(_check(0.30, -0.40), _check(-0.05, -0.30))
+    assert keep == "closed_loop" and "fell back to the closed-loop fit" in warning
+    assert "p95 -30 %" in warning
+    keep, warning = choose_fit(_check(0.10, -0.30), _check(-0.40, -0.60))
+    assert keep == "open_loop" and "p50 +10 %, p95 -30 %" in warning
 
 
 def test_without_an_open_loop_cell_the_closed_loop_fit_stays() -> None:

@@ -95,7 +95,7 @@ def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                 "cost": c,
                 "failed": 0.0,
             }
-            for k in range(3)
+            for k in range(6)  # the rank test needs six pairs of one sign for 5 %
             for d, t, c in (("edge", 30.0, 0.01), ("core", 15.0, 0.02))
         ]
     )
@@ -123,14 +123,17 @@ def test_the_twin_is_judged_on_order_and_on_the_size_of_the_time_difference(
     rows = {r["criterion"]: r for r in compare(tb, tw, "edge", "core")}
     t = rows["time_mean_s"]
     assert t["testbed"].mean == pytest.approx(15.0) and t["testbed"].order == 1
-    assert t["same_order"] is True
+    assert t["testbed"].p_wilcoxon < 0.05 and t["twin"].order == 1
+    assert t["agreement"] == "agree"
     # the twin says +12.5 s where the testbed measured +15 s: 1/6 short
     assert t["twin_error_of_difference"] == pytest.approx(-2.5 / 15.0, abs=0.02)
-    assert rows["cost"]["same_order"] is True
-    assert rows["overruns"]["same_order"] is None  # 0 on both sides: not judged
+    assert rows["cost"]["agreement"] == "agree"
+    assert rows["overruns"]["agreement"] == "undecided"  # 0 on both sides: not judged
+    assert rows["time_var_s2"]["agreement"] == "undecided"  # equal: a tie is not agreement
     meta = {"scenario": "s", "horizon_s": 35, "seed": 1, "rate_per_s": 10, "replications": 10}
     text = report(tmp_path, ["edge", "core"], tb, tw, meta)
     assert "within ±25 %? **yes**" in text and (tmp_path / "report.md").is_file()
+    assert "| time_mean_s | +15 ± 0 (W p=0.031, sign p=0.031; 6+/0−) | higher |" in text
 
 
 def test_a_comparison_uses_the_pairs_where_both_ran() -> None:
@@ -138,7 +141,7 @@ def test_a_comparison_uses_the_pairs_where_both_ran() -> None:
     base = tb[tb["deployment"] == "core"].assign(deployment="base")
     tb = pd.concat([tb, base[base["pair"] == 0]], ignore_index=True)  # base ran in pair 0 only
     rows = {r["criterion"]: r for r in compare(tb, tw, "edge", "core")}
-    assert rows["time_mean_s"]["testbed"].n == 3
+    assert rows["time_mean_s"]["testbed"].n == 6
 
 
 def test_a_run_recorded_with_old_deadlines_counts_overruns_with_the_scenarios(

@@ -290,3 +290,49 @@ def test_one_slow_execution_does_not_set_a_steps_spread(lab: tuple) -> None:
     m = next(s for p in fitted.processes for s in p.steps if s.name == "materialize")
     assert m.cpu_work.mean_ms == pytest.approx(1000 * sum(walls) / 5)  # the mean keeps it
     assert m.cpu_work.cv == pytest.approx(1.4826 * 0.01 / 0.5)  # the spread does not
+
+
+def test_a_split_steps_part_is_fitted_as_work_every_part_does(lab: tuple) -> None:
+    scenario, _ = lab
+    quotas = {"core": 1.0, "edge-1": 0.25, "edge-2": 0.25}
+    # prepare in two parts, each all CPU: 0.5 s on the core server (a full core) and
+    # 2.0 s on an edge box (a quarter core): 0.5 s of host-core work each
+    rows = [
+        {**_visit("prepare", "retraining", 0, "core", 0.4, 0.5), "parts": 2},
+        {**_visit("prepare", "retraining", 0, "edge-2", 1.9, 0.5), "parts": 2},
+    ]
+    v = pd.DataFrame(rows)
+
+    def prepare(sc):
+        return next(s for p in sc.processes for s in p.steps if s.name == "prepare")
+
+    each = prepare(calibrate(scenario, v, {0}, quotas))
+    assert each.part_cpu_work.mean_ms == pytest.approx(500.0)
+    assert each.cpu_work.ms == 0  # nothing the parts share
+    assert each.wait is None
+    share = prepare(calibrate(scenario, v, {0}, quotas, parts="share"))
+    assert share.part_cpu_work is None
+    assert share.cpu_work.mean_ms == pytest.approx(1000.0)  # split again in two: 0.5 s each
+    # a step measured in one part keeps its cpu_work under either rule
+    one = pd.DataFrame([_visit("train", "retraining", 0, "core", 2.9, 3.0)])
+    train = next(
+        s
+        for p in calibrate(scenario, one, {0}, quotas).processes
+        for s in p.steps
+        if s.name == "train"
+    )
+    assert train.cpu_work.mean_ms == pytest.approx(3000.0) and train.part_cpu_work is None
+    with pytest.raises(ValueError, match="parts: expected one of"):
+        calibrate(scenario, v, {0}, quotas, parts="half")
+
+
+def test_a_jobs_exit_is_fitted_as_work_not_as_a_wait(lab: tuple) -> None:
+    scenario, _ = lab
+    quotas = {"core": 1.0, "edge-1": 0.25, "edge-2": 0.25}
+    # train on the core server: 0.1 s start-up, 3.0 s in its record (2.5 s of CPU),
+    # then 0.9 s until the runner sees it gone (the interpreter tearing torch down)
+    row = {**_visit("train", "retraining", 0, "core", 3.9, 2.5), "compute_s": 3.0}
+    fitted = calibrate(scenario, pd.DataFrame([row]), {0}, quotas)
+    train = next(s for p in fitted.processes for s in p.steps if s.name == "train")
+    assert train.cpu_work.mean_ms == pytest.approx(3400.0)  # 2.5 s + the 0.9-s exit
+    assert train.wait.mean_ms == pytest.approx(600.0)  # 4.0 s in all − 3.4 s of CPU

@@ -234,6 +234,27 @@ def test_a_scenario_with_step_waits_is_searched_with_the_des_only(tmp_path: Path
     field = unscreenable(waiting)
     assert field is not None and field.endswith(".steps.features.wait")
     assert unscreenable(sc) is None
+    parted = type(sc).model_validate(
+        sc.model_copy(
+            update={
+                "processes": [
+                    p.model_copy(
+                        update={
+                            "steps": [
+                                s.model_copy(update={"part_cpu_work": s.cpu_work})
+                                if s.name == "features"
+                                else s
+                                for s in p.steps
+                            ]
+                        }
+                    )
+                    for p in sc.processes
+                ]
+            }
+        ).model_dump()
+    )
+    part_field = unscreenable(parted)
+    assert part_field is not None and part_field.endswith(".steps.features.part_cpu_work")
     path = tmp_path / "waiting.yaml"
     path.write_text(dump_yaml(waiting))
     out = tmp_path / "run"

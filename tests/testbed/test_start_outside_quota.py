@@ -64,3 +64,33 @@ def test_a_replica_starts_in_the_reserve_and_joins_the_node_once_healthy(tmp_pat
         node.remove()
         reserve.remove()
     assert not any(tag in p for p in cgroups.leftovers())
+
+
+def test_a_job_runs_in_its_nodes_cgroup_from_its_start(tmp_path: Path) -> None:
+    """A step job never answers /healthz: started in the reserve it would run its whole
+    life outside the node's quota (an edge box's quarter core would not hold)."""
+    tag = f"pytest-job-{os.getpid()}"
+    node = cgroups.Cgroup.create(f"{tag}-node", cpu_cores=0.5, ram_gb=None)
+    reserve = cgroups.Cgroup.create(f"{tag}-reserve", None, None)
+    agent = NodeAgent("n", "127.0.0.1", 0.5, None, cgroup=node.name, start_cgroup=reserve.name)
+    big = tmp_path / "rows.bin"
+    big.write_bytes(b"\0" * 125_000)  # 1 Mbit: read over a 0.1 Mbit/s link, the job waits 10 s
+    args = {
+        "kind": "prepare",
+        "record": str(tmp_path / "rec.json"),
+        "out": str(tmp_path / "out.npz"),
+        "inputs": str(big),
+        "link_mbps": 0.1,
+    }
+    try:
+        inst = agent.start("job-1", "step", args)
+        pid = inst.proc.pid
+        assert _wait(lambda: pid in node.pids(), 5.0)
+        assert pid not in reserve.pids()
+        assert inst.info()["confined"] is True
+        assert agent.starting() == []  # the supervisor has nothing to move
+    finally:
+        agent.stop_all()
+        node.remove()
+        reserve.remove()
+    assert not any(tag in p for p in cgroups.leftovers())

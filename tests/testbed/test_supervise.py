@@ -47,3 +47,19 @@ def test_a_killed_instance_is_restarted_on_its_port_and_a_stopped_one_is_not(
         assert "fs" not in agent.instances
     finally:
         agent.stop_all()
+
+
+def test_a_job_that_exited_is_not_started_again(tmp_path: Path) -> None:
+    # a step job exits when done (here at once: its input is missing); its runner reads
+    # the record, so running it again would do the step twice on the node's quota
+    agent = NodeAgent("n", "127.0.0.1", None, None)
+    try:
+        args = {"kind": "prepare", "record": str(tmp_path / "r.json"), "inputs": "missing"}
+        inst = agent.start("job-1", "step", args)
+        inst.proc.wait(30)
+        now = time.monotonic()
+        # a crashed replica would be restarted by the second call (after its back-off)
+        assert agent.revive(now=now) == [] and agent.revive(now=now + 3600.0) == []
+        assert inst.restarts == 0 and not inst.info()["alive"]
+    finally:
+        agent.stop_all()
