@@ -16,6 +16,7 @@ import pytest
 from twin.analytic import horizon_for, mg1_wait_s, mmc_wait_s, queue_scenario
 from twin.criteria import confidence_interval
 from twin.sim import simulate_replication
+from twin.spec import Deployment, Scenario
 
 SEEDS = range(6)
 TOLERANCE = 0.03
@@ -24,6 +25,13 @@ TOLERANCE = 0.03
 def mean_wait(arrival_rate: float, servers: int, kind: str, customers: int) -> tuple[float, float]:
     """Mean queue wait over seeds and its 95% CI half-width (s)."""
     sc, dep = queue_scenario(arrival_rate, 1.0, servers, kind)
+    return seeds_mean_wait(sc, dep, arrival_rate, customers)
+
+
+def seeds_mean_wait(
+    sc: Scenario, dep: Deployment, arrival_rate: float, customers: int
+) -> tuple[float, float]:
+    """Mean queue wait of ``customers`` arrivals over the seeds, 95% CI half-width (s)."""
     horizon = horizon_for(customers, arrival_rate)
     waits = []
     for seed in SEEDS:

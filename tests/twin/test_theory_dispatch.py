@@ -19,10 +19,8 @@ from __future__ import annotations
 import pytest
 from scipy.optimize import brentq
 
-from tests.twin.test_theory import SEEDS, assert_close
-from twin.analytic import horizon_for, mmc_wait_s, queue_scenario
-from twin.criteria import confidence_interval
-from twin.sim import simulate_replication
+from tests.twin.test_theory import assert_close, seeds_mean_wait
+from twin.analytic import mmc_wait_s, queue_scenario
 
 
 def gi_m_1_round_robin_wait_s(arrival_rate: float, service_rate: float, replicas: int) -> float:
@@ -39,12 +37,7 @@ def mean_wait(
     comps = [c.model_copy(update={"dispatch": "balanced"}) for c in sc.components]
     sc = sc.model_copy(update={"components": comps})
     dep = dep.model_copy(update={"load_balancing": policy})
-    horizon = horizon_for(customers, arrival_rate)
-    waits = []
-    for seed in SEEDS:
-        v = simulate_replication(sc, dep, None, horizon, seed).visits
-        waits.append(float((v["t_start"] - v["t_arrive"]).mean()))
-    return confidence_interval(waits, level=0.95)
+    return seeds_mean_wait(sc, dep, arrival_rate, customers)
 
 
 def test_round_robin_reference_values() -> None:
