@@ -12,6 +12,7 @@ from calibrate.fit import fit_variant
 from calibrate.quota import quota_scenario, stage_cpu
 from twin.criteria import stage_capacity_rps
 from twin.load import load_deployment, load_scenario
+from twin.spec import Scenario
 
 EXAMPLE = Path("examples/digits-pipeline.yaml")
 DEPLOYMENT = Path("examples/digits-pipeline.deployment.yaml")
@@ -111,19 +112,22 @@ def _amortised_run(folder: Path, rate: float, seconds: float = 20.0) -> Path:
     return folder
 
 
+def _encoder_calibration(sc: Scenario, seed: int, items: int) -> cal.Calibration:
+    """A calibration whose encoder e-large serves ``items`` batch-1 items of about 4.5 ms."""
+    rng = np.random.default_rng(seed)
+    fit = fit_variant(
+        np.ones(items, dtype=int),
+        rng.lognormal(np.log(4.5), 0.1, items),
+        component="encoder",
+        variant="e-large",
+        cpu_share=0.5,
+    )
+    return cal.build([fit], sc)
+
+
 def test_the_capacity_is_the_nodes_marginal_cpu_over_all_runs(tmp_path: Path) -> None:
     sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
-    rng = np.random.default_rng(1)
-    fits = [
-        fit_variant(
-            np.ones(50, dtype=int),
-            rng.lognormal(np.log(4.5), 0.1, 50),
-            component="encoder",
-            variant="e-large",
-            cpu_share=0.5,
-        )
-    ]
-    calibration = cal.build(fits, sc)
+    calibration = _encoder_calibration(sc, seed=1, items=50)
     runs = [_amortised_run(tmp_path / f"r{r}", r) for r in (25, 50, 100, 140)]
     enc = stage_cpu(runs, dep)["encoder"]
     assert enc.capacity_scale != 1.0
@@ -153,22 +157,13 @@ def test_the_capacity_is_the_nodes_marginal_cpu_over_all_runs(tmp_path: Path) ->
 
 def test_quota_scenario_carries_the_kernels_leftover_runtime(tmp_path: Path) -> None:
     sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
-    rng = np.random.default_rng(2)
-    fits = [
-        fit_variant(
-            np.ones(20, dtype=int),
-            rng.lognormal(np.log(4.5), 0.1, 20),
-            component="encoder",
-            variant="e-large",
-            cpu_share=0.5,
-        )
-    ]
     cpu = stage_cpu([_run(tmp_path / "a", 30), _run(tmp_path / "b", 120)], dep)
-    twin = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5)
+    calibration = _encoder_calibration(sc, seed=2, items=20)
+    twin = quota_scenario(sc, calibration, dep, cpu, 0.5)
     assert twin.settings.cpu_quota_carry_ms == 1.0
     assert twin.settings.cpu_quota_tick_ms == 4.0  # the kernel enforces it at HZ=250's tick
     assert twin.component("encoder").server_overhead.concurrent  # the server's own thread
-    none = quota_scenario(sc, cal.build(fits, sc), dep, cpu, 0.5, carry_ms=0.0, tick_ms=0.0)
+    none = quota_scenario(sc, calibration, dep, cpu, 0.5, carry_ms=0.0, tick_ms=0.0)
     assert none.settings.cpu_quota_carry_ms == 0.0
     assert none.settings.cpu_quota_tick_ms == 0.0
 
@@ -200,17 +195,7 @@ def test_the_quota_bound_cpu_per_item_sets_the_capacity(tmp_path: Path) -> None:
     the runs says; the bound factor, fitted from those scrape intervals, shrinks the
     twin's quota so its capacity is the items a bound quota serves."""
     sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
-    rng = np.random.default_rng(3)
-    fits = [
-        fit_variant(
-            np.ones(50, dtype=int),
-            rng.lognormal(np.log(4.5), 0.1, 50),
-            component="encoder",
-            variant="e-large",
-            cpu_share=0.5,
-        )
-    ]
-    calibration = cal.build(fits, sc)
+    calibration = _encoder_calibration(sc, seed=3, items=50)
     light = [_scraped_run(tmp_path / f"r{r}", r, 0.02 + 0.0032 * r) for r in (25, 50, 100)]
     # backlogged: 140 items/s at 0.49 cores, 3.36 ms above idle against the line's 3.2
     runs = [*light, _scraped_run(tmp_path / "sat", 140, 0.49)]
