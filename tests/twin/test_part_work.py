@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from tests.twin.test_step_wait import _run, _scenario, _step, _wall
+from tests.twin.test_step_wait import _run, _scenario, _stage_step_scenario, _step, _wall
 from twin.spec import Scenario
 
 
@@ -61,24 +61,6 @@ def test_no_part_work_and_a_zero_one_give_the_same_run() -> None:
 
 
 def test_part_work_on_an_inference_stage_is_refused_with_the_field_named() -> None:
-    stage = {
-        "name": "st",
-        "variants": [
-            {
-                "name": "v",
-                "accuracy": 0.9,
-                "cpu_cores": 0.5,
-                "service_time": {"kind": "constant", "ms": 1.0},
-            }
-        ],
-    }
     step = {"name": "s", "component": "st", "part_cpu_work": {"kind": "constant", "ms": 5}}
     with pytest.raises(ValidationError, match=r"steps\[0\]\.part_cpu_work: step on inference"):
-        Scenario.model_validate(
-            {
-                "name": "x",
-                "servers": [{"name": "m", "cpu_cores": 2, "ram_gb": 4}],
-                "components": [stage],
-                "processes": [{"name": "p", "kind": "request", "steps": [step]}],
-            }
-        )
+        Scenario.model_validate(_stage_step_scenario(step))

@@ -75,6 +75,27 @@ def _wall(v: pd.DataFrame) -> pd.Series:
     return v["t_end"] - v["t_start"]
 
 
+def _stage_step_scenario(step: dict) -> dict:
+    """A scenario (as a dict) whose one request step runs on inference stage 'st'."""
+    stage = {
+        "name": "st",
+        "variants": [
+            {
+                "name": "v",
+                "accuracy": 0.9,
+                "cpu_cores": 0.5,
+                "service_time": {"kind": "constant", "ms": 1.0},
+            }
+        ],
+    }
+    return {
+        "name": "x",
+        "servers": [{"name": "m", "cpu_cores": 2, "ram_gb": 4}],
+        "components": [stage],
+        "processes": [{"name": "p", "kind": "request", "steps": [step]}],
+    }
+
+
 def test_the_wait_adds_to_the_step_at_any_speed_and_quota() -> None:
     wait = {"kind": "constant", "ms": 500.0}
     # 1 s of work under a quarter-core quota: 400 periods, 3.9925 s; the wait adds 0.5 s
@@ -145,33 +166,11 @@ def test_no_wait_and_a_zero_wait_give_the_same_run() -> None:
 def test_bad_waits_are_refused_with_the_field_named() -> None:
     with pytest.raises(ValidationError, match=r"wait"):
         _scenario({"a": _step(100.0, {"kind": "constant", "ms": -1.0})})
-    stage = {
-        "name": "st",
-        "variants": [
-            {
-                "name": "v",
-                "accuracy": 0.9,
-                "cpu_cores": 0.5,
-                "service_time": {"kind": "constant", "ms": 1.0},
-            }
-        ],
-    }
     with pytest.raises(ValidationError, match=r"steps\[0\]\.wait: step on inference stage 'st'"):
         Scenario.model_validate(
-            {
-                "name": "x",
-                "servers": [{"name": "m", "cpu_cores": 2, "ram_gb": 4}],
-                "components": [stage],
-                "processes": [
-                    {
-                        "name": "p",
-                        "kind": "request",
-                        "steps": [
-                            {"name": "s", "component": "st", "wait": {"kind": "constant", "ms": 5}}
-                        ],
-                    }
-                ],
-            }
+            _stage_step_scenario(
+                {"name": "s", "component": "st", "wait": {"kind": "constant", "ms": 5}}
+            )
         )
 
 
