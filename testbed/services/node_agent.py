@@ -185,9 +185,13 @@ class NodeAgent:
             raise FileExistsError(f"instance {name!r} is already running")
         port = free_port(self.host)
         inst = Instance(name, service, port, self._spawn(service, port, args), args)
-        inst.confined = self.start_cgroup is None or service in JOBS
+        inst.confined = self._starts_confined(service)
         self.instances[name] = inst
         return inst
+
+    def _starts_confined(self, service: str) -> bool:
+        """Whether an instance of ``service`` starts in the node's cgroup (a job, or no reserve)."""
+        return self.start_cgroup is None or service in JOBS
 
     def _spawn(self, service: str, port: int, args: dict[str, Any]) -> subprocess.Popen:
         argv = service_argv(service, port, self.host, sys.executable, **args)
@@ -252,7 +256,7 @@ class NodeAgent:
             except OSError:
                 continue  # tried again on the next round
             inst.started, inst.died = time.time(), None
-            inst.confined = self.start_cgroup is None or inst.service in JOBS
+            inst.confined = self._starts_confined(inst.service)
             inst.restarts += 1
             revived.append(inst.name)
         return revived
