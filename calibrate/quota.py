@@ -99,17 +99,18 @@ class StageCpu:
     bound_s: float = 0.0  # seconds of quota-bound scrape intervals it comes from
 
 
-def _delta(m: pd.DataFrame, target: str, metric: str) -> tuple[float, float]:
-    """Increase of a counter over a run and the seconds it spans (nan when absent)."""
-    x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")
-    if len(x) < 2:
-        return math.nan, math.nan
-    return float(x["value"].iloc[-1] - x["value"].iloc[0]), float(x["t"].iloc[-1] - x["t"].iloc[0])
-
-
 def _series(m: pd.DataFrame, target: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """A target's metric over a run: scrape times (s) and values, in time order."""
     x = m[(m["target"] == target) & (m["metric"] == metric)].sort_values("t")
     return x["t"].to_numpy(dtype=float), x["value"].to_numpy(dtype=float)
+
+
+def _delta(m: pd.DataFrame, target: str, metric: str) -> tuple[float, float]:
+    """Increase of a counter over a run and the seconds it spans (nan when absent)."""
+    t, v = _series(m, target, metric)
+    if len(t) < 2:
+        return math.nan, math.nan
+    return float(v[-1] - v[0]), float(t[-1] - t[0])
 
 
 def _bound(m: pd.DataFrame, node: str, target: str, share: float | None) -> dict[str, float]:
