@@ -72,6 +72,9 @@ MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
 # On this shared host (other helpers' tests run outside the lock) most runs had a release
 # lag p99 of 6–11 ms; runs up to USABLE_LAG_S are still used, and reported apart.
 USABLE_LAG_S = 0.020
+# the capacity probe (``run --probe S``): this far past the estimate, so the queue is
+# backlogged however slow the hour
+PROBE_RHO = 1.2
 
 
 def _files(name: str) -> tuple[Path, Path]:
@@ -99,18 +102,31 @@ def run(
     repeats: int,
     rhos: tuple[float, ...] = RHOS,
     durations: dict[float, float] | None = None,
+    capacity_per_s: float | None = None,
+    probe_s: float | None = None,
 ) -> None:
     """One deployment's sweep: ``repeats`` × ``rhos``, each run ``duration_s`` long unless
-    ``durations`` gives its level another length (s); runs already done are skipped."""
+    ``durations`` gives its level another length (s); runs already done are skipped.
+    ``capacity_per_s`` (req/s), when given, is what ρ 1 means instead of the local estimate
+    (e.g. the backend's own backlogged throughput, measured in the same hour).
+    ``probe_s`` (s), without ``capacity_per_s``: measure it first, on the sweep's own
+    testbed (:func:`_probe`)."""
     scenario, deployment = _files(name)
     d = OUT / name
     testbed = CliTestbed(BACKEND, OUT / f".{name}.testbed", log=OUT / f".{name}.log")
     targets = testbed.up(scenario, deployment)
     try:
         share = float(targets.factor or 0.25) * 2.0  # a node's 2 cores at the testbed's factor
-        cap = capacity_rps(share)
-        (d / "capacity.json").write_text(json.dumps({"share": share, "capacity_rps": cap}))
+        cap = capacity_per_s or capacity_rps(share)
+        (d / "capacity.json").write_text(
+            json.dumps(
+                {"share": share, "capacity_rps": cap, "estimate_rps": capacity_rps(share)}
+                | ({"measured": True} if capacity_per_s else {})
+            )
+        )
         metrics = [f"{k}={v}" for k, v in targets.metrics.items()]
+        if probe_s and not capacity_per_s:
+            cap = _probe(name, scenario, targets.gateway, metrics, share, probe_s)
         for rep in range(repeats):
             for rho in rhos:
                 out = d / f"rho{rho:.1f}-{rep}"
@@ -118,31 +134,76 @@ def run(
                     continue
                 rate = rho * cap
                 print(f"{name} ρ {rho} ({rate:.0f}/s) repeat {rep}", file=sys.stderr)
-                run_cli(
-                    "load",
-                    "run",
-                    "-s",
-                    str(scenario),
-                    "--shape",
-                    "knee",
-                    "--target",
-                    targets.gateway,
-                    "--out",
-                    str(out),
-                    "--duration",
-                    f"{(durations or {}).get(rho, duration_s):g}",
-                    "--rate-scale",
-                    f"{rate / BASE_RATE:.4f}",
-                    "--seed",
-                    str(11 + rep),
-                    "--drain",
-                    "5",
-                    "--inputs-file",
-                    str(DEFAULT_DIR / TESTSET),
-                    *[a for m in metrics for a in ("--metrics", m)],
-                )
+                seconds = (durations or {}).get(rho, duration_s)
+                _load(scenario, targets.gateway, metrics, out, seconds, rate, 11 + rep)
     finally:
         testbed.down()
+
+
+def _load(
+    scenario: Path,
+    gateway: str,
+    metrics: list[str],
+    out: Path,
+    seconds: float,
+    rate: float,
+    seed: int,
+) -> None:
+    """One steady run of ``rate`` req/s for ``seconds`` into ``out`` (``loadgen``)."""
+    run_cli(
+        "load",
+        "run",
+        "-s",
+        str(scenario),
+        "--shape",
+        "knee",
+        "--target",
+        gateway,
+        "--out",
+        str(out),
+        "--duration",
+        f"{seconds:g}",
+        "--rate-scale",
+        f"{rate / BASE_RATE:.4f}",
+        "--seed",
+        str(seed),
+        "--drain",
+        "5",
+        "--inputs-file",
+        str(DEFAULT_DIR / TESTSET),
+        *[a for m in metrics for a in ("--metrics", m)],
+    )
+
+
+def _probe(
+    name: str, scenario: Path, gateway: str, metrics: list[str], share: float, seconds: float
+) -> float:
+    """What ρ 1 means in this hour (req/s): the answers per second over the second half
+    of a ``seconds``-long run at ρ PROBE_RHO of the estimate (backlogged), run once per
+    sweep in ``<deployment>/probe/`` (a resumed sweep reuses it, so its levels keep
+    their rates); recorded in ``capacity.json``. The fixed ``ITEM_CPU_MS`` estimate is
+    5–7 % off on a slow hour, where nominal ρ 0.9 is really 0.97 and its queue explodes."""
+    d = OUT / name
+    out = d / "probe"
+    estimate = capacity_rps(share)
+    if not (out / "summary.json").exists():
+        rate = PROBE_RHO * estimate
+        print(f"{name} probe: ρ {PROBE_RHO} of the estimate ({rate:.0f}/s)", file=sys.stderr)
+        _load(scenario, gateway, metrics, out, seconds, rate, 7)
+    served = _served_rps(out)
+    if not np.isfinite(served) or served <= 0:
+        sys.exit(f"{out}: the capacity probe answered nothing; is the testbed up?")
+    summary = json.loads((out / "summary.json").read_text())
+    probe = {
+        "duration_s": summary["duration_s"],
+        "offered_rps": summary["offered_rps"],
+        "served_rps": served,
+        "steal_cores": _steal(out),
+    }
+    capacity = {"share": share, "capacity_rps": served, "estimate_rps": estimate}
+    (d / "capacity.json").write_text(json.dumps(capacity | {"measured": True, "probe": probe}))
+    print(f"{name} probe: ρ 1 = {served:.1f}/s (estimate {estimate:.1f}/s)", file=sys.stderr)
+    return served
 
 
 def _steal(folder: Path) -> float:
@@ -410,7 +471,9 @@ def report() -> None:
         parts += [
             f"## {name}: encoder {DEPLOYMENTS[name]['variant']} batch "
             f"{DEPLOYMENTS[name]['batch']} (share {cap['share']:.2f} core, default bottleneck "
-            f"capacity estimate {cap['capacity_rps']:.0f}/s)",
+            f"capacity {'measured' if cap.get('measured') else 'estimate'} "
+            f"{cap['capacity_rps']:.0f}/s)",
+            *_probe_line(cap),
             "",
             markdown_table(
                 [
@@ -473,6 +536,20 @@ def report() -> None:
         parts += side_by_side(p95_at)
     default_name = "testbed_knee" + ("" if BACKEND == "local" else f"_{BACKEND}")
     write_result(os.environ.get("KNEE_RESULT", default_name), "\n".join(parts))
+
+
+def _probe_line(cap: dict) -> list[str]:
+    """The report's line on the sweep's capacity probe, when it had one."""
+    p = cap.get("probe")
+    if not p:
+        return []
+    return [
+        "",
+        f"ρ 1 = {p['served_rps']:.1f}/s, measured by the sweep's capacity probe "
+        f"({p['duration_s']:g} s at {p['offered_rps']:.0f}/s, ρ {PROBE_RHO} of the fixed "
+        f"estimate {cap['estimate_rps']:.1f}/s; steal {p['steal_cores']:.3f} cores): the "
+        f"estimate was {100 * (cap['estimate_rps'] / p['served_rps'] - 1):+.1f} % off",
+    ]
 
 
 def use_backend(backend: str) -> None:
@@ -557,6 +634,14 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one deployment's sweep (resumable)")
     r.add_argument("--deployment", choices=list(DEPLOYMENTS), required=True)
+    r.add_argument(
+        "--probe",
+        type=float,
+        default=None,
+        metavar="S",
+        help="first measure what ρ 1 means: S s at ρ 1.2 of the estimate, on the same "
+        "testbed (recorded in capacity.json; default: the fixed estimate)",
+    )
     r.add_argument("--duration", type=float, default=20.0, help="s per run")
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument(
@@ -564,6 +649,12 @@ def main() -> None:
         default=None,
         help="comma-separated levels (default: all), each optionally with its own run "
         "length in s: 0.2:20,0.9:90",
+    )
+    r.add_argument(
+        "--capacity-per-s",
+        default=None,
+        help="what ρ 1 means, req/s (default: the local estimate from the zoo), or a run "
+        "folder: its answers per second over its second half (a backlogged probe run)",
     )
     rp = sub.add_parser("report", help="calibrate held-out twins and write the result")
     for q in (r, rp):
@@ -578,7 +669,11 @@ def main() -> None:
         levels = [x.split(":") for x in a.rhos.split(",")] if a.rhos else [[str(x)] for x in RHOS]
         rhos = tuple(float(x[0]) for x in levels)
         durations = {float(x[0]): float(x[1]) for x in levels if len(x) > 1}
-        run(a.deployment, a.duration, a.repeats, rhos, durations)
+        cap = a.capacity_per_s
+        if cap is not None:
+            cap = _served_rps(Path(cap)) if Path(cap).is_dir() else float(cap)
+            print(f"ρ 1 = {cap:.1f}/s", file=sys.stderr)
+        run(a.deployment, a.duration, a.repeats, rhos, durations, cap, probe_s=a.probe)
     else:
         report()
 
