@@ -42,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, run_cli, write_result
 
 from calibrate import calibration as cal
-from calibrate.quota import quota_scenario, stage_cpu
+from calibrate.enforce import fit_tick, run_stall_share
+from calibrate.quota import CFS_TICK_MS, quota_scenario, stage_cpu
 from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
 from twin.criteria import stage_capacity_rps
 from twin.load import load_deployment, load_scenario
 from twin.sim import simulate_replication
-from twin.spec import SteadyWorkload
+from twin.spec import Deployment, Scenario, SteadyWorkload
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,8 +292,10 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     )
     rate = float(runs[runs["rho"] == rho]["offered"].mean())
     quota_sc = quota_scenario(base, calibration, dep, cpu, share)
+    tick = _quota_tick(cal_dir, quota_sc, dep, runs, rho) if cpu else CFS_TICK_MS
+    quota_sc = quota_scenario(base, calibration, dep, cpu, share, tick_ms=tick)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
-    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate)
+    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick)
     return {
         "twin": rate_sc,
         "mean": quota_sc,
@@ -300,7 +303,45 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
         "deployment": dep,
         "cpu": cpu,
         "rate": rate,
+        "tick_ms": tick,
     }
+
+
+def _quota_tick(
+    cal_dir: Path, sc: Scenario, dep: Deployment, runs: pd.DataFrame, rho: float
+) -> float:
+    """When the twin's quota is enforced (ms after the quota ran out; 0: at once).
+
+    ``KNEE_TICK=fit`` (default): fitted on the other levels below the capacity, so the
+    twin stalls the bottleneck as often as their runs did (:func:`calibrate.enforce.
+    fit_tick`; cached in ``quota_tick.json``); ``KNEE_TICK=<ms>``: that interval (4:
+    the twin before this fit, the scheduler tick at HZ=250)."""
+    how = os.environ.get("KNEE_TICK", "fit").strip()
+    if how != "fit":
+        return float(how)
+    cache = cal_dir / "quota_tick.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["tick_ms"])
+    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
+    d = OUT / str(runs["deployment"].iloc[0])
+    points = [
+        (
+            float(g["offered"].mean()),
+            float(np.nanmean([run_stall_share(d / r, BOTTLENECK) for r in g["run"]])),
+        )
+        for _, g in other.groupby("rho")
+    ]
+    fit = fit_tick(sc, dep, BOTTLENECK, points)
+    tick = CFS_TICK_MS if fit is None else fit.tick_ms
+    record = {"tick_ms": tick, "fit": None}
+    if fit is not None:
+        record["fit"] = {
+            "rates": [r for r, _ in points],
+            "testbed_stall": list(fit.testbed),
+            "twin_stall": {str(k): list(v) for k, v in fit.twin.items()},
+        }
+    cache.write_text(json.dumps(record, indent=1))
+    return tick
 
 
 def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dict:
@@ -343,7 +384,8 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     out["server_cpu_ms"] = (
         f"model {enc.batch_ms:.2f}+{enc.per_item_ms:.2f}(b−1), server {enc.per_call_ms:.2f}/call, "
         f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}, "
-        f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s)"
+        f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s), quota check "
+        f"{held['tick_ms']:g} ms"
         if enc
         else ""
     )
