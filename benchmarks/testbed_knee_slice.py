@@ -46,8 +46,11 @@ import testbed_knee as knee
 import testbed_knee_stalls as stalls
 from _report import machine_line, markdown_table, write_result
 
+from calibrate.enforce import stall_share
 from loadgen.host import host_series
 from testbed.cgroups import PERIOD_ENV
+from twin.sim import simulate_replication
+from twin.spec import SteadyWorkload
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("KNEE_SLICE_RUNS", ROOT / "runs" / "knee-slice"))
@@ -128,7 +131,78 @@ def run_row(folder: Path) -> dict[str, float]:
     }
 
 
-def report(note: str = "") -> None:
+def twin_periods(sweep: Path, seconds: float = 60.0, seeds: int = 4) -> list[str]:
+    """Markdown: the twin's p50/p95/p99 and stall share at the A/B's rates under a 10-ms
+    and a 100-ms period (the same cores), from the held-out twins of another sweep's
+    levels ρ 0.6 and 0.8 (``testbed_knee.held_out_twin``, quota check fitted): does the
+    twin predict what the longer period does to the testbed?"""
+    knee.OUT = sweep
+    runs = knee._levels("default")
+    rows = []
+    for rho in LEVELS:
+        held = knee.held_out_twin("default", rho, runs)
+        tb = {}
+        for arm in ("slice5000", "period100"):
+            rs = [run_row(f) for f in sorted(OUT.glob(f"{arm}-*/default/rho{rho:.1f}-0"))]
+            if rs:
+                tb[arm] = {k: np.mean([r[k] for r in rs]) for k in rs[0]}
+        if len(tb) < 2:
+            continue
+        rate = tb["slice5000"]["offered/s"]
+        out = {}
+        for period_ms in (10.0, 100.0):
+            settings = held["twin"].settings.model_copy(update={"cpu_period_ms": period_ms})
+            sc = held["twin"].model_copy(update={"settings": settings})
+            wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=rate)
+            lat, service = [], []
+            for seed in range(seeds):
+                res = simulate_replication(sc, held["deployment"], wl, seconds, seed)
+                r = res.requests
+                lat.append((r["t_end"] - r["t_arrive"]).dropna().to_numpy() * 1e3)
+                v = res.visits
+                e = v[v["component"].astype(str) == knee.BOTTLENECK]
+                service.append((e["t_end"] - e["t_start"]).to_numpy() * 1e3)
+            p = np.percentile(np.concatenate(lat), [50, 95, 99])
+            out[period_ms] = (*p, 100 * stall_share(np.concatenate(service)))
+        t10, t100 = tb["slice5000"], tb["period100"]
+        rows.append(
+            [
+                f"{rho:g} ({rate:.0f}/s)",
+                f"{t10['p50 ms']:.1f}/{t10['p95 ms']:.1f}/{t10['p99 ms']:.1f}, "
+                f"{t10['stalled %']:.0f} %",
+                "/".join(f"{x:.1f}" for x in out[10.0][:3]) + f", {out[10.0][3]:.0f} %",
+                f"{t100['p50 ms']:.1f}/{t100['p95 ms']:.1f}/{t100['p99 ms']:.1f}, "
+                f"{t100['stalled %']:.0f} %",
+                "/".join(f"{x:.1f}" for x in out[100.0][:3]) + f", {out[100.0][3]:.0f} %",
+                f"{t100['p95 ms'] / t10['p95 ms']:.2f}",
+                f"{out[100.0][1] / out[10.0][1]:.2f}",
+                f"{held['tick_ms']:g}",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        f"## The twin under both periods (held-out twins of {sweep.name}, {seeds} seeds × "
+        f"{seconds:g} s at the A/B's rates)",
+        "",
+        markdown_table(
+            [
+                "ρ",
+                "testbed 10 ms: p50/p95/p99 ms, stalled",
+                "twin 10 ms",
+                "testbed 100 ms",
+                "twin 100 ms",
+                "testbed p95 100/10 ms",
+                "twin p95 100/10 ms",
+                "twin quota check ms (fitted)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def report(note: str = "", twin_sweep: Path | None = None) -> None:
     parts = [
         "# The bottleneck's stalls under other CFS settings: host slice 5 vs 1 ms, "
         "period 10 vs 100 ms",
@@ -179,6 +253,8 @@ def report(note: str = "") -> None:
             markdown_table(["arm", "runs", *cols], means),
             "",
         ]
+    if twin_sweep is not None:
+        parts += twin_periods(twin_sweep)
     write_result("testbed_knee_slice", "\n".join(parts))
 
 
@@ -191,6 +267,12 @@ def main() -> None:
     r.add_argument("--arms", default=",".join(ARMS), help="a subset of the arms, comma-separated")
     rp = sub.add_parser("report", help="the result from the run folders")
     rp.add_argument("--note", default="", help="a line on when and on how busy a host it ran")
+    rp.add_argument(
+        "--twin",
+        type=Path,
+        default=None,
+        help="a default knee sweep whose held-out twins of ρ 0.6/0.8 are run at both periods",
+    )
     a = ap.parse_args()
     if a.cmd == "run":
         arms = tuple(x.strip() for x in a.arms.split(","))
@@ -199,7 +281,7 @@ def main() -> None:
             ap.error(f"--arms: unknown {bad}; expected some of {list(ARMS)}")
         run(a.part, a.duration, arms)
     else:
-        report(a.note)
+        report(a.note, a.twin.resolve() if a.twin else None)
 
 
 if __name__ == "__main__":
