@@ -328,7 +328,14 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     import torch
 
     from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
-    from lab.control_calibrate import calibrated_twin, node_cpu, quota_twin
+    from lab.control_calibrate import (
+        calibrated_twin,
+        class_overheads,
+        node_cpu,
+        overhead_class,
+        quota_moved_ms,
+        quota_twin,
+    )
     from lab.control_twin import TwinReplay, replay
     from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
     from twin.load import dump_yaml, load_scenario
@@ -362,7 +369,8 @@ def cmd_retwin(args: argparse.Namespace) -> None:
                 continue
             cal_sc, kind = None, "view"
         else:
-            if args.missing and s.get("twin_quota" if args.quota else "twin_calibrated"):
+            key = "twin_quota_class" if args.by_class else "twin_quota"
+            if args.missing and s.get(key if args.quota else "twin_calibrated"):
                 continue
             cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
         if (
@@ -371,35 +379,47 @@ def cmd_retwin(args: argparse.Namespace) -> None:
             cpu = node_cpu([o["folder"] / "load" for o in others], scaled)
             cal_sc = quota_twin(cal_sc, scaled, float(s["cpu_factor"]), cpu)
             kind, extra = "quota", {"twin_quota_cpu": asdict(cpu)}
+        # (kind, overhead per configuration class); with --by-class the pooled quota twin
+        # too, on the same calibration, so the two differ in the overhead only
+        variants: list[tuple[str, dict | None]] = [(kind, None)]
+        if args.by_class and args.quota and not args.view:
+            folders = [o["folder"] for o in others]
+            overheads = class_overheads(folders, quota_moved_ms(scaled, cpu))
+            variants.append(("quota-class", overheads))
+            extra["twin_quota_class_overheads"] = {c: o.model_dump() for c, o in overheads.items()}
         own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
         opts = _control_options({**own, "rate_scale": scale}, args.steps)
-        run, make_decider, envs = prepare_control(
-            sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
-        )
         rows = pd.read_parquet(s["folder"] / "intervals.parquet")
-        spec = TwinReplay(
-            envs[1],
-            run.view.workload(s["shape"]),
-            int(s["seed"]),
-            float(s["duration_s"]) + float(s.get("load_margin_s", LOAD_MARGIN_S)),
-            float(s["offset_s"]),
-            len(rows),
-            s.get("change_seconds_median") or {},
-            sim_scenario=cal_sc,
-        )
-        twin_rows, _ = replay(spec, make_decider())
         folder = s["folder"]
         summary = json.loads((folder / "summary.json").read_text())
-        if kind == "view":
-            write_table(twin_rows, folder / "twin-intervals")
-            write_table(side_by_side(rows, twin_rows), folder / "side-by-side")
-            summary["twin"] = summarise(twin_rows)
-        else:
-            write_table(twin_rows, folder / f"twin-{kind}-intervals")
-            write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
-            (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
-            summary[f"twin_{kind}"] = summarise(twin_rows)
-            summary[f"twin_{kind}_on"] = [o["folder"].name for o in others]
+        for kind, overheads in variants:
+            run, make_decider, envs = prepare_control(
+                sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+            )
+            spec = TwinReplay(
+                envs[1],
+                run.view.workload(s["shape"]),
+                int(s["seed"]),
+                float(s["duration_s"]) + float(s.get("load_margin_s", LOAD_MARGIN_S)),
+                float(s["offset_s"]),
+                len(rows),
+                s.get("change_seconds_median") or {},
+                sim_scenario=cal_sc,
+                overheads=overheads,
+                classify=overhead_class,
+            )
+            twin_rows, _ = replay(spec, make_decider())
+            if kind == "view":
+                write_table(twin_rows, folder / "twin-intervals")
+                write_table(side_by_side(rows, twin_rows), folder / "side-by-side")
+                summary["twin"] = summarise(twin_rows)
+            else:
+                write_table(twin_rows, folder / f"twin-{kind}-intervals")
+                write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
+                (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
+                key = "twin_" + kind.replace("-", "_")
+                summary[key] = summarise(twin_rows)
+                summary[f"{key}_on"] = [o["folder"].name for o in others]
         summary.update(extra)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -808,6 +828,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             ("view", "side-by-side"),
             ("calibrated", "side-by-side-calibrated"),
             ("quota", "side-by-side-quota"),
+            ("quota-class", "side-by-side-quota-class"),
         ):
             sbs = folder / f"{name}.parquet"
             if sbs.is_file():
@@ -893,6 +914,11 @@ def cmd_report(args: argparse.Namespace) -> None:
             ("view", "the uncalibrated twin (the policies' view)"),
             ("calibrated", "the twin calibrated on the other runs of the workload"),
             ("quota", "that twin with every node under its CFS quota (quota_twin)"),
+            (
+                "quota-class",
+                "the quota twin with the per-request overhead per configuration class "
+                "(light / heavy: e-large), fitted on the other runs' intervals of that class",
+            ),
         ):
             g = f[f["twin"] == twin]
             ok = g[(g["rho"] <= 0.9) & g["p95_s_testbed"].notna() & g["p95_s_twin"].notna()]
@@ -1063,6 +1089,13 @@ def main() -> None:
                 action="store_true",
                 help="also put every node under its CFS quota (lab.control_calibrate.quota_twin); "
                 "writes twin-quota-* beside twin-calibrated-*",
+            )
+            p.add_argument(
+                "--by-class",
+                action="store_true",
+                help="with --quota: the per-request overhead per configuration class, fitted on "
+                "the other runs' intervals of that class (lab.control_calibrate.class_overheads); "
+                "writes twin-quota-class-* and, on the same calibration, twin-quota-*",
             )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
