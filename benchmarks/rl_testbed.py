@@ -625,6 +625,150 @@ def _miss_attribution(runs: list[dict]) -> list[str]:
     ]
 
 
+# the stage servers keep idle connections 75 s and the stage client resends once
+# (commit 35c3450, 2026-12-06 03:21:08 UTC): load runs started later have the fix
+KEEPALIVE_FIX_UNIX = 1796527268.0
+STALL_AFTER_CHANGE_S = 1.5  # a stall this long after a decision's last change is its own
+
+
+def _stalls(s: dict) -> tuple[list[dict], list[dict], int]:
+    """A run's stalls and decisions. A stall: consecutive seconds of the control whose
+    requests' p95 exceeds the pipeline deadline (or that hold a failed request); it
+    goes with a reconfiguration when it overlaps [decision − 0.5 s, end of its changes
+    + ``STALL_AFTER_CHANGE_S``]. A decision: its change kinds, whether a stall went
+    with it. And the run's late (or failed) requests in all."""
+    f = s["folder"]
+    req = pd.read_parquet(
+        f / "load" / "requests.parquet", columns=["t_arrive", "t_end", "ok", "deadline_s"]
+    )
+    off, dur = float(s["offset_s"]), float(s["duration_s"])
+    req = req[(req["t_arrive"] >= off) & (req["t_arrive"] < off + dur)]
+    late = ((req["t_end"] - req["t_arrive"]) > req["deadline_s"]) | ~req["ok"]
+    sec = np.floor(req["t_arrive"]).astype(int)
+    lat = (req["t_end"] - req["t_arrive"]).where(req["ok"], np.inf)
+    bad = sorted(
+        set(sec[lat.groupby(sec).transform(lambda x: x.quantile(0.95)) > req["deadline_s"]])
+    )
+    spans = []
+    ch = f / "changes.parquet"
+    if ch.is_file():
+        c = pd.read_parquet(ch).astype({"seconds": float})
+        for t, g in c.groupby("t_s"):
+            spans.append((off + t, off + t + g["seconds"].sum(), sorted(set(g["kind"]))))
+    episodes: list[list[int]] = []
+    for b in bad:
+        if episodes and b - episodes[-1][-1] <= 1:
+            episodes[-1].append(b)
+        else:
+            episodes.append([b])
+    stalls = []
+    hit = set()
+    for e in episodes:
+        t0, t1 = e[0], e[-1] + 1
+        near = [
+            k
+            for k, (a, b, _) in enumerate(spans)
+            if a - 0.5 <= t1 and b + STALL_AFTER_CHANGE_S >= t0
+        ]
+        hit.update(near)
+        mine = (req["t_arrive"] >= t0) & (req["t_arrive"] < t1)
+        stalls.append(
+            {
+                "run": f.name,
+                "t_s": t0 - off,
+                "seconds": len(e),
+                "with_change": bool(near),
+                "late": int(late[mine].sum()),
+            }
+        )
+    decisions = [
+        {"run": f.name, "kinds": kinds, "stall": k in hit} for k, (_, _, kinds) in enumerate(spans)
+    ]
+    return stalls, decisions, int(late.sum())
+
+
+def _stall_section(runs: list[dict]) -> list[str]:
+    """Where the SLO violations come from: stalls with and without a reconfiguration,
+    before and after the keep-alive fix; and which kinds of change stall."""
+    rows, dec = [], []
+    for s in runs:
+        meta = json.loads((s["folder"] / "load" / "run.json").read_text())
+        fixed = float(meta["t0_unix_s"]) >= KEEPALIVE_FIX_UNIX
+        st, de, late = _stalls(s)
+        group = "after the keep-alive fix" if fixed else "before it"
+        rows.append({"group": group, "run": s["folder"].name, "stalls": st, "late": late})
+        dec += [{**d, "group": group} for d in de]
+    table = []
+    for group in ("before it", "after the keep-alive fix"):
+        g = [r for r in rows if r["group"] == group]
+        if not g:
+            continue
+        st = [x for r in g for x in r["stalls"]]
+        away = [x for x in st if not x["with_change"]]
+        late = sum(x["late"] for x in st)
+        late_all = sum(r["late"] for r in g)
+        table.append(
+            [
+                group,
+                len(g),
+                sum(1 for r in g if r["stalls"]),
+                len(st) - len(away),
+                len(away),
+                sum(1 for r in g if any(not x["with_change"] for x in r["stalls"])),
+                f"{100 * late / max(late_all, 1):.0f}",
+            ]
+        )
+    kinds = []
+    d = pd.DataFrame(dec)
+    if not d.empty:
+        d["kind"] = [
+            "replica start"
+            if "replica-start" in k
+            else "variant switch (no start)"
+            if "variant" in k
+            else "batch or scale-down only"
+            for k in d["kinds"]
+        ]
+        for (group, kind), g in d.groupby(["group", "kind"], sort=True):
+            kinds.append([group, kind, len(g), int(g["stall"].sum())])
+    away = [
+        f"{r['run']} at {max(x['t_s'], 0):.1f} s ({x['seconds']} s)"
+        for r in rows
+        for x in r["stalls"]
+        if not x["with_change"]
+    ]
+    return [
+        "## Stalls: where the SLO violations come from",
+        "",
+        "A stall: consecutive seconds of the control in which the requests' p95 exceeds the "
+        "pipeline deadline. It goes with a reconfiguration when it overlaps the span from "
+        f"0.5 s before the decision to {STALL_AFTER_CHANGE_S:g} s after its last change. "
+        "Runs started after the keep-alive fix (stage servers keep idle connections 75 s, "
+        "longer than the gateway's 30-s pool, and the stage client resends once on a "
+        "closed connection) are counted apart from those before it.",
+        "",
+        markdown_table(
+            [
+                "runs",
+                "n",
+                "runs with a stall",
+                "stalls with a reconfiguration",
+                "stalls without one",
+                "runs with a stall without one",
+                "share of the late requests in stalls (%)",
+            ],
+            table,
+        ),
+        "",
+        "Stalls without a reconfiguration: " + ("; ".join(away) if away else "none") + ".",
+        "",
+        "Decisions that reconfigured, by kind, and how many a stall went with:",
+        "",
+        markdown_table(["runs", "kind of decision", "decisions", "with a stall"], kinds),
+        "",
+    ]
+
+
 def _t_interval(x: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % Student-t interval (nan with one value)."""
     from scipy.stats import t
@@ -965,6 +1109,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             "steady-high's repeat 0 ran before replicas started outside the node's quota "
             "and is left out.",
         )
+    lines += _stall_section(runs)
     lines += _miss_attribution(runs)
     lines += _overhead_study(runs)
     if changes:
