@@ -769,6 +769,52 @@ def _stall_section(runs: list[dict]) -> list[str]:
     ]
 
 
+def _self_agreement(runs: list[dict]) -> list[str]:
+    """How closely the testbed repeats its own per-interval p95: every pair of block
+    runs of one workload and policy (other repeats: another load seed and moment of
+    the host) at the same interval with the same configuration, ρ ≤ 0.9 in both; the
+    share of ordered pairs within ±15 % — the bar the twin's figure is measured by."""
+    import itertools
+
+    rows = []
+    for s in runs:
+        if not s.get("start_check"):
+            continue
+        iv = pd.read_parquet(s["folder"] / "intervals.parquet")
+        rho = (iv["offered_rps"] / iv["capacity_rps"]).to_numpy()
+        for k in range(len(iv)):
+            if rho[k] <= 0.9 and np.isfinite(iv["p95_s"].iloc[k]):
+                key = (s["shape"], s["policy"], k, iv["config"].iloc[k])
+                rows.append((key, float(iv["p95_s"].iloc[k])))
+    by: dict[tuple, list[float]] = {}
+    for key, p95 in rows:
+        by.setdefault(key, []).append(p95)
+    per_w: dict[str, list[bool]] = {}
+    logs = []
+    for key, xs in by.items():
+        for a, b in itertools.permutations(xs, 2):
+            per_w.setdefault(key[0], []).append(abs(a / b - 1) <= 0.15)
+            logs.append(np.log(a / b))
+    if not per_w:
+        return []
+    from scipy.stats import norm
+
+    every = [x for v in per_w.values() for x in v]
+    parts = ", ".join(f"{w} {100 * np.mean(v):.0f} % of {len(v) // 2}" for w, v in per_w.items())
+    # a pair's log ratio holds two runs' noise; one run against its expectation, one
+    sd_one = 1.4826 * float(np.median(np.abs(logs))) / np.sqrt(2)
+    ideal = float(norm.cdf(np.log(1.15) / sd_one) - norm.cdf(np.log(0.85) / sd_one))
+    return [
+        f"- The testbed against itself: the same policy's p95 at the same interval with the "
+        f"same configuration in another repeat (another load seed and moment of the host; "
+        f"ρ ≤ 0.9) is within ±15 % on {100 * np.mean(every):.0f} % of {len(every) // 2} "
+        f"pairs ({parts}). A pair holds the noise of two runs: a twin that gave each "
+        f"interval's expected p95 exactly would be within ±15 % of one run on about "
+        f"{100 * ideal:.0f} % of intervals (one run's noise: log sd {sd_one:.2f}, from the "
+        "pairs' median absolute log ratio). That is the ceiling of the figure on this host."
+    ]
+
+
 def _t_interval(x: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % Student-t interval (nan with one value)."""
     from scipy.stats import t
@@ -1085,6 +1131,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"{100 * err.abs().median():.0f} %, {100 * within:.0f} % of intervals within "
                 f"±15 % ({per_w}); by kind of interval: {by_kind}"
             )
+    checks += _self_agreement(runs)
     lines += [*checks, ""]
     block = [s for s in runs if s.get("start_check")]
     lines += _repeats_section(
