@@ -847,6 +847,8 @@ def _repeats_section(runs: list[dict], title: str, note: str) -> list[str]:
                 "policy": s["policy"],
                 "repeat": _repeat(s["folder"]),
                 "objective": s["testbed"]["objective_mean"],
+                "twin_objective": (s.get("twin") or {}).get("objective_mean", np.nan),
+                "twin_slo_pct": 100 * (s.get("twin_quota") or {}).get("slo_violations", np.nan),
                 "slo_pct": 100 * s["testbed"]["slo_violations"],
                 "p95_ms": 1e3 * s["testbed"]["p95_s_mean"],
                 "failed": s["testbed"]["failed"],
@@ -896,6 +898,18 @@ def _repeats_section(runs: list[dict], title: str, note: str) -> list[str]:
     ]
     checks = []
     for w, g in d.groupby("workload", sort=False):
+        m = g.groupby("policy")[["objective", "twin_objective", "slo_pct", "twin_slo_pct"]].mean()
+        if len(m) > 1 and m["twin_objective"].notna().all():
+            tau = kendall_tau(list(m["objective"]), list(m["twin_objective"]))
+            text = (
+                f"- {w}: Kendall τ of the {len(m)} policies' mean objective, twin (the same "
+                f"loop, same arrivals) vs testbed: {tau:.2f} (needs ≥ 0.8)"
+            )
+            if m["twin_slo_pct"].notna().all():
+                tau_slo = kendall_tau(list(m["slo_pct"]), list(m["twin_slo_pct"]))
+                shown = f"{tau_slo:.2f}" if np.isfinite(tau_slo) else "undefined (all tied)"
+                text += f"; on SLO violations (quota twin) {shown}"
+            checks.append(text)
         by = g.pivot_table(index="repeat", columns="policy", values=["objective", "slo_pct"])
         if ("objective", "ppo") not in by.columns:
             continue
