@@ -329,8 +329,10 @@ def cmd_retwin(args: argparse.Namespace) -> None:
 
     from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
     from lab.control_calibrate import (
+        AFTER_CHANGE,
         calibrated_twin,
-        class_overheads,
+        class_samples,
+        fit_class_overheads,
         node_cpu,
         overhead_class,
         quota_moved_ms,
@@ -369,7 +371,7 @@ def cmd_retwin(args: argparse.Namespace) -> None:
                 continue
             cal_sc, kind = None, "view"
         else:
-            key = "twin_quota_class" if args.by_class else "twin_quota"
+            key = "twin_quota_class_change" if args.by_class else "twin_quota"
             if args.missing and s.get(key if args.quota else "twin_calibrated"):
                 continue
             cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
@@ -383,10 +385,13 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         # too, on the same calibration, so the two differ in the overhead only
         variants: list[tuple[str, dict | None]] = [(kind, None)]
         if args.by_class and args.quota and not args.view:
-            folders = [o["folder"] for o in others]
-            overheads = class_overheads(folders, quota_moved_ms(scaled, cpu))
-            variants.append(("quota-class", overheads))
-            extra["twin_quota_class_overheads"] = {c: o.model_dump() for c, o in overheads.items()}
+            samples = class_samples([o["folder"] for o in others])
+            moved = quota_moved_ms(scaled, cpu)
+            for name, after in (("quota-class", False), ("quota-class-change", True)):
+                overheads = fit_class_overheads(samples, moved, after_change=after)
+                variants.append((name, overheads))
+                key = "twin_" + name.replace("-", "_") + "_overheads"
+                extra[key] = {c: o.model_dump() for c, o in overheads.items()}
         own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
         opts = _control_options({**own, "rate_scale": scale}, args.steps)
         rows = pd.read_parquet(s["folder"] / "intervals.parquet")
@@ -407,6 +412,7 @@ def cmd_retwin(args: argparse.Namespace) -> None:
                 sim_scenario=cal_sc,
                 overheads=overheads,
                 classify=overhead_class,
+                after_change=AFTER_CHANGE,
             )
             twin_rows, _ = replay(spec, make_decider())
             if kind == "view":
@@ -1033,6 +1039,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             ("calibrated", "side-by-side-calibrated"),
             ("quota", "side-by-side-quota"),
             ("quota-class", "side-by-side-quota-class"),
+            ("quota-class-change", "side-by-side-quota-class-change"),
         ):
             sbs = folder / f"{name}.parquet"
             if sbs.is_file():
@@ -1122,6 +1129,11 @@ def cmd_report(args: argparse.Namespace) -> None:
                 "quota-class",
                 "the quota twin with the per-request overhead per configuration class "
                 "(light / heavy: e-large), fitted on the other runs' intervals of that class",
+            ),
+            (
+                "quota-class-change",
+                "the same with the interval after a reconfiguration a class of its own "
+                "(fitted on the other runs' intervals after a reconfiguration)",
             ),
         ):
             g = f[f["twin"] == twin]
@@ -1301,7 +1313,8 @@ def main() -> None:
                 action="store_true",
                 help="with --quota: the per-request overhead per configuration class, fitted on "
                 "the other runs' intervals of that class (lab.control_calibrate.class_overheads); "
-                "writes twin-quota-class-* and, on the same calibration, twin-quota-*",
+                "writes twin-quota-class-*, twin-quota-class-change-* (the interval after a "
+                "reconfiguration its own class too) and, on the same calibration, twin-quota-*",
             )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")

@@ -276,34 +276,63 @@ def overhead_class(config: str) -> str:
     return "heavy" if "e-large" in config else "light"
 
 
+AFTER_CHANGE = "after change"
+
+
 def class_overheads(
-    runs: list[Path], moved_ms: float = 0.0, min_requests: int = 200
+    runs: list[Path], moved_ms: float = 0.0, min_requests: int = 200, after_change: bool = False
 ) -> dict[str, ServiceTime]:
     """Per configuration class (:func:`overhead_class`), the per-request overhead
     fitted (:func:`calibrate.fit.fit_overhead`) on the requests of the control-run
     folders ``runs`` that arrived while a configuration of that class ran (the
-    interval's ``config`` in ``intervals.parquet``). ``moved_ms`` is taken out of
-    each mean as :func:`quota_twin` does. A class with fewer than ``min_requests``
-    requests is left out (the replay keeps the pooled overhead for it).
+    interval's ``config`` in ``intervals.parquet``). With ``after_change`` the
+    intervals that follow a reconfiguration (the changes run in their first seconds:
+    replica starts take the host's CPU, switched replicas pause) are a class of their
+    own, :data:`AFTER_CHANGE`. ``moved_ms`` is taken out of each mean as
+    :func:`quota_twin` does. A class with fewer than ``min_requests`` requests is left
+    out (the replay keeps the pooled overhead for it).
     """
-    from calibrate.fit import fit_overhead
+    return fit_class_overheads(class_samples(runs), moved_ms, min_requests, after_change)
+
+
+def class_samples(runs: list[Path]) -> list[tuple[str, bool, np.ndarray]]:
+    """Per interval of the control-run folders ``runs``: its configuration's class,
+    whether it follows a reconfiguration, and its requests' overheads (ms,
+    :func:`calibrate.samples.request_overheads`)."""
     from calibrate.samples import request_overheads
 
-    parts: dict[str, list[np.ndarray]] = {}
+    out = []
     for folder in runs:
         summary = json.loads((folder / "summary.json").read_text())
-        iv = pd.read_parquet(folder / "intervals.parquet", columns=["t_s", "config"])
+        iv = pd.read_parquet(folder / "intervals.parquet")
+        applied = iv.get("apply_s", iv.get("change_delay_s"))
+        changed = [False] + [bool(a > 0) for a in applied.to_numpy()[:-1]]
         res = load_result(folder / "load")
         step = float(summary["duration_s"]) / max(len(iv), 1)
         arrive = res.requests.set_index("pid")["t_arrive"]
         visit_arrive = res.visits["pid"].map(arrive)
-        for t, config in zip(iv["t_s"], iv["config"], strict=True):
+        for t, config, after in zip(iv["t_s"], iv["config"], changed, strict=True):
             t0 = float(summary["offset_s"]) + float(t)
             req = res.requests[res.requests["t_arrive"].between(t0, t0 + step, inclusive="left")]
             vis = res.visits[visit_arrive.between(t0, t0 + step, inclusive="left").to_numpy()]
             if len(req) and len(vis):
                 over = request_overheads(req, vis)["overhead_ms"].to_numpy()
-                parts.setdefault(overhead_class(str(config)), []).append(over)
+                out.append((overhead_class(str(config)), after, over))
+    return out
+
+
+def fit_class_overheads(
+    samples: list[tuple[str, bool, np.ndarray]],
+    moved_ms: float = 0.0,
+    min_requests: int = 200,
+    after_change: bool = False,
+) -> dict[str, ServiceTime]:
+    """:func:`class_overheads` from :func:`class_samples`' rows."""
+    from calibrate.fit import fit_overhead
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for cls, after, over in samples:
+        parts.setdefault(AFTER_CHANGE if after and after_change else cls, []).append(over)
     out: dict[str, ServiceTime] = {}
     for cls, xs in sorted(parts.items()):
         x = np.concatenate(xs)

@@ -112,6 +112,9 @@ class TwinReplay:
     # class starts; a class not in it keeps ``sim_scenario``'s overhead
     overheads: dict[str, ServiceTime] | None = None
     classify: Callable[[str], str] | None = None
+    # the overhead of this class (of ``overheads``) for the interval after a decision
+    # that reconfigured, then the configuration's class again; None: no such class
+    after_change: str | None = None
 
 
 def _window(
@@ -165,7 +168,8 @@ def replay(
         while pending and pending[0][0] < t1:  # the last decision's steps, in order
             at, step, overhead = pending.pop(0)
             sim.advance(at)
-            sim.reconfigure(step)
+            if step is not None:
+                sim.reconfigure(step)
             if overhead is not None:
                 sim.set_request_overhead(env.process, overhead)
         sim.advance(t1)
@@ -188,7 +192,12 @@ def replay(
             delay = steps[-1][0]
             # the class moves with the variants: the first step switches them in place
             new_over = overhead_for(chosen)
+            transient = (run.overheads or {}).get(run.after_change or "")
+            if transient is not None:  # the change's own overhead, its interval long
+                pending += [(t1, None, transient), (t1 + interval, None, new_over)]
+                new_over = None
             pending += [(t1 + s, d, new_over if i == 0 else None) for i, (s, d) in enumerate(steps)]
+            pending.sort(key=lambda p: p[0])
             dep, current = new_dep, chosen  # what the next decision starts from
         rows.append(
             {

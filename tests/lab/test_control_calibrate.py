@@ -9,14 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.control_calibrate import class_overheads, less_overhead, overhead_class
+from lab.control_calibrate import AFTER_CHANGE, class_overheads, less_overhead, overhead_class
 from twin.spec import LognormalServiceTime
 
 LIGHT = "d-tiny×1/b1 e-small×1/b1 c-linear×1/b1"
 HEAVY = "d-large×1/b1 e-large×2/b1 c-deep×1/b1"
 
 
-def _run(folder: Path, configs: list[str], over_ms: list[float], seed: int) -> Path:
+def _run(
+    folder: Path,
+    configs: list[str],
+    over_ms: list[float],
+    seed: int,
+    applied: list[float] | None = None,
+) -> Path:
     """A control-run folder: 10-s intervals from load-run time 2 s, 300 requests each,
     one stage visit of 3 ms per request, overhead lognormal around ``over_ms``."""
     rng = np.random.default_rng(seed)
@@ -32,7 +38,10 @@ def _run(folder: Path, configs: list[str], over_ms: list[float], seed: int) -> P
     pd.DataFrame(visits).to_parquet(folder / "load" / "visits.parquet")
     (folder / "load" / "run.json").write_text(json.dumps({"t0_unix_s": 0.0}))
     t_s = [10.0 * k for k in range(len(configs))]
-    pd.DataFrame({"t_s": t_s, "config": configs}).to_parquet(folder / "intervals.parquet")
+    applied = applied or [0.0] * len(configs)
+    pd.DataFrame({"t_s": t_s, "config": configs, "apply_s": applied}).to_parquet(
+        folder / "intervals.parquet"
+    )
     summary = {"duration_s": 10.0 * len(configs), "offset_s": 2.0}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
@@ -59,3 +68,17 @@ def test_less_overhead_keeps_a_tenth() -> None:
     o = LognormalServiceTime(kind="lognormal", mean_ms=2.0, cv=0.5)
     assert less_overhead(o, 0.5).mean_ms == pytest.approx(1.5)
     assert less_overhead(o, 5.0).mean_ms == pytest.approx(0.2)
+
+
+def test_the_interval_after_a_reconfiguration_is_a_class_of_its_own(tmp_path: Path) -> None:
+    # a decides a change at the end of its first interval: its second is "after change"
+    runs = [
+        _run(tmp_path / "a", [HEAVY, LIGHT, LIGHT], [20.0, 50.0, 5.0], 1, [0.8, 0.0, 0.0]),
+        _run(tmp_path / "b", [LIGHT, HEAVY], [5.0, 20.0], 2),
+    ]
+    got = class_overheads(runs, after_change=True)
+    assert set(got) == {"light", "heavy", AFTER_CHANGE}
+    assert got[AFTER_CHANGE].mean_ms == pytest.approx(50.0, rel=0.1)
+    assert got["light"].mean_ms == pytest.approx(5.0, rel=0.1)
+    # without the class the change's interval counts as its configuration's
+    assert class_overheads(runs)["light"].mean_ms > 15
