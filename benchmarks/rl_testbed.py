@@ -348,10 +348,20 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     sc = load_scenario(SCENARIO)
     pred = _predictor(str(DEFAULT_PREDICTOR))
     runs = _summaries()
+    fits: dict = {}  # the calibration of one set of other runs, and its node CPU
+    samples_of: dict = {}
+    if args.hold_out_block:  # a block's runs one after another: one fit for all
+        runs.sort(key=lambda o: (o["shape"], _repeat(o["folder"]), o["folder"].name))
     for s in runs:
         if args.policies and s["policy"] not in args.policies.split(","):
             continue
         others = [o for o in runs if o["folder"] != s["folder"]]
+        if args.hold_out_block:  # the runs of this run's block (testbed, moment) too
+            others = [
+                o
+                for o in others
+                if (o["shape"], _repeat(o["folder"])) != (s["shape"], _repeat(s["folder"]))
+            ]
         if not args.all_workloads:  # the overhead moves with the host's load: fit at this one
             others = [o for o in others if o["shape"] == s["shape"]]
         if not others:
@@ -374,18 +384,35 @@ def cmd_retwin(args: argparse.Namespace) -> None:
             key = "twin_quota_class_change" if args.by_class else "twin_quota"
             if args.missing and s.get(key if args.quota else "twin_calibrated"):
                 continue
-            cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+            # one fit per set of other runs (with --hold-out-block, per block)
+            fit_key = (
+                tuple(sorted(o["folder"].name for o in others)),
+                s["cpu_factor"],
+                scale,
+                rate,
+            )
+            if fit_key not in fits:
+                cal, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+                cpu = (
+                    node_cpu([o["folder"] / "load" for o in others], scaled) if args.quota else None
+                )
+                fits.clear()  # runs come sorted by block: keep one fit
+                fits[fit_key] = (cal, cpu)
+            cal_sc, cpu = fits[fit_key]
         if (
             args.quota and not args.view
         ):  # the nodes' CFS quota on top, its server CPU fitted on the others
-            cpu = node_cpu([o["folder"] / "load" for o in others], scaled)
             cal_sc = quota_twin(cal_sc, scaled, float(s["cpu_factor"]), cpu)
             kind, extra = "quota", {"twin_quota_cpu": asdict(cpu)}
+            extra["twin_held_out"] = "block" if args.hold_out_block else "run"
         # (kind, overhead per configuration class); with --by-class the pooled quota twin
         # too, on the same calibration, so the two differ in the overhead only
         variants: list[tuple[str, dict | None]] = [(kind, None)]
         if args.by_class and args.quota and not args.view:
-            samples = class_samples([o["folder"] for o in others])
+            names = tuple(sorted(o["folder"].name for o in others))
+            if samples_of.get("names") != names:
+                samples_of.update(names=names, rows=class_samples([o["folder"] for o in others]))
+            samples = samples_of["rows"]
             moved = quota_moved_ms(scaled, cpu)
             for name, after in (("quota-class", False), ("quota-class-change", True)):
                 overheads = fit_class_overheads(samples, moved, after_change=after)
@@ -1307,6 +1334,12 @@ def main() -> None:
                 action="store_true",
                 help="also put every node under its CFS quota (lab.control_calibrate.quota_twin); "
                 "writes twin-quota-* beside twin-calibrated-*",
+            )
+            p.add_argument(
+                "--hold-out-block",
+                action="store_true",
+                help="fit each run's twin on the runs of other blocks (other repeats: another "
+                "testbed and moment), one fit per block, instead of leave-one-run-out",
             )
             p.add_argument(
                 "--by-class",
