@@ -355,6 +355,8 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     for s in runs:
         if args.policies and s["policy"] not in args.policies.split(","):
             continue
+        if args.only_workloads and s["shape"] not in args.only_workloads.split(","):
+            continue
         others = [o for o in runs if o["folder"] != s["folder"]]
         if args.hold_out_block:  # the runs of this run's block (testbed, moment) too
             others = [
@@ -1308,6 +1310,9 @@ def main() -> None:
             p.add_argument("--seed", type=int, default=1)
         if name == "retwin":
             p.add_argument("--policies", default="", help="replay only these (default: all)")
+            p.add_argument(
+                "--only-workloads", default="", help="replay only these workloads (default: all)"
+            )
             p.add_argument(
                 "--rate-aware",
                 action="store_true",
