@@ -731,7 +731,15 @@ def _stall_section(runs: list[dict]) -> list[str]:
         fixed = float(meta["t0_unix_s"]) >= KEEPALIVE_FIX_UNIX
         st, de, late = _stalls(s)
         group = "after the keep-alive fix" if fixed else "before it"
-        rows.append({"group": group, "run": s["folder"].name, "stalls": st, "late": late})
+        rows.append(
+            {
+                "group": group,
+                "run": s["folder"].name,
+                "stalls": st,
+                "late": late,
+                "failed": int(s["testbed"]["failed"]),
+            }
+        )
         dec += [{**d, "group": group} for d in de]
     table = []
     for group in ("before it", "after the keep-alive fix"):
@@ -751,6 +759,7 @@ def _stall_section(runs: list[dict]) -> list[str]:
                 len(away),
                 sum(1 for r in g if any(not x["with_change"] for x in r["stalls"])),
                 f"{100 * late / max(late_all, 1):.0f}",
+                sum(r["failed"] for r in g),
             ]
         )
     kinds = []
@@ -791,6 +800,7 @@ def _stall_section(runs: list[dict]) -> list[str]:
                 "stalls without one",
                 "runs with a stall without one",
                 "share of the late requests in stalls (%)",
+                "failed requests",
             ],
             table,
         ),
