@@ -168,7 +168,8 @@ def report(compose: Path, local: Path, deployments: list[str], name: str) -> str
         "- 'logn p95/p99': the lognormal with the overhead's mean and cv (the twin's shape); "
         "'shuffled p95': latency p95 with the overhead shuffled across the level's requests "
         "(the twin's independence); 'swap': Compose's stage + local's overhead (resampled), "
-        "and local's stage + Compose's overhead, at the nearest own ρ",
+        "and local's stage + Compose's overhead, at the nearest own ρ "
+        "(at the nearest offered rate when a sweep never backlogged: variant)",
         "",
     ]
     for dep in deployments:
@@ -187,25 +188,35 @@ def report(compose: Path, local: Path, deployments: list[str], name: str) -> str
         lo_levels = {}
         if not lo.empty:
             for rho, g in lo.groupby("rho"):
-                lo_levels[rho] = (float(g["own_rho"].mean()), _pool(g))
+                lo_levels[rho] = (float(g["own_rho"].mean()), float(g["offered"].mean()), _pool(g))
         for rho, g in c.groupby("rho"):
             p = _pool(g)
             s = level_stats(p)
-            own = float(g["own_rho"].mean())
-            label = f"{rho:.1f} ({own:.2f})"
+            own, offered = float(g["own_rho"].mean()), float(g["offered"].mean())
+            label = f"{rho:.1f} ({own:.2f}, {offered:.0f}/s)"
             rows.append(["Compose", label, *_cells(s)])
-            near = None
-            if lo_levels and not math.isnan(own):
-                near = min(lo_levels, key=lambda r: abs(lo_levels[r][0] - own))
-                lown, lp = lo_levels[near]
+            if lo_levels:
+                # the same own ρ when both sweeps reached a backlog; else (a stage that is not
+                # the bottleneck, as variant's) the same offered rate
+                by_rho = not math.isnan(own) and not any(
+                    math.isnan(v[0]) for v in lo_levels.values()
+                )
+                near = min(
+                    lo_levels,
+                    key=lambda r: (
+                        abs(lo_levels[r][0] - own) if by_rho else abs(lo_levels[r][1] / offered - 1)
+                    ),
+                )
+                lown, loff, lp = lo_levels[near]
                 ls = level_stats(lp)
-                rows.append(["local", f"{near:.1f} ({lown:.2f})", *_cells(ls)])
+                lab = f"{near:.1f} ({lown:.2f}, {loff:.0f}/s)"
+                rows.append(["local", lab, *_cells(ls)])
                 cs_lo = swap_p95(p["stage"].to_numpy(), lp["overhead"].to_numpy())
                 ls_co = swap_p95(lp["stage"].to_numpy(), p["overhead"].to_numpy())
                 swap_rows.append(
                     [
                         label,
-                        f"{near:.1f} ({lown:.2f})",
+                        lab,
                         f"{s['latency_p95']:.1f}",
                         f"{ls['latency_p95']:.1f}",
                         f"{cs_lo:.1f}",
@@ -222,7 +233,7 @@ def report(compose: Path, local: Path, deployments: list[str], name: str) -> str
             markdown_table(
                 [
                     "backend",
-                    "ρ (own ρ)",
+                    "ρ (own ρ, offered)",
                     "n",
                     "latency p50/p95/p99",
                     "stage p50/p95/p99",
@@ -244,8 +255,8 @@ def report(compose: Path, local: Path, deployments: list[str], name: str) -> str
                 "",
                 markdown_table(
                     [
-                        "Compose ρ (own)",
-                        "local ρ (own)",
+                        "Compose ρ (own, offered)",
+                        "local ρ (own, offered)",
                         "Compose",
                         "local",
                         "Compose stage + local overhead",
