@@ -111,7 +111,8 @@ def sweep(root: Path, deployment: str) -> pd.DataFrame:
         return runs
     top = runs[runs["rho"] == runs["rho"].max()]
     cap = float(top["served"].mean())
-    backlogged = bool((top["served"] < 0.97 * top["offered"]).all())
+    # as testbed_knee's report: only a level offered at least ρ 1 can show the capacity
+    backlogged = bool(top["rho"].max() >= 1.0 and (top["served"] < 0.97 * top["offered"]).all())
     runs["own_rho"] = runs["offered"] / cap if backlogged else math.nan
     runs["capacity"] = cap if backlogged else math.nan
     return runs
