@@ -99,17 +99,25 @@ def run(
     repeats: int,
     rhos: tuple[float, ...] = RHOS,
     durations: dict[float, float] | None = None,
+    capacity_per_s: float | None = None,
 ) -> None:
     """One deployment's sweep: ``repeats`` × ``rhos``, each run ``duration_s`` long unless
-    ``durations`` gives its level another length (s); runs already done are skipped."""
+    ``durations`` gives its level another length (s); runs already done are skipped.
+    ``capacity_per_s`` (req/s), when given, is what ρ 1 means instead of the local estimate
+    (e.g. the backend's own backlogged throughput, measured in the same hour)."""
     scenario, deployment = _files(name)
     d = OUT / name
     testbed = CliTestbed(BACKEND, OUT / f".{name}.testbed", log=OUT / f".{name}.log")
     targets = testbed.up(scenario, deployment)
     try:
         share = float(targets.factor or 0.25) * 2.0  # a node's 2 cores at the testbed's factor
-        cap = capacity_rps(share)
-        (d / "capacity.json").write_text(json.dumps({"share": share, "capacity_rps": cap}))
+        cap = capacity_per_s or capacity_rps(share)
+        (d / "capacity.json").write_text(
+            json.dumps(
+                {"share": share, "capacity_rps": cap, "estimate_rps": capacity_rps(share)}
+                | ({"measured": True} if capacity_per_s else {})
+            )
+        )
         metrics = [f"{k}={v}" for k, v in targets.metrics.items()]
         for rep in range(repeats):
             for rho in rhos:
@@ -410,7 +418,8 @@ def report() -> None:
         parts += [
             f"## {name}: encoder {DEPLOYMENTS[name]['variant']} batch "
             f"{DEPLOYMENTS[name]['batch']} (share {cap['share']:.2f} core, default bottleneck "
-            f"capacity estimate {cap['capacity_rps']:.0f}/s)",
+            f"capacity {'measured' if cap.get('measured') else 'estimate'} "
+            f"{cap['capacity_rps']:.0f}/s)",
             "",
             markdown_table(
                 [
@@ -565,6 +574,12 @@ def main() -> None:
         help="comma-separated levels (default: all), each optionally with its own run "
         "length in s: 0.2:20,0.9:90",
     )
+    r.add_argument(
+        "--capacity-per-s",
+        default=None,
+        help="what ρ 1 means, req/s (default: the local estimate from the zoo), or a run "
+        "folder: its answers per second over its second half (a backlogged probe run)",
+    )
     rp = sub.add_parser("report", help="calibrate held-out twins and write the result")
     for q in (r, rp):
         q.add_argument("--backend", choices=list(OUTS), default="local")
@@ -578,7 +593,17 @@ def main() -> None:
         levels = [x.split(":") for x in a.rhos.split(",")] if a.rhos else [[str(x)] for x in RHOS]
         rhos = tuple(float(x[0]) for x in levels)
         durations = {float(x[0]): float(x[1]) for x in levels if len(x) > 1}
-        run(a.deployment, a.duration, a.repeats, rhos, durations)
+        cap = a.capacity_per_s
+        if cap is not None:
+            try:
+                cap = _served_rps(Path(cap)) if Path(cap).is_dir() else float(cap)
+            except (ValueError, FileNotFoundError):
+                ap.error(
+                    f"--capacity-per-s: {cap!r} is neither req/s nor a run folder "
+                    "with per_second.parquet"
+                )
+            print(f"ρ 1 = {cap:.1f}/s", file=sys.stderr)
+        run(a.deployment, a.duration, a.repeats, rhos, durations, cap)
     else:
         report()
 
