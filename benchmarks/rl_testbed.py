@@ -328,7 +328,16 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     import torch
 
     from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
-    from lab.control_calibrate import calibrated_twin, node_cpu, quota_twin
+    from lab.control_calibrate import (
+        AFTER_CHANGE,
+        calibrated_twin,
+        class_samples,
+        fit_class_overheads,
+        node_cpu,
+        overhead_class,
+        quota_moved_ms,
+        quota_twin,
+    )
     from lab.control_twin import TwinReplay, replay
     from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
     from twin.load import dump_yaml, load_scenario
@@ -339,10 +348,22 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     sc = load_scenario(SCENARIO)
     pred = _predictor(str(DEFAULT_PREDICTOR))
     runs = _summaries()
+    fits: dict = {}  # the calibration of one set of other runs, and its node CPU
+    samples_of: dict = {}
+    if args.hold_out_block:  # a block's runs one after another: one fit for all
+        runs.sort(key=lambda o: (o["shape"], _repeat(o["folder"]), o["folder"].name))
     for s in runs:
         if args.policies and s["policy"] not in args.policies.split(","):
             continue
+        if args.only_workloads and s["shape"] not in args.only_workloads.split(","):
+            continue
         others = [o for o in runs if o["folder"] != s["folder"]]
+        if args.hold_out_block:  # the runs of this run's block (testbed, moment) too
+            others = [
+                o
+                for o in others
+                if (o["shape"], _repeat(o["folder"])) != (s["shape"], _repeat(s["folder"]))
+            ]
         if not args.all_workloads:  # the overhead moves with the host's load: fit at this one
             others = [o for o in others if o["shape"] == s["shape"]]
         if not others:
@@ -362,44 +383,78 @@ def cmd_retwin(args: argparse.Namespace) -> None:
                 continue
             cal_sc, kind = None, "view"
         else:
-            if args.missing and s.get("twin_quota" if args.quota else "twin_calibrated"):
+            key = "twin_quota_class_change" if args.by_class else "twin_quota"
+            if args.missing and s.get(key if args.quota else "twin_calibrated"):
                 continue
-            cal_sc, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+            # one fit per set of other runs (with --hold-out-block, per block)
+            fit_key = (
+                tuple(sorted(o["folder"].name for o in others)),
+                s["cpu_factor"],
+                scale,
+                rate,
+            )
+            if fit_key not in fits:
+                cal, _ = calibrated_twin(scaled, SCENARIO, fit_on, float(s["cpu_factor"]), rate)
+                cpu = (
+                    node_cpu([o["folder"] / "load" for o in others], scaled) if args.quota else None
+                )
+                fits.clear()  # runs come sorted by block: keep one fit
+                fits[fit_key] = (cal, cpu)
+            cal_sc, cpu = fits[fit_key]
         if (
             args.quota and not args.view
         ):  # the nodes' CFS quota on top, its server CPU fitted on the others
-            cpu = node_cpu([o["folder"] / "load" for o in others], scaled)
             cal_sc = quota_twin(cal_sc, scaled, float(s["cpu_factor"]), cpu)
             kind, extra = "quota", {"twin_quota_cpu": asdict(cpu)}
+            extra["twin_held_out"] = "block" if args.hold_out_block else "run"
+        # (kind, overhead per configuration class); with --by-class the pooled quota twin
+        # too, on the same calibration, so the two differ in the overhead only
+        variants: list[tuple[str, dict | None]] = [(kind, None)]
+        if args.by_class and args.quota and not args.view:
+            names = tuple(sorted(o["folder"].name for o in others))
+            if samples_of.get("names") != names:
+                samples_of.update(names=names, rows=class_samples([o["folder"] for o in others]))
+            samples = samples_of["rows"]
+            moved = quota_moved_ms(scaled, cpu)
+            for name, after in (("quota-class", False), ("quota-class-change", True)):
+                overheads = fit_class_overheads(samples, moved, after_change=after)
+                variants.append((name, overheads))
+                key = "twin_" + name.replace("-", "_") + "_overheads"
+                extra[key] = {c: o.model_dump() for c, o in overheads.items()}
         own = json.loads((s["folder"] / "summary.json").read_text())  # the untagged policy
         opts = _control_options({**own, "rate_scale": scale}, args.steps)
-        run, make_decider, envs = prepare_control(
-            sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
-        )
         rows = pd.read_parquet(s["folder"] / "intervals.parquet")
-        spec = TwinReplay(
-            envs[1],
-            run.view.workload(s["shape"]),
-            int(s["seed"]),
-            float(s["duration_s"]) + float(s.get("load_margin_s", LOAD_MARGIN_S)),
-            float(s["offset_s"]),
-            len(rows),
-            s.get("change_seconds_median") or {},
-            sim_scenario=cal_sc,
-        )
-        twin_rows, _ = replay(spec, make_decider())
         folder = s["folder"]
         summary = json.loads((folder / "summary.json").read_text())
-        if kind == "view":
-            write_table(twin_rows, folder / "twin-intervals")
-            write_table(side_by_side(rows, twin_rows), folder / "side-by-side")
-            summary["twin"] = summarise(twin_rows)
-        else:
-            write_table(twin_rows, folder / f"twin-{kind}-intervals")
-            write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
-            (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
-            summary[f"twin_{kind}"] = summarise(twin_rows)
-            summary[f"twin_{kind}_on"] = [o["folder"].name for o in others]
+        for kind, overheads in variants:
+            run, make_decider, envs = prepare_control(
+                sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+            )
+            spec = TwinReplay(
+                envs[1],
+                run.view.workload(s["shape"]),
+                int(s["seed"]),
+                float(s["duration_s"]) + float(s.get("load_margin_s", LOAD_MARGIN_S)),
+                float(s["offset_s"]),
+                len(rows),
+                s.get("change_seconds_median") or {},
+                sim_scenario=cal_sc,
+                overheads=overheads,
+                classify=overhead_class,
+                after_change=AFTER_CHANGE,
+            )
+            twin_rows, _ = replay(spec, make_decider())
+            if kind == "view":
+                write_table(twin_rows, folder / "twin-intervals")
+                write_table(side_by_side(rows, twin_rows), folder / "side-by-side")
+                summary["twin"] = summarise(twin_rows)
+            else:
+                write_table(twin_rows, folder / f"twin-{kind}-intervals")
+                write_table(side_by_side(rows, twin_rows), folder / f"side-by-side-{kind}")
+                (folder / "inputs" / f"twin-{kind}.yaml").write_text(dump_yaml(cal_sc))
+                key = "twin_" + kind.replace("-", "_")
+                summary[key] = summarise(twin_rows)
+                summary[f"{key}_on"] = [o["folder"].name for o in others]
         summary.update(extra)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -605,6 +660,206 @@ def _miss_attribution(runs: list[dict]) -> list[str]:
     ]
 
 
+# the stage servers keep idle connections 75 s and the stage client resends once
+# (commit 35c3450, 2026-12-06 03:21:08 UTC): load runs started later have the fix
+KEEPALIVE_FIX_UNIX = 1796527268.0
+STALL_AFTER_CHANGE_S = 1.5  # a stall this long after a decision's last change is its own
+
+
+def _stalls(s: dict) -> tuple[list[dict], list[dict], int]:
+    """A run's stalls and decisions. A stall: consecutive seconds of the control whose
+    requests' p95 exceeds the pipeline deadline (or that hold a failed request); it
+    goes with a reconfiguration when it overlaps [decision − 0.5 s, end of its changes
+    + ``STALL_AFTER_CHANGE_S``]. A decision: its change kinds, whether a stall went
+    with it. And the run's late (or failed) requests in all."""
+    f = s["folder"]
+    req = pd.read_parquet(
+        f / "load" / "requests.parquet", columns=["t_arrive", "t_end", "ok", "deadline_s"]
+    )
+    off, dur = float(s["offset_s"]), float(s["duration_s"])
+    req = req[(req["t_arrive"] >= off) & (req["t_arrive"] < off + dur)]
+    late = ((req["t_end"] - req["t_arrive"]) > req["deadline_s"]) | ~req["ok"]
+    sec = np.floor(req["t_arrive"]).astype(int)
+    lat = (req["t_end"] - req["t_arrive"]).where(req["ok"], np.inf)
+    bad = sorted(
+        set(sec[lat.groupby(sec).transform(lambda x: x.quantile(0.95)) > req["deadline_s"]])
+    )
+    spans = []
+    ch = f / "changes.parquet"
+    if ch.is_file():
+        c = pd.read_parquet(ch).astype({"seconds": float})
+        for t, g in c.groupby("t_s"):
+            spans.append((off + t, off + t + g["seconds"].sum(), sorted(set(g["kind"]))))
+    episodes: list[list[int]] = []
+    for b in bad:
+        if episodes and b - episodes[-1][-1] <= 1:
+            episodes[-1].append(b)
+        else:
+            episodes.append([b])
+    stalls = []
+    hit = set()
+    for e in episodes:
+        t0, t1 = e[0], e[-1] + 1
+        near = [
+            k
+            for k, (a, b, _) in enumerate(spans)
+            if a - 0.5 <= t1 and b + STALL_AFTER_CHANGE_S >= t0
+        ]
+        hit.update(near)
+        mine = (req["t_arrive"] >= t0) & (req["t_arrive"] < t1)
+        stalls.append(
+            {
+                "run": f.name,
+                "t_s": t0 - off,
+                "seconds": len(e),
+                "with_change": bool(near),
+                "late": int(late[mine].sum()),
+            }
+        )
+    decisions = [
+        {"run": f.name, "kinds": kinds, "stall": k in hit} for k, (_, _, kinds) in enumerate(spans)
+    ]
+    return stalls, decisions, int(late.sum())
+
+
+def _stall_section(runs: list[dict]) -> list[str]:
+    """Where the SLO violations come from: stalls with and without a reconfiguration,
+    before and after the keep-alive fix; and which kinds of change stall."""
+    rows, dec = [], []
+    for s in runs:
+        meta = json.loads((s["folder"] / "load" / "run.json").read_text())
+        fixed = float(meta["t0_unix_s"]) >= KEEPALIVE_FIX_UNIX
+        st, de, late = _stalls(s)
+        group = "after the keep-alive fix" if fixed else "before it"
+        rows.append(
+            {
+                "group": group,
+                "run": s["folder"].name,
+                "stalls": st,
+                "late": late,
+                "failed": int(s["testbed"]["failed"]),
+            }
+        )
+        dec += [{**d, "group": group} for d in de]
+    table = []
+    for group in ("before it", "after the keep-alive fix"):
+        g = [r for r in rows if r["group"] == group]
+        if not g:
+            continue
+        st = [x for r in g for x in r["stalls"]]
+        away = [x for x in st if not x["with_change"]]
+        late = sum(x["late"] for x in st)
+        late_all = sum(r["late"] for r in g)
+        table.append(
+            [
+                group,
+                len(g),
+                sum(1 for r in g if r["stalls"]),
+                len(st) - len(away),
+                len(away),
+                sum(1 for r in g if any(not x["with_change"] for x in r["stalls"])),
+                f"{100 * late / max(late_all, 1):.0f}",
+                sum(r["failed"] for r in g),
+            ]
+        )
+    kinds = []
+    d = pd.DataFrame(dec)
+    if not d.empty:
+        d["kind"] = [
+            "replica start"
+            if "replica-start" in k
+            else "variant switch (no start)"
+            if "variant" in k
+            else "batch or scale-down only"
+            for k in d["kinds"]
+        ]
+        for (group, kind), g in d.groupby(["group", "kind"], sort=True):
+            kinds.append([group, kind, len(g), int(g["stall"].sum())])
+    away = [
+        f"{r['run']} at {max(x['t_s'], 0):.1f} s ({x['seconds']} s)"
+        for r in rows
+        for x in r["stalls"]
+        if not x["with_change"]
+    ]
+    return [
+        "## Stalls: where the SLO violations come from",
+        "",
+        "A stall: consecutive seconds of the control in which the requests' p95 exceeds the "
+        "pipeline deadline. It goes with a reconfiguration when it overlaps the span from "
+        f"0.5 s before the decision to {STALL_AFTER_CHANGE_S:g} s after its last change. "
+        "Runs started after the keep-alive fix (stage servers keep idle connections 75 s, "
+        "longer than the gateway's 30-s pool, and the stage client resends once on a "
+        "closed connection) are counted apart from those before it.",
+        "",
+        markdown_table(
+            [
+                "runs",
+                "n",
+                "runs with a stall",
+                "stalls with a reconfiguration",
+                "stalls without one",
+                "runs with a stall without one",
+                "share of the late requests in stalls (%)",
+                "failed requests",
+            ],
+            table,
+        ),
+        "",
+        "Stalls without a reconfiguration: " + ("; ".join(away) if away else "none") + ".",
+        "",
+        "Decisions that reconfigured, by kind, and how many a stall went with:",
+        "",
+        markdown_table(["runs", "kind of decision", "decisions", "with a stall"], kinds),
+        "",
+    ]
+
+
+def _self_agreement(runs: list[dict]) -> list[str]:
+    """How closely the testbed repeats its own per-interval p95: every pair of block
+    runs of one workload and policy (other repeats: another load seed and moment of
+    the host) at the same interval with the same configuration, ρ ≤ 0.9 in both; the
+    share of ordered pairs within ±15 % — the bar the twin's figure is measured by."""
+    import itertools
+
+    rows = []
+    for s in runs:
+        if not s.get("start_check"):
+            continue
+        iv = pd.read_parquet(s["folder"] / "intervals.parquet")
+        rho = (iv["offered_rps"] / iv["capacity_rps"]).to_numpy()
+        for k in range(len(iv)):
+            if rho[k] <= 0.9 and np.isfinite(iv["p95_s"].iloc[k]):
+                key = (s["shape"], s["policy"], k, iv["config"].iloc[k])
+                rows.append((key, float(iv["p95_s"].iloc[k])))
+    by: dict[tuple, list[float]] = {}
+    for key, p95 in rows:
+        by.setdefault(key, []).append(p95)
+    per_w: dict[str, list[bool]] = {}
+    logs = []
+    for key, xs in by.items():
+        for a, b in itertools.permutations(xs, 2):
+            per_w.setdefault(key[0], []).append(abs(a / b - 1) <= 0.15)
+            logs.append(np.log(a / b))
+    if not per_w:
+        return []
+    from scipy.stats import norm
+
+    every = [x for v in per_w.values() for x in v]
+    parts = ", ".join(f"{w} {100 * np.mean(v):.0f} % of {len(v) // 2}" for w, v in per_w.items())
+    # a pair's log ratio holds two runs' noise; one run against its expectation, one
+    sd_one = 1.4826 * float(np.median(np.abs(logs))) / np.sqrt(2)
+    ideal = float(norm.cdf(np.log(1.15) / sd_one) - norm.cdf(np.log(0.85) / sd_one))
+    return [
+        f"- The testbed against itself: the same policy's p95 at the same interval with the "
+        f"same configuration in another repeat (another load seed and moment of the host; "
+        f"ρ ≤ 0.9) is within ±15 % on {100 * np.mean(every):.0f} % of {len(every) // 2} "
+        f"pairs ({parts}). A pair holds the noise of two runs: a twin that gave each "
+        f"interval's expected p95 exactly would be within ±15 % of one run on about "
+        f"{100 * ideal:.0f} % of intervals (one run's noise: log sd {sd_one:.2f}, from the "
+        "pairs' median absolute log ratio). That is the ceiling of the figure on this host."
+    ]
+
+
 def _t_interval(x: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % Student-t interval (nan with one value)."""
     from scipy.stats import t
@@ -637,6 +892,8 @@ def _repeats_section(runs: list[dict], title: str, note: str) -> list[str]:
                 "policy": s["policy"],
                 "repeat": _repeat(s["folder"]),
                 "objective": s["testbed"]["objective_mean"],
+                "twin_objective": (s.get("twin") or {}).get("objective_mean", np.nan),
+                "twin_slo_pct": 100 * (s.get("twin_quota") or {}).get("slo_violations", np.nan),
                 "slo_pct": 100 * s["testbed"]["slo_violations"],
                 "p95_ms": 1e3 * s["testbed"]["p95_s_mean"],
                 "failed": s["testbed"]["failed"],
@@ -686,6 +943,18 @@ def _repeats_section(runs: list[dict], title: str, note: str) -> list[str]:
     ]
     checks = []
     for w, g in d.groupby("workload", sort=False):
+        m = g.groupby("policy")[["objective", "twin_objective", "slo_pct", "twin_slo_pct"]].mean()
+        if len(m) > 1 and m["twin_objective"].notna().all():
+            tau = kendall_tau(list(m["objective"]), list(m["twin_objective"]))
+            text = (
+                f"- {w}: Kendall τ of the {len(m)} policies' mean objective, twin (the same "
+                f"loop, same arrivals) vs testbed: {tau:.2f} (needs ≥ 0.8)"
+            )
+            if m["twin_slo_pct"].notna().all():
+                tau_slo = kendall_tau(list(m["slo_pct"]), list(m["twin_slo_pct"]))
+                shown = f"{tau_slo:.2f}" if np.isfinite(tau_slo) else "undefined (all tied)"
+                text += f"; on SLO violations (quota twin) {shown}"
+            checks.append(text)
         by = g.pivot_table(index="repeat", columns="policy", values=["objective", "slo_pct"])
         if ("objective", "ppo") not in by.columns:
             continue
@@ -808,6 +1077,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             ("view", "side-by-side"),
             ("calibrated", "side-by-side-calibrated"),
             ("quota", "side-by-side-quota"),
+            ("quota-class", "side-by-side-quota-class"),
+            ("quota-class-change", "side-by-side-quota-class-change"),
         ):
             sbs = folder / f"{name}.parquet"
             if sbs.is_file():
@@ -893,6 +1164,16 @@ def cmd_report(args: argparse.Namespace) -> None:
             ("view", "the uncalibrated twin (the policies' view)"),
             ("calibrated", "the twin calibrated on the other runs of the workload"),
             ("quota", "that twin with every node under its CFS quota (quota_twin)"),
+            (
+                "quota-class",
+                "the quota twin with the per-request overhead per configuration class "
+                "(light / heavy: e-large), fitted on the other runs' intervals of that class",
+            ),
+            (
+                "quota-class-change",
+                "the same with the interval after a reconfiguration a class of its own "
+                "(fitted on the other runs' intervals after a reconfiguration)",
+            ),
         ):
             g = f[f["twin"] == twin]
             ok = g[(g["rho"] <= 0.9) & g["p95_s_testbed"].notna() & g["p95_s_twin"].notna()]
@@ -915,6 +1196,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"{100 * err.abs().median():.0f} %, {100 * within:.0f} % of intervals within "
                 f"±15 % ({per_w}); by kind of interval: {by_kind}"
             )
+    checks += _self_agreement(runs)
     lines += [*checks, ""]
     block = [s for s in runs if s.get("start_check")]
     lines += _repeats_section(
@@ -939,6 +1221,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             "steady-high's repeat 0 ran before replicas started outside the node's quota "
             "and is left out.",
         )
+    lines += _stall_section(runs)
     lines += _miss_attribution(runs)
     lines += _overhead_study(runs)
     if changes:
@@ -1038,6 +1321,9 @@ def main() -> None:
         if name == "retwin":
             p.add_argument("--policies", default="", help="replay only these (default: all)")
             p.add_argument(
+                "--only-workloads", default="", help="replay only these workloads (default: all)"
+            )
+            p.add_argument(
                 "--rate-aware",
                 action="store_true",
                 help="the request overhead at the run's offered rate (not the pooled one)",
@@ -1063,6 +1349,20 @@ def main() -> None:
                 action="store_true",
                 help="also put every node under its CFS quota (lab.control_calibrate.quota_twin); "
                 "writes twin-quota-* beside twin-calibrated-*",
+            )
+            p.add_argument(
+                "--hold-out-block",
+                action="store_true",
+                help="fit each run's twin on the runs of other blocks (other repeats: another "
+                "testbed and moment), one fit per block, instead of leave-one-run-out",
+            )
+            p.add_argument(
+                "--by-class",
+                action="store_true",
+                help="with --quota: the per-request overhead per configuration class, fitted on "
+                "the other runs' intervals of that class (lab.control_calibrate.class_overheads); "
+                "writes twin-quota-class-*, twin-quota-class-change-* (the interval after a "
+                "reconfiguration its own class too) and, on the same calibration, twin-quota-*",
             )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")

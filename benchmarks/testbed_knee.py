@@ -736,7 +736,13 @@ def main() -> None:
         durations = {float(x[0]): float(x[1]) for x in levels if len(x) > 1}
         cap = a.capacity_per_s
         if cap is not None:
-            cap = _served_rps(Path(cap)) if Path(cap).is_dir() else float(cap)
+            try:
+                cap = _served_rps(Path(cap)) if Path(cap).is_dir() else float(cap)
+            except (ValueError, FileNotFoundError):
+                ap.error(
+                    f"--capacity-per-s: {cap!r} is neither req/s nor a run folder "
+                    "with per_second.parquet"
+                )
             print(f"ρ 1 = {cap:.1f}/s", file=sys.stderr)
         run(a.deployment, a.duration, a.repeats, rhos, durations, cap, probe_s=a.probe)
     else:

@@ -255,10 +255,11 @@ def control_live(
         run.seed,
         run.rate_scale,
     )
-    # the node agents outlive every reconfiguration, so the load run can scrape them:
-    # each node's cgroup CPU per second (stage servers come and go, and are not)
+    # the node agents and the gateway outlive every reconfiguration, so the load run can
+    # scrape them: each node's cgroup CPU per second, the gateway's in-flight requests and
+    # retries (stage servers come and go, and are not)
     for name, url in targets.metrics.items():
-        if name.startswith("agent:"):
+        if name.startswith("agent:") or name == "gateway":
             load.argv += ["--metrics", f"{name}={url}"]
     http = httpx.Client(timeout=5.0)
 

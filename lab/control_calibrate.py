@@ -34,7 +34,7 @@ from calibrate import calibration as cal
 from lab.control_view import replica_speed
 from lab.fitruns import fit_run_calibration
 from loadgen.run import LoadResult
-from twin.spec import Scenario, Workload
+from twin.spec import Scenario, ServiceTime, Workload
 
 
 def load_result(folder: Path) -> LoadResult:
@@ -212,12 +212,10 @@ def quota_twin(calibrated: Scenario, manifest: Scenario, factor: float, cpu: Nod
         quota = max(share - cpu.idle_cores, 0.05 * share) / h
         servers.append(s.model_copy(update={"cpu_speed": h, "cpu_quota_cores": quota}))
     comps = []
-    stages = 0
     for c in calibrated.components:
         if not c.is_stage:
             comps.append(c)
             continue
-        stages += 1
         comps.append(
             c.model_copy(
                 update={
@@ -226,13 +224,13 @@ def quota_twin(calibrated: Scenario, manifest: Scenario, factor: float, cpu: Nod
                 }
             )
         )
-    moved_ms = stages * cpu.per_call_ms / h
+    moved_ms = quota_moved_ms(calibrated, cpu)
     processes = []
     for p in calibrated.processes:
-        o = p.request_overhead
-        if p.kind == "request" and o is not None and hasattr(o, "mean_ms"):
-            o = o.model_copy(update={"mean_ms": max(o.mean_ms - moved_ms, 0.1 * o.mean_ms)})
-            p = p.model_copy(update={"request_overhead": o})
+        if p.kind == "request" and p.request_overhead is not None:
+            p = p.model_copy(
+                update={"request_overhead": less_overhead(p.request_overhead, moved_ms)}
+            )
         processes.append(p)
     settings = calibrated.settings.model_copy(
         update={"cpu_quota_carry_ms": CFS_CARRY_MS, "cpu_quota_tick_ms": CFS_TICK_MS}
@@ -246,3 +244,98 @@ def quota_twin(calibrated: Scenario, manifest: Scenario, factor: float, cpu: Nod
         }
     )
     return Scenario.model_validate(new.model_dump())
+
+
+def quota_moved_ms(scenario: Scenario, cpu: NodeCpu) -> float:
+    """The part of a request's overhead (ms) :func:`quota_twin` simulates as the stage
+    servers' CPU: each stage visit's ``per_call_ms`` at the host's speed."""
+    stages = sum(1 for c in scenario.components if c.is_stage)
+    return stages * cpu.per_call_ms / cpu.host_speed
+
+
+def less_overhead(overhead: ServiceTime, moved_ms: float) -> ServiceTime:
+    """``overhead`` with ``moved_ms`` of its mean taken out (work the quota twin
+    simulates as the stage servers' CPU), keeping at least a tenth of it."""
+    if not hasattr(overhead, "mean_ms"):
+        return overhead
+    mean = overhead.mean_ms
+    return overhead.model_copy(update={"mean_ms": max(mean - moved_ms, 0.1 * mean)})
+
+
+# ------------------------------------------------- the overhead per configuration class
+
+
+def overhead_class(config: str) -> str:
+    """A configuration's class for the per-request overhead: ``heavy`` when an
+    encoder runs e-large (about 4.9 ms of model CPU a request, the others' encoders
+    0.2 ms or less), else ``light``. ``config`` as ``optimizer.rl.online.describe``
+    writes it. On the testbed the overhead (client, gateway, HTTP hops) of light
+    intervals is about 0.6 of heavy ones' at the same workload (p50 5.1–5.8 ms against
+    9.1 ms): the host has more CPU left for the client, the gateway and the servers'
+    HTTP work."""
+    return "heavy" if "e-large" in config else "light"
+
+
+AFTER_CHANGE = "after change"
+
+
+def class_overheads(
+    runs: list[Path], moved_ms: float = 0.0, min_requests: int = 200, after_change: bool = False
+) -> dict[str, ServiceTime]:
+    """Per configuration class (:func:`overhead_class`), the per-request overhead
+    fitted (:func:`calibrate.fit.fit_overhead`) on the requests of the control-run
+    folders ``runs`` that arrived while a configuration of that class ran (the
+    interval's ``config`` in ``intervals.parquet``). With ``after_change`` the
+    intervals that follow a reconfiguration (the changes run in their first seconds:
+    replica starts take the host's CPU, switched replicas pause) are a class of their
+    own, :data:`AFTER_CHANGE`. ``moved_ms`` is taken out of each mean as
+    :func:`quota_twin` does. A class with fewer than ``min_requests`` requests is left
+    out (the replay keeps the pooled overhead for it).
+    """
+    return fit_class_overheads(class_samples(runs), moved_ms, min_requests, after_change)
+
+
+def class_samples(runs: list[Path]) -> list[tuple[str, bool, np.ndarray]]:
+    """Per interval of the control-run folders ``runs``: its configuration's class,
+    whether it follows a reconfiguration, and its requests' overheads (ms,
+    :func:`calibrate.samples.request_overheads`)."""
+    from calibrate.samples import request_overheads
+
+    out = []
+    for folder in runs:
+        summary = json.loads((folder / "summary.json").read_text())
+        iv = pd.read_parquet(folder / "intervals.parquet")
+        applied = iv.get("apply_s", iv.get("change_delay_s"))
+        changed = [False] + [bool(a > 0) for a in applied.to_numpy()[:-1]]
+        res = load_result(folder / "load")
+        step = float(summary["duration_s"]) / max(len(iv), 1)
+        arrive = res.requests.set_index("pid")["t_arrive"]
+        visit_arrive = res.visits["pid"].map(arrive)
+        for t, config, after in zip(iv["t_s"], iv["config"], changed, strict=True):
+            t0 = float(summary["offset_s"]) + float(t)
+            req = res.requests[res.requests["t_arrive"].between(t0, t0 + step, inclusive="left")]
+            vis = res.visits[visit_arrive.between(t0, t0 + step, inclusive="left").to_numpy()]
+            if len(req) and len(vis):
+                over = request_overheads(req, vis)["overhead_ms"].to_numpy()
+                out.append((overhead_class(str(config)), after, over))
+    return out
+
+
+def fit_class_overheads(
+    samples: list[tuple[str, bool, np.ndarray]],
+    moved_ms: float = 0.0,
+    min_requests: int = 200,
+    after_change: bool = False,
+) -> dict[str, ServiceTime]:
+    """:func:`class_overheads` from :func:`class_samples`' rows."""
+    from calibrate.fit import fit_overhead
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for cls, after, over in samples:
+        parts.setdefault(AFTER_CHANGE if after and after_change else cls, []).append(over)
+    out: dict[str, ServiceTime] = {}
+    for cls, xs in sorted(parts.items()):
+        x = np.concatenate(xs)
+        if x.size >= min_requests:
+            out[cls] = less_overhead(fit_overhead(x)[0], moved_ms)
+    return out

@@ -28,7 +28,7 @@ from optimizer.rl.predictor import HISTORY_S
 from optimizer.rl.space import ConfigSpace, Option
 from twin.criteria import pipeline_metrics, step_window
 from twin.sim import Simulation
-from twin.spec import Deployment, Scenario, Workload
+from twin.spec import Deployment, Scenario, ServiceTime, Workload
 
 
 def change_kinds(old: list[Option], new: list[Option]) -> list[str]:
@@ -107,6 +107,14 @@ class TwinReplay:
     # the controller's steps one after another (:func:`change_steps`); False: each
     # decision applied whole after the sum of its changes' times (the earlier replay)
     staged: bool = True
+    # the per-request overhead per configuration class (``classify(config)`` of
+    # ``optimizer.rl.online.describe``'s text), set when a configuration of that
+    # class starts; a class not in it keeps ``sim_scenario``'s overhead
+    overheads: dict[str, ServiceTime] | None = None
+    classify: Callable[[str], str] | None = None
+    # the overhead of this class (of ``overheads``) for the interval after a decision
+    # that reconfigured, then the configuration's class again; None: no such class
+    after_change: str | None = None
 
 
 def _window(
@@ -140,17 +148,30 @@ def replay(
     simulated = run.sim_scenario or space.scenario
     sim = Simulation(simulated, dep, run.workload, run.horizon_s, run.seed, 0)
     sim.start()
+    pooled = simulated.process(env.process).request_overhead
+
+    def overhead_for(options: list[Option]) -> Any:
+        if not run.overheads or run.classify is None:
+            return None
+        return run.overheads.get(run.classify(describe(space, options)), pooled)
+
+    if (first := overhead_for(current)) is not None:
+        sim.set_request_overhead(env.process, first)
     history = np.asarray(env.history, dtype=float)
-    pending: list[tuple[float, Any]] = []  # (load-run time, deployment) still to apply
+    # (load-run time, deployment, overhead from then or None) still to apply
+    pending: list[tuple[float, Any, Any]] = []
     stages = [s.name for s in space.stages]
     rows = []
     for k in range(run.intervals):
         t0 = run.offset_s + k * interval
         t1 = t0 + interval
         while pending and pending[0][0] < t1:  # the last decision's steps, in order
-            at, step = pending.pop(0)
+            at, step, overhead = pending.pop(0)
             sim.advance(at)
-            sim.reconfigure(step)
+            if step is not None:
+                sim.reconfigure(step)
+            if overhead is not None:
+                sim.set_request_overhead(env.process, overhead)
         sim.advance(t1)
         w = _window(sim, space, env, dep, t0, t1)
         history = np.concatenate([history, w.arrivals])[-HISTORY_S:]
@@ -169,7 +190,14 @@ def replay(
                 ]
             steps = steps or [(0.0, new_dep)]
             delay = steps[-1][0]
-            pending += [(t1 + s, d) for s, d in steps]
+            # the class moves with the variants: the first step switches them in place
+            new_over = overhead_for(chosen)
+            transient = (run.overheads or {}).get(run.after_change or "")
+            if transient is not None:  # the change's own overhead, its interval long
+                pending += [(t1, None, transient), (t1 + interval, None, new_over)]
+                new_over = None
+            pending += [(t1 + s, d, new_over if i == 0 else None) for i, (s, d) in enumerate(steps)]
+            pending.sort(key=lambda p: p[0])
             dep, current = new_dep, chosen  # what the next decision starts from
         rows.append(
             {

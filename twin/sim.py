@@ -49,6 +49,7 @@ from twin.spec import (
     Scenario,
     Server,
     ServerOverhead,
+    ServiceTime,
     Step,
     Workload,
 )
@@ -535,6 +536,7 @@ class _ProcessPlan:
     steps: list[_StepPlan]
     roots: list[int]
     overhead: Sampler | None = None
+    overhead_rng: np.random.Generator | None = None  # the process's overhead stream
 
 
 class _Execution:
@@ -734,10 +736,10 @@ class Simulation:
                 self.step_names.append(s.name)
             roots = [i for i, s in enumerate(p.steps) if not s.depends_on]
             overhead = None
+            rng = stream(self.seed, self.replication, STREAM_OVERHEAD, p.name)
             if p.request_overhead is not None:
-                rng = stream(self.seed, self.replication, STREAM_OVERHEAD, p.name)
                 overhead = make_sampler(p.request_overhead, rng)
-            self.plans.append(_ProcessPlan(p_code, p, steps, roots, overhead))
+            self.plans.append(_ProcessPlan(p_code, p, steps, roots, overhead, rng))
 
     def _apply_allocation(self, dep: Deployment) -> None:
         """Bring instances, samplers and batching in line with ``dep``."""
@@ -1038,6 +1040,18 @@ class Simulation:
         ]
         if missing:
             raise ValueError(f"reconfigure: no instance left for {', '.join(missing)}")
+
+    def set_request_overhead(self, process: str, overhead: ServiceTime | None) -> None:
+        """Draw ``process``'s per-request overhead (ms at batch size 1) from ``overhead``
+        for requests that arrive from now on (None: no overhead).
+
+        For a replay whose overhead moves with the deployment (a controller's
+        reconfigurations); draws continue the process's own overhead stream.
+        """
+        plan = next((p for p in self.plans if p.process.name == process), None)
+        if plan is None:
+            raise ValueError(f"set_request_overhead: no process {process!r}")
+        plan.overhead = None if overhead is None else make_sampler(overhead, plan.overhead_rng)
 
     def busy_matrix(self) -> np.ndarray:
         """Seconds on-demand instances have run so far, K×S (components × machines).

@@ -315,3 +315,77 @@ def test_staged_replay_shows_the_dip_of_a_switch_before_its_starts(scenario):
         p95[staged] = rows["p95_s"].iloc[2]
     # e-large×1 carries the load alone for 6 s while two replicas start: a queue
     assert p95[True] > 2 * p95[False]
+
+
+def test_replay_draws_the_overhead_of_the_running_configurations_class(scenario):
+    from lab.control_calibrate import overhead_class
+    from optimizer.rl.baselines import Policy
+    from twin.spec import ConstantServiceTime
+
+    class LightThenHeavy(Policy):
+        """e-tiny-ish encoder for the first decision, then e-large (another class)."""
+
+        def __init__(self):
+            self.n = 0
+
+        def decide(self, space, load_rps, weights):
+            self.n += 1
+            return [Option(2, 1, 1), Option(0 if self.n == 1 else 2, 2, 1), Option(2, 1, 1)]
+
+    view = view_of(scenario, 0.25, rate_scale=1.0)
+    ws = [view.workload("steady-low"), view.workload("steady-high")]
+    env = make_env(view, "digits", ws, "analytic", None)
+    env.reset(seed=1, options={"workload": "steady-low"})
+    const = {
+        c: ConstantServiceTime(kind="constant", ms=ms) for c, ms in [("light", 1), ("heavy", 80)]
+    }
+    secs = {"variant": 0.2, "replica-start": 0.5, "routes": 0.01}
+    spec = TwinReplay(env, ws[0], 1, 45.0, 2.0, 3, secs, overheads=const, classify=overhead_class)
+    rows, _ = replay(spec, LightThenHeavy())
+    assert overhead_class(rows["config"].iloc[1]) == "light"
+    assert overhead_class(rows["config"].iloc[2]) == "heavy"
+    # light runs all of interval 1: no request waits 80 ms; heavy from ~1 s into interval 2
+    assert rows["p95_s"].iloc[1] < 0.06
+    assert rows["p50_s"].iloc[2] > 0.08
+    # without the classes every interval draws the scenario's one overhead
+    env.reset(seed=1, options={"workload": "steady-low"})
+    plain, _ = replay(TwinReplay(env, ws[0], 1, 45.0, 2.0, 3, secs), LightThenHeavy())
+    assert plain["p50_s"].iloc[2] < 0.08
+
+
+def test_replay_draws_the_after_change_overhead_for_the_interval_after_a_change(scenario):
+    from lab.control_calibrate import AFTER_CHANGE, overhead_class
+    from optimizer.rl.baselines import Policy
+    from twin.spec import ConstantServiceTime
+
+    class OneChange(Policy):
+        """One configuration at every decision: a change at the first only."""
+
+        def decide(self, space, load_rps, weights):
+            return [Option(2, 1, 1), Option(0, 2, 1), Option(2, 1, 1)]
+
+    view = view_of(scenario, 0.25, rate_scale=1.0)
+    ws = [view.workload("steady-low"), view.workload("steady-high")]
+    env = make_env(view, "digits", ws, "analytic", None)
+    env.reset(seed=1, options={"workload": "steady-low"})
+    const = {
+        c: ConstantServiceTime(kind="constant", ms=ms)
+        for c, ms in [("light", 1), ("heavy", 1), (AFTER_CHANGE, 80)]
+    }
+    secs = {"variant": 0.2, "replica-start": 0.5, "routes": 0.01}
+    spec = TwinReplay(
+        env,
+        ws[0],
+        1,
+        45.0,
+        2.0,
+        3,
+        secs,
+        overheads=const,
+        classify=overhead_class,
+        after_change=AFTER_CHANGE,
+    )
+    rows, _ = replay(spec, OneChange())
+    assert rows["change_delay_s"].iloc[0] > 0 and rows["change_delay_s"].iloc[1] == 0
+    assert rows["p50_s"].iloc[1] > 0.08  # the interval after the change
+    assert rows["p95_s"].iloc[2] < 0.06  # the configuration's class again

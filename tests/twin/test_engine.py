@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from twin.sim import Simulation, simulate_replication
-from twin.spec import Deployment, Scenario, StageConfig
+from twin.spec import ConstantServiceTime, Deployment, Scenario, StageConfig
 
 from .conftest import one_stage
 
@@ -266,3 +266,23 @@ def test_request_overhead_delays_the_first_step_and_holds_no_capacity() -> None:
     extra = (rand.visits.groupby("pid")["t_arrive"].min().sort_index() - arrive) * 1e3
     assert 1.8 < extra.mean() < 2.2
     assert 0.4 < extra.std() / extra.mean() < 0.6
+
+
+def test_set_request_overhead_moves_only_later_arrivals() -> None:
+    sc = _with_overhead(one_stage(), {"kind": "constant", "ms": 3})
+    dep = Deployment(allocation={"stage": {"m": 1}})
+    sim = Simulation(sc, dep, None, 40, seed=7)
+    sim.start()
+    sim.advance(20)
+    sim.set_request_overhead(sc.processes[0].name, ConstantServiceTime(kind="constant", ms=9))
+    sim.advance(40)
+    visits, requests = sim.records()
+    first = visits.groupby("pid")["t_arrive"].min()
+    req = requests.set_index("pid").loc[first.index]
+    extra_ms = 1e3 * (first - req["t_arrive"])
+    before = req["t_arrive"] < 20
+    assert before.sum() > 50 and (~before).sum() > 50
+    assert np.allclose(extra_ms[before], 3) and np.allclose(extra_ms[~before], 9)
+    sim.set_request_overhead(sc.processes[0].name, None)  # no overhead: allowed
+    with pytest.raises(ValueError, match="no process"):
+        sim.set_request_overhead("nope", None)
