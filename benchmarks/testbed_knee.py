@@ -42,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, run_cli, write_result
 
 from calibrate import calibration as cal
-from calibrate.quota import quota_scenario, stage_cpu
+from calibrate.enforce import fit_tick, run_stall_share
+from calibrate.quota import CFS_TICK_MS, quota_scenario, stage_cpu
 from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
 from twin.criteria import stage_capacity_rps
 from twin.load import load_deployment, load_scenario
 from twin.sim import simulate_replication
-from twin.spec import SteadyWorkload
+from twin.spec import Deployment, Scenario, SteadyWorkload
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,12 @@ MAX_LAG_S, MIN_ACHIEVED = 0.005, 0.99
 # On this shared host (other helpers' tests run outside the lock) most runs had a release
 # lag p99 of 6–11 ms; runs up to USABLE_LAG_S are still used, and reported apart.
 USABLE_LAG_S = 0.020
+# the capacity probe (``run --probe S``): this far past the estimate, so the queue is
+# backlogged however slow the hour
+PROBE_RHO = 1.2
+PROBE_BACKLOG = 0.9  # served below this share of offered: the probe was backlogged (0.97 let
+# knee-s8's variant probe, 179 of 187/s, pass while the deployment served 216/s later)
+PROBE_TRIES = 3
 
 
 def _files(name: str) -> tuple[Path, Path]:
@@ -100,11 +107,14 @@ def run(
     rhos: tuple[float, ...] = RHOS,
     durations: dict[float, float] | None = None,
     capacity_per_s: float | None = None,
+    probe_s: float | None = None,
 ) -> None:
     """One deployment's sweep: ``repeats`` × ``rhos``, each run ``duration_s`` long unless
     ``durations`` gives its level another length (s); runs already done are skipped.
     ``capacity_per_s`` (req/s), when given, is what ρ 1 means instead of the local estimate
-    (e.g. the backend's own backlogged throughput, measured in the same hour)."""
+    (e.g. the backend's own backlogged throughput, measured in the same hour).
+    ``probe_s`` (s), without ``capacity_per_s``: measure it first, on the sweep's own
+    testbed (:func:`_probe`)."""
     scenario, deployment = _files(name)
     d = OUT / name
     testbed = CliTestbed(BACKEND, OUT / f".{name}.testbed", log=OUT / f".{name}.log")
@@ -119,6 +129,8 @@ def run(
             )
         )
         metrics = [f"{k}={v}" for k, v in targets.metrics.items()]
+        if probe_s and not capacity_per_s:
+            cap = _probe(name, scenario, targets.gateway, metrics, share, probe_s)
         for rep in range(repeats):
             for rho in rhos:
                 out = d / f"rho{rho:.1f}-{rep}"
@@ -126,31 +138,94 @@ def run(
                     continue
                 rate = rho * cap
                 print(f"{name} ρ {rho} ({rate:.0f}/s) repeat {rep}", file=sys.stderr)
-                run_cli(
-                    "load",
-                    "run",
-                    "-s",
-                    str(scenario),
-                    "--shape",
-                    "knee",
-                    "--target",
-                    targets.gateway,
-                    "--out",
-                    str(out),
-                    "--duration",
-                    f"{(durations or {}).get(rho, duration_s):g}",
-                    "--rate-scale",
-                    f"{rate / BASE_RATE:.4f}",
-                    "--seed",
-                    str(11 + rep),
-                    "--drain",
-                    "5",
-                    "--inputs-file",
-                    str(DEFAULT_DIR / TESTSET),
-                    *[a for m in metrics for a in ("--metrics", m)],
-                )
+                seconds = (durations or {}).get(rho, duration_s)
+                _load(scenario, targets.gateway, metrics, out, seconds, rate, 11 + rep)
     finally:
         testbed.down()
+
+
+def _load(
+    scenario: Path,
+    gateway: str,
+    metrics: list[str],
+    out: Path,
+    seconds: float,
+    rate: float,
+    seed: int,
+) -> None:
+    """One steady run of ``rate`` req/s for ``seconds`` into ``out`` (``loadgen``)."""
+    run_cli(
+        "load",
+        "run",
+        "-s",
+        str(scenario),
+        "--shape",
+        "knee",
+        "--target",
+        gateway,
+        "--out",
+        str(out),
+        "--duration",
+        f"{seconds:g}",
+        "--rate-scale",
+        f"{rate / BASE_RATE:.4f}",
+        "--seed",
+        str(seed),
+        "--drain",
+        "5",
+        "--inputs-file",
+        str(DEFAULT_DIR / TESTSET),
+        *[a for m in metrics for a in ("--metrics", m)],
+    )
+
+
+def _probe(
+    name: str, scenario: Path, gateway: str, metrics: list[str], share: float, seconds: float
+) -> float:
+    """What ρ 1 means in this hour (req/s): the answers per second over the second half
+    of a ``seconds``-long run at ρ PROBE_RHO of the estimate, once it is backlogged
+    (served < 90 % of offered; a faster deployment's probe is repeated at twice the rate,
+    up to PROBE_TRIES runs). Run once per sweep in ``<deployment>/probe[-i]/`` (a resumed
+    sweep reuses them, so its levels keep their rates); recorded in ``capacity.json``.
+    The fixed ``ITEM_CPU_MS`` estimate is 5–7 % off on a slow hour, where nominal ρ 0.9
+    is really 0.97 and its queue explodes."""
+    d = OUT / name
+    estimate = capacity_rps(share)
+    tries = []
+    for i in range(PROBE_TRIES):
+        out = d / ("probe" if i == 0 else f"probe-{i}")
+        if i > 0 and not tries[-1]["ran_now"] and not (out / "summary.json").exists():
+            break  # a resumed sweep keeps the probes it had, so its levels keep their rates
+        ran_now = not (out / "summary.json").exists()
+        if ran_now:
+            rate = PROBE_RHO * estimate * 2**i
+            print(
+                f"{name} probe: {rate:.0f}/s ({PROBE_RHO} × {2**i} × the estimate)", file=sys.stderr
+            )
+            _load(scenario, gateway, metrics, out, seconds, rate, 7 + i)
+        served = _served_rps(out)
+        if not np.isfinite(served) or served <= 0:
+            sys.exit(f"{out}: the capacity probe answered nothing; is the testbed up?")
+        summary = json.loads((out / "summary.json").read_text())
+        tries.append(
+            {
+                "run": out.name,
+                "duration_s": summary["duration_s"],
+                "offered_rps": summary["offered_rps"],
+                "served_rps": served,
+                "steal_cores": _steal(out),
+                "ran_now": ran_now,
+            }
+        )
+        if served < PROBE_BACKLOG * summary["offered_rps"]:
+            break
+    probe = tries[-1] | {"backlogged": served < PROBE_BACKLOG * tries[-1]["offered_rps"]}
+    capacity = {"share": share, "capacity_rps": served, "estimate_rps": estimate}
+    (d / "capacity.json").write_text(
+        json.dumps(capacity | {"measured": True, "probe": probe, "probe_runs": tries})
+    )
+    print(f"{name} probe: ρ 1 = {served:.1f}/s (estimate {estimate:.1f}/s)", file=sys.stderr)
+    return served
 
 
 def _steal(folder: Path) -> float:
@@ -238,8 +313,10 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     )
     rate = float(runs[runs["rho"] == rho]["offered"].mean())
     quota_sc = quota_scenario(base, calibration, dep, cpu, share)
+    tick = _quota_tick(cal_dir, quota_sc, dep, runs, rho) if cpu else CFS_TICK_MS
+    quota_sc = quota_scenario(base, calibration, dep, cpu, share, tick_ms=tick)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
-    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate)
+    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick)
     return {
         "twin": rate_sc,
         "mean": quota_sc,
@@ -247,7 +324,45 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
         "deployment": dep,
         "cpu": cpu,
         "rate": rate,
+        "tick_ms": tick,
     }
+
+
+def _quota_tick(
+    cal_dir: Path, sc: Scenario, dep: Deployment, runs: pd.DataFrame, rho: float
+) -> float:
+    """When the twin's quota is enforced (ms after the quota ran out; 0: at once).
+
+    ``KNEE_TICK=fit`` (default): fitted on the other levels below the capacity, so the
+    twin stalls the bottleneck as often as their runs did (:func:`calibrate.enforce.
+    fit_tick`; cached in ``quota_tick.json``); ``KNEE_TICK=<ms>``: that interval (4:
+    the twin before this fit, the scheduler tick at HZ=250)."""
+    how = os.environ.get("KNEE_TICK", "fit").strip()
+    if how != "fit":
+        return float(how)
+    cache = cal_dir / "quota_tick.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["tick_ms"])
+    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
+    d = OUT / str(runs["deployment"].iloc[0])
+    points = [
+        (
+            float(g["offered"].mean()),
+            float(np.nanmean([run_stall_share(d / r, BOTTLENECK) for r in g["run"]])),
+        )
+        for _, g in other.groupby("rho")
+    ]
+    fit = fit_tick(sc, dep, BOTTLENECK, points)
+    tick = CFS_TICK_MS if fit is None else fit.tick_ms
+    record = {"tick_ms": tick, "fit": None}
+    if fit is not None:
+        record["fit"] = {
+            "rates": [r for r, _ in points],
+            "testbed_stall": list(fit.testbed),
+            "twin_stall": {str(k): list(v) for k, v in fit.twin.items()},
+        }
+    cache.write_text(json.dumps(record, indent=1))
+    return tick
 
 
 def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dict:
@@ -290,7 +405,8 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
     out["server_cpu_ms"] = (
         f"model {enc.batch_ms:.2f}+{enc.per_item_ms:.2f}(b−1), server {enc.per_call_ms:.2f}/call, "
         f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}, "
-        f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s)"
+        f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s), quota check "
+        f"{held['tick_ms']:g} ms"
         if enc
         else ""
     )
@@ -420,6 +536,7 @@ def report() -> None:
             f"{DEPLOYMENTS[name]['batch']} (share {cap['share']:.2f} core, default bottleneck "
             f"capacity {'measured' if cap.get('measured') else 'estimate'} "
             f"{cap['capacity_rps']:.0f}/s)",
+            *_probe_line(cap),
             "",
             markdown_table(
                 [
@@ -482,6 +599,21 @@ def report() -> None:
         parts += side_by_side(p95_at)
     default_name = "testbed_knee" + ("" if BACKEND == "local" else f"_{BACKEND}")
     write_result(os.environ.get("KNEE_RESULT", default_name), "\n".join(parts))
+
+
+def _probe_line(cap: dict) -> list[str]:
+    """The report's line on the sweep's capacity probe, when it had one."""
+    p = cap.get("probe")
+    if not p:
+        return []
+    return [
+        "",
+        f"ρ 1 = {p['served_rps']:.1f}/s, measured by the sweep's capacity probe "
+        f"({p['duration_s']:g} s at {p['offered_rps']:.0f}/s; the fixed estimate "
+        f"{cap['estimate_rps']:.1f}/s; steal {p['steal_cores']:.3f} cores): the "
+        f"estimate was {100 * (cap['estimate_rps'] / p['served_rps'] - 1):+.1f} % off"
+        + ("" if p.get("backlogged", True) else " (NOT backlogged: a lower bound)"),
+    ]
 
 
 def use_backend(backend: str) -> None:
@@ -566,6 +698,15 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one deployment's sweep (resumable)")
     r.add_argument("--deployment", choices=list(DEPLOYMENTS), required=True)
+    r.add_argument(
+        "--probe",
+        type=float,
+        default=None,
+        metavar="S",
+        help="first measure what ρ 1 means: S s at ρ 1.2 of the estimate (twice that if not "
+        "backlogged, up to 3 runs), on the same "
+        "testbed (recorded in capacity.json; default: the fixed estimate)",
+    )
     r.add_argument("--duration", type=float, default=20.0, help="s per run")
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument(
@@ -603,7 +744,7 @@ def main() -> None:
                     "with per_second.parquet"
                 )
             print(f"ρ 1 = {cap:.1f}/s", file=sys.stderr)
-        run(a.deployment, a.duration, a.repeats, rhos, durations, cap)
+        run(a.deployment, a.duration, a.repeats, rhos, durations, cap, probe_s=a.probe)
     else:
         report()
 

@@ -33,7 +33,8 @@ from pathlib import Path
 import pandas as pd
 
 from calibrate import calibration as cal
-from calibrate.quota import StageCpu, quota_scenario, stage_cpu
+from calibrate.enforce import fit_tick, stall_share
+from calibrate.quota import CFS_TICK_MS, StageCpu, quota_scenario, stage_cpu
 from lab.compare import WorkloadOutcome, request_process, twin_latency_s
 from lab.fitruns import fit_levels, fit_run, fit_run_calibration, rate_aware_errors, stage_shares
 from lab.host_noise import MAX_STEAL_CORES, run_host_table, undisturbed_errors
@@ -123,6 +124,7 @@ class LabRun:
     host: pd.DataFrame | None = None
     clean: pd.DataFrame | None = None  # fidelity without disturbed seconds
     stage_cpu: dict[str, StageCpu] = field(default_factory=dict)  # fitted CPU per stage
+    quota_tick_ms: float = CFS_TICK_MS  # when the twin's quotas are enforced (fitted)
     started_s: float = 0.0  # time.perf_counter() at the start
     load: tuple[float, float, float] = (float("nan"),) * 3  # host load average at the start
 
@@ -267,6 +269,15 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
         lab.twin_scenario = quota_scenario(
             sc, lab.calibration, lab.deployment, lab.stage_cpu, lab.shares
         )
+        lab.quota_tick_ms = _quota_tick(lab, say)
+        lab.twin_scenario = quota_scenario(
+            sc,
+            lab.calibration,
+            lab.deployment,
+            lab.stage_cpu,
+            lab.shares,
+            tick_ms=lab.quota_tick_ms,
+        )
     else:  # no counters (e.g. another backend): each server's CPU per visit, no quota
         server_cpu = cal.server_cpu_of(lab.calibration, lab.deployment.allocation)
         lab.twin_scenario, _ = cal.calibrated_scenario(
@@ -277,6 +288,38 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
     )
     if cfg.contrast:
         lab.spec = spec_latencies(cfg, sc, lab.deployment, lab.workloads)
+
+
+def _quota_tick(lab: LabRun, say: Say) -> float:
+    """When the twin's CPU quotas are enforced (ms; :mod:`calibrate.enforce`), fitted so
+    the bottleneck (the stage with the most CPU per item for its share) stalls in the
+    twin as often as in the fit runs; the default without visits to fit on."""
+    cpu = lab.stage_cpu
+    stage = max(
+        cpu,
+        key=lambda c: (
+            (cpu[c].batch_ms + cpu[c].per_call_ms * cpu[c].calls_per_item)
+            / max(lab.shares.get(c, 1.0), 1e-9)
+        ),
+    )
+    points = []
+    for result, _w in lab.fits:
+        v = result.visits
+        if v.empty or "service_s" not in v:
+            continue
+        service = v.loc[v["component"].astype(str) == stage, "service_s"].to_numpy(dtype=float)
+        points.append((float(result.summary.get("offered_rps", 0.0)), stall_share(1e3 * service)))
+    fit = fit_tick(lab.twin_scenario, lab.deployment, stage, points)
+    if fit is None:
+        return CFS_TICK_MS
+    say(
+        f"quota check fitted on {stage}'s stalls: {fit.tick_ms:g} ms (testbed stalled "
+        + ", ".join(f"{100 * x:.0f}" for x in fit.testbed)
+        + " %; twin "
+        + ", ".join(f"{100 * x:.0f}" for x in fit.twin[fit.tick_ms])
+        + " %)"
+    )
+    return fit.tick_ms
 
 
 def check(cfg: ExperimentConfig) -> tuple[Scenario, Deployment]:
@@ -318,6 +361,7 @@ def run(
                 lab.stage_cpu,
                 lab.shares,
                 rate_per_s=float(rate_series(w, cfg.duration_s).mean()),
+                tick_ms=lab.quota_tick_ms,
             )
             for name, w in workloads.items()
         }

@@ -20,6 +20,23 @@ PARENT = "mlops-twin"
 # rest of the host, so the parent gets a large one or quotas would not hold on a
 # busy host (the groups' own quotas still cap what each can take).
 PARENT_WEIGHT = 16.0
+# An A/B knob (benchmarks/testbed_knee_slice.py): another CFS period (µs) for every
+# node's quota, the quota scaled with it. Unset: CPU_PERIOD_US, as every backend.
+PERIOD_ENV = "MLOPS_TWIN_CPU_PERIOD_US"
+
+
+def period_us() -> int:
+    """The CFS period (µs) of the groups made here: ``$MLOPS_TWIN_CPU_PERIOD_US`` or 10 ms."""
+    raw = os.environ.get(PERIOD_ENV, "").strip()
+    if not raw:
+        return CPU_PERIOD_US
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1000 <= value <= 1_000_000:
+        raise ValueError(f"{PERIOD_ENV}={raw!r}: expected a period of 1000–1000000 µs")
+    return value
 
 
 def version() -> int | None:
@@ -56,7 +73,8 @@ class Cgroup:
     def create(
         cls, name: str, cpu_cores: float | None, ram_gb: float | None, weight: float = 1.0
     ) -> Cgroup:
-        """Make the group: a quota of ``cpu_cores`` (10 ms period), ``ram_gb`` of memory.
+        """Make the group: a quota of ``cpu_cores`` (10 ms period, :func:`period_us`), and
+        ``ram_gb`` of memory.
 
         ``None`` leaves that resource unlimited; ``weight`` scales the group's share
         of contended CPU relative to a default group (1.0), e.g. 4.0 for the
@@ -65,7 +83,8 @@ class Cgroup:
         v = version()
         if v is None:
             raise RuntimeError("no cgroup v1 (cpu, memory) or v2 hierarchy under /sys/fs/cgroup")
-        quota = None if cpu_cores is None else max(round(cpu_cores * CPU_PERIOD_US), 1000)
+        period = period_us()
+        quota = None if cpu_cores is None else max(round(cpu_cores * period), 1000)
         mem = None if ram_gb is None else int(ram_gb * 1024**3)
         if v == 2:
             parent = ROOT / PARENT
@@ -75,7 +94,7 @@ class Cgroup:
             path = parent / name
             path.mkdir(exist_ok=True)
             if quota is not None:
-                _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+                _write(path / "cpu.max", f"{quota} {period}")
             if mem is not None:
                 _write(path / "memory.max", str(mem))
             _write(path / "cpu.weight", str(min(max(round(100 * weight), 1), 10000)))
@@ -86,7 +105,7 @@ class Cgroup:
         cpu, memory = paths[0], paths[1]
         _write(cpu.parent / "cpu.shares", str(round(1024 * PARENT_WEIGHT)), ok_fail=True)
         if quota is not None:
-            _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(cpu / "cpu.cfs_period_us", str(period))
             _write(cpu / "cpu.cfs_quota_us", str(quota))
         if mem is not None:
             _write(memory / "memory.limit_in_bytes", str(mem))
