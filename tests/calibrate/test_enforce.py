@@ -11,33 +11,11 @@ from calibrate import calibration as cal
 from calibrate.enforce import fit_tick, run_stall_share, stall_share, twin_stall_share
 from calibrate.fit import fit_variant
 from calibrate.quota import quota_scenario, stage_cpu
+from tests.calibrate.test_quota import encoder_run
 from twin.load import load_deployment, load_scenario
 
 EXAMPLE = Path("examples/digits-pipeline.yaml")
 DEPLOYMENT = Path("examples/digits-pipeline.deployment.yaml")
-
-
-def _counters(folder: Path, rate: float, seconds: float = 20.0) -> Path:
-    """A run's counters: the encoder alone on node-2, 3 ms of model CPU per item and
-    0.4 ms of server CPU per call, 0.01 idle cores."""
-    items = rate * seconds
-    model = items * 0.003
-    counters = {
-        ("agent:node-2", "node_cpu_seconds"): model + items * 0.0004 + 0.01 * seconds,
-        ("encoder-node-2-2", "stage_compute_cpu_seconds_total"): model,
-        ("encoder-node-2-2", "stage_items_total"): items,
-        ("encoder-node-2-2", "stage_calls_total"): items,
-        ("encoder-node-2-2", "stage_batch_size_count"): items,
-        ("encoder-node-2-2", "stage_service_seconds_sum"): model / 0.95,
-    }
-    rows = [
-        {"t": t, "target": tgt, "metric": m, "labels": "", "value": v * t / seconds}
-        for (tgt, m), v in counters.items()
-        for t in (0.0, seconds)
-    ]
-    folder.mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(folder / "metrics.parquet")
-    return folder
 
 
 def _twin(tmp_path: Path):
@@ -50,7 +28,8 @@ def _twin(tmp_path: Path):
         variant="e-large",
         cpu_share=0.5,
     )
-    cpu = stage_cpu([_counters(tmp_path / "a", 30), _counters(tmp_path / "b", 120)], dep)
+    runs = [encoder_run(tmp_path / n, r, speed=0.95) for n, r in (("a", 30), ("b", 120))]
+    cpu = stage_cpu(runs, dep)
     return quota_scenario(sc, cal.build([fit], sc), dep, cpu, 0.5), dep
 
 

@@ -18,9 +18,11 @@ EXAMPLE = Path("examples/digits-pipeline.yaml")
 DEPLOYMENT = Path("examples/digits-pipeline.deployment.yaml")
 
 
-def _run(folder: Path, rate: float, seconds: float = 20.0, stall: float = 1.0) -> Path:
+def encoder_run(
+    folder: Path, rate: float, seconds: float = 20.0, stall: float = 1.0, speed: float = 0.9
+) -> Path:
     """A run's metrics.parquet: the encoder alone on node-2, 3 ms of model CPU per item
-    (batch 1), 0.4 ms of server CPU per call, 0.01 idle cores; wall = CPU / 0.9 × stall."""
+    (batch 1), 0.4 ms of server CPU per call, 0.01 idle cores; wall = CPU / speed × stall."""
     items = rate * seconds
     model = items * 0.003
     counters = {
@@ -29,7 +31,7 @@ def _run(folder: Path, rate: float, seconds: float = 20.0, stall: float = 1.0) -
         ("encoder-node-2-2", "stage_items_total"): items,
         ("encoder-node-2-2", "stage_calls_total"): items,
         ("encoder-node-2-2", "stage_batch_size_count"): items,
-        ("encoder-node-2-2", "stage_service_seconds_sum"): model / 0.9 * stall,
+        ("encoder-node-2-2", "stage_service_seconds_sum"): model / speed * stall,
     }
     rows = [
         {"t": t, "target": tgt, "metric": m, "labels": "", "value": v * t / seconds}
@@ -43,7 +45,7 @@ def _run(folder: Path, rate: float, seconds: float = 20.0, stall: float = 1.0) -
 
 def test_stage_cpu_separates_model_server_idle_and_host_speed(tmp_path: Path) -> None:
     dep = load_deployment(DEPLOYMENT)
-    runs = [_run(tmp_path / "a", 30), _run(tmp_path / "b", 120, stall=1.6)]
+    runs = [encoder_run(tmp_path / "a", 30), encoder_run(tmp_path / "b", 120, stall=1.6)]
     cpu = stage_cpu(runs, dep)
     assert set(cpu) == {"encoder"}  # the other nodes have no counters here
     enc = cpu["encoder"]
@@ -72,7 +74,7 @@ def test_quota_scenario_gives_the_stage_cpu_work_and_its_node_the_quota(tmp_path
         )
     ]
     calibration = cal.build(fits, sc)
-    runs = [_run(tmp_path / "a", 30), _run(tmp_path / "b", 120, stall=1.6)]
+    runs = [encoder_run(tmp_path / "a", 30), encoder_run(tmp_path / "b", 120, stall=1.6)]
     cpu = stage_cpu(runs, dep)
     twin = quota_scenario(sc, calibration, dep, cpu, {"encoder": 0.5})
     enc = twin.component("encoder")
@@ -157,7 +159,7 @@ def test_the_capacity_is_the_nodes_marginal_cpu_over_all_runs(tmp_path: Path) ->
 
 def test_quota_scenario_carries_the_kernels_leftover_runtime(tmp_path: Path) -> None:
     sc, dep = load_scenario(EXAMPLE), load_deployment(DEPLOYMENT)
-    cpu = stage_cpu([_run(tmp_path / "a", 30), _run(tmp_path / "b", 120)], dep)
+    cpu = stage_cpu([encoder_run(tmp_path / "a", 30), encoder_run(tmp_path / "b", 120)], dep)
     calibration = _encoder_calibration(sc, seed=2, items=20)
     twin = quota_scenario(sc, calibration, dep, cpu, 0.5)
     assert twin.settings.cpu_quota_carry_ms == 1.0
