@@ -30,6 +30,20 @@ from loadgen.host import host_series
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def heaviest_item_cpu_ms(m: pd.DataFrame) -> float:
+    """The model CPU per item (ms) of the costliest stage replica in a run: the host's speed
+    as the bottleneck feels it (the same model costs more on a slower hour)."""
+
+    def delta(metric: str) -> pd.Series:
+        c = m[m["metric"] == metric].sort_values("t").groupby("target")["value"]
+        return c.last() - c.first()
+
+    items = delta("stage_items_total")
+    cpu = delta("stage_compute_cpu_seconds_total").reindex(items.index)
+    per_item = (1e3 * cpu / items)[items > 0]
+    return float(per_item.max()) if len(per_item) else float("nan")
+
+
 def run_row(folder: Path) -> list[str]:
     s = json.loads((folder / "summary.json").read_text())
     m = pd.read_parquet(folder / "metrics.parquet")
@@ -43,6 +57,7 @@ def run_row(folder: Path) -> list[str]:
         f"{_mode_cores(m, 'nice'):.2f}",
         f"{h['steal_cores'].mean():.4f}",
         f"{h['probe_ms'].median():.3f}",
+        f"{heaviest_item_cpu_ms(m):.2f}",
     ]
 
 
@@ -58,7 +73,8 @@ def main() -> None:
         f"- command: `python benchmarks/testbed_knee_host.py {os.path.relpath(a.sweep)} "
         f"--result {a.result}` (no lock)",
         "- nice cores: /proc/stat's nice mode over the run (other sessions' niced work on "
-        "this shared host); probe: the scraper's fixed interpreter work, median ms",
+        "this shared host); probe: the scraper's fixed interpreter work, median ms; the "
+        "heaviest stage's model CPU per item: its replicas' compute-CPU counter over items",
         "",
     ]
     for dep in sorted(p for p in a.sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -78,6 +94,7 @@ def main() -> None:
                     "nice cores (others)",
                     "steal cores",
                     "probe ms",
+                    "heaviest stage's model CPU ms/item",
                 ],
                 [[r.name, *run_row(r)] for r in runs],
             ),
