@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, run_cli, write_result
 
 from calibrate import calibration as cal
-from calibrate.enforce import fit_tick, run_stall_share
+from calibrate.enforce import fit_tick, run_stall_share, with_quota_tick
 from calibrate.quota import CFS_TICK_MS, quota_scenario, stage_cpu
 from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
@@ -314,7 +314,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     rate = float(runs[runs["rho"] == rho]["offered"].mean())
     quota_sc = quota_scenario(base, calibration, dep, cpu, share)
     tick = _quota_tick(cal_dir, quota_sc, dep, runs, rho) if cpu else CFS_TICK_MS
-    quota_sc = quota_scenario(base, calibration, dep, cpu, share, tick_ms=tick)
+    quota_sc = with_quota_tick(quota_sc, tick)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
     rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick)
     return {

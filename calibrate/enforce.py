@@ -23,7 +23,7 @@ the interval with the smallest squared difference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +45,26 @@ def stall_share(service_ms: np.ndarray) -> float:
     return float(np.mean(s > np.percentile(s, 25) + STALL_MS))
 
 
+def visits_stall_share(visits: pd.DataFrame, stage: str) -> float:
+    """``stage``'s stall share in a load run's visits (``service_s``); NaN without any."""
+    if visits.empty or "service_s" not in visits:
+        return float("nan")
+    service = visits.loc[visits["component"].astype(str) == stage, "service_s"]
+    return stall_share(1e3 * service.to_numpy(dtype=float))
+
+
 def run_stall_share(folder: Path, stage: str) -> float:
     """``stage``'s stall share in a load run (``visits.parquet``); NaN without visits."""
     f = Path(folder) / "visits.parquet"
     if not f.exists():
         return float("nan")
-    v = pd.read_parquet(f, columns=["component", "service_s"])
-    return stall_share(v.loc[v["component"].astype(str) == stage, "service_s"].to_numpy() * 1e3)
+    return visits_stall_share(pd.read_parquet(f, columns=["component", "service_s"]), stage)
+
+
+def with_quota_tick(scenario: Scenario, tick_ms: float) -> Scenario:
+    """``scenario`` with its CPU quotas enforced ``tick_ms`` after they run out."""
+    settings = scenario.settings.model_copy(update={"cpu_quota_tick_ms": float(tick_ms)})
+    return scenario.model_copy(update={"settings": settings})
 
 
 @dataclass(frozen=True)
@@ -100,12 +113,9 @@ def fit_tick(
         return None
     twin: dict[float, tuple[float, ...]] = {}
     for tick in grid:
-        settings = scenario.settings.model_copy(update={"cpu_quota_tick_ms": float(tick)})
-        sc = scenario.model_copy(update={"settings": settings})
+        sc = with_quota_tick(scenario, tick)
         twin[float(tick)] = tuple(
             twin_stall_share(sc, deployment, stage, r, seconds) for r, _ in fit
         )
-    testbed = tuple(s for _, s in fit)
-    best = TickFit(0.0, testbed, twin)
-    tick = min(twin, key=best.error)
-    return TickFit(tick, testbed, twin)
+    candidates = TickFit(0.0, tuple(s for _, s in fit), twin)
+    return replace(candidates, tick_ms=min(twin, key=candidates.error))

@@ -33,14 +33,14 @@ from pathlib import Path
 import pandas as pd
 
 from calibrate import calibration as cal
-from calibrate.enforce import fit_tick, stall_share
+from calibrate.enforce import fit_tick, visits_stall_share, with_quota_tick
 from calibrate.quota import CFS_TICK_MS, StageCpu, quota_scenario, stage_cpu
 from lab.compare import WorkloadOutcome, request_process, twin_latency_s
 from lab.fitruns import fit_levels, fit_run, fit_run_calibration, rate_aware_errors, stage_shares
 from lab.host_noise import MAX_STEAL_CORES, run_host_table, undisturbed_errors
 from loadgen.run import LoadResult, LoadRun, execute, write_result
 from testbed.client import Targets, Testbed
-from twin.criteria import latency_summary
+from twin.criteria import latency_summary, stage_capacity_rps
 from twin.evaluate import evaluate
 from twin.load import load_deployment, load_scenario
 from twin.spec import Deployment, Scenario, Workload
@@ -270,14 +270,7 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
             sc, lab.calibration, lab.deployment, lab.stage_cpu, lab.shares
         )
         lab.quota_tick_ms = _quota_tick(lab, say)
-        lab.twin_scenario = quota_scenario(
-            sc,
-            lab.calibration,
-            lab.deployment,
-            lab.stage_cpu,
-            lab.shares,
-            tick_ms=lab.quota_tick_ms,
-        )
+        lab.twin_scenario = with_quota_tick(lab.twin_scenario, lab.quota_tick_ms)
     else:  # no counters (e.g. another backend): each server's CPU per visit, no quota
         server_cpu = cal.server_cpu_of(lab.calibration, lab.deployment.allocation)
         lab.twin_scenario, _ = cal.calibrated_scenario(
@@ -292,23 +285,17 @@ def _calibrate(lab: LabRun, folder: Path, say: Say) -> None:
 
 def _quota_tick(lab: LabRun, say: Say) -> float:
     """When the twin's CPU quotas are enforced (ms; :mod:`calibrate.enforce`), fitted so
-    the bottleneck (the stage with the most CPU per item for its share) stalls in the
-    twin as often as in the fit runs; the default without visits to fit on."""
-    cpu = lab.stage_cpu
-    stage = max(
-        cpu,
-        key=lambda c: (
-            (cpu[c].batch_ms + cpu[c].per_call_ms * cpu[c].calls_per_item)
-            / max(lab.shares.get(c, 1.0), 1e-9)
-        ),
+    the bottleneck (the stage of lowest capacity in the twin, as the utilisation table
+    names it) stalls in the twin as often as in the fit runs; the default without visits
+    to fit on."""
+    stage = min(
+        lab.stage_cpu,
+        key=lambda c: stage_capacity_rps(lab.twin_scenario, lab.deployment, c),
     )
-    points = []
-    for result, _w in lab.fits:
-        v = result.visits
-        if v.empty or "service_s" not in v:
-            continue
-        service = v.loc[v["component"].astype(str) == stage, "service_s"].to_numpy(dtype=float)
-        points.append((float(result.summary.get("offered_rps", 0.0)), stall_share(1e3 * service)))
+    points = [
+        (float(result.summary.get("offered_rps", 0.0)), visits_stall_share(result.visits, stage))
+        for result, _w in lab.fits
+    ]
     fit = fit_tick(lab.twin_scenario, lab.deployment, stage, points)
     if fit is None:
         return CFS_TICK_MS
