@@ -43,10 +43,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_line, markdown_table, run_cli, write_result
+import testbed_knee as knee
+from _report import machine_line, markdown_table, write_result
 
 from testbed.backends.compose import (
     CGROUP_PARENT,
@@ -55,12 +54,10 @@ from testbed.backends.compose import (
     project_containers,
 )
 from testbed.client import CliTestbed
-from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "compose-tail"
-BASE_RATE = 100.0
 RATE = 30.0  # ρ ≈ 0.2 of the encoder's ≈ 150/s
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 ACCT_ROOT = Path("/sys/fs/cgroup/cpuacct")
@@ -82,15 +79,7 @@ PROBES = {
 
 def _files(d: Path) -> tuple[Path, Path]:
     """The knee benchmark's default deployment and a steady ``knee`` workload."""
-    d.mkdir(parents=True, exist_ok=True)
-    sc = yaml.safe_load((ROOT / "examples" / "digits-pipeline.yaml").read_text())
-    sc["workloads"] = [{"kind": "steady", "name": "knee", "rate_per_s": BASE_RATE}]
-    dep = yaml.safe_load((ROOT / "examples" / "digits-pipeline.deployment.yaml").read_text())
-    dep["name"] = "knee-default"
-    dep["stages"]["encoder"] = {"variant": "e-large", "batch": 1}
-    (d / "scenario.yaml").write_text(yaml.safe_dump(sc, sort_keys=False))
-    (d / "deployment.yaml").write_text(yaml.safe_dump(dep, sort_keys=False))
-    return d / "scenario.yaml", d / "deployment.yaml"
+    return knee._files("default", d)
 
 
 def _cgroup(cid: str) -> tuple[Path, Path]:
@@ -138,29 +127,8 @@ def _delta(a: dict, b: dict) -> dict[str, dict[str, float]]:
 
 def _load(d: Path, scenario: Path, target: str, metrics: dict[str, str], duration: float) -> dict:
     out = d / "load"
-    run_cli(
-        "load",
-        "run",
-        "-s",
-        str(scenario),
-        "--shape",
-        "knee",
-        "--target",
-        target,
-        "--out",
-        str(out),
-        "--duration",
-        f"{duration:g}",
-        "--rate-scale",
-        f"{RATE / BASE_RATE:.4f}",
-        "--seed",
-        "11",
-        "--drain",
-        "3",
-        "--inputs-file",
-        str(DEFAULT_DIR / TESTSET),
-        *[a for k, v in metrics.items() for a in ("--metrics", f"{k}={v}")],
-    )
+    scrape = [f"{k}={v}" for k, v in metrics.items()]
+    knee._load(scenario, target, scrape, out, duration, RATE, 11, drain_s=3)
     s = json.loads((out / "summary.json").read_text())
     return {
         "offered": s["offered_rps"],

@@ -81,9 +81,10 @@ PROBE_BACKLOG = 0.9  # served below this share of offered: the probe was backlog
 PROBE_TRIES = 3
 
 
-def _files(name: str) -> tuple[Path, Path]:
-    """The scenario (one steady ``knee`` workload) and the deployment ``name``, written once."""
-    d = OUT / name
+def _files(name: str, d: Path | None = None) -> tuple[Path, Path]:
+    """The scenario (one steady ``knee`` workload) and the deployment ``name``, written
+    once into ``d`` (default: the sweep's folder of that deployment)."""
+    d = OUT / name if d is None else d
     d.mkdir(parents=True, exist_ok=True)
     sc = yaml.safe_load((ROOT / "examples" / "digits-pipeline.yaml").read_text())
     sc["workloads"] = [{"kind": "steady", "name": "knee", "rate_per_s": BASE_RATE}]
@@ -152,8 +153,10 @@ def _load(
     seconds: float,
     rate: float,
     seed: int,
+    drain_s: float = 5.0,
 ) -> None:
-    """One steady run of ``rate`` req/s for ``seconds`` into ``out`` (``loadgen``)."""
+    """One steady run of ``rate`` req/s for ``seconds`` into ``out`` (``loadgen``), its
+    answers awaited ``drain_s`` s after the last arrival."""
     run_cli(
         "load",
         "run",
@@ -172,7 +175,7 @@ def _load(
         "--seed",
         str(seed),
         "--drain",
-        "5",
+        f"{drain_s:g}",
         "--inputs-file",
         str(DEFAULT_DIR / TESTSET),
         *[a for m in metrics for a in ("--metrics", m)],
