@@ -42,6 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, markdown_table, run_cli, write_result
 
 from calibrate import calibration as cal
+from calibrate.backlog import (
+    fit_backlog_quota,
+    run_backlogged_interval,
+    stage_machine,
+    with_quota_scale,
+)
 from calibrate.enforce import fit_tick, run_stall_share, with_quota_tick
 from calibrate.quota import CFS_TICK_MS, quota_scenario, stage_cpu
 from testbed.client import CliTestbed
@@ -320,6 +326,11 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     quota_sc = with_quota_tick(quota_sc, tick)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
     rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick)
+    backlog = _backlog_scale(cal_dir, quota_sc, dep, runs, rho) if cpu else 1.0
+    machine = stage_machine(dep, BOTTLENECK)
+    if backlog != 1.0 and machine is not None:
+        quota_sc = with_quota_scale(quota_sc, machine, backlog)
+        rate_sc = with_quota_scale(rate_sc, machine, backlog)
     return {
         "twin": rate_sc,
         "mean": quota_sc,
@@ -328,7 +339,40 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
         "cpu": cpu,
         "rate": rate,
         "tick_ms": tick,
+        "backlog": backlog,
     }
+
+
+def _backlog_scale(
+    cal_dir: Path, sc: Scenario, dep: Deployment, runs: pd.DataFrame, rho: float
+) -> float:
+    """The factor on the bottleneck's node quota that gives the twin the fit runs' pace
+    in long busy periods (:func:`calibrate.backlog.fit_backlog_quota`; fit on the other
+    levels below the capacity, cached in ``backlog.json``). ``KNEE_BACKLOG=off``: 1
+    (the twin before this fit)."""
+    if os.environ.get("KNEE_BACKLOG", "fit").strip() == "off":
+        return 1.0
+    cache = cal_dir / "backlog.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["factor"])
+    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
+    d = OUT / str(runs["deployment"].iloc[0])
+    points = [
+        (float(r.offered), float(r.duration), *run_backlogged_interval(d / r.run, BOTTLENECK))
+        for r in other.itertuples()
+    ]
+    fit = fit_backlog_quota(sc, dep, BOTTLENECK, points)
+    record = {"factor": 1.0 if fit is None else fit.factor, "fit": None}
+    if fit is not None:
+        record["fit"] = {
+            "testbed_ms": fit.testbed_ms,
+            "band_ms": fit.band_ms,
+            "items": fit.items,
+            "twin_ms": list(fit.twin_ms),
+            "runs": [list(p) for p in points if p[3]],
+        }
+    cache.write_text(json.dumps(record, indent=1))
+    return record["factor"]
 
 
 def _quota_tick(
@@ -409,7 +453,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
         f"model {enc.batch_ms:.2f}+{enc.per_item_ms:.2f}(b−1), server {enc.per_call_ms:.2f}/call, "
         f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}, "
         f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s), quota check "
-        f"{held['tick_ms']:g} ms"
+        f"{held['tick_ms']:g} ms, backlog pace ×{held['backlog']:.3f}"
         if enc
         else ""
     )
