@@ -62,22 +62,22 @@ def test_the_fit_gives_the_twin_the_testbeds_pace(tmp_path: Path) -> None:
     twin, dep = _twin(tmp_path)
     node = stage_machine(dep, "encoder")
     assert node is not None
-    runs = [(240.0, 6.0, 500)]
+    runs = [(240.0, 6.0, 1500)]
     base = twin_backlogged_interval(twin, dep, "encoder", runs)
     target = 1.08 * base
-    fit = fit_backlog_quota(twin, dep, "encoder", [(240.0, 6.0, target, 500)])
+    fit = fit_backlog_quota(twin, dep, "encoder", [(240.0, 6.0, target, 1500)])
     assert fit is not None and fit.factor < 0.97
     after = twin_backlogged_interval(with_quota_scale(twin, node, fit.factor), dep, "encoder", runs)
     assert abs(after / target - 1) < 0.02
     assert abs(base / target - 1) > 0.06
-    # too few backlogged items: no fit
-    assert fit_backlog_quota(twin, dep, "encoder", [(240.0, 6.0, target, 10)]) is None
+    # a run with too few backlogged items (a light run's slow spells): no fit
+    assert fit_backlog_quota(twin, dep, "encoder", [(240.0, 6.0, target, 900)]) is None
 
 
 def test_a_twin_within_the_runs_spread_is_left_alone(tmp_path: Path) -> None:
     """Runs whose paces spread ±10 % around the twin's: no scaling (factor 1)."""
     twin, dep = _twin(tmp_path)
-    base = twin_backlogged_interval(twin, dep, "encoder", [(240.0, 6.0, 500)])
-    runs = [(240.0, 6.0, 1.1 * base, 500), (240.0, 6.0, 0.9 * base, 500)]
+    base = twin_backlogged_interval(twin, dep, "encoder", [(240.0, 6.0, 1500)])
+    runs = [(240.0, 6.0, 1.1 * base, 1500), (240.0, 6.0, 0.9 * base, 1500)]
     fit = fit_backlog_quota(twin, dep, "encoder", runs)
     assert fit is not None and fit.factor == 1.0 and fit.band_ms > 0.05 * base
