@@ -3,15 +3,16 @@
 Near the knee a stage's tail is made by its long busy periods: one job after another,
 each waiting for the one before. How fast the stage gets through them is what sets the
 queue. The quota twin (:mod:`calibrate.quota`) takes that pace from the node's CPU
-counters (CPU per item, the quota, the bound factor) and is right on the local backend;
-on Compose it was not. On the coordinator's quiet Compose sweep (default deployment, ρ 0.9,
-own 0.84; ``benchmarks/results/compose_knee_split9.md``) the encoder's queue made the
-whole p95 gap (its queue p95 82 ms against the twin's 55), not the per-request overhead
-(the same mean, 7.8 against 7.9 ms) nor its coupling with the stage time. Replaying the
-testbed's own arrivals through a single FIFO server with its own per-job occupancies
-gives its queue back (86 against 87 ms); scaling those occupancies to the twin's mean
-gives the twin's (54 ms). Per position in a busy period the testbed's encoder takes
-7.0–7.3 ms per item from the ninth job on, the twin 6.6–6.8 ms: the twin runs its long
+counters (CPU per item, the quota, the bound factor); on the local quiet sweeps its pace
+is within their runs' spread, on Compose it was not. On the coordinator's quiet Compose
+sweep (default deployment, ρ 0.9, own 0.84; ``benchmarks/results/
+compose_knee_split9_off.md``) the encoder's queue made the whole p95 gap (its queue p95
+82 ms against the twin's 55), not the per-request overhead (the same mean, 7.8 against
+7.9 ms) nor its coupling with the stage time. Replaying the testbed's own arrivals
+through a single FIFO server with its own per-job occupancies gives its queue back (p95
+86 against 87 ms); scaling those occupancies to the twin's mean gives the twin's (53
+against 55). Per position in a busy period the testbed's encoder takes 6.9–7.3 ms per
+item from the ninth job on, the twin 6.5–6.8 ms: the twin runs its long
 busy periods 5 % too fast, although its capacity at saturation is lower than the node's.
 
 So this module measures that pace directly, per run: the start-to-start interval per
