@@ -216,6 +216,16 @@ def _probe(
         if not np.isfinite(served) or served <= 0:
             sys.exit(f"{out}: the capacity probe answered nothing; is the testbed up?")
         summary = json.loads((out / "summary.json").read_text())
+        lag_ms = 1e3 * float(summary.get("lag_p99_s", 0.0))
+        if served >= PROBE_BACKLOG * summary["offered_rps"] and lag_ms > 1e3 * USABLE_LAG_S:
+            # every answer came, but late offers: the host's cores ran out before the
+            # deployment's bottleneck did (Compose variant: 722/s, lag p99 167 ms), and
+            # doubling the rate again would measure the load generator
+            sys.exit(
+                f"{out}: the load generator fell behind at {summary['offered_rps']:.0f}/s "
+                f"(release lag p99 {lag_ms:.0f} ms) while the deployment kept up: the host "
+                "saturates before its bottleneck; give ρ 1 with --capacity-per-s"
+            )
         tries.append(
             {
                 "run": out.name,
