@@ -53,6 +53,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -465,9 +466,10 @@ def cmd_retwin(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------- report
 
 
-def _summaries() -> list[dict]:
+def _summaries(folder: Path | None = None) -> list[dict]:
+    """Every run's summary under ``folder`` (default RUNS), with its folder."""
     out = []
-    for d in sorted(RUNS.glob("*-r*")):
+    for d in sorted((folder or RUNS).glob("*-r*")):
         f = d / "summary.json"
         if f.is_file():
             s = json.loads(f.read_text())
@@ -724,15 +726,30 @@ def _stalls(s: dict) -> tuple[list[dict], list[dict], int]:
     return stalls, decisions, int(late.sum())
 
 
-def _stall_section(runs: list[dict]) -> list[str]:
+def _keepalive_group(s: dict) -> str:
+    meta = json.loads((s["folder"] / "load" / "run.json").read_text())
+    fixed = float(meta["t0_unix_s"]) >= KEEPALIVE_FIX_UNIX
+    return "after the keep-alive fix" if fixed else "before it"
+
+
+def _stall_section(
+    runs: list[dict],
+    group_of: Callable[[dict], str] = _keepalive_group,
+    groups: tuple[str, ...] = ("before it", "after the keep-alive fix"),
+    title: str = "Stalls: where the SLO violations come from",
+    note: str = (
+        "Runs started after the keep-alive fix (stage servers keep idle connections 75 s, "
+        "longer than the gateway's 30-s pool, and the stage client resends once on a "
+        "closed connection) are counted apart from those before it."
+    ),
+) -> list[str]:
     """Where the SLO violations come from: stalls with and without a reconfiguration,
-    before and after the keep-alive fix; and which kinds of change stall."""
+    per group of runs (by default before and after the keep-alive fix); and which
+    kinds of change stall."""
     rows, dec = [], []
     for s in runs:
-        meta = json.loads((s["folder"] / "load" / "run.json").read_text())
-        fixed = float(meta["t0_unix_s"]) >= KEEPALIVE_FIX_UNIX
         st, de, late = _stalls(s)
-        group = "after the keep-alive fix" if fixed else "before it"
+        group = group_of(s)
         rows.append(
             {
                 "group": group,
@@ -744,7 +761,7 @@ def _stall_section(runs: list[dict]) -> list[str]:
         )
         dec += [{**d, "group": group} for d in de]
     table = []
-    for group in ("before it", "after the keep-alive fix"):
+    for group in groups:
         g = [r for r in rows if r["group"] == group]
         if not g:
             continue
@@ -784,14 +801,11 @@ def _stall_section(runs: list[dict]) -> list[str]:
         if not x["with_change"]
     ]
     return [
-        "## Stalls: where the SLO violations come from",
+        f"## {title}",
         "",
         "A stall: consecutive seconds of the control in which the requests' p95 exceeds the "
         "pipeline deadline. It goes with a reconfiguration when it overlaps the span from "
-        f"0.5 s before the decision to {STALL_AFTER_CHANGE_S:g} s after its last change. "
-        "Runs started after the keep-alive fix (stage servers keep idle connections 75 s, "
-        "longer than the gateway's 30-s pool, and the stage client resends once on a "
-        "closed connection) are counted apart from those before it.",
+        f"0.5 s before the decision to {STALL_AFTER_CHANGE_S:g} s after its last change. " + note,
         "",
         markdown_table(
             [
@@ -980,6 +994,131 @@ def _repeatability_section(runs: list[dict], twin: str = "quota-class") -> list[
         ),
         "",
     ]
+
+
+def _interval_line(runs: list[dict], twin: str, label: str) -> list[str]:
+    """The per-interval p95 figure as the issue states it (each run's intervals with
+    ρ ≤ 0.9 within ±15 % of the twin's), for ``runs`` and one twin."""
+    errs = []
+    for s in runs:
+        sbs = s["folder"] / f"side-by-side-{twin}.parquet"
+        if not sbs.is_file():
+            continue
+        t = pd.read_parquet(sbs)
+        iv = pd.read_parquet(s["folder"] / "intervals.parquet")
+        rho = (iv["offered_rps"] / iv["capacity_rps"]).to_numpy()[: len(t)]
+        ok = (rho <= 0.9) & t["p95_s_testbed"].notna() & t["p95_s_twin"].notna()
+        errs += list((t["p95_s_twin"] / t["p95_s_testbed"] - 1)[ok])
+    if not errs:
+        return []
+    e = np.asarray(errs)
+    return [
+        f"- per-interval p95, {label} vs testbed, on the {len(e)} intervals with ρ ≤ 0.9: "
+        f"{100 * float((np.abs(e) <= 0.15).mean()):.0f} % within ±15 % (median error "
+        f"{100 * float(np.median(e)):+.0f} %)"
+    ]
+
+
+def start_path(s: dict) -> str:
+    """Where the run's replicas started: ``idle`` (own start group at the lowest CPU
+    share) or ``reserve`` (the host's reserve; block runs before the note existed)."""
+    for note in s.get("notes", []):
+        if note.startswith("replicas start: "):
+            return note.removeprefix("replicas start: ")
+    return "reserve"
+
+
+def _start_path_section(old: list[dict], new: list[dict], ab: list[dict]) -> list[str]:
+    """Replicas started in the host's reserve (sessions 4-6) against their own idle
+    start group (session 7): the time a start takes under load, the stalls that follow
+    it, and PPO's SLO violations, in the blocks and in the A/B of one window."""
+    if not new and not ab:
+        return []
+    lines = ["## The start path: the host's reserve against an idle start group", ""]
+    times = []
+    for label, runs in (
+        ("reserve, blocks of sessions 5-6 (all policies, workloads)", old),
+        ("idle, blocks of session 7 (PPO, IPA)", new),
+        ("reserve, A/B (PPO, fluctuating)", [s for s in ab if start_path(s) == "reserve"]),
+        ("idle, A/B (PPO, fluctuating)", [s for s in ab if start_path(s) == "idle"]),
+    ):
+        secs = []
+        for s in runs:
+            ch = s["folder"] / "changes.parquet"
+            if ch.is_file():
+                c = pd.read_parquet(ch).astype({"seconds": float})
+                secs += list(c.loc[c["kind"] == "replica-start", "seconds"])
+        if secs:
+            a = np.asarray(secs)
+            times.append(
+                [
+                    label,
+                    len(a),
+                    f"{np.median(a):.2f}",
+                    f"{np.quantile(a, 0.95):.2f}",
+                    f"{a.max():.2f}",
+                ]
+            )
+    lines += [
+        "Time a replica start takes on the loaded testbed (s: from the node agent's start "
+        "to healthy and warm; the controller then routes to it):",
+        "",
+        markdown_table(["runs", "starts", "median", "p95", "max"], times),
+        "",
+        "The twin's replay applies each started replica after the run's own median start "
+        "time (`change_seconds_median` in its summary, `lab.control_twin.change_steps`).",
+        "",
+    ]
+    if ab:
+        rows = []
+        for s in sorted(ab, key=lambda o: (_repeat(o["folder"]), start_path(o))):
+            meta = json.loads((s["folder"] / "load" / "run.json").read_text())
+            st, de, _ = _stalls(s)
+            starts = [d for d in de if "replica-start" in d["kinds"]]
+            rows.append(
+                [
+                    start_path(s),
+                    _repeat(s["folder"]),
+                    time.strftime("%H:%M:%S", time.gmtime(float(meta["t0_unix_s"]))),
+                    f"{100 * s['testbed']['slo_violations']:.2f}",
+                    f"{1e3 * s['testbed']['p95_s_mean']:.1f}",
+                    len(starts),
+                    sum(d["stall"] for d in starts),
+                    sum(x["seconds"] for x in st),
+                    f"{_host(s['folder'])['busy_cores']:.2f}",
+                ]
+            )
+        by = {
+            p: [100 * s["testbed"]["slo_violations"] for s in ab if start_path(s) == p]
+            for p in ("reserve", "idle")
+        }
+        lines += [
+            "A/B in one window (PPO alone on fluctuating, one testbed per run, the arms "
+            "interleaved idle, reserve, reserve, idle; repeat r offers load seed r + 1):",
+            "",
+            markdown_table(
+                [
+                    "start path",
+                    "repeat",
+                    "load start (UTC)",
+                    "SLO viol. %",
+                    "mean p95 ms",
+                    "replica starts",
+                    "starts followed by a stall",
+                    "stalled seconds",
+                    "host busy cores",
+                ],
+                rows,
+            ),
+            "",
+            "PPO's SLO violations: reserve "
+            + _pm(by["reserve"])
+            + " %, idle "
+            + _pm(by["idle"])
+            + " % (mean ± 95 % t over the repeats).",
+            "",
+        ]
+    return lines
 
 
 def _t_interval(x: list[float]) -> tuple[float, float]:
@@ -1320,6 +1459,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             )
     checks += _self_agreement(runs)
     lines += [*checks, ""]
+    lines += _repeatability_section(runs)
     block = [s for s in runs if s.get("start_check")]
     lines += _repeats_section(
         block,
@@ -1344,6 +1484,37 @@ def cmd_report(args: argparse.Namespace) -> None:
             "and is left out.",
         )
     lines += _stall_section(runs)
+    new = _summaries(args.new_runs) if args.new_runs.is_dir() else []
+    ab = [x for f in args.ab_runs if f.is_dir() for x in _summaries(f)]
+    if new:
+        lines += _repeats_section(
+            new,
+            "PPO and IPA with replicas starting in an idle start group (session 7)",
+            f"Blocks of `block --policies ppo,ipa` in `{args.new_runs.name}`: replicas start "
+            "in a cgroup of their own at the lowest CPU share (cpu.idle) and join their "
+            "node's cgroup once healthy and warm, before the gateway routes to them. Same "
+            "seeds as the blocks above (repeat r: seed r + 1), another hour of the host.",
+        )
+        lines += _interval_line(
+            new, "quota-class", "the quota twin with the overhead per class (held out by block)"
+        )
+        lines += ["", *_repeatability_section(new)]
+    if new or ab:
+        old_pi = [
+            s
+            for s in block
+            if s["policy"] in ("ppo", "ipa") and s["shape"] in {x["shape"] for x in new + ab}
+        ]
+        paths = [*old_pi, *new, *ab]
+        lines += _stall_section(
+            paths,
+            lambda s: f"{start_path(s)}{' (A/B)' if s in ab else ''}",
+            ("reserve", "idle", "reserve (A/B)", "idle (A/B)"),
+            "Stalls of PPO and IPA by start path",
+            "reserve: the blocks of sessions 5-6 on the same workloads (r1 and r2 of "
+            "fluctuating and steady-high ran before the keep-alive fix); idle: session 7.",
+        )
+        lines += _start_path_section(block, new, ab)
     lines += _miss_attribution(runs)
     lines += _overhead_study(runs)
     if changes:
@@ -1488,6 +1659,19 @@ def main() -> None:
             )
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
+            p.add_argument(
+                "--new-runs",
+                type=Path,
+                default=ROOT / "runs" / "rl-testbed-idle",
+                help="block runs with replicas starting in the idle start group",
+            )
+            p.add_argument(
+                "--ab-runs",
+                type=Path,
+                nargs="*",
+                default=[ROOT / "runs" / f"rl-testbed-ab-{arm}" for arm in ("reserve", "idle")],
+                help="the start-path A/B's run folders",
+            )
     args = ap.parse_args()
     if args.runs is not None:
         RUNS = args.runs
