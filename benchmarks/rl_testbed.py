@@ -1019,6 +1019,160 @@ def _interval_line(runs: list[dict], twin: str, label: str) -> list[str]:
     ]
 
 
+def _summary_section(block: list[dict], new: list[dict]) -> list[str]:
+    """The acceptance figures on top: each with its runs, start path, n and 95 %
+    t-interval, and plainly whether it is met (on the means, as the issue states)."""
+
+    def frame(runs: list[dict]) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {
+                    "workload": s["shape"],
+                    "policy": s["policy"],
+                    "repeat": _repeat(s["folder"]),
+                    "objective": s["testbed"]["objective_mean"],
+                    "slo_pct": 100 * s["testbed"]["slo_violations"],
+                    "twin_objective": (s.get("twin") or {}).get("objective_mean", np.nan),
+                }
+                for s in runs
+            ]
+        )
+
+    rows = []
+    for label, runs in (("reserve (sessions 5-6)", block), ("idle (session 7)", new)):
+        if not runs:
+            continue
+        d = frame(runs)
+        for w in WORKLOADS:
+            g = d[d["workload"] == w]
+            if g.empty or "ppo" not in set(g["policy"]):
+                continue
+            obj = g.pivot_table(index="repeat", columns="policy", values="objective")
+            slo = g.pivot_table(index="repeat", columns="policy", values="slo_pct")
+            for ref, need in (("greedy", 1.0), ("ipa", 0.95)):
+                if ref not in obj.columns:
+                    continue
+                both = obj[["ppo", ref]].dropna()
+                ratio = list(both["ppo"] / both[ref])
+                ok = obj["ppo"].mean() >= need * obj[ref].mean()
+                rows.append(
+                    [
+                        f"PPO objective / {ref}",
+                        w,
+                        label,
+                        len(ratio),
+                        _pm(ratio, digits=3) + " (paired)",
+                        f"≥ {need:g}",
+                        "met" if ok else "NOT met",
+                    ]
+                )
+            if "ipa" in slo.columns:
+                both = slo[["ppo", "ipa"]].dropna()
+                diff = list(both["ppo"] - both["ipa"])
+                ok = slo["ppo"].mean() <= slo["ipa"].mean() + 1.0
+                rows.append(
+                    [
+                        "SLO violations, PPO − IPA (pt)",
+                        w,
+                        label,
+                        len(diff),
+                        f"{_pm(diff)} (PPO {_pm(list(both['ppo']))} %, IPA "
+                        f"{_pm(list(both['ipa']))} %)",
+                        "≤ +1",
+                        "met" if ok else "NOT met",
+                    ]
+                )
+            m = g.groupby("policy")[["objective", "twin_objective"]].mean()
+            if len(m) > 2 and m["twin_objective"].notna().all():
+                tau = kendall_tau(list(m["objective"]), list(m["twin_objective"]))
+                rows.append(
+                    [
+                        f"Kendall τ, twin vs testbed, {len(m)} policies' objective",
+                        w,
+                        label,
+                        int(g.groupby("policy").size().min()),
+                        f"{tau:.2f}",
+                        "≥ 0.8",
+                        "met" if tau >= 0.8 else "NOT met",
+                    ]
+                )
+    return [
+        "## Acceptance on the testbed, by start path",
+        "",
+        "reserve: replicas started in the host's reserve (the blocks of sessions 5-6); "
+        "idle: in a start group of their own at the lowest CPU share (session 7, PPO and "
+        "IPA only). n = repeats (blocks); ± is the 95 % Student-t half-width over them.",
+        "",
+        markdown_table(
+            ["figure", "workload", "start path", "n", "measured", "goal", "on the means"], rows
+        ),
+        "",
+    ]
+
+
+def _host_speed_section(runs: list[dict]) -> list[str]:
+    """PPO's and IPA's SLO violations beside the host's speed at the moment: the
+    encoder's model time per item (its replicas' mean service time, the same variant
+    and batch in every one of these runs) over control seconds 5-20, before any
+    reconfiguration, and over 22-40 s, with its queue there (the fluctuating peak)."""
+    rows, pts = [], []
+    for s in runs:
+        if s["policy"] not in ("ppo", "ipa"):
+            continue
+        v = pd.read_parquet(
+            s["folder"] / "load" / "visits.parquet",
+            columns=["component", "t_arrive", "service_s", "queue_s"],
+        )
+        v = v[v["component"] == "encoder"]
+        sec = v["t_arrive"] - float(s["offset_s"])
+        before, after = v[(sec >= 5) & (sec < 20)], v[(sec >= 22) & (sec < 40)]
+        slo = 100 * s["testbed"]["slo_violations"]
+        speed = 1e3 * float(before["service_s"].mean())
+        pts.append((s["policy"], speed, slo))
+        rows.append(
+            [
+                s["shape"],
+                s["policy"],
+                f"{start_path(s)}{' A/B' if '-ab-' in s['folder'].parent.name else ''}",
+                _repeat(s["folder"]),
+                f"{speed:.2f}",
+                f"{1e3 * float(after['service_s'].mean()):.2f}",
+                f"{1e3 * float(after['queue_s'].mean()):.1f}",
+                f"{slo:.2f}",
+            ]
+        )
+    if not rows:
+        return []
+    from scipy.stats import spearmanr
+
+    d = pd.DataFrame(pts, columns=["policy", "speed", "slo"])
+    rho = {p: spearmanr(g["speed"], g["slo"])[0] for p, g in d.groupby("policy") if len(g) > 2}
+    return [
+        "The host's speed at the moment beside the SLO violations (PPO and IPA; the "
+        "encoder runs e-large, batch 1, in every one of these runs, so its model time "
+        "per item is a probe of how fast the host runs):",
+        "",
+        markdown_table(
+            [
+                "workload",
+                "policy",
+                "start path",
+                "repeat",
+                "encoder ms/item, s 5-20 (before any change)",
+                "encoder ms/item, s 22-40",
+                "encoder queue ms, s 22-40",
+                "SLO viol. %",
+            ],
+            rows,
+        ),
+        "",
+        "Spearman ρ of the encoder's ms/item before any change against the run's SLO "
+        "violations: "
+        + ", ".join(f"{p} {r:.2f} (n {len(d[d.policy == p])})" for p, r in rho.items()),
+        "",
+    ]
+
+
 def start_path(s: dict) -> str:
     """Where the run's replicas started: ``idle`` (own start group at the lowest CPU
     share) or ``reserve`` (the host's reserve; block runs before the note existed)."""
@@ -1093,8 +1247,9 @@ def _start_path_section(old: list[dict], new: list[dict], ab: list[dict]) -> lis
             for p in ("reserve", "idle")
         }
         lines += [
-            "A/B in one window (PPO alone on fluctuating, one testbed per run, the arms "
-            "interleaved idle, reserve, reserve, idle; repeat r offers load seed r + 1):",
+            "A/B in one window (PPO alone on fluctuating, one testbed per run; the arms "
+            "alternate which runs first per repeat: idle first in r4 and r6, reserve first "
+            "in r5 and r7; repeat r offers load seed r + 1):",
             "",
             markdown_table(
                 [
@@ -1486,6 +1641,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     lines += _stall_section(runs)
     new = _summaries(args.new_runs) if args.new_runs.is_dir() else []
     ab = [x for f in args.ab_runs if f.is_dir() for x in _summaries(f)]
+    summary = _summary_section(block, new)
+    lines[4:4] = summary  # on top, after the title and the machine line
     if new:
         lines += _repeats_section(
             new,
@@ -1515,6 +1672,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             "fluctuating and steady-high ran before the keep-alive fix); idle: session 7.",
         )
         lines += _start_path_section(block, new, ab)
+        lines += _host_speed_section(
+            [x for x in (*old_pi, *new, *ab) if x["shape"] in ("fluctuating", "steady-high")]
+        )
     lines += _miss_attribution(runs)
     lines += _overhead_study(runs)
     if changes:
