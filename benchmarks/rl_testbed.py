@@ -1246,6 +1246,12 @@ def _start_path_section(old: list[dict], new: list[dict], ab: list[dict]) -> lis
             p: [100 * s["testbed"]["slo_violations"] for s in ab if start_path(s) == p]
             for p in ("reserve", "idle")
         }
+        arm = {(start_path(s), _repeat(s["folder"])): s for s in ab}
+        paired = [
+            100 * (arm["idle", r]["testbed"]["slo_violations"] - s["testbed"]["slo_violations"])
+            for (p, r), s in sorted(arm.items())
+            if p == "reserve" and ("idle", r) in arm
+        ]
         lines += [
             "A/B in one window (PPO alone on fluctuating, one testbed per run; the arms "
             "alternate which runs first per repeat: idle first in r4 and r6, reserve first "
@@ -1270,7 +1276,9 @@ def _start_path_section(old: list[dict], new: list[dict], ab: list[dict]) -> lis
             + _pm(by["reserve"])
             + " %, idle "
             + _pm(by["idle"])
-            + " % (mean ± 95 % t over the repeats).",
+            + " % (mean ± 95 % t over the repeats); paired by repeat, idle − reserve "
+            + _pm(paired)
+            + f" pt (n {len(paired)}).",
             "",
         ]
     return lines
