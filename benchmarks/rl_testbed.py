@@ -29,7 +29,12 @@ one turn of the shared CPU lock:
     needed (simulation only).
 ``report``
     ``benchmarks/results/rl_testbed.md`` and one plot per workload (load,
-    configuration and p95 over time per policy), from whatever has run.
+    configuration and p95 over time per policy), from whatever has run; with
+    ``--new-runs`` (blocks on the idle start path, default ``runs/rl-testbed-idle``)
+    and ``--ab-runs`` (the start-path A/B's folders) the start path's sections too.
+
+Where replicas start is the local backend's ``MLOPS_TWIN_START_GROUP`` (``idle``,
+the default, or ``reserve``); a block notes it in each run's summary.
 
 Usage::
 
@@ -43,6 +48,9 @@ Usage::
     nice -n 19 .venv/bin/python benchmarks/rl_testbed.py twin --cycle 1200
     nice -n 19 .venv/bin/python benchmarks/rl_testbed.py retwin
     .venv/bin/python benchmarks/rl_testbed.py report
+    flock /work/bench.lock env MLOPS_TWIN_START_GROUP=reserve .venv/bin/python \
+        benchmarks/rl_testbed.py block --runs runs/rl-testbed-ab-reserve --policies ppo \
+        --workloads fluctuating --repeat-ids 4
 """
 
 from __future__ import annotations
