@@ -41,7 +41,7 @@ import testbed_knee as knee
 from _report import machine_line, markdown_table, write_result
 
 from loadgen.host import host_series
-from testbed.backends.local import START_OUTSIDE_ENV
+from testbed.backends.local import START_GROUP_ENV, START_OUTSIDE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("START_AB_RUNS", ROOT / "runs" / "start-cgroup"))
@@ -54,6 +54,9 @@ def run(rho: float, duration_s: float) -> None:
     for arm, i in ORDER:
         knee.OUT = OUT / f"{arm}-{i}"
         os.environ[START_OUTSIDE_ENV] = ARM_ENV[arm]
+        # "outside" as it was measured: the host's reserve (the default is now an idle
+        # start group of its own; rl_testbed's start-path A/B compares the two)
+        os.environ[START_GROUP_ENV] = "reserve"
         print(f"{arm}-{i}: ρ {rho}, {duration_s:g} s", file=sys.stderr)
         knee.run("default", duration_s, 1, (rho,))
 

@@ -71,14 +71,20 @@ class Cgroup:
 
     @classmethod
     def create(
-        cls, name: str, cpu_cores: float | None, ram_gb: float | None, weight: float = 1.0
+        cls,
+        name: str,
+        cpu_cores: float | None,
+        ram_gb: float | None,
+        weight: float = 1.0,
+        idle: bool = False,
     ) -> Cgroup:
         """Make the group: a quota of ``cpu_cores`` (10 ms period, :func:`period_us`), and
         ``ram_gb`` of memory.
 
         ``None`` leaves that resource unlimited; ``weight`` scales the group's share
         of contended CPU relative to a default group (1.0), e.g. 4.0 for the
-        reserve that the gateway and the load generator run in.
+        reserve that the gateway and the load generator run in. ``idle`` gives the
+        group the lowest share there is (:meth:`make_idle`), ``weight`` ignored.
         """
         v = version()
         if v is None:
@@ -98,7 +104,10 @@ class Cgroup:
             if mem is not None:
                 _write(path / "memory.max", str(mem))
             _write(path / "cpu.weight", str(min(max(round(100 * weight), 1), 10000)))
-            return cls(name, 2, (str(path),))
+            group = cls(name, 2, (str(path),))
+            if idle:
+                group.make_idle()
+            return group
         paths = _v1_paths(name)
         for p in paths:
             p.mkdir(parents=True, exist_ok=True)
@@ -110,7 +119,31 @@ class Cgroup:
         if mem is not None:
             _write(memory / "memory.limit_in_bytes", str(mem))
         _write(cpu / "cpu.shares", str(max(round(1024 * weight), 2)))
-        return cls(name, 1, tuple(str(p) for p in paths))
+        group = cls(name, 1, tuple(str(p) for p in paths))
+        if idle:
+            group.make_idle()
+        return group
+
+    def make_idle(self) -> str:
+        """Give the group the lowest CPU share: ``cpu.idle`` 1 where the kernel has it
+        (5.15+, v1 and v2: the whole group is SCHED_IDLE against its siblings, so it
+        runs only on CPU none of them wants, and never preempts them on wake-up), else
+        the smallest weight (v2 ``cpu.weight`` 1, v1 ``cpu.shares`` 2). Returns which
+        one it set: ``"idle"`` or ``"weight"``."""
+        cpu = Path(self.paths[0])
+        if (cpu / "cpu.idle").exists():
+            _write(cpu / "cpu.idle", "1")
+            return "idle"
+        if self.version == 2:
+            _write(cpu / "cpu.weight", "1")
+        else:
+            _write(cpu / "cpu.shares", "2")
+        return "weight"
+
+    def share(self) -> str:
+        """``"idle"`` when the group is SCHED_IDLE (``cpu.idle`` 1), else ``"weight"``."""
+        f = Path(self.paths[0]) / "cpu.idle"
+        return "idle" if f.exists() and f.read_text().strip() == "1" else "weight"
 
     def procs_files(self) -> list[str]:
         """The ``cgroup.procs`` files a process writes its PID into to join the group."""

@@ -256,7 +256,10 @@ class Controller:
         self._wait_healthy(inst)
         return inst
 
-    def _wait_healthy(self, inst: Instance, timeout_s: float = 60.0) -> None:
+    # a replica starting on idle CPU only (the local backend's start group) may wait that
+    # long on a saturated host; after the agent's START_OUTSIDE_MAX_S (60 s) it finishes
+    # its start in the node's quota, so this leaves room for that too
+    def _wait_healthy(self, inst: Instance, timeout_s: float = 120.0) -> None:
         url = self.endpoints.admin_url(inst.node, inst.name) + "/healthz"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

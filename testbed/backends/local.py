@@ -8,10 +8,17 @@ Layout of a running testbed, all on 127.0.0.1:
                                         scaled cores with a 10 ms period, memory
                                         limit = its RAM) when running as root;
                                         unconfined, with a warning, otherwise
-    stage instances                     children of their node agent; they start in the
-                                        reserve and join the node's cgroup once healthy
-                                        (MLOPS_TWIN_START_OUTSIDE=0: in the node's
-                                        cgroup from the start, as before; for A/B runs)
+    stage instances                     children of their node agent; they start in a
+                                        start cgroup of their own with the lowest CPU
+                                        share (cpu.idle, so a start-up runs on idle CPU
+                                        only and cannot slow the serving replicas, the
+                                        gateway or the load generator) and join the
+                                        node's cgroup once healthy and warm, before the
+                                        gateway routes to them. For A/B runs:
+                                        MLOPS_TWIN_START_GROUP=reserve starts them in the
+                                        host's reserve (sessions 4-6), and
+                                        MLOPS_TWIN_START_OUTSIDE=0 in the node's cgroup
+                                        from the start (before that)
 
 ``.testbed/local.json`` records every process (PID and start time, so a reused PID is
 never killed) and cgroup; ``down`` stops them all and removes the cgroups.
@@ -56,9 +63,27 @@ PLATFORM_WEIGHT = 4.0
 HOST = "127.0.0.1"
 
 
+# Where a replica starting outside its node's quota runs until healthy: "idle" (a start
+# cgroup of its own at the lowest CPU share; default) or "reserve" (the host's reserve,
+# beside the gateway and the load generator, whose start-up CPU then slowed every stage)
+START_GROUP_ENV = "MLOPS_TWIN_START_GROUP"
+START_GROUPS = ("idle", "reserve")
+
+
 def start_outside() -> bool:
-    """Whether replicas start in the reserve (default) rather than in their node's quota."""
+    """Whether replicas start outside their node's quota (default) rather than in it."""
     return os.environ.get(START_OUTSIDE_ENV, "1").strip() != "0"
+
+
+def start_group() -> str:
+    """Where replicas start: ``"idle"`` (default), ``"reserve"``, or ``"inside"`` (the
+    node's cgroup, ``MLOPS_TWIN_START_OUTSIDE=0``); a bad value is a ValueError."""
+    if not start_outside():
+        return "inside"
+    raw = os.environ.get(START_GROUP_ENV, "").strip().lower() or "idle"
+    if raw not in START_GROUPS:
+        raise ValueError(f"{START_GROUP_ENV}={raw!r}: expected one of {', '.join(START_GROUPS)}")
+    return raw
 
 
 class Unconfined(UserWarning):
@@ -144,6 +169,7 @@ class LocalBackend(Backend):
                 stacklevel=2,
             )
         logs = self.state_dir / "logs"
+        where = start_group()  # a bad value fails before anything starts
         try:
             ports = {n: free_port(HOST) for n in ("registry", "features", "gateway")}
             urls = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
@@ -157,6 +183,7 @@ class LocalBackend(Backend):
                 self.cgroups.append(platform)
                 self._save()
                 reserve = platform.procs_files()
+            start_name = self._start_cgroup(where, platform) if confine else None
             self._spawn(
                 "registry",
                 service_argv(
@@ -222,8 +249,8 @@ class LocalBackend(Backend):
                     cpu_cores=node.cpu_cores,
                     ram_gb=node.ram_gb,
                     cgroup=cg_name,
-                    # replicas start in the reserve and join the node's quota once healthy
-                    start_cgroup=platform.name if confine and start_outside() else None,
+                    # replicas start there and join the node's quota once healthy
+                    start_cgroup=start_name,
                 )
                 self._spawn(f"node:{node.name}", argv, logs, procs_files)
             for name, url in {**urls, **node_urls}.items():
@@ -231,13 +258,27 @@ class LocalBackend(Backend):
                 # Feast and MLflow start in 10–20 s (more while the platform venv is made)
                 wait_healthy(url, 300.0, is_alive=lambda r=rec: r.process() is not None)
             endpoints = Endpoints(urls["gateway"], urls["registry"], urls["features"], node_urls)
-            self._save({"endpoints": endpoints.to_dict(), "confined": confine})
+            self._save(
+                {"endpoints": endpoints.to_dict(), "confined": confine, "start_group": where}
+            )
             controller = Controller(endpoints, scenario, scale, self.state_dir, self.model_dir)
             controller.deploy(deployment)
             return endpoints
         except BaseException:
             self.down()
             raise
+
+    def _start_cgroup(self, where: str, platform: cgroups.Cgroup) -> str | None:
+        """The cgroup replicas start in until healthy (:func:`start_group`), made here
+        when it is a start group of its own; None: they start in their node's."""
+        if where == "reserve":
+            return platform.name
+        if where != "idle":
+            return None
+        starting = cgroups.Cgroup.create(f"{self._tag()}-start", None, None, idle=True)
+        self.cgroups.append(starting)
+        self._save()
+        return starting.name
 
     def reserve_procs(self) -> list[str]:
         """``cgroup.procs`` files of the host's reserve, for a load generator to join

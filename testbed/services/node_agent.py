@@ -14,9 +14,10 @@ API (JSON):
 
 Instances are children of the agent, so they share its cgroup or container; each
 is asked to die with the agent (PR_SET_PDEATHSIG), so no instance outlives it.
-With ``--start-cgroup`` (the local backend passes the host's reserve) an instance
-starts outside the node's CPU quota and joins the node's cgroup once it answers
-``/healthz`` (or after START_OUTSIDE_MAX_S): loading onnxruntime, the model and the
+With ``--start-cgroup`` (the local backend passes a start group at the lowest CPU
+share, or the host's reserve) an instance starts outside the node's CPU quota and
+joins the node's cgroup once it answers ``/healthz`` — after its model is loaded and
+warmed up — or after START_OUTSIDE_MAX_S: loading onnxruntime, the model and the
 warm-up would otherwise spend the node's quota and stall the replicas serving there.
 The memory it took while starting stays charged to the start cgroup: cgroup v1 can
 move charges with a process, but while it does every task charging memory in either

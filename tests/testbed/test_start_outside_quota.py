@@ -34,10 +34,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_a_replica_starts_in_the_reserve_and_joins_the_node_once_healthy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("idle", [True, False], ids=["idle-start-group", "reserve"])
+def test_a_replica_starts_outside_and_joins_the_node_once_healthy(
+    tmp_path: Path, idle: bool
+) -> None:
+    """In the idle start group (the default) or the host's reserve (the earlier path)."""
     tag = f"pytest-start-{os.getpid()}"
     node = cgroups.Cgroup.create(f"{tag}-node", cpu_cores=0.5, ram_gb=None)
-    reserve = cgroups.Cgroup.create(f"{tag}-reserve", None, None)
+    reserve = cgroups.Cgroup.create(f"{tag}-reserve", None, None, idle=idle)
     agent = NodeAgent("n", "127.0.0.1", 0.5, None, cgroup=node.name, start_cgroup=reserve.name)
     try:
         with serve_app(create_app(agent)) as url:
