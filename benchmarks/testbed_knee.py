@@ -49,6 +49,7 @@ from calibrate.backlog import (
     with_quota_scale,
 )
 from calibrate.enforce import fit_tick, run_stall_share, with_quota_tick
+from calibrate.handoff import HandoffFit, fit_handoff, run_handoff_gaps, with_handoff
 from calibrate.quota import CFS_TICK_MS, quota_scenario, stage_cpu
 from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
@@ -336,7 +337,11 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     quota_sc = with_quota_tick(quota_sc, tick)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
     rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick)
-    backlog = _backlog_scale(cal_dir, quota_sc, dep, runs, rho) if cpu else 1.0
+    handoff = _handoff(cal_dir, runs, rho, rate)
+    if handoff is not None:
+        quota_sc = with_handoff(quota_sc, BOTTLENECK, handoff)
+        rate_sc = with_handoff(rate_sc, BOTTLENECK, handoff)
+    backlog = _backlog_scale(cal_dir, quota_sc, dep, runs, rho, handoff is not None) if cpu else 1.0
     machine = stage_machine(dep, BOTTLENECK)
     if backlog != 1.0 and machine is not None:
         quota_sc = with_quota_scale(quota_sc, machine, backlog)
@@ -350,19 +355,48 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
         "rate": rate,
         "tick_ms": tick,
         "backlog": backlog,
+        "handoff": handoff,
     }
 
 
+def _handoff(cal_dir: Path, runs: pd.DataFrame, rho: float, rate: float) -> HandoffFit | None:
+    """The bottleneck server's hand-off between jobs at this level's rate
+    (:func:`calibrate.handoff.fit_handoff`, on the other levels' usable runs below the
+    capacity; cached in ``handoff.json``), when ``KNEE_HANDOFF=fit``; None by default
+    (see :mod:`calibrate.handoff` for what it measured: it does not give the twin the
+    testbed's pace, the backlog quota scale does)."""
+    if os.environ.get("KNEE_HANDOFF", "off").strip() != "fit":
+        return None
+    cache = cal_dir / "handoff.json"
+    if cache.exists():
+        got = json.loads(cache.read_text())
+        return None if got is None else HandoffFit(**got)
+    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
+    d = OUT / str(runs["deployment"].iloc[0])
+    points = [
+        (float(r.offered), run_handoff_gaps(d / r.run, BOTTLENECK)) for r in other.itertuples()
+    ]
+    fit = fit_handoff(points, rate)
+    cache.write_text(json.dumps(None if fit is None else fit.__dict__, indent=1))
+    return fit
+
+
 def _backlog_scale(
-    cal_dir: Path, sc: Scenario, dep: Deployment, runs: pd.DataFrame, rho: float
+    cal_dir: Path,
+    sc: Scenario,
+    dep: Deployment,
+    runs: pd.DataFrame,
+    rho: float,
+    handoff: bool = False,
 ) -> float:
     """The factor on the bottleneck's node quota that gives the twin the fit runs' pace
     in long busy periods (:func:`calibrate.backlog.fit_backlog_quota`; fit on the other
     levels below the capacity, cached in ``backlog.json``). ``KNEE_BACKLOG=off``: 1
-    (the twin before this fit)."""
+    (the twin before this fit). ``handoff``: ``sc`` has the server's hand-off (its own
+    cache)."""
     if os.environ.get("KNEE_BACKLOG", "fit").strip() == "off":
         return 1.0
-    cache = cal_dir / "backlog.json"
+    cache = cal_dir / ("backlog-handoff.json" if handoff else "backlog.json")
     if cache.exists():
         return float(json.loads(cache.read_text())["factor"])
     other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
@@ -464,6 +498,11 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
         f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}, "
         f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s), quota check "
         f"{held['tick_ms']:g} ms, backlog pace ×{held['backlog']:.3f}"
+        + (
+            ""
+            if held["handoff"] is None
+            else f", hand-off {held['handoff'].mean_ms:.2f} ms (cv {held['handoff'].cv:.1f})"
+        )
         if enc
         else ""
     )

@@ -315,6 +315,7 @@ class _Instance:
         "fetch",
         "gpu_req",
         "gpu_s",
+        "handoff",
         "is_idle",
         "machine",
         "outstanding",
@@ -342,8 +343,12 @@ class _Instance:
         fetch: Any = None,
         startup_s: float = 0.0,
         busy: list[float] | None = None,
+        handoff: Sampler | None = None,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
+        # ServerOverhead.handoff: the serial time (s) between a batch's end and the
+        # start of the next one that already waits; None: none
+        self.handoff = handoff
         # On-demand instances: ``busy`` (per machine code, s) meters the time
         # they run, cold start included; a positive ``startup_s`` makes each
         # start after an idle spell wait that long.
@@ -505,6 +510,16 @@ class _Instance:
                 j[_T_END] = now
             for j in jobs:
                 j[_EXEC].part_done(j)
+        if self.handoff is not None and self.queue.items:
+            # the next job waits: the instance hands the batch off first, holding the
+            # model but no CPU (ServerOverhead.handoff); a job that comes later finds
+            # the instance idle and starts at once, as the testbed's does
+            _Wake(self.env, self.handoff(1), self._next)
+            return
+        self._next()
+
+    def _next(self, _e: Any = None) -> None:
+        """Take the next batch, or wait idle for one."""
         if self.retired and (self.fetch is not None or not self.queue.items):
             return  # a retired worker leaves once it owes nothing
         if not self.try_start():
@@ -678,6 +693,9 @@ class Simulation:
         self.samplers: dict[int, Sampler | None] = {}
         self.next_replica = [0] * len(sc.components)
         self.busy = [[0.0] * len(self.machine_names) for _ in sc.components]
+        # per component: its instances' hand-off sampler (ServerOverhead.handoff), on a
+        # stream of its own so a scenario without one draws as before
+        self.handoffs: list[Sampler | None] = [None] * len(sc.components)
         # per component: the server's CPU (s at speed 1) each visit spends beside the
         # model before it joins the queue (ServerOverhead.concurrent); 0 when none
         self.beside_s = [0.0] * len(sc.components)
@@ -688,6 +706,9 @@ class Simulation:
             o = c.server_overhead
             if o is not None and o.concurrent and c.dispatch != "shared_queue":
                 self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
+            if o is not None and o.handoff is not None:
+                rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{c.name}.handoff")
+                self.handoffs[k] = make_sampler(o.handoff, rng)
         self._apply_allocation(dep)
         self._build_plans()
         self.routing = stream(self.seed, self.replication, STREAM_ROUTING)
@@ -812,6 +833,7 @@ class Simulation:
             fetch,
             self.scenario.components[k].startup_s if on_demand else 0.0,
             self.busy[k] if on_demand else None,
+            self.handoffs[k],
         )
 
     def _retire(self, inst: _Instance) -> None:

@@ -253,6 +253,15 @@ class ServerOverhead(Frozen):
         "drawing on the machine's CPU quota (Server.cpu_quota_cores) but not holding the "
         "model. False: added to every batch's service time. Shared-queue stages always add it.",
     )
+    handoff: ServiceTime | None = Field(
+        None,
+        description="Hand-off between jobs (ms): after a batch ends while the next one "
+        "already waits, the instance takes this long before it starts it. It holds the "
+        "instance (no job starts) but neither the machine's cores nor its CPU quota: the "
+        "server's CPU is per_call_ms/per_item_ms, this is the serial time around it (the "
+        "answer going out, the next call's dispatch on the server's event loop). None: "
+        "the next job starts when the batch ends.",
+    )
 
 
 class Component(Frozen):

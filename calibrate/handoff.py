@@ -1,0 +1,128 @@
+"""The stage server's hand-off between jobs, fitted from the testbed's visits.
+
+On the quiet Compose sweep (default deployment) the encoder's node goes through long
+busy periods about 5 % slower than the quota twin (:mod:`calibrate.backlog`). The
+testbed's slower pace is serial time *between* jobs: when the next job already waits,
+it starts 0.48 ms (mean, ρ 0.4) to 0.79–0.84 ms (ρ 0.9) after the batch before it
+ended — the answer going out and the next call's dispatch on the stage server's event
+loop — while the twin starts it at once. :mod:`calibrate.backlog` gave the twin that
+pace by scaling the node's quota, so its stalls land *inside* the service (service p50
+7.4 against the testbed's 4.5 ms at ρ 0.9) and its p50 overshoots.
+
+This module fits that gap as :attr:`twin.spec.ServerOverhead.handoff`: a delay that
+holds the instance but no CPU (the server's CPU is already its per-item overhead,
+booked on the quota beside the model). The gap's mean grows with the offered rate
+(more calls to read between jobs), so its mean is a straight line in the rate fitted
+over the fit runs, weighted by their gaps, and read at the level's rate; its shape
+(the coefficient of variation) is the fit runs' pooled one. The gap is measured on the
+backend's own runs, so it is per backend; held out when the fit runs are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twin.spec import LognormalServiceTime, Scenario, ServerOverhead
+
+# fewer waited gaps than this in all fit runs: no fit (the twin is left as it is)
+MIN_GAPS = 200
+# a run's line point counts with at least this many gaps (a light run's mean is noise)
+MIN_RUN_GAPS = 50
+MAX_CV = 2.0
+
+
+def handoff_gaps(visits: pd.DataFrame, stage: str) -> np.ndarray:
+    """Gaps (ms) between a job's end and the next job's start on ``stage``'s instance,
+    for each next job that was already waiting when the job ended (its first item
+    arrived before); empty when the stage has none or runs on several instances.
+
+    ``visits``: one row per item and stage visit with ``component``, ``machine``,
+    ``t_arrive``, ``t_start`` and ``t_end`` (s); the items of one batch share their
+    ``t_start``.
+    """
+    v = visits[visits["component"].astype(str) == stage]
+    if v.empty or v["machine"].astype(str).nunique() != 1:
+        return np.array([])
+    if "replica" in v and v["replica"].nunique() > 1:
+        return np.array([])
+    jobs = v.groupby("t_start", sort=True).agg(first=("t_arrive", "min"), end=("t_end", "max"))
+    start = jobs.index.to_numpy(dtype=float)
+    end = jobs["end"].to_numpy(dtype=float)
+    first = jobs["first"].to_numpy(dtype=float)
+    waited = first[1:] < end[:-1]
+    return 1e3 * (start[1:] - end[:-1])[waited]
+
+
+def run_handoff_gaps(folder: Path, stage: str) -> np.ndarray:
+    """:func:`handoff_gaps` of a load run folder's ``visits.parquet``."""
+    f = Path(folder) / "visits.parquet"
+    if not f.exists():
+        return np.array([])
+    cols = ["component", "machine", "t_arrive", "t_start", "t_end"]
+    return handoff_gaps(pd.read_parquet(f, columns=cols), stage)
+
+
+@dataclass(frozen=True)
+class HandoffFit:
+    """The hand-off at one offered rate: lognormal ``mean_ms`` and ``cv``."""
+
+    mean_ms: float  # at the rate asked for, from the line
+    cv: float  # the fit runs' pooled coefficient of variation
+    slope_ms_per_rps: float  # the line's slope (ms per req/s)
+    gaps: int  # gaps it comes from
+
+    def service_time(self) -> LognormalServiceTime:
+        return LognormalServiceTime(kind="lognormal", mean_ms=self.mean_ms, cv=self.cv)
+
+
+def fit_handoff(runs: Sequence[tuple[float, np.ndarray]], rate_per_s: float) -> HandoffFit | None:
+    """The hand-off at ``rate_per_s`` from the fit runs' (offered rate req/s, gaps ms).
+
+    The mean is a line in the rate, least squares weighted by each run's gaps, read at
+    ``rate_per_s`` (one rate among the runs: their pooled mean); never below the
+    smallest run mean's half (a line extrapolated far below the runs). None with fewer
+    than ``MIN_GAPS`` gaps in all.
+    """
+    use = [(r, g[np.isfinite(g)]) for r, g in runs]
+    # not clipped at 0: a quarter of the testbed's gaps are negative (its start is the
+    # call's arrival + queue time, which leaves out the call's own parse), and their mean
+    # is still the mean gap (each job's parse shifts its start and its end alike)
+    use = [(r, g) for r, g in use if len(g) >= MIN_RUN_GAPS and r > 0]
+    n = sum(len(g) for _, g in use)
+    if n < MIN_GAPS:
+        return None
+    pooled = np.concatenate([g for _, g in use])
+    mean = float(pooled.mean())
+    if mean <= 0:
+        return None
+    rates = np.array([r for r, _ in use])
+    means = np.array([g.mean() for _, g in use])
+    counts = np.array([len(g) for _, g in use], dtype=float)
+    slope = 0.0
+    at = mean
+    if np.ptp(rates) > 0:
+        slope, icpt = np.polyfit(rates, means, 1, w=np.sqrt(counts))
+        at = max(float(icpt + slope * rate_per_s), 0.5 * float(means.min()))
+    # the shape is the gaps' spread; it carries the parse-time noise of the starts too, so
+    # it is capped (a lognormal of cv 2 has its median at 45 % of its mean)
+    return HandoffFit(at, min(float(pooled.std() / mean), MAX_CV), float(slope), n)
+
+
+def with_handoff(scenario: Scenario, stage: str, fit: HandoffFit) -> Scenario:
+    """``scenario`` with ``stage``'s server hand-off set to ``fit`` (its server overhead
+    otherwise kept)."""
+    comps = []
+    for c in scenario.components:
+        if c.name == stage:
+            o = c.server_overhead or ServerOverhead()
+            o = o.model_copy(update={"handoff": fit.service_time()})
+            c = c.model_copy(update={"server_overhead": o})
+        comps.append(c)
+    if not any(c.name == stage for c in comps):
+        raise ValueError(f"with_handoff: the scenario has no component {stage!r}")
+    return scenario.model_copy(update={"components": comps})
