@@ -316,6 +316,7 @@ class _Instance:
         "gpu_req",
         "gpu_s",
         "handoff",
+        "handoff_cpu",
         "is_idle",
         "machine",
         "outstanding",
@@ -344,11 +345,12 @@ class _Instance:
         startup_s: float = 0.0,
         busy: list[float] | None = None,
         handoff: Sampler | None = None,
+        handoff_cpu: bool = False,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
         # ServerOverhead.handoff: the serial time (s) between a batch's end and the
         # start of the next one that already waits; None: none
-        self.handoff = handoff
+        self.handoff, self.handoff_cpu = handoff, handoff_cpu
         # On-demand instances: ``busy`` (per machine code, s) meters the time
         # they run, cold start included; a positive ``startup_s`` makes each
         # start after an idle spell wait that long.
@@ -512,9 +514,15 @@ class _Instance:
                 j[_EXEC].part_done(j)
         if self.handoff is not None and self.queue.items:
             # the next job waits: the instance hands the batch off first, holding the
-            # model but no CPU (ServerOverhead.handoff); a job that comes later finds
-            # the instance idle and starts at once, as the testbed's does
-            _Wake(self.env, self.handoff(1), self._next)
+            # model (ServerOverhead.handoff; no CPU unless handoff_cpu); a job that comes
+            # later finds the instance idle and starts at once, as the testbed's does
+            delay = self.handoff(1)
+            if self.handoff_cpu:  # the server's own CPU: at its speed, under its quota
+                m = self.machine
+                delay /= m.speed
+                if m.quota is not None:
+                    delay = m.quota.wall_s(self.env._now, delay)
+            _Wake(self.env, delay, self._next)
             return
         self._next()
 
@@ -696,6 +704,7 @@ class Simulation:
         # per component: its instances' hand-off sampler (ServerOverhead.handoff), on a
         # stream of its own so a scenario without one draws as before
         self.handoffs: list[Sampler | None] = [None] * len(sc.components)
+        self.handoff_cpu = [False] * len(sc.components)
         # per component: the server's CPU (s at speed 1) each visit spends beside the
         # model before it joins the queue (ServerOverhead.concurrent); 0 when none
         self.beside_s = [0.0] * len(sc.components)
@@ -709,6 +718,7 @@ class Simulation:
             if o is not None and o.handoff is not None:
                 rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{c.name}.handoff")
                 self.handoffs[k] = make_sampler(o.handoff, rng)
+                self.handoff_cpu[k] = o.handoff_cpu
         self._apply_allocation(dep)
         self._build_plans()
         self.routing = stream(self.seed, self.replication, STREAM_ROUTING)
@@ -834,6 +844,7 @@ class Simulation:
             self.scenario.components[k].startup_s if on_demand else 0.0,
             self.busy[k] if on_demand else None,
             self.handoffs[k],
+            self.handoff_cpu[k],
         )
 
     def _retire(self, inst: _Instance) -> None:

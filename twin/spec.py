@@ -262,6 +262,13 @@ class ServerOverhead(Frozen):
         "answer going out, the next call's dispatch on the server's event loop). None: "
         "the next job starts when the batch ends.",
     )
+    handoff_cpu: bool = Field(
+        False,
+        description="The hand-off is CPU on the model's own thread (an inline server's event "
+        "loop between model runs): at the machine's speed, drawing on its CPU quota, so a "
+        "quota that runs out stalls the hand-off and the stall lands between jobs. False: "
+        "it takes no CPU (only the instance).",
+    )
 
 
 class Component(Frozen):

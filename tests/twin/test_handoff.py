@@ -87,3 +87,25 @@ def test_handoff_takes_no_quota() -> None:
     cpu = cpu.model_copy(update={"components": comps})
     w = simulate_replication(cpu, DEP, None, 20.0, seed=5).visits
     assert abs((w["t_end"] <= 20.0).sum() / 20.0 - 212.5) < 3
+
+
+def _cpu_handoff(sc: Scenario) -> Scenario:
+    comps = [
+        c.model_copy(
+            update={"server_overhead": c.server_overhead.model_copy(update={"handoff_cpu": True})}
+        )
+        for c in sc.components
+    ]
+    return sc.model_copy(update={"components": comps})
+
+
+def test_a_binding_quota_absorbs_an_idle_handoff_but_not_a_cpu_one() -> None:
+    # 0.5-core quota, 3 ms of model per job: 6 ms per job once the quota binds. An idle
+    # 1-ms hand-off fits in the stall the quota would impose anyway (still 1 job / 6 ms);
+    # as CPU it adds 1 ms to each job's 3 (1 job / 8 ms), and its stalls fall between jobs
+    idle = simulate_replication(_stage(500, 0.5, 1.0), DEP, None, 30.0, seed=6).visits
+    cpu = simulate_replication(_cpu_handoff(_stage(500, 0.5, 1.0)), DEP, None, 30.0, seed=6)
+    assert abs((idle["t_end"] <= 30.0).sum() / 30.0 - 1000 / 6) < 4
+    assert abs((cpu.visits["t_end"] <= 30.0).sum() / 30.0 - 125) < 4
+    gaps, _ = _spacing(cpu.visits)
+    assert gaps.min() >= 0.001 - 1e-9 and gaps.max() > 0.004  # some hand-offs stalled
