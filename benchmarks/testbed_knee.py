@@ -49,7 +49,14 @@ from calibrate.backlog import (
     with_quota_scale,
 )
 from calibrate.enforce import fit_tick, run_stall_share, with_quota_tick
-from calibrate.handoff import HandoffFit, fit_handoff, run_handoff_gaps, with_handoff
+from calibrate.handoff import (
+    HandoffFit,
+    fit_handoff,
+    fit_pace_handoff,
+    run_handoff_gaps,
+    with_cpu_handoff,
+    with_handoff,
+)
 from calibrate.quota import CFS_TICK_MS, quota_scenario, stage_cpu
 from testbed.client import CliTestbed
 from testbed.zoo.manifest import DEFAULT_DIR, TESTSET
@@ -341,7 +348,18 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     if handoff is not None:
         quota_sc = with_handoff(quota_sc, BOTTLENECK, handoff)
         rate_sc = with_handoff(rate_sc, BOTTLENECK, handoff)
-    backlog = _backlog_scale(cal_dir, quota_sc, dep, runs, rho, handoff is not None) if cpu else 1.0
+    pace_cpu_ms = 0.0
+    if os.environ.get("KNEE_PACE", "quota").strip() == "handoff":
+        # the pace from CPU between jobs instead of the quota scale (calibrate.handoff)
+        backlog = 1.0
+        pace_cpu_ms = _pace_handoff(cal_dir, quota_sc, dep, runs, rho) if cpu else 0.0
+        if pace_cpu_ms > 0:
+            quota_sc = with_cpu_handoff(quota_sc, BOTTLENECK, pace_cpu_ms)
+            rate_sc = with_cpu_handoff(rate_sc, BOTTLENECK, pace_cpu_ms)
+    else:
+        backlog = (
+            _backlog_scale(cal_dir, quota_sc, dep, runs, rho, handoff is not None) if cpu else 1.0
+        )
     machine = stage_machine(dep, BOTTLENECK)
     if backlog != 1.0 and machine is not None:
         quota_sc = with_quota_scale(quota_sc, machine, backlog)
@@ -356,7 +374,37 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
         "tick_ms": tick,
         "backlog": backlog,
         "handoff": handoff,
+        "pace_cpu_ms": pace_cpu_ms,
     }
+
+
+def _pace_handoff(
+    cal_dir: Path, sc: Scenario, dep: Deployment, runs: pd.DataFrame, rho: float
+) -> float:
+    """``KNEE_PACE=handoff``: the bottleneck server's CPU between jobs (ms, only while
+    the next one waits) that gives the twin the fit runs' pace in long busy periods
+    (:func:`calibrate.handoff.fit_pace_handoff`; the other levels below the capacity,
+    as :func:`_backlog_scale`; cached in ``pace_handoff.json``); 0 when none is fitted."""
+    cache = cal_dir / "pace_handoff.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["cpu_ms"])
+    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
+    d = OUT / str(runs["deployment"].iloc[0])
+    points = [
+        (float(r.offered), float(r.duration), *run_backlogged_interval(d / r.run, BOTTLENECK))
+        for r in other.itertuples()
+    ]
+    fit = fit_pace_handoff(sc, dep, BOTTLENECK, points)
+    record = {"cpu_ms": 0.0 if fit is None else fit.cpu_ms, "fit": None}
+    if fit is not None:
+        record["fit"] = {
+            "testbed_ms": fit.testbed_ms,
+            "band_ms": fit.band_ms,
+            "items": fit.items,
+            "twin_ms": list(fit.twin_ms),
+        }
+    cache.write_text(json.dumps(record, indent=1))
+    return record["cpu_ms"]
 
 
 def _handoff(cal_dir: Path, runs: pd.DataFrame, rho: float, rate: float) -> HandoffFit | None:
@@ -498,6 +546,7 @@ def twin_level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> dic
         f"h {enc.host_speed:.2f}, cv {enc.service_cv:.2f}, cap ×{enc.capacity_scale:.3f}, "
         f"bound ×{enc.bound_factor:.3f} ({enc.bound_s:.0f} s), quota check "
         f"{held['tick_ms']:g} ms, backlog pace ×{held['backlog']:.3f}"
+        + (f", pace hand-off {held['pace_cpu_ms']:.3f} ms CPU" if held["pace_cpu_ms"] else "")
         + (
             ""
             if held["handoff"] is None

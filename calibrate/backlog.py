@@ -154,6 +154,25 @@ def twin_backlogged_interval(
     return num / den if den else float("nan")
 
 
+def pace_target(
+    runs: Sequence[tuple[float, float, float, int]],
+) -> tuple[float, float, int, list[tuple[float, float, int]]] | None:
+    """The fit runs' pooled pace (ms per item), the band around it (ms) where a twin is
+    left as it is, their backlogged items, and the (rate req/s, seconds, items) to
+    simulate the twin at; from (rate, seconds, interval ms, items) per run, of which only
+    runs with ``MIN_RUN_ITEMS`` backlogged items count. None without such a run."""
+    use = [
+        (r, s, ms, n) for r, s, ms, n in runs if n >= MIN_RUN_ITEMS and np.isfinite(ms) and r > 0
+    ]
+    items = sum(n for *_, n in use)
+    if not use:
+        return None
+    target = sum(ms * n for _, _, ms, n in use) / items
+    paces = [ms for *_, ms, _ in use]
+    band = BAND_SE * float(np.std(paces, ddof=1)) / np.sqrt(len(paces)) if len(paces) > 1 else 0.0
+    return target, band, items, [(r, s, n) for r, s, _, n in use]
+
+
 def fit_backlog_quota(
     scenario: Scenario,
     deployment: Deployment,
@@ -173,16 +192,10 @@ def fit_backlog_quota(
     """
     machine = stage_machine(deployment, stage)
     quota = [s for s in scenario.servers if machine in s.instance_names() and s.cpu_quota_cores]
-    use = [
-        (r, s, ms, n) for r, s, ms, n in runs if n >= MIN_RUN_ITEMS and np.isfinite(ms) and r > 0
-    ]
-    items = sum(n for *_, n in use)
-    if machine is None or not quota or not use:
+    got = pace_target(runs)
+    if machine is None or not quota or got is None:
         return None
-    target = sum(ms * n for _, _, ms, n in use) / items
-    points = [(r, s, n) for r, s, _, n in use]
-    paces = [ms for *_, ms, _ in use]
-    band = BAND_SE * float(np.std(paces, ddof=1)) / np.sqrt(len(paces)) if len(paces) > 1 else 0.0
+    target, band, items, points = got
     factor, seen = 1.0, []
     for i in range(steps):
         ms = twin_backlogged_interval(

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twin.spec import LognormalServiceTime, Scenario, ServerOverhead
+from calibrate.backlog import pace_target, stage_machine, twin_backlogged_interval
+from twin.spec import Deployment, LognormalServiceTime, Scenario, ServerOverhead
 
 # fewer waited gaps than this in all fit runs: no fit (the twin is left as it is)
 MIN_GAPS = 200
@@ -126,3 +127,80 @@ def with_handoff(scenario: Scenario, stage: str, fit: HandoffFit) -> Scenario:
     if not any(c.name == stage for c in comps):
         raise ValueError(f"with_handoff: the scenario has no component {stage!r}")
     return scenario.model_copy(update={"components": comps})
+
+
+@dataclass(frozen=True)
+class PaceFit:
+    """The CPU hand-off (ms at speed 1, between a batch and the next that waits) whose
+    twin keeps the fit runs' pace in long busy periods."""
+
+    cpu_ms: float  # 0: the twin's pace is within the band (left as it is)
+    testbed_ms: float  # the fit runs' backlogged interval per item (pooled)
+    items: int
+    twin_ms: tuple[float, ...]  # the twin's interval at each hand-off tried
+    band_ms: float = 0.0
+
+
+def with_cpu_handoff(scenario: Scenario, stage: str, cpu_ms: float) -> Scenario:
+    """``scenario`` with ``stage``'s server spending ``cpu_ms`` of CPU (at speed 1, under
+    its node's quota) between a batch and the next one that already waits
+    (:attr:`twin.spec.ServerOverhead.handoff` with ``handoff_cpu``)."""
+    fit = HandoffFit(cpu_ms, 0.0, 0.0, 0)
+    sc = with_handoff(scenario, stage, fit)
+    comps = [
+        c.model_copy(
+            update={"server_overhead": c.server_overhead.model_copy(update={"handoff_cpu": True})}
+        )
+        if c.name == stage and c.server_overhead is not None
+        else c
+        for c in sc.components
+    ]
+    return sc.model_copy(update={"components": comps})
+
+
+def fit_pace_handoff(
+    scenario: Scenario,
+    deployment: Deployment,
+    stage: str,
+    runs: Sequence[tuple[float, float, float, int]],
+) -> PaceFit | None:
+    """The CPU hand-off whose twin goes through long busy periods at the fit runs' pace
+    (:func:`calibrate.backlog.backlogged_interval`): the lever :mod:`calibrate.backlog`
+    pulls with the node's quota, pulled instead where the testbed spends it — between
+    jobs, only while the next one waits — so light load and the service itself are left
+    alone.
+
+    ``runs`` and the band are as :func:`calibrate.backlog.fit_backlog_quota`'s. When the
+    quota binds, a job's extra CPU x costs x / quota of wall time, so the first step is
+    that and the second a secant step. None without a usable run or quota-bound machine,
+    or when the twin is slower than the runs (a hand-off cannot speed it up).
+    """
+    machine = stage_machine(deployment, stage)
+    quota = [
+        s.cpu_quota_cores
+        for s in scenario.servers
+        if machine in s.instance_names() and s.cpu_quota_cores
+    ]
+    target = pace_target(runs)
+    if machine is None or not quota or target is None:
+        return None
+    goal, band, items, points = target
+
+    def pace(x: float) -> float:
+        sc = scenario if x == 0 else with_cpu_handoff(scenario, stage, x)
+        return twin_backlogged_interval(sc, deployment, stage, points)
+
+    seen = [pace(0.0)]
+    if not np.isfinite(seen[0]):
+        return None
+    if abs(seen[0] - goal) <= band:
+        return PaceFit(0.0, goal, items, tuple(seen), band)
+    if seen[0] > goal:
+        return None
+    xs = [0.0, (goal - seen[0]) * quota[0]]
+    seen.append(pace(xs[1]))
+    if np.isfinite(seen[1]) and seen[1] != seen[0]:
+        x = xs[1] + (goal - seen[1]) * (xs[1] - xs[0]) / (seen[1] - seen[0])
+        xs.append(max(x, 0.0))
+        seen.append(pace(xs[2]))
+    return PaceFit(xs[-1], goal, items, tuple(seen), band)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.handoff import MIN_GAPS, fit_handoff, handoff_gaps, with_handoff
+from calibrate.backlog import twin_backlogged_interval
+from calibrate.handoff import (
+    MIN_GAPS,
+    fit_handoff,
+    fit_pace_handoff,
+    handoff_gaps,
+    with_cpu_handoff,
+    with_handoff,
+)
+from tests.calibrate.test_enforce import _twin
 from tests.twin.conftest import one_stage
 from twin.sim import simulate_replication
 from twin.spec import Deployment
@@ -78,3 +89,23 @@ def test_twin_gives_back_the_handoff_it_was_fitted_with() -> None:
     assert len(gaps) > 1000 and np.allclose(gaps, 0.6)
     with pytest.raises(ValueError, match="no component"):
         with_handoff(sc, "nope", fit)
+
+
+def test_pace_fit_gives_the_twin_the_testbeds_pace_between_jobs(tmp_path: Path) -> None:
+    """A testbed whose long busy periods run 8 % slower than the quota twin's: the
+    fitted CPU hand-off brings the twin's pace to it (without it, 8 % off), and leaves
+    the service of each job as it was."""
+    twin, dep = _twin(tmp_path)
+    runs = [(240.0, 6.0, 1500)]
+    base = twin_backlogged_interval(twin, dep, "encoder", runs)
+    target = 1.08 * base
+    fit = fit_pace_handoff(twin, dep, "encoder", [(240.0, 6.0, target, 1500)])
+    assert fit is not None and fit.cpu_ms > 0
+    slower = with_cpu_handoff(twin, "encoder", fit.cpu_ms)
+    after = twin_backlogged_interval(slower, dep, "encoder", runs)
+    assert abs(after / target - 1) < 0.02
+    assert abs(base / target - 1) > 0.06
+    # a twin already slower than the runs: a hand-off cannot help
+    assert fit_pace_handoff(slower, dep, "encoder", [(240.0, 6.0, base, 1500)]) is None
+    # too few backlogged items: no fit
+    assert fit_pace_handoff(twin, dep, "encoder", [(240.0, 6.0, target, 900)]) is None
