@@ -28,6 +28,10 @@ and on the quiet Compose sweep only ρ 0.9's held-out twin is (×0.952: 6.70 aga
 7.06 ± 0.24 ms; the other levels' twins are 6.89–6.91 against 7.06 ± 0.16–0.32, just
 inside). The pace is measured on the backend's own runs, so it is per backend by
 construction; held out when the fit runs are.
+
+The knee benchmark now pulls the same pace with the server's CPU between jobs instead
+(:func:`calibrate.handoff.fit_pace_handoff`, same runs and band), which leaves the
+service and light load alone; ``KNEE_PACE=quota`` keeps this quota scale.
 """
 
 from __future__ import annotations

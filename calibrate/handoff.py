@@ -1,21 +1,38 @@
 """The stage server's hand-off between jobs, fitted from the testbed's visits.
 
 On the quiet Compose sweep (default deployment) the encoder's node goes through long
-busy periods about 5 % slower than the quota twin (:mod:`calibrate.backlog`). The
-testbed's slower pace is serial time *between* jobs: when the next job already waits,
-it starts 0.48 ms (mean, ρ 0.4) to 0.79–0.84 ms (ρ 0.9) after the batch before it
-ended — the answer going out and the next call's dispatch on the stage server's event
-loop — while the twin starts it at once. :mod:`calibrate.backlog` gave the twin that
-pace by scaling the node's quota, so its stalls land *inside* the service (service p50
-7.4 against the testbed's 4.5 ms at ρ 0.9) and its p50 overshoots.
+busy periods about 5 % slower than the quota twin (:mod:`calibrate.backlog`). On the
+testbed, when the next job already waits, it starts 0.48 ms (mean, ρ 0.4) to 0.79–0.84
+ms (ρ 0.9) after the batch before it ended — the answer going out and the next call's
+dispatch on the stage server's event loop, which runs the model inline — while the twin
+starts it at once. :mod:`calibrate.backlog` gave the twin the testbed's pace by scaling
+the node's quota, so its stalls land *inside* the service (service p50 7.2 against the
+testbed's 4.5 ms at ρ 0.9) and its p50 overshot (+9.6 %).
 
-This module fits that gap as :attr:`twin.spec.ServerOverhead.handoff`: a delay that
-holds the instance but no CPU (the server's CPU is already its per-item overhead,
-booked on the quota beside the model). The gap's mean grows with the offered rate
-(more calls to read between jobs), so its mean is a straight line in the rate fitted
-over the fit runs, weighted by their gaps, and read at the level's rate; its shape
-(the coefficient of variation) is the fit runs' pooled one. The gap is measured on the
-backend's own runs, so it is per backend; held out when the fit runs are.
+Two models of that gap, both :attr:`twin.spec.ServerOverhead.handoff`:
+
+- **Idle** (:func:`fit_handoff`, :func:`with_handoff`): the gap as measured, holding
+  the instance but no CPU. Its mean grows with the offered rate, so it is a line in
+  the rate over the fit runs (weighted by their gaps), read at the level's rate; its
+  shape is the gaps' spread (capped at cv 2: the testbed's starts leave out each
+  call's parse, so a quarter of the gaps are negative). Measured
+  (``benchmarks/results/compose_handoff9.md``): it does **not** give the twin the
+  pace — a binding quota absorbs idle time (the quota that the gap leaves unused is
+  spent after it): ρ 0.9's pace 6.77 against 6.73 ms without it and 7.06 on the
+  testbed. With the quota scale beside it, ρ 0.8–0.9's p50 get worse (+6.2 and +13.6
+  %), and the local s7 sweep's ρ 0.6 p50 goes from +4.4 to +5.5 %. Off by default.
+- **CPU** (:func:`fit_pace_handoff`, :func:`with_cpu_handoff`): the gap as the
+  server's own CPU on the model's thread, under the node's quota, only while the next
+  job waits; its size is fitted to the fit runs' pace in long busy periods, with
+  :mod:`calibrate.backlog`'s runs and band (a twin within the runs' spread is left
+  alone). The quota stalls it meets land between jobs, as the testbed's do, and light
+  load is untouched. On the quiet Compose sweep it fits 0.19 ms at ρ 0.9 only (pace
+  7.05 against 7.06 ms; service p50 4.6 against the testbed's 4.5) and gives ρ 0.9
+  +7.2/−2.4/−2.4 % (p50/p95/p99) against the quota scale's +9.6/−1.4/−1.6; every other
+  level and the local quiet sweeps keep their twin. The default of the knee benchmark.
+
+Both are measured on the backend's own runs, so they are per backend; held out when
+the fit runs are.
 """
 
 from __future__ import annotations
