@@ -14,7 +14,10 @@ Layout of a running testbed, all on 127.0.0.1:
                                         only and cannot slow the serving replicas, the
                                         gateway or the load generator) and join the
                                         node's cgroup once healthy and warm, before the
-                                        gateway routes to them. For A/B runs:
+                                        gateway routes to them; the start group is capped
+                                        at MLOPS_TWIN_START_CPU cores (0.1; "none" lifts
+                                        it) so a start-up leaves the host idle CPU to
+                                        answer wake-ups with. For A/B runs:
                                         MLOPS_TWIN_START_GROUP=reserve starts them in the
                                         host's reserve (sessions 4-6), and
                                         MLOPS_TWIN_START_OUTSIDE=0 in the node's cgroup
@@ -68,6 +71,14 @@ HOST = "127.0.0.1"
 # beside the gateway and the load generator, whose start-up CPU then slowed every stage)
 START_GROUP_ENV = "MLOPS_TWIN_START_GROUP"
 START_GROUPS = ("idle", "reserve")
+# A cap (cores, a CFS quota) on the idle start group. cpu.idle alone let a start-up take
+# every idle cycle the host had left: in every session-7 start on the idle path the
+# host's idle CPU fell to 0.00-0.02 cores for 1-2 s, and where it had been below about
+# 0.15 cores all three stages queued 30-60 ms together before the replica was routed
+# (benchmarks/results/rl_testbed.md, "What stalls the pipeline during a replica start").
+# "none" (or 0) lifts the cap, the first-round behaviour, for A/B runs.
+START_CPU_ENV = "MLOPS_TWIN_START_CPU"
+START_CPU_CORES = 0.1
 
 
 def start_outside() -> bool:
@@ -84,6 +95,24 @@ def start_group() -> str:
     if raw not in START_GROUPS:
         raise ValueError(f"{START_GROUP_ENV}={raw!r}: expected one of {', '.join(START_GROUPS)}")
     return raw
+
+
+def start_cpu() -> float | None:
+    """The idle start group's CPU cap in cores (``$MLOPS_TWIN_START_CPU``, default
+    :data:`START_CPU_CORES`); None without a cap ("none" or 0). A bad value is a
+    ValueError that names the variable."""
+    raw = os.environ.get(START_CPU_ENV, "").strip().lower()
+    if not raw:
+        return START_CPU_CORES
+    if raw == "none":
+        return None
+    try:
+        cores = float(raw)
+    except ValueError:
+        cores = -1.0
+    if not 0.0 <= cores <= 64.0:
+        raise ValueError(f"{START_CPU_ENV}={raw!r}: expected cores in 0-64 (0 or none: no cap)")
+    return cores or None
 
 
 class Unconfined(UserWarning):
@@ -170,6 +199,7 @@ class LocalBackend(Backend):
             )
         logs = self.state_dir / "logs"
         where = start_group()  # a bad value fails before anything starts
+        start_cpu()
         try:
             ports = {n: free_port(HOST) for n in ("registry", "features", "gateway")}
             urls = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
@@ -275,7 +305,7 @@ class LocalBackend(Backend):
             return platform.name
         if where != "idle":
             return None
-        starting = cgroups.Cgroup.create(f"{self._tag()}-start", None, None, idle=True)
+        starting = cgroups.Cgroup.create(f"{self._tag()}-start", start_cpu(), None, idle=True)
         self.cgroups.append(starting)
         self._save()
         return starting.name
