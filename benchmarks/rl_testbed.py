@@ -1446,11 +1446,12 @@ def _start_cap_section(cap: list[dict], nocap: list[dict]) -> list[str]:
         "## The idle start group with a CPU cap against without (session 7, second round)",
         "",
         "PPO alone on fluctuating, replicas starting in the idle start group, one testbed per "
-        "run: 'cap' = the group's CFS quota of "
-        "`MLOPS_TWIN_START_CPU` (default 0.1 cores), 'no cap' = `MLOPS_TWIN_START_CPU=none` "
-        "(the first round's idle path). Pairs in one lock window, the arm that runs first "
-        "alternating (cap first in r4 and r6); repeat r offers load seed r + 1, the same "
-        "seeds as the start-path A/B above. Queue while starting: as in the section above.",
+        "run: 'cap' = a CFS quota of 0.1 cores on the group (`MLOPS_TWIN_START_CPU=0.1`; "
+        "the default while these ran), 'no cap' = `MLOPS_TWIN_START_CPU=none` (the first "
+        "round's idle path, the default again since). Pairs in one lock window, the arm "
+        "that runs first alternating (cap first in r4 and r6); repeat r offers load seed "
+        "r + 1, the same seeds as the start-path A/B above. Queue while starting: as in the "
+        "section above.",
         "",
         markdown_table(
             [

@@ -14,10 +14,9 @@ Layout of a running testbed, all on 127.0.0.1:
                                         only and cannot slow the serving replicas, the
                                         gateway or the load generator) and join the
                                         node's cgroup once healthy and warm, before the
-                                        gateway routes to them; the start group is capped
-                                        at MLOPS_TWIN_START_CPU cores (0.1; "none" lifts
-                                        it) so a start-up leaves the host idle CPU to
-                                        answer wake-ups with. For A/B runs:
+                                        gateway routes to them. For A/B runs:
+                                        MLOPS_TWIN_START_CPU=0.1 caps the start group
+                                        at 0.1 cores (made starts 4x slower, no better),
                                         MLOPS_TWIN_START_GROUP=reserve starts them in the
                                         host's reserve (sessions 4-6), and
                                         MLOPS_TWIN_START_OUTSIDE=0 in the node's cgroup
@@ -71,14 +70,14 @@ HOST = "127.0.0.1"
 # beside the gateway and the load generator, whose start-up CPU then slowed every stage)
 START_GROUP_ENV = "MLOPS_TWIN_START_GROUP"
 START_GROUPS = ("idle", "reserve")
-# A cap (cores, a CFS quota) on the idle start group. cpu.idle alone let a start-up take
-# every idle cycle the host had left: in every session-7 start on the idle path the
-# host's idle CPU fell to 0.00-0.02 cores for 1-2 s, and where it had been below about
-# 0.15 cores all three stages queued 30-60 ms together before the replica was routed
-# (benchmarks/results/rl_testbed.md, "What stalls the pipeline during a replica start").
-# "none" (or 0) lifts the cap, the first-round behaviour, for A/B runs.
+# An optional cap (cores, a CFS quota) on the idle start group, for A/B runs; off by
+# default. Tried in session 7b because the host's idle CPU fell to 0.00-0.02 cores in
+# every start on the idle path while the stages queued together before the replica was
+# routed; a 0.1-core cap made starts take 6-8 s (not 1.5 s), the queueing stayed, and
+# the late capacity queued the stages after the route too (benchmarks/results/
+# rl_testbed.md, "The idle start group with a CPU cap against without").
 START_CPU_ENV = "MLOPS_TWIN_START_CPU"
-START_CPU_CORES = 0.1
+START_CPU_CORES: float | None = None
 
 
 def start_outside() -> bool:
@@ -99,7 +98,7 @@ def start_group() -> str:
 
 def start_cpu() -> float | None:
     """The idle start group's CPU cap in cores (``$MLOPS_TWIN_START_CPU``, default
-    :data:`START_CPU_CORES`); None without a cap ("none" or 0). A bad value is a
+    :data:`START_CPU_CORES`: none); None without a cap ("none" or 0). A bad value is a
     ValueError that names the variable."""
     raw = os.environ.get(START_CPU_ENV, "").strip().lower()
     if not raw:

@@ -67,7 +67,7 @@ def test_a_bad_start_group_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
     ("value", "cores"),
     [(None, START_CPU_CORES), ("0.25", 0.25), (" None ", None), ("0", None)],
 )
-def test_the_start_cap_is_a_tenth_of_a_core_unless_switched(
+def test_the_start_group_is_uncapped_unless_switched(
     monkeypatch: pytest.MonkeyPatch, value: str | None, cores: float | None
 ) -> None:
     if value is None:
@@ -75,7 +75,7 @@ def test_the_start_cap_is_a_tenth_of_a_core_unless_switched(
     else:
         monkeypatch.setenv(START_CPU_ENV, value)
     assert start_cpu() == cores
-    assert START_CPU_CORES is not None and 0 < START_CPU_CORES < 0.5
+    assert START_CPU_CORES is None  # the cap made starts slower and no better (session 7b)
 
 
 @pytest.mark.parametrize("value", ["lots", "-1", "100"])
@@ -86,11 +86,11 @@ def test_a_bad_start_cap_names_the_variable(monkeypatch: pytest.MonkeyPatch, val
 
 
 @pytest.mark.skipif(not cgroups.available(), reason="needs root and cgroups")
-@pytest.mark.parametrize(("value", "quota_cores"), [(None, START_CPU_CORES), ("none", None)])
-def test_the_idle_start_group_is_capped_unless_switched(
+@pytest.mark.parametrize(("value", "quota_cores"), [(None, None), ("0.1", 0.1), ("none", None)])
+def test_the_idle_start_group_is_capped_only_when_switched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, quota_cores: float | None
 ) -> None:
-    """The start group's quota leaves the host idle CPU while a replica starts."""
+    """The A/B knob: a quota on the start group when asked, none by default."""
     if value is None:
         monkeypatch.delenv(START_CPU_ENV, raising=False)
     else:
