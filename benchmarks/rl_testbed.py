@@ -1391,6 +1391,18 @@ def _start_anatomy_section(groups: dict[str, list[Path]]) -> list[str]:
             detail,
         ),
         "",
+        "Reading (session 7b): the queueing comes while the replica starts, before it is "
+        "routed (worst bins 0.1-1.5 s before its first request), and ends about when the "
+        "start-up ends; IPA, in the same block over the same windows of the same arrivals, "
+        "queued 2-8 ms. The new replica's first requests are warm (batch 1 only, first "
+        "service 0.3 ms median, at most 7.7 ms once), so warming up at more batch sizes "
+        "or over the HTTP path cannot remove this; the first hop to it (the gateway's new "
+        "connection) costs one request 4-42 ms. The starts that queue are those on a slow "
+        "host: the encoders (e-large, about 90 items/s each at 5.3-5.8 ms/item, against a "
+        "0.5-core node quota) are then near ρ 1, and the start tips them over; their "
+        "per-item time during the start moved -11 % to +33 % (median +4 %), IPA's -5 % "
+        "to +10 % in the same windows, so no single slowdown carries it.",
+        "",
     ]
 
 
@@ -1475,6 +1487,11 @@ def _start_cap_section(cap: list[dict], nocap: list[dict]) -> list[str]:
         f"t); paired cap − no cap {_pm(paired('slo'))} pt (n {len(pairs)}). Worst queue bin "
         f"while starting: cap {_pm(q['cap'], digits=1)} ms, no cap "
         f"{_pm(q['no cap'], digits=1)} ms; paired {_pm(paired('queue'), digits=1)} ms.",
+        "",
+        "Reading (session 7b): the cap does not remove the queueing and delays the capacity "
+        "the policy asked for (starts 6-8 s instead of 1.4-1.7 s; the stages queue 15-42 ms "
+        "after the late route). It is off by default again; `MLOPS_TWIN_START_CPU` stays as "
+        "an A/B knob. The fourth pair did not fit the lock budget.",
         "",
     ]
 
