@@ -15,6 +15,8 @@ Layout of a running testbed, all on 127.0.0.1:
                                         gateway or the load generator) and join the
                                         node's cgroup once healthy and warm, before the
                                         gateway routes to them. For A/B runs:
+                                        MLOPS_TWIN_START_CPU=0.1 caps the start group
+                                        at 0.1 cores (made starts 4x slower, no better),
                                         MLOPS_TWIN_START_GROUP=reserve starts them in the
                                         host's reserve (sessions 4-6), and
                                         MLOPS_TWIN_START_OUTSIDE=0 in the node's cgroup
@@ -68,6 +70,14 @@ HOST = "127.0.0.1"
 # beside the gateway and the load generator, whose start-up CPU then slowed every stage)
 START_GROUP_ENV = "MLOPS_TWIN_START_GROUP"
 START_GROUPS = ("idle", "reserve")
+# An optional cap (cores, a CFS quota) on the idle start group, for A/B runs; off by
+# default. Tried in session 7b because the host's idle CPU fell to 0.00-0.02 cores in
+# every start on the idle path while the stages queued together before the replica was
+# routed; a 0.1-core cap made starts take 6-8 s (not 1.5 s), the queueing stayed, and
+# the late capacity queued the stages after the route too (benchmarks/results/
+# rl_testbed.md, "The idle start group with a CPU cap against without").
+START_CPU_ENV = "MLOPS_TWIN_START_CPU"
+START_CPU_CORES: float | None = None
 
 
 def start_outside() -> bool:
@@ -84,6 +94,24 @@ def start_group() -> str:
     if raw not in START_GROUPS:
         raise ValueError(f"{START_GROUP_ENV}={raw!r}: expected one of {', '.join(START_GROUPS)}")
     return raw
+
+
+def start_cpu() -> float | None:
+    """The idle start group's CPU cap in cores (``$MLOPS_TWIN_START_CPU``, default
+    :data:`START_CPU_CORES`: none); None without a cap ("none" or 0). A bad value is a
+    ValueError that names the variable."""
+    raw = os.environ.get(START_CPU_ENV, "").strip().lower()
+    if not raw:
+        return START_CPU_CORES
+    if raw == "none":
+        return None
+    try:
+        cores = float(raw)
+    except ValueError:
+        cores = -1.0
+    if not 0.0 <= cores <= 64.0:
+        raise ValueError(f"{START_CPU_ENV}={raw!r}: expected cores in 0-64 (0 or none: no cap)")
+    return cores or None
 
 
 class Unconfined(UserWarning):
@@ -170,6 +198,7 @@ class LocalBackend(Backend):
             )
         logs = self.state_dir / "logs"
         where = start_group()  # a bad value fails before anything starts
+        start_cpu()
         try:
             ports = {n: free_port(HOST) for n in ("registry", "features", "gateway")}
             urls = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
@@ -275,7 +304,7 @@ class LocalBackend(Backend):
             return platform.name
         if where != "idle":
             return None
-        starting = cgroups.Cgroup.create(f"{self._tag()}-start", None, None, idle=True)
+        starting = cgroups.Cgroup.create(f"{self._tag()}-start", start_cpu(), None, idle=True)
         self.cgroups.append(starting)
         self._save()
         return starting.name
