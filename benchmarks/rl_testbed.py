@@ -916,8 +916,11 @@ def _repeat_rows(runs: list[dict], twin: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _repeatability_section(runs: list[dict], twin: str = "quota-class") -> list[str]:
-    """The per-interval p95 figure read against the testbed's repeatability.
+def _repeatability_section(
+    runs: list[dict], twin: str = "quota-class", label: str = ""
+) -> list[str]:
+    """The per-interval p95 figure read against the testbed's repeatability; ``label``
+    ends the heading (which blocks), so two such sections in one report differ.
 
     Intervals are grouped by (workload, policy, interval, configuration) over the
     block repeats (another load seed and moment of the host each); groups with at
@@ -977,7 +980,7 @@ def _repeatability_section(runs: list[dict], twin: str = "quota-class") -> list[
     ns = means["n"].value_counts().sort_index()
     groups = ", ".join(f"{c} with {n} repeats" for n, c in ns.items())
     return [
-        "## Per-interval p95 against the testbed's repeatability",
+        f"## Per-interval p95 against the testbed's repeatability{label}",
         "",
         f"The twin: `{twin}` (held out by block). Intervals with ρ ≤ 0.9 grouped by "
         f"workload, policy, interval and configuration over the block repeats; "
@@ -1834,7 +1837,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             )
     checks += _self_agreement(runs)
     lines += [*checks, ""]
-    lines += _repeatability_section(runs)
+    lines += _repeatability_section(
+        runs, label=" (replicas starting in the host's reserve, sessions 5-6)"
+    )
     block = [s for s in runs if s.get("start_check")]
     lines += _repeats_section(
         block,
@@ -1877,7 +1882,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         lines += _interval_line(
             new, "quota-class", "the quota twin with the overhead per class (held out by block)"
         )
-        lines += ["", *_repeatability_section(new)]
+        lines += ["", *_repeatability_section(new, label=" (idle start group, session 7)")]
     if new or ab:
         old_pi = [
             s
