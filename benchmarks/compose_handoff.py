@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +38,15 @@ import testbed_knee as tk
 from _report import machine_line, markdown_table, write_result
 
 from calibrate.backlog import backlogged_interval, stage_machine, with_quota_scale
-from calibrate.handoff import fit_handoff, handoff_gaps, run_handoff_gaps, with_handoff
+from calibrate.handoff import (
+    fit_handoff,
+    handoff_gaps,
+    run_handoff_gaps,
+    with_cpu_handoff,
+    with_handoff,
+)
 from twin.sim import simulate_replication
-from twin.spec import Scenario, SteadyWorkload
-
-
-def _cpu(sc: Scenario, stage: str) -> Scenario:
-    comps = [
-        c.model_copy(
-            update={"server_overhead": c.server_overhead.model_copy(update={"handoff_cpu": True})}
-        )
-        if c.name == stage and c.server_overhead is not None
-        else c
-        for c in sc.components
-    ]
-    return sc.model_copy(update={"components": comps})
+from twin.spec import SteadyWorkload
 
 
 def level_rows(name: str, rho: float, cpu_ms: list[float]) -> list[list[object]]:
@@ -77,9 +70,7 @@ def level_rows(name: str, rho: float, cpu_ms: list[float]) -> list[list[object]]
         variants["hand-off"] = with_handoff(sc, stage, fit)
         variants["hand-off + backlog"] = with_quota_scale(variants["hand-off"], m, factor)
         for x in cpu_ms:
-            variants[f"cpu {x:g} ms"] = _cpu(
-                with_handoff(sc, stage, replace(fit, mean_ms=x, cv=0.0)), stage
-            )
+            variants[f"cpu {x:g} ms"] = with_cpu_handoff(sc, stage, x)
     tb = runs[runs["rho"] == rho][["p50", "p95", "p99"]].mean().to_numpy()
     wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=rate)
     horizon = float(runs[runs["rho"] == rho]["duration"].mean())

@@ -388,6 +388,18 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     }
 
 
+def _pace_points(runs: pd.DataFrame, rho: float) -> list[tuple]:
+    """(offered req/s, duration s, *the bottleneck's backlogged interval per item*) of
+    the other levels' usable runs below the capacity: what the pace fits are fitted on
+    (:func:`calibrate.backlog.run_backlogged_interval`)."""
+    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
+    d = OUT / str(runs["deployment"].iloc[0])
+    return [
+        (float(r.offered), float(r.duration), *run_backlogged_interval(d / r.run, BOTTLENECK))
+        for r in other.itertuples()
+    ]
+
+
 def _pace_handoff(
     cal_dir: Path,
     sc: Scenario,
@@ -405,12 +417,7 @@ def _pace_handoff(
     cache = cal_dir / ("pace_handoff-idle.json" if handoff else "pace_handoff.json")
     if cache.exists():
         return float(json.loads(cache.read_text())["cpu_ms"])
-    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
-    d = OUT / str(runs["deployment"].iloc[0])
-    points = [
-        (float(r.offered), float(r.duration), *run_backlogged_interval(d / r.run, BOTTLENECK))
-        for r in other.itertuples()
-    ]
+    points = _pace_points(runs, rho)
     fit = fit_pace_handoff(sc, dep, BOTTLENECK, points)
     record = {"cpu_ms": 0.0 if fit is None else fit.cpu_ms, "fit": None}
     if fit is not None:
@@ -464,12 +471,7 @@ def _backlog_scale(
     cache = cal_dir / ("backlog-handoff.json" if handoff else "backlog.json")
     if cache.exists():
         return float(json.loads(cache.read_text())["factor"])
-    other = runs[(runs["rho"] != rho) & (runs["rho"] < 1.0) & runs["usable"]]
-    d = OUT / str(runs["deployment"].iloc[0])
-    points = [
-        (float(r.offered), float(r.duration), *run_backlogged_interval(d / r.run, BOTTLENECK))
-        for r in other.itertuples()
-    ]
+    points = _pace_points(runs, rho)
     fit = fit_backlog_quota(sc, dep, BOTTLENECK, points)
     record = {"factor": 1.0 if fit is None else fit.factor, "fit": None}
     if fit is not None:
