@@ -64,6 +64,35 @@ BAND_SE = 3.0
 FACTOR_RANGE = (0.8, 1.25)
 
 
+VISIT_COLUMNS = ["component", "machine", "t_arrive", "t_start", "t_end"]
+
+
+def stage_jobs(visits: pd.DataFrame, stage: str) -> pd.DataFrame | None:
+    """``stage``'s jobs (batches) in start order: ``t_start``, ``first`` (its first item's
+    arrival), ``end`` and ``items`` (s, s, s, count); None when the stage has no visit or
+    runs on more than one machine.
+
+    ``visits``: one row per item and stage visit with ``component``, ``machine``,
+    ``t_arrive``, ``t_start`` and ``t_end`` (s): a testbed run's ``visits.parquet`` or a
+    twin replication's visits. The items of one batch share their ``t_start``.
+    """
+    v = visits[visits["component"].astype(str) == stage]
+    if v.empty or v["machine"].astype(str).nunique() != 1:
+        return None
+    return (
+        v.groupby("t_start", sort=True)
+        .agg(first=("t_arrive", "min"), end=("t_end", "max"), items=("t_arrive", "size"))
+        .reset_index()
+    )
+
+
+def run_visits(folder: Path) -> pd.DataFrame | None:
+    """A load run folder's ``visits.parquet`` (the columns :func:`stage_jobs` reads);
+    None when the run has none."""
+    f = Path(folder) / "visits.parquet"
+    return pd.read_parquet(f, columns=VISIT_COLUMNS) if f.exists() else None
+
+
 def backlogged_interval(visits: pd.DataFrame, stage: str) -> tuple[float, int]:
     """Mean start-to-start interval per item (ms) of ``stage``'s jobs at position
     ``MIN_POSITION`` or later of a busy period whose next job was already waiting, and
@@ -73,15 +102,8 @@ def backlogged_interval(visits: pd.DataFrame, stage: str) -> tuple[float, int]:
     ``t_arrive``, ``t_start`` and ``t_end`` (s): a testbed run's ``visits.parquet`` or a
     twin replication's visits. The items of one batch share their ``t_start``.
     """
-    v = visits[visits["component"].astype(str) == stage]
-    if v.empty or v["machine"].astype(str).nunique() != 1:
-        return float("nan"), 0
-    jobs = (
-        v.groupby("t_start", sort=True)
-        .agg(first=("t_arrive", "min"), end=("t_end", "max"), items=("t_arrive", "size"))
-        .reset_index()
-    )
-    if len(jobs) < 2:
+    jobs = stage_jobs(visits, stage)
+    if jobs is None or len(jobs) < 2:
         return float("nan"), 0
     start = jobs["t_start"].to_numpy(dtype=float)
     end = jobs["end"].to_numpy(dtype=float)
@@ -102,11 +124,8 @@ def backlogged_interval(visits: pd.DataFrame, stage: str) -> tuple[float, int]:
 
 def run_backlogged_interval(folder: Path, stage: str) -> tuple[float, int]:
     """:func:`backlogged_interval` of a load run folder's ``visits.parquet``."""
-    f = Path(folder) / "visits.parquet"
-    if not f.exists():
-        return float("nan"), 0
-    cols = ["component", "machine", "t_arrive", "t_start", "t_end"]
-    return backlogged_interval(pd.read_parquet(f, columns=cols), stage)
+    visits = run_visits(folder)
+    return (float("nan"), 0) if visits is None else backlogged_interval(visits, stage)
 
 
 def stage_machine(deployment: Deployment, stage: str) -> str | None:

@@ -44,7 +44,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibrate.backlog import pace_target, stage_machine, twin_backlogged_interval
+from calibrate.backlog import (
+    pace_target,
+    run_visits,
+    stage_jobs,
+    stage_machine,
+    twin_backlogged_interval,
+)
 from twin.spec import Deployment, LognormalServiceTime, Scenario, ServerOverhead
 
 # fewer waited gaps than this in all fit runs: no fit (the twin is left as it is)
@@ -64,12 +70,12 @@ def handoff_gaps(visits: pd.DataFrame, stage: str) -> np.ndarray:
     ``t_start``.
     """
     v = visits[visits["component"].astype(str) == stage]
-    if v.empty or v["machine"].astype(str).nunique() != 1:
-        return np.array([])
     if "replica" in v and v["replica"].nunique() > 1:
         return np.array([])
-    jobs = v.groupby("t_start", sort=True).agg(first=("t_arrive", "min"), end=("t_end", "max"))
-    start = jobs.index.to_numpy(dtype=float)
+    jobs = stage_jobs(v, stage)
+    if jobs is None:
+        return np.array([])
+    start = jobs["t_start"].to_numpy(dtype=float)
     end = jobs["end"].to_numpy(dtype=float)
     first = jobs["first"].to_numpy(dtype=float)
     waited = first[1:] < end[:-1]
@@ -78,11 +84,8 @@ def handoff_gaps(visits: pd.DataFrame, stage: str) -> np.ndarray:
 
 def run_handoff_gaps(folder: Path, stage: str) -> np.ndarray:
     """:func:`handoff_gaps` of a load run folder's ``visits.parquet``."""
-    f = Path(folder) / "visits.parquet"
-    if not f.exists():
-        return np.array([])
-    cols = ["component", "machine", "t_arrive", "t_start", "t_end"]
-    return handoff_gaps(pd.read_parquet(f, columns=cols), stage)
+    visits = run_visits(folder)
+    return np.array([]) if visits is None else handoff_gaps(visits, stage)
 
 
 @dataclass(frozen=True)
@@ -131,14 +134,17 @@ def fit_handoff(runs: Sequence[tuple[float, np.ndarray]], rate_per_s: float) -> 
     return HandoffFit(at, min(float(pooled.std() / mean), MAX_CV), float(slope), n)
 
 
-def with_handoff(scenario: Scenario, stage: str, fit: HandoffFit) -> Scenario:
+def with_handoff(scenario: Scenario, stage: str, fit: HandoffFit, cpu: bool = False) -> Scenario:
     """``scenario`` with ``stage``'s server hand-off set to ``fit`` (its server overhead
-    otherwise kept)."""
+    otherwise kept); ``cpu``: the hand-off is the server's CPU (``handoff_cpu``)."""
+    update: dict[str, object] = {"handoff": fit.service_time()}
+    if cpu:
+        update["handoff_cpu"] = True
     comps = []
     for c in scenario.components:
         if c.name == stage:
             o = c.server_overhead or ServerOverhead()
-            o = o.model_copy(update={"handoff": fit.service_time()})
+            o = o.model_copy(update=update)
             c = c.model_copy(update={"server_overhead": o})
         comps.append(c)
     if not any(c.name == stage for c in comps):
@@ -162,17 +168,7 @@ def with_cpu_handoff(scenario: Scenario, stage: str, cpu_ms: float) -> Scenario:
     """``scenario`` with ``stage``'s server spending ``cpu_ms`` of CPU (at speed 1, under
     its node's quota) between a batch and the next one that already waits
     (:attr:`twin.spec.ServerOverhead.handoff` with ``handoff_cpu``)."""
-    fit = HandoffFit(cpu_ms, 0.0, 0.0, 0)
-    sc = with_handoff(scenario, stage, fit)
-    comps = [
-        c.model_copy(
-            update={"server_overhead": c.server_overhead.model_copy(update={"handoff_cpu": True})}
-        )
-        if c.name == stage and c.server_overhead is not None
-        else c
-        for c in sc.components
-    ]
-    return sc.model_copy(update={"components": comps})
+    return with_handoff(scenario, stage, HandoffFit(cpu_ms, 0.0, 0.0, 0), cpu=True)
 
 
 def fit_pace_handoff(
