@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import testbed_knee as knee
 from _report import machine_line, markdown_table, write_result
 
+from calibrate.backlog import busy_positions
 from twin.sim import simulate_replication
 from twin.spec import SteadyWorkload
 
@@ -102,9 +103,7 @@ def occupancy(v: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     waited_next = np.append(ta[1:] < te[:-1], False)
     gap = float(np.median((nxt - te)[waited_next])) if waited_next.any() else 0.0
     occ = np.where(waited_next, nxt - ts, te - ts + gap)
-    waited = np.r_[False, waited_next[:-1]]
-    period = np.cumsum(~waited)
-    pos = pd.Series(period).groupby(period).cumcount().to_numpy() + 1
+    _, pos = busy_positions(ta, te)
     o = np.argsort(ta, kind="stable")
     return ta[o], occ[o], (ts - ta)[o], pos[o]
 
@@ -128,9 +127,7 @@ def pace_by_position(v: pd.DataFrame) -> list[float]:
     """Start-to-start interval (ms) of jobs whose next one waited, per position bin."""
     v = v.sort_values("t_start")
     ta, ts, te = (v[c].to_numpy(dtype=float) for c in ("t_arrive", "t_start", "t_end"))
-    waited = np.r_[False, ta[1:] < te[:-1]]
-    period = np.cumsum(~waited)
-    pos = pd.Series(period).groupby(period).cumcount().to_numpy() + 1
+    waited, pos = busy_positions(ta, te)
     step = np.r_[np.diff(ts), np.nan]
     ok = np.r_[waited[1:], False]
     edges = (*POSITIONS, 10**9)

@@ -93,6 +93,15 @@ def run_visits(folder: Path) -> pd.DataFrame | None:
     return pd.read_parquet(f, columns=VISIT_COLUMNS) if f.exists() else None
 
 
+def busy_positions(first: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per job in start order, from its first item's arrival and its end (s): whether it
+    waited (its first item came before the job ahead of it ended) and its position in
+    its busy period (1: it found the server idle)."""
+    waited = np.r_[False, first[1:] < end[:-1]]
+    period = np.cumsum(~waited)
+    return waited, pd.Series(period).groupby(period).cumcount().to_numpy() + 1
+
+
 def backlogged_interval(visits: pd.DataFrame, stage: str) -> tuple[float, int]:
     """Mean start-to-start interval per item (ms) of ``stage``'s jobs at position
     ``MIN_POSITION`` or later of a busy period whose next job was already waiting, and
@@ -109,10 +118,7 @@ def backlogged_interval(visits: pd.DataFrame, stage: str) -> tuple[float, int]:
     end = jobs["end"].to_numpy(dtype=float)
     first = jobs["first"].to_numpy(dtype=float)
     items = jobs["items"].to_numpy(dtype=float)
-    # a job waited when its first item came before the job ahead of it ended
-    waited = np.r_[False, first[1:] < end[:-1]]
-    period = np.cumsum(~waited)
-    position = pd.Series(period).groupby(period).cumcount().to_numpy() + 1
+    waited, position = busy_positions(first, end)
     next_waited = np.r_[waited[1:], False]
     sel = (position >= MIN_POSITION) & next_waited
     if not sel.any():
