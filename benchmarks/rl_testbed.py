@@ -105,6 +105,7 @@ def _policy_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         "local",
         ROOT / ".testbed-rl",
         None,
+        args.train_twin,
     )
 
 
@@ -212,7 +213,13 @@ def cmd_block(args: argparse.Namespace) -> None:
                 return
             members = []
             for p in todo:
-                s = {"policy": p, "shape": w, "duration_s": args.duration, "seed": 1 + r}
+                s = {
+                    "policy": p,
+                    "shape": w,
+                    "duration_s": args.duration,
+                    "seed": 1 + r,
+                    "train_twin": args.train_twin,
+                }
                 opts = _control_options(
                     {**s, "cpu_factor": None, "rate_scale": args.rate_scale}, args.steps
                 )
@@ -223,6 +230,7 @@ def cmd_block(args: argparse.Namespace) -> None:
                 run.notes.append(f"block {w}-r{r}: one testbed, policies in the order {todo}")
                 run.notes.append(f"replicas start: {start_group()}")
                 run.notes.append(f"idle start group cap (cores): {start_cpu()}")
+                run.notes.append(f"PPO trained in: {args.train_twin}")
                 run.load_margin_s = BLOCK_LOAD_MARGIN_S
                 members.append(
                     BlockMember(run, envs[0], make_decider, envs[1], RUNS / f"{w}-{p}-r{r}")
@@ -326,6 +334,7 @@ def _control_options(s: dict, steps: int):  # type: ignore[no-untyped-def]
         "local",
         ROOT / ".testbed-rl",
         None,
+        s.get("train_twin", "view"),
     )
 
 
@@ -1992,6 +2001,14 @@ def main() -> None:
         p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
         p.add_argument("--steps", type=int, default=120_000, help="PPO training steps")
         p.add_argument("--runs", type=Path, help=f"folder of the run folders ({RUNS})")
+        p.add_argument(
+            "--train-twin",
+            choices=("view", "charged"),
+            default="view",
+            help="the twin PPO is trained in: the policies' view, or charged with what the "
+            "testbed charges (node quotas, server CPU, start time, host speed); the charged "
+            "policy continues the view's and has a cache key of its own",
+        )
         if name == "run":
             p.add_argument("--workloads", default=",".join(WORKLOADS))
             p.add_argument("--policies", default=",".join(POLICIES))

@@ -139,6 +139,13 @@ def control(
     backend: Annotated[str, typer.Option(help="Testbed backend.")] = "local",
     state_dir: Annotated[Path, typer.Option(help="Testbed state folder.")] = Path(".testbed-rl"),
     reward_cost: RewardCostOption = None,
+    train_twin: Annotated[
+        str,
+        typer.Option(
+            help="The twin PPO trains in: 'view' (the policies' view) or 'charged' (node "
+            "quotas, server CPU, start time and host speed as the testbed charges them)."
+        ),
+    ] = "view",
     out_dir: OutOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -180,6 +187,7 @@ def control(
         backend,
         state_dir,
         reward_cost,
+        train_twin,
     )
     try:
         run, make_decider, envs = prepare_control(

@@ -66,6 +66,7 @@ class ControlRun:
     training: Path | None = None  # folder of the PPO policy (its curves go in the run folder)
     notes: list[str] = field(default_factory=list)
     load_margin_s: float = LOAD_MARGIN_S  # the load run this much longer than the control
+    train_twin: str = "view"  # the twin the PPO policy was trained in (ControlOptions)
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ControlOptions:
     backend: str
     state_dir: Path
     reward_cost: float | None
+    # the twin PPO trains in: "view" (the policies' view) or "charged" (what the testbed
+    # charges: node quotas, server CPU, start time, host speed; lab.control_view)
+    train_twin: str = "view"
 
 
 def prepare_control(
@@ -125,8 +129,14 @@ def prepare_control(
             path = opts.policy_file
         else:
             settings = TrainSettings(steps=opts.train_steps, reward_cost=opts.reward_cost)
+            if opts.train_twin == "charged":
+                settings = charged_settings(sc, view, proc, train_workloads, settings, opts, f)
+            elif opts.train_twin != "view":
+                raise ValueError(f"--train-twin: view or charged, got {opts.train_twin!r}")
             with _progress() as bar:
-                task = bar.add_task(f"PPO for {view.name} (cached after)", total=opts.train_steps)
+                task = bar.add_task(
+                    f"PPO for {view.name}, {settings.backend} (cached after)", total=settings.steps
+                )
                 training, trained = cached_policy(
                     view,
                     proc,
@@ -175,8 +185,46 @@ def prepare_control(
         twin=opts.twin,
         training=training,
         notes=notes,
+        train_twin=opts.train_twin,
     )
     return run, make_decider, envs
+
+
+CHARGED_STEPS = 40_000  # continued from the view's policy (its reward levels off by then)
+
+
+def charged_settings(
+    sc: Scenario,
+    view: Scenario,
+    proc: str,
+    workloads: list[Workload],
+    settings: Any,
+    opts: ControlOptions,
+    factor: float,
+) -> Any:
+    """The training settings of the policy trained in the charged twin: continued from
+    the view's cached policy, guided every third episode by the charged model's expert
+    (``optimizer.rl.charged.ChargedExpert``; without it the continued policy collapsed
+    to one fixed over-provisioned configuration in a first try)."""
+    from dataclasses import replace
+
+    from lab.control_view import testbed_charges
+    from optimizer.rl.cache import policy_key
+
+    start = f"{view.name}-{policy_key(view, proc, workloads, settings)}"
+    if not (opts.policy_cache / start / "policy.zip").is_file():
+        raise ValueError(
+            f"the charged policy starts from the view's policy {opts.policy_cache / start}, "
+            "which is missing: run with --train-twin view first"
+        )
+    return replace(
+        settings,
+        steps=CHARGED_STEPS,
+        expert_every=3,
+        backend="charged",
+        charges=testbed_charges(sc, factor),
+        init_policy=start,
+    )
 
 
 @dataclass
@@ -403,6 +451,7 @@ def write_run(
         "duration_s": run.duration_s,
         "seed": run.seed,
         "rate_scale": run.rate_scale,
+        "train_twin": run.train_twin,
         "cpu_factor": tb.factor,
         "offset_s": round(tb.offset_s, 3),
         "load_margin_s": run.load_margin_s,

@@ -81,3 +81,38 @@ def testbed_view(
         f"{scenario.description} — as the testbed runs it at CPU factor {factor:g}"
     ).strip()
     return parse(Scenario, data, f"{scenario.name} (testbed view)")
+
+
+# What the testbed charges beyond the view, measured on it (rl-7.md, rl-7b.md): the stage
+# server's CPU per call and a node's idle CPU from the node agents' counters of the
+# session-7 idle-path blocks (``node_cpu``: 0.48-0.50 ms, 0.03 cores), the fitted host
+# speed, the replica start's median on the idle start path (1.56 s, n 7; 1.0-2.4 s on
+# the quiet blocks) and the variant switch's median (0.11 s, n 280). The slowest host
+# seen runs e-large 1.3x its fastest (encoder 4.4-6.3 ms/item before any change, all
+# PPO/IPA runs of sessions 5-7): each training episode draws its speed from 0.75-1.
+MEASURED_CHARGES = {
+    "per_call_ms": 0.49,
+    "idle_cores": 0.03,
+    "host_speed": 0.97,
+    "slow_min": 0.75,
+    "start_s": 1.56,
+    "switch_s": 0.11,
+}
+
+
+def testbed_charges(scenario: Scenario, factor: float, defaults: ViewDefaults = ViewDefaults()):  # type: ignore[no-untyped-def]
+    """The :class:`optimizer.rl.charged.TestbedCharges` of ``scenario`` on the testbed at
+    CPU ``factor``: its servers' quota (one size needed) and :data:`MEASURED_CHARGES`."""
+    from optimizer.rl.charged import TestbedCharges
+
+    quotas = {s.cpu_cores * s.cpu_speed * factor for s in scenario.servers}
+    if len(quotas) != 1:
+        raise ValueError(
+            f"{scenario.name}: servers of different quotas {sorted(quotas)}; the charged "
+            "training twin needs one server size"
+        )
+    return TestbedCharges(
+        node_quota_cores=quotas.pop(),
+        request_overhead_ms=defaults.request_overhead_ms,
+        **MEASURED_CHARGES,
+    )

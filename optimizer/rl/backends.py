@@ -6,7 +6,10 @@ the interval with ``twin.criteria.pipeline_metrics`` — the paper's setting,
 in simulation. :class:`AnalyticBackend` draws Poisson arrivals from the same
 rate curve and scores the interval with the analytic model of
 ``optimizer.rl.model``; it is ~1000× faster and serves tests and
-pre-training. Both return a :class:`Window`.
+pre-training. :class:`ChargedBackend` is the analytic one with what the testbed
+charges (:mod:`optimizer.rl.charged`: node quotas shared by co-located replicas, the
+stage servers' CPU, the host's speed drawn per episode, and changes that take effect
+only after their replicas start). All return a :class:`Window`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from optimizer.rl.charged import TestbedCharges, blend, change_seconds, estimate_charged
 from optimizer.rl.model import estimate
 from optimizer.rl.space import ConfigSpace, Option
 from twin.criteria import PipelineMetrics, pipeline_metrics, step_window
@@ -129,4 +133,75 @@ class TwinBackend:
         )
 
 
-BACKENDS = {"twin": TwinBackend, "analytic": AnalyticBackend}
+class ChargedBackend(AnalyticBackend):
+    """Poisson arrivals on the workload's curve, metrics from :func:`estimate_charged`.
+
+    Replicas stay on their machines across decisions (``ConfigSpace.place_near``, as the
+    live controller keeps them); each episode's host speed is drawn from the charges'
+    range; a decision's first :func:`change_seconds` are served by the configuration
+    before it.
+    """
+
+    def __init__(
+        self,
+        space: ConfigSpace,
+        process: str,
+        horizon_s: float,
+        charges: TestbedCharges | None = None,
+    ) -> None:
+        super().__init__(space, process, horizon_s)
+        self.charges = charges or TestbedCharges()
+
+    def reset(self, deployment: Deployment, workload: Workload, seed: int) -> None:
+        super().reset(deployment, workload, seed)
+        c = self.charges
+        self.host_speed = c.host_speed * float(self.rng.uniform(c.slow_min, 1.0))
+        self.options: list[Option] = self.space.options_from(deployment)
+        stages = {s.name for s in self.space.stages}
+        self.placement = {k: dict(v) for k, v in deployment.allocation.items() if k in stages}
+
+    def run(self, deployment: Deployment, options: list[Option], t1: float) -> Window:
+        t0 = self.now
+        seconds = range(int(t0), math.ceil(t1))
+        arrivals = self.rng.poisson([rate_at(self.workload, s) for s in seconds]).astype(float)
+        load = float(arrivals.mean())
+        placement = self.space.place_near(options, self.placement) or self.space.place(options)
+        if placement is None:
+            raise ValueError(f"configuration {options} does not fit the machines")
+        est = estimate_charged(
+            self.space,
+            options,
+            placement,
+            load,
+            self.weights,
+            self.charges,
+            self.host_speed,
+            t1 - t0,
+        )
+        metrics = est.metrics
+        if self.options != options:
+            delay = change_seconds(self.options, options, self.charges, t1 - t0)
+            old = estimate_charged(
+                self.space,
+                self.options,
+                self.placement,
+                load,
+                self.weights,
+                self.charges,
+                self.host_speed,
+                t1 - t0,
+            )
+            metrics = blend(old.metrics, est.metrics, delay / (t1 - t0), self.weights)
+        self.options, self.placement = list(options), placement
+        self.now = t1
+        return Window(
+            t0=t0,
+            t1=t1,
+            arrivals=arrivals,
+            metrics=metrics,
+            stage_latency_s=np.array([s.latency_s for s in est.stages]),
+            stage_throughput_rps=np.array([s.throughput_rps for s in est.stages]),
+        )
+
+
+BACKENDS = {"twin": TwinBackend, "analytic": AnalyticBackend, "charged": ChargedBackend}

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from optimizer.rl.charged import TestbedCharges
 from optimizer.rl.predictor import LoadPredictor
 from twin.runs import atomic_dir, write_table
 from twin.spec import Scenario, Workload
@@ -35,6 +36,26 @@ class TrainSettings:
     expert_every: int = 4
     reward_cost: float | None = None
     cycle_s: float = 1200.0
+    # the training backend: "analytic" (the policies' view) or "charged" (what the
+    # testbed charges, with ``charges``); ``init_policy``: the cached policy (its folder
+    # name in the cache) whose weights training starts from
+    backend: str = "analytic"
+    charges: TestbedCharges | None = None
+    init_policy: str | None = None
+
+
+# fields added after policies were cached: left out of the key at their defaults
+_LATER_FIELDS = {"backend": "analytic", "charges": None, "init_policy": None}
+
+
+def _settings_key(settings: TrainSettings) -> dict:
+    out = asdict(settings)
+    for k, default in _LATER_FIELDS.items():
+        if out[k] == default:
+            del out[k]
+    if settings.charges is not None:
+        out["charges"] = settings.charges.key()
+    return out
 
 
 def policy_key(
@@ -53,7 +74,7 @@ def policy_key(
             ),
             "process": process,
             "workloads": [w.name for w in workloads],
-            "settings": asdict(settings),
+            "settings": _settings_key(settings),
         },
         sort_keys=True,
     )
@@ -71,8 +92,10 @@ def cached_policy(
 ) -> tuple[Path, bool]:
     """The folder of a policy for this scenario and settings, and whether it was trained now.
 
-    Training runs on the analytic backend (``optimizer.rl.backends``) with expert
-    guidance every ``expert_every`` episodes; ``on_step(n)`` reports progress.
+    Training runs on ``settings.backend`` (``optimizer.rl.backends``: the analytic view,
+    or the charged one with ``settings.charges``) with expert guidance every
+    ``expert_every`` episodes, from ``settings.init_policy``'s weights when given;
+    ``on_step(n)`` reports progress.
     """
     from optimizer.rl import agent
     from optimizer.rl.cli import make_env
@@ -86,13 +109,20 @@ def cached_policy(
         scenario,
         process,
         workloads,
-        "analytic",
+        settings.backend,
         predictor,
         cycle_s=settings.cycle_s,
         expert_every=settings.expert_every,
         reward_cost=settings.reward_cost,
+        charges=settings.charges,
     )
     model, writer = agent.make_agent(env, seed=settings.seed, gamma=settings.gamma)
+    if settings.init_policy is not None:
+        # same observation and action spaces: start from the given policy's weights
+        init = Path(cache_dir) / settings.init_policy / "policy.zip"
+        if not init.is_file():
+            raise ValueError(f"init_policy: {init} not found")
+        model.set_parameters(str(init), exact_match=True)
     started = time.perf_counter()
     curves = agent.train(model, writer, settings.steps, on_step=on_step)
     wall = time.perf_counter() - started
@@ -101,12 +131,15 @@ def cached_policy(
         model.save(tmp / "policy.zip")
         write_table(curves, tmp / "curves")
         curves.to_csv(tmp / "curves.csv", index=False)
-        agent.plot_curves(curves, tmp / "curves.png", f"PPO on {scenario.name} (analytic)")
+        agent.plot_curves(
+            curves, tmp / "curves.png", f"PPO on {scenario.name} ({settings.backend})"
+        )
         info = {
             "scenario": scenario.name,
             "process": process,
             "workloads": [w.name for w in workloads],
             **asdict(settings),
+            "charges": asdict(settings.charges) if settings.charges else None,
             "reward_cost_used": env.weights.reward_cost,
             "wall_s": round(wall, 1),
         }

@@ -90,6 +90,7 @@ def make_env(
     cycle_s: float = 1200.0,
     expert_every: int = 0,
     reward_cost: float | None = None,
+    charges=None,
 ):
     """The environment every command uses (so training and evaluation see one state).
 
@@ -109,6 +110,7 @@ def make_env(
         expert_every=expert_every,
         load_scale_rps=max(10.0, round(peak, -1)),
         reward_cost=reward_cost,
+        charges=charges,
     )
 
 

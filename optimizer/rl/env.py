@@ -24,6 +24,8 @@ agent's own reward (CP-SAT, ``IPAPolicy(target="reward")``), which the agent
 
 ``reward_cost`` sets the reward's cost weight β' (eq. 7), the operator's
 choice; eq. 4's λ, which the IPA-style baseline maximises with, is kept.
+``charges`` are the testbed's figures for the ``charged`` backend
+(:class:`optimizer.rl.charged.TestbedCharges`; None: its defaults).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from optimizer.rl.backends import BACKENDS, Window
+from optimizer.rl.backends import BACKENDS, ChargedBackend, Window
 from optimizer.rl.baselines import IPAPolicy, Policy
+from optimizer.rl.charged import ChargedExpert, TestbedCharges
 from optimizer.rl.model import estimate, with_reward_cost
 from optimizer.rl.predictor import HISTORY_S, HORIZON_S, LoadPredictor
 from optimizer.rl.space import ConfigSpace, Option
@@ -70,6 +73,7 @@ class PipelineEnv(gym.Env):
         max_replicas: int = 4,
         batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
         reward_cost: float | None = None,
+        charges: TestbedCharges | None = None,
     ) -> None:
         super().__init__()
         if not workloads:
@@ -91,7 +95,13 @@ class PipelineEnv(gym.Env):
         # The expert solves the agent's own reward (β', γ'), not the IPA baseline's eq. 4.
         self.expert = expert or IPAPolicy(interval_s=interval_s, cache_rps=0.5, target="reward")
         self.backend_name = backend
-        self.backend = BACKENDS[backend](self.space, process, cycle_s)
+        if backend == "charged":
+            self.backend = ChargedBackend(self.space, process, cycle_s, charges)
+            # the CP-SAT expert solves the view's model; this one the charged model
+            if expert is None:
+                self.expert = ChargedExpert(self.backend, interval_s)
+        else:
+            self.backend = BACKENDS[backend](self.space, process, cycle_s)
         n = self.space.n_stages
         size = NODE_FEATURES + n * STAGE_FEATURES + n + 3 * n
         self.observation_space = spaces.Box(-1.0, 10.0, shape=(size,), dtype=np.float32)
