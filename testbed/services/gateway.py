@@ -19,6 +19,7 @@ Control API (JSON):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -80,6 +81,7 @@ class Gateway:
         self.picker = Picker(dead_s=dead_s)
         self.routes: list[StageRoute] = []
         self.clients: dict[str, ReplicaClient] = {}
+        self.warming: set[asyncio.Task] = set()  # pre-opens of new replicas' connections
         self.session: aiohttp.ClientSession | None = None
         self.reg = CollectorRegistry()
         self.m_latency = Histogram(
@@ -133,10 +135,22 @@ class Gateway:
                         self.stage_timeout_s,
                         max_inflight=self.max_inflight,
                     )
+                    self._preopen(self.clients[rep.url])
                 self.clients[rep.url].batch = max(int(s.get("batch", 1)), 1)
             routes.append(StageRoute(s["name"], reps))
             self.m_replicas.labels(s["name"]).set(len(reps))
         self.routes = routes  # one assignment: a request sees the old or the new pipeline
+
+    def _preopen(self, client: ReplicaClient) -> None:
+        """Connect to a replica new to the routes in the background (its first request
+        then reuses the connection); nothing without a running loop (tests, startup)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(client.preopen())
+        self.warming.add(task)  # keep a reference until done (tasks are weakly held)
+        task.add_done_callback(self.warming.discard)
 
     def routes_json(self) -> dict[str, Any]:
         return {
