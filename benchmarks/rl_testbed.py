@@ -203,7 +203,10 @@ def cmd_block(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     for r in [int(x) for x in args.repeat_ids.split(",")]:
         for w in args.workloads.split(","):
-            order = rotated(args.policies.split(","), r)
+            given = args.policies.split(",")
+            # --pair-first: the first two (PPO and IPA) lead every block, their order
+            # alternating per repeat, so the paired SLO figure is complete first
+            order = [*rotated(given[:2], r), *given[2:]] if args.pair_first else rotated(given, r)
             todo = [p for p in order if not (RUNS / f"{w}-{p}-r{r}" / "summary.json").is_file()]
             if not todo:
                 continue
@@ -314,6 +317,77 @@ def cmd_twin(args: argparse.Namespace) -> None:
     (RUNS / "twin-foresight.json").write_text(
         json.dumps({**meta, "policy": str(run.training), "when": machine_line()})
     )
+
+
+def cmd_twin_charged(args: argparse.Namespace) -> None:
+    """The view's PPO, the charged PPO, IPA and the charged model's expert over one cycle
+    of each workload in the charged model (``optimizer.rl.charged``), on a host at full
+    speed and at the slowest speed training draws; rows to RUNS/twin-charged.csv."""
+    from dataclasses import replace
+
+    import torch
+
+    from lab.control import prepare_control
+    from lab.control_view import testbed_charges
+    from optimizer.rl import agent, experiments
+    from optimizer.rl.baselines import IPAPolicy
+    from optimizer.rl.charged import late_share
+    from optimizer.rl.cli import (
+        DEFAULT_PREDICTOR,
+        DEFAULT_WORKLOADS,
+        _predictor,
+        _workloads,
+        make_env,
+    )
+    from twin.load import load_scenario
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    pred = _predictor(str(DEFAULT_PREDICTOR))
+    policies = {}
+    for twin in ("view", "charged"):
+        args.train_twin = twin
+        run, _, _ = prepare_control(
+            sc, SCENARIO, "digits", _policy_options(args), pred, _workloads(sc, DEFAULT_WORKLOADS)
+        )
+        policies[f"ppo-{twin}"] = (agent.load(run.training / "policy.zip"), run.training.name)
+    ws = [run.view.workload(w) for w in WORKLOADS]
+    base = testbed_charges(sc, run.factor)
+    frames = []
+    for slow in (1.0, base.slow_min):
+        # the host's speed exactly h × slow (no draw)
+        charges = replace(base, host_speed=base.host_speed * slow, slow_min=1.0)
+        for w in WORKLOADS:
+            for name in ("ppo-charged", "ppo-view", "ipa", "expert"):
+                env = make_env(
+                    run.view, "digits", ws, "charged", pred, cycle_s=args.cycle, charges=charges
+                )
+                decider = {"ipa": IPAPolicy(), "expert": env.expert}.get(name)
+                if decider is None:
+                    decider = policies[name][0]
+                rows = experiments.run_cycle(env, decider, w, args.seed)
+                late = [
+                    late_share(L + charges.request_overhead_ms / 1e3, env.space.deadline_s)
+                    for L in rows["L"]
+                ]
+                frames.append(
+                    rows.assign(policy=name, workload=w, host_speed_x=slow, late_share=late)
+                )
+    RUNS.mkdir(parents=True, exist_ok=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.to_csv(RUNS / "twin-charged.csv", index=False)
+    meta = {
+        "cycle_s": args.cycle,
+        "seed": args.seed,
+        "charges": asdict(base),
+        "policies": {k: v[1] for k, v in policies.items()},
+        "when": machine_line(),
+    }
+    (RUNS / "twin-charged.json").write_text(json.dumps(meta, indent=2))
+    means = out.groupby(["host_speed_x", "workload", "policy"])[
+        ["objective", "L", "late_share", "decision_ms"]
+    ].mean()
+    print(means.to_string())
 
 
 def _control_options(s: dict, steps: int):  # type: ignore[no-untyped-def]
@@ -1043,9 +1117,19 @@ def _interval_line(runs: list[dict], twin: str, label: str) -> list[str]:
     ]
 
 
-def _summary_section(block: list[dict], new: list[dict]) -> list[str]:
+def _summary_section(
+    block: list[dict],
+    new: list[dict],
+    groups: list[tuple[str, list[dict]]] | None = None,
+    title: str = "Acceptance on the testbed, by start path",
+    note: str = "reserve: replicas started in the host's reserve (the blocks of sessions 5-6); "
+    "idle: in a start group of their own at the lowest CPU share (session 7, PPO and "
+    "IPA only). n = repeats (blocks); ± is the 95 % Student-t half-width over them.",
+    column: str = "start path",
+) -> list[str]:
     """The acceptance figures on top: each with its runs, start path, n and 95 %
-    t-interval, and plainly whether it is met (on the means, as the issue states)."""
+    t-interval, and plainly whether it is met (on the means, as the issue states).
+    ``groups`` (label, runs) replaces the two default groups ``block`` and ``new``."""
 
     def frame(runs: list[dict]) -> pd.DataFrame:
         return pd.DataFrame(
@@ -1063,7 +1147,8 @@ def _summary_section(block: list[dict], new: list[dict]) -> list[str]:
         )
 
     rows = []
-    for label, runs in (("reserve (sessions 5-6)", block), ("idle (session 7)", new)):
+    groups = groups or [("reserve (sessions 5-6)", block), ("idle (session 7)", new)]
+    for label, runs in groups:
         if not runs:
             continue
         d = frame(runs)
@@ -1121,17 +1206,169 @@ def _summary_section(block: list[dict], new: list[dict]) -> list[str]:
                     ]
                 )
     return [
-        "## Acceptance on the testbed, by start path",
+        f"## {title}",
         "",
-        "reserve: replicas started in the host's reserve (the blocks of sessions 5-6); "
-        "idle: in a start group of their own at the lowest CPU share (session 7, PPO and "
-        "IPA only). n = repeats (blocks); ± is the 95 % Student-t half-width over them.",
+        note,
         "",
         markdown_table(
-            ["figure", "workload", "start path", "n", "measured", "goal", "on the means"], rows
+            ["figure", "workload", column, "n", "measured", "goal", "on the means"], rows
         ),
         "",
     ]
+
+
+def _lock_windows(logs: list[Path]) -> list[str]:
+    """Per locked command (``runs/locklog/block8-*.log``): its lock window and the host's
+    CPU in cores (user / nice / system / idle / steal) from /proc/stat at start and end."""
+    rows = []
+    hz = os.sysconf("SC_CLK_TCK")
+    for log in logs:
+        text = log.read_text().splitlines()
+        start = [x for x in text if x.startswith("lock start ")]
+        end = [x for x in text if " lock end " in x]
+        if not start or not end:
+            continue
+        a, b = start[0].split(), end[-1].split()
+        t0, t1 = a[2], b[4]
+        ca = np.array(a[4:13], dtype=float)
+        cb = np.array(b[6:15], dtype=float)
+        secs = (pd.Timestamp(t1) - pd.Timestamp(t0)).total_seconds() % 86400
+        cores = (cb - ca) / hz / max(secs, 1.0)
+        rows.append(
+            [
+                log.stem,
+                f"{t0}–{t1}",
+                f"{secs / 60:.2f}",
+                " / ".join(f"{cores[i]:.2f}" for i in (0, 1, 2, 3)) + f" / {cores[7]:.3f}",
+                b[1],
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        markdown_table(
+            [
+                "locked command",
+                "lock held (UTC)",
+                "min",
+                "user / nice / system / idle / steal",
+                "rc",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _charged_section(folder: Path) -> list[str]:
+    """The charged PPO's blocks on top: acceptance with n and 95 % intervals, the in-twin
+    figures (perfect foresight, decision time), what it decides, the lock windows."""
+    runs = _summaries(folder) if folder.is_dir() else []
+    if not runs:
+        return []
+    lines = _summary_section(
+        [],
+        [],
+        [("charged PPO, idle start (session 8)", runs)],
+        "Acceptance on the testbed with the PPO trained in the charged twin (session 8)",
+        f"Blocks in `{folder.name}` (`block --train-twin charged --pair-first --policies "
+        "ppo,ipa,greedy`): PPO is the policy trained in the charged twin "
+        "(`optimizer.rl.charged`: node quotas shared by co-located replicas with the stage "
+        "servers' CPU, the host's speed drawn per episode, changes effective after their "
+        "replica starts, late requests as unmet load), IPA and Greedy as before; PPO and "
+        "IPA lead each block (order alternating), Greedy after. Replicas start in the idle "
+        "start group. n = repeats (blocks); ± is the 95 % Student-t half-width; 'paired' "
+        "over the repeats of one block (same testbed, host moment and arrivals).",
+        "twin PPO trained in",
+    )
+    pf = folder / "twin-foresight.csv"
+    if pf.is_file():
+        d = pd.read_csv(pf)
+        means = d.groupby(["workload", "policy"])["objective"].mean().unstack()
+        ms = d.groupby(["workload", "policy"])["decision_ms"].mean().unstack()
+        meta = json.loads((folder / "twin-foresight.json").read_text())
+        rows = [
+            [
+                w,
+                f"{means.loc[w, 'optimum']:.2f}",
+                f"{means.loc[w, 'ppo'] / means.loc[w, 'optimum']:.4f}",
+                f"{means.loc[w, 'ipa'] / means.loc[w, 'optimum']:.4f}",
+                f"{ms.loc[w, 'ppo']:.2f}",
+                f"{ms.loc[w, 'ipa']:.1f}",
+            ]
+            for w in WORKLOADS
+            if w in means.index
+        ]
+        lines += [
+            f"In the twin (the policies' view, {meta['cycle_s']:g}-s cycle, seed "
+            f"{meta['seed']}, `twin --train-twin charged`): the charged PPO's fraction of the "
+            "perfect-foresight optimum (goal ≥ 0.95) beside IPA's, and decision times "
+            "(goal ≤ 10 ms for PPO):",
+            "",
+            markdown_table(
+                [
+                    "workload",
+                    "optimum objective",
+                    "PPO / optimum",
+                    "IPA / optimum",
+                    "PPO decision ms",
+                    "IPA decision ms",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    tc = folder / "twin-charged.csv"
+    if tc.is_file():
+        d = pd.read_csv(tc)
+        g = d.groupby(["host_speed_x", "workload", "policy"])
+        m = g[["objective", "late_share"]].mean()
+        rows = []
+        for (h, w, pol), r in m.iterrows():
+            ref = m.loc[(h, w, "expert"), "objective"]
+            rows.append(
+                [
+                    f"{h:g}",
+                    w,
+                    pol,
+                    f"{r['objective']:.2f}",
+                    f"{r['objective'] / ref:.3f}",
+                    f"{100 * r['late_share']:.2f}",
+                ]
+            )
+        lines += [
+            "In the charged model itself (`twin-charged`, one cycle per workload, the host at "
+            "full speed and at 0.75 of it): each policy's mean objective, its fraction of "
+            "the charged model's expert (local search on the model, predicted load; not "
+            "an exact optimum), and the modelled share of requests over the deadline:",
+            "",
+            markdown_table(
+                ["host speed ×", "workload", "policy", "objective", "/ expert", "late %"],
+                rows,
+            ),
+            "",
+        ]
+    configs = []
+    for s in runs:
+        if s["policy"] != "ppo":
+            continue
+        iv = pd.read_parquet(s["folder"] / "intervals.parquet")
+        configs.append([s["folder"].name, " → ".join(str(c) for c in iv["config"])])
+    if configs:
+        lines += [
+            "What the charged PPO decided, interval by interval (10 s each):",
+            "",
+            markdown_table(["run", "configurations"], configs),
+            "",
+        ]
+    logs = sorted((ROOT / "runs" / "locklog").glob("block8-*.log"))
+    lines += _lock_windows(logs)
+    lines += _repeats_section(
+        runs,
+        "Charged PPO, IPA and Greedy per run group (session 8)",
+        "Means over the repeats of each (workload, policy) in the charged blocks.",
+    )
+    return lines
 
 
 def _host_speed_section(runs: list[dict]) -> list[str]:
@@ -1878,7 +2115,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     cap = _summaries(args.cap_runs[0]) if args.cap_runs[0].is_dir() else []
     nocap = _summaries(args.cap_runs[1]) if args.cap_runs[1].is_dir() else []
     summary = _summary_section(block, new)
-    lines[4:4] = summary  # on top, after the title and the machine line
+    charged = _charged_section(args.charged_runs)
+    if charged:
+        summary[0] = "## History: acceptance with the view's PPO, by start path (sessions 5-7)"
+    lines[4:4] = [*charged, *summary]  # on top, after the title and the machine line
     if new:
         lines += _repeats_section(
             new,
@@ -1996,7 +2236,7 @@ def main() -> None:
     global RUNS
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="step", required=True)
-    for name in ("train", "run", "block", "twin", "retwin", "report"):
+    for name in ("train", "run", "block", "twin", "twin-charged", "retwin", "report"):
         p = sub.add_parser(name)
         p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
         p.add_argument("--steps", type=int, default=120_000, help="PPO training steps")
@@ -2020,9 +2260,15 @@ def main() -> None:
             p.add_argument("--workloads", default="steady-high,fluctuating")
             p.add_argument("--policies", default=",".join(POLICIES))
             p.add_argument("--repeat-ids", default="1", help="repeats to run, e.g. 1,2")
+            p.add_argument(
+                "--pair-first",
+                action="store_true",
+                help="the first two policies lead every block (their order alternating); "
+                "without it the whole list is rotated per repeat",
+            )
             p.add_argument("--duration", type=float, default=40.0)
             p.add_argument("--budget", type=float, default=340.0, help="seconds for this call")
-        if name == "twin":
+        if name in ("twin", "twin-charged"):
             p.add_argument("--cycle", type=float, default=300.0)
             p.add_argument("--seed", type=int, default=1)
         if name == "retwin":
@@ -2074,6 +2320,12 @@ def main() -> None:
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
             p.add_argument(
+                "--charged-runs",
+                type=Path,
+                default=ROOT / "runs" / "rl-testbed-charged",
+                help="blocks with the PPO trained in the charged twin (the main table)",
+            )
+            p.add_argument(
                 "--new-runs",
                 type=Path,
                 default=ROOT / "runs" / "rl-testbed-idle",
@@ -2097,7 +2349,7 @@ def main() -> None:
     if args.runs is not None:
         RUNS = args.runs
     steps = {"train": cmd_train, "run": cmd_run, "block": cmd_block, "twin": cmd_twin}
-    steps["retwin"] = cmd_retwin
+    steps["retwin"], steps["twin-charged"] = cmd_retwin, cmd_twin_charged
     {**steps, "report": cmd_report}[args.step](args)
 
 

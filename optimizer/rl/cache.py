@@ -42,10 +42,11 @@ class TrainSettings:
     backend: str = "analytic"
     charges: TestbedCharges | None = None
     init_policy: str | None = None
+    reward_scale: float = 10.0  # the environment's reward divisor (PipelineEnv)
 
 
 # fields added after policies were cached: left out of the key at their defaults
-_LATER_FIELDS = {"backend": "analytic", "charges": None, "init_policy": None}
+_LATER_FIELDS = {"backend": "analytic", "charges": None, "init_policy": None, "reward_scale": 10.0}
 
 
 def _settings_key(settings: TrainSettings) -> dict:
@@ -115,6 +116,7 @@ def cached_policy(
         expert_every=settings.expert_every,
         reward_cost=settings.reward_cost,
         charges=settings.charges,
+        reward_scale=settings.reward_scale,
     )
     model, writer = agent.make_agent(env, seed=settings.seed, gamma=settings.gamma)
     if settings.init_policy is not None:

@@ -91,6 +91,7 @@ def make_env(
     expert_every: int = 0,
     reward_cost: float | None = None,
     charges=None,
+    reward_scale: float = 10.0,
 ):
     """The environment every command uses (so training and evaluation see one state).
 
@@ -111,6 +112,7 @@ def make_env(
         load_scale_rps=max(10.0, round(peak, -1)),
         reward_cost=reward_cost,
         charges=charges,
+        reward_scale=reward_scale,
     )
 
 
