@@ -1260,6 +1260,59 @@ def _lock_windows(logs: list[Path]) -> list[str]:
     ]
 
 
+def charged_objective(s: dict) -> float:
+    """A run's mean objective re-scored with what the testbed charges: eq. 4 with the
+    capacity the node quotas give (``optimizer.rl.charged.estimate_charged``, the
+    measured charges of ``lab.control_view``) instead of the view's, the measured mean
+    latency, and the measured late requests (over the deadline) as unmet load at eq. 3's
+    γ — the charged PPO's reward with measured values where the testbed has them."""
+    from lab.control_view import testbed_charges, testbed_view
+    from optimizer.rl.charged import estimate_charged
+    from optimizer.rl.space import ConfigSpace, Option
+    from twin.criteria import qos
+    from twin.load import load_scenario
+
+    sc = load_scenario(SCENARIO)
+    view = testbed_view(sc, float(s["cpu_factor"]), rate_scale=float(s["rate_scale"]))
+    space = ConfigSpace(view, "digits")
+    w, charges = view.settings.qos, testbed_charges(sc, float(s["cpu_factor"]))
+    iv = pd.read_parquet(s["folder"] / "intervals.parquet")
+    out = []
+    for _, r in iv.iterrows():
+        opts = []
+        for st, part in zip(space.stages, str(r["config"]).split(), strict=True):
+            name, rest = part.split("×")
+            f, b = rest.split("/b")
+            names = [v.name for v in st.variants]
+            opts.append(Option(names.index(name), int(f), int(b)))
+        load = float(r["offered_rps"])
+        m = estimate_charged(space, opts, space.place(opts), load, w, charges).metrics
+        T = min(load, m.capacity_rps)
+        late = T * float(r["slo_violations"])
+        Q = qos(m.V, T, float(r["L"]), load - m.capacity_rps, w) - w.gamma * late
+        out.append(Q - w.lambda_cost * m.C)
+    return float(np.mean(out))
+
+
+CHARGED_READING = (
+    "Reading (session 8): trained against what the testbed charges, PPO no longer adds "
+    "the second classifier replica on fluctuating's rise; from the first decision on it "
+    "switches the encoders from e-large ×2 to e-medium ×1 (accuracy 0.905 against 0.910, "
+    "0.19 ms of model CPU per item against 2.8 ms) and keeps that. That removes the "
+    "encoders' queueing near their node quota: its SLO violations are below IPA's in "
+    "every block (paired, all 6 of 6). The price is in the benchmark's scoring: eq. 4 "
+    "scored on the view's capacity charges e-medium's spare capacity (the view gives "
+    "the configuration 742 req/s where e-large ×2 gives 331; δ · spare ≈ 4 points), so "
+    "its objective is 0.91 of IPA's, short of 0.95, and in the view twin it reaches "
+    "0.90 / 0.88 of the perfect-foresight optimum (goal 0.95, was 0.98 / 0.997). "
+    "Scored with the capacity the node quotas give and the measured late requests as "
+    "unmet load (the reward it was trained on), it is 1.5× IPA's on fluctuating and "
+    "0.97× on steady-high. IPA's SLO violations on fluctuating were 7.8-24 % this hour "
+    "against 0.35-1.7 % in sessions 5-7 (same seeds and code): a slow hour of the host, "
+    "0.72 cores of this session's own nice-19 twin checks beside r1."
+)
+
+
 def _charged_section(folder: Path) -> list[str]:
     """The charged PPO's blocks on top: acceptance with n and 95 % intervals, the in-twin
     figures (perfect foresight, decision time), what it decides, the lock windows."""
@@ -1348,6 +1401,47 @@ def _charged_section(folder: Path) -> list[str]:
             ),
             "",
         ]
+    d = pd.DataFrame(
+        [
+            {
+                "workload": s["shape"],
+                "policy": s["policy"],
+                "repeat": _repeat(s["folder"]),
+                "charged": charged_objective(s),
+            }
+            for s in runs
+        ]
+    )
+    rows = []
+    for w in WORKLOADS:
+        p = d[d["workload"] == w].pivot_table(index="repeat", columns="policy", values="charged")
+        for ref in ("ipa", "greedy"):
+            if "ppo" in p.columns and ref in p.columns:
+                both = p[["ppo", ref]].dropna()
+                rows.append(
+                    [
+                        w,
+                        ref,
+                        len(both),
+                        _pm(list(both["ppo"])),
+                        _pm(list(both[ref])),
+                        _pm(list(both["ppo"] / both[ref]), digits=3),
+                    ]
+                )
+    if rows:
+        lines += [
+            "The same runs' objective re-scored with what the testbed charges "
+            "(`charged_objective`: the capacity its node quotas give instead of the view's, "
+            "the measured latency, and the measured requests over the deadline as unmet load "
+            "at eq. 3's γ; the reward the charged PPO was trained on, with measured values). "
+            "The acceptance above keeps the benchmark's scoring (the view's capacity):",
+            "",
+            markdown_table(
+                ["workload", "reference", "n", "PPO", "reference", "PPO / reference (paired)"],
+                rows,
+            ),
+            "",
+        ]
     configs = []
     for s in runs:
         if s["policy"] != "ppo":
@@ -1362,7 +1456,15 @@ def _charged_section(folder: Path) -> list[str]:
             "",
         ]
     logs = sorted((ROOT / "runs" / "locklog").glob("block8-*.log"))
-    lines += _lock_windows(logs)
+    lines += [
+        "The lock windows of these blocks, with the host's CPU from /proc/stat at the "
+        "lock's start and end (cores; 'nice' is other work at nice 19 beside the locked "
+        "run: in block8-fluctuating-r1 it was this session's own twin checks):",
+        "",
+        *_lock_windows(logs),
+        CHARGED_READING,
+        "",
+    ]
     lines += _repeats_section(
         runs,
         "Charged PPO, IPA and Greedy per run group (session 8)",
