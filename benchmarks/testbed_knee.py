@@ -393,7 +393,15 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     tick = _quota_tick(cal_dir, quota_sc, dep, runs, rho) if cpu else CFS_TICK_MS
     quota_sc = with_quota_tick(quota_sc, tick)
     plain_sc, _ = cal.calibrated_scenario(base, calibration, shares=share)
-    rate_sc = quota_scenario(base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick)
+    # KNEE_OVERHEAD=shape: the overhead's cv at this rate too (overhead_at); pooled
+    # (default): one cv for every rate. Off by default: on the quiet default sweeps it
+    # left ρ 0.9's p50 as it was (+7.8 against +7.2 %) and cost ρ 0.2's p99 3.7–4.0
+    # points (Compose s9, local s7/s9), though it halved the local s13 batch's ρ 0.2
+    # p95/p99 error (+20/+24 → +9/+9 %)
+    shape = os.environ.get("KNEE_OVERHEAD", "pooled").strip() == "shape"
+    rate_sc = quota_scenario(
+        base, calibration, dep, cpu, share, rate_per_s=rate, tick_ms=tick, overhead_shape=shape
+    )
     handoff = _handoff(cal_dir, runs, rho, rate)
     if handoff is not None:
         quota_sc = with_handoff(quota_sc, BOTTLENECK, handoff)
