@@ -7,8 +7,9 @@ bottleneck's capacity (estimated from the zoo's manifest at the stage's CPU shar
 each repeated. The twin for a level is calibrated (``mlops-twin calibrate fit``) on the
 *other* levels' runs of the same deployment — held out — and simulated at the level's
 rate. A run whose load generator fell behind (achieved/offered < 0.99 or release lag
-p99 > 5 ms) is marked and left out of the fidelity figures. Host steal per level is
-recorded.
+p99 > 5 ms) is marked and left out of the fidelity figures, and so is a run with other
+work beside it on the host (:func:`others_cores`; ``KNEE_DISTURBED=keep`` keeps it). Host
+steal per level is recorded.
 
 Resumable, one deployment per command (each < 10 min; run under the lock)::
 
