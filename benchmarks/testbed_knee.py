@@ -99,7 +99,7 @@ PROBE_TRIES = 3
 # the sweep's quiet line by more than this (cores). Set with these runs in view: on the
 # Compose s11 batch sweep two first-pass runs had 0.83 and 1.12 cores of others' work and
 # their p50 rose 11 and 35 % over their repeats, while runs with 0.28–0.29 moved less
-# than their repeats' spread; on the local s13 batch sweep 0.40 cores moved p50 by +7 %
+# than their repeats' spread; on the local s13 batch sweep 0.38 cores moved p50 by +7 %
 # and p95 by +15 %. No run of the quiet default sweeps (Compose s9, local s7/s9) had more
 # than 0.07. KNEE_DISTURBED=keep: use every run as before.
 OTHERS_MAX_CORES = 0.35
