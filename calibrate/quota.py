@@ -339,6 +339,7 @@ def quota_scenario(
     rate_per_s: float | None = None,
     carry_ms: float = CFS_CARRY_MS,
     tick_ms: float = CFS_TICK_MS,
+    overhead_shape: bool = False,
 ) -> Scenario:
     """The calibrated scenario (:func:`calibrated_scenario` at ``share``) with its stages
     under the testbed's CPU quota (see the module doc).
@@ -349,9 +350,12 @@ def quota_scenario(
     ``carry_ms``: quota a period may pass to the next (``Settings.cpu_quota_carry_ms``);
     ``tick_ms``: when the quota is enforced (``Settings.cpu_quota_tick_ms``).
     ``rate_per_s``: the per-request overhead at this offered rate
-    (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean.
+    (:func:`calibrate.calibration.overhead_at`) instead of the fit levels' mean;
+    ``overhead_shape``: its cv at that rate too.
     """
-    sc, _ = calibrated_scenario(scenario, calibration, shares=share, rate_per_s=rate_per_s)
+    sc, _ = calibrated_scenario(
+        scenario, calibration, shares=share, rate_per_s=rate_per_s, overhead_shape=overhead_shape
+    )
     moved_ms = 0.0
     components = []
     for c in sc.components:

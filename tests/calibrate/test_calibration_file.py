@@ -299,3 +299,26 @@ def test_dispatch_lag_leaves_the_queue_behind_a_busy_replica_to_the_twin():
     )
     alone = visits.assign(batch=1, t_start=[0.0, 0.0105, 0.0205, 0.0240])
     assert dispatch_lag(alone, sc, one).tolist() == pytest.approx([0.0] * 4)
+
+
+def test_overhead_at_a_rate_takes_the_levels_shape_when_asked(samples):
+    """The quiet Compose default sweep's levels: mean 7.28 / median 6.76 ms at 27/s (cv
+    0.40), 7.88 / 6.85 at 109/s (cv 0.57); the pooled fit had cv 0.45."""
+    sc = load_scenario(SCENARIO)
+    model = LognormalServiceTime(kind="lognormal", mean_ms=7.4, cv=0.45)
+    levels = [
+        cal.RateLevel(rate_per_s=27.2, n=800, mean_ms=7.28, p50_ms=6.76, p95_ms=11.6),
+        cal.RateLevel(rate_per_s=108.8, n=6000, mean_ms=7.88, p50_ms=6.85, p95_ms=15.0),
+    ]
+    doc = cal.build(
+        fit_samples(samples), sc, overheads={"n_requests": 6800}, per_request=model, by_rate=levels
+    )
+    low, high = ((7.28 / 6.76) ** 2 - 1) ** 0.5, ((7.88 / 6.85) ** 2 - 1) ** 0.5
+    assert cal.overhead_at(doc, 122).cv == pytest.approx(0.45)  # pooled unless asked
+    assert cal.overhead_at(doc, 122, shape=True).cv == pytest.approx(high)  # held outside
+    assert cal.overhead_at(doc, 68.0, shape=True).cv == pytest.approx((low + high) / 2)
+    at = cal.overhead_at(doc, 122, shape=True)
+    # the lognormal with that cv has the level's median back
+    assert at.mean_ms / (1 + at.cv**2) ** 0.5 == pytest.approx(6.85)
+    new, _ = cal.calibrated_scenario(sc, doc, rate_per_s=122, overhead_shape=True)
+    assert new.processes[0].request_overhead.cv == pytest.approx(high)

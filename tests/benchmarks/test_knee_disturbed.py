@@ -1,0 +1,55 @@
+"""testbed_knee leaves out a run that had other work beside it, and refits the twins."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import testbed_knee as knee
+
+
+def _runs(rest: list[float]) -> pd.DataFrame:
+    """Two repeats at each of four levels (and one saturated), with these rest cores."""
+    rhos = [0.2, 0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.2]
+    return pd.DataFrame(
+        {
+            "rho": rhos,
+            "run": [f"rho{r}-{i % 2}" for i, r in enumerate(rhos)],
+            "offered": [140 * r for r in rhos],
+            "rest_cores": rest,
+        }
+    )
+
+
+def test_the_quiet_line_finds_the_disturbed_runs() -> None:
+    """The s11 batch sweep's rest cores: its first pass at ρ 0.4 and 0.6 ran beside about
+    a core of other work; every other run lies on a line rising with the rate."""
+    rest = [0.66, 0.36, 1.56, 0.47, 1.33, 0.47, 0.85, 0.59, 3.0]
+    others = knee.others_cores(_runs(rest))
+    disturbed = others > knee.OTHERS_MAX_CORES
+    assert list(disturbed) == [False, False, True, False, True, False, False, False, True]
+    assert abs(others.iloc[3]) < 0.1 and 1.0 < others.iloc[2] < 1.2
+
+
+def test_a_quiet_sweep_keeps_every_run() -> None:
+    """Compose s9's default sweep: nothing beside any run."""
+    rest = [0.34, 0.27, 0.40, 0.37, 0.45, 0.44, 0.50, 0.52, 0.6]
+    assert not (knee.others_cores(_runs(rest)).iloc[:8] > knee.OTHERS_MAX_CORES).any()
+
+
+def test_a_cache_fitted_on_other_runs_is_emptied(tmp_path) -> None:
+    """A held-out twin's caches go when its fit runs change, and stay when they do not
+    (a cache from before the record: the runs its calibration names)."""
+    (tmp_path / "calibration.yaml").write_text("source: runs/x/rho0.4-0, runs/x/rho0.4-1\n")
+    (tmp_path / "quota_tick.json").write_text("{}")
+    knee._fresh_cache(tmp_path, ["rho0.4-0", "rho0.4-1"])
+    assert (tmp_path / "quota_tick.json").exists()
+    assert json.loads((tmp_path / "fit_runs.json").read_text()) == ["rho0.4-0", "rho0.4-1"]
+    knee._fresh_cache(tmp_path, ["rho0.4-1"])
+    assert not (tmp_path / "quota_tick.json").exists()
+    assert not (tmp_path / "calibration.yaml").exists()
+    assert json.loads((tmp_path / "fit_runs.json").read_text()) == ["rho0.4-1"]
