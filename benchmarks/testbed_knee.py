@@ -357,12 +357,26 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     (req/s)."""
     d = OUT / name
     share = json.loads((d / "capacity.json").read_text())["share"]
-    cal_dir = d / f"twin-rho{rho:.1f}"
+    # KNEE_ANSWER=on (default): each batching stage's answers leave one by one
+    # (ServerOverhead.answer_ms, fitted by `calibrate fit`); off: the twin before it,
+    # whose per-request overhead held the hop's growth with the batch. Own caches each.
+    answer = os.environ.get("KNEE_ANSWER", "on").strip() != "off"
+    cal_dir = d / (f"twin-rho{rho:.1f}" + ("" if answer else "-noanswer"))
     cal_dir.mkdir(exist_ok=True)
     other = runs[(runs["rho"] != rho) & runs["usable"]]
     if other.empty:  # no other level had a usable run (a busy host): fit on them all
         other = runs[runs["rho"] != rho]
-    _fresh_cache(cal_dir, sorted(other["run"]))
+    # the CPU fit sees every other level's run that had the host to itself: a run whose
+    # load generator fell behind has valid CPU counters (the capacity's slope needs the
+    # backlogged levels), one beside others' work does not (KNEE_DISTURBED=keep: all)
+    cpu_runs = runs[runs["rho"] != rho]
+    if os.environ.get("KNEE_DISTURBED", "drop").strip() != "keep":
+        cpu_runs = cpu_runs[~cpu_runs["disturbed"]]
+    _fresh_cache(
+        cal_dir,
+        sorted(other["run"]),
+        {"cpu": sorted(cpu_runs["run"]), "answer": answer},
+    )
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
         run_cli(
@@ -375,6 +389,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
             f"{share:g}",
             "--deployment",
             str(d / "deployment.yaml"),
+            "--answer-hop" if answer else "--no-answer-hop",
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",
@@ -383,9 +398,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     dep = load_deployment(d / "deployment.yaml")
     calibration = cal.load(cal_dir / "calibration.yaml")
     base = load_scenario(d / "scenario.yaml")
-    # the CPU fit sees every other level's run: a run whose load generator fell behind
-    # has valid CPU counters (the capacity's slope needs the backlogged levels)
-    cpu = stage_cpu([d / r for r in runs[runs["rho"] != rho]["run"]], dep, share)
+    cpu = stage_cpu([d / r for r in cpu_runs["run"]], dep, share)
     (cal_dir / "stage_cpu.json").write_text(
         json.dumps({k: v.__dict__ for k, v in cpu.items()}, indent=1)
     )
@@ -447,23 +460,26 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     }
 
 
-def _fresh_cache(cal_dir: Path, fit_runs: list[str]) -> None:
+def _fresh_cache(cal_dir: Path, fit_runs: list[str], more: dict | None = None) -> None:
     """Empty ``cal_dir``'s caches when they were fitted on other runs than ``fit_runs``
+    or with another ``more`` (the CPU fit's runs, the model's switches) than now
     (``fit_runs.json``; a cache from before it: the runs its ``calibration.yaml`` names),
-    e.g. once a disturbed run is left out."""
+    e.g. once a disturbed run is left out. The pace, tick and backlog fits are fitted
+    on the calibrated twin, so they go with it."""
     record = cal_dir / "fit_runs.json"
+    now: list | dict = {"fit": fit_runs, **more} if more else fit_runs
     if record.exists():
         before = json.loads(record.read_text())
     elif (cal_dir / "calibration.yaml").exists():
         source = yaml.safe_load((cal_dir / "calibration.yaml").read_text()).get("source", "")
         before = sorted(Path(x.strip()).name for x in str(source).split(","))
     else:
-        before = fit_runs
-    if before != fit_runs:
+        before = now
+    if before != now:
         for f in cal_dir.iterdir():
             if f.suffix in (".yaml", ".json"):
                 f.unlink()
-    record.write_text(json.dumps(fit_runs))
+    record.write_text(json.dumps(now))
 
 
 def _pace_points(runs: pd.DataFrame, rho: float) -> list[tuple]:

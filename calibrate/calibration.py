@@ -97,6 +97,12 @@ class Overheads(_Model):
     by_rate: list[RateLevel] = Field(
         default_factory=list, description="The measured overhead per offered rate of the fit."
     )
+    answer_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per batching stage: the serial time per answer of a batch (ms; "
+        "ServerOverhead.answer_ms), fitted from how its visits' HTTP hop grows with the "
+        "batch (samples.answer_hops). per_request no longer holds that growth.",
+    )
 
 
 class CpuModel(_Model):
@@ -145,6 +151,7 @@ def build(
     by_rate: list[RateLevel] | None = None,
     dispatch_lag_ms: float = 0.0,
     cpu: list[CpuModel] | None = None,
+    answer_ms: dict[str, float] | None = None,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads).
 
@@ -186,6 +193,7 @@ def build(
             heldout_loglik=heldout_loglik or {},
             by_rate=by_rate or [],
             dispatch_lag_ms=max(float(dispatch_lag_ms), 0.0),
+            answer_ms=dict(answer_ms or {}),
         ),
         cpu=cpu or [],
     )
@@ -388,7 +396,13 @@ def calibrated_scenario(
                 variants.append(v)
             else:
                 variants.append(v.model_copy(update={"service_time": st}))
-        components.append(c.model_copy(update={"variants": variants}))
+        update: dict[str, object] = {"variants": variants}
+        answer = calibration.overheads.answer_ms.get(c.name, 0.0)
+        if answer > 0:
+            # the hop's growth with the batch left the per-request overhead for the stage
+            o = c.server_overhead or ServerOverhead()
+            update["server_overhead"] = o.model_copy(update={"answer_ms": answer})
+        components.append(c.model_copy(update=update))
     settings, processes = scenario.settings, scenario.processes
     overhead = calibration.overheads.per_request
     if rate_per_s is not None:

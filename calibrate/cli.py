@@ -32,6 +32,7 @@ def read_samples(
     cpu_share: float | None,
     scenario: Scenario | None = None,
     deployment: Deployment | None = None,
+    answer_ms: dict[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     """Samples, mean overheads and per-request overheads from a profile, load run or table.
 
@@ -41,7 +42,8 @@ def read_samples(
     table (None for the other sources); a file is a samples table (parquet or CSV).
     With the ``scenario`` and the ``deployment`` the load runs had, each request's
     overhead also holds its stages' batch dispatch lag
-    (:func:`calibrate.samples.dispatch_lag`), as the lab's fit has it.
+    (:func:`calibrate.samples.dispatch_lag`), as the lab's fit has it; ``answer_ms``
+    (:func:`calibrate.samples.answer_hops`) takes the hop's growth with the batch out.
     """
     from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
 
@@ -64,6 +66,7 @@ def read_samples(
                 visits,
                 _run_workload(source),
                 None if deployment is None else dispatch_lag(visits, scenario, deployment),
+                answer_ms,
             ).assign(level=str(source)),
         )
     if source.is_file():
@@ -114,6 +117,14 @@ def fit(
             "stages' batch dispatch lag (timer and event-loop lag), as in the lab's fit.",
         ),
     ] = None,
+    answer_hop: Annotated[
+        bool,
+        typer.Option(
+            help="With --deployment: fit each batching stage's serial time per answer "
+            "(the HTTP hop's growth with the batch, samples.answer_hops) on the load runs "
+            "and take it out of the per-request overhead; the twin adds it per visit."
+        ),
+    ] = True,
     holdout: Annotated[float, typer.Option(help="Held-out fraction for model choice.")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -130,8 +141,9 @@ def fit(
         sc = load_scenario(scenario)
         dep = load_deployment(deployment) if deployment is not None else None
         frames, ovs, per_request = [], [], []
+        answer = _answer_hops(sources) if dep is not None and answer_hop else {}
         for s in sources:
-            frame, ov, over = read_samples(s, cpu_share, sc, dep)
+            frame, ov, over = read_samples(s, cpu_share, sc, dep, answer)
             frames.append(frame)
             if ov:
                 ovs.append(ov)
@@ -162,6 +174,7 @@ def fit(
             heldout_loglik=scores,
             by_rate=cal.overhead_levels(over) if over is not None else None,
             dispatch_lag_ms=float(over["lag_ms"].mean()) if over is not None else 0.0,
+            answer_ms=answer,
         )
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump(doc))
@@ -193,6 +206,21 @@ def fit(
     out.print(table)
     if scenario_out is not None:
         err.print(f"calibrated scenario: {scenario_out}", highlight=False)
+
+
+def _answer_hops(sources: list[Path]) -> dict[str, float]:
+    """:func:`calibrate.samples.answer_hops` over the load-run sources' visits, within
+    each run."""
+    from calibrate.samples import answer_hops
+
+    cols = ["component", "batch", "hop_s"]
+    frames = [
+        pd.read_parquet(s / "visits.parquet").assign(run=k)
+        for k, s in enumerate(sources)
+        if s.is_dir() and (s / "visits.parquet").is_file()
+    ]
+    frames = [f[[*cols, "run"]] for f in frames if set(cols) <= set(f.columns)]
+    return answer_hops(pd.concat(frames, ignore_index=True)) if frames else {}
 
 
 def _pool_overheads(ovs: list[dict]) -> dict[str, float] | None:

@@ -384,7 +384,11 @@ def quota_scenario(
                     "variants": variants,
                     # the stage server reads and answers calls in its event loop while
                     # the model runs in a worker thread: one quota, not one queue
-                    "server_overhead": ServerOverhead(per_item_ms=over_ms, concurrent=True),
+                    "server_overhead": ServerOverhead(
+                        per_item_ms=over_ms,
+                        concurrent=True,
+                        answer_ms=c.server_overhead.answer_ms if c.server_overhead else 0.0,
+                    ),
                 }
             )
         )

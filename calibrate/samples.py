@@ -169,11 +169,43 @@ def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deploymen
     return pd.Series(per_row, index=rows.index).reindex(visits.index)
 
 
+def answer_hops(visits: pd.DataFrame) -> dict[str, float]:
+    """Per stage that ran batches > 1: the serial time per answer of a batch (ms).
+
+    A stage server sends a batch's answers one by one, so a visit's HTTP hop
+    (``hop_s``) grows with its batch: the k-th answer (0-based) waits k answers,
+    a visit of a batch of n (n − 1) / 2 on average. The least-squares slope of the
+    hop on (n − 1) / 2 over ``visits``, floored at 0; stages without batches > 1 are
+    left out. With a ``run`` column, within each run (hop and batch less their run's
+    means): across runs the hop also grows with the load, and so do the batches, which
+    a pooled slope would count as per-answer time (on Compose s11 2.2 ms at the encoder
+    against 0.7–2.0 within its runs). :attr:`twin.spec.ServerOverhead.answer_ms`.
+    """
+    out: dict[str, float] = {}
+    rows = visits.dropna(subset=["hop_s"])
+    for comp, g in rows.groupby(rows["component"].astype(str), sort=True):
+        n = g["batch"].to_numpy(dtype=float)
+        if (n > 1).sum() < 10 or (n == 1).sum() < 10:
+            continue
+        x = pd.Series((n - 1) / 2, index=g.index)
+        y = g["hop_s"].astype(float) * 1e3
+        if "run" in g:
+            x = x - x.groupby(g["run"]).transform("mean")
+            y = y - y.groupby(g["run"]).transform("mean")
+        else:
+            x, y = x - x.mean(), y - y.mean()
+        sxx = float((x * x).sum())
+        if sxx > 0:
+            out[str(comp)] = max(float((x * y).sum()) / sxx, 0.0)
+    return out
+
+
 def request_overheads(
     requests: pd.DataFrame,
     visits: pd.DataFrame,
     workload: Workload | None = None,
     lag_s: pd.Series | None = None,
+    answer_ms: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Per answered request: offered rate at arrival and latency minus stage time (ms).
 
@@ -183,9 +215,14 @@ def request_overheads(
     — the part of each queue time the twin's batching does not produce.
     Latency is from the *scheduled* arrival, as in the twin. ``rate_per_s``
     is ``workload``'s offered rate at that instant (NaN without a workload);
-    it only says how the overhead moves with load.
+    it only says how the overhead moves with load. ``answer_ms`` (:func:`answer_hops`):
+    each visit's expected wait for the answers ahead of it in its batch leaves the
+    overhead, as the twin adds it per visit (``ServerOverhead.answer_ms``).
     """
     stage = visits["queue_s"] + visits["service_s"]
+    if answer_ms:
+        per = visits["component"].astype(str).map(answer_ms).fillna(0.0).astype(float)
+        stage = stage + per / 1e3 * (visits["batch"].astype(float) - 1) / 2
     lag = pd.Series(0.0, index=visits.index)
     if lag_s is not None:
         lag = lag_s.reindex(visits.index).fillna(0.0)

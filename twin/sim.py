@@ -301,10 +301,23 @@ class _Queue:
             self.kick()
 
 
+class _Answer:
+    """A batch answer that reaches its caller later: calls ``part_done`` for its job."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: list[Any]) -> None:
+        self.job = job
+
+    def __call__(self, _e: Any) -> None:
+        self.job[_EXEC].part_done(self.job)
+
+
 class _Instance:
     """One component instance: takes batches from its queue and serves them."""
 
     __slots__ = (
+        "answer_s",
         "batch",
         "busy",
         "cold",
@@ -346,8 +359,11 @@ class _Instance:
         busy: list[float] | None = None,
         handoff: Sampler | None = None,
         handoff_cpu: bool = False,
+        answer_s: float = 0.0,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
+        # ServerOverhead.answer_ms (s): a batch's answers leave one by one
+        self.answer_s = answer_s
         # ServerOverhead.handoff: the serial time (s) between a batch's end and the
         # start of the next one that already waits; None: none
         self.handoff, self.handoff_cpu = handoff, handoff_cpu
@@ -510,8 +526,15 @@ class _Instance:
         else:
             for j in jobs:
                 j[_T_END] = now
-            for j in jobs:
-                j[_EXEC].part_done(j)
+            if self.answer_s > 0:
+                # the answers leave one by one: the k-th reaches its caller k answers later
+                # (the visit's service ends with the batch; the wait is the HTTP hop's)
+                jobs[0][_EXEC].part_done(jobs[0])
+                for k, j in enumerate(jobs[1:], 1):
+                    _Wake(self.env, k * self.answer_s, _Answer(j))
+            else:
+                for j in jobs:
+                    j[_EXEC].part_done(j)
         if self.handoff is not None and self.queue.items:
             # the next job waits: the instance hands the batch off first, holding the
             # model (ServerOverhead.handoff; no CPU unless handoff_cpu); a job that comes
@@ -708,6 +731,8 @@ class Simulation:
         # per component: the server's CPU (s at speed 1) each visit spends beside the
         # model before it joins the queue (ServerOverhead.concurrent); 0 when none
         self.beside_s = [0.0] * len(sc.components)
+        # per component: ServerOverhead.answer_ms (s); 0 when none
+        self.answer_s = [0.0] * len(sc.components)
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
@@ -715,6 +740,8 @@ class Simulation:
             o = c.server_overhead
             if o is not None and o.concurrent and c.dispatch != "shared_queue":
                 self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
+            if o is not None:
+                self.answer_s[k] = o.answer_ms / 1e3
             if o is not None and o.handoff is not None:
                 rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{c.name}.handoff")
                 self.handoffs[k] = make_sampler(o.handoff, rng)
@@ -845,6 +872,7 @@ class Simulation:
             self.busy[k] if on_demand else None,
             self.handoffs[k],
             self.handoff_cpu[k],
+            self.answer_s[k],
         )
 
     def _retire(self, inst: _Instance) -> None:

@@ -269,6 +269,14 @@ class ServerOverhead(Frozen):
         "quota that runs out stalls the hand-off and the stall lands between jobs. False: "
         "it takes no CPU (only the instance).",
     )
+    answer_ms: NonNegFloat = Field(
+        0.0,
+        description="Serial time per answer of a batch (ms): the server sends a batch's "
+        "answers one by one, so the k-th (0-based) reaches the caller k × answer_ms after "
+        "the batch ends, and a visit's HTTP hop grows with its batch (the first answer's "
+        "hop is in the request's overhead). It holds neither the instance nor CPU. 0: all "
+        "answers leave when the batch ends.",
+    )
 
 
 class Component(Frozen):

@@ -53,3 +53,19 @@ def test_a_cache_fitted_on_other_runs_is_emptied(tmp_path) -> None:
     assert not (tmp_path / "quota_tick.json").exists()
     assert not (tmp_path / "calibration.yaml").exists()
     assert json.loads((tmp_path / "fit_runs.json").read_text()) == ["rho0.4-1"]
+
+
+def test_the_pace_caches_go_when_the_cpu_fits_runs_or_the_model_change(tmp_path) -> None:
+    """The pace and tick caches are fitted on the twin that the CPU fit and the model's
+    switches made: leaving a run out of the CPU fit alone refits them."""
+    fit = ["rho0.4-0", "rho0.4-1"]
+    more = {"cpu": ["rho0.4-0", "rho0.4-1", "rho1.2-0"], "answer": True}
+    knee._fresh_cache(tmp_path, fit, more)
+    (tmp_path / "pace_handoff.json").write_text("{}")
+    knee._fresh_cache(tmp_path, fit, dict(more))
+    assert (tmp_path / "pace_handoff.json").exists()
+    knee._fresh_cache(tmp_path, fit, {**more, "cpu": ["rho0.4-1", "rho1.2-0"]})
+    assert not (tmp_path / "pace_handoff.json").exists()
+    (tmp_path / "pace_handoff.json").write_text("{}")
+    knee._fresh_cache(tmp_path, fit, {**more, "cpu": ["rho0.4-1", "rho1.2-0"], "answer": False})
+    assert not (tmp_path / "pace_handoff.json").exists()
