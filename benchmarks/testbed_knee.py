@@ -361,7 +361,12 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     # (ServerOverhead.answer_ms, fitted by `calibrate fit`); off: the twin before it,
     # whose per-request overhead held the hop's growth with the batch. Own caches each.
     answer = os.environ.get("KNEE_ANSWER", "on").strip() != "off"
-    cal_dir = d / (f"twin-rho{rho:.1f}" + ("" if answer else "-noanswer"))
+    # KNEE_TIMER=on (default): the batch timer fires as late as the fit runs' did
+    # (ServerOverhead.timer_late_ms); off: the lateness stays in the overhead's dispatch lag
+    timer = os.environ.get("KNEE_TIMER", "on").strip() != "off"
+    cal_dir = d / (
+        f"twin-rho{rho:.1f}" + ("" if answer else "-noanswer") + ("" if timer else "-notimer")
+    )
     cal_dir.mkdir(exist_ok=True)
     other = runs[(runs["rho"] != rho) & runs["usable"]]
     if other.empty:  # no other level had a usable run (a busy host): fit on them all
@@ -375,7 +380,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     _fresh_cache(
         cal_dir,
         sorted(other["run"]),
-        {"cpu": sorted(cpu_runs["run"]), "answer": answer},
+        {"cpu": sorted(cpu_runs["run"]), "answer": answer, "timer": timer},
     )
     sc_path = cal_dir / "calibrated.yaml"
     if not sc_path.exists():
@@ -390,6 +395,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
             "--deployment",
             str(d / "deployment.yaml"),
             "--answer-hop" if answer else "--no-answer-hop",
+            "--timer-late" if timer else "--no-timer-late",
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",

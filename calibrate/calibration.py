@@ -103,6 +103,12 @@ class Overheads(_Model):
         "ServerOverhead.answer_ms), fitted from how its visits' HTTP hop grows with the "
         "batch (samples.answer_hops). per_request no longer holds that growth.",
     )
+    timer_late_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per batching stage: how late its batch timer fires (ms; "
+        "ServerOverhead.timer_late_ms, samples.timer_lateness). dispatch_lag_ms and "
+        "per_request hold only the lag beyond it.",
+    )
 
 
 class CpuModel(_Model):
@@ -152,6 +158,7 @@ def build(
     dispatch_lag_ms: float = 0.0,
     cpu: list[CpuModel] | None = None,
     answer_ms: dict[str, float] | None = None,
+    timer_late_ms: dict[str, float] | None = None,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads).
 
@@ -194,6 +201,7 @@ def build(
             by_rate=by_rate or [],
             dispatch_lag_ms=max(float(dispatch_lag_ms), 0.0),
             answer_ms=dict(answer_ms or {}),
+            timer_late_ms=dict(timer_late_ms or {}),
         ),
         cpu=cpu or [],
     )
@@ -397,11 +405,16 @@ def calibrated_scenario(
             else:
                 variants.append(v.model_copy(update={"service_time": st}))
         update: dict[str, object] = {"variants": variants}
-        answer = calibration.overheads.answer_ms.get(c.name, 0.0)
-        if answer > 0:
-            # the hop's growth with the batch left the per-request overhead for the stage
+        # the hop's growth with the batch and the timer's lateness left the per-request
+        # overhead for the stage's server
+        served = {
+            "answer_ms": calibration.overheads.answer_ms.get(c.name, 0.0),
+            "timer_late_ms": calibration.overheads.timer_late_ms.get(c.name, 0.0),
+        }
+        served = {k: v for k, v in served.items() if v > 0}
+        if served:
             o = c.server_overhead or ServerOverhead()
-            update["server_overhead"] = o.model_copy(update={"answer_ms": answer})
+            update["server_overhead"] = o.model_copy(update=served)
         components.append(c.model_copy(update=update))
     settings, processes = scenario.settings, scenario.processes
     overhead = calibration.overheads.per_request

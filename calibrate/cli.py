@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pandas as pd
 import typer
 from pydantic import TypeAdapter
@@ -33,6 +34,7 @@ def read_samples(
     scenario: Scenario | None = None,
     deployment: Deployment | None = None,
     answer_ms: dict[str, float] | None = None,
+    timer_late_ms: dict[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     """Samples, mean overheads and per-request overheads from a profile, load run or table.
 
@@ -43,7 +45,8 @@ def read_samples(
     With the ``scenario`` and the ``deployment`` the load runs had, each request's
     overhead also holds its stages' batch dispatch lag
     (:func:`calibrate.samples.dispatch_lag`), as the lab's fit has it; ``answer_ms``
-    (:func:`calibrate.samples.answer_hops`) takes the hop's growth with the batch out.
+    (:func:`calibrate.samples.answer_hops`) takes the hop's growth with the batch out,
+    ``timer_late_ms`` (:func:`calibrate.samples.timer_lateness`) the timer's lateness.
     """
     from calibrate.samples import dispatch_lag, overheads, request_overheads, testbed_samples
 
@@ -65,7 +68,9 @@ def read_samples(
                 rows,
                 visits,
                 _run_workload(source),
-                None if deployment is None else dispatch_lag(visits, scenario, deployment),
+                None
+                if deployment is None
+                else dispatch_lag(visits, scenario, deployment, timer_late_ms),
                 answer_ms,
             ).assign(level=str(source)),
         )
@@ -125,6 +130,14 @@ def fit(
             "and take it out of the per-request overhead; the twin adds it per visit."
         ),
     ] = True,
+    timer_late: Annotated[
+        bool,
+        typer.Option(
+            help="With --deployment: fit how late each batching stage's timer fires "
+            "(samples.timer_lateness); the twin's timer fires that late, and the overhead "
+            "holds only the dispatch lag beyond it."
+        ),
+    ] = True,
     holdout: Annotated[float, typer.Option(help="Held-out fraction for model choice.")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -142,8 +155,9 @@ def fit(
         dep = load_deployment(deployment) if deployment is not None else None
         frames, ovs, per_request = [], [], []
         answer = _answer_hops(sources) if dep is not None and answer_hop else {}
+        late = _timer_lateness(sources, sc, dep) if dep is not None and timer_late else {}
         for s in sources:
-            frame, ov, over = read_samples(s, cpu_share, sc, dep, answer)
+            frame, ov, over = read_samples(s, cpu_share, sc, dep, answer, late)
             frames.append(frame)
             if ov:
                 ovs.append(ov)
@@ -175,6 +189,7 @@ def fit(
             by_rate=cal.overhead_levels(over) if over is not None else None,
             dispatch_lag_ms=float(over["lag_ms"].mean()) if over is not None else 0.0,
             answer_ms=answer,
+            timer_late_ms=late,
         )
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump(doc))
@@ -221,6 +236,19 @@ def _answer_hops(sources: list[Path]) -> dict[str, float]:
     ]
     frames = [f[[*cols, "run"]] for f in frames if set(cols) <= set(f.columns)]
     return answer_hops(pd.concat(frames, ignore_index=True)) if frames else {}
+
+
+def _timer_lateness(sources: list[Path], sc: Scenario, dep: Deployment) -> dict[str, float]:
+    """:func:`calibrate.samples.timer_lateness` per load-run source; their median per stage."""
+    from calibrate.samples import timer_lateness
+
+    per: dict[str, list[float]] = {}
+    for s in sources:
+        if s.is_dir() and (s / "visits.parquet").is_file():
+            visits = pd.read_parquet(s / "visits.parquet")
+            for k, v in timer_lateness(visits, sc, dep).items():
+                per.setdefault(k, []).append(v)
+    return {k: float(np.median(v)) for k, v in per.items()}
 
 
 def _pool_overheads(ovs: list[dict]) -> dict[str, float] | None:

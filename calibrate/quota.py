@@ -388,6 +388,9 @@ def quota_scenario(
                         per_item_ms=over_ms,
                         concurrent=True,
                         answer_ms=c.server_overhead.answer_ms if c.server_overhead else 0.0,
+                        timer_late_ms=(
+                            c.server_overhead.timer_late_ms if c.server_overhead else 0.0
+                        ),
                     ),
                 }
             )

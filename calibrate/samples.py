@@ -118,26 +118,21 @@ def _batch_executions(visits: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(_exec=nth // rows["batch"].clip(lower=1).to_numpy())
 
 
-def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deployment) -> pd.Series:
-    """Per stage visit: how much later its batch started than the twin's batching says (s).
-
-    The twin starts a batch when its replica is free and the batch is full, or
-    its oldest item has waited the batch timeout. On the testbed a batch that was
-    not full became ready when its oldest item had waited the timeout, a full one
-    when its newest item arrived (arrival = ``t_start − queue_s``); neither can
-    start before the replica's previous batch ended (``t_start + service_s``). The
-    start beyond both, ≥ 0, is timer and event-loop lag: it holds no capacity and
-    grows with the host's load. The queue behind a busy replica is *not* lag — the
-    twin's queue makes it. Aligned with ``visits``' index (0 for components that
-    are not stages and for stages of batch 1).
-    """
+def _dispatch(
+    visits: pd.DataFrame,
+    scenario: Scenario,
+    deployment: Deployment,
+    timer_late_ms: dict[str, float] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(``visits``' rows with their batch execution's keys, one row per batch execution
+    with its ``_late`` start (s) and whether its batch timer decided it, ``_timer``)."""
     rows = _batch_executions(visits)
     size, timeout = {}, {}
     for c in scenario.components:
         if c.is_stage:
             eff = effective_stage(scenario, deployment, c)
             size[c.name] = eff.batch
-            timeout[c.name] = eff.batch_timeout_ms / 1e3
+            timeout[c.name] = (eff.batch_timeout_ms + (timer_late_ms or {}).get(c.name, 0.0)) / 1e3
     keys = ["component", "replica_name", "batch", "_ms", "_exec"]
     arrive = rows["t_start"] - rows["queue_s"]
     grouped = rows.assign(_arrive=arrive).groupby(keys, observed=True, sort=False)
@@ -152,21 +147,58 @@ def dispatch_lag(visits: pd.DataFrame, scenario: Scenario, deployment: Deploymen
         ["component", "replica_name", "start"]
     )
     prev_end = ex.groupby(["component", "replica_name"], observed=True)["end"].shift(1)
+    prev_end = prev_end.fillna(-np.inf).to_numpy()
     full = ex["batch"].to_numpy() >= comp.map(size).fillna(1).reindex(ex.index).to_numpy()
-    ready = np.where(
-        full,
-        ex["newest"].to_numpy(),
-        ex["oldest"].to_numpy() + comp.map(timeout).fillna(0).reindex(ex.index).to_numpy(),
-    )
-    ready = np.maximum(ready, prev_end.fillna(-np.inf).to_numpy())
-    late = np.clip(ex["start"].to_numpy() - ready, 0.0, None)
+    timer = ex["oldest"].to_numpy() + comp.map(timeout).fillna(0).reindex(ex.index).to_numpy()
+    ready = np.where(full, ex["newest"].to_numpy(), timer)
+    late = np.clip(ex["start"].to_numpy() - np.maximum(ready, prev_end), 0.0, None)
     # only batching stages: a stage of batch 1 has no timer, and its late starts are the
     # worker waking up — under a CPU quota the quota's stall, which the twin makes itself
     batching = comp.map(lambda c: size.get(c, 1) > 1).reindex(ex.index).to_numpy(dtype=bool)
     late = np.where(batching, late, 0.0)
-    ex = ex.assign(_late=late)
+    return rows, ex.assign(_late=late, _timer=batching & ~full & (timer >= prev_end))
+
+
+def dispatch_lag(
+    visits: pd.DataFrame,
+    scenario: Scenario,
+    deployment: Deployment,
+    timer_late_ms: dict[str, float] | None = None,
+) -> pd.Series:
+    """Per stage visit: how much later its batch started than the twin's batching says (s).
+
+    The twin starts a batch when its replica is free and the batch is full, or
+    its oldest item has waited the batch timeout. On the testbed a batch that was
+    not full became ready when its oldest item had waited the timeout, a full one
+    when its newest item arrived (arrival = ``t_start − queue_s``); neither can
+    start before the replica's previous batch ended (``t_start + service_s``). The
+    start beyond both, ≥ 0, is timer and event-loop lag: it holds no capacity and
+    grows with the host's load. The queue behind a busy replica is *not* lag — the
+    twin's queue makes it. Aligned with ``visits``' index (0 for components that
+    are not stages and for stages of batch 1). ``timer_late_ms``
+    (:func:`timer_lateness`, per stage): the twin's timer fires that late too
+    (``ServerOverhead.timer_late_ms``), so only the rest is lag.
+    """
+    rows, ex = _dispatch(visits, scenario, deployment, timer_late_ms)
+    keys = ["component", "replica_name", "batch", "_ms", "_exec"]
     per_row = rows[keys].merge(ex[[*keys, "_late"]], on=keys, how="left")["_late"].to_numpy()
     return pd.Series(per_row, index=rows.index).reindex(visits.index)
+
+
+def timer_lateness(
+    visits: pd.DataFrame, scenario: Scenario, deployment: Deployment
+) -> dict[str, float]:
+    """Per batching stage: how late its batch timer fires (ms), the median start beyond
+    the timeout of the batches the timer decided (not full, replica free by then).
+    Stages with fewer than 10 such batches are left out.
+    :attr:`twin.spec.ServerOverhead.timer_late_ms`."""
+    _, ex = _dispatch(visits, scenario, deployment)
+    out: dict[str, float] = {}
+    timed = ex[ex["_timer"]]
+    for comp, g in timed.groupby(timed["component"].astype(str), sort=True):
+        if len(g) >= 10:
+            out[str(comp)] = float(np.median(g["_late"])) * 1e3
+    return out
 
 
 def answer_hops(visits: pd.DataFrame) -> dict[str, float]:

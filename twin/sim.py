@@ -331,6 +331,7 @@ class _Instance:
         "handoff",
         "handoff_cpu",
         "is_idle",
+        "late_s",
         "machine",
         "outstanding",
         "queue",
@@ -360,10 +361,12 @@ class _Instance:
         handoff: Sampler | None = None,
         handoff_cpu: bool = False,
         answer_s: float = 0.0,
+        late_s: float = 0.0,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
-        # ServerOverhead.answer_ms (s): a batch's answers leave one by one
-        self.answer_s = answer_s
+        # ServerOverhead.answer_ms (s): a batch's answers leave one by one;
+        # ServerOverhead.timer_late_ms (s): the batch timer fires this late
+        self.answer_s, self.late_s = answer_s, late_s
         # ServerOverhead.handoff: the serial time (s) between a batch's end and the
         # start of the next one that already waits; None: none
         self.handoff, self.handoff_cpu = handoff, handoff_cpu
@@ -401,7 +404,7 @@ class _Instance:
         if batch > 1 and len(q) < batch and self.timeout_s > 0 and not self.retired:
             # Dynamic batching: serve when the batch is full or the oldest
             # job has waited timeout_s, whichever comes first.
-            deadline = q[0][_T_ARRIVE] + self.timeout_s
+            deadline = q[0][_T_ARRIVE] + self.timeout_s + self.late_s
             if now < deadline - 1e-12:
                 self.queue.arm(deadline)
                 return False
@@ -733,6 +736,7 @@ class Simulation:
         self.beside_s = [0.0] * len(sc.components)
         # per component: ServerOverhead.answer_ms (s); 0 when none
         self.answer_s = [0.0] * len(sc.components)
+        self.late_s = [0.0] * len(sc.components)  # ServerOverhead.timer_late_ms (s)
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
@@ -741,7 +745,7 @@ class Simulation:
             if o is not None and o.concurrent and c.dispatch != "shared_queue":
                 self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
             if o is not None:
-                self.answer_s[k] = o.answer_ms / 1e3
+                self.answer_s[k], self.late_s[k] = o.answer_ms / 1e3, o.timer_late_ms / 1e3
             if o is not None and o.handoff is not None:
                 rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{c.name}.handoff")
                 self.handoffs[k] = make_sampler(o.handoff, rng)
@@ -873,6 +877,7 @@ class Simulation:
             self.handoffs[k],
             self.handoff_cpu[k],
             self.answer_s[k],
+            self.late_s[k],
         )
 
     def _retire(self, inst: _Instance) -> None:

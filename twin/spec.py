@@ -277,6 +277,12 @@ class ServerOverhead(Frozen):
         "hop is in the request's overhead). It holds neither the instance nor CPU. 0: all "
         "answers leave when the batch ends.",
     )
+    timer_late_ms: NonNegFloat = Field(
+        0.0,
+        description="How late the server's batch timer fires (ms): a batch that is not "
+        "full starts once its oldest item has waited batch_timeout_ms + timer_late_ms "
+        "(an event loop's timer fires after its due time). 0: on time.",
+    )
 
 
 class Component(Frozen):

@@ -81,3 +81,31 @@ def test_within_runs_the_load_does_not_count_as_answer_time():
     both = pd.concat([light, busy], ignore_index=True)
     assert answer_hops(both)["enc"] == pytest.approx(0.5, abs=0.03)
     assert answer_hops(both.drop(columns="run"))["enc"] > 0.7  # pooled: the load's share too
+
+
+def test_timer_lateness_is_the_timed_out_batches_start_beyond_the_timeout():
+    from calibrate.samples import dispatch_lag, timer_lateness
+    from twin.deployment import effective_stage
+
+    sc, dep = load_scenario(SCENARIO), load_deployment(DEPLOYMENT)
+    timeout_s = effective_stage(sc, dep, sc.component("denoise")).batch_timeout_ms / 1e3
+    rows, t = [], 0.0
+    for k in range(40):  # batches of 2 (of 4): the oldest waited the timeout + 0.3 ms
+        start = t + timeout_s + 0.0003
+        for wait in (start - t, start - t - 0.0005):
+            rows.append(
+                {
+                    "component": "denoise",
+                    "replica_name": "r0",
+                    "batch": 2,
+                    "service_s": 0.002 + k * 1e-5,
+                    "t_start": start,
+                    "queue_s": wait,
+                }
+            )
+        t += 0.05
+    v = pd.DataFrame(rows)
+    assert timer_lateness(v, sc, dep)["denoise"] == pytest.approx(0.3, abs=1e-6)
+    assert dispatch_lag(v, sc, dep).to_numpy() == pytest.approx(0.0003)
+    # the twin's timer fires that late: nothing is left as lag
+    assert dispatch_lag(v, sc, dep, {"denoise": 0.3}).to_numpy() == pytest.approx(0.0, abs=1e-9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.twin.conftest import one_stage
 from twin.sim import simulate_replication
@@ -58,3 +59,33 @@ def test_answers_leave_one_by_one_without_holding_the_instance() -> None:
     none, _, served0 = _extra_ms(0.0)
     assert np.allclose(none, 0.0)
     assert served == served0
+
+
+def _late(timer_late_ms: float) -> np.ndarray:
+    """The oldest item's wait (ms) of each batch that was not full."""
+    sc = one_stage(
+        variants=[
+            {
+                "name": "only",
+                "accuracy": 0.9,
+                "cpu_cores": 1,
+                "service_time": {"kind": "constant", "ms": 3.0},
+            }
+        ],
+        server_overhead={"timer_late_ms": timer_late_ms},
+    )
+    proc = sc.processes[0]
+    procs = [
+        proc.model_copy(update={"arrivals": proc.arrivals.model_copy(update={"rate_per_s": 50.0})})
+    ]
+    sc = Scenario.model_validate(sc.model_copy(update={"processes": procs}).model_dump())
+    v = simulate_replication(sc, DEP, None, 30.0, seed=2).visits.dropna(subset=["t_start"])
+    v = v[v["batch"] < 4]
+    return ((v["t_start"] - v["t_arrive"]).groupby([v["t_start"]]).max() * 1e3).to_numpy()
+
+
+def test_the_batch_timer_fires_late_by_timer_late_ms() -> None:
+    on_time, late = _late(0.0), _late(0.7)
+    # at 50/s the instance is mostly free: the oldest item waits the timeout, then the lateness
+    assert np.median(on_time) == pytest.approx(2.0, abs=1e-6)
+    assert np.median(late) == pytest.approx(2.7, abs=1e-6)
