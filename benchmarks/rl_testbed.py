@@ -1786,17 +1786,35 @@ def _foresight_charged_section(pf: Path) -> list[str]:
     if ex.is_file():
         e = pd.read_csv(ex)
         gap = e["local_objective"] / e["exhaustive_objective"]
-        same = (e["local"] == e["exhaustive"]).sum()
+        same = int((gap > 1 - 1e-9).sum())
         lines += [
             f"Local search against exhaustive on {len(e)} sampled decisions "
             f"({', '.join(f'{w} {n}' for w, n in e.groupby('workload').size().items())}; "
             "same running configuration, host speed and true load): the local search's "
             f"objective is {gap.min():.4f}–{gap.max():.4f} of the exhaustive best (mean "
-            f"{gap.mean():.4f}); the same configuration in {same} of {len(e)}; "
+            f"{gap.mean():.4f}); the exhaustive best reached in {same} of {len(e)} "
+            "(configurations may tie: a change whose replica starts outlast the interval "
+            "scores as keeping the running one); "
             f"{e['seconds'].mean():.0f} s per exhaustive search.",
             "",
         ]
     return lines
+
+
+PF_READING = (
+    "Reading (session 8b, in the charged twin): over the full 1200-s training cycle the "
+    "shipped PPO matches the perfect-foresight optimum on steady-low and steady-high "
+    "(1.000: both keep e-large ×1 / e-medium ×1 throughout) but reaches only 0.75 of it "
+    "on fluctuating (goal 0.95; IPA 0.60). At fluctuating's troughs (≈ 90-105 req/s) it "
+    "switches to e-large ×1, as IPA does, and at the next rise it is caught there for an "
+    "interval: e-large ×1 overloads at the slow host speeds training draws (0.84-0.88 "
+    "here), L ≈ 10 s, interval objective −36 to −52, 9-11 intervals of 120 per cycle "
+    "(IPA 12-18); the "
+    "optimum, knowing the coming load, keeps e-medium ×1. On the testbed's 40-s blocks, "
+    "which start at the rise, PPO never reaches a trough, so the testbed rows do not see "
+    "this. The optimum is the charged expert's local search at the true load; on "
+    "the sampled decisions it reached the exhaustive optimum exactly."
+)
 
 
 def _charged_section(folder: Path, quiet: Path | None = None) -> list[str]:
@@ -1853,7 +1871,8 @@ def _charged_section(folder: Path, quiet: Path | None = None) -> list[str]:
         ),
         "",
     ]
-    lines += _foresight_charged_section(folder / "pf-charged")
+    pf = _foresight_charged_section(folder / "pf-charged")
+    lines += [*pf, PF_READING, ""] if pf else []
     if not runs:
         return lines
     pf = folder / "twin-foresight.csv"
