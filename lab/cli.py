@@ -142,10 +142,18 @@ def control(
     train_twin: Annotated[
         str,
         typer.Option(
-            help="The twin PPO trains in: 'view' (the policies' view) or 'charged' (node "
-            "quotas, server CPU, start time and host speed as the testbed charges them)."
+            help="The twin PPO trains in: 'charged' (node quotas, server CPU, start time "
+            "and host speed as the testbed charges them; continued from the 'view' policy, "
+            "which is trained first when missing) or 'view' (the policies' view)."
         ),
-    ] = "view",
+    ] = "charged",
+    moved_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A folder this checkout was at when its cached policies were trained "
+            "(their old keys held the trace's path; they are re-keyed). Repeatable."
+        ),
+    ] = None,
     out_dir: OutOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -188,6 +196,7 @@ def control(
         state_dir,
         reward_cost,
         train_twin,
+        tuple(moved_from or ()),
     )
     try:
         run, make_decider, envs = prepare_control(

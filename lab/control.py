@@ -89,6 +89,9 @@ class ControlOptions:
     # the twin PPO trains in: "view" (the policies' view) or "charged" (what the testbed
     # charges: node quotas, server CPU, start time, host speed; lab.control_view)
     train_twin: str = "view"
+    # folders this checkout was at when policies were cached under the old key, which
+    # held the trace's absolute path (optimizer.rl.cache.find_policy re-keys them)
+    policy_moved_from: tuple[Path, ...] = ()
 
 
 def prepare_control(
@@ -129,23 +132,33 @@ def prepare_control(
             path = opts.policy_file
         else:
             settings = TrainSettings(steps=opts.train_steps, reward_cost=opts.reward_cost)
-            if opts.train_twin == "charged":
-                settings = charged_settings(sc, view, proc, train_workloads, settings, opts, f)
-            elif opts.train_twin != "view":
+            if opts.train_twin not in ("view", "charged"):
                 raise ValueError(f"--train-twin: view or charged, got {opts.train_twin!r}")
-            with _progress() as bar:
-                task = bar.add_task(
-                    f"PPO for {view.name}, {settings.backend} (cached after)", total=settings.steps
-                )
-                training, trained = cached_policy(
-                    view,
-                    proc,
-                    train_workloads,
-                    predictor,
-                    settings,
-                    opts.policy_cache,
-                    on_step=lambda n: bar.update(task, completed=n),
-                )
+
+            def cached(settings: TrainSettings) -> tuple[Path, bool]:
+                with _progress() as bar:
+                    task = bar.add_task(
+                        f"PPO for {view.name}, {settings.backend} (cached after)",
+                        total=settings.steps,
+                    )
+                    return cached_policy(
+                        view,
+                        proc,
+                        train_workloads,
+                        predictor,
+                        settings,
+                        opts.policy_cache,
+                        on_step=lambda n: bar.update(task, completed=n),
+                        moved_from=opts.policy_moved_from,
+                    )
+
+            # the charged policy continues the view's: that one first (trained when missing)
+            training, trained = cached(settings)
+            if opts.train_twin == "charged":
+                settings = charged_settings(sc, training.name, settings, f)
+                notes.append(f"continued from the view's PPO {training.name}")
+                training, trained_now = cached(settings)
+                trained = trained or trained_now
             notes.append(f"PPO policy {training} ({'trained now' if trained else 'cached'})")
             path = training / "policy.zip"
         model = agent.load(path)
@@ -190,40 +203,28 @@ def prepare_control(
     return run, make_decider, envs
 
 
-CHARGED_STEPS = 40_000  # continued from the view's policy (its reward levels off by then)
+# continued from the view's policy for a third of its steps (40k of 120k: the reward
+# levels off by then)
+CHARGED_STEPS_SHARE = 1 / 3
 # the charged twin's overloads (slow hosts, late requests) give rewards of -10 where the
 # view's stay near +3: at the view's divisor (10) the value loss (20-40) pulled the shared
 # features apart and the policy collapsed to one fixed configuration (two tries)
 CHARGED_REWARD_SCALE = 50.0
 
 
-def charged_settings(
-    sc: Scenario,
-    view: Scenario,
-    proc: str,
-    workloads: list[Workload],
-    settings: Any,
-    opts: ControlOptions,
-    factor: float,
-) -> Any:
+def charged_settings(sc: Scenario, start: str, settings: Any, factor: float) -> Any:
     """The training settings of the policy trained in the charged twin: continued from
-    the view's cached policy, guided every second episode by the charged model's expert
-    (``optimizer.rl.charged.ChargedExpert``; without it the continued policy collapsed
-    to one fixed over-provisioned configuration in a first try), rewards / 50."""
+    the view's cached policy (``start``, its folder name in the cache), guided every
+    second episode by the charged model's expert (``optimizer.rl.charged.ChargedExpert``;
+    without it the continued policy collapsed to one fixed over-provisioned
+    configuration in a first try), rewards / 50."""
     from dataclasses import replace
 
     from lab.control_view import testbed_charges
-    from optimizer.rl.cache import policy_key
 
-    start = f"{view.name}-{policy_key(view, proc, workloads, settings)}"
-    if not (opts.policy_cache / start / "policy.zip").is_file():
-        raise ValueError(
-            f"the charged policy starts from the view's policy {opts.policy_cache / start}, "
-            "which is missing: run with --train-twin view first"
-        )
     return replace(
         settings,
-        steps=CHARGED_STEPS,
+        steps=max(1, round(settings.steps * CHARGED_STEPS_SHARE)),
         expert_every=2,
         reward_scale=CHARGED_REWARD_SCALE,
         backend="charged",

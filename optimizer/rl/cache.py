@@ -59,27 +59,130 @@ def _settings_key(settings: TrainSettings) -> dict:
     return out
 
 
+def _trace_digest(path: str) -> str:
+    """A trace file named by its content (``sha256:`` + 16 hex digits), so the key does not
+    hold where the checkout lives; a file that cannot be read keeps its path."""
+    try:
+        return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return path
+
+
+def _scenario_blob(scenario: Scenario, paths: Callable[[str], str]) -> dict:
+    """The scenario's key fields with every trace ``path`` mapped through ``paths``."""
+    out = scenario.model_dump(mode="json", exclude={"description"}, exclude_defaults=True)
+    for w in out.get("workloads", []):
+        if isinstance(w.get("path"), str):
+            w["path"] = paths(w["path"])
+    for p in out.get("processes", []):
+        arrivals = p.get("arrivals")
+        if isinstance(arrivals, dict) and isinstance(arrivals.get("path"), str):
+            arrivals["path"] = paths(arrivals["path"])
+    return out
+
+
+def _key(scenario_blob: dict, process: str, workloads: list[Workload], settings: dict) -> str:
+    blob = json.dumps(
+        {
+            "scenario": scenario_blob,
+            "process": process,
+            "workloads": [w.name for w in workloads],
+            "settings": settings,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def policy_key(
     scenario: Scenario, process: str, workloads: list[Workload], settings: TrainSettings
 ) -> str:
     """12 hex digits naming (scenario, pipeline, workloads, settings).
 
+    Trace files enter by their content, not their path (a loaded scenario holds
+    absolute paths, and two checkouts in different folders must share a key).
     Fields at their defaults are left out, so a field added to the spec later (with
     a default that keeps the old behaviour) does not orphan the policies trained
     before it.
     """
-    blob = json.dumps(
-        {
-            "scenario": scenario.model_dump(
-                mode="json", exclude={"description"}, exclude_defaults=True
-            ),
-            "process": process,
-            "workloads": [w.name for w in workloads],
-            "settings": _settings_key(settings),
-        },
-        sort_keys=True,
+    return _key(
+        _scenario_blob(scenario, _trace_digest), process, workloads, _settings_key(settings)
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def legacy_policy_key(
+    scenario: Scenario,
+    process: str,
+    workloads: list[Workload],
+    settings: TrainSettings,
+    cache_dir: Path = DEFAULT_CACHE,
+    moved: tuple[Path, Path] | None = None,
+) -> str:
+    """The key before trace files were keyed by content: their absolute paths as loaded.
+
+    ``moved=(now, then)``: the checkout was at ``then`` when the policy was cached and is
+    at ``now`` (a trace path under ``now`` is keyed as if under ``then``). An
+    ``init_policy`` that was re-keyed enters under its old name (its ``rekeyed.json``).
+    """
+
+    def paths(p: str) -> str:
+        if moved is not None and Path(p).is_relative_to(moved[0]):
+            return str(Path(moved[1]) / Path(p).relative_to(moved[0]))
+        return p
+
+    key = _settings_key(settings)
+    if settings.init_policy is not None:
+        record = Path(cache_dir) / settings.init_policy / REKEYED
+        if record.is_file():
+            key["init_policy"] = json.loads(record.read_text())["legacy"]
+    return _key(_scenario_blob(scenario, paths), process, workloads, key)
+
+
+REKEYED = "rekeyed.json"  # in a re-keyed folder: {"legacy": its old folder name}
+
+
+def find_policy(
+    scenario: Scenario,
+    process: str,
+    workloads: list[Workload],
+    settings: TrainSettings,
+    cache_dir: Path = DEFAULT_CACHE,
+    moved_from: tuple[Path, ...] = (),
+) -> Path | None:
+    """The cached policy's folder, or None.
+
+    A policy cached under the old key (absolute trace paths: this checkout's, or one of
+    ``moved_from``'s, the folders this checkout was at before) is re-keyed in place: its
+    folder is renamed to the new key, with a ``rekeyed.json`` naming the old one.
+    """
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / f"{scenario.name}-{policy_key(scenario, process, workloads, settings)}"
+    if (folder / "policy.zip").is_file():
+        return folder
+    for moved in [None, *_moves(scenario, moved_from)]:
+        legacy = legacy_policy_key(scenario, process, workloads, settings, cache_dir, moved)
+        old = cache_dir / f"{scenario.name}-{legacy}"
+        if not (old / "policy.zip").is_file():
+            continue
+        try:
+            old.rename(folder)  # atomic within one folder; a racing re-key wins
+        except OSError:
+            if not (folder / "policy.zip").is_file():
+                raise
+        (folder / REKEYED).write_text(json.dumps({"legacy": old.name}))
+        return folder
+    return None
+
+
+def _moves(scenario: Scenario, moved_from: tuple[Path, ...]) -> list[tuple[Path, Path]]:
+    """(now, then) pairs: every folder above the first trace file, as if it had been at
+    each of ``moved_from`` (the checkout's depth under its root is not known here)."""
+    first = next(
+        (w.path for w in scenario.workloads if isinstance(getattr(w, "path", None), str)), None
+    )
+    if first is None:
+        return []
+    return [(now, Path(then)) for then in moved_from for now in Path(first).parents]
 
 
 def cached_policy(
@@ -90,6 +193,7 @@ def cached_policy(
     settings: TrainSettings = TrainSettings(),
     cache_dir: Path = DEFAULT_CACHE,
     on_step: Callable[[int], None] | None = None,
+    moved_from: tuple[Path, ...] = (),
 ) -> tuple[Path, bool]:
     """The folder of a policy for this scenario and settings, and whether it was trained now.
 
@@ -101,11 +205,12 @@ def cached_policy(
     from optimizer.rl import agent
     from optimizer.rl.cli import make_env
 
+    found = find_policy(scenario, process, workloads, settings, cache_dir, moved_from)
+    if found is not None:
+        return found, False
     folder = (
         Path(cache_dir) / f"{scenario.name}-{policy_key(scenario, process, workloads, settings)}"
     )
-    if (folder / "policy.zip").is_file():
-        return folder, False
     env = make_env(
         scenario,
         process,

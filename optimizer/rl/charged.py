@@ -34,6 +34,7 @@ the new one's over the rest of the interval.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 
@@ -229,15 +230,27 @@ class ChargedExpert:
 
     name = "charged-expert"
 
-    def __init__(self, backend, interval_s: float = 10.0, cache_rps: float = 1.0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        backend,  # type: ignore[no-untyped-def]
+        interval_s: float = 10.0,
+        cache_rps: float = 1.0,
+        target: str = "reward",
+    ) -> None:
+        """``target``: the interval's metric maximised, ``reward`` (eq. 7, the agent's) or
+        ``objective`` (eq. 4, a perfect-foresight optimum's)."""
         from optimizer.rl.baselines import IPAPolicy
 
+        if target not in ("reward", "objective"):
+            raise ValueError(f"target: reward or objective, got {target!r}")
         self.backend, self.interval_s, self.cache_rps = backend, interval_s, cache_rps
+        self.target = target
         self.solver = IPAPolicy(interval_s=interval_s, cache_rps=0.5, target="reward")
         self._cache: dict = {}
 
     def score(self, space: ConfigSpace, options: list[Option], load_rps: float, weights) -> float:  # type: ignore[no-untyped-def]
-        """The interval's reward of ``options`` at ``load_rps`` as the backend scores it."""
+        """The interval's reward (or ``target``) of ``options`` at ``load_rps`` as the
+        backend scores it."""
         b = self.backend
         placement = space.place_near(options, b.placement) or space.place(options)
         if placement is None or space.cores(options) > space.budget + 1e-9:
@@ -248,7 +261,23 @@ class ChargedExpert:
             old = estimate_charged(space, b.options, b.placement, *args).metrics
             delay = change_seconds(b.options, options, b.charges, self.interval_s)
             m = blend(old, m, delay / self.interval_s, weights)
-        return m.reward
+        return float(getattr(m, self.target))
+
+    def exhaustive(
+        self, space: ConfigSpace, load_rps: float, weights
+    ) -> tuple[list[Option], float]:  # type: ignore[no-untyped-def]
+        """The best configuration over the whole space (every stage's every option, about
+        3.7e5 for three stages of 72: ≈ 30 s) and its score: how close :meth:`decide`'s
+        local search comes, on a sample."""
+        best, best_v = list(self.backend.options), -np.inf
+        for combo in itertools.product(*(space.options_of(k) for k in range(space.n_stages))):
+            cand = list(combo)
+            if space.cores(cand) > space.budget + 1e-9:
+                continue
+            v = self.score(space, cand, load_rps, weights)
+            if v > best_v:
+                best, best_v = cand, v
+        return best, best_v
 
     def decide(self, space: ConfigSpace, load_rps: float, weights) -> list[Option]:  # type: ignore[no-untyped-def]
         b = self.backend

@@ -389,3 +389,39 @@ def test_replay_draws_the_after_change_overhead_for_the_interval_after_a_change(
     assert rows["change_delay_s"].iloc[0] > 0 and rows["change_delay_s"].iloc[1] == 0
     assert rows["p50_s"].iloc[1] > 0.08  # the interval after the change
     assert rows["p95_s"].iloc[2] < 0.06  # the configuration's class again
+
+
+def test_rl_control_trains_the_charged_policy_from_the_view_one_when_missing(
+    scenario, tmp_path, monkeypatch
+):
+    """--train-twin charged: the view's policy is found or trained first, then the charged
+    one, started from the view's folder, for a third of its steps, on the charged twin."""
+    import optimizer.rl.agent as agent
+    import optimizer.rl.cache as cache
+    from lab.control import ControlOptions, prepare_control
+    from optimizer.rl.cli import DEFAULT_WORKLOADS, _workloads
+
+    asked = []
+
+    def fake_cached(view, proc, workloads, predictor, settings, cache_dir, **kw):  # type: ignore[no-untyped-def]
+        asked.append((settings, kw.get("moved_from")))
+        key = policy_key(view, proc, workloads, settings)
+        return Path(cache_dir) / f"{view.name}-{key}", True
+
+    monkeypatch.setattr(cache, "cached_policy", fake_cached)
+    monkeypatch.setattr(agent, "load", lambda path: path)
+    moved = (Path("/elsewhere"),)
+    opts = ControlOptions(
+        "ppo", None, "fluctuating", 60.0, 1, 0.25, 1.4, False, 300, tmp_path, "local",
+        tmp_path / "state", None, "charged", moved,
+    )  # fmt: skip
+    ws = _workloads(scenario, DEFAULT_WORKLOADS)
+    run, make_decider, _ = prepare_control(scenario, Path(SCENARIO), "digits", opts, None, ws)
+    (view, moved1), (charged, moved2) = asked
+    assert view.backend == "analytic" and view.steps == 300
+    assert charged.backend == "charged" and charged.steps == 100
+    seen = [run.view.workload(w.name) for w in ws]
+    assert charged.init_policy == f"{run.view.name}-{policy_key(run.view, 'digits', seen, view)}"
+    assert moved1 == moved2 == moved
+    assert run.training.name.endswith(policy_key(run.view, "digits", seen, charged))
+    assert make_decider() == run.training / "policy.zip"
