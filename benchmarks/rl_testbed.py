@@ -31,7 +31,9 @@ one turn of the shared CPU lock:
     ``benchmarks/results/rl_testbed.md`` and one plot per workload (load,
     configuration and p95 over time per policy), from whatever has run; with
     ``--new-runs`` (blocks on the idle start path, default ``runs/rl-testbed-idle``)
-    and ``--ab-runs`` (the start-path A/B's folders) the start path's sections too.
+    and ``--ab-runs`` (the start-path A/B's folders) the start path's sections too;
+    with ``RL_QUIET_LOG`` (a quiet chain's log of ``rl-<workload>-<r>-start/-end``
+    lines with /proc/stat, e.g. the coordinator's of session 8b) its lock windows.
 
 Where replicas start is the local backend's ``MLOPS_TWIN_START_GROUP`` (``idle``,
 the default, or ``reserve``); a block notes it in each run's summary.
@@ -1444,6 +1446,16 @@ def _lock_windows(logs: list[Path]) -> list[str]:
                 b[1],
             ]
         )
+    return _lock_table(rows)
+
+
+# the log of a quiet chain of locked blocks run by someone else (session 8b: the
+# coordinator's), given by its path; none by default
+QUIET_LOG = Path(os.environ["RL_QUIET_LOG"]) if os.environ.get("RL_QUIET_LOG") else None
+
+
+def _lock_table(rows: list[list[str]]) -> list[str]:
+    """Lock windows with the host's CPU in cores, as a markdown table (none: nothing)."""
     if not rows:
         return []
     return [
@@ -1461,13 +1473,10 @@ def _lock_windows(logs: list[Path]) -> list[str]:
     ]
 
 
-QUIET_LOG = Path("/work/coord/quiet14.log")  # the coordinator's quiet chain (8b)
-
-
-def _quiet_windows(log: Path) -> list[str]:
+def _quiet_windows(log: Path | None) -> list[str]:
     """The coordinator's quiet blocks (``rl-<workload>-<r>-start/-end`` lines with
     /proc/stat's cpu line): lock window and the host's CPU in cores."""
-    if not log.is_file():
+    if log is None or not log.is_file():
         return []
     hz = os.sysconf("SC_CLK_TCK")
     marks: dict[str, dict[str, list[str]]] = {}
@@ -1492,21 +1501,7 @@ def _quiet_windows(log: Path) -> list[str]:
                 "",
             ]
         )
-    if not rows:
-        return []
-    return [
-        markdown_table(
-            [
-                "locked command",
-                "lock held (UTC)",
-                "min",
-                "user / nice / system / idle / steal",
-                "rc",
-            ],
-            rows,
-        ),
-        "",
-    ]
+    return _lock_table(rows)
 
 
 @functools.cache

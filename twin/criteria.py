@@ -289,6 +289,37 @@ class PipelineMetrics:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    @classmethod
+    def scored(
+        cls,
+        *,
+        V: float,
+        C: float,
+        T: float,
+        L: float,
+        E: float,
+        B: int,
+        Q: float,
+        weights: QoSWeights,
+        offered_rps: float,
+        capacity_rps: float,
+    ) -> PipelineMetrics:
+        """The metrics with eq. 4's objective (Q − λC) and the agent's reward
+        (Q − cost and batch penalties) derived from Q, C and B under ``weights``."""
+        return cls(
+            V=V,
+            C=C,
+            T=T,
+            L=L,
+            E=E,
+            B=B,
+            Q=Q,
+            objective=Q - weights.lambda_cost * C,
+            reward=Q - weights.reward_cost * C - weights.reward_batch * B,
+            offered_rps=offered_rps,
+            capacity_rps=capacity_rps,
+        )
+
 
 def stage_components(scenario: Scenario, process: str) -> list[str]:
     """Stage components of a request pipeline, in step order, without repeats."""
@@ -401,7 +432,7 @@ def pipeline_metrics(
     E = offered_rps - capacity
     w = scenario.settings.qos
     Q = qos(V, T, latency, E, w)
-    return PipelineMetrics(
+    return PipelineMetrics.scored(
         V=V,
         C=C,
         T=T,
@@ -409,8 +440,7 @@ def pipeline_metrics(
         E=E,
         B=B,
         Q=Q,
-        objective=Q - w.lambda_cost * C,
-        reward=Q - w.reward_cost * C - w.reward_batch * B,
+        weights=w,
         offered_rps=offered_rps,
         capacity_rps=capacity,
     )

@@ -148,7 +148,7 @@ def estimate_charged(
     E = load_rps - K
     late = T * late_share(L + charges.request_overhead_ms / 1e3, space.deadline_s)
     Q = qos(V, T, L, E, weights) - weights.gamma * late
-    metrics = PipelineMetrics(
+    metrics = PipelineMetrics.scored(
         V=V,
         C=C,
         T=T,
@@ -156,8 +156,7 @@ def estimate_charged(
         E=E,
         B=B,
         Q=Q,
-        objective=Q - weights.lambda_cost * C,
-        reward=Q - weights.reward_cost * C - weights.reward_batch * B,
+        weights=weights,
         offered_rps=load_rps,
         capacity_rps=K,
     )
@@ -199,7 +198,7 @@ def blend(
         return w * x + (1.0 - w) * y
 
     Q = mix(before.Q, after.Q)
-    return PipelineMetrics(
+    return PipelineMetrics.scored(
         V=mix(before.V, after.V),
         C=after.C,
         T=mix(before.T, after.T),
@@ -207,8 +206,7 @@ def blend(
         E=mix(before.E, after.E),
         B=after.B,
         Q=Q,
-        objective=Q - weights.lambda_cost * after.C,
-        reward=Q - weights.reward_cost * after.C - weights.reward_batch * after.B,
+        weights=weights,
         offered_rps=after.offered_rps,
         capacity_rps=mix(before.capacity_rps, after.capacity_rps),
     )

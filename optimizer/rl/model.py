@@ -121,7 +121,7 @@ def estimate(
     L = sum(e.latency_s for e in stages)
     E = load_rps - K
     Q = qos(V, T, L, E, weights)
-    metrics = PipelineMetrics(
+    metrics = PipelineMetrics.scored(
         V=V,
         C=C,
         T=T,
@@ -129,8 +129,7 @@ def estimate(
         E=E,
         B=B,
         Q=Q,
-        objective=Q - weights.lambda_cost * C,
-        reward=Q - weights.reward_cost * C - weights.reward_batch * B,
+        weights=weights,
         offered_rps=load_rps,
         capacity_rps=K,
     )

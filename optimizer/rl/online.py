@@ -138,7 +138,7 @@ class OnlineController:
         capacity = pipeline_capacity_rps(sp.scenario, dep, self.env.process) * self.capacity_factor
         E = offered - capacity
         Q = qos(V, T, L, E, w)
-        m = PipelineMetrics(
+        m = PipelineMetrics.scored(
             V=V,
             C=C,
             T=T,
@@ -146,8 +146,7 @@ class OnlineController:
             E=E,
             B=B,
             Q=Q,
-            objective=Q - w.lambda_cost * C,
-            reward=Q - w.reward_cost * C - w.reward_batch * B,
+            weights=w,
             offered_rps=offered,
             capacity_rps=capacity,
         )
