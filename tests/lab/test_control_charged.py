@@ -43,21 +43,27 @@ def test_control_arrivals_count_seconds_from_the_controllers_zero():
     assert counts[0] == 2 and counts[3] == 1 and counts[19] == 1 and counts.sum() == 4
 
 
-def test_run_host_speed_is_the_median_wall_of_the_commonest_batch(digits):
-    enc = digits.component("encoder").variants[2]  # e-large
+def test_run_host_speed_is_the_heaviest_models_unstalled_wall(digits):
+    enc = digits.component("encoder").variants[2]  # e-large, the heaviest
     ms = enc.service_time.batch_mean_ms(1)
     wall = np.full(40, ms / 0.8 / 1e3)
-    wall[:5] *= 6.0  # a few visits straddle a quota stall: the median ignores them
+    wall[:25] *= 1.5  # most visits straddle a quota stall: the low quantile is unstalled
     visits = pd.DataFrame(
         {
-            "component": ["encoder"] * 43,
-            "variant": [enc.name] * 40 + ["e-small"] * 3,  # too few to be the probe
-            "batch": [1] * 43,
-            "service_s": [*wall, 1.0, 1.0, 1.0],
+            "component": ["encoder"] * 40 + ["classifier"] * 30 + ["denoise"] * 3,
+            # a light model's wall is mostly the call's fixed cost: not the probe
+            "variant": [enc.name] * 40 + ["c-linear"] * 30 + ["d-large"] * 3,
+            "batch": [1] * 73,
+            "service_s": [*wall, *([1e-4] * 30), 1.0, 1.0, 1.0],  # 3 d-large: too few
         }
     )
     assert run_host_speed(visits, digits) == pytest.approx(0.8)
-    assert np.isnan(run_host_speed(visits.iloc[:3], digits))
+    light = visits[visits["variant"] == "c-linear"]
+    c = digits.component("classifier").variants[0]
+    assert run_host_speed(light, digits) == pytest.approx(
+        max(0.2, c.service_time.batch_mean_ms(1) / 0.1)
+    )
+    assert np.isnan(run_host_speed(visits.iloc[-3:], digits))
 
 
 def test_the_replay_scores_the_charged_model_on_the_controllers_clock(digits):
