@@ -623,6 +623,9 @@ def cmd_retwin(args: argparse.Namespace) -> None:
     never sees that run's rows. Writes ``twin-calibrated-intervals``,
     ``side-by-side-calibrated`` and ``summary.json``'s ``twin_calibrated``.
     """
+    if args.charged:
+        _retwin_charged(args)
+        return
     import torch
 
     from lab.control import LOAD_MARGIN_S, prepare_control, side_by_side, summarise
@@ -756,6 +759,64 @@ def cmd_retwin(args: argparse.Namespace) -> None:
         summary.update(extra)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"{folder.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def _retwin_charged(args: argparse.Namespace) -> None:
+    """Every run's control loop replayed in the charged model (``lab.control_charged``)
+    with the run's arrivals and its measured host speed; writes
+    ``twin-charged-intervals`` and ``summary.json``'s ``twin_charged_replay`` (with
+    ``host_speed``). The ranking's twin for runs scored as the testbed charges."""
+    import torch
+
+    from lab.control import prepare_control, summarise
+    from lab.control_charged import control_arrivals, replay_charged, run_host_speed
+    from lab.control_view import testbed_charges
+    from optimizer.rl.cli import DEFAULT_PREDICTOR, DEFAULT_WORKLOADS, _predictor, _workloads
+    from twin.load import load_scenario
+    from twin.runs import write_table
+
+    torch.set_num_threads(1)
+    sc = load_scenario(SCENARIO)
+    pred = _predictor(str(DEFAULT_PREDICTOR))
+    for s in _summaries():
+        if args.policies and s["policy"] not in args.policies.split(","):
+            continue
+        if args.only_workloads and s["shape"] not in args.only_workloads.split(","):
+            continue
+        folder = s["folder"]
+        summary = json.loads((folder / "summary.json").read_text())
+        if args.missing and summary.get("twin_charged_replay"):
+            continue
+        started = time.perf_counter()
+        opts = _control_options(
+            {**summary, "rate_scale": float(s.get("rate_scale", args.rate_scale))}, args.steps
+        )
+        run, make_decider, envs = prepare_control(
+            sc, SCENARIO, "digits", opts, pred, _workloads(sc, DEFAULT_WORKLOADS)
+        )
+        rows = pd.read_parquet(folder / "intervals.parquet")
+        req = pd.read_parquet(folder / "load" / "requests.parquet", columns=["t_arrive"])
+        visits = pd.read_parquet(
+            folder / "load" / "visits.parquet",
+            columns=["component", "variant", "batch", "service_s"],
+        )
+        h = run_host_speed(visits, sc)
+        charges = testbed_charges(sc, run.factor)
+        arrivals = control_arrivals(
+            req["t_arrive"].to_numpy(), float(s["offset_s"]), len(rows), envs[1].interval_s
+        )
+        twin_rows = replay_charged(
+            envs[1],
+            make_decider(),
+            arrivals,
+            len(rows),
+            charges,
+            charges.host_speed if not np.isfinite(h) else h,
+        )
+        write_table(twin_rows, folder / "twin-charged-intervals")
+        summary["twin_charged_replay"] = {**summarise(twin_rows), "host_speed": h}
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        print(f"{folder.name}: h {h:.3f}, {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------- report
@@ -1581,6 +1642,9 @@ def _charged_frame(runs: list[dict]) -> pd.DataFrame:
                 if (s["folder"] / "twin-intervals.parquet").is_file()
                 else np.nan,
                 "twin_view": (s.get("twin") or {}).get("objective_mean", np.nan),
+                "replay_charged": charged_objective(s, "twin-charged-intervals")
+                if (s["folder"] / "twin-charged-intervals.parquet").is_file()
+                else np.nan,
             }
             for s in runs
         ]
@@ -1638,6 +1702,21 @@ def _charged_acceptance(groups: list[tuple[str, list[dict]]]) -> list[list]:
                         int(g.groupby("policy").size().min()),
                         f"{tau:.2f}",
                         f"{tau_v:.2f}",
+                        "≥ 0.8",
+                        "met" if tau >= 0.8 else "NOT met",
+                    ]
+                )
+            c = g.groupby("policy")[["charged", "replay_charged"]].mean()
+            if len(c) > 2 and c["replay_charged"].notna().all():
+                tau = kendall_tau(list(c["charged"]), list(c["replay_charged"]))
+                rows.append(
+                    [
+                        f"Kendall τ, charged-model replay vs testbed, {len(c)} policies",
+                        w,
+                        label,
+                        int(g.groupby("policy").size().min()),
+                        f"{tau:.2f}",
+                        "",
                         "≥ 0.8",
                         "met" if tau >= 0.8 else "NOT met",
                     ]
@@ -2826,12 +2905,153 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_result("rl_testbed", "\n".join(lines))
 
 
+def cmd_summary(args: argparse.Namespace) -> None:
+    """One session's blocks (``--runs``) and in-twin figures (``--pf`` folders) into a
+    result file of their own (``--result``), so a committed result file whose runs are
+    gone keeps its figures: acceptance on the charged objective (n, mean ± 95 % t, τ of
+    the view twin and of the charged-model replay), the perfect-foresight fractions,
+    per-interval p95 against the testbed's own repeatability, failed requests,
+    decision and change times, and per run its time window and the host's busy/steal."""
+    from datetime import UTC, datetime
+
+    runs = _summaries()
+    if not runs:
+        raise SystemExit(f"nothing under {RUNS}")
+    lines = [
+        f"# Policies controlling the live testbed: {args.title}",
+        "",
+        machine_line(),
+        "",
+        f"Runs: `{RUNS.relative_to(ROOT) if RUNS.is_relative_to(ROOT) else RUNS}` "
+        "(git-ignored; `block --train-twin charged --pair-first --policies ppo,ipa,greedy`, "
+        "one block per locked command). Objective: eq. 4 as the testbed charges it "
+        "(`charged_objective`); n = repeats (blocks), ± the 95 % Student-t half-width, "
+        "ratios paired by repeat.",
+        "",
+        markdown_table(
+            [
+                "figure",
+                "workload",
+                "blocks",
+                "n",
+                "measured (charged objective)",
+                "view-scored",
+                "goal",
+                "on the means",
+            ],
+            _charged_acceptance([(f"`{RUNS.name}`", runs)]),
+        ),
+        "",
+    ]
+    for pf in args.pf:
+        sec = _foresight_charged_section(pf / "pf-charged")
+        lines += [f"From `{pf.name}/pf-charged`:", "", *sec] if sec else []
+    errs = []
+    for s in runs:
+        sbs = s["folder"] / "side-by-side.parquet"
+        if not sbs.is_file():
+            continue
+        t = pd.read_parquet(sbs)
+        iv = pd.read_parquet(s["folder"] / "intervals.parquet")
+        rho = (iv["offered_rps"] / iv["capacity_rps"]).to_numpy()[: len(t)]
+        ok = (rho <= 0.9) & t["p95_s_testbed"].notna() & t["p95_s_twin"].notna()
+        errs += [(s["shape"], e) for e in (t["p95_s_twin"] / t["p95_s_testbed"] - 1)[ok]]
+    if errs:
+        e = pd.DataFrame(errs, columns=["workload", "err"])
+        within = e.groupby("workload")["err"].apply(lambda x: (x.abs() <= 0.15).mean())
+        lines += [
+            f"- per-interval p95, the view twin's replay (`retwin --view`) vs testbed, on the "
+            f"{len(e)} intervals with ρ ≤ 0.9: {100 * (e['err'].abs() <= 0.15).mean():.0f} % "
+            f"within ±15 % (goal: all; "
+            + ", ".join(f"{w} {100 * v:.0f} %" for w, v in within.items())
+            + f"; median error {100 * e['err'].median():+.0f} %)"
+        ]
+    lines += _self_agreement(runs)
+    failed = sum(float(s["testbed"]["failed"]) for s in runs)
+    ppo_ms = [s["testbed"]["decision_ms_mean"] for s in runs if s["policy"] == "ppo"]
+    lines += [
+        f"- failed requests across all {len(runs)} runs: {failed:g}",
+        f"- PPO decision time on the testbed: mean over runs {np.mean(ppo_ms):.2f} ms "
+        f"(max of run means {np.max(ppo_ms):.2f} ms)"
+        if ppo_ms
+        else "",
+        "",
+    ]
+    changes = [
+        pd.read_parquet(s["folder"] / "changes.parquet")
+        for s in runs
+        if (s["folder"] / "changes.parquet").is_file()
+    ]
+    c = pd.concat(changes, ignore_index=True) if changes else pd.DataFrame()
+    if not c.empty:
+        g = c.astype({"seconds": float}).groupby("kind")["seconds"]
+        lines += [
+            "Time per kind of change on the testbed (s):",
+            "",
+            markdown_table(
+                ["kind", "n", "median", "max"],
+                [[k, int(g.count()[k]), g.median()[k], g.max()[k]] for k in g.count().index],
+            ),
+            "",
+        ]
+    rows = []
+    for s in runs:
+        meta = json.loads((s["folder"] / "load" / "run.json").read_text())
+        t0 = float(meta["t0_unix_s"]) + float(s["offset_s"])
+        host = _host(s["folder"])
+        rep = s.get("twin_charged_replay") or {}
+        rows.append(
+            [
+                s["shape"],
+                _repeat(s["folder"]),
+                s["policy"],
+                datetime.fromtimestamp(t0, UTC).strftime("%H:%M:%S"),
+                f"{charged_objective(s):.2f}",
+                f"{s['testbed']['objective_mean']:.2f}",
+                f"{100 * s['testbed']['slo_violations']:.2f}",
+                f"{1e3 * s['testbed']['p95_s_mean']:.1f}",
+                f"{charged_objective(s, 'twin-charged-intervals'):.2f}" if rep else "",
+                f"{rep.get('host_speed', np.nan):.3f}" if rep else "",
+                s["testbed"]["reconfigurations"],
+                f"{host['busy_cores']:.2f}",
+                f"{host['steal_cores']:.3f}",
+            ]
+        )
+    lines += [
+        "Per run (control start UTC; host busy and steal cores over the run, "
+        "`loadgen.host`; charged replay: `retwin --charged`, at the run's measured host "
+        "speed h):",
+        "",
+        markdown_table(
+            [
+                "workload",
+                "repeat",
+                "policy",
+                "start UTC",
+                "objective (charged)",
+                "objective (view-scored)",
+                "SLO viol. %",
+                "p95 ms",
+                "charged replay objective",
+                "h",
+                "reconfig.",
+                "host busy cores",
+                "steal cores",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    lines += ["", args.note] if args.note else []
+    write_result(args.result, "\n".join(x for x in lines if x is not None))
+
+
 def main() -> None:
     global RUNS
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="step", required=True)
     steps_all = ("train", "run", "block", "twin", "twin-charged", "retwin", "report")
-    for name in (*steps_all, "pf-charged", "pf-exhaustive"):
+    for name in (*steps_all, "pf-charged", "pf-exhaustive", "summary"):
         p = sub.add_parser(name)
         p.add_argument("--rate-scale", type=float, default=RATE_SCALE)
         p.add_argument("--steps", type=int, default=120_000, help="PPO training steps")
@@ -2901,6 +3121,13 @@ def main() -> None:
                 help="only runs without this twin yet (the others keep theirs)",
             )
             p.add_argument(
+                "--charged",
+                action="store_true",
+                help="replay in the charged model (the charged PPO's training twin) at the "
+                "run's measured host speed: twin-charged-intervals, summary's "
+                "twin_charged_replay (lab.control_charged)",
+            )
+            p.add_argument(
                 "--view",
                 action="store_true",
                 help="the uncalibrated twin (the policies' view) for runs that have none "
@@ -2926,6 +3153,13 @@ def main() -> None:
                 "writes twin-quota-class-*, twin-quota-class-change-* (the interval after a "
                 "reconfiguration its own class too) and, on the same calibration, twin-quota-*",
             )
+        if name == "summary":
+            p.add_argument("--result", required=True, help="result file name (no .md)")
+            p.add_argument("--title", default="one session's blocks")
+            p.add_argument(
+                "--pf", type=Path, nargs="*", default=[], help="folders holding pf-charged/"
+            )
+            p.add_argument("--note", default="", help="text appended to the result")
         if name == "report":
             p.add_argument("--note", default="", help="text appended to the report")
             p.add_argument(
@@ -2967,7 +3201,7 @@ def main() -> None:
     steps = {"train": cmd_train, "run": cmd_run, "block": cmd_block, "twin": cmd_twin}
     steps["retwin"], steps["twin-charged"] = cmd_retwin, cmd_twin_charged
     steps["pf-charged"], steps["pf-exhaustive"] = cmd_pf_charged, cmd_pf_exhaustive
-    {**steps, "report": cmd_report}[args.step](args)
+    {**steps, "report": cmd_report, "summary": cmd_summary}[args.step](args)
 
 
 if __name__ == "__main__":

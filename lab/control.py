@@ -210,6 +210,9 @@ CHARGED_STEPS_SHARE = 1 / 3
 # view's stay near +3: at the view's divisor (10) the value loss (20-40) pulled the shared
 # features apart and the policy collapsed to one fixed configuration (two tries)
 CHARGED_REWARD_SCALE = 50.0
+# the host speed the charged expert scores at: "prior", the range training draws from,
+# since the policy cannot see the episode's own ("true"; see ChargedExpert)
+CHARGED_EXPERT_HOST = "true"
 
 
 def charged_settings(sc: Scenario, start: str, settings: Any, factor: float) -> Any:
@@ -217,7 +220,8 @@ def charged_settings(sc: Scenario, start: str, settings: Any, factor: float) -> 
     the view's cached policy (``start``, its folder name in the cache), guided every
     second episode by the charged model's expert (``optimizer.rl.charged.ChargedExpert``;
     without it the continued policy collapsed to one fixed over-provisioned
-    configuration in a first try), rewards / 50."""
+    configuration in a first try), scoring at the host speeds the policy must expect
+    (:data:`CHARGED_EXPERT_HOST`), rewards / 50."""
     from dataclasses import replace
 
     from lab.control_view import testbed_charges
@@ -230,6 +234,7 @@ def charged_settings(sc: Scenario, start: str, settings: Any, factor: float) -> 
         backend="charged",
         charges=testbed_charges(sc, factor),
         init_policy=start,
+        expert_host=CHARGED_EXPERT_HOST,
     )
 
 

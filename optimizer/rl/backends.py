@@ -66,10 +66,14 @@ class AnalyticBackend:
         self.rng = np.random.default_rng(seed)
         self.now = 0.0
 
+    def arrivals(self, t0: float, t1: float) -> np.ndarray:
+        """Arrivals per second over [t0, t1): Poisson counts on the workload's curve."""
+        seconds = range(int(t0), math.ceil(t1))
+        return self.rng.poisson([rate_at(self.workload, s) for s in seconds]).astype(float)
+
     def run(self, deployment: Deployment, options: list[Option], t1: float) -> Window:
         t0 = self.now
-        seconds = range(int(t0), math.ceil(t1))
-        arrivals = self.rng.poisson([rate_at(self.workload, s) for s in seconds]).astype(float)
+        arrivals = self.arrivals(t0, t1)
         est = estimate(self.space, options, float(arrivals.mean()), self.weights, t1 - t0)
         self.now = t1
         return Window(
@@ -162,8 +166,7 @@ class ChargedBackend(AnalyticBackend):
 
     def run(self, deployment: Deployment, options: list[Option], t1: float) -> Window:
         t0 = self.now
-        seconds = range(int(t0), math.ceil(t1))
-        arrivals = self.rng.poisson([rate_at(self.workload, s) for s in seconds]).astype(float)
+        arrivals = self.arrivals(t0, t1)
         load = float(arrivals.mean())
         placement = self.space.place_near(options, self.placement) or self.space.place(options)
         if placement is None:

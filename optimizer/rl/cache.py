@@ -43,10 +43,18 @@ class TrainSettings:
     charges: TestbedCharges | None = None
     init_policy: str | None = None
     reward_scale: float = 10.0  # the environment's reward divisor (PipelineEnv)
+    # the host speed the charged backend's expert scores at (``ChargedExpert.host``)
+    expert_host: str = "true"
 
 
 # fields added after policies were cached: left out of the key at their defaults
-_LATER_FIELDS = {"backend": "analytic", "charges": None, "init_policy": None, "reward_scale": 10.0}
+_LATER_FIELDS = {
+    "backend": "analytic",
+    "charges": None,
+    "init_policy": None,
+    "reward_scale": 10.0,
+    "expert_host": "true",
+}
 
 
 def _settings_key(settings: TrainSettings) -> dict:
@@ -222,6 +230,7 @@ def cached_policy(
         reward_cost=settings.reward_cost,
         charges=settings.charges,
         reward_scale=settings.reward_scale,
+        expert_host=settings.expert_host,
     )
     model, writer = agent.make_agent(env, seed=settings.seed, gamma=settings.gamma)
     if settings.init_policy is not None:

@@ -92,6 +92,7 @@ def make_env(
     reward_cost: float | None = None,
     charges=None,
     reward_scale: float = 10.0,
+    expert_host: str = "true",
 ):
     """The environment every command uses (so training and evaluation see one state).
 
@@ -113,6 +114,7 @@ def make_env(
         reward_cost=reward_cost,
         charges=charges,
         reward_scale=reward_scale,
+        expert_host=expert_host,
     )
 
 

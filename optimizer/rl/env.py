@@ -25,7 +25,9 @@ agent's own reward (CP-SAT, ``IPAPolicy(target="reward")``), which the agent
 ``reward_cost`` sets the reward's cost weight β' (eq. 7), the operator's
 choice; eq. 4's λ, which the IPA-style baseline maximises with, is kept.
 ``charges`` are the testbed's figures for the ``charged`` backend
-(:class:`optimizer.rl.charged.TestbedCharges`; None: its defaults).
+(:class:`optimizer.rl.charged.TestbedCharges`; None: its defaults); ``expert_host``
+the host speed its expert scores at (``ChargedExpert.host``: the episode's ``true``
+one, or the ``prior`` the policy must expect).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class PipelineEnv(gym.Env):
         batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
         reward_cost: float | None = None,
         charges: TestbedCharges | None = None,
+        expert_host: str = "true",
     ) -> None:
         super().__init__()
         if not workloads:
@@ -99,7 +102,7 @@ class PipelineEnv(gym.Env):
             self.backend = ChargedBackend(self.space, process, cycle_s, charges)
             # the CP-SAT expert solves the view's model; this one the charged model
             if expert is None:
-                self.expert = ChargedExpert(self.backend, interval_s)
+                self.expert = ChargedExpert(self.backend, interval_s, host=expert_host)
         else:
             self.backend = BACKENDS[backend](self.space, process, cycle_s)
         n = self.space.n_stages

@@ -17,6 +17,7 @@ from optimizer.rl.charged import (
     change_seconds,
     estimate_charged,
     late_share,
+    prior_speeds,
 )
 from optimizer.rl.env import PipelineEnv
 from optimizer.rl.model import estimate
@@ -183,3 +184,43 @@ def test_policy_key_keeps_old_policies_and_changes_with_the_training_twin(digits
     assert policy_key(view, "digits", ws, charged) != old
     slower = replace(charged, charges=TestbedCharges(start_s=3.0))
     assert policy_key(view, "digits", ws, slower) != policy_key(view, "digits", ws, charged)
+    # the expert's host is in the key only when it is not the old one (the true speed)
+    same = replace(charged, expert_host="true")
+    assert policy_key(view, "digits", ws, same) == policy_key(view, "digits", ws, charged)
+    prior = replace(charged, expert_host="prior")
+    assert policy_key(view, "digits", ws, prior) != policy_key(view, "digits", ws, charged)
+
+
+def test_prior_speeds_are_midpoints_of_the_training_draw():
+    c = TestbedCharges(host_speed=0.8, slow_min=0.5)
+    hs = prior_speeds(c, points=4)
+    assert hs == pytest.approx([0.8 * x for x in (0.5625, 0.6875, 0.8125, 0.9375)])
+    assert np.mean(hs) == pytest.approx(0.8 * 0.75)  # the draw's mean
+    assert prior_speeds(replace(c, slow_min=1.0)) == pytest.approx([0.8] * 3)
+
+
+def test_the_prior_expert_scores_the_mean_over_the_draw_and_ignores_the_episode(digits):
+    view = _view(digits)
+    env = PipelineEnv(
+        view, "digits", [view.workload("fluctuating")], backend="charged", cycle_s=40.0
+    )
+    env.reset(seed=1)
+    space, b = env.space, env.backend
+    with pytest.raises(ValueError, match="host"):
+        ChargedExpert(b, host="guess")
+    prior = ChargedExpert(b, cache_rps=1e-6, host="prior")
+    true = ChargedExpert(b, cache_rps=1e-6)
+    cand = [Option(2, 1, 1), Option(2, 1, 1), Option(2, 1, 1)]  # all large, one replica
+    at = []
+    for h in prior_speeds(b.charges):
+        b.host_speed = h
+        at.append(true.score(space, cand, 100.0, env.weights))
+    assert prior.score(space, cand, 100.0, env.weights) == pytest.approx(np.mean(at))
+    # the true-speed expert's answer at trough load moves with the episode's host speed;
+    # the prior's does not (it is what the policy, which cannot see the speed, can learn)
+    answers_true, answers_prior = set(), set()
+    for h in (b.charges.host_speed, b.charges.host_speed * b.charges.slow_min):
+        b.host_speed = h
+        answers_true.add(tuple(ChargedExpert(b).decide(space, 100.0, env.weights)))
+        answers_prior.add(tuple(ChargedExpert(b, host="prior").decide(space, 100.0, env.weights)))
+    assert len(answers_true) == 2 and len(answers_prior) == 1
