@@ -366,8 +366,14 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     # dispatch lag. Off because on Compose s11 batch it moved ρ 0.6's p50 error from +7.7
     # to +9.1 % and ρ 0.9's p95 from −9.4 to −16.9 (with the answers; session 8)
     timer = os.environ.get("KNEE_TIMER", "off").strip() == "on"
+    # KNEE_CALLS=on: the gateway's calls (ServerOverhead.call_window_ms, `calibrate fit
+    # --call-window`): items of one loop turn share a call and are answered with it
+    calls = os.environ.get("KNEE_CALLS", "off").strip() == "on"
     cal_dir = d / (
-        f"twin-rho{rho:.1f}" + ("" if answer else "-noanswer") + ("-timer" if timer else "")
+        f"twin-rho{rho:.1f}"
+        + ("" if answer else "-noanswer")
+        + ("-timer" if timer else "")
+        + ("-calls" if calls else "")
     )
     cal_dir.mkdir(exist_ok=True)
     other = runs[(runs["rho"] != rho) & runs["usable"]]
@@ -398,6 +404,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
             str(d / "deployment.yaml"),
             "--answer-hop" if answer else "--no-answer-hop",
             "--timer-late" if timer else "--no-timer-late",
+            "--call-window" if calls else "--no-call-window",
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",
@@ -943,6 +950,15 @@ def _cells(x: dict | None) -> list[str]:
     ]
 
 
+# Committed result files with local-backend levels, cited when the side-by-side has no
+# local sweep to score (a fresh machine has no run folders): per deployment
+LOCAL_RESULTS = {
+    "default": ("testbed_knee_s13_local.md", "testbed_knee_quiet9.md"),
+    "batch": ("testbed_knee_s13_local.md",),
+    "variant": ("testbed_knee.md",),
+}
+
+
 def side_by_side(this: dict[str, pd.DataFrame]) -> list[str]:
     """Markdown: the local backend's levels beside this backend's, per deployment."""
     here = BACKEND
@@ -952,7 +968,13 @@ def side_by_side(this: dict[str, pd.DataFrame]) -> list[str]:
         for name, s in this.items():
             loc = _summary(name) if (OUT / name / "capacity.json").exists() else pd.DataFrame()
             if loc.empty:
-                parts += [f"{name}: no local-backend runs in {OUT / name}", ""]
+                cited = ", ".join(f"`benchmarks/results/{f}`" for f in LOCAL_RESULTS[name])
+                parts += [
+                    f"{name}: no local-backend runs in {os.path.relpath(OUT / name, ROOT)} "
+                    "(none on this machine; KNEE_RUNS=<a local sweep> scores one here). "
+                    f"The local backend's committed figures: {cited}.",
+                    "",
+                ]
                 continue
             rows = []
             for r in s.to_dict("records"):

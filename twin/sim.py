@@ -31,7 +31,7 @@ import math
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from heapq import heappush
 from typing import Any
 
@@ -75,6 +75,7 @@ REQUEST_COLUMNS = ("process", "pid", "t_arrive", "t_end", "deadline_s")
 _MACHINE, _REPLICA = 4, 5
 _T_ARRIVE, _T_START, _T_END, _BATCH = 7, 8, 9, 10
 _EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP, _WAIT = 11, 12, 13, 14, 15, 16, 17
+_CALL = 18  # the job's gateway call (_Call); None without a call layer at its stage
 _REQUEST_T_END = REQUEST_COLUMNS.index("t_end")
 _NAN = float("nan")
 
@@ -121,6 +122,9 @@ class ReplicationResult:
     # Seconds on-demand instances ran (start-up included), K×S in the
     # allocation matrix's order; zero where a component is constant-run.
     on_demand_busy_s: np.ndarray | None = None
+    # Calls per component with a call layer (ServerOverhead.call_window_ms): how many
+    # calls carried its visits (compare with its visit count); empty without one.
+    calls: dict[str, int] = field(default_factory=dict)
 
 
 class _Quota:
@@ -313,6 +317,33 @@ class _Answer:
         self.job[_EXEC].part_done(self.job)
 
 
+class _Call:
+    """Items the caller sent to one replica in one HTTP call (``ServerOverhead.call_window_ms``).
+
+    They are answered together, when the last of them is computed: ``left`` counts the
+    items not yet computed, ``jobs`` holds them in the order they joined.
+    """
+
+    __slots__ = ("jobs", "left", "t_open", "t_ready")
+
+    def __init__(self, t_open: float) -> None:
+        self.t_open, self.jobs, self.left = t_open, [], 0
+        self.t_ready = t_open  # when its latest item reaches the server (s)
+
+
+class _AnswerCall:
+    """A call's answer that reaches its caller later: ``part_done`` for each of its jobs."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+
+    def __call__(self, _e: Any) -> None:
+        for j in self.call.jobs:
+            j[_EXEC].part_done(j)
+
+
 class _Instance:
     """One component instance: takes batches from its queue and serves them."""
 
@@ -320,6 +351,7 @@ class _Instance:
         "answer_s",
         "batch",
         "busy",
+        "calls",
         "cold",
         "cores",
         "cpu_s",
@@ -333,6 +365,7 @@ class _Instance:
         "is_idle",
         "late_s",
         "machine",
+        "open_call",
         "outstanding",
         "queue",
         "replica",
@@ -362,8 +395,12 @@ class _Instance:
         handoff_cpu: bool = False,
         answer_s: float = 0.0,
         late_s: float = 0.0,
+        calls: bool = False,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
+        # ServerOverhead.call_window_ms > 0: jobs come in calls (_Call), answered per call;
+        # open_call is the latest call sent here, which a job launched soon enough joins
+        self.calls, self.open_call = calls, None
         # ServerOverhead.answer_ms (s): a batch's answers leave one by one;
         # ServerOverhead.timer_late_ms (s): the batch timer fires this late
         self.answer_s, self.late_s = answer_s, late_s
@@ -522,7 +559,9 @@ class _Instance:
         self.outstanding -= len(jobs)
         if self.busy is not None:
             self.busy[self.machine.code] += now - self.t_busy
-        if len(jobs) == 1:
+        if self.calls:
+            self._answer_calls(jobs, now)
+        elif len(jobs) == 1:
             job = jobs[0]
             job[_T_END] = now
             job[_EXEC].part_done(job)
@@ -551,6 +590,26 @@ class _Instance:
             _Wake(self.env, delay, self._next)
             return
         self._next()
+
+    def _answer_calls(self, jobs: list[list[Any]], now: float) -> None:
+        """Answer every call whose last job this batch computed, one call after another:
+        a call leaves ``answer_s`` × the items answered before it in this batch after the
+        batch ends (its jobs' service still ends with the batch); a call with a job still
+        queued (it did not fit in this batch) waits for that job's batch."""
+        for j in jobs:
+            j[_T_END] = now
+        before = 0
+        for j in jobs:
+            c = j[_CALL]
+            c.left -= 1
+            if c.left:
+                continue
+            if before == 0 or self.answer_s <= 0:
+                for cj in c.jobs:
+                    cj[_EXEC].part_done(cj)
+            else:
+                _Wake(self.env, before * self.answer_s, _AnswerCall(c))
+            before += len(c.jobs)
 
     def _next(self, _e: Any = None) -> None:
         """Take the next batch, or wait idle for one."""
@@ -737,6 +796,11 @@ class Simulation:
         # per component: ServerOverhead.answer_ms (s); 0 when none
         self.answer_s = [0.0] * len(sc.components)
         self.late_s = [0.0] * len(sc.components)  # ServerOverhead.timer_late_ms (s)
+        # per component: ServerOverhead.call_window_ms (s), balanced dispatch only; 0: none.
+        # With it the server's CPU per call is spent once per call: call_s (s at speed 1)
+        self.window_s = [0.0] * len(sc.components)
+        self.call_s = [0.0] * len(sc.components)
+        self.calls_opened = [0] * len(sc.components)
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
@@ -746,6 +810,10 @@ class Simulation:
                 self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
             if o is not None:
                 self.answer_s[k], self.late_s[k] = o.answer_ms / 1e3, o.timer_late_ms / 1e3
+            if o is not None and o.call_window_ms > 0 and c.dispatch != "shared_queue":
+                self.window_s[k] = o.call_window_ms / 1e3
+                if o.concurrent:  # the per-call part of beside_s is paid by a call's first job
+                    self.call_s[k] = o.per_call_ms / 1e3
             if o is not None and o.handoff is not None:
                 rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{c.name}.handoff")
                 self.handoffs[k] = make_sampler(o.handoff, rng)
@@ -878,6 +946,7 @@ class Simulation:
             self.handoff_cpu[k],
             self.answer_s[k],
             self.late_s[k],
+            shared is None and self.window_s[k] > 0,
         )
 
     def _retire(self, inst: _Instance) -> None:
@@ -1002,6 +1071,7 @@ class Simulation:
                     n,
                     sp.index,
                     wait_s,
+                    None,
                 ]
                 shared.put(job)  # type: ignore[union-attr]
             else:
@@ -1024,12 +1094,25 @@ class Simulation:
                     n,
                     sp.index,
                     wait_s,
+                    None,
                 ]
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
-                if self.beside_s[k] > 0:  # the server reads the call beside the model
+                beside = self.beside_s[k]
+                call = None
+                if inst.calls:
+                    call, first = self._call(inst, k)
+                    job[_CALL] = call
+                    call.jobs.append(job)
+                    if not first:  # the call's own CPU was its first job's
+                        beside -= self.call_s[k]
+                if beside > 0:  # the server reads the call beside the model
                     m = inst.machine
-                    run_s = self.beside_s[k] / m.speed
+                    run_s = beside / m.speed
                     delay += run_s if m.quota is None else m.quota.beside_s(env._now, run_s)
+                if call is not None:
+                    # a call's items reach the server together, behind its first one
+                    delay = max(delay, call.t_ready - env._now)
+                    call.t_ready = env._now + delay
                 if delay > 0:
                     _Wake(env, delay, lambda _e, i=inst, j=job: i.put(j))
                 else:
@@ -1038,6 +1121,19 @@ class Simulation:
             jobs.append(job)
         ex.parts_left[sp.index] = n
         ex.jobs[sp.index] = jobs
+
+    def _call(self, inst: _Instance, k: int) -> tuple[_Call, bool]:
+        """The call a job launched now to ``inst`` travels in (``ServerOverhead.call_window_ms``)
+        and whether it opens it: the replica's latest call if that opened at most the
+        stage's window ago and holds fewer than its batch, else a new one."""
+        now = self.env._now
+        c = inst.open_call
+        first = c is None or now - c.t_open > self.window_s[k] or len(c.jobs) >= inst.batch
+        if first:
+            c = inst.open_call = _Call(now)
+            self.calls_opened[k] += 1
+        c.left += 1  # type: ignore[union-attr]
+        return c, first  # type: ignore[return-value]
 
     def execution_done(self) -> None:
         self.in_flight -= 1
@@ -1182,6 +1278,11 @@ class Simulation:
                 events,
                 env.now,
                 self.busy_matrix(),
+                {
+                    self.component_names[k]: n
+                    for k, n in enumerate(self.calls_opened)
+                    if self.window_s[k] > 0
+                },
             )
             self._release_rows()
             return result
