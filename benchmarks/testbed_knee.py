@@ -369,11 +369,15 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     # KNEE_CALLS=on: the gateway's calls (ServerOverhead.call_window_ms, `calibrate fit
     # --call-window`): items of one loop turn share a call and are answered with it
     calls = os.environ.get("KNEE_CALLS", "off").strip() == "on"
+    # KNEE_ONWARD=on: a batch's items that go on leave together once the gateway has read
+    # all its answers, as one call to the next stage (ServerOverhead.answers_onward)
+    onward = os.environ.get("KNEE_ONWARD", "off").strip() == "on"
     cal_dir = d / (
         f"twin-rho{rho:.1f}"
         + ("" if answer else "-noanswer")
         + ("-timer" if timer else "")
         + ("-calls" if calls else "")
+        + ("-onward" if onward else "")
     )
     cal_dir.mkdir(exist_ok=True)
     other = runs[(runs["rho"] != rho) & runs["usable"]]
@@ -405,6 +409,7 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
             "--answer-hop" if answer else "--no-answer-hop",
             "--timer-late" if timer else "--no-timer-late",
             "--call-window" if calls else "--no-call-window",
+            "--answer-onward" if onward else "--no-answer-onward",
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",

@@ -118,6 +118,11 @@ class Overheads(_Model):
         "ServerOverhead.timer_late_ms, samples.timer_lateness). dispatch_lag_ms and "
         "per_request hold only the lag beyond it.",
     )
+    answers_onward: bool = Field(
+        False,
+        description="A batch's items that go on leave it together once all its answers are "
+        "read (ServerOverhead.answers_onward); per_request no longer holds their wait.",
+    )
     calls_by_rate: list[CallLevel] = Field(
         default_factory=list,
         description="Per fit run: the stages' items per HTTP call and the twin's call window "
@@ -174,6 +179,7 @@ def build(
     answer_ms: dict[str, float] | None = None,
     timer_late_ms: dict[str, float] | None = None,
     calls_by_rate: list[CallLevel] | None = None,
+    answers_onward: bool = False,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads).
 
@@ -218,6 +224,7 @@ def build(
             answer_ms=dict(answer_ms or {}),
             timer_late_ms=dict(timer_late_ms or {}),
             calls_by_rate=list(calls_by_rate or []),
+            answers_onward=answers_onward,
         ),
         cpu=cpu or [],
     )
@@ -444,6 +451,8 @@ def calibrated_scenario(
             "call_window_ms": windows.get(c.name, 0.0),
         }
         served = {k: v for k, v in served.items() if v > 0}
+        if served.get("answer_ms") and calibration.overheads.answers_onward:
+            served["answers_onward"] = True
         if served:
             o = c.server_overhead or ServerOverhead()
             update["server_overhead"] = o.model_copy(update=served)

@@ -394,6 +394,7 @@ def quota_scenario(
                         answer_ms=o.answer_ms,
                         timer_late_ms=o.timer_late_ms,
                         call_window_ms=o.call_window_ms,
+                        answers_onward=o.answers_onward,
                         **per_call,
                     ),
                 }

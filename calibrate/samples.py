@@ -280,6 +280,7 @@ def request_overheads(
     workload: Workload | None = None,
     lag_s: pd.Series | None = None,
     answer_ms: dict[str, float] | None = None,
+    onward: set[str] | None = None,
 ) -> pd.DataFrame:
     """Per answered request: offered rate at arrival and latency minus stage time (ms).
 
@@ -291,12 +292,19 @@ def request_overheads(
     is ``workload``'s offered rate at that instant (NaN without a workload);
     it only says how the overhead moves with load. ``answer_ms`` (:func:`answer_hops`):
     each visit's expected wait for the answers ahead of it in its batch leaves the
-    overhead, as the twin adds it per visit (``ServerOverhead.answer_ms``).
+    overhead, as the twin adds it per visit (``ServerOverhead.answer_ms``). ``onward``:
+    stages whose answered items go on together (``ServerOverhead.answers_onward``): each
+    of their visits waits for the whole batch's answers, (n − 1) × answer_ms — on the
+    testbed the k-th answer's hop holds k of them and the next stage's hop the rest
+    (the gateway sends the next call when it has read them all).
     """
     stage = visits["queue_s"] + visits["service_s"]
     if answer_ms:
         per = visits["component"].astype(str).map(answer_ms).fillna(0.0).astype(float)
-        stage = stage + per / 1e3 * (visits["batch"].astype(float) - 1) / 2
+        ahead = (visits["batch"].astype(float) - 1) / 2
+        if onward:
+            ahead = ahead.where(~visits["component"].astype(str).isin(onward), ahead * 2)
+        stage = stage + per / 1e3 * ahead
     lag = pd.Series(0.0, index=visits.index)
     if lag_s is not None:
         lag = lag_s.reindex(visits.index).fillna(0.0)

@@ -331,16 +331,16 @@ class _Call:
         self.t_ready = t_open  # when its latest item reaches the server (s)
 
 
-class _AnswerCall:
-    """A call's answer that reaches its caller later: ``part_done`` for each of its jobs."""
+class _AnswerJobs:
+    """Answers that reach their caller together, later: ``part_done`` for each job."""
 
-    __slots__ = ("call",)
+    __slots__ = ("jobs",)
 
-    def __init__(self, call: _Call) -> None:
-        self.call = call
+    def __init__(self, jobs: list[list[Any]]) -> None:
+        self.jobs = jobs
 
     def __call__(self, _e: Any) -> None:
-        for j in self.call.jobs:
+        for j in self.jobs:
             j[_EXEC].part_done(j)
 
 
@@ -365,6 +365,7 @@ class _Instance:
         "is_idle",
         "late_s",
         "machine",
+        "onward",
         "open_call",
         "outstanding",
         "queue",
@@ -396,8 +397,11 @@ class _Instance:
         answer_s: float = 0.0,
         late_s: float = 0.0,
         calls: bool = False,
+        onward: bool = False,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
+        # ServerOverhead.answers_onward: a batch's items that go on leave it together
+        self.onward = onward
         # ServerOverhead.call_window_ms > 0: jobs come in calls (_Call), answered per call;
         # open_call is the latest call sent here, which a job launched soon enough joins
         self.calls, self.open_call = calls, None
@@ -568,7 +572,9 @@ class _Instance:
         else:
             for j in jobs:
                 j[_T_END] = now
-            if self.answer_s > 0:
+            if self.answer_s > 0 and self.onward:
+                self._answer_onward(jobs)
+            elif self.answer_s > 0:
                 # the answers leave one by one: the k-th reaches its caller k answers later
                 # (the visit's service ends with the batch; the wait is the HTTP hop's)
                 jobs[0][_EXEC].part_done(jobs[0])
@@ -591,6 +597,24 @@ class _Instance:
             return
         self._next()
 
+    def _answer_onward(self, jobs: list[list[Any]]) -> None:
+        """``ServerOverhead.answers_onward``: the caller reads the batch's answers one by
+        one (answer_s each) in one turn of its loop; the items whose request goes on to
+        another step leave together when it has read them all, (n − 1) × answer_s after
+        the batch ends, and so reach their next stage at one instant; a last step's k-th
+        answer goes back to its client k × answer_s after the batch ends."""
+        onward = []
+        for k, j in enumerate(jobs):
+            ex = j[_EXEC]
+            if ex.plan.steps[j[_STEP]].dependents:
+                onward.append(j)
+            elif k == 0:
+                ex.part_done(j)
+            else:
+                _Wake(self.env, k * self.answer_s, _Answer(j))
+        if onward:
+            _Wake(self.env, (len(jobs) - 1) * self.answer_s, _AnswerJobs(onward))
+
     def _answer_calls(self, jobs: list[list[Any]], now: float) -> None:
         """Answer every call whose last job this batch computed, one call after another:
         a call leaves ``answer_s`` × the items answered before it in this batch after the
@@ -608,7 +632,7 @@ class _Instance:
                 for cj in c.jobs:
                     cj[_EXEC].part_done(cj)
             else:
-                _Wake(self.env, before * self.answer_s, _AnswerCall(c))
+                _Wake(self.env, before * self.answer_s, _AnswerJobs(c.jobs))
             before += len(c.jobs)
 
     def _next(self, _e: Any = None) -> None:
@@ -801,6 +825,7 @@ class Simulation:
         self.window_s = [0.0] * len(sc.components)
         self.call_s = [0.0] * len(sc.components)
         self.calls_opened = [0] * len(sc.components)
+        self.onward = [False] * len(sc.components)  # ServerOverhead.answers_onward
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
@@ -810,6 +835,7 @@ class Simulation:
                 self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
             if o is not None:
                 self.answer_s[k], self.late_s[k] = o.answer_ms / 1e3, o.timer_late_ms / 1e3
+                self.onward[k] = o.answers_onward
             if o is not None and o.call_window_ms > 0 and c.dispatch != "shared_queue":
                 self.window_s[k] = o.call_window_ms / 1e3
                 if o.concurrent:  # the per-call part of beside_s is paid by a call's first job
@@ -947,6 +973,7 @@ class Simulation:
             self.answer_s[k],
             self.late_s[k],
             shared is None and self.window_s[k] > 0,
+            self.onward[k],
         )
 
     def _retire(self, inst: _Instance) -> None:

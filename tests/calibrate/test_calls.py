@@ -111,3 +111,26 @@ def test_the_quota_twin_spends_the_servers_cpu_per_call_with_calls_only():
     o = quota_scenario(sc, bare, dep, cpu, 1.0).component("encoder").server_overhead
     assert (o.call_window_ms, o.per_call_ms) == (0.0, 0.0)
     assert o.per_item_ms == pytest.approx(0.5 * 0.8)
+
+
+def test_onward_visits_leave_their_whole_batchs_answers_out_of_the_overhead():
+    from calibrate.cli import _onward_stages
+    from calibrate.samples import request_overheads
+
+    sc = load_scenario(SCENARIO)
+    assert _onward_stages(sc) == {"denoise", "encoder"}  # the classifier's step is the last
+    rng = np.random.default_rng(0)
+    rows = []
+    for pid in range(500):
+        for comp in ("denoise", "encoder", "classifier"):
+            n = int(rng.integers(1, 5))
+            rows.append({"pid": pid, "component": comp, "batch": n})
+    v = pd.DataFrame(rows).assign(queue_s=0.001, service_s=0.002)
+    req = pd.DataFrame({"pid": range(500), "ok": True, "t_arrive": 0.0, "t_end": 0.05})
+    a = {"denoise": 0.4, "encoder": 0.8, "classifier": 0.6}
+    half = request_overheads(req, v, answer_ms=a)["overhead_ms"].to_numpy()
+    whole = request_overheads(req, v, answer_ms=a, onward={"denoise", "encoder"})
+    # the onward stages' visits lose (n − 1) × answer_ms, the last stage's (n − 1) / 2 as before
+    on = v[v["component"] != "classifier"]
+    extra = (on["component"].map(a) * (on["batch"] - 1) / 2).groupby(on["pid"]).sum()
+    assert np.allclose(half - whole["overhead_ms"].to_numpy(), extra.to_numpy())

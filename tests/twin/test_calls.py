@@ -3,6 +3,8 @@ travel, and are answered, in one call."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,3 +110,55 @@ def test_the_calls_cpu_is_spent_once_per_call() -> None:
         return float((v["t_end"] - v["t_arrive"]).mean())
 
     assert mean_wait(1.2) < mean_wait(1e-9)
+
+
+def _digits(onward: bool) -> tuple[Scenario, Deployment]:
+    from twin.load import load_deployment, load_scenario
+    from twin.spec import ServerOverhead
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    sc = load_scenario(root / "digits-pipeline.yaml")
+    over = ServerOverhead(answer_ms=0.5, answers_onward=onward)
+    comps = [
+        c.model_copy(update={"server_overhead": over}) if c.is_stage else c for c in sc.components
+    ]
+    # no network time between stages: the gap between them is the answers' alone
+    net = sc.settings.network.model_copy(
+        update={"intra_zone_latency_ms": 0.0, "inter_zone_latency_ms": 0.0}
+    )
+    settings = sc.settings.model_copy(update={"network": net})
+    sc = sc.model_copy(update={"components": comps, "settings": settings})
+    sc = Scenario.model_validate(sc.model_dump())
+    return sc, load_deployment(root / "digits-pipeline.deployment.yaml")
+
+
+def test_a_batchs_onward_items_leave_together_once_all_answers_are_read() -> None:
+    sc, dep = _digits(onward=True)
+    r = simulate_replication(sc, dep, sc.workload("steady-high"), 20.0, seed=3)
+    v = r.visits.dropna(subset=["t_end"])
+    den = v[v["component"] == "denoise"].set_index("pid")
+    enc = v[v["component"] == "encoder"].set_index("pid")
+    pids = den.index.intersection(enc.index)
+    den, enc = den.loc[pids], enc.loc[pids]
+    # every item of a denoise batch reaches the encoder (n − 1) answers after it ends
+    # (beside the data's constant transfer time)
+    gap = (enc["t_arrive"] - den["t_end"]).to_numpy() * 1e3
+    assert (den["batch"] > 1).mean() > 0.2
+    rest = gap - 0.5 * (den["batch"].to_numpy() - 1)
+    assert np.ptp(rest) < 1e-6 and abs(rest[0]) < 0.01
+    # the last stage still answers one by one: its k-th answer k × 0.5 ms after the batch
+    cla = v[v["component"] == "classifier"].set_index("pid")
+    req = r.requests.dropna(subset=["t_end"]).set_index("pid")
+    cla = cla.loc[cla.index.intersection(req.index)]
+    extra = (req.loc[cla.index, "t_end"] - cla["t_end"]).to_numpy() * 1e3
+    slots = extra / 0.5
+    assert np.allclose(slots, np.round(slots), atol=1e-6)
+    assert (slots <= cla["batch"].to_numpy() - 1 + 1e-9).all()
+    # without it, the k-th of a denoise batch reaches the encoder k answers after it ends
+    sc0, _ = _digits(onward=False)
+    r0 = simulate_replication(sc0, dep, sc0.workload("steady-high"), 20.0, seed=3).visits
+    d0 = r0[r0["component"] == "denoise"].dropna(subset=["t_end"]).set_index("pid")
+    e0 = r0[r0["component"] == "encoder"].dropna(subset=["t_end"]).set_index("pid")
+    p0 = d0.index.intersection(e0.index)
+    gap0 = (e0.loc[p0, "t_arrive"] - d0.loc[p0, "t_end"]).to_numpy() * 1e3
+    assert gap0.mean() < gap.mean() - 0.05
