@@ -97,8 +97,8 @@ def level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> list[lis
         )
         pairs.append((res.requests.dropna(subset=["t_end"]), res.visits))
         for c in STAGES:  # without a call layer: the items that arrive at one instant
-            g = res.visits[res.visits["component"] == c]
-            n_calls[c] += res.calls.get(c, g.groupby(["replica", g["t_arrive"].round(9)]).ngroups)
+            at = res.visits[res.visits["component"] == c]
+            n_calls[c] += res.calls.get(c, at.groupby(["replica", at["t_arrive"].round(9)]).ngroups)
     req, vis = _pool(pairs)
     p50 = float(np.percentile(1e3 * (req["t_end"] - req["t_arrive"]), 50))
     per_call = {c: float((vis["component"] == c).sum()) / max(n, 1) for c, n in n_calls.items()}
