@@ -401,9 +401,15 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     # dispatch lag. Off because on Compose s11 batch it moved ρ 0.6's p50 error from +7.7
     # to +9.1 % and ρ 0.9's p95 from −9.4 to −16.9 (with the answers; session 8)
     timer = os.environ.get("KNEE_TIMER", "off").strip() == "on"
-    # KNEE_CALLS=on: the gateway's calls (ServerOverhead.call_window_ms, `calibrate fit
-    # --call-window`): items of one loop turn share a call and are answered with it
-    calls = os.environ.get("KNEE_CALLS", "off").strip() == "on"
+    # KNEE_CALLS=on (default): the gateway's calls (ServerOverhead.call_window_ms,
+    # `calibrate fit --call-window`): items of one loop turn share a call and are answered
+    # with it; off: the twin before. On by default since compose-9: on the fresh Compose
+    # sweep s14 it took the batch's worst held-out |error| at ρ ≤ 0.9 from 112 / 44 / 36 %
+    # to 10 / 24 / 18 (ρ 0.9); of the other 12 batch cells 4 got better by 0.2–1.7 points
+    # and 7 worse by 0.5–1.4 (ρ 0.6, 0.8's tails, 0.2's tails); the default sweep's cells
+    # moved by ≤ 0.3 points (10 better, 5 worse) and no goal changed status in either
+    # (testbed_knee_compose_s14.md against …_s14_calls.md)
+    calls = os.environ.get("KNEE_CALLS", "on").strip() != "off"
     # KNEE_ONWARD=on: a batch's items that go on leave together once the gateway has read
     # all its answers, as one call to the next stage (ServerOverhead.answers_onward)
     onward = os.environ.get("KNEE_ONWARD", "off").strip() == "on"
