@@ -7,6 +7,9 @@ For each level of a ``testbed_knee.py`` sweep (offline, no testbed, no lock): pe
 - the batch wait (queue p50 / mean / p95: the timeout at low rates, the queue later),
 - the service per item and by batch size (fixed + per item),
 - the HTTP hop by batch size (testbed only: the twin holds hops in the overhead),
+- the items per HTTP call (testbed: the server's call stamps, ``calibrate.samples.call_sizes``;
+  twin: its call layer's calls with ``KNEE_CALLS=on``, else the items that reach the stage at
+  one instant, as ``KNEE_ONWARD=on`` sends a batch's items on),
 
 and per request the overhead (latency − all stage visits) and the host's others' work
 beside the run (:func:`testbed_knee.others_cores`).
@@ -29,14 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import testbed_knee as knee
 from _report import machine_line, markdown_table, write_result
 
+from calibrate.samples import call_sizes
 from twin.sim import simulate_replication
 from twin.spec import SteadyWorkload
 
 STAGES = ("denoise", "encoder", "classifier")
 
 
-def stage_rows(req: pd.DataFrame, vis: pd.DataFrame) -> dict:
-    """Per stage: batch, wait, service and hop figures (ms); and the overhead's."""
+def stage_rows(req: pd.DataFrame, vis: pd.DataFrame, calls: dict[str, float] | None = None) -> dict:
+    """Per stage: batch, wait, service and hop figures (ms), items per call (``calls``,
+    default: from the visits' call stamps); and the overhead's."""
+    calls = call_sizes(vis) if calls is None else calls
     vis = vis.assign(
         q=1e3 * (vis["t_start"] - vis["t_arrive"]), s=1e3 * (vis["t_end"] - vis["t_start"])
     )
@@ -56,6 +62,7 @@ def stage_rows(req: pd.DataFrame, vis: pd.DataFrame) -> dict:
             "service": f"{g['s'].mean():.2f}",
             "by_b": " ".join(f"{k}:{v['mean']:.2f}" for k, v in by_b.iterrows() if v["size"] >= 20),
             "hop": " ".join(f"{k}:{v['mean']:.2f}" for k, v in hop.iterrows() if v["size"] >= 20),
+            "calls": f"{calls.get(c, 1.0):.2f}",
         }
     return out
 
@@ -83,15 +90,19 @@ def level(name: str, rho: float, runs: pd.DataFrame, seeds: int = 8) -> list[lis
         rows.append(_row(rho, tag, r.p50, stage_rows(req, vis)))
     held = knee.held_out_twin(name, rho, runs)
     wl = SteadyWorkload(kind="steady", name="knee", rate_per_s=held["rate"])
-    pairs = []
+    pairs, n_calls = [], dict.fromkeys(STAGES, 0)
     for seed in range(seeds):
         res = simulate_replication(
             held["twin"], held["deployment"], wl, float(g["duration"].mean()), seed
         )
         pairs.append((res.requests.dropna(subset=["t_end"]), res.visits))
+        for c in STAGES:  # without a call layer: the items that arrive at one instant
+            at = res.visits[res.visits["component"] == c]
+            n_calls[c] += res.calls.get(c, at.groupby(["replica", at["t_arrive"].round(9)]).ngroups)
     req, vis = _pool(pairs)
     p50 = float(np.percentile(1e3 * (req["t_end"] - req["t_arrive"]), 50))
-    rows.append(_row(rho, "twin (held out)", p50, stage_rows(req, vis)))
+    per_call = {c: float((vis["component"] == c).sum()) / max(n, 1) for c, n in n_calls.items()}
+    rows.append(_row(rho, "twin (held out)", p50, stage_rows(req, vis, per_call)))
     return rows
 
 
@@ -104,6 +115,7 @@ def _row(rho: float, tag: str, p50: float, s: dict) -> list[str]:
         *(s[c]["batch"] for c in STAGES),
         *(s[c]["wait"] for c in STAGES),
         *(s[c]["service"] for c in STAGES),
+        "/".join(s[c]["calls"] for c in STAGES),
         s["encoder"]["by_b"],
         " | ".join(f"{c[:3]} {s[c]['hop']}" for c in STAGES if s[c]["hop"]),
     ]
@@ -116,9 +128,15 @@ def report(name: str, rhos: list[float], result: str) -> str:
         f"# A batch deployment's twin, per level and stage ({name}, {knee.OUT})",
         "",
         f"- {machine_line()}",
-        f"- command: `KNEE_RUNS={os.path.relpath(knee.OUT, knee.ROOT)} python benchmarks/"
+        "- command: `"
+        + "".join(
+            f"{k}={os.environ[k]} "
+            for k in ("KNEE_CALLS", "KNEE_ONWARD", "KNEE_ANSWER", "KNEE_TIMER")
+            if os.environ.get(k)
+        )
+        + f"KNEE_RUNS={os.path.relpath(knee.OUT, knee.ROOT)} python benchmarks/"
         f"compose_batch_split.py --deployment {name} --backend {knee.BACKEND} --result "
-        f"{result}` (offline, no lock)",
+        f"{result}` (offline; under the lock, niced)",
         "- ms; batch: mean batch size over items (share of items in batches > 1); wait: the "
         "stage's queue p50/mean/p95 (the batch timeout at low rates); service: per item; "
         "by batch size: the encoder's service of a batch of b (4 = 4 or more); hop by batch "
@@ -136,6 +154,7 @@ def report(name: str, rhos: list[float], result: str) -> str:
                 *(f"{c} batch" for c in STAGES),
                 *(f"{c} wait" for c in STAGES),
                 *(f"{c} service" for c in STAGES),
+                "items per call (den/enc/cla)",
                 "encoder service by batch size",
                 "hop by batch size",
             ],

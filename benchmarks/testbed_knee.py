@@ -103,6 +103,15 @@ PROBE_TRIES = 3
 # and p95 by +15 %. No run of the quiet default sweeps (Compose s9, local s7/s9) had more
 # than 0.07. KNEE_DISTURBED=keep: use every run as before.
 OTHERS_MAX_CORES = 0.35
+# A run on a slower host is left out too: the bottleneck's model CPU per item (the same
+# ONNX model, one thread) more than this fraction above the deployment's fastest run of
+# the sweep. Set with the runs in view: on the fresh-machine Compose default sweep s14
+# the second pass (from 16:25 UTC) took 3.15–3.51 ms per item against 2.92–3.00 in the
+# first, no other work beside it (≤ 0.21 cores) and steal ≤ 0.02 cores, and its p50 rose
+# 13 → 17, 13 → 19, 15 → 30 ms at ρ 0.2/0.4/0.6 while ρ 0.8 backlogged; the batch sweep
+# before it stayed within 2.89–3.12 (+7 %, the lightest runs' cold caches highest).
+# KNEE_DISTURBED=keep keeps these too.
+HOST_SLOW_MAX = 0.10
 
 
 def _files(name: str, d: Path | None = None) -> tuple[Path, Path]:
@@ -306,6 +315,30 @@ def others_cores(runs: pd.DataFrame) -> pd.Series:
     return runs["rest_cores"] - (icpt + slope * runs["offered"])
 
 
+def _item_cpu_ms(folder: Path) -> float:
+    """The bottleneck's model CPU per item over the run (ms; the stage server's
+    ``stage_compute_cpu_seconds_total`` over ``stage_items_total``); NaN without them or
+    with fewer than 300 items."""
+    try:
+        m = pd.read_parquet(folder / "metrics.parquet", columns=["target", "metric", "t", "value"])
+    except Exception:  # no metrics in this run
+        return float("nan")
+    m = m[m["target"].astype(str).str.startswith(f"{BOTTLENECK}-")]
+
+    def delta(metric: str) -> float:
+        x = m[m["metric"].astype(str) == metric].sort_values("t")["value"]
+        return float(x.iloc[-1] - x.iloc[0]) if len(x) > 1 else float("nan")
+
+    items = delta("stage_items_total")
+    return 1e3 * delta("stage_compute_cpu_seconds_total") / items if items >= 300 else np.nan
+
+
+def host_slow(runs: pd.DataFrame) -> pd.Series:
+    """Per run: its bottleneck's model CPU per item over the fastest run's of the sweep,
+    less 1 (0.15: the host ran the same model 15 % slower); NaN where not measured."""
+    return runs["item_cpu_ms"] / runs["item_cpu_ms"].min() - 1
+
+
 def _served_rps(folder: Path) -> float:
     """Answers per second over the run's second half (the queue's service rate once backlogged)."""
     ps = pd.read_parquet(folder / "per_second.parquet")
@@ -337,13 +370,15 @@ def _levels(name: str) -> pd.DataFrame:
                 "steal_cores": _steal(f.parent),
                 "served_2nd_half": _served_rps(f.parent),
                 "rest_cores": _rest_cores(f.parent),
+                "item_cpu_ms": _item_cpu_ms(f.parent),
             }
         )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["others_cores"] = others_cores(out)
-    out["disturbed"] = out["others_cores"] > OTHERS_MAX_CORES
+    out["host_slow"] = host_slow(out)
+    out["disturbed"] = (out["others_cores"] > OTHERS_MAX_CORES) | (out["host_slow"] > HOST_SLOW_MAX)
     if os.environ.get("KNEE_DISTURBED", "drop").strip() != "keep":
         out["usable"] &= ~out["disturbed"]
     return out
@@ -366,8 +401,24 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
     # dispatch lag. Off because on Compose s11 batch it moved ρ 0.6's p50 error from +7.7
     # to +9.1 % and ρ 0.9's p95 from −9.4 to −16.9 (with the answers; session 8)
     timer = os.environ.get("KNEE_TIMER", "off").strip() == "on"
+    # KNEE_CALLS=on (default): the gateway's calls (ServerOverhead.call_window_ms,
+    # `calibrate fit --call-window`): items of one loop turn share a call and are answered
+    # with it; off: the twin before. On by default since compose-9: on the fresh Compose
+    # sweep s14 it took the batch's worst held-out |error| at ρ ≤ 0.9 from 112 / 44 / 36 %
+    # to 10 / 24 / 18 (ρ 0.9); of the other 12 batch cells 4 got better by 0.2–1.7 points
+    # and 7 worse by 0.5–1.4 (ρ 0.6, 0.8's tails, 0.2's tails); the default sweep's cells
+    # moved by ≤ 0.3 points (10 better, 5 worse) and no goal changed status in either
+    # (testbed_knee_compose_s14.md against …_s14_calls.md)
+    calls = os.environ.get("KNEE_CALLS", "on").strip() != "off"
+    # KNEE_ONWARD=on: a batch's items that go on leave together once the gateway has read
+    # all its answers, as one call to the next stage (ServerOverhead.answers_onward)
+    onward = os.environ.get("KNEE_ONWARD", "off").strip() == "on"
     cal_dir = d / (
-        f"twin-rho{rho:.1f}" + ("" if answer else "-noanswer") + ("-timer" if timer else "")
+        f"twin-rho{rho:.1f}"
+        + ("" if answer else "-noanswer")
+        + ("-timer" if timer else "")
+        + ("-calls" if calls else "")
+        + ("-onward" if onward else "")
     )
     cal_dir.mkdir(exist_ok=True)
     other = runs[(runs["rho"] != rho) & runs["usable"]]
@@ -398,6 +449,8 @@ def held_out_twin(name: str, rho: float, runs: pd.DataFrame) -> dict:
             str(d / "deployment.yaml"),
             "--answer-hop" if answer else "--no-answer-hop",
             "--timer-late" if timer else "--no-timer-late",
+            "--call-window" if calls else "--no-call-window",
+            "--answer-onward" if onward else "--no-answer-onward",
             "-o",
             str(cal_dir / "calibration.yaml"),
             "--scenario-out",
@@ -724,7 +777,9 @@ def report() -> None:
         "> 5 ms) are counted in 'runs ok'; the figures use the runs with lag p99 ≤ 20 ms "
         "(most runs here had 6–11 ms: the host was shared with unlocked work) and without "
         f"more than {OTHERS_MAX_CORES:g} cores of others' work beside them (the host's busy "
-        "cores outside the nodes, above the sweep's quiet line; per run in 'others' cores'), "
+        "cores outside the nodes, above the sweep's quiet line; per run in 'others' cores') "
+        f"or a host more than {100 * HOST_SLOW_MAX:g} % slower (the bottleneck's model CPU "
+        "per item over the sweep's fastest run's; per run in its column), "
         "in the figures and the fits; a level "
         "without any uses all its runs and is marked *; 'twin p95 per run' is the p95 of "
         "each seed alone (one run as long as the testbed's): near ρ 0.9 a 12-s run's p95 "
@@ -780,6 +835,7 @@ def report() -> None:
                     f"{min(tw['twin_p95_runs']):.0f}–{max(tw['twin_p95_runs']):.0f}",
                     f"{row['steal']:.3f}",
                     "/".join(f"{x:.2f}" for x in g["others_cores"]),
+                    "/".join(f"{x:.2f}" for x in g["item_cpu_ms"]),
                     tw["server_cpu_ms"],
                 ]
             )
@@ -816,6 +872,8 @@ def report() -> None:
                 f"lag p99 {r.lag_p99_ms:.0f} ms"
                 if r.lag_p99_ms > USABLE_LAG_S * 1e3 or not r.disturbed
                 else f"others' work {r.others_cores:.2f} cores"
+                if r.others_cores > OTHERS_MAX_CORES
+                else f"slow host: {BOTTLENECK} CPU per item +{100 * r.host_slow:.0f} %"
             )
             + ")"
             for r in runs.itertuples()
@@ -850,6 +908,7 @@ def report() -> None:
                     "twin p95 per run (8 seeds, min–max)",
                     "steal cores",
                     "others' cores per run",
+                    f"{BOTTLENECK} model CPU per item per run (ms)",
                     "encoder CPU fit (ms)",
                 ],
                 rows,
@@ -943,6 +1002,15 @@ def _cells(x: dict | None) -> list[str]:
     ]
 
 
+# Committed result files with local-backend levels, cited when the side-by-side has no
+# local sweep to score (a fresh machine has no run folders): per deployment
+LOCAL_RESULTS = {
+    "default": ("testbed_knee_s13_local.md", "testbed_knee_quiet9.md"),
+    "batch": ("testbed_knee_s13_local.md",),
+    "variant": ("testbed_knee.md",),
+}
+
+
 def side_by_side(this: dict[str, pd.DataFrame]) -> list[str]:
     """Markdown: the local backend's levels beside this backend's, per deployment."""
     here = BACKEND
@@ -952,7 +1020,13 @@ def side_by_side(this: dict[str, pd.DataFrame]) -> list[str]:
         for name, s in this.items():
             loc = _summary(name) if (OUT / name / "capacity.json").exists() else pd.DataFrame()
             if loc.empty:
-                parts += [f"{name}: no local-backend runs in {OUT / name}", ""]
+                cited = ", ".join(f"`benchmarks/results/{f}`" for f in LOCAL_RESULTS[name])
+                parts += [
+                    f"{name}: no local-backend runs in {os.path.relpath(OUT / name, ROOT)} "
+                    "(none on this machine; KNEE_RUNS=<a local sweep> scores one here). "
+                    f"The local backend's committed figures: {cited}.",
+                    "",
+                ]
                 continue
             rows = []
             for r in s.to_dict("records"):

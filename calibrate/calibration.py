@@ -75,6 +75,15 @@ class RateLevel(_Model):
     dispatch_lag_ms: float = Field(0.0, description="Mean batch dispatch lag it holds.")
 
 
+class CallLevel(_Model):
+    """A fit run's HTTP calls per stage (``samples.call_sizes``) at its offered rate, and
+    the call window (``ServerOverhead.call_window_ms``) that gives them in the twin."""
+
+    rate_per_s: float
+    items_per_call: dict[str, float] = Field(default_factory=dict)
+    window_ms: dict[str, float] = Field(default_factory=dict)
+
+
 class Overheads(_Model):
     hop_ms: float = Field(0.0, ge=0, description="Mean HTTP round trip of one stage visit.")
     request_ms: float = Field(0.0, ge=0, description="Mean client↔gateway time per request.")
@@ -108,6 +117,16 @@ class Overheads(_Model):
         description="Per batching stage: how late its batch timer fires (ms; "
         "ServerOverhead.timer_late_ms, samples.timer_lateness). dispatch_lag_ms and "
         "per_request hold only the lag beyond it.",
+    )
+    answers_onward: bool = Field(
+        False,
+        description="A batch's items that go on leave it together once all its answers are "
+        "read (ServerOverhead.answers_onward); per_request no longer holds their wait.",
+    )
+    calls_by_rate: list[CallLevel] = Field(
+        default_factory=list,
+        description="Per fit run: the stages' items per HTTP call and the twin's call window "
+        "for it (calibrated_scenario interpolates the window to a rate). Empty: no call layer.",
     )
 
 
@@ -159,6 +178,8 @@ def build(
     cpu: list[CpuModel] | None = None,
     answer_ms: dict[str, float] | None = None,
     timer_late_ms: dict[str, float] | None = None,
+    calls_by_rate: list[CallLevel] | None = None,
+    answers_onward: bool = False,
 ) -> Calibration:
     """A calibration document from fitted variants (and measured overheads).
 
@@ -202,6 +223,8 @@ def build(
             dispatch_lag_ms=max(float(dispatch_lag_ms), 0.0),
             answer_ms=dict(answer_ms or {}),
             timer_late_ms=dict(timer_late_ms or {}),
+            calls_by_rate=list(calls_by_rate or []),
+            answers_onward=answers_onward,
         ),
         cpu=cpu or [],
     )
@@ -345,6 +368,20 @@ def server_cpu_of(
     return out
 
 
+def call_window_at(calibration: Calibration, rate_per_s: float | None) -> dict[str, float]:
+    """Per stage, the call window (ms) at ``rate_per_s`` (req/s offered): interpolated
+    linearly between the fit runs' (``overheads.calls_by_rate``) and held at the nearest
+    outside them, as the overhead (the gateway's loop turns grow with its load); None:
+    the runs' median. Empty without a call layer."""
+    levels = sorted(calibration.overheads.calls_by_rate, key=lambda lv: lv.rate_per_s)
+    out: dict[str, float] = {}
+    for stage in sorted({k for lv in levels for k in lv.window_ms}):
+        pts = [(lv.rate_per_s, lv.window_ms[stage]) for lv in levels if stage in lv.window_ms]
+        x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        out[stage] = float(np.median(y) if rate_per_s is None else np.interp(rate_per_s, x, y))
+    return out
+
+
 def calibrated_scenario(
     scenario: Scenario,
     calibration: Calibration,
@@ -381,6 +418,7 @@ def calibrated_scenario(
             )
     untouched: list[str] = []
     components = []
+    windows = call_window_at(calibration, rate_per_s)  # the gateway's calls, per stage
     for c in scenario.components:
         if server_cpu and c.name in server_cpu:
             share = shares.get(c.name) if isinstance(shares, dict) else shares
@@ -410,8 +448,11 @@ def calibrated_scenario(
         served = {
             "answer_ms": calibration.overheads.answer_ms.get(c.name, 0.0),
             "timer_late_ms": calibration.overheads.timer_late_ms.get(c.name, 0.0),
+            "call_window_ms": windows.get(c.name, 0.0),
         }
         served = {k: v for k, v in served.items() if v > 0}
+        if served.get("answer_ms") and calibration.overheads.answers_onward:
+            served["answers_onward"] = True
         if served:
             o = c.server_overhead or ServerOverhead()
             update["server_overhead"] = o.model_copy(update=served)

@@ -35,6 +35,7 @@ def read_samples(
     deployment: Deployment | None = None,
     answer_ms: dict[str, float] | None = None,
     timer_late_ms: dict[str, float] | None = None,
+    onward: set[str] | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     """Samples, mean overheads and per-request overheads from a profile, load run or table.
 
@@ -72,6 +73,7 @@ def read_samples(
                 if deployment is None
                 else dispatch_lag(visits, scenario, deployment, timer_late_ms),
                 answer_ms,
+                onward,
             ).assign(level=str(source)),
         )
     if source.is_file():
@@ -139,6 +141,24 @@ def fit(
             "made the held-out p50 at ρ 0.6 worse (+7.7 → +9.1 %)."
         ),
     ] = False,
+    answer_onward: Annotated[
+        bool,
+        typer.Option(
+            help="With --answer-hop: a batch's items that go on to another step leave it "
+            "together once the gateway has read all its answers (ServerOverhead."
+            "answers_onward); their visits' whole wait leaves the per-request overhead. "
+            "Off by default."
+        ),
+    ] = False,
+    call_window: Annotated[
+        bool,
+        typer.Option(
+            help="Fit the gateway's calls: per load run, each stage's items per HTTP call "
+            "(samples.call_sizes) and the twin's call window that gives them "
+            "(samples.call_windows, ServerOverhead.call_window_ms), interpolated to a rate "
+            "like the overhead. Off by default (the twin without a call layer)."
+        ),
+    ] = False,
     holdout: Annotated[float, typer.Option(help="Held-out fraction for model choice.")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -157,8 +177,9 @@ def fit(
         frames, ovs, per_request = [], [], []
         answer = _answer_hops(sources) if dep is not None and answer_hop else {}
         late = _timer_lateness(sources, sc, dep) if dep is not None and timer_late else {}
+        onward = _onward_stages(sc) if answer and answer_onward else None
         for s in sources:
-            frame, ov, over = read_samples(s, cpu_share, sc, dep, answer, late)
+            frame, ov, over = read_samples(s, cpu_share, sc, dep, answer, late, onward)
             frames.append(frame)
             if ov:
                 ovs.append(ov)
@@ -191,6 +212,8 @@ def fit(
             dispatch_lag_ms=float(over["lag_ms"].mean()) if over is not None else 0.0,
             answer_ms=answer,
             timer_late_ms=late,
+            calls_by_rate=_call_levels(sources, sc) if call_window else None,
+            answers_onward=bool(onward),
         )
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(cal.dump(doc))
@@ -237,6 +260,46 @@ def _answer_hops(sources: list[Path]) -> dict[str, float]:
     ]
     frames = [f[[*cols, "run"]] for f in frames if set(cols) <= set(f.columns)]
     return answer_hops(pd.concat(frames, ignore_index=True)) if frames else {}
+
+
+def _onward_stages(sc: Scenario) -> set[str]:
+    """Stage components of steps another step depends on (their items go on)."""
+    out = set()
+    for p in sc.processes:
+        needed = {d for st in p.steps for d in st.depends_on}
+        out |= {
+            st.component
+            for st in p.steps
+            if st.name in needed and sc.component(st.component).is_stage
+        }
+    return out
+
+
+def _call_levels(sources: list[Path], sc: Scenario) -> list:
+    """Per load-run source with a steady offered rate: its stages' items per call and
+    the twin's call windows for them (:class:`calibrate.calibration.CallLevel`)."""
+    from calibrate.calibration import CallLevel
+    from calibrate.samples import call_sizes, call_windows
+    from twin.spec import SteadyWorkload
+
+    upstream: dict[str, str | None] = {}
+    for p in sc.processes:
+        by_name = {st.name: st for st in p.steps}
+        for st in p.steps:
+            if sc.component(st.component).is_stage:
+                deps = [by_name[d].component for d in st.depends_on]
+                upstream[st.component] = deps[0] if len(deps) == 1 else None
+    out = []
+    for s in sources:
+        workload = _run_workload(s)
+        if not isinstance(workload, SteadyWorkload) or not (s / "visits.parquet").is_file():
+            continue
+        rate = float(workload.rate_per_s)
+        sizes = call_sizes(pd.read_parquet(s / "visits.parquet"))
+        if sizes and rate > 0:
+            windows = call_windows(sizes, rate, upstream)
+            out.append(CallLevel(rate_per_s=rate, items_per_call=sizes, window_ms=windows))
+    return out
 
 
 def _timer_lateness(sources: list[Path], sc: Scenario, dep: Deployment) -> dict[str, float]:

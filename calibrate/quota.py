@@ -378,6 +378,10 @@ def quota_scenario(
             variants.append(v)
         over_ms = fit.per_call_ms * fit.calls_per_item / h
         moved_ms += over_ms
+        o = c.server_overhead or ServerOverhead()
+        # with the twin's own calls (call_window_ms) the server's CPU is per call, as the
+        # counters have it; without, each item carries the fit runs' calls per item
+        per_call = {"per_call_ms": fit.per_call_ms / h} if o.call_window_ms > 0 else {}
         components.append(
             c.model_copy(
                 update={
@@ -385,12 +389,13 @@ def quota_scenario(
                     # the stage server reads and answers calls in its event loop while
                     # the model runs in a worker thread: one quota, not one queue
                     "server_overhead": ServerOverhead(
-                        per_item_ms=over_ms,
+                        per_item_ms=0.0 if per_call else over_ms,
                         concurrent=True,
-                        answer_ms=c.server_overhead.answer_ms if c.server_overhead else 0.0,
-                        timer_late_ms=(
-                            c.server_overhead.timer_late_ms if c.server_overhead else 0.0
-                        ),
+                        answer_ms=o.answer_ms,
+                        timer_late_ms=o.timer_late_ms,
+                        call_window_ms=o.call_window_ms,
+                        answers_onward=o.answers_onward,
+                        **per_call,
                     ),
                 }
             )

@@ -232,12 +232,55 @@ def answer_hops(visits: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def call_sizes(visits: pd.DataFrame) -> dict[str, float]:
+    """Per stage: the mean items per HTTP call of a load run's visits (1 = one item a call).
+
+    The gateway sends the items of one event-loop turn to a replica in one call; the
+    server stamps each call when it queues it (``t_server_s``, to the µs), so visits
+    of one replica with one stamp came in one call. Stages without stamps are left out.
+    """
+    out: dict[str, float] = {}
+    if "t_server_s" not in visits:
+        return out
+    rows = visits.dropna(subset=["t_server_s"])
+    for comp, g in rows.groupby(rows["component"].astype(str), sort=True):
+        calls = g.groupby([g["replica_name"].astype(str), g["t_server_s"].round(6)]).ngroups
+        if calls:
+            out[str(comp)] = len(g) / calls
+    return out
+
+
+def call_windows(
+    sizes: dict[str, float], rate_per_s: float, upstream: dict[str, str | None]
+) -> dict[str, float]:
+    """Per stage: the twin's call window (ms, ``ServerOverhead.call_window_ms``) that gives
+    a run's items per call (:func:`call_sizes`) at its item rate (``rate_per_s``, /s).
+
+    In the twin a call opens with an item and takes those sent to the replica within
+    the window after it. At the first stage (``upstream`` None) items come one by one,
+    about as a Poisson stream, so a call holds 1 + rate × window items on average. A
+    later stage's items already come in groups — a call answered as one reaches the
+    next stage as one — so its window only has to add what it has beyond its upstream
+    stage's call size: window = (size − upstream size) / rate, floored at 0. Written by
+    hand: no library models our gateway's loop turn."""
+    out: dict[str, float] = {}
+    if not rate_per_s > 0:
+        return out
+    for comp, size in sizes.items():
+        if comp not in upstream:
+            continue
+        before = sizes.get(upstream[comp] or "", 1.0) if upstream[comp] else 1.0
+        out[comp] = max(size - before, 0.0) / rate_per_s * 1e3
+    return out
+
+
 def request_overheads(
     requests: pd.DataFrame,
     visits: pd.DataFrame,
     workload: Workload | None = None,
     lag_s: pd.Series | None = None,
     answer_ms: dict[str, float] | None = None,
+    onward: set[str] | None = None,
 ) -> pd.DataFrame:
     """Per answered request: offered rate at arrival and latency minus stage time (ms).
 
@@ -249,12 +292,19 @@ def request_overheads(
     is ``workload``'s offered rate at that instant (NaN without a workload);
     it only says how the overhead moves with load. ``answer_ms`` (:func:`answer_hops`):
     each visit's expected wait for the answers ahead of it in its batch leaves the
-    overhead, as the twin adds it per visit (``ServerOverhead.answer_ms``).
+    overhead, as the twin adds it per visit (``ServerOverhead.answer_ms``). ``onward``:
+    stages whose answered items go on together (``ServerOverhead.answers_onward``): each
+    of their visits waits for the whole batch's answers, (n − 1) × answer_ms — on the
+    testbed the k-th answer's hop holds k of them and the next stage's hop the rest
+    (the gateway sends the next call when it has read them all).
     """
     stage = visits["queue_s"] + visits["service_s"]
     if answer_ms:
         per = visits["component"].astype(str).map(answer_ms).fillna(0.0).astype(float)
-        stage = stage + per / 1e3 * (visits["batch"].astype(float) - 1) / 2
+        ahead = (visits["batch"].astype(float) - 1) / 2
+        if onward:
+            ahead = ahead.where(~visits["component"].astype(str).isin(onward), ahead * 2)
+        stage = stage + per / 1e3 * ahead
     lag = pd.Series(0.0, index=visits.index)
     if lag_s is not None:
         lag = lag_s.reindex(visits.index).fillna(0.0)

@@ -31,7 +31,7 @@ import math
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from heapq import heappush
 from typing import Any
 
@@ -75,6 +75,7 @@ REQUEST_COLUMNS = ("process", "pid", "t_arrive", "t_end", "deadline_s")
 _MACHINE, _REPLICA = 4, 5
 _T_ARRIVE, _T_START, _T_END, _BATCH = 7, 8, 9, 10
 _EXEC, _CPU, _GPU, _SOURCES, _PARTS, _STEP, _WAIT = 11, 12, 13, 14, 15, 16, 17
+_CALL = 18  # the job's gateway call (_Call); None without a call layer at its stage
 _REQUEST_T_END = REQUEST_COLUMNS.index("t_end")
 _NAN = float("nan")
 
@@ -121,6 +122,9 @@ class ReplicationResult:
     # Seconds on-demand instances ran (start-up included), K×S in the
     # allocation matrix's order; zero where a component is constant-run.
     on_demand_busy_s: np.ndarray | None = None
+    # Calls per component with a call layer (ServerOverhead.call_window_ms): how many
+    # calls carried its visits (compare with its visit count); empty without one.
+    calls: dict[str, int] = field(default_factory=dict)
 
 
 class _Quota:
@@ -313,6 +317,33 @@ class _Answer:
         self.job[_EXEC].part_done(self.job)
 
 
+class _Call:
+    """Items the caller sent to one replica in one HTTP call (``ServerOverhead.call_window_ms``).
+
+    They are answered together, when the last of them is computed: ``left`` counts the
+    items not yet computed, ``jobs`` holds them in the order they joined.
+    """
+
+    __slots__ = ("jobs", "left", "t_open", "t_ready")
+
+    def __init__(self, t_open: float) -> None:
+        self.t_open, self.jobs, self.left = t_open, [], 0
+        self.t_ready = t_open  # when its latest item reaches the server (s)
+
+
+class _AnswerJobs:
+    """Answers that reach their caller together, later: ``part_done`` for each job."""
+
+    __slots__ = ("jobs",)
+
+    def __init__(self, jobs: list[list[Any]]) -> None:
+        self.jobs = jobs
+
+    def __call__(self, _e: Any) -> None:
+        for j in self.jobs:
+            j[_EXEC].part_done(j)
+
+
 class _Instance:
     """One component instance: takes batches from its queue and serves them."""
 
@@ -320,6 +351,7 @@ class _Instance:
         "answer_s",
         "batch",
         "busy",
+        "calls",
         "cold",
         "cores",
         "cpu_s",
@@ -333,6 +365,8 @@ class _Instance:
         "is_idle",
         "late_s",
         "machine",
+        "onward",
+        "open_call",
         "outstanding",
         "queue",
         "replica",
@@ -362,8 +396,15 @@ class _Instance:
         handoff_cpu: bool = False,
         answer_s: float = 0.0,
         late_s: float = 0.0,
+        calls: bool = False,
+        onward: bool = False,
     ) -> None:
         self.env, self.machine, self.replica = env, machine, replica
+        # ServerOverhead.answers_onward: a batch's items that go on leave it together
+        self.onward = onward
+        # ServerOverhead.call_window_ms > 0: jobs come in calls (_Call), answered per call;
+        # open_call is the latest call sent here, which a job launched soon enough joins
+        self.calls, self.open_call = calls, None
         # ServerOverhead.answer_ms (s): a batch's answers leave one by one;
         # ServerOverhead.timer_late_ms (s): the batch timer fires this late
         self.answer_s, self.late_s = answer_s, late_s
@@ -522,14 +563,18 @@ class _Instance:
         self.outstanding -= len(jobs)
         if self.busy is not None:
             self.busy[self.machine.code] += now - self.t_busy
-        if len(jobs) == 1:
+        if self.calls:
+            self._answer_calls(jobs, now)
+        elif len(jobs) == 1:
             job = jobs[0]
             job[_T_END] = now
             job[_EXEC].part_done(job)
         else:
             for j in jobs:
                 j[_T_END] = now
-            if self.answer_s > 0:
+            if self.answer_s > 0 and self.onward:
+                self._answer_onward(jobs)
+            elif self.answer_s > 0:
                 # the answers leave one by one: the k-th reaches its caller k answers later
                 # (the visit's service ends with the batch; the wait is the HTTP hop's)
                 jobs[0][_EXEC].part_done(jobs[0])
@@ -551,6 +596,44 @@ class _Instance:
             _Wake(self.env, delay, self._next)
             return
         self._next()
+
+    def _answer_onward(self, jobs: list[list[Any]]) -> None:
+        """``ServerOverhead.answers_onward``: the caller reads the batch's answers one by
+        one (answer_s each) in one turn of its loop; the items whose request goes on to
+        another step leave together when it has read them all, (n − 1) × answer_s after
+        the batch ends, and so reach their next stage at one instant; a last step's k-th
+        answer goes back to its client k × answer_s after the batch ends."""
+        onward = []
+        for k, j in enumerate(jobs):
+            ex = j[_EXEC]
+            if ex.plan.steps[j[_STEP]].dependents:
+                onward.append(j)
+            elif k == 0:
+                ex.part_done(j)
+            else:
+                _Wake(self.env, k * self.answer_s, _Answer(j))
+        if onward:
+            _Wake(self.env, (len(jobs) - 1) * self.answer_s, _AnswerJobs(onward))
+
+    def _answer_calls(self, jobs: list[list[Any]], now: float) -> None:
+        """Answer every call whose last job this batch computed, one call after another:
+        a call leaves ``answer_s`` × the items answered before it in this batch after the
+        batch ends (its jobs' service still ends with the batch); a call with a job still
+        queued (it did not fit in this batch) waits for that job's batch."""
+        for j in jobs:
+            j[_T_END] = now
+        before = 0
+        for j in jobs:
+            c = j[_CALL]
+            c.left -= 1
+            if c.left:
+                continue
+            if before == 0 or self.answer_s <= 0:
+                for cj in c.jobs:
+                    cj[_EXEC].part_done(cj)
+            else:
+                _Wake(self.env, before * self.answer_s, _AnswerJobs(c.jobs))
+            before += len(c.jobs)
 
     def _next(self, _e: Any = None) -> None:
         """Take the next batch, or wait idle for one."""
@@ -737,6 +820,12 @@ class Simulation:
         # per component: ServerOverhead.answer_ms (s); 0 when none
         self.answer_s = [0.0] * len(sc.components)
         self.late_s = [0.0] * len(sc.components)  # ServerOverhead.timer_late_ms (s)
+        # per component: ServerOverhead.call_window_ms (s), balanced dispatch only; 0: none.
+        # With it the server's CPU per call is spent once per call: call_s (s at speed 1)
+        self.window_s = [0.0] * len(sc.components)
+        self.call_s = [0.0] * len(sc.components)
+        self.calls_opened = [0] * len(sc.components)
+        self.onward = [False] * len(sc.components)  # ServerOverhead.answers_onward
         for k, c in enumerate(sc.components):
             self.shared[k] = _Queue(env) if c.dispatch == "shared_queue" else None
             self.samplers[k] = None
@@ -746,6 +835,11 @@ class Simulation:
                 self.beside_s[k] = (o.per_call_ms + o.per_item_ms) / 1e3
             if o is not None:
                 self.answer_s[k], self.late_s[k] = o.answer_ms / 1e3, o.timer_late_ms / 1e3
+                self.onward[k] = o.answers_onward
+            if o is not None and o.call_window_ms > 0 and c.dispatch != "shared_queue":
+                self.window_s[k] = o.call_window_ms / 1e3
+                if o.concurrent:  # the per-call part of beside_s is paid by a call's first job
+                    self.call_s[k] = o.per_call_ms / 1e3
             if o is not None and o.handoff is not None:
                 rng = stream(self.seed, self.replication, STREAM_SERVICE, f"{c.name}.handoff")
                 self.handoffs[k] = make_sampler(o.handoff, rng)
@@ -878,6 +972,8 @@ class Simulation:
             self.handoff_cpu[k],
             self.answer_s[k],
             self.late_s[k],
+            shared is None and self.window_s[k] > 0,
+            self.onward[k],
         )
 
     def _retire(self, inst: _Instance) -> None:
@@ -1002,6 +1098,7 @@ class Simulation:
                     n,
                     sp.index,
                     wait_s,
+                    None,
                 ]
                 shared.put(job)  # type: ignore[union-attr]
             else:
@@ -1024,12 +1121,25 @@ class Simulation:
                     n,
                     sp.index,
                     wait_s,
+                    None,
                 ]
                 delay = self._transfer_s(sources, inst.machine, n) if sources else 0.0
-                if self.beside_s[k] > 0:  # the server reads the call beside the model
+                beside = self.beside_s[k]
+                call = None
+                if inst.calls:
+                    call, first = self._call(inst, k)
+                    job[_CALL] = call
+                    call.jobs.append(job)
+                    if not first:  # the call's own CPU was its first job's
+                        beside -= self.call_s[k]
+                if beside > 0:  # the server reads the call beside the model
                     m = inst.machine
-                    run_s = self.beside_s[k] / m.speed
+                    run_s = beside / m.speed
                     delay += run_s if m.quota is None else m.quota.beside_s(env._now, run_s)
+                if call is not None:
+                    # a call's items reach the server together, behind its first one
+                    delay = max(delay, call.t_ready - env._now)
+                    call.t_ready = env._now + delay
                 if delay > 0:
                     _Wake(env, delay, lambda _e, i=inst, j=job: i.put(j))
                 else:
@@ -1038,6 +1148,19 @@ class Simulation:
             jobs.append(job)
         ex.parts_left[sp.index] = n
         ex.jobs[sp.index] = jobs
+
+    def _call(self, inst: _Instance, k: int) -> tuple[_Call, bool]:
+        """The call a job launched now to ``inst`` travels in (``ServerOverhead.call_window_ms``)
+        and whether it opens it: the replica's latest call if that opened at most the
+        stage's window ago and holds fewer than its batch, else a new one."""
+        now = self.env._now
+        c = inst.open_call
+        first = c is None or now - c.t_open > self.window_s[k] or len(c.jobs) >= inst.batch
+        if first:
+            c = inst.open_call = _Call(now)
+            self.calls_opened[k] += 1
+        c.left += 1  # type: ignore[union-attr]
+        return c, first  # type: ignore[return-value]
 
     def execution_done(self) -> None:
         self.in_flight -= 1
@@ -1182,6 +1305,11 @@ class Simulation:
                 events,
                 env.now,
                 self.busy_matrix(),
+                {
+                    self.component_names[k]: n
+                    for k, n in enumerate(self.calls_opened)
+                    if self.window_s[k] > 0
+                },
             )
             self._release_rows()
             return result

@@ -283,6 +283,26 @@ class ServerOverhead(Frozen):
         "full starts once its oldest item has waited batch_timeout_ms + timer_late_ms "
         "(an event loop's timer fires after its due time). 0: on time.",
     )
+    answers_onward: bool = Field(
+        False,
+        description="With answer_ms: the caller reads all of a batch's answers (answer_ms "
+        "each) in one turn of its event loop before it sends their items on, so the items "
+        "whose request goes on to another step leave together, (n − 1) × answer_ms after "
+        "the batch of n ends, and reach their next stage at one instant (in one call); a "
+        "last step's k-th answer still goes back k × answer_ms after it. False: every "
+        "answer k × answer_ms after the batch ends.",
+    )
+    call_window_ms: NonNegFloat = Field(
+        0.0,
+        description="The caller's call layer (ms): items sent to one replica within this "
+        "long of a call's first item (one turn of the gateway's event loop) travel in that "
+        "call, up to the stage's batch. A call's items are answered together, once its last "
+        "item is computed (one answer: a batch's answers leave one call at a time, "
+        "answer_ms per item before it), and the server's CPU per call (per_call_ms, with "
+        "concurrent) is spent once per call. Items answered together reach the next stage "
+        "together, so they share a call there too. Balanced dispatch only. 0: every item "
+        "is a call of its own.",
+    )
 
 
 class Component(Frozen):

@@ -69,3 +69,48 @@ def test_the_pace_caches_go_when_the_cpu_fits_runs_or_the_model_change(tmp_path)
     (tmp_path / "pace_handoff.json").write_text("{}")
     knee._fresh_cache(tmp_path, fit, {**more, "cpu": ["rho0.4-1", "rho1.2-0"], "answer": False})
     assert not (tmp_path / "pace_handoff.json").exists()
+
+
+def test_a_slower_host_is_found_by_the_models_cpu_per_item() -> None:
+    """Compose s14 (fresh machine): the default sweep's second pass ran the same model
+    13–20 % slower per item than its first; the batch sweep before it stayed within 7 %."""
+    default = pd.DataFrame(
+        {
+            "item_cpu_ms": [2.991, 3.413, 2.954, 3.371, 2.921, 3.511, 2.949, 3.370, 2.996],
+            "run": [
+                "0.2-0",
+                "0.2-1",
+                "0.4-0",
+                "0.4-1",
+                "0.6-0",
+                "0.6-1",
+                "0.8-0",
+                "0.8-1",
+                "0.9-0",
+            ],
+        }
+    )
+    slow = knee.host_slow(default) > knee.HOST_SLOW_MAX
+    assert list(slow) == [False, True, False, True, False, True, False, True, False]
+    batch = pd.DataFrame({"item_cpu_ms": [3.027, 3.117, 3.038, 2.946, 2.918, 2.917, 2.887]})
+    assert not (knee.host_slow(batch) > knee.HOST_SLOW_MAX).any()
+    # a run without the counters is not judged
+    assert knee.host_slow(pd.DataFrame({"item_cpu_ms": [float("nan"), 3.0]})).isna().iloc[0]
+
+
+def test_item_cpu_is_the_bottlenecks_model_cpu_per_item(tmp_path) -> None:
+    rows = []
+    for t, items, cpu in ((0.0, 100, 0.3), (30.0, 1100, 3.3)):
+        rows += [
+            {"target": "encoder-node-2-2", "metric": "stage_items_total", "t": t, "value": items},
+            {
+                "target": "encoder-node-2-2",
+                "metric": "stage_compute_cpu_seconds_total",
+                "t": t,
+                "value": cpu,
+            },
+            {"target": "denoise-node-1-1", "metric": "stage_items_total", "t": t, "value": 9e9},
+        ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "metrics.parquet")
+    assert abs(knee._item_cpu_ms(tmp_path) - 3.0) < 1e-9
+    assert pd.isna(knee._item_cpu_ms(tmp_path / "missing"))
