@@ -183,6 +183,10 @@ def prepare_control(
         )
         env.reset(seed=opts.seed, options={"workload": opts.shape})
         envs.append(env)
+    if opts.policy == "ppo":
+        # a fresh process's first predict builds torch's kernels (1.1 s on the testbed,
+        # session 9): spent here, not in the first live interval's decision
+        agent.act(model, envs[0].observation(), envs[0].action_masks())
     run = ControlRun(
         scenario_file,
         sc,

@@ -91,7 +91,8 @@ def test_a_policy_under_the_old_key_is_found_and_re_keyed(tmp_path):
     old = f"{view.name}-{OLD_VIEW_KEY}"
     _cache_policy(cache, old, "view")
     settings = TrainSettings()
-    assert find_policy(view, "digits", ws, settings, cache) is None  # not from this folder
+    if ROOT != OLD_CHECKOUT:  # the old key names the old checkout's path: found there
+        assert find_policy(view, "digits", ws, settings, cache) is None
     found = find_policy(view, "digits", ws, settings, cache, moved_from=(OLD_CHECKOUT,))
     assert found == cache / f"{view.name}-{NEW_VIEW_KEY}"
     assert (found / "policy.zip").read_text() == "view" and not (cache / old).exists()
