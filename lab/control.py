@@ -183,10 +183,6 @@ def prepare_control(
         )
         env.reset(seed=opts.seed, options={"workload": opts.shape})
         envs.append(env)
-    if opts.policy == "ppo":
-        # a fresh process's first predict is the slowest (7.7 ms against 2.3-2.7 ms for
-        # the next two, measured without this call): spent here, not in a live interval
-        agent.act(model, envs[0].observation(), envs[0].action_masks())
     run = ControlRun(
         scenario_file,
         sc,
