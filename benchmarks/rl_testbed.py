@@ -1651,6 +1651,19 @@ def _charged_frame(runs: list[dict]) -> pd.DataFrame:
     )
 
 
+# the columns of the charged acceptance table (_charged_acceptance's rows)
+ACCEPTANCE_COLUMNS = [
+    "figure",
+    "workload",
+    "blocks",
+    "n",
+    "measured (charged objective)",
+    "view-scored",
+    "goal",
+    "on the means",
+]
+
+
 def _charged_acceptance(groups: list[tuple[str, list[dict]]]) -> list[list]:
     """Acceptance rows per (blocks, workload): the objective ratios on the charged
     objective (paired over repeats, mean ± 95 % t) with the view-scored ratio beside,
@@ -1902,16 +1915,7 @@ def _charged_section(folder: Path, quiet: Path | None = None) -> list[str]:
         CHARGED_WHY.format(emed=emed, elarge=elarge),
         "",
         markdown_table(
-            [
-                "figure",
-                "workload",
-                "blocks",
-                "n",
-                "measured (charged objective)",
-                "view-scored",
-                "goal",
-                "on the means",
-            ],
+            ACCEPTANCE_COLUMNS,
             _charged_acceptance(groups),
         ),
         "",
@@ -2929,16 +2933,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
         "ratios paired by repeat.",
         "",
         markdown_table(
-            [
-                "figure",
-                "workload",
-                "blocks",
-                "n",
-                "measured (charged objective)",
-                "view-scored",
-                "goal",
-                "on the means",
-            ],
+            ACCEPTANCE_COLUMNS,
             _charged_acceptance([(f"`{RUNS.name}`", runs)]),
         ),
         "",
