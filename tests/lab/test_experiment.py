@@ -62,7 +62,11 @@ def test_experiment_writes_report_with_table_and_plots(tmp_path):
         assert (out / png).stat().st_size > 5000
     report = (out / "report.md").read_text()
     assert "| steady-high |" in report and "capacity factor 0.5" in report
-    assert "saturated" not in report and "not offered on time" not in report
+    assert "the testbed saturated**" not in report
+    # a ~0.2-s stall of the host (CI on two shared cores) makes a few of a 4-s run's
+    # 36-100 requests late and the report says so; a load generator that cannot keep
+    # its schedule makes most of them late
+    assert (tab["sent_on_time"] >= 0.8).all(), tab["sent_on_time"]
     for w in cfg.workloads:
         visits = pd.read_parquet(out / "load" / w / "visits.parquet")
         assert set(visits["machine"].astype(str)) == {"node-1", "node-2", "classifier-0"}
