@@ -41,6 +41,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,33 +84,37 @@ def repeat_pairs(sweep: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def level_rows(path: str) -> Iterator[tuple[str, float, dict[str, str]]]:
+    """A knee result's level rows: (deployment, ρ ≤ 0.9, {column header: cell}), from the
+    tables under each ``## <deployment>: …`` section."""
+    dep, header = None, None
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("## "):  # a deployment's section, or another one
+            head = re.match(r"## (\w+): ", line)
+            dep, header = (head.group(1) if head else None), None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "ρ":
+            header = cells
+            continue
+        level = re.fullmatch(r"0\.\d", cells[0]) is not None and float(cells[0]) in LEVELS
+        if dep and header and len(cells) == len(header) and level:
+            yield dep, float(cells[0]), dict(zip(header, cells, strict=True))
+
+
 def table_pairs(patterns: list[str]) -> pd.DataFrame:
     """p95 repeat pairs from committed knee results (``tb p95 per run`` = "a/b"), one per
     sweep: a level scored in several result files counts once (same deployment, ρ, pair)."""
     rows, seen = [], set()
     for path in sorted({p for pattern in patterns for p in glob.glob(pattern)}):
-        dep, col = None, None
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("## "):  # a deployment's section, or another one
-                head = re.match(r"## (\w+): ", line)
-                dep, col = (head.group(1) if head else None), None
-                continue
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if "tb p95 per run" in cells:  # a table's header: where the pair is
-                col = cells.index("tb p95 per run")
-                continue
-            if dep is None or col is None or len(cells) <= col:
-                continue
-            if not re.fullmatch(r"0\.\d", cells[0]) or float(cells[0]) not in LEVELS:
-                continue
-            pair = re.fullmatch(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", cells[col])
+        for dep, rho, row in level_rows(path):
+            pair = re.fullmatch(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", row.get("tb p95 per run", ""))
             if pair is None:
                 continue
-            rho, a, b = float(cells[0]), float(pair.group(1)), float(pair.group(2))
-            key = (dep, rho, a, b)
-            if key in seen or a <= 0 or b <= 0:
+            a, b = float(pair.group(1)), float(pair.group(2))
+            if (dep, rho, a, b) in seen or a <= 0 or b <= 0:
                 continue
-            seen.add(key)
+            seen.add((dep, rho, a, b))
             rows.append(
                 {"source": Path(path).stem, "deployment": dep, "rho": rho, "d_p95": math.log(a / b)}
             )
@@ -121,23 +126,10 @@ def twin_errors(paths: list[str]) -> pd.DataFrame:
     (their ``p50 err %``, ``p95 err %`` and ``p99 err %`` columns)."""
     rows = []
     for path in paths:
-        dep, cols = None, None
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("## "):  # a deployment's section, or another one
-                head = re.match(r"## (\w+): ", line)
-                dep, cols = (head.group(1) if head else None), None
-                continue
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if "p50 err %" in cells:
-                cols = {f: cells.index(f"{f} err %") for f in FIGURES}
-                continue
-            if dep is None or cols is None or not re.fullmatch(r"0\.\d", cells[0]):
-                continue
-            if float(cells[0]) in LEVELS and len(cells) > max(cols.values()):
-                errs = {f: float(cells[i]) for f, i in cols.items()}
-                rows.append(
-                    {"source": Path(path).stem, "deployment": dep, "rho": float(cells[0])} | errs
-                )
+        for dep, rho, row in level_rows(path):
+            if all(f"{f} err %" in row for f in FIGURES):
+                errs = {f: float(row[f"{f} err %"]) for f in FIGURES}
+                rows.append({"source": Path(path).stem, "deployment": dep, "rho": rho} | errs)
     return pd.DataFrame(rows)
 
 
