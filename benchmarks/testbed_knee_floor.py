@@ -4,7 +4,8 @@ The knee report compares the twin with the mean of a level's two repeats. Even a
 knew each level's expected p50 / p95 / p99 exactly would miss that mean by the repeats'
 own noise. This benchmark measures that noise from the repeats themselves and says how
 often a perfect twin would meet the goals (p50 ≤ 5 %, p95 ≤ 10 %, p99 ≤ 15 %), level by
-level. Reads run folders only (``benchmarks/testbed_knee.py run``; no load, no lock).
+level. Reads run folders (``benchmarks/testbed_knee.py run``) and committed results only:
+no load, no lock.
 
 * **Run-to-run noise.** A level's two usable repeats of one sweep (one run from each
   pass, about 7 minutes apart) give d = log(run 1 / run 2) for each figure. With σ the
@@ -30,7 +31,8 @@ Usage::
         --runs runs/knee-compose-s15 --tables 'benchmarks/results/testbed_knee_compose*.md' \\
         --errors benchmarks/results/testbed_knee_compose_s15.md
 
-The result: ``benchmarks/results/testbed_knee_floor.md`` (``--result`` renames it).
+The result: ``benchmarks/results/testbed_knee_floor.md`` (``--result`` renames it; the
+committed ones are ``testbed_knee_floor_compose.md`` and ``testbed_knee_floor_local.md``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ TWIN_SEEDS = 8  # the knee report's twin: 8 seeds, pooled
 
 def repeat_pairs(sweep: Path) -> pd.DataFrame:
     """Per deployment and level ≤ 0.9 of one sweep: the log ratio of its first two usable
-    repeats' p50 / p95 / p99 (``d_p50`` …), with the level's usable runs' figures."""
+    repeats' p50 / p95 / p99 (``d_p50`` …) and the level's run length (s)."""
     rows = []
     for dep_dir in sorted(p for p in sweep.iterdir() if (p / "capacity.json").exists()):
         knee.OUT = sweep
