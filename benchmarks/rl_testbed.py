@@ -1358,22 +1358,29 @@ def _repeatability_section(
     ]
 
 
-def _interval_line(runs: list[dict], twin: str, label: str) -> list[str]:
-    """The per-interval p95 figure as the issue states it (each run's intervals with
-    ρ ≤ 0.9 within ±15 % of the twin's), for ``runs`` and one twin."""
+def _interval_errors(runs: list[dict], side_by_side: str) -> list[tuple[str, float]]:
+    """Per run's interval with ρ ≤ 0.9 and both p95s: (its workload, twin p95 / testbed p95
+    − 1), from the run's ``side_by_side`` replay file (runs without one are skipped)."""
     errs = []
     for s in runs:
-        sbs = s["folder"] / f"side-by-side-{twin}.parquet"
+        sbs = s["folder"] / side_by_side
         if not sbs.is_file():
             continue
         t = pd.read_parquet(sbs)
         iv = pd.read_parquet(s["folder"] / "intervals.parquet")
         rho = (iv["offered_rps"] / iv["capacity_rps"]).to_numpy()[: len(t)]
         ok = (rho <= 0.9) & t["p95_s_testbed"].notna() & t["p95_s_twin"].notna()
-        errs += list((t["p95_s_twin"] / t["p95_s_testbed"] - 1)[ok])
+        errs += [(s["shape"], e) for e in (t["p95_s_twin"] / t["p95_s_testbed"] - 1)[ok]]
+    return errs
+
+
+def _interval_line(runs: list[dict], twin: str, label: str) -> list[str]:
+    """The per-interval p95 figure as the issue states it (each run's intervals with
+    ρ ≤ 0.9 within ±15 % of the twin's), for ``runs`` and one twin."""
+    errs = _interval_errors(runs, f"side-by-side-{twin}.parquet")
     if not errs:
         return []
-    e = np.asarray(errs)
+    e = np.asarray([err for _, err in errs])
     return [
         f"- per-interval p95, {label} vs testbed, on the {len(e)} intervals with ρ ≤ 0.9: "
         f"{100 * float((np.abs(e) <= 0.15).mean()):.0f} % within ±15 % (median error "
@@ -2931,16 +2938,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     for pf in args.pf:
         sec = _foresight_charged_section(pf / "pf-charged")
         lines += [f"From `{pf.name}/pf-charged`:", "", *sec] if sec else []
-    errs = []
-    for s in runs:
-        sbs = s["folder"] / "side-by-side.parquet"
-        if not sbs.is_file():
-            continue
-        t = pd.read_parquet(sbs)
-        iv = pd.read_parquet(s["folder"] / "intervals.parquet")
-        rho = (iv["offered_rps"] / iv["capacity_rps"]).to_numpy()[: len(t)]
-        ok = (rho <= 0.9) & t["p95_s_testbed"].notna() & t["p95_s_twin"].notna()
-        errs += [(s["shape"], e) for e in (t["p95_s_twin"] / t["p95_s_testbed"] - 1)[ok]]
+    errs = _interval_errors(runs, "side-by-side.parquet")
     if errs:
         e = pd.DataFrame(errs, columns=["workload", "err"])
         within = e.groupby("workload")["err"].apply(lambda x: (x.abs() <= 0.15).mean())
