@@ -282,13 +282,14 @@ class ChargedExpert:
         if placement is None or space.cores(options) > space.budget + 1e-9:
             return -np.inf
         speeds = [b.host_speed] if self.host == "true" else prior_speeds(b.charges)
+        change = options != b.options
+        delay = change_seconds(b.options, options, b.charges, self.interval_s) if change else 0.0
         out = []
         for h in speeds:
             args = (load_rps, weights, b.charges, h, self.interval_s)
             m = estimate_charged(space, options, placement, *args).metrics
-            if options != b.options:
+            if change:
                 old = estimate_charged(space, b.options, b.placement, *args).metrics
-                delay = change_seconds(b.options, options, b.charges, self.interval_s)
                 m = blend(old, m, delay / self.interval_s, weights)
             out.append(float(getattr(m, self.target)))
         return float(np.mean(out))
