@@ -1451,9 +1451,8 @@ def _summary_section(
             m = g.groupby("policy")[["objective", "twin_objective"]].mean()
             if len(m) > 2 and m["twin_objective"].notna().all():
                 tau = kendall_tau(list(m["objective"]), list(m["twin_objective"]))
-                n = int(g.groupby("policy").size().min())
                 rows.append(
-                    _tau_row(f"twin vs testbed, {len(m)} policies' objective", w, label, n, tau)
+                    _tau_row(f"twin vs testbed, {len(m)} policies' objective", w, label, g, tau)
                 )
     return [
         f"## {title}",
@@ -1707,15 +1706,13 @@ def _charged_acceptance(groups: list[tuple[str, list[dict]]]) -> list[list]:
             if len(m) > 2 and m[["twin_charged", "twin_view"]].notna().all().all():
                 tau = kendall_tau(list(m["charged"]), list(m["twin_charged"]))
                 tau_v = kendall_tau(list(m["view"]), list(m["twin_view"]))
-                n = int(g.groupby("policy").size().min())
                 title = f"view twin vs testbed, {len(m)} policies"
-                rows.append(_tau_row(title, w, label, n, tau, f"{tau_v:.2f}"))
+                rows.append(_tau_row(title, w, label, g, tau, f"{tau_v:.2f}"))
             c = g.groupby("policy")[["charged", "replay_charged"]].mean()
             if len(c) > 2 and c["replay_charged"].notna().all():
                 tau = kendall_tau(list(c["charged"]), list(c["replay_charged"]))
-                n = int(g.groupby("policy").size().min())
                 title = f"charged-model replay vs testbed, {len(c)} policies"
-                rows.append(_tau_row(title, w, label, n, tau, ""))
+                rows.append(_tau_row(title, w, label, g, tau, ""))
     return rows
 
 
@@ -2404,14 +2401,17 @@ def _slo_row(slo: pd.DataFrame, workload: str, label: str, *extra: str) -> list:
     ]
 
 
-def _tau_row(title: str, workload: str, label: str, n: int, tau: float, *extra: str) -> list:
-    """The acceptance row "Kendall τ, <title> ≥ 0.8" (``n`` repeats per policy); ``extra``
-    cells go before the goal."""
+def _tau_row(
+    title: str, workload: str, label: str, runs: pd.DataFrame, tau: float, *extra: str
+) -> list:
+    """The acceptance row "Kendall τ, <title> ≥ 0.8" over a workload's ``runs`` (one row per
+    run, a ``policy`` column; n: the fewest repeats of any policy); ``extra`` cells go
+    before the goal."""
     return [
         f"Kendall τ, {title}",
         workload,
         label,
-        n,
+        int(runs.groupby("policy").size().min()),
         f"{tau:.2f}",
         *extra,
         "≥ 0.8",
