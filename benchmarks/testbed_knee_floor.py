@@ -38,6 +38,7 @@ committed ones are ``testbed_knee_floor_compose.md`` and ``testbed_knee_floor_lo
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import math
@@ -61,13 +62,25 @@ TB_REPEATS = 2  # the knee report's figure: the mean over a level's two repeats
 TWIN_SEEDS = 8  # the knee report's twin: 8 seeds, pooled
 
 
+def deployments(sweep: Path) -> list[Path]:
+    """A sweep's deployment folders (those its capacity probe or estimate was written to)."""
+    return sorted(p for p in sweep.iterdir() if (p / "capacity.json").exists())
+
+
+@functools.cache
+def sweep_runs(sweep: Path, name: str) -> pd.DataFrame:
+    """Deployment ``name``'s runs in ``sweep`` as the knee report reads them
+    (:func:`testbed_knee._levels`: usable, disturbed, figures); read once per report."""
+    knee.OUT = sweep
+    return knee._levels(name)
+
+
 def repeat_pairs(sweep: Path) -> pd.DataFrame:
     """Per deployment and level ≤ 0.9 of one sweep: the log ratio of its first two usable
     repeats' p50 / p95 / p99 (``d_p50`` …) and the level's run length (s)."""
     rows = []
-    for dep_dir in sorted(p for p in sweep.iterdir() if (p / "capacity.json").exists()):
-        knee.OUT = sweep
-        runs = knee._levels(dep_dir.name)
+    for dep_dir in deployments(sweep):
+        runs = sweep_runs(sweep, dep_dir.name)
         if runs.empty:
             continue
         for rho, g in runs[runs["usable"] & runs["rho"].isin(LEVELS)].groupby("rho"):
@@ -177,9 +190,8 @@ def coverage(sweep: Path) -> list[dict]:
     """Per deployment and level: the usable testbed runs' p95 against the held-out twin's
     seeds (from the report's cache), and the seeds' own log-sd of p95."""
     out = []
-    for dep_dir in sorted(p for p in sweep.iterdir() if (p / "capacity.json").exists()):
-        knee.OUT = sweep
-        runs = knee._levels(dep_dir.name)
+    for dep_dir in deployments(sweep):
+        runs = sweep_runs(sweep, dep_dir.name)
         for rho in LEVELS:
             cache = dep_dir / f"twin-rho{rho:.1f}-calls" / "twin_level.json"
             g = runs[(runs["rho"] == rho) & runs["usable"]] if not runs.empty else runs
@@ -210,7 +222,7 @@ def capacity_readings(sweep: Path) -> list[dict]:
     in time order, and what the sweep's nominal ρ 0.9 was at the lowest and highest."""
     out = []
     end_sweep = sweep.with_name(sweep.name + "-end")
-    for dep_dir in sorted(p for p in sweep.iterdir() if (p / "capacity.json").exists()):
+    for dep_dir in deployments(sweep):
         cap = json.loads((dep_dir / "capacity.json").read_text())
         folders = [(dep_dir / "probe", "probe")]
         folders += [(f, f.name) for f in sorted(dep_dir.glob("rho[12].*-*"))]
